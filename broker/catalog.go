@@ -1,0 +1,268 @@
+package broker
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Class is what an action does. Classes credential, identity and token are
+// never grantable to an agent (invariants 4 and 5).
+type Class string
+
+const (
+	ClassRead       Class = "read"
+	ClassWrite      Class = "write"
+	ClassAdmin      Class = "admin"
+	ClassCredential Class = "credential"
+	ClassIdentity   Class = "identity"
+	ClassToken      Class = "token"
+)
+
+// Blocked reports whether actions of class c are hard-blocked for agents.
+func (c Class) Blocked() bool {
+	return c == ClassCredential || c == ClassIdentity || c == ClassToken
+}
+
+func (c Class) valid() bool {
+	switch c {
+	case ClassRead, ClassWrite, ClassAdmin, ClassCredential, ClassIdentity, ClassToken:
+		return true
+	}
+	return false
+}
+
+// Risk is an action's risk level.
+type Risk string
+
+const (
+	RiskLow    Risk = "low"
+	RiskMedium Risk = "medium"
+	RiskHigh   Risk = "high"
+)
+
+func (r Risk) rank() int {
+	switch r {
+	case RiskLow:
+		return 1
+	case RiskMedium:
+		return 2
+	case RiskHigh:
+		return 3
+	}
+	return 0
+}
+
+// Action is an entry of the action catalog.
+type Action struct {
+	Name  string
+	Class Class
+	Risk  Risk
+}
+
+// Audience is a resource server that tokens may be minted for.
+type Audience struct {
+	URL         string
+	Environment string
+	// Introspectors, when not empty, are the only resource-kind principals
+	// for which introspection of a token for this audience answers active.
+	// Empty means any authenticated resource server may introspect.
+	Introspectors []Ref
+}
+
+// Grant maps a user group to the scopes its members may delegate.
+type Grant struct {
+	Group  string
+	Scopes Scopes
+}
+
+// BuiltinDenyList is the backstop of invariant 5: action-name patterns that
+// change credentials, identities or tokens. Segments are separated by `.`;
+// `*` matches one segment and `**` any number of segments (zero included).
+// Config can add patterns to it and never remove any.
+var BuiltinDenyList = []string{
+	"**.iam.**",
+	"**.credential.**", "**.credentials.**",
+	"**.password.**", "**.passwords.**",
+	"**.accesskey.**", "**.accesskeys.**",
+	"**.key.create", "**.keys.create",
+	"**.token.**", "**.tokens.**",
+	"**.role.assign", "**.roles.assign",
+	"**.policy.write", "**.policies.write",
+	"vault.auth.**", "vault.sys.**", "vault.identity.**",
+}
+
+// Catalog is the action catalog, the audiences, the user grants and the
+// deny list: everything the broker decides scopes against. The zero value
+// knows nothing and so denies everything (invariant 9).
+type Catalog struct {
+	actions   map[string]Action
+	audiences map[string]Audience
+	grants    []Grant
+	deny      []string
+}
+
+// NewCatalog validates and assembles a catalog. Every grant scope and every
+// audience must refer to known entries; an action on the deny list must be
+// given a blocked class.
+func NewCatalog(actions []Action, audiences []Audience, grants []Grant, extraDeny []string) (*Catalog, error) {
+	c := &Catalog{
+		actions:   make(map[string]Action, len(actions)),
+		audiences: make(map[string]Audience, len(audiences)),
+		deny:      append(append([]string(nil), BuiltinDenyList...), extraDeny...),
+	}
+	for _, p := range extraDeny {
+		if err := validDenyPattern(p); err != nil {
+			return nil, fmt.Errorf("deny list pattern %q: %w", p, err)
+		}
+	}
+	for i, a := range actions {
+		name := strings.ToLower(a.Name)
+		if !validAction(name) || name != a.Name {
+			return nil, fmt.Errorf("actions[%d]: %q is not a valid action name (lower case, dot-separated)", i, a.Name)
+		}
+		if !a.Class.valid() {
+			return nil, fmt.Errorf("actions[%d] %s: unknown class %q", i, a.Name, a.Class)
+		}
+		if a.Risk.rank() == 0 {
+			return nil, fmt.Errorf("actions[%d] %s: unknown risk %q", i, a.Name, a.Risk)
+		}
+		if _, dup := c.actions[name]; dup {
+			return nil, fmt.Errorf("actions[%d]: duplicate action %q", i, a.Name)
+		}
+		if p, hit := c.denied(name); hit && !a.Class.Blocked() {
+			return nil, fmt.Errorf("actions[%d] %s: matches deny-list pattern %q but has class %q; give it class credential, identity or token", i, a.Name, p, a.Class)
+		}
+		c.actions[name] = a
+	}
+	for i, au := range audiences {
+		if au.URL == "" {
+			return nil, fmt.Errorf("audiences[%d]: empty url", i)
+		}
+		if _, dup := c.audiences[au.URL]; dup {
+			return nil, fmt.Errorf("audiences[%d]: duplicate audience %q", i, au.URL)
+		}
+		c.audiences[au.URL] = au
+	}
+	for i, g := range grants {
+		if g.Group == "" {
+			return nil, fmt.Errorf("grants[%d]: empty group", i)
+		}
+		for _, sc := range g.Scopes {
+			if _, ok := c.actions[sc.Action]; !ok {
+				return nil, fmt.Errorf("grants[%d] (group %s): action %q is not in the actions catalog", i, g.Group, sc.Action)
+			}
+		}
+		c.grants = append(c.grants, g)
+	}
+	return c, nil
+}
+
+// Action returns the catalog entry for name.
+func (c *Catalog) Action(name string) (Action, bool) {
+	a, ok := c.actions[name]
+	return a, ok
+}
+
+// Audience returns the catalog entry for url, matched exactly.
+func (c *Catalog) Audience(url string) (Audience, bool) {
+	a, ok := c.audiences[url]
+	return a, ok
+}
+
+// GrantsFor returns the scopes a user in groups may delegate.
+func (c *Catalog) GrantsFor(groups []string) Scopes {
+	var out Scopes
+	for _, g := range c.grants {
+		for _, grp := range groups {
+			if g.Group == grp {
+				out = append(out, g.Scopes...)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// CheckKnown refuses scopes whose action is not in the catalog.
+func (c *Catalog) CheckKnown(s Scopes) error {
+	for _, sc := range s {
+		if _, ok := c.actions[sc.Action]; !ok {
+			return Errorf(ErrInvalidScope, "unknown action %q", sc.Action)
+		}
+	}
+	return nil
+}
+
+// CheckGrantable refuses the whole set if any scope is hard-blocked: its
+// action's class is credential, identity or token, or it matches the deny
+// list. Nothing is ever trimmed silently.
+func (c *Catalog) CheckGrantable(s Scopes) error {
+	for _, sc := range s {
+		a, ok := c.actions[sc.Action]
+		if !ok {
+			return Errorf(ErrInvalidScope, "unknown action %q", sc.Action)
+		}
+		if a.Class.Blocked() {
+			return Errorf(ErrBlockedAction, "%s has class %s, which is never grantable to an agent", sc.Action, a.Class)
+		}
+		if p, hit := c.denied(sc.Action); hit {
+			return Errorf(ErrBlockedAction, "%s matches the deny list (%s)", sc.Action, p)
+		}
+	}
+	return nil
+}
+
+// Risk returns the highest risk among the actions of s.
+func (c *Catalog) Risk(s Scopes) Risk {
+	best := RiskLow
+	for _, sc := range s {
+		if a, ok := c.actions[sc.Action]; ok && a.Risk.rank() > best.rank() {
+			best = a.Risk
+		}
+	}
+	return best
+}
+
+func (c *Catalog) denied(action string) (string, bool) {
+	for _, p := range c.deny {
+		if globMatch(strings.Split(p, "."), strings.Split(action, ".")) {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+func validDenyPattern(p string) error {
+	if p == "" {
+		return fmt.Errorf("empty")
+	}
+	for _, seg := range strings.Split(strings.ToLower(p), ".") {
+		if seg == "*" || seg == "**" {
+			continue
+		}
+		if !validAction(seg) {
+			return fmt.Errorf("segment %q is neither a name nor * or **", seg)
+		}
+	}
+	return nil
+}
+
+// globMatch matches dot-segments: `*` one segment, `**` zero or more.
+func globMatch(pat, segs []string) bool {
+	if len(pat) == 0 {
+		return len(segs) == 0
+	}
+	switch pat[0] {
+	case "**":
+		for i := 0; i <= len(segs); i++ {
+			if globMatch(pat[1:], segs[i:]) {
+				return true
+			}
+		}
+		return false
+	case "*":
+		return len(segs) > 0 && globMatch(pat[1:], segs[1:])
+	default:
+		return len(segs) > 0 && strings.EqualFold(pat[0], segs[0]) && globMatch(pat[1:], segs[1:])
+	}
+}

@@ -1,0 +1,65 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Error is a refusal with a stable machine-readable code. The codes are the
+// contract of DESIGN.md's refusal table; httpapi maps each to a status.
+type Error struct {
+	Code   string
+	Detail string
+}
+
+func (e *Error) Error() string {
+	if e.Detail == "" {
+		return e.Code
+	}
+	return e.Code + ": " + e.Detail
+}
+
+// Is reports whether target is an *Error with the same code, so that
+// errors.Is(err, ErrTaskNotActive) holds for any detail.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code
+}
+
+// Sentinel refusals. Wrap them with Errorf to add a detail.
+var (
+	ErrInvalidRequest       = &Error{Code: "invalid_request"}
+	ErrInvalidScope         = &Error{Code: "invalid_scope"}
+	ErrInvalidToken         = &Error{Code: "invalid_token"}
+	ErrTokenNotAccepted     = &Error{Code: "token_not_accepted"}
+	ErrWrongPrincipalKind   = &Error{Code: "wrong_principal_kind"}
+	ErrNotTaskParty         = &Error{Code: "not_task_party"}
+	ErrApprovalForbidden    = &Error{Code: "approval_forbidden"}
+	ErrScopeExceedsRequest  = &Error{Code: "scope_exceeds_request"}
+	ErrScopeExceedsGrant    = &Error{Code: "scope_exceeds_grant"}
+	ErrScopeExceedsApproval = &Error{Code: "scope_exceeds_approval"}
+	ErrBlockedAction        = &Error{Code: "blocked_action"}
+	ErrTaskNotActive        = &Error{Code: "task_not_active"}
+	ErrTaskImmutable        = &Error{Code: "task_immutable"}
+	ErrBodyTooLarge         = &Error{Code: "body_too_large"}
+	ErrNotFound             = &Error{Code: "not_found"}
+	// ErrUnavailable means a dependency (the database, an identity
+	// provider's keys, Vault) could not be reached. It is never reported
+	// as an authentication failure.
+	ErrUnavailable = &Error{Code: "unavailable"}
+)
+
+// Errorf returns a refusal with the code of sentinel and a formatted detail.
+func Errorf(sentinel *Error, format string, args ...any) error {
+	return &Error{Code: sentinel.Code, Detail: fmt.Sprintf(format, args...)}
+}
+
+// CodeOf returns the refusal code carried by err, or "" when err is not a
+// refusal (an internal error).
+func CodeOf(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return ""
+}

@@ -1,0 +1,105 @@
+package broker
+
+import (
+	"context"
+	"time"
+)
+
+// Store persists tasks, credentials and the audit log. Implementations turn
+// their driver's errors into ErrNotFound and ErrUnavailable.
+type Store interface {
+	// InTx runs fn in one transaction and commits it durably when fn
+	// returns nil; any error rolls everything back.
+	InTx(ctx context.Context, fn func(Tx) error) error
+	Reader
+	// Ping reports whether the store can be reached (ErrUnavailable if not).
+	Ping(ctx context.Context) error
+}
+
+// Tx is the write side, used only inside Store.InTx.
+type Tx interface {
+	InsertTask(ctx context.Context, t *Task) error
+	// LockTask reads a task and locks it until the transaction ends, so
+	// that minting and closing one task are serialised. ErrNotFound.
+	LockTask(ctx context.Context, id string) (Task, error)
+	UpdateTask(ctx context.Context, t Task) error
+	InsertCredential(ctx context.Context, c *Credential) error
+	// RevokeCredentials marks every unrevoked credential of the task
+	// revoked at `at` and returns them.
+	RevokeCredentials(ctx context.Context, taskID string, at time.Time) ([]Credential, error)
+	// AppendAudit appends events to the hash chain, assigning Seq and Hash.
+	// It should be the last write of a transaction: it serialises writers.
+	AppendAudit(ctx context.Context, events ...AuditEvent) error
+}
+
+// Reader is the read side. Lists return at most Limit+1 rows so that the
+// caller can tell whether more remain.
+type Reader interface {
+	Task(ctx context.Context, id string) (Task, error)
+	ListTasks(ctx context.Context, f TaskFilter) ([]Task, error)
+	Credential(ctx context.Context, jti string) (Credential, error)
+	Credentials(ctx context.Context, f HistoryFilter) ([]Credential, error)
+	AuditEvents(ctx context.Context, f HistoryFilter) ([]AuditEvent, error)
+}
+
+// TaskFilter selects a principal's tasks in Seq order.
+type TaskFilter struct {
+	Agent, User *Ref   // exactly one is set
+	Status      Status // effective status at Now; "" for any
+	Now         time.Time
+	AfterSeq    int64
+	Limit       int
+}
+
+// HistoryFilter selects audit events or credentials in Seq order. Actor is
+// "<issuer>#<subject>" or a bare subject. For credentials, Type is the
+// credential kind and Actor matches the agent or the user.
+type HistoryFilter struct {
+	TaskID, Actor, Type string
+	Since, Until        time.Time // zero: unbounded
+	AfterSeq            int64
+	Limit               int
+}
+
+// AccessToken is what a token issuer signs: the claims of DESIGN.md's
+// RFC 9068 profile, decided by the broker. The issuer adds iss and applies.
+type AccessToken struct {
+	Subject   string // the user
+	Act       Ref    // the agent (RFC 8693 actor)
+	ClientID  string // the agent
+	Audience  string
+	Scope     string // space-separated canonical scopes
+	TaskID    string
+	JTI       string
+	IssuedAt  time.Time
+	NotBefore time.Time
+	ExpiresAt time.Time
+}
+
+// TokenIssuer signs access tokens and verifies its own tokens.
+type TokenIssuer interface {
+	Sign(ctx context.Context, t AccessToken) (string, error)
+	// Verify checks the signature, header and claims of one of Errand's
+	// own tokens at now; any failure is ErrInvalidToken.
+	Verify(ctx context.Context, raw string) (AccessToken, error)
+}
+
+// SigningKey is a stored token-signing key. Private is sealed by the token
+// issuer (with a key derived from system_secret); the store never sees it
+// in the clear.
+type SigningKey struct {
+	KID       string
+	Alg       string
+	Private   []byte
+	PublicJWK []byte
+	State     string // "current", "previous" or "retired"
+	CreatedAt time.Time
+}
+
+// KeyStore keeps signing keys so that every replica signs with the same keys.
+type KeyStore interface {
+	SigningKeys(ctx context.Context) ([]SigningKey, error)
+	// InsertCurrentKey stores k as the current key unless a current key
+	// already exists, in which case it returns false and stores nothing.
+	InsertCurrentKey(ctx context.Context, k SigningKey) (bool, error)
+}

@@ -1,0 +1,60 @@
+package broker
+
+// Kind is the kind of a principal, fixed by the issuer that vouched for it.
+// Kinds never compare equal to each other: an agent and a user with the same
+// subject are two different principals.
+type Kind string
+
+const (
+	KindAgent    Kind = "agent"
+	KindUser     Kind = "user"
+	KindResource Kind = "resource"
+)
+
+// Valid reports whether k is one of the three kinds.
+func (k Kind) Valid() bool {
+	return k == KindAgent || k == KindUser || k == KindResource
+}
+
+// Principal is a verified caller: (Issuer, Subject, Kind) is its identity.
+type Principal struct {
+	Issuer  string
+	Subject string
+	Kind    Kind
+	// Groups are the user's groups from the issuer's groups claim.
+	Groups []string
+	// Auditor is set for users in the issuer's auditor group.
+	Auditor bool
+}
+
+// Ref is the (issuer, subject) pair that names a principal of a known kind.
+type Ref struct {
+	Issuer  string `json:"iss"`
+	Subject string `json:"sub"`
+}
+
+// Ref returns p's issuer and subject.
+func (p Principal) Ref() Ref { return Ref{Issuer: p.Issuer, Subject: p.Subject} }
+
+// String is "<issuer>#<subject>", the form DESIGN.md uses for on_behalf_of.
+func (r Ref) String() string { return r.Issuer + "#" + r.Subject }
+
+// Is reports whether p is the principal of kind k named by r.
+func (p Principal) Is(k Kind, r Ref) bool {
+	return p.Kind == k && p.Issuer == r.Issuer && p.Subject == r.Subject
+}
+
+// Actor is how a principal is recorded in the audit trail.
+type Actor struct {
+	Kind    string `json:"kind"`
+	Issuer  string `json:"iss,omitempty"`
+	Subject string `json:"sub,omitempty"`
+}
+
+// ActorOf returns the audit actor for p. The zero Principal is "anonymous".
+func ActorOf(p Principal) Actor {
+	if p.Kind == "" {
+		return Actor{Kind: "anonymous"}
+	}
+	return Actor{Kind: string(p.Kind), Issuer: p.Issuer, Subject: p.Subject}
+}

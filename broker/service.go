@@ -1,0 +1,711 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Defaults of DESIGN.md's limits.
+const (
+	DefaultTokenTTLMax = 5 * time.Minute
+	DefaultTaskTTLMax  = 8 * time.Hour
+	defaultTaskTTL     = time.Hour
+	maxGoalBytes       = 4096
+	maxAudiences       = 16
+	maxReasonBytes     = 1024
+	maxLabelBytes      = 256
+)
+
+// Config configures a Service. Store, Tokens and Catalog are required.
+type Config struct {
+	Store   Store
+	Tokens  TokenIssuer
+	Catalog *Catalog
+	// UserIssuers are the URLs of the issuers of kind user, used to resolve
+	// on_behalf_of.
+	UserIssuers []string
+	TokenTTLMax time.Duration // default 5 min
+	TaskTTLMax  time.Duration // default 8 h
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Random is the source of identifiers; default crypto/rand.
+	Random io.Reader
+}
+
+// Service carries out Errand's use cases and enforces its invariants.
+type Service struct {
+	store   Store
+	tokens  TokenIssuer
+	catalog *Catalog
+	users   []string
+	tokMax  time.Duration
+	taskMax time.Duration
+	clock   func() time.Time
+	random  io.Reader
+}
+
+// NewService validates cfg and returns a Service.
+func NewService(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.Tokens == nil || cfg.Catalog == nil {
+		return nil, errors.New("broker: Store, Tokens and Catalog are required")
+	}
+	s := &Service{
+		store: cfg.Store, tokens: cfg.Tokens, catalog: cfg.Catalog,
+		users: cfg.UserIssuers, tokMax: cfg.TokenTTLMax, taskMax: cfg.TaskTTLMax,
+		clock: cfg.Now, random: cfg.Random,
+	}
+	if s.tokMax <= 0 {
+		s.tokMax = DefaultTokenTTLMax
+	}
+	if s.taskMax <= 0 {
+		s.taskMax = DefaultTaskTTLMax
+	}
+	if s.clock == nil {
+		s.clock = time.Now
+	}
+	if s.random == nil {
+		s.random = rand.Reader
+	}
+	return s, nil
+}
+
+// Catalog returns the catalog the service decides against.
+func (s *Service) Catalog() *Catalog { return s.catalog }
+
+func (s *Service) now() time.Time { return s.clock().UTC().Truncate(time.Microsecond) }
+
+var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// newID returns prefix + 128 random bits.
+func (s *Service) newID(prefix string) (string, error) {
+	var b [16]byte
+	if _, err := io.ReadFull(s.random, b[:]); err != nil {
+		return "", fmt.Errorf("broker: random: %w", err)
+	}
+	return prefix + idEncoding.EncodeToString(b[:]), nil
+}
+
+// HashID is how credential identifiers appear in the audit trail.
+func HashID(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:])
+}
+
+func detail(v map[string]any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic("broker: audit detail not encodable: " + err.Error())
+	}
+	return b
+}
+
+// CreateTaskRequest is an agent's request for a task.
+type CreateTaskRequest struct {
+	OnBehalfOf string
+	Goal       string
+	Scopes     []string
+	Audiences  []string
+	TTLSeconds int64
+	Tool       string
+	Dataset    string
+}
+
+// CreateTask records a pending task for the calling agent.
+func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskRequest) (Task, error) {
+	if p.Kind != KindAgent {
+		return Task{}, Errorf(ErrWrongPrincipalKind, "only agents create tasks")
+	}
+	user, err := s.resolveUser(req.OnBehalfOf)
+	if err != nil {
+		return Task{}, err
+	}
+	if err := checkText("goal", req.Goal, maxGoalBytes, true); err != nil {
+		return Task{}, err
+	}
+	if err := checkText("tool", req.Tool, maxLabelBytes, false); err != nil {
+		return Task{}, err
+	}
+	if err := checkText("dataset", req.Dataset, maxLabelBytes, false); err != nil {
+		return Task{}, err
+	}
+	scopes, err := ParseScopes(req.Scopes)
+	if err != nil {
+		return Task{}, err
+	}
+	if err := s.catalog.CheckGrantable(scopes); err != nil {
+		return Task{}, err
+	}
+	auds, err := s.audiences(req.Audiences)
+	if err != nil {
+		return Task{}, err
+	}
+	ttl, capped, err := s.taskTTL(req.TTLSeconds)
+	if err != nil {
+		return Task{}, err
+	}
+	id, err := s.newID("tsk_")
+	if err != nil {
+		return Task{}, err
+	}
+	now := s.now()
+	t := Task{
+		ID: id, Version: 1, Status: StatusPending,
+		Agent: p.Ref(), User: user,
+		Goal: req.Goal, Scopes: scopes, Audiences: auds,
+		Risk: s.catalog.Risk(scopes), Tool: req.Tool, Dataset: req.Dataset,
+		TTLCapped: capped, CreatedAt: now, ExpiresAt: now.Add(ttl),
+	}
+	err = s.store.InTx(ctx, func(tx Tx) error {
+		if err := tx.InsertTask(ctx, &t); err != nil {
+			return err
+		}
+		return tx.AppendAudit(ctx, AuditEvent{
+			Time: now, Type: EventTaskCreated, Actor: ActorOf(p), TaskID: t.ID,
+			Detail: detail(map[string]any{
+				"on_behalf_of": user.String(), "goal": t.Goal, "scopes": scopes.Strings(),
+				"audiences": auds, "expires_at": t.ExpiresAt, "ttl_capped": capped,
+				"risk": t.Risk, "tool": t.Tool, "dataset": t.Dataset,
+			}),
+		})
+	})
+	if err != nil {
+		return Task{}, err
+	}
+	return t, nil
+}
+
+func (s *Service) resolveUser(obo string) (Ref, error) {
+	if obo == "" {
+		return Ref{}, Errorf(ErrInvalidRequest, "on_behalf_of is required")
+	}
+	if len(obo) > 1024 || !utf8.ValidString(obo) {
+		return Ref{}, Errorf(ErrInvalidRequest, "on_behalf_of is malformed")
+	}
+	if iss, sub, ok := strings.Cut(obo, "#"); ok {
+		for _, u := range s.users {
+			if u == iss && sub != "" {
+				return Ref{Issuer: iss, Subject: sub}, nil
+			}
+		}
+		return Ref{}, Errorf(ErrInvalidRequest, "on_behalf_of names an issuer that is not a configured user issuer")
+	}
+	switch len(s.users) {
+	case 0:
+		return Ref{}, Errorf(ErrInvalidRequest, "no user issuer is configured")
+	case 1:
+		return Ref{Issuer: s.users[0], Subject: obo}, nil
+	}
+	return Ref{}, Errorf(ErrInvalidRequest, "several user issuers are configured: write on_behalf_of as <issuer URL>#<sub>")
+}
+
+func checkText(field, v string, max int, required bool) error {
+	if required && strings.TrimSpace(v) == "" {
+		return Errorf(ErrInvalidRequest, "%s is required", field)
+	}
+	if len(v) > max {
+		return Errorf(ErrInvalidRequest, "%s is longer than %d bytes", field, max)
+	}
+	if !utf8.ValidString(v) {
+		return Errorf(ErrInvalidRequest, "%s is not valid UTF-8", field)
+	}
+	return nil
+}
+
+// audiences validates a requested audience list against the catalog.
+func (s *Service) audiences(in []string) ([]string, error) {
+	if len(in) == 0 {
+		return nil, Errorf(ErrInvalidRequest, "audiences is required")
+	}
+	if len(in) > maxAudiences {
+		return nil, Errorf(ErrInvalidRequest, "more than %d audiences", maxAudiences)
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, a := range in {
+		if _, ok := s.catalog.Audience(a); !ok {
+			return nil, Errorf(ErrInvalidRequest, "unknown audience %q", a)
+		}
+		if !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+func (s *Service) taskTTL(sec int64) (time.Duration, bool, error) {
+	switch {
+	case sec < 0:
+		return 0, false, Errorf(ErrInvalidRequest, "ttl_seconds must be positive")
+	case sec == 0:
+		return min(defaultTaskTTL, s.taskMax), false, nil
+	case sec > int64(s.taskMax/time.Second):
+		return s.taskMax, true, nil
+	}
+	return time.Duration(sec) * time.Second, false, nil
+}
+
+// GetTask returns a task to its agent, its user or an auditor.
+func (s *Service) GetTask(ctx context.Context, p Principal, id string) (Task, error) {
+	if p.Kind == KindResource {
+		return Task{}, Errorf(ErrWrongPrincipalKind, "resource servers do not read tasks")
+	}
+	t, err := s.store.Task(ctx, id)
+	if err != nil {
+		return Task{}, err
+	}
+	if !p.Is(KindAgent, t.Agent) && !p.Is(KindUser, t.User) && !(p.Kind == KindUser && p.Auditor) {
+		return Task{}, Errorf(ErrNotTaskParty, "caller is neither the task's agent nor its user")
+	}
+	return t, nil
+}
+
+// ListTasks returns the caller's tasks (as agent or as user) with the given
+// effective status, oldest first, and whether more remain.
+func (s *Service) ListTasks(ctx context.Context, p Principal, status Status, afterSeq int64, limit int) ([]Task, bool, error) {
+	if status != "" && !status.Valid() {
+		return nil, false, Errorf(ErrInvalidRequest, "unknown status %q", status)
+	}
+	f := TaskFilter{Status: status, Now: s.now(), AfterSeq: afterSeq, Limit: limit}
+	ref := p.Ref()
+	switch p.Kind {
+	case KindUser:
+		f.User = &ref
+	case KindAgent:
+		f.Agent = &ref
+	default:
+		return nil, false, Errorf(ErrWrongPrincipalKind, "only agents and users list tasks")
+	}
+	ts, err := s.store.ListTasks(ctx, f)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(ts) > limit {
+		return ts[:limit], true, nil
+	}
+	return ts, false, nil
+}
+
+// ApproveRequest narrows a task at approval. Nil Scopes or Audiences mean
+// "as requested"; TTLSeconds 0 means "as requested".
+type ApproveRequest struct {
+	Scopes     []string
+	Audiences  []string
+	TTLSeconds int64
+}
+
+// Approve approves a pending task. Only the task's user may, and only with
+// scopes inside both the request and the user's grants (invariants 1–3, 5).
+func (s *Service) Approve(ctx context.Context, p Principal, id string, req ApproveRequest) (Task, error) {
+	if p.Kind != KindUser {
+		return Task{}, Errorf(ErrApprovalForbidden, "only the task's user may approve it; caller is of kind %s", p.Kind)
+	}
+	var out Task
+	err := s.store.InTx(ctx, func(tx Tx) error {
+		t, err := tx.LockTask(ctx, id)
+		if err != nil {
+			return err
+		}
+		now := s.now()
+		if err := s.decidable(p, t, now); err != nil {
+			return err
+		}
+		approved := t.Scopes
+		if req.Scopes != nil {
+			if approved, err = ParseScopes(req.Scopes); err != nil {
+				return err
+			}
+		}
+		if err := s.catalog.CheckGrantable(approved); err != nil {
+			return err
+		}
+		if miss := t.Scopes.Uncovered(approved); len(miss) > 0 {
+			return Errorf(ErrScopeExceedsRequest, "not requested: %s", strings.Join(miss.Strings(), " "))
+		}
+		if miss := s.catalog.GrantsFor(p.Groups).Uncovered(approved); len(miss) > 0 {
+			return Errorf(ErrScopeExceedsGrant, "beyond the approver's grants: %s", strings.Join(miss.Strings(), " "))
+		}
+		auds := t.Audiences
+		if req.Audiences != nil {
+			if auds, err = s.audiences(req.Audiences); err != nil {
+				return err
+			}
+			for _, a := range auds {
+				if !contains(t.Audiences, a) {
+					return Errorf(ErrScopeExceedsRequest, "audience %q was not requested", a)
+				}
+			}
+		}
+		if req.TTLSeconds < 0 {
+			return Errorf(ErrInvalidRequest, "ttl_seconds must be positive")
+		}
+		if req.TTLSeconds > 0 {
+			if exp := now.Add(time.Duration(min(req.TTLSeconds, int64(s.taskMax/time.Second))) * time.Second); exp.Before(t.ExpiresAt) {
+				t.ExpiresAt = exp
+			}
+		}
+		t.Status, t.ApprovedScopes, t.ApprovedAudiences, t.ApprovedAt = StatusApproved, approved, auds, now
+		t.Version++
+		if err := tx.UpdateTask(ctx, t); err != nil {
+			return err
+		}
+		out = t
+		return tx.AppendAudit(ctx, AuditEvent{
+			Time: now, Type: EventTaskApproved, Actor: ActorOf(p), TaskID: t.ID,
+			Detail: detail(map[string]any{
+				"approved_scopes": approved.Strings(), "approved_audiences": auds,
+				"expires_at": t.ExpiresAt, "version": t.Version,
+			}),
+		})
+	})
+	return out, err
+}
+
+// decidable checks that p may approve or deny t now.
+func (s *Service) decidable(p Principal, t Task, now time.Time) error {
+	if !p.Is(KindUser, t.User) {
+		return Errorf(ErrApprovalForbidden, "only the task's user may approve or deny it")
+	}
+	switch st := t.EffectiveStatus(now); st {
+	case StatusPending:
+		return nil
+	case StatusApproved:
+		return Errorf(ErrTaskImmutable, "the task is already approved; a wider need is a new task")
+	default:
+		return Errorf(ErrTaskNotActive, "the task is %s", st)
+	}
+}
+
+// Deny denies a pending task. Only the task's user may.
+func (s *Service) Deny(ctx context.Context, p Principal, id, reason string) (Task, error) {
+	if p.Kind != KindUser {
+		return Task{}, Errorf(ErrApprovalForbidden, "only the task's user may deny it; caller is of kind %s", p.Kind)
+	}
+	if err := checkText("reason", reason, maxReasonBytes, false); err != nil {
+		return Task{}, err
+	}
+	var out Task
+	err := s.store.InTx(ctx, func(tx Tx) error {
+		t, err := tx.LockTask(ctx, id)
+		if err != nil {
+			return err
+		}
+		now := s.now()
+		if err := s.decidable(p, t, now); err != nil {
+			return err
+		}
+		t.Status, t.DenyReason, t.ClosedAt = StatusDenied, reason, now
+		t.Version++
+		if err := tx.UpdateTask(ctx, t); err != nil {
+			return err
+		}
+		out = t
+		return tx.AppendAudit(ctx, AuditEvent{
+			Time: now, Type: EventTaskDenied, Actor: ActorOf(p), TaskID: t.ID,
+			Detail: detail(map[string]any{"reason": reason, "version": t.Version}),
+		})
+	})
+	return out, err
+}
+
+// MintRequest asks for an access token within a task.
+type MintRequest struct {
+	Scopes     []string
+	Audience   string
+	TTLSeconds int64
+	Tool       string
+	Dataset    string
+}
+
+// Minted is an issued access token and its durable record.
+type Minted struct {
+	Token      string
+	ExpiresIn  int64
+	Credential Credential
+}
+
+// Mint issues an access token for an approved task to the task's agent.
+// The credential row and its audit event commit before the token is
+// returned (invariant 7), under the task's row lock, so no token is ever
+// issued after the task's close commits.
+func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequest) (Minted, error) {
+	if p.Kind != KindAgent {
+		return Minted{}, Errorf(ErrWrongPrincipalKind, "only agents mint tokens")
+	}
+	scopes, err := ParseScopes(req.Scopes)
+	if err != nil {
+		return Minted{}, err
+	}
+	if req.TTLSeconds < 0 {
+		return Minted{}, Errorf(ErrInvalidRequest, "ttl_seconds must be positive")
+	}
+	if req.Audience == "" {
+		return Minted{}, Errorf(ErrInvalidRequest, "audience is required")
+	}
+	if err := checkText("tool", req.Tool, maxLabelBytes, false); err != nil {
+		return Minted{}, err
+	}
+	if err := checkText("dataset", req.Dataset, maxLabelBytes, false); err != nil {
+		return Minted{}, err
+	}
+	jti, err := s.newID("")
+	if err != nil {
+		return Minted{}, err
+	}
+	var out Minted
+	err = s.store.InTx(ctx, func(tx Tx) error {
+		t, err := tx.LockTask(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !p.Is(KindAgent, t.Agent) {
+			return Errorf(ErrNotTaskParty, "the task belongs to another agent")
+		}
+		now := s.now()
+		if st := t.EffectiveStatus(now); st != StatusApproved {
+			return Errorf(ErrTaskNotActive, "the task is %s", st)
+		}
+		if err := s.catalog.CheckGrantable(scopes); err != nil {
+			return err
+		}
+		if _, ok := s.catalog.Audience(req.Audience); !ok {
+			return Errorf(ErrInvalidRequest, "unknown audience %q", req.Audience)
+		}
+		if !contains(t.ApprovedAudiences, req.Audience) {
+			return Errorf(ErrScopeExceedsApproval, "audience %q is not approved for this task", req.Audience)
+		}
+		if miss := t.ApprovedScopes.Uncovered(scopes); len(miss) > 0 {
+			return Errorf(ErrScopeExceedsApproval, "not approved: %s", strings.Join(miss.Strings(), " "))
+		}
+		iat := now.Truncate(time.Second)
+		ttl := s.tokMax
+		if req.TTLSeconds > 0 {
+			ttl = min(ttl, time.Duration(req.TTLSeconds)*time.Second)
+		}
+		ttl = min(ttl, t.ExpiresAt.Sub(iat)).Truncate(time.Second)
+		if ttl < time.Second {
+			return Errorf(ErrTaskNotActive, "the task expires in less than a second")
+		}
+		c := Credential{
+			JTI: jti, TaskID: t.ID, Kind: "jwt", Agent: t.Agent, User: t.User,
+			Scopes: scopes, Audience: req.Audience, IssuedAt: iat, ExpiresAt: iat.Add(ttl),
+		}
+		if err := tx.InsertCredential(ctx, &c); err != nil {
+			return err
+		}
+		tok, err := s.tokens.Sign(ctx, AccessToken{
+			Subject: t.User.Subject, Act: t.Agent, ClientID: t.Agent.Subject,
+			Audience: req.Audience, Scope: strings.Join(scopes.Strings(), " "),
+			TaskID: t.ID, JTI: jti, IssuedAt: iat, NotBefore: iat, ExpiresAt: c.ExpiresAt,
+		})
+		if err != nil {
+			return err
+		}
+		out = Minted{Token: tok, ExpiresIn: int64(ttl / time.Second), Credential: c}
+		return tx.AppendAudit(ctx, AuditEvent{
+			Time: now, Type: EventCredentialIssued, Actor: ActorOf(p), TaskID: t.ID,
+			Detail: detail(map[string]any{
+				"kind": "jwt", "jti_sha256": HashID(jti), "scopes": scopes.Strings(),
+				"audience": req.Audience, "expires_at": c.ExpiresAt,
+				"tool": req.Tool, "dataset": req.Dataset,
+			}),
+		})
+	})
+	if err != nil {
+		return Minted{}, err
+	}
+	return out, nil
+}
+
+// Close closes an approved task for its agent or its user and revokes every
+// credential of it in the same transaction (invariant 8).
+func (s *Service) Close(ctx context.Context, p Principal, id string) (Task, int, error) {
+	if p.Kind != KindAgent && p.Kind != KindUser {
+		return Task{}, 0, Errorf(ErrWrongPrincipalKind, "only the task's agent or user may close it")
+	}
+	var (
+		out     Task
+		revoked int
+	)
+	err := s.store.InTx(ctx, func(tx Tx) error {
+		t, err := tx.LockTask(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !p.Is(KindAgent, t.Agent) && !p.Is(KindUser, t.User) {
+			return Errorf(ErrNotTaskParty, "caller is neither the task's agent nor its user")
+		}
+		now := s.now()
+		if st := t.EffectiveStatus(now); st != StatusApproved {
+			return Errorf(ErrTaskNotActive, "the task is %s", st)
+		}
+		t.Status, t.ClosedAt = StatusClosed, now
+		t.Version++
+		if err := tx.UpdateTask(ctx, t); err != nil {
+			return err
+		}
+		creds, err := tx.RevokeCredentials(ctx, t.ID, now)
+		if err != nil {
+			return err
+		}
+		events := make([]AuditEvent, 0, len(creds)+1)
+		events = append(events, AuditEvent{
+			Time: now, Type: EventTaskClosed, Actor: ActorOf(p), TaskID: t.ID,
+			Detail: detail(map[string]any{"revoked": len(creds), "version": t.Version}),
+		})
+		for _, c := range creds {
+			events = append(events, AuditEvent{
+				Time: now, Type: EventCredentialRevoked, Actor: ActorOf(p), TaskID: t.ID,
+				Detail: detail(map[string]any{"kind": c.Kind, "jti_sha256": HashID(c.JTI), "reason": "task_closed"}),
+			})
+		}
+		out, revoked = t, len(creds)
+		return tx.AppendAudit(ctx, events...)
+	})
+	return out, revoked, err
+}
+
+// Introspection is the RFC 7662 view of a token.
+type Introspection struct {
+	Active     bool
+	Credential Credential
+	Token      AccessToken
+}
+
+// Introspect answers whether raw is an active token of Errand's, for a
+// resource server (RFC 7662 §2.2). Unknown, expired, revoked and foreign
+// tokens are all simply inactive; only an outage is an error.
+func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Introspection, error) {
+	if p.Kind != KindResource {
+		return Introspection{}, Errorf(ErrWrongPrincipalKind, "only resource servers introspect")
+	}
+	at, err := s.tokens.Verify(ctx, raw)
+	if err != nil {
+		if CodeOf(err) == ErrInvalidToken.Code {
+			return Introspection{}, nil
+		}
+		return Introspection{}, err
+	}
+	c, err := s.store.Credential(ctx, at.JTI)
+	if errors.Is(err, ErrNotFound) {
+		return Introspection{}, nil
+	}
+	if err != nil {
+		return Introspection{}, err
+	}
+	now := s.now()
+	if !c.RevokedAt.IsZero() || !now.Before(c.ExpiresAt) || c.TaskID != at.TaskID || c.Audience != at.Audience {
+		return Introspection{}, nil
+	}
+	if au, ok := s.catalog.Audience(c.Audience); !ok || !introspector(au, p) {
+		return Introspection{}, nil
+	}
+	t, err := s.store.Task(ctx, c.TaskID)
+	if err != nil {
+		return Introspection{}, err
+	}
+	if t.EffectiveStatus(now) != StatusApproved {
+		return Introspection{}, nil
+	}
+	return Introspection{Active: true, Credential: c, Token: at}, nil
+}
+
+func introspector(au Audience, p Principal) bool {
+	if len(au.Introspectors) == 0 {
+		return true
+	}
+	for _, r := range au.Introspectors {
+		if p.Is(KindResource, r) {
+			return true
+		}
+	}
+	return false
+}
+
+// AuditEvents returns audit events to an auditor.
+func (s *Service) AuditEvents(ctx context.Context, p Principal, f HistoryFilter) ([]AuditEvent, bool, error) {
+	if err := s.auditor(p, f); err != nil {
+		return nil, false, err
+	}
+	if f.Type != "" && !contains(EventTypes, f.Type) {
+		return nil, false, Errorf(ErrInvalidRequest, "unknown event type %q", f.Type)
+	}
+	evs, err := s.store.AuditEvents(ctx, f)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(evs) > f.Limit {
+		return evs[:f.Limit], true, nil
+	}
+	return evs, false, nil
+}
+
+// Credentials returns the issuance history to an auditor.
+func (s *Service) Credentials(ctx context.Context, p Principal, f HistoryFilter) ([]Credential, bool, error) {
+	if err := s.auditor(p, f); err != nil {
+		return nil, false, err
+	}
+	if f.Type != "" && f.Type != "jwt" {
+		return nil, false, Errorf(ErrInvalidRequest, "unknown credential kind %q", f.Type)
+	}
+	cs, err := s.store.Credentials(ctx, f)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(cs) > f.Limit {
+		return cs[:f.Limit], true, nil
+	}
+	return cs, false, nil
+}
+
+func (s *Service) auditor(p Principal, f HistoryFilter) error {
+	if p.Kind != KindUser || !p.Auditor {
+		return Errorf(ErrWrongPrincipalKind, "only auditors read the history")
+	}
+	if f.Limit < 1 {
+		return Errorf(ErrInvalidRequest, "limit must be positive")
+	}
+	return nil
+}
+
+// RecordRefusal writes the request.refused event for a refusal. It is
+// called once for every refused request, whatever refused it.
+func (s *Service) RecordRefusal(ctx context.Context, p Principal, taskID, op string, refusal error) error {
+	code := CodeOf(refusal)
+	if code == "" {
+		code = "internal"
+	}
+	msg := refusal.Error()
+	var e *Error
+	if errors.As(refusal, &e) && e.Detail != "" {
+		msg = e.Detail
+	}
+	return s.store.InTx(ctx, func(tx Tx) error {
+		return tx.AppendAudit(ctx, AuditEvent{
+			Time: s.now(), Type: EventRequestRefused, Actor: ActorOf(p), TaskID: taskID,
+			Detail: detail(map[string]any{"code": code, "detail": msg, "op": op}),
+		})
+	})
+}
+
+// Ready reports whether the store is reachable.
+func (s *Service) Ready(ctx context.Context) error { return s.store.Ping(ctx) }
+
+func contains(list []string, v string) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,10 @@
+// Package migrations embeds Errand's versioned, forward-only SQL schema,
+// one directory per dialect, applied with goose.
+package migrations
+
+import "embed"
+
+// Postgres holds the PostgreSQL migrations, under postgres/.
+//
+//go:embed postgres/*.sql
+var Postgres embed.FS

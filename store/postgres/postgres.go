@@ -1,0 +1,219 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/migrations"
+)
+
+// Store is a broker.Store on a pgx pool.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+var (
+	_ broker.Store    = (*Store)(nil)
+	_ broker.KeyStore = (*Store)(nil)
+)
+
+// Config configures Open.
+type Config struct {
+	URL string
+	// MaxConns bounds the pool; 0 keeps pgx's default.
+	MaxConns int32
+	// ConnectTimeout bounds each connection attempt; default 5 s.
+	ConnectTimeout time.Duration
+}
+
+// Open connects a pool. It refuses the simple query protocol (every known
+// pgx SQL injection needs it) and a server with synchronous_commit off
+// (an acknowledged credential could be lost in a crash).
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	pc, err := pgxpool.ParseConfig(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("database_url: %s", MaskURL(err.Error()))
+	}
+	if pc.ConnConfig.DefaultQueryExecMode == pgx.QueryExecModeSimpleProtocol {
+		return nil, errors.New("database_url: default_query_exec_mode=simple_protocol is refused")
+	}
+	if cfg.MaxConns > 0 {
+		pc.MaxConns = cfg.MaxConns
+	}
+	pc.ConnConfig.ConnectTimeout = cfg.ConnectTimeout
+	if pc.ConnConfig.ConnectTimeout <= 0 {
+		pc.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	s := &Store{pool: pool}
+	var sc string
+	if err := pool.QueryRow(ctx, "SHOW synchronous_commit").Scan(&sc); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("database: %w", translate(err))
+	}
+	if sc == "off" || sc == "local" {
+		pool.Close()
+		return nil, fmt.Errorf("database: synchronous_commit is %q; Errand requires it on so that a returned credential is never lost", sc)
+	}
+	return s, nil
+}
+
+// Close closes the pool.
+func (s *Store) Close() { s.pool.Close() }
+
+// Pool exposes the pool to tests and tools of this module.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+func newMigrator(s *Store) (*goose.Provider, *sql.DB, error) {
+	db := stdlib.OpenDBFromPool(s.pool)
+	locker, err := lock.NewPostgresSessionLocker()
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db, migrations.Postgres,
+		goose.WithSessionLocker(locker), goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return p, db, nil
+}
+
+// Migrate applies every pending migration, serialised across replicas by
+// an advisory lock. It refuses a schema newer than this binary.
+func (s *Store) Migrate(ctx context.Context) (applied int, err error) {
+	p, db, err := newMigrator(s)
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	if err := checkNotNewer(ctx, p); err != nil {
+		return 0, err
+	}
+	res, err := p.Up(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("migrate: %w", err)
+	}
+	return len(res), nil
+}
+
+// CheckSchema returns an error unless the schema is exactly this binary's.
+func (s *Store) CheckSchema(ctx context.Context) error {
+	p, db, err := newMigrator(s)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := checkNotNewer(ctx, p); err != nil {
+		return err
+	}
+	pending, err := p.HasPending(ctx)
+	if err != nil {
+		return fmt.Errorf("schema: %w", err)
+	}
+	if pending {
+		return errors.New("schema: migrations are pending; run `errand migrate`")
+	}
+	return nil
+}
+
+func checkNotNewer(ctx context.Context, p *goose.Provider) error {
+	cur, err := p.GetDBVersion(ctx)
+	if err != nil {
+		return fmt.Errorf("schema: %w", err)
+	}
+	srcs := p.ListSources()
+	newest := srcs[len(srcs)-1].Version
+	if cur > newest {
+		return fmt.Errorf("schema: the database is at version %d, newer than this binary's %d; upgrade Errand", cur, newest)
+	}
+	return nil
+}
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	return translate(s.pool.Ping(ctx))
+}
+
+// InTx runs fn in a read-committed transaction; row locks do the
+// serialising where a read decides a write.
+func (s *Store) InTx(ctx context.Context, fn func(broker.Tx) error) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return fn(&txn{tx: tx})
+	})
+	return translate(err)
+}
+
+// translate maps driver errors onto the broker's vocabulary. Refusals from
+// fn pass through untouched.
+func translate(err error) error {
+	if err == nil {
+		return nil
+	}
+	if broker.CodeOf(err) != "" {
+		return err
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return broker.ErrNotFound
+	}
+	if unavailable(err) {
+		return fmt.Errorf("%w: database: %v", broker.ErrUnavailable, MaskURL(err.Error()))
+	}
+	return err
+}
+
+func unavailable(err error) bool {
+	var (
+		connErr *pgconn.ConnectError
+		netErr  net.Error
+		pgErr   *pgconn.PgError
+	)
+	switch {
+	case errors.As(err, &connErr), errors.As(err, &netErr),
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, io.EOF),
+		errors.Is(err, io.ErrUnexpectedEOF), pgconn.Timeout(err), pgconn.SafeToRetry(err):
+		return true
+	case errors.As(err, &pgErr):
+		// 08: connection exception; 53: insufficient resources;
+		// 57P0x: shutdown or cannot connect now.
+		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "53") ||
+			strings.HasPrefix(pgErr.Code, "57P")
+	}
+	return strings.Contains(err.Error(), "conn closed") || strings.Contains(err.Error(), "closed pool")
+}
+
+// MaskURL hides the password of any postgres URL in s.
+func MaskURL(s string) string {
+	out := s
+	for _, scheme := range []string{"postgres://", "postgresql://"} {
+		i := strings.Index(out, scheme)
+		if i < 0 {
+			continue
+		}
+		rest := out[i+len(scheme):]
+		at := strings.Index(rest, "@")
+		colon := strings.Index(rest, ":")
+		if at > 0 && colon >= 0 && colon < at {
+			out = out[:i+len(scheme)] + rest[:colon] + ":xxxxx" + rest[at:]
+		}
+	}
+	return out
+}

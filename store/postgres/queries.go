@@ -1,0 +1,371 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/errandhq/errand/broker"
+)
+
+type txn struct{ tx pgx.Tx }
+
+var _ broker.Tx = (*txn)(nil)
+
+const taskColumns = `id, seq, version, status, agent_iss, agent_sub, user_iss, user_sub, goal,
+	scopes, approved_scopes, audiences, approved_audiences, risk, tool, dataset, ttl_capped,
+	deny_reason, created_at, approved_at, expires_at, closed_at`
+
+func (t *txn) InsertTask(ctx context.Context, k *broker.Task) error {
+	err := t.tx.QueryRow(ctx, `INSERT INTO tasks (id, version, status, agent_iss, agent_sub,
+		user_iss, user_sub, goal, scopes, approved_scopes, audiences, approved_audiences, risk,
+		tool, dataset, ttl_capped, deny_reason, created_at, approved_at, expires_at, closed_at)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)
+		RETURNING seq`,
+		k.ID, k.Version, string(k.Status), k.Agent.Issuer, k.Agent.Subject, k.User.Issuer,
+		k.User.Subject, k.Goal, k.Scopes.Strings(), k.ApprovedScopes.Strings(), nonNil(k.Audiences),
+		nonNil(k.ApprovedAudiences), string(k.Risk), k.Tool, k.Dataset, k.TTLCapped, k.DenyReason,
+		k.CreatedAt, nullTime(k.ApprovedAt), k.ExpiresAt, nullTime(k.ClosedAt)).Scan(&k.Seq)
+	return translate(err)
+}
+
+func (t *txn) LockTask(ctx context.Context, id string) (broker.Task, error) {
+	return scanTask(t.tx.QueryRow(ctx, `SELECT `+taskColumns+` FROM tasks WHERE id = $1 FOR UPDATE`, id))
+}
+
+func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
+	tag, err := t.tx.Exec(ctx, `UPDATE tasks SET version=$2, status=$3, approved_scopes=$4,
+		approved_audiences=$5, deny_reason=$6, approved_at=$7, expires_at=$8, closed_at=$9
+		WHERE id=$1`,
+		k.ID, k.Version, string(k.Status), k.ApprovedScopes.Strings(), nonNil(k.ApprovedAudiences),
+		k.DenyReason, nullTime(k.ApprovedAt), k.ExpiresAt, nullTime(k.ClosedAt))
+	if err != nil {
+		return translate(err)
+	}
+	if tag.RowsAffected() != 1 {
+		return broker.ErrNotFound
+	}
+	return nil
+}
+
+func (t *txn) InsertCredential(ctx context.Context, c *broker.Credential) error {
+	err := t.tx.QueryRow(ctx, `INSERT INTO credentials (jti, task_id, kind, agent_iss, agent_sub,
+		user_iss, user_sub, scopes, audience, issued_at, expires_at)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) RETURNING seq`,
+		c.JTI, c.TaskID, c.Kind, c.Agent.Issuer, c.Agent.Subject, c.User.Issuer, c.User.Subject,
+		c.Scopes.Strings(), c.Audience, c.IssuedAt, c.ExpiresAt).Scan(&c.Seq)
+	return translate(err)
+}
+
+const credentialColumns = `jti, seq, task_id, kind, agent_iss, agent_sub, user_iss, user_sub,
+	scopes, audience, issued_at, expires_at, revoked_at`
+
+func (t *txn) RevokeCredentials(ctx context.Context, taskID string, at time.Time) ([]broker.Credential, error) {
+	rows, err := t.tx.Query(ctx, `UPDATE credentials SET revoked_at = $2
+		WHERE task_id = $1 AND revoked_at IS NULL RETURNING `+credentialColumns, taskID, at)
+	if err != nil {
+		return nil, translate(err)
+	}
+	return collect(rows, scanCredential)
+}
+
+func (t *txn) AppendAudit(ctx context.Context, events ...broker.AuditEvent) error {
+	if len(events) == 0 {
+		return nil
+	}
+	var (
+		seq  int64
+		prev string
+	)
+	if err := t.tx.QueryRow(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE`).Scan(&seq, &prev); err != nil {
+		return translate(err)
+	}
+	b := &pgx.Batch{}
+	for i := range events {
+		e := &events[i]
+		seq++
+		e.Seq = seq
+		e.Time = e.Time.UTC().Truncate(time.Microsecond)
+		if len(e.Detail) == 0 {
+			e.Detail = []byte("{}")
+		}
+		e.Hash = broker.ChainHash(prev, *e)
+		prev = e.Hash
+		b.Queue(`INSERT INTO audit_events (seq, time, type, actor_kind, actor_iss, actor_sub,
+			task_id, detail, hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)`,
+			e.Seq, e.Time, e.Type, e.Actor.Kind, e.Actor.Issuer, e.Actor.Subject, e.TaskID,
+			string(e.Detail), e.Hash)
+	}
+	b.Queue(`UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1`, seq, prev)
+	return translate(t.tx.SendBatch(ctx, b).Close())
+}
+
+// Task reads one task.
+func (s *Store) Task(ctx context.Context, id string) (broker.Task, error) {
+	return scanTask(s.pool.QueryRow(ctx, `SELECT `+taskColumns+` FROM tasks WHERE id = $1`, id))
+}
+
+// ListTasks lists an agent's or a user's tasks by effective status.
+func (s *Store) ListTasks(ctx context.Context, f broker.TaskFilter) ([]broker.Task, error) {
+	q := &query{}
+	switch {
+	case f.User != nil:
+		q.where("user_iss = %s", f.User.Issuer)
+		q.where("user_sub = %s", f.User.Subject)
+	case f.Agent != nil:
+		q.where("agent_iss = %s", f.Agent.Issuer)
+		q.where("agent_sub = %s", f.Agent.Subject)
+	default:
+		return nil, fmt.Errorf("postgres: ListTasks needs an agent or a user")
+	}
+	if f.Status != "" {
+		q.effectiveStatus(f.Status, f.Now)
+	}
+	q.where("seq > %s", f.AfterSeq)
+	rows, err := s.pool.Query(ctx, `SELECT `+taskColumns+` FROM tasks WHERE `+q.sql()+
+		fmt.Sprintf(` ORDER BY seq LIMIT %d`, f.Limit+1), q.args...)
+	if err != nil {
+		return nil, translate(err)
+	}
+	return collect(rows, scanTask)
+}
+
+// Credential reads one credential by jti.
+func (s *Store) Credential(ctx context.Context, jti string) (broker.Credential, error) {
+	return scanCredential(s.pool.QueryRow(ctx, `SELECT `+credentialColumns+` FROM credentials WHERE jti = $1`, jti))
+}
+
+// Credentials lists the issuance history.
+func (s *Store) Credentials(ctx context.Context, f broker.HistoryFilter) ([]broker.Credential, error) {
+	q := &query{}
+	if f.TaskID != "" {
+		q.where("task_id = %s", f.TaskID)
+	}
+	if f.Type != "" {
+		q.where("kind = %s", f.Type)
+	}
+	if f.Actor != "" {
+		if iss, sub, ok := strings.Cut(f.Actor, "#"); ok {
+			q.where("((agent_iss = %[1]s AND agent_sub = %[2]s) OR (user_iss = %[1]s AND user_sub = %[2]s))", iss, sub)
+		} else {
+			q.where("(agent_sub = %[1]s OR user_sub = %[1]s)", f.Actor)
+		}
+	}
+	q.timeWindow("issued_at", f.Since, f.Until)
+	q.where("seq > %s", f.AfterSeq)
+	rows, err := s.pool.Query(ctx, `SELECT `+credentialColumns+` FROM credentials WHERE `+q.sql()+
+		fmt.Sprintf(` ORDER BY seq LIMIT %d`, f.Limit+1), q.args...)
+	if err != nil {
+		return nil, translate(err)
+	}
+	return collect(rows, scanCredential)
+}
+
+// AuditEvents lists audit events.
+func (s *Store) AuditEvents(ctx context.Context, f broker.HistoryFilter) ([]broker.AuditEvent, error) {
+	q := &query{}
+	if f.TaskID != "" {
+		q.where("task_id = %s", f.TaskID)
+	}
+	if f.Type != "" {
+		q.where("type = %s", f.Type)
+	}
+	if f.Actor != "" {
+		if iss, sub, ok := strings.Cut(f.Actor, "#"); ok {
+			q.where("(actor_iss = %[1]s AND actor_sub = %[2]s)", iss, sub)
+		} else {
+			q.where("actor_sub = %s", f.Actor)
+		}
+	}
+	q.timeWindow("time", f.Since, f.Until)
+	q.where("seq > %s", f.AfterSeq)
+	rows, err := s.pool.Query(ctx, `SELECT seq, time, type, actor_kind, actor_iss, actor_sub,
+		task_id, detail::text, hash FROM audit_events WHERE `+q.sql()+
+		fmt.Sprintf(` ORDER BY seq LIMIT %d`, f.Limit+1), q.args...)
+	if err != nil {
+		return nil, translate(err)
+	}
+	return collect(rows, func(r pgx.Row) (broker.AuditEvent, error) {
+		var (
+			e      broker.AuditEvent
+			detail string
+		)
+		err := r.Scan(&e.Seq, &e.Time, &e.Type, &e.Actor.Kind, &e.Actor.Issuer, &e.Actor.Subject,
+			&e.TaskID, &detail, &e.Hash)
+		e.Detail = []byte(detail)
+		e.Time = e.Time.UTC()
+		return e, err
+	})
+}
+
+// SigningKeys returns every stored signing key, newest first.
+func (s *Store) SigningKeys(ctx context.Context) ([]broker.SigningKey, error) {
+	rows, err := s.pool.Query(ctx, `SELECT kid, alg, private_key, public_jwk, state, created_at
+		FROM signing_keys ORDER BY created_at DESC`)
+	if err != nil {
+		return nil, translate(err)
+	}
+	return collect(rows, func(r pgx.Row) (broker.SigningKey, error) {
+		var k broker.SigningKey
+		var pub string
+		err := r.Scan(&k.KID, &k.Alg, &k.Private, &pub, &k.State, &k.CreatedAt)
+		k.PublicJWK = []byte(pub)
+		return k, err
+	})
+}
+
+// InsertCurrentKey stores k as the current key unless one exists.
+func (s *Store) InsertCurrentKey(ctx context.Context, k broker.SigningKey) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `INSERT INTO signing_keys (kid, alg, private_key, public_jwk, state, created_at)
+		VALUES ($1,$2,$3,$4,'current',$5) ON CONFLICT DO NOTHING`,
+		k.KID, k.Alg, k.Private, string(k.PublicJWK), k.CreatedAt)
+	if err != nil {
+		return false, translate(err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// query builds a WHERE clause whose values are only ever $n binds; the
+// SQL text is made of fixed fragments of this file.
+type query struct {
+	conds []string
+	args  []any
+}
+
+func (q *query) where(format string, vals ...any) {
+	refs := make([]any, len(vals))
+	for i, v := range vals {
+		q.args = append(q.args, v)
+		refs[i] = fmt.Sprintf("$%d", len(q.args))
+	}
+	q.conds = append(q.conds, fmt.Sprintf(format, refs...))
+}
+
+func (q *query) timeWindow(col string, since, until time.Time) {
+	if !since.IsZero() {
+		q.where(col+" >= %s", since)
+	}
+	if !until.IsZero() {
+		q.where(col+" < %s", until)
+	}
+}
+
+// effectiveStatus selects tasks whose status at now is st (see
+// broker.Task.EffectiveStatus).
+func (q *query) effectiveStatus(st broker.Status, now time.Time) {
+	switch st {
+	case broker.StatusPending, broker.StatusApproved:
+		q.where("(status = %s AND expires_at > %s)", string(st), now)
+	case broker.StatusDenied:
+		q.where("(status = 'denied' OR (status = 'pending' AND expires_at <= %s))", now)
+	case broker.StatusExpired:
+		q.where("(status = 'expired' OR (status = 'approved' AND expires_at <= %s))", now)
+	default:
+		q.where("status = %s", string(st))
+	}
+}
+
+func (q *query) sql() string {
+	if len(q.conds) == 0 {
+		return "true"
+	}
+	return strings.Join(q.conds, " AND ")
+}
+
+func scanTask(r pgx.Row) (broker.Task, error) {
+	var (
+		t                    broker.Task
+		status, risk         string
+		scopes, approved     []string
+		approvedAt, closedAt *time.Time
+	)
+	err := r.Scan(&t.ID, &t.Seq, &t.Version, &status, &t.Agent.Issuer, &t.Agent.Subject,
+		&t.User.Issuer, &t.User.Subject, &t.Goal, &scopes, &approved, &t.Audiences,
+		&t.ApprovedAudiences, &risk, &t.Tool, &t.Dataset, &t.TTLCapped, &t.DenyReason,
+		&t.CreatedAt, &approvedAt, &t.ExpiresAt, &closedAt)
+	if err != nil {
+		return broker.Task{}, translate(err)
+	}
+	t.Status, t.Risk = broker.Status(status), broker.Risk(risk)
+	if t.Scopes, err = parseStored(scopes); err != nil {
+		return broker.Task{}, err
+	}
+	if t.ApprovedScopes, err = parseStored(approved); err != nil {
+		return broker.Task{}, err
+	}
+	t.CreatedAt, t.ExpiresAt = t.CreatedAt.UTC(), t.ExpiresAt.UTC()
+	if approvedAt != nil {
+		t.ApprovedAt = approvedAt.UTC()
+	}
+	if closedAt != nil {
+		t.ClosedAt = closedAt.UTC()
+	}
+	return t, nil
+}
+
+func scanCredential(r pgx.Row) (broker.Credential, error) {
+	var (
+		c       broker.Credential
+		scopes  []string
+		revoked *time.Time
+	)
+	err := r.Scan(&c.JTI, &c.Seq, &c.TaskID, &c.Kind, &c.Agent.Issuer, &c.Agent.Subject,
+		&c.User.Issuer, &c.User.Subject, &scopes, &c.Audience, &c.IssuedAt, &c.ExpiresAt, &revoked)
+	if err != nil {
+		return broker.Credential{}, translate(err)
+	}
+	if c.Scopes, err = parseStored(scopes); err != nil {
+		return broker.Credential{}, err
+	}
+	c.IssuedAt, c.ExpiresAt = c.IssuedAt.UTC(), c.ExpiresAt.UTC()
+	if revoked != nil {
+		c.RevokedAt = revoked.UTC()
+	}
+	return c, nil
+}
+
+// parseStored re-parses canonical scopes written by this store.
+func parseStored(ss []string) (broker.Scopes, error) {
+	out := make(broker.Scopes, 0, len(ss))
+	for _, s := range ss {
+		sc, err := broker.ParseScope(s)
+		if err != nil {
+			return nil, fmt.Errorf("postgres: stored scope %q: %w", s, err)
+		}
+		out = append(out, sc)
+	}
+	return out, nil
+}
+
+func collect[T any](rows pgx.Rows, scan func(pgx.Row) (T, error)) ([]T, error) {
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, translate(err)
+	}
+	return out, nil
+}
+
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
