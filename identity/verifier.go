@@ -1,0 +1,307 @@
+package identity
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/errandhq/errand/broker"
+)
+
+// MaxTokenBytes bounds a bearer token; larger ones are refused before any
+// parsing (CVE-2025-30204 class).
+const MaxTokenBytes = 8 << 10
+
+// DefaultAlgorithms is the signing-algorithm pin of an issuer that names
+// none. Only asymmetric algorithms are ever accepted.
+var DefaultAlgorithms = []string{oidc.RS256, oidc.ES256}
+
+var allowedAlgorithms = map[string]bool{
+	oidc.RS256: true, oidc.RS384: true, oidc.RS512: true,
+	oidc.ES256: true, oidc.ES384: true, oidc.ES512: true,
+	oidc.PS256: true, oidc.PS384: true, oidc.PS512: true, oidc.EdDSA: true,
+}
+
+// Issuer is one trusted identity provider.
+type Issuer struct {
+	URL          string
+	Audience     string
+	Kind         broker.Kind
+	GroupsClaim  string
+	AuditorGroup string
+	AdminGroup   string
+	// Algorithms pins the accepted signing algorithms; default RS256, ES256.
+	Algorithms []string
+	// MaxLifetime refuses tokens whose exp-iat is longer; 0 = 24 h.
+	MaxLifetime time.Duration
+}
+
+// Config configures a Verifier.
+type Config struct {
+	Issuers []Issuer
+	// Self is Errand's own public URL; tokens it issued are never identity.
+	Self       string
+	HTTPClient *http.Client
+	Now        func() time.Time
+	// RefetchCooldown bounds JWKS refetches per issuer; default 30 s.
+	RefetchCooldown time.Duration
+}
+
+// Verifier turns bearer tokens into principals.
+type Verifier struct {
+	self    string
+	now     func() time.Time
+	issuers map[string]*trusted
+}
+
+type trusted struct {
+	cfg     Issuer
+	client  *http.Client
+	now     func() time.Time
+	cool    time.Duration
+	mu      sync.Mutex
+	ready   *oidc.IDTokenVerifier
+	keys    *keySet
+	lastTry time.Time
+}
+
+// New validates the issuers and returns a Verifier. Discovery happens on
+// first use, so Errand starts even while an identity provider is down.
+func New(cfg Config) (*Verifier, error) {
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.RefetchCooldown <= 0 {
+		cfg.RefetchCooldown = 30 * time.Second
+	}
+	v := &Verifier{self: cfg.Self, now: cfg.Now, issuers: map[string]*trusted{}}
+	for i, is := range cfg.Issuers {
+		if is.URL == "" || is.Audience == "" {
+			return nil, fmt.Errorf("issuers[%d]: url and audience are required", i)
+		}
+		if !is.Kind.Valid() {
+			return nil, fmt.Errorf("issuers[%d]: kind must be agent, user or resource", i)
+		}
+		if SameURL(is.URL, cfg.Self) {
+			return nil, fmt.Errorf("issuers[%d]: %s is Errand's own public_url; Errand's tokens are never identity", i, is.URL)
+		}
+		if _, dup := v.issuers[is.URL]; dup {
+			return nil, fmt.Errorf("issuers[%d]: %s is configured twice", i, is.URL)
+		}
+		if len(is.Algorithms) == 0 {
+			is.Algorithms = DefaultAlgorithms
+		}
+		for _, a := range is.Algorithms {
+			if !allowedAlgorithms[a] {
+				return nil, fmt.Errorf("issuers[%d]: algorithm %q is not an accepted asymmetric algorithm", i, a)
+			}
+		}
+		if is.MaxLifetime <= 0 {
+			is.MaxLifetime = 24 * time.Hour
+		}
+		v.issuers[is.URL] = &trusted{cfg: is, client: cfg.HTTPClient, now: cfg.Now, cool: cfg.RefetchCooldown}
+	}
+	return v, nil
+}
+
+// SameURL compares issuer URLs ignoring one trailing slash and the case of
+// the scheme and host, for configuration checks only; tokens are always
+// matched exactly.
+func SameURL(a, b string) bool {
+	norm := func(s string) string {
+		s = strings.TrimSuffix(s, "/")
+		if i := strings.Index(s, "://"); i >= 0 {
+			rest := s[i+3:]
+			host, path, _ := strings.Cut(rest, "/")
+			s = strings.ToLower(s[:i+3]+host) + "/" + path
+		}
+		return s
+	}
+	return a != "" && b != "" && norm(a) == norm(b)
+}
+
+// Verify verifies raw and returns its principal. Errors are
+// broker.ErrInvalidToken, broker.ErrTokenNotAccepted, or
+// broker.ErrUnavailable when the issuer's discovery cannot be reached.
+func (v *Verifier) Verify(ctx context.Context, raw string) (broker.Principal, error) {
+	if raw == "" {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "missing bearer token")
+	}
+	if len(raw) > MaxTokenBytes {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "bearer token larger than %d bytes", MaxTokenBytes)
+	}
+	hdr, iss, err := peek(raw)
+	if err != nil {
+		return broker.Principal{}, err
+	}
+	if strings.EqualFold(hdr.Typ, "at+jwt") || strings.EqualFold(hdr.Typ, "application/at+jwt") ||
+		(v.self != "" && SameURL(iss, v.self)) {
+		return broker.Principal{}, broker.Errorf(broker.ErrTokenNotAccepted, "an access token is not an identity")
+	}
+	t, ok := v.issuers[iss]
+	if !ok {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "untrusted issuer")
+	}
+	verifier, err := t.verifier(ctx)
+	if err != nil {
+		return broker.Principal{}, err
+	}
+	idt, err := verifier.Verify(ctx, raw)
+	if err != nil {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "%v", err)
+	}
+	var claims map[string]json.RawMessage
+	if err := idt.Claims(&claims); err != nil {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "claims: %v", err)
+	}
+	now := v.now()
+	if idt.IssuedAt.IsZero() {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "iat is required")
+	}
+	if idt.IssuedAt.After(now.Add(time.Minute)) {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "iat is in the future")
+	}
+	if idt.Expiry.Sub(idt.IssuedAt) > t.cfg.MaxLifetime {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "token lifetime longer than %s", t.cfg.MaxLifetime)
+	}
+	if idt.Subject == "" {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "sub is required")
+	}
+	p := broker.Principal{Issuer: iss, Subject: idt.Subject, Kind: t.cfg.Kind}
+	if t.cfg.GroupsClaim != "" {
+		if p.Groups, err = groups(claims[t.cfg.GroupsClaim]); err != nil {
+			return broker.Principal{}, err
+		}
+	}
+	if p.Kind == broker.KindUser && t.cfg.AuditorGroup != "" {
+		for _, g := range p.Groups {
+			if g == t.cfg.AuditorGroup {
+				p.Auditor = true
+			}
+		}
+	}
+	return p, nil
+}
+
+type header struct {
+	Alg string `json:"alg"`
+	Typ string `json:"typ"`
+}
+
+// peek reads the header and iss of an unverified token, only to choose the
+// verifier; nothing read here is trusted.
+func peek(raw string) (header, string, error) {
+	var h header
+	parts := strings.Split(raw, ".")
+	if len(parts) != 3 {
+		return h, "", broker.Errorf(broker.ErrInvalidToken, "not a compact JWS")
+	}
+	hb, err := base64.RawURLEncoding.DecodeString(parts[0])
+	if err != nil || json.Unmarshal(hb, &h) != nil {
+		return h, "", broker.Errorf(broker.ErrInvalidToken, "malformed header")
+	}
+	pb, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return h, "", broker.Errorf(broker.ErrInvalidToken, "malformed payload")
+	}
+	var body struct {
+		Iss string `json:"iss"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(pb))
+	if err := dec.Decode(&body); err != nil {
+		return h, "", broker.Errorf(broker.ErrInvalidToken, "malformed payload")
+	}
+	return h, body.Iss, nil
+}
+
+func groups(raw json.RawMessage) ([]string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var list []string
+	if err := json.Unmarshal(raw, &list); err == nil {
+		return list, nil
+	}
+	var one string
+	if err := json.Unmarshal(raw, &one); err == nil {
+		return []string{one}, nil
+	}
+	return nil, broker.Errorf(broker.ErrInvalidToken, "groups claim is neither a string nor a list of strings")
+}
+
+// verifier runs discovery once (retrying at most every 5 s after a
+// failure) and builds the issuer's go-oidc verifier.
+func (t *trusted) verifier(ctx context.Context) (*oidc.IDTokenVerifier, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.ready != nil {
+		return t.ready, nil
+	}
+	if !t.lastTry.IsZero() && t.now().Sub(t.lastTry) < 5*time.Second {
+		return nil, broker.Errorf(broker.ErrUnavailable, "identity provider %s unreachable", t.cfg.URL)
+	}
+	t.lastTry = t.now()
+	dctx, cancel := context.WithTimeout(oidc.ClientContext(ctx, t.client), 10*time.Second)
+	defer cancel()
+	p, err := oidc.NewProvider(dctx, t.cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: discovery of %s: %v", broker.ErrUnavailable, t.cfg.URL, err)
+	}
+	var meta struct {
+		JWKSURI string `json:"jwks_uri"`
+	}
+	if err := p.Claims(&meta); err != nil || meta.JWKSURI == "" {
+		return nil, fmt.Errorf("%w: discovery of %s: no jwks_uri", broker.ErrUnavailable, t.cfg.URL)
+	}
+	algs := make([]jose.SignatureAlgorithm, len(t.cfg.Algorithms))
+	for i, a := range t.cfg.Algorithms {
+		algs[i] = jose.SignatureAlgorithm(a)
+	}
+	ks := &keySet{url: meta.JWKSURI, client: t.client, algs: algs, cooldown: t.cool, now: t.now}
+	if _, err := ks.refresh(ctx); err != nil {
+		return nil, fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
+	}
+	t.keys = ks
+	t.ready = oidc.NewVerifier(t.cfg.URL, ks, &oidc.Config{
+		ClientID:             t.cfg.Audience,
+		SupportedSigningAlgs: t.cfg.Algorithms,
+		Now:                  t.now,
+	})
+	return t.ready, nil
+}
+
+// JWKSFetches reports how often the issuer's JWKS was fetched.
+func (v *Verifier) JWKSFetches(issuer string) int {
+	t, ok := v.issuers[issuer]
+	if !ok {
+		return 0
+	}
+	t.mu.Lock()
+	ks := t.keys
+	t.mu.Unlock()
+	if ks == nil {
+		return 0
+	}
+	return ks.Fetches()
+}
+
+// Kind returns the kind of a configured issuer.
+func (v *Verifier) Kind(issuer string) (broker.Kind, bool) {
+	t, ok := v.issuers[issuer]
+	if !ok {
+		return "", false
+	}
+	return t.cfg.Kind, true
+}

@@ -1,0 +1,336 @@
+package jwt
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	gojwt "github.com/golang-jwt/jwt/v5"
+
+	"github.com/errandhq/errand/broker"
+)
+
+// MaxTokenBytes bounds a token accepted for verification.
+const MaxTokenBytes = 8 << 10
+
+// TokenType is the `typ` header of every access token (RFC 9068 §2.1).
+const TokenType = "at+jwt"
+
+// Config configures an Issuer.
+type Config struct {
+	// Issuer is Errand's public URL, the `iss` of every token.
+	Issuer string
+	Keys   broker.KeyStore
+	// Secret is system_secret; it seals the private keys in the store.
+	Secret []byte
+	// Alg is the algorithm of a newly generated key: EdDSA (default) or ES256.
+	Alg string
+	Now func() time.Time
+	// ReloadInterval bounds how often an unknown kid may trigger a reload
+	// of the keys from the store; default 10 s.
+	ReloadInterval time.Duration
+}
+
+// Issuer signs and verifies access tokens.
+type Issuer struct {
+	cfg    Config
+	sealer *sealer
+
+	mu         sync.RWMutex
+	current    *key
+	byKID      map[string]*key
+	jwks       []byte
+	lastReload time.Time
+}
+
+var _ broker.TokenIssuer = (*Issuer)(nil)
+
+// New loads the signing keys from the store, generating and storing the
+// first one if there is none. Replicas racing here end up with one key:
+// the store keeps the first current key and the others load it.
+func New(ctx context.Context, cfg Config) (*Issuer, error) {
+	if cfg.Issuer == "" || cfg.Keys == nil {
+		return nil, errors.New("jwt: Issuer and Keys are required")
+	}
+	if cfg.Alg == "" {
+		cfg.Alg = AlgEdDSA
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.ReloadInterval <= 0 {
+		cfg.ReloadInterval = 10 * time.Second
+	}
+	s, err := newSealer(cfg.Secret)
+	if err != nil {
+		return nil, err
+	}
+	i := &Issuer{cfg: cfg, sealer: s}
+	if err := i.Reload(ctx); err != nil {
+		return nil, err
+	}
+	if i.current == nil {
+		if err := i.createKey(ctx); err != nil {
+			return nil, err
+		}
+		if err := i.Reload(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if i.current == nil {
+		return nil, errors.New("jwt: no current signing key after creating one")
+	}
+	return i, nil
+}
+
+func (i *Issuer) createKey(ctx context.Context) error {
+	priv, err := generate(i.cfg.Alg)
+	if err != nil {
+		return err
+	}
+	kid, err := kidOf(priv.Public())
+	if err != nil {
+		return err
+	}
+	jwk, err := publicJWK(priv.Public(), kid, i.cfg.Alg)
+	if err != nil {
+		return err
+	}
+	sealed, err := i.sealer.seal(priv, kid)
+	if err != nil {
+		return err
+	}
+	_, err = i.cfg.Keys.InsertCurrentKey(ctx, broker.SigningKey{
+		KID: kid, Alg: i.cfg.Alg, Private: sealed, PublicJWK: jwk, CreatedAt: i.cfg.Now().UTC(),
+	})
+	return err
+}
+
+// Reload reads the keys from the store.
+func (i *Issuer) Reload(ctx context.Context) error {
+	stored, err := i.cfg.Keys.SigningKeys(ctx)
+	if err != nil {
+		return err
+	}
+	byKID := make(map[string]*key, len(stored))
+	var current *key
+	var pubs []json.RawMessage
+	for _, sk := range stored {
+		if sk.State == "retired" {
+			continue
+		}
+		signer, err := i.sealer.open(sk.Private, sk.KID)
+		if err != nil {
+			return fmt.Errorf("jwt: key %s: %w", sk.KID, err)
+		}
+		k := &key{kid: sk.KID, alg: sk.Alg, signer: signer, public: signer.Public(), jwk: sk.PublicJWK, state: sk.State}
+		byKID[k.kid] = k
+		pubs = append(pubs, sk.PublicJWK)
+		if sk.State == "current" {
+			current = k
+		}
+	}
+	if pubs == nil {
+		pubs = []json.RawMessage{}
+	}
+	jwks, err := json.Marshal(map[string]any{"keys": pubs})
+	if err != nil {
+		return err
+	}
+	i.mu.Lock()
+	i.current, i.byKID, i.jwks, i.lastReload = current, byKID, jwks, i.cfg.Now()
+	i.mu.Unlock()
+	return nil
+}
+
+// JWKS returns the public keys as a JSON Web Key Set.
+func (i *Issuer) JWKS() []byte {
+	i.mu.RLock()
+	defer i.mu.RUnlock()
+	return i.jwks
+}
+
+// Algorithms lists the algorithms of the served keys.
+func (i *Issuer) Algorithms() []string {
+	i.mu.RLock()
+	defer i.mu.RUnlock()
+	seen := map[string]bool{}
+	var out []string
+	for _, k := range i.byKID {
+		if !seen[k.alg] {
+			seen[k.alg] = true
+			out = append(out, k.alg)
+		}
+	}
+	return out
+}
+
+type actClaim struct {
+	Sub string `json:"sub"`
+	Iss string `json:"iss"`
+}
+
+type claims struct {
+	Iss      string   `json:"iss"`
+	Sub      string   `json:"sub"`
+	Act      actClaim `json:"act"`
+	ClientID string   `json:"client_id"`
+	Aud      string   `json:"aud"`
+	Scope    string   `json:"scope"`
+	TaskID   string   `json:"task_id"`
+	JTI      string   `json:"jti"`
+	IAT      int64    `json:"iat"`
+	NBF      int64    `json:"nbf"`
+	EXP      int64    `json:"exp"`
+}
+
+// Sign signs t with the current key.
+func (i *Issuer) Sign(_ context.Context, t broker.AccessToken) (string, error) {
+	i.mu.RLock()
+	k := i.current
+	i.mu.RUnlock()
+	m := gojwt.MapClaims{
+		"iss": i.cfg.Issuer, "sub": t.Subject,
+		"act":       map[string]string{"sub": t.Act.Subject, "iss": t.Act.Issuer},
+		"client_id": t.ClientID, "aud": t.Audience, "scope": t.Scope, "task_id": t.TaskID,
+		"jti": t.JTI, "iat": t.IssuedAt.Unix(), "nbf": t.NotBefore.Unix(), "exp": t.ExpiresAt.Unix(),
+	}
+	tok := gojwt.NewWithClaims(method(k.alg), m)
+	tok.Header["typ"] = TokenType
+	tok.Header["kid"] = k.kid
+	return tok.SignedString(k.signer)
+}
+
+func method(alg string) gojwt.SigningMethod {
+	if alg == AlgES256 {
+		return gojwt.SigningMethodES256
+	}
+	return gojwt.SigningMethodEdDSA
+}
+
+// Verify checks one of Errand's own tokens. Any defect is
+// broker.ErrInvalidToken; the parsed token is never used when err != nil
+// (CVE-2024-51744).
+func (i *Issuer) Verify(ctx context.Context, raw string) (broker.AccessToken, error) {
+	if len(raw) > MaxTokenBytes {
+		return broker.AccessToken{}, broker.Errorf(broker.ErrInvalidToken, "token too large")
+	}
+	hdr, err := header(raw)
+	if err != nil {
+		return broker.AccessToken{}, err
+	}
+	k := i.keyFor(ctx, hdr.KID)
+	if k == nil || hdr.Alg != k.alg {
+		return broker.AccessToken{}, broker.Errorf(broker.ErrInvalidToken, "unknown key or algorithm")
+	}
+	var c claims
+	p := gojwt.NewParser(
+		gojwt.WithValidMethods([]string{k.alg}),
+		gojwt.WithIssuer(i.cfg.Issuer),
+		gojwt.WithExpirationRequired(),
+		gojwt.WithIssuedAt(),
+		gojwt.WithTimeFunc(i.cfg.Now),
+		gojwt.WithStrictDecoding(),
+	)
+	if _, err := p.ParseWithClaims(raw, &claimsAdapter{c: &c}, func(*gojwt.Token) (any, error) {
+		return k.public, nil
+	}); err != nil {
+		return broker.AccessToken{}, broker.Errorf(broker.ErrInvalidToken, "%v", err)
+	}
+	if c.JTI == "" || c.TaskID == "" || c.Sub == "" || c.Aud == "" {
+		return broker.AccessToken{}, broker.Errorf(broker.ErrInvalidToken, "missing claims")
+	}
+	return broker.AccessToken{
+		Subject: c.Sub, Act: broker.Ref{Issuer: c.Act.Iss, Subject: c.Act.Sub},
+		ClientID: c.ClientID, Audience: c.Aud, Scope: c.Scope, TaskID: c.TaskID, JTI: c.JTI,
+		IssuedAt: time.Unix(c.IAT, 0).UTC(), NotBefore: time.Unix(c.NBF, 0).UTC(),
+		ExpiresAt: time.Unix(c.EXP, 0).UTC(),
+	}, nil
+}
+
+type jwsHeader struct {
+	Alg  string          `json:"alg"`
+	KID  string          `json:"kid"`
+	Typ  string          `json:"typ"`
+	Crit json.RawMessage `json:"crit"`
+}
+
+// header decodes and checks the JOSE header before any key is touched.
+func header(raw string) (jwsHeader, error) {
+	var h jwsHeader
+	if strings.Count(raw, ".") != 2 {
+		return h, broker.Errorf(broker.ErrInvalidToken, "not a compact JWS")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(raw[:strings.IndexByte(raw, '.')])
+	if err != nil {
+		return h, broker.Errorf(broker.ErrInvalidToken, "malformed header")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&h); err != nil {
+		return h, broker.Errorf(broker.ErrInvalidToken, "malformed header")
+	}
+	if h.Crit != nil {
+		return h, broker.Errorf(broker.ErrInvalidToken, "crit header not supported")
+	}
+	if h.Typ != TokenType {
+		return h, broker.Errorf(broker.ErrInvalidToken, "typ must be %s", TokenType)
+	}
+	return h, nil
+}
+
+// IsOwnToken reports whether raw looks like one of Errand's access tokens
+// (its typ header is at+jwt), without verifying it.
+func IsOwnToken(raw string) bool {
+	_, err := header(raw)
+	return err == nil
+}
+
+// keyFor looks kid up in memory; an unknown kid may reload the keys from
+// the store, at most once per ReloadInterval.
+func (i *Issuer) keyFor(ctx context.Context, kid string) *key {
+	i.mu.RLock()
+	k := i.byKID[kid]
+	last := i.lastReload
+	i.mu.RUnlock()
+	if k != nil || len(kid) > 128 || i.cfg.Now().Sub(last) < i.cfg.ReloadInterval {
+		return k
+	}
+	if err := i.Reload(ctx); err != nil {
+		return nil
+	}
+	i.mu.RLock()
+	defer i.mu.RUnlock()
+	return i.byKID[kid]
+}
+
+// claimsAdapter lets golang-jwt validate exp, iat, nbf and iss while the
+// claims decode into a typed struct.
+type claimsAdapter struct{ c *claims }
+
+func (a *claimsAdapter) UnmarshalJSON(b []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	return dec.Decode(a.c)
+}
+
+func numeric(v int64) *gojwt.NumericDate {
+	if v == 0 {
+		return nil
+	}
+	return gojwt.NewNumericDate(time.Unix(v, 0))
+}
+
+func (a *claimsAdapter) GetExpirationTime() (*gojwt.NumericDate, error) { return numeric(a.c.EXP), nil }
+func (a *claimsAdapter) GetIssuedAt() (*gojwt.NumericDate, error)       { return numeric(a.c.IAT), nil }
+func (a *claimsAdapter) GetNotBefore() (*gojwt.NumericDate, error)      { return numeric(a.c.NBF), nil }
+func (a *claimsAdapter) GetIssuer() (string, error)                     { return a.c.Iss, nil }
+func (a *claimsAdapter) GetSubject() (string, error)                    { return a.c.Sub, nil }
+func (a *claimsAdapter) GetAudience() (gojwt.ClaimStrings, error) {
+	return gojwt.ClaimStrings{a.c.Aud}, nil
+}
