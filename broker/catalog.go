@@ -73,6 +73,8 @@ type Audience struct {
 type Grant struct {
 	Group  string
 	Scopes Scopes
+	// Audiences limits the audiences members may approve; nil means any.
+	Audiences []string
 }
 
 // BuiltinDenyList is the backstop of invariant 5: action-name patterns that
@@ -118,7 +120,7 @@ func NewCatalog(actions []Action, audiences []Audience, grants []Grant, extraDen
 	for i, a := range actions {
 		name := strings.ToLower(a.Name)
 		if !validAction(name) || name != a.Name {
-			return nil, fmt.Errorf("actions[%d]: %q is not a valid action name (lower case, dot-separated)", i, a.Name)
+			return nil, fmt.Errorf("actions[%d].name: %q is not a valid action name (lower case, dot-separated)", i, a.Name)
 		}
 		if !a.Class.valid() {
 			return nil, fmt.Errorf("actions[%d] %s: unknown class %q", i, a.Name, a.Class)
@@ -149,7 +151,12 @@ func NewCatalog(actions []Action, audiences []Audience, grants []Grant, extraDen
 		}
 		for _, sc := range g.Scopes {
 			if _, ok := c.actions[sc.Action]; !ok {
-				return nil, fmt.Errorf("grants[%d] (group %s): action %q is not in the actions catalog", i, g.Group, sc.Action)
+				return nil, fmt.Errorf("grants[%d].scopes: action %q is not in actions", i, sc.Action)
+			}
+		}
+		for _, a := range g.Audiences {
+			if _, ok := c.audiences[a]; !ok {
+				return nil, fmt.Errorf("grants[%d].audiences: audience %q is not in audiences", i, a)
 			}
 		}
 		c.grants = append(c.grants, g)
@@ -181,6 +188,20 @@ func (c *Catalog) GrantsFor(groups []string) Scopes {
 		}
 	}
 	return out
+}
+
+// AudienceGranted reports whether a user in groups may approve tokens for
+// the audience: some grant of one of the groups names it or names none.
+func (c *Catalog) AudienceGranted(groups []string, aud string) bool {
+	for _, g := range c.grants {
+		if !contains(groups, g.Group) {
+			continue
+		}
+		if g.Audiences == nil || contains(g.Audiences, aud) {
+			return true
+		}
+	}
+	return false
 }
 
 // CheckKnown refuses scopes whose action is not in the catalog.

@@ -346,6 +346,11 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 				}
 			}
 		}
+		for _, a := range auds {
+			if !s.catalog.AudienceGranted(p.Groups, a) {
+				return Errorf(ErrScopeExceedsGrant, "audience %q is beyond the approver's grants", a)
+			}
+		}
 		if req.TTLSeconds < 0 {
 			return Errorf(ErrInvalidRequest, "ttl_seconds must be positive")
 		}
@@ -709,3 +714,6 @@ func contains(list []string, v string) bool {
 	}
 	return false
 }
+
+// StatusOf is t's effective status now.
+func (s *Service) StatusOf(t Task) Status { return t.EffectiveStatus(s.now()) }

@@ -1,0 +1,241 @@
+// Package config reads and validates errand.yaml. Unknown keys and every
+// inconsistency stop start-up with one line naming the key.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/identity"
+)
+
+// Config is errand.yaml.
+type Config struct {
+	Listen       string     `yaml:"listen"`
+	PublicURL    string     `yaml:"public_url"`
+	DatabaseURL  string     `yaml:"database_url"`
+	Issuers      []Issuer   `yaml:"issuers"`
+	Grants       []Grant    `yaml:"grants"`
+	Actions      []Action   `yaml:"actions"`
+	Audiences    []Audience `yaml:"audiences"`
+	DenyActions  []string   `yaml:"deny_actions"`
+	Limits       Limits     `yaml:"limits"`
+	Policies     []string   `yaml:"policies"`
+	SystemSecret string     `yaml:"system_secret"`
+	SigningAlg   string     `yaml:"signing_alg"`
+	Vault        *yaml.Node `yaml:"vault"`
+}
+
+// Issuer is a trusted identity provider.
+type Issuer struct {
+	URL              string        `yaml:"url"`
+	Audience         string        `yaml:"audience"`
+	Kind             string        `yaml:"kind"`
+	GroupsClaim      string        `yaml:"groups_claim"`
+	AuditorGroup     string        `yaml:"auditor_group"`
+	AdminGroup       string        `yaml:"admin_group"`
+	Algorithms       []string      `yaml:"algorithms"`
+	MaxTokenLifetime time.Duration `yaml:"max_token_lifetime"`
+}
+
+// Grant is what members of a user group may delegate.
+type Grant struct {
+	Group     string   `yaml:"group"`
+	Scopes    []string `yaml:"scopes"`
+	Audiences []string `yaml:"audiences"`
+}
+
+// Action is an entry of the action catalog.
+type Action struct {
+	Name  string `yaml:"name"`
+	Class string `yaml:"class"`
+	Risk  string `yaml:"risk"`
+}
+
+// Audience is a resource server, written as a URL or as a mapping.
+type Audience struct {
+	URL           string   `yaml:"url"`
+	Environment   string   `yaml:"environment"`
+	Introspectors []string `yaml:"introspectors"`
+}
+
+// UnmarshalYAML accepts a bare URL string.
+func (a *Audience) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		a.URL = n.Value
+		return nil
+	}
+	type plain Audience
+	return n.Decode((*plain)(a))
+}
+
+// Limits bound lifetimes.
+type Limits struct {
+	TokenTTLMax time.Duration `yaml:"token_ttl_max"`
+	TaskTTLMax  time.Duration `yaml:"task_ttl_max"`
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// Load reads path, expands ${VAR} references from the environment, applies
+// the ERRAND_SYSTEM_SECRET and ERRAND_DATABASE_URL overrides and validates.
+func Load(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(raw, os.Getenv)
+}
+
+// Parse is Load on bytes, with getenv for the environment.
+func Parse(raw []byte, getenv func(string) string) (*Config, error) {
+	var missing []string
+	expanded := envRef.ReplaceAllFunc(raw, func(m []byte) []byte {
+		name := string(envRef.FindSubmatch(m)[1])
+		v := getenv(name)
+		if v == "" {
+			missing = append(missing, name)
+		}
+		return []byte(v)
+	})
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(expanded))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("config: %v", err)
+	}
+	if v := getenv("ERRAND_SYSTEM_SECRET"); v != "" {
+		c.SystemSecret = v
+	}
+	if v := getenv("ERRAND_DATABASE_URL"); v != "" {
+		c.DatabaseURL = v
+	}
+	if c.SystemSecret == "" && len(missing) > 0 {
+		return nil, fmt.Errorf("config: system_secret: environment variable %s is not set", strings.Join(missing, ", "))
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Validate checks the config and fills defaults. The first problem is
+// returned as "config: <key>: <what>".
+func (c *Config) Validate() error {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8080"
+	}
+	u, err := url.Parse(c.PublicURL)
+	if c.PublicURL == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return errors.New("config: public_url: must be an absolute http(s) URL")
+	}
+	c.PublicURL = strings.TrimSuffix(c.PublicURL, "/")
+	if c.DatabaseURL == "" {
+		return errors.New("config: database_url: required (or ERRAND_DATABASE_URL)")
+	}
+	if len(c.SystemSecret) < 32 {
+		return errors.New("config: system_secret: required, at least 32 bytes (or ERRAND_SYSTEM_SECRET)")
+	}
+	if c.SigningAlg == "" {
+		c.SigningAlg = "EdDSA"
+	}
+	if c.SigningAlg != "EdDSA" && c.SigningAlg != "ES256" {
+		return errors.New("config: signing_alg: must be EdDSA or ES256")
+	}
+	if len(c.Issuers) == 0 {
+		return errors.New("config: issuers: at least one issuer is required")
+	}
+	if _, err := identity.New(c.IdentityConfig()); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if c.Limits.TokenTTLMax == 0 {
+		c.Limits.TokenTTLMax = broker.DefaultTokenTTLMax
+	}
+	if c.Limits.TaskTTLMax == 0 {
+		c.Limits.TaskTTLMax = broker.DefaultTaskTTLMax
+	}
+	if c.Limits.TokenTTLMax < time.Second || c.Limits.TaskTTLMax < time.Second {
+		return errors.New("config: limits: token_ttl_max and task_ttl_max must be at least 1s")
+	}
+	if c.Limits.TokenTTLMax > c.Limits.TaskTTLMax {
+		return errors.New("config: limits.token_ttl_max: longer than task_ttl_max")
+	}
+	for i, p := range c.Policies {
+		if matches, _ := filepath.Glob(p); len(matches) > 0 {
+			return fmt.Errorf("config: policies[%d]: Cedar policies are not enforced by this version of Errand; remove the key rather than run without them", i)
+		}
+	}
+	if _, err := c.Catalog(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return nil
+}
+
+// IdentityConfig is the identity.Config of the configured issuers.
+func (c *Config) IdentityConfig() identity.Config {
+	out := identity.Config{Self: c.PublicURL}
+	for _, is := range c.Issuers {
+		out.Issuers = append(out.Issuers, identity.Issuer{
+			URL: is.URL, Audience: is.Audience, Kind: broker.Kind(is.Kind),
+			GroupsClaim: is.GroupsClaim, AuditorGroup: is.AuditorGroup, AdminGroup: is.AdminGroup,
+			Algorithms: is.Algorithms, MaxLifetime: is.MaxTokenLifetime,
+		})
+	}
+	return out
+}
+
+// UserIssuers lists the URLs of issuers of kind user.
+func (c *Config) UserIssuers() []string {
+	var out []string
+	for _, is := range c.Issuers {
+		if is.Kind == string(broker.KindUser) {
+			out = append(out, is.URL)
+		}
+	}
+	return out
+}
+
+// Catalog builds the broker's catalog from actions, audiences and grants.
+func (c *Config) Catalog() (*broker.Catalog, error) {
+	actions := make([]broker.Action, len(c.Actions))
+	for i, a := range c.Actions {
+		actions[i] = broker.Action{Name: a.Name, Class: broker.Class(a.Class), Risk: broker.Risk(a.Risk)}
+	}
+	auds := make([]broker.Audience, len(c.Audiences))
+	known := map[string]bool{}
+	for i, a := range c.Audiences {
+		auds[i] = broker.Audience{URL: a.URL, Environment: a.Environment}
+		known[a.URL] = true
+		for j, ref := range a.Introspectors {
+			iss, sub, ok := strings.Cut(ref, "#")
+			if !ok || iss == "" || sub == "" {
+				return nil, fmt.Errorf("audiences[%d].introspectors[%d]: write <issuer URL>#<sub>", i, j)
+			}
+			auds[i].Introspectors = append(auds[i].Introspectors, broker.Ref{Issuer: iss, Subject: sub})
+		}
+	}
+	grants := make([]broker.Grant, len(c.Grants))
+	for i, g := range c.Grants {
+		scopes, err := broker.ParseScopes(g.Scopes)
+		if err != nil {
+			return nil, fmt.Errorf("grants[%d].scopes: %v", i, err)
+		}
+		for j, a := range g.Audiences {
+			if !known[a] {
+				return nil, fmt.Errorf("grants[%d].audiences[%d]: audience %q is not in audiences", i, j, a)
+			}
+		}
+		grants[i] = broker.Grant{Group: g.Group, Scopes: scopes, Audiences: g.Audiences}
+	}
+	return broker.NewCatalog(actions, auds, grants, c.DenyActions)
+}

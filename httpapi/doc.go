@@ -1,0 +1,8 @@
+// Package httpapi serves Errand's REST contract (openapi.yaml) with chi.
+//
+// Handlers are thin: authenticate, decode with a size limit, one Service
+// call, render. Errors are translated to RFC 9457 problem+json in exactly
+// one place (problem.go), which also writes the request.refused audit event
+// for every refusal; if that event cannot be written the answer is 503,
+// never a refusal that left no trace.
+package httpapi

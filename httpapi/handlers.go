@@ -1,0 +1,496 @@
+package httpapi
+
+import (
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/errandhq/errand/broker"
+)
+
+type createTaskBody struct {
+	OnBehalfOf string   `json:"on_behalf_of"`
+	Goal       string   `json:"goal"`
+	Scopes     []string `json:"scopes"`
+	Audiences  []string `json:"audiences"`
+	TTLSeconds int64    `json:"ttl_seconds"`
+	Tool       string   `json:"tool"`
+	Dataset    string   `json:"dataset"`
+}
+
+func (s *Server) createTask(w http.ResponseWriter, r *http.Request) {
+	p, err := s.authenticate(r)
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	var b createTaskBody
+	if err := decode(w, r, &b, false); err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	t, err := s.svc.CreateTask(r.Context(), p, broker.CreateTaskRequest{
+		OnBehalfOf: b.OnBehalfOf, Goal: b.Goal, Scopes: b.Scopes, Audiences: b.Audiences,
+		TTLSeconds: b.TTLSeconds, Tool: b.Tool, Dataset: b.Dataset,
+	})
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	w.Header().Set("Location", "/v1/tasks/"+t.ID)
+	writeJSON(w, http.StatusCreated, s.renderTask(t))
+}
+
+func (s *Server) getTask(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	p, err := s.authenticate(r)
+	if err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	t, err := s.svc.GetTask(r.Context(), p, id)
+	if err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.renderTask(t))
+}
+
+func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
+	p, err := s.authenticate(r)
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	q, err := allowQuery(r.URL.Query(), "status", "cursor", "limit")
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	limit, err := parseLimit(q.Get("limit"))
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	scope := "tasks|" + q.Get("status") + "|" + string(p.Kind) + "|" + p.Ref().String()
+	after, err := s.parseCursor(q.Get("cursor"), scope)
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	ts, more, err := s.svc.ListTasks(r.Context(), p, broker.Status(q.Get("status")), after, limit)
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	out := struct {
+		Tasks      []taskJSON `json:"tasks"`
+		NextCursor string     `json:"next_cursor,omitempty"`
+	}{Tasks: make([]taskJSON, 0, len(ts))}
+	for _, t := range ts {
+		out.Tasks = append(out.Tasks, s.renderTask(t))
+	}
+	if more {
+		out.NextCursor = s.cursor(ts[len(ts)-1].Seq, scope)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+type approveBody struct {
+	Scopes     []string `json:"scopes"`
+	Audiences  []string `json:"audiences"`
+	TTLSeconds int64    `json:"ttl_seconds"`
+}
+
+func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	p, err := s.authenticate(r)
+	if err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	var b approveBody
+	if err := decode(w, r, &b, true); err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	t, err := s.svc.Approve(r.Context(), p, id, broker.ApproveRequest{
+		Scopes: b.Scopes, Audiences: b.Audiences, TTLSeconds: b.TTLSeconds,
+	})
+	if err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.renderTask(t))
+}
+
+func (s *Server) denyTask(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	p, err := s.authenticate(r)
+	if err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	var b struct {
+		Reason string `json:"reason"`
+	}
+	if err := decode(w, r, &b, true); err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	t, err := s.svc.Deny(r.Context(), p, id, b.Reason)
+	if err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.renderTask(t))
+}
+
+type mintBody struct {
+	Scopes     []string `json:"scopes"`
+	Audience   string   `json:"audience"`
+	TTLSeconds int64    `json:"ttl_seconds"`
+	Tool       string   `json:"tool"`
+	Dataset    string   `json:"dataset"`
+}
+
+func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	p, err := s.authenticate(r)
+	if err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	var b mintBody
+	if err := decode(w, r, &b, false); err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	m, err := s.svc.Mint(r.Context(), p, id, broker.MintRequest{
+		Scopes: b.Scopes, Audience: b.Audience, TTLSeconds: b.TTLSeconds, Tool: b.Tool, Dataset: b.Dataset,
+	})
+	if err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	s.metrics.issued.Inc()
+	writeJSON(w, http.StatusCreated, map[string]any{
+		"access_token":      m.Token,
+		"token_type":        "Bearer",
+		"issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+		"expires_in":        m.ExpiresIn,
+		"scope":             strings.Join(m.Credential.Scopes.Strings(), " "),
+		"jti":               m.Credential.JTI,
+		"task_id":           m.Credential.TaskID,
+		"audience":          m.Credential.Audience,
+	})
+}
+
+func (s *Server) closeTask(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	p, err := s.authenticate(r)
+	if err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	var b struct{}
+	if err := decode(w, r, &b, true); err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	t, n, err := s.svc.Close(r.Context(), p, id)
+	if err != nil {
+		s.fail(w, r, p, id, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, closedJSON{taskJSON: s.renderTask(t), Revoked: n})
+}
+
+type closedJSON struct {
+	taskJSON
+	Revoked int `json:"revoked"`
+}
+
+// introspect is RFC 7662 §2: a form POST with token=, answered with the
+// token's claims when active and exactly {"active": false} otherwise.
+func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
+	p, err := s.authenticate(r)
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/x-www-form-urlencoded" {
+		s.fail(w, r, p, "", &statusError{status: http.StatusUnsupportedMediaType,
+			err: broker.Errorf(broker.ErrInvalidRequest, "Content-Type must be application/x-www-form-urlencoded")})
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	if err := r.ParseForm(); err != nil {
+		if strings.Contains(err.Error(), "too large") {
+			s.fail(w, r, p, "", broker.Errorf(broker.ErrBodyTooLarge, "body larger than %d bytes", MaxBodyBytes))
+			return
+		}
+		s.fail(w, r, p, "", broker.Errorf(broker.ErrInvalidRequest, "malformed form body"))
+		return
+	}
+	tok := r.PostForm.Get("token")
+	if tok == "" {
+		s.fail(w, r, p, "", broker.Errorf(broker.ErrInvalidRequest, "token is required"))
+		return
+	}
+	in, err := s.svc.Introspect(r.Context(), p, tok)
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	if !in.Active {
+		writeJSON(w, http.StatusOK, map[string]bool{"active": false})
+		return
+	}
+	t := in.Token
+	writeJSON(w, http.StatusOK, map[string]any{
+		"active": true, "iss": s.self, "scope": t.Scope, "client_id": t.ClientID, "sub": t.Subject,
+		"act": map[string]string{"sub": t.Act.Subject, "iss": t.Act.Issuer},
+		"aud": t.Audience, "task_id": t.TaskID, "jti": t.JTI, "token_type": "Bearer",
+		"exp": t.ExpiresAt.Unix(), "iat": t.IssuedAt.Unix(), "nbf": t.NotBefore.Unix(),
+	})
+}
+
+func (s *Server) auditEvents(w http.ResponseWriter, r *http.Request) {
+	p, err := s.authenticate(r)
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	f, scope, err := s.historyFilter(r, p, "events")
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	evs, more, err := s.svc.AuditEvents(r.Context(), p, f)
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	out := struct {
+		Events     []eventJSON `json:"events"`
+		NextCursor string      `json:"next_cursor,omitempty"`
+	}{Events: make([]eventJSON, 0, len(evs))}
+	for _, e := range evs {
+		out.Events = append(out.Events, eventJSON{
+			Seq: e.Seq, Time: e.Time.Format(time.RFC3339Nano), Type: e.Type, Actor: e.Actor,
+			TaskID: e.TaskID, Detail: e.Detail, Hash: e.Hash,
+		})
+	}
+	if more {
+		out.NextCursor = s.cursor(evs[len(evs)-1].Seq, scope)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) credentials(w http.ResponseWriter, r *http.Request) {
+	p, err := s.authenticate(r)
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	f, scope, err := s.historyFilter(r, p, "credentials")
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	cs, more, err := s.svc.Credentials(r.Context(), p, f)
+	if err != nil {
+		s.fail(w, r, p, "", err)
+		return
+	}
+	out := struct {
+		Credentials []credentialJSON `json:"credentials"`
+		NextCursor  string           `json:"next_cursor,omitempty"`
+	}{Credentials: make([]credentialJSON, 0, len(cs))}
+	for _, c := range cs {
+		out.Credentials = append(out.Credentials, credentialJSON{
+			JTI: c.JTI, Kind: c.Kind, TaskID: c.TaskID, Agent: c.Agent.String(),
+			OnBehalfOf: s.userName(c.User), Scopes: c.Scopes.Strings(), Audience: c.Audience,
+			IssuedAt: c.IssuedAt.Format(time.RFC3339), ExpiresAt: c.ExpiresAt.Format(time.RFC3339),
+			RevokedAt: optTime(c.RevokedAt),
+		})
+	}
+	if more {
+		out.NextCursor = s.cursor(cs[len(cs)-1].Seq, scope)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// historyFilter reads the allow-listed filters of the auditor endpoints.
+// The returned scope binds cursors to the query and the auditor.
+func (s *Server) historyFilter(r *http.Request, p broker.Principal, kind string) (broker.HistoryFilter, string, error) {
+	q, err := allowQuery(r.URL.Query(), "task_id", "actor", "type", "since", "until", "cursor", "limit")
+	if err != nil {
+		return broker.HistoryFilter{}, "", err
+	}
+	f := broker.HistoryFilter{TaskID: q.Get("task_id"), Actor: q.Get("actor"), Type: q.Get("type")}
+	for name, v := range map[string]string{"task_id": f.TaskID, "actor": f.Actor, "type": f.Type} {
+		if len(v) > 1024 {
+			return f, "", broker.Errorf(broker.ErrInvalidRequest, "%s is too long", name)
+		}
+	}
+	if f.Since, err = parseTime("since", q.Get("since")); err != nil {
+		return f, "", err
+	}
+	if f.Until, err = parseTime("until", q.Get("until")); err != nil {
+		return f, "", err
+	}
+	if f.Limit, err = parseLimit(q.Get("limit")); err != nil {
+		return f, "", err
+	}
+	scope := strings.Join([]string{kind, f.TaskID, f.Actor, f.Type, q.Get("since"), q.Get("until"),
+		string(p.Kind), p.Ref().String()}, "\x00")
+	if f.AfterSeq, err = s.parseCursor(q.Get("cursor"), scope); err != nil {
+		return f, "", err
+	}
+	return f, scope, nil
+}
+
+// allowQuery refuses any query parameter not in names, and repeated ones.
+func allowQuery(q url.Values, names ...string) (url.Values, error) {
+	for k, vs := range q {
+		ok := false
+		for _, n := range names {
+			if k == n {
+				ok = true
+			}
+		}
+		if !ok {
+			return nil, broker.Errorf(broker.ErrInvalidRequest, "unknown query parameter %q", k)
+		}
+		if len(vs) > 1 {
+			return nil, broker.Errorf(broker.ErrInvalidRequest, "query parameter %q given more than once", k)
+		}
+	}
+	return q, nil
+}
+
+// Pagination limits: default 100, larger requests are clamped to 1000.
+const (
+	defaultLimit = 100
+	maxLimit     = 1000
+)
+
+func parseLimit(v string) (int, error) {
+	if v == "" {
+		return defaultLimit, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, broker.Errorf(broker.ErrInvalidRequest, "limit must be a positive integer")
+	}
+	return min(n, maxLimit), nil
+}
+
+func parseTime(name, v string) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, broker.Errorf(broker.ErrInvalidRequest, "%s must be an RFC 3339 time", name)
+	}
+	return t, nil
+}
+
+type taskJSON struct {
+	ID                string   `json:"id"`
+	Status            string   `json:"status"`
+	Version           int      `json:"version"`
+	Agent             string   `json:"agent"`
+	OnBehalfOf        string   `json:"on_behalf_of"`
+	Goal              string   `json:"goal"`
+	Scopes            []string `json:"scopes"`
+	ApprovedScopes    []string `json:"approved_scopes"`
+	Audiences         []string `json:"audiences"`
+	ApprovedAudiences []string `json:"approved_audiences"`
+	Risk              string   `json:"risk"`
+	Tool              string   `json:"tool,omitempty"`
+	Dataset           string   `json:"dataset,omitempty"`
+	TTLCapped         bool     `json:"ttl_capped"`
+	DenyReason        string   `json:"deny_reason,omitempty"`
+	CreatedAt         string   `json:"created_at"`
+	ApprovedAt        *string  `json:"approved_at"`
+	ExpiresAt         string   `json:"expires_at"`
+	ClosedAt          *string  `json:"closed_at"`
+}
+
+func (s *Server) renderTask(t broker.Task) taskJSON {
+	return taskJSON{
+		ID: t.ID, Status: string(s.svc.StatusOf(t)), Version: t.Version,
+		Agent: t.Agent.String(), OnBehalfOf: s.userName(t.User), Goal: t.Goal,
+		Scopes: t.Scopes.Strings(), ApprovedScopes: t.ApprovedScopes.Strings(),
+		Audiences: nonNil(t.Audiences), ApprovedAudiences: nonNil(t.ApprovedAudiences),
+		Risk: string(t.Risk), Tool: t.Tool, Dataset: t.Dataset, TTLCapped: t.TTLCapped,
+		DenyReason: t.DenyReason, CreatedAt: t.CreatedAt.Format(time.RFC3339Nano),
+		ApprovedAt: optTime(t.ApprovedAt), ExpiresAt: t.ExpiresAt.Format(time.RFC3339Nano),
+		ClosedAt: optTime(t.ClosedAt),
+	}
+}
+
+// userName writes a user back as on_behalf_of was written: the bare sub
+// when one user issuer is configured, <issuer>#<sub> otherwise.
+func (s *Server) userName(u broker.Ref) string {
+	if len(s.users) == 1 && s.users[0] == u.Issuer {
+		return u.Subject
+	}
+	return u.String()
+}
+
+type eventJSON struct {
+	Seq    int64        `json:"seq"`
+	Time   string       `json:"time"`
+	Type   string       `json:"type"`
+	Actor  broker.Actor `json:"actor"`
+	TaskID string       `json:"task_id,omitempty"`
+	Detail rawJSON      `json:"detail"`
+	Hash   string       `json:"hash"`
+}
+
+type rawJSON []byte
+
+func (r rawJSON) MarshalJSON() ([]byte, error) {
+	if len(r) == 0 {
+		return []byte("{}"), nil
+	}
+	return r, nil
+}
+
+type credentialJSON struct {
+	JTI        string   `json:"jti"`
+	Kind       string   `json:"kind"`
+	TaskID     string   `json:"task_id"`
+	Agent      string   `json:"agent"`
+	OnBehalfOf string   `json:"on_behalf_of"`
+	Scopes     []string `json:"scopes"`
+	Audience   string   `json:"audience"`
+	IssuedAt   string   `json:"issued_at"`
+	ExpiresAt  string   `json:"expires_at"`
+	RevokedAt  *string  `json:"revoked_at"`
+}
+
+func optTime(t time.Time) *string {
+	if t.IsZero() {
+		return nil
+	}
+	s := t.Format(time.RFC3339Nano)
+	return &s
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

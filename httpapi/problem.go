@@ -1,0 +1,123 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/errandhq/errand/broker"
+)
+
+// Problem is an RFC 9457 problem detail with Errand's stable code.
+type Problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+	Code   string `json:"code"`
+}
+
+var statusOf = map[string]int{
+	"invalid_request":        http.StatusBadRequest,
+	"invalid_scope":          http.StatusBadRequest,
+	"invalid_token":          http.StatusUnauthorized,
+	"token_not_accepted":     http.StatusUnauthorized,
+	"wrong_principal_kind":   http.StatusForbidden,
+	"not_task_party":         http.StatusForbidden,
+	"approval_forbidden":     http.StatusForbidden,
+	"scope_exceeds_request":  http.StatusForbidden,
+	"scope_exceeds_grant":    http.StatusForbidden,
+	"scope_exceeds_approval": http.StatusForbidden,
+	"blocked_action":         http.StatusForbidden,
+	"not_found":              http.StatusNotFound,
+	"task_not_active":        http.StatusConflict,
+	"task_immutable":         http.StatusConflict,
+	"body_too_large":         http.StatusRequestEntityTooLarge,
+	"unavailable":            http.StatusServiceUnavailable,
+}
+
+// statusError overrides the status of a refusal (415 for a wrong
+// Content-Type, 405) while keeping its code.
+type statusError struct {
+	status int
+	err    error
+}
+
+func (e *statusError) Error() string { return e.err.Error() }
+func (e *statusError) Unwrap() error { return e.err }
+
+// RetryAfterSeconds is the Retry-After of every 503.
+const RetryAfterSeconds = "5"
+
+// fail answers err as problem+json. Refusals are audited first; when the
+// audit event cannot be written the answer becomes 503.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) {
+	code := broker.CodeOf(err)
+	status, known := statusOf[code]
+	var se *statusError
+	if errors.As(err, &se) {
+		status = se.status
+	}
+	switch {
+	case !known:
+		s.log.ErrorContext(r.Context(), "internal error", "op", op(r), "err", err)
+		writeProblem(w, http.StatusInternalServerError, "internal", "")
+		return
+	case status == http.StatusServiceUnavailable:
+		s.log.WarnContext(r.Context(), "dependency unavailable", "op", op(r), "err", err)
+		w.Header().Set("Retry-After", RetryAfterSeconds)
+		writeProblem(w, status, code, "a dependency is unavailable; retry later")
+		return
+	}
+	if aerr := s.svc.RecordRefusal(r.Context(), p, auditTaskID(taskID), op(r), err); aerr != nil {
+		s.log.ErrorContext(r.Context(), "cannot audit refusal", "op", op(r), "code", code, "err", aerr)
+		w.Header().Set("Retry-After", RetryAfterSeconds)
+		writeProblem(w, http.StatusServiceUnavailable, "unavailable", "the refusal could not be recorded; retry later")
+		return
+	}
+	s.metrics.refusals.WithLabelValues(code).Inc()
+	detail := err.Error()
+	var be *broker.Error
+	if errors.As(err, &be) && be.Detail != "" {
+		detail = be.Detail
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+	}
+	writeProblem(w, status, code, detail)
+}
+
+func writeProblem(w http.ResponseWriter, status int, code, detail string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(Problem{
+		Type: "urn:errand:problem:" + code, Title: http.StatusText(status),
+		Status: status, Detail: detail, Code: code,
+	})
+}
+
+// auditTaskID keeps a task id from the URL only if it looks like one, so
+// that attacker-chosen bytes of any length never reach the audit log.
+func auditTaskID(id string) string {
+	if len(id) == 0 || len(id) > 64 {
+		return ""
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return ""
+		}
+	}
+	return id
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		slog.Default().Debug("write response", "err", err)
+	}
+}

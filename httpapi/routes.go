@@ -1,0 +1,83 @@
+package httpapi
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// routes is every route of the v1 contract, in one place.
+func (s *Server) routes() chi.Router {
+	r := chi.NewRouter()
+	r.Use(middleware.Recoverer, s.instrument, s.withTimeout)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, http.StatusNotFound, "not_found", "no such endpoint")
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, http.StatusMethodNotAllowed, "invalid_request", "method not allowed")
+	})
+
+	r.Get("/healthz", s.healthz)
+	r.Get("/readyz", s.readyz)
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	r.Get("/.well-known/jwks.json", s.jwksHandler)
+	r.Get("/.well-known/oauth-authorization-server", s.metadata)
+
+	r.Route("/v1", func(r chi.Router) {
+		r.Post("/tasks", s.createTask)
+		r.Get("/tasks", s.listTasks)
+		r.Get("/tasks/{id}", s.getTask)
+		r.Post("/tasks/{id}/approve", s.approveTask)
+		r.Post("/tasks/{id}/deny", s.denyTask)
+		r.Post("/tasks/{id}/tokens", s.mintToken)
+		r.Post("/tasks/{id}/close", s.closeTask)
+		r.Post("/introspect", s.introspect)
+		r.Get("/audit/events", s.auditEvents)
+		r.Get("/credentials", s.credentials)
+	})
+	return r
+}
+
+func (s *Server) withTimeout(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
+		defer cancel()
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if err := s.svc.Ready(r.Context()); err != nil {
+		w.Header().Set("Retry-After", RetryAfterSeconds)
+		writeProblem(w, http.StatusServiceUnavailable, "unavailable", "the database is unreachable")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (s *Server) jwksHandler(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/jwk-set+json")
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	_, _ = w.Write(s.jwks())
+}
+
+// metadata is the RFC 8414 authorization server metadata.
+func (s *Server) metadata(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	writeJSON(w, http.StatusOK, map[string]any{
+		"issuer":                   s.self,
+		"jwks_uri":                 s.self + "/.well-known/jwks.json",
+		"introspection_endpoint":   s.self + "/v1/introspect",
+		"response_types_supported": []string{},
+		"grant_types_supported":    []string{},
+		"introspection_endpoint_auth_methods_supported": []string{"bearer"},
+		"token_endpoint_auth_methods_supported":         []string{"none"},
+	})
+}

@@ -1,0 +1,190 @@
+package httpapi
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/errandhq/errand/broker"
+)
+
+// MaxBodyBytes caps every request body.
+const MaxBodyBytes = 64 << 10
+
+// Authenticator verifies a bearer token (identity.Verifier).
+type Authenticator interface {
+	Verify(ctx context.Context, raw string) (broker.Principal, error)
+}
+
+// Config configures a Server.
+type Config struct {
+	Service *broker.Service
+	Auth    Authenticator
+	// PublicURL is Errand's issuer URL.
+	PublicURL string
+	// JWKS returns the current JSON Web Key Set.
+	JWKS func() []byte
+	// UserIssuers decides how on_behalf_of is written back: a bare sub
+	// with one user issuer, <issuer>#<sub> with several.
+	UserIssuers []string
+	// CursorKey authenticates pagination cursors.
+	CursorKey []byte
+	Logger    *slog.Logger
+	// Registerer receives the metrics; default a new registry.
+	Registry *prometheus.Registry
+	// RequestTimeout bounds each request's work; default 15 s.
+	RequestTimeout time.Duration
+}
+
+// Server is Errand's HTTP API.
+type Server struct {
+	svc      *broker.Service
+	auth     Authenticator
+	self     string
+	jwks     func() []byte
+	users    []string
+	curKey   []byte
+	log      *slog.Logger
+	metrics  *metrics
+	registry *prometheus.Registry
+	timeout  time.Duration
+	router   chi.Router
+}
+
+// New builds the server and its routes.
+func New(cfg Config) (*Server, error) {
+	if cfg.Service == nil || cfg.Auth == nil || cfg.JWKS == nil || cfg.PublicURL == "" {
+		return nil, errors.New("httpapi: Service, Auth, JWKS and PublicURL are required")
+	}
+	if len(cfg.CursorKey) < 16 {
+		return nil, errors.New("httpapi: CursorKey of at least 16 bytes is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 15 * time.Second
+	}
+	s := &Server{
+		svc: cfg.Service, auth: cfg.Auth, self: cfg.PublicURL, jwks: cfg.JWKS,
+		users: cfg.UserIssuers, curKey: cfg.CursorKey, log: cfg.Logger,
+		registry: cfg.Registry, timeout: cfg.RequestTimeout,
+	}
+	var err error
+	if s.metrics, err = newMetrics(cfg.Registry); err != nil {
+		return nil, err
+	}
+	s.router = s.routes()
+	return s, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+// Router exposes the chi router, for the OpenAPI conformance test.
+func (s *Server) Router() chi.Router { return s.router }
+
+// NewHTTPServer returns an http.Server with every timeout set (an
+// http.Server has none by default) and a header cap.
+func NewHTTPServer(addr string, h http.Handler) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+}
+
+func op(r *http.Request) string {
+	if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+		return r.Method + " " + rc.RoutePattern()
+	}
+	return r.Method + " " + r.URL.Path
+}
+
+// authenticate verifies the bearer token of r.
+func (s *Server) authenticate(r *http.Request) (broker.Principal, error) {
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "missing Authorization header")
+	}
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "Authorization must be a Bearer token")
+	}
+	return s.auth.Verify(r.Context(), strings.TrimSpace(tok))
+}
+
+// decode reads one JSON object of at most MaxBodyBytes into v, refusing
+// unknown fields and trailing data. An empty body decodes as {} when
+// emptyOK.
+func decode(w http.ResponseWriter, r *http.Request, v any, emptyOK bool) error {
+	body := http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	raw, err := io.ReadAll(body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return broker.Errorf(broker.ErrBodyTooLarge, "body larger than %d bytes", MaxBodyBytes)
+		}
+		return broker.Errorf(broker.ErrInvalidRequest, "cannot read body")
+	}
+	if len(strings.TrimSpace(string(raw))) == 0 {
+		if emptyOK {
+			return nil
+		}
+		return broker.Errorf(broker.ErrInvalidRequest, "a JSON body is required")
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != "application/json" {
+			return &statusError{status: http.StatusUnsupportedMediaType,
+				err: broker.Errorf(broker.ErrInvalidRequest, "Content-Type must be application/json")}
+		}
+	}
+	return strictJSON(raw, v)
+}
+
+// cursor is an opaque, HMAC-bound keyset position: a cursor made for one
+// query and one caller is refused for any other.
+func (s *Server) cursor(seq int64, scope string) string {
+	b := make([]byte, 8, 8+16)
+	binary.BigEndian.PutUint64(b, uint64(seq))
+	return base64.RawURLEncoding.EncodeToString(append(b, s.cursorMAC(b, scope)...))
+}
+
+func (s *Server) parseCursor(c, scope string) (int64, error) {
+	if c == "" {
+		return 0, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil || len(b) != 24 || !hmac.Equal(b[8:], s.cursorMAC(b[:8], scope)) {
+		return 0, broker.Errorf(broker.ErrInvalidRequest, "cursor is not valid for this query")
+	}
+	return int64(binary.BigEndian.Uint64(b[:8])), nil
+}
+
+func (s *Server) cursorMAC(seq []byte, scope string) []byte {
+	m := hmac.New(sha256.New, s.curKey)
+	m.Write(seq)
+	m.Write([]byte{0})
+	m.Write([]byte(scope))
+	return m.Sum(nil)[:16]
+}

@@ -1,0 +1,24 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+
+	"github.com/errandhq/errand/broker"
+)
+
+// strictJSON decodes exactly one JSON value into v, refusing unknown
+// fields and trailing data.
+func strictJSON(raw []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return broker.Errorf(broker.ErrInvalidRequest, "malformed JSON body: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return broker.Errorf(broker.ErrInvalidRequest, "trailing data after the JSON body")
+	}
+	return nil
+}
