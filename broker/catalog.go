@@ -131,7 +131,9 @@ func NewCatalog(actions []Action, audiences []Audience, grants []Grant, extraDen
 		if _, dup := c.actions[name]; dup {
 			return nil, fmt.Errorf("actions[%d]: duplicate action %q", i, a.Name)
 		}
-		if p, hit := c.denied(name); hit && !a.Class.Blocked() {
+		// A mis-classified credential action is a config error; an action
+		// on the operator's own deny list is simply blocked.
+		if p, hit := matchAny(BuiltinDenyList, name); hit && !a.Class.Blocked() {
 			return nil, fmt.Errorf("actions[%d] %s: matches deny-list pattern %q but has class %q; give it class credential, identity or token", i, a.Name, p, a.Class)
 		}
 		c.actions[name] = a
@@ -244,8 +246,10 @@ func (c *Catalog) Risk(s Scopes) Risk {
 	return best
 }
 
-func (c *Catalog) denied(action string) (string, bool) {
-	for _, p := range c.deny {
+func (c *Catalog) denied(action string) (string, bool) { return matchAny(c.deny, action) }
+
+func matchAny(patterns []string, action string) (string, bool) {
+	for _, p := range patterns {
 		if globMatch(strings.Split(p, "."), strings.Split(action, ".")) {
 			return p, true
 		}

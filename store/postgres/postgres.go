@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"strings"
 	"time"
@@ -88,7 +89,12 @@ func newMigrator(s *Store) (*goose.Provider, *sql.DB, error) {
 		db.Close()
 		return nil, nil, err
 	}
-	p, err := goose.NewProvider(goose.DialectPostgres, db, migrations.Postgres,
+	fsys, err := fs.Sub(migrations.Postgres, "postgres")
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db, fsys,
 		goose.WithSessionLocker(locker), goose.WithDisableGlobalRegistry(true))
 	if err != nil {
 		db.Close()

@@ -1,0 +1,75 @@
+package postgres_test
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/store/postgres"
+	"github.com/errandhq/errand/store/storetest"
+)
+
+func TestMain(m *testing.M) { os.Exit(testpg.Run(m)) }
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storetest.Store { return testpg.Store(t) })
+}
+
+func TestAuditEventsAreAppendOnly(t *testing.T) {
+	st := testpg.Store(t)
+	ctx := context.Background()
+	for _, q := range []string{"UPDATE audit_events SET type = 'x'", "DELETE FROM audit_events", "TRUNCATE audit_events"} {
+		if _, err := st.Pool().Exec(ctx, q); err == nil || !strings.Contains(err.Error(), "append-only") {
+			t.Errorf("%s: err = %v, want the append-only trigger to refuse", q, err)
+		}
+	}
+}
+
+func TestMigrateIsIdempotentAndRefusesNewerSchema(t *testing.T) {
+	ctx := context.Background()
+	u := testpg.NewDatabase(t)
+	st, err := postgres.Open(ctx, postgres.Config{URL: u})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.CheckSchema(ctx); err == nil {
+		t.Fatal("CheckSchema passed on an empty database")
+	}
+	if n, err := st.Migrate(ctx); err != nil || n == 0 {
+		t.Fatalf("first Migrate: %d, %v", n, err)
+	}
+	if n, err := st.Migrate(ctx); err != nil || n != 0 {
+		t.Fatalf("second Migrate: %d, %v", n, err)
+	}
+	if err := st.CheckSchema(ctx); err != nil {
+		t.Fatalf("CheckSchema after Migrate: %v", err)
+	}
+	if _, err := st.Pool().Exec(ctx, `INSERT INTO goose_db_version (version_id, is_applied) VALUES (9999, true)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Migrate(ctx); err == nil || !strings.Contains(err.Error(), "newer than this binary") {
+		t.Fatalf("Migrate on a newer schema: %v", err)
+	}
+}
+
+func TestOpenRefusesSimpleProtocol(t *testing.T) {
+	u := testpg.URL(t)
+	sep := "?"
+	if strings.Contains(u, "?") {
+		sep = "&"
+	}
+	_, err := postgres.Open(context.Background(), postgres.Config{URL: u + sep + "default_query_exec_mode=simple_protocol"})
+	if err == nil || !strings.Contains(err.Error(), "simple_protocol") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestMaskURL(t *testing.T) {
+	got := postgres.MaskURL("dial postgres://errand:s3cret@db:5432/errand failed")
+	if strings.Contains(got, "s3cret") || !strings.Contains(got, "errand:xxxxx@db") {
+		t.Fatalf("MaskURL = %q", got)
+	}
+}

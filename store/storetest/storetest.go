@@ -1,0 +1,399 @@
+// Package storetest is the conformance suite every broker.Store must pass,
+// run against real databases by each store's own tests.
+package storetest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/errandhq/errand/broker"
+)
+
+// Store is what the suite exercises.
+type Store interface {
+	broker.Store
+	broker.KeyStore
+}
+
+// Run runs the suite; open returns the store under test (shared between
+// subtests: every subtest uses its own identifiers).
+func Run(t *testing.T, open func(t *testing.T) Store) {
+	tests := []struct {
+		name string
+		fn   func(*testing.T, Store)
+	}{
+		{"TaskRoundTrip", testTaskRoundTrip},
+		{"NotFound", testNotFound},
+		{"RollbackLeavesNothing", testRollback},
+		{"LockTaskSerialisesWriters", testLockSerialises},
+		{"CredentialsRevokedOnce", testRevoke},
+		{"AuditChainIsContiguousUnderConcurrency", testAuditChain},
+		{"ListTasksKeysetAndEffectiveStatus", testListTasks},
+		{"HistoryFilters", testHistoryFilters},
+		{"OneCurrentSigningKey", testSigningKeys},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open(t)) })
+	}
+}
+
+var ctx = context.Background()
+
+func id(prefix string) string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+func newTask(agent, user string) broker.Task {
+	n := now()
+	return broker.Task{
+		ID: id("tsk_"), Version: 1, Status: broker.StatusPending,
+		Agent: broker.Ref{Issuer: "https://agents.example", Subject: agent},
+		User:  broker.Ref{Issuer: "https://users.example", Subject: user},
+		Goal:  "read the repo", Scopes: broker.Scopes{broker.MustParseScope("github.repo.read:acme/**")},
+		Audiences: []string{"https://api.github.com"}, Risk: broker.RiskLow,
+		CreatedAt: n, ExpiresAt: n.Add(time.Hour),
+	}
+}
+
+func insert(t *testing.T, s Store, k *broker.Task) {
+	t.Helper()
+	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertTask(ctx, k) }); err != nil {
+		t.Fatalf("InsertTask: %v", err)
+	}
+}
+
+func testTaskRoundTrip(t *testing.T, s Store) {
+	k := newTask(id("agent-"), id("user-"))
+	k.Tool, k.Dataset, k.TTLCapped = "gh-cli", "repos", true
+	insert(t, s, &k)
+	if k.Seq == 0 {
+		t.Fatal("InsertTask did not assign Seq")
+	}
+	got, err := s.Task(ctx, k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(k) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, k)
+	}
+	k.Status, k.Version, k.ApprovedAt = broker.StatusApproved, 2, now()
+	k.ApprovedScopes = broker.Scopes{broker.MustParseScope("github.repo.read:acme/api")}
+	k.ApprovedAudiences = k.Audiences
+	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.UpdateTask(ctx, k) }); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = s.Task(ctx, k.ID); fmt.Sprint(got) != fmt.Sprint(k) {
+		t.Fatalf("after update:\n got %+v\nwant %+v", got, k)
+	}
+}
+
+func testNotFound(t *testing.T, s Store) {
+	if _, err := s.Task(ctx, "tsk_nope"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Task: %v, want ErrNotFound", err)
+	}
+	if _, err := s.Credential(ctx, "nope"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Credential: %v, want ErrNotFound", err)
+	}
+	err := s.InTx(ctx, func(tx broker.Tx) error {
+		_, err := tx.LockTask(ctx, "tsk_nope")
+		return err
+	})
+	if !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("LockTask: %v, want ErrNotFound", err)
+	}
+}
+
+func testRollback(t *testing.T, s Store) {
+	k := newTask(id("agent-"), id("user-"))
+	boom := errors.New("boom")
+	err := s.InTx(ctx, func(tx broker.Tx) error {
+		if err := tx.InsertTask(ctx, &k); err != nil {
+			return err
+		}
+		if err := tx.AppendAudit(ctx, broker.AuditEvent{Time: now(), Type: broker.EventTaskCreated,
+			Actor: broker.Actor{Kind: "agent"}, TaskID: k.ID}); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("InTx returned %v, want the closure's error", err)
+	}
+	if _, err := s.Task(ctx, k.ID); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("rolled-back task is visible: %v", err)
+	}
+	evs, err := s.AuditEvents(ctx, broker.HistoryFilter{TaskID: k.ID, Limit: 10})
+	if err != nil || len(evs) != 0 {
+		t.Fatalf("rolled-back audit event is visible: %v %v", evs, err)
+	}
+}
+
+// testLockSerialises proves that a second LockTask waits for the first
+// transaction to end and then sees its write.
+func testLockSerialises(t *testing.T, s Store) {
+	k := newTask(id("agent-"), id("user-"))
+	insert(t, s, &k)
+	locked := make(chan struct{})
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = s.InTx(ctx, func(tx broker.Tx) error {
+			t1, err := tx.LockTask(ctx, k.ID)
+			if err != nil {
+				return err
+			}
+			close(locked)
+			<-release
+			t1.Status, t1.Version, t1.ClosedAt = broker.StatusDenied, 2, now()
+			return tx.UpdateTask(ctx, t1)
+		})
+	}()
+	<-locked
+	seen := make(chan broker.Status, 1)
+	go func() {
+		_ = s.InTx(ctx, func(tx broker.Tx) error {
+			t2, err := tx.LockTask(ctx, k.ID)
+			seen <- t2.Status
+			return err
+		})
+	}()
+	select {
+	case st := <-seen:
+		t.Fatalf("second LockTask did not wait for the first transaction (saw %s)", st)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	wg.Wait()
+	select {
+	case st := <-seen:
+		if st != broker.StatusDenied {
+			t.Fatalf("second LockTask saw %s, want the first transaction's write", st)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("second LockTask never returned")
+	}
+}
+
+func testRevoke(t *testing.T, s Store) {
+	k := newTask(id("agent-"), id("user-"))
+	insert(t, s, &k)
+	for i := 0; i < 3; i++ {
+		c := broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+			Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
+		if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Credential(ctx, c.JTI)
+		if err != nil || fmt.Sprint(got) != fmt.Sprint(c) {
+			t.Fatalf("credential round trip: %+v %v, want %+v", got, err, c)
+		}
+	}
+	at := now()
+	var first, second []broker.Credential
+	err := s.InTx(ctx, func(tx broker.Tx) error {
+		var err error
+		first, err = tx.RevokeCredentials(ctx, k.ID, at)
+		return err
+	})
+	if err != nil || len(first) != 3 {
+		t.Fatalf("first revoke: %d, %v", len(first), err)
+	}
+	for _, c := range first {
+		if !c.RevokedAt.Equal(at) {
+			t.Fatalf("revoked_at = %v, want %v", c.RevokedAt, at)
+		}
+	}
+	err = s.InTx(ctx, func(tx broker.Tx) error {
+		var err error
+		second, err = tx.RevokeCredentials(ctx, k.ID, now())
+		return err
+	})
+	if err != nil || len(second) != 0 {
+		t.Fatalf("second revoke: %d, %v", len(second), err)
+	}
+}
+
+// testAuditChain appends from many goroutines and checks that seq is
+// contiguous and every hash links to the previous one.
+func testAuditChain(t *testing.T, s Store) {
+	task := id("tsk_")
+	const writers, each = 8, 5
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				err := s.InTx(ctx, func(tx broker.Tx) error {
+					return tx.AppendAudit(ctx,
+						broker.AuditEvent{Time: now(), Type: broker.EventRequestRefused, Actor: broker.Actor{Kind: "agent", Issuer: "i", Subject: fmt.Sprint(w)}, TaskID: task, Detail: []byte(`{"code":"x","n":1}`)},
+						broker.AuditEvent{Time: now(), Type: broker.EventTaskCreated, Actor: broker.Actor{Kind: "anonymous"}, TaskID: task})
+				})
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	all, err := s.AuditEvents(ctx, broker.HistoryFilter{Limit: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev := broker.GenesisHash
+	mine := 0
+	for i, e := range all {
+		if e.Seq != int64(i+1) {
+			t.Fatalf("seq %d at position %d: the chain has a gap", e.Seq, i)
+		}
+		if want := broker.ChainHash(prev, e); e.Hash != want {
+			t.Fatalf("seq %d: hash %s, want %s", e.Seq, e.Hash, want)
+		}
+		prev = e.Hash
+		if e.TaskID == task {
+			mine++
+		}
+	}
+	if mine != writers*each*2 {
+		t.Fatalf("found %d events of this test, want %d", mine, writers*each*2)
+	}
+}
+
+func testListTasks(t *testing.T, s Store) {
+	user := broker.Ref{Issuer: "https://users.example", Subject: id("user-")}
+	var ids []string
+	for i := 0; i < 5; i++ {
+		k := newTask(id("agent-"), user.Subject)
+		if i == 4 {
+			k.ExpiresAt = now().Add(-time.Second) // pending past its window: effectively denied
+		}
+		insert(t, s, &k)
+		ids = append(ids, k.ID)
+	}
+	n := now()
+	page1, err := s.ListTasks(ctx, broker.TaskFilter{User: &user, Status: broker.StatusPending, Now: n, Limit: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page1) != 3 || page1[0].ID != ids[0] || page1[1].ID != ids[1] {
+		t.Fatalf("page 1 = %d tasks, want limit+1 = 3 in insertion order", len(page1))
+	}
+	page2, err := s.ListTasks(ctx, broker.TaskFilter{User: &user, Status: broker.StatusPending, Now: n, AfterSeq: page1[1].Seq, Limit: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page2) != 2 || page2[0].ID != ids[2] || page2[1].ID != ids[3] {
+		t.Fatalf("page 2 = %v", page2)
+	}
+	denied, err := s.ListTasks(ctx, broker.TaskFilter{User: &user, Status: broker.StatusDenied, Now: n, Limit: 10})
+	if err != nil || len(denied) != 1 || denied[0].ID != ids[4] {
+		t.Fatalf("effectively denied = %v, %v", denied, err)
+	}
+	other := broker.Ref{Issuer: "https://other.example", Subject: user.Subject}
+	if none, err := s.ListTasks(ctx, broker.TaskFilter{User: &other, Now: n, Limit: 10}); err != nil || len(none) != 0 {
+		t.Fatalf("same sub at another issuer sees %d tasks, %v", len(none), err)
+	}
+}
+
+func testHistoryFilters(t *testing.T, s Store) {
+	k := newTask(id("agent-"), id("user-"))
+	insert(t, s, &k)
+	t0 := now()
+	agent := broker.Actor{Kind: "agent", Issuer: k.Agent.Issuer, Subject: k.Agent.Subject}
+	err := s.InTx(ctx, func(tx broker.Tx) error {
+		return tx.AppendAudit(ctx,
+			broker.AuditEvent{Time: t0, Type: broker.EventTaskCreated, Actor: agent, TaskID: k.ID},
+			broker.AuditEvent{Time: t0.Add(time.Second), Type: broker.EventRequestRefused, Actor: agent, TaskID: k.ID, Detail: []byte(`{"code":"blocked_action"}`)})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: t0, ExpiresAt: t0.Add(time.Minute)}
+	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		f    broker.HistoryFilter
+		want int
+	}{
+		{"task", broker.HistoryFilter{TaskID: k.ID}, 2},
+		{"type", broker.HistoryFilter{TaskID: k.ID, Type: broker.EventRequestRefused}, 1},
+		{"actor iss#sub", broker.HistoryFilter{Actor: k.Agent.String()}, 2},
+		{"actor bare sub", broker.HistoryFilter{Actor: k.Agent.Subject}, 2},
+		{"actor at another issuer", broker.HistoryFilter{Actor: "https://evil.example#" + k.Agent.Subject}, 0},
+		{"since", broker.HistoryFilter{TaskID: k.ID, Since: t0.Add(time.Second)}, 1},
+		{"until", broker.HistoryFilter{TaskID: k.ID, Until: t0.Add(time.Second)}, 1},
+		{"injection is a literal", broker.HistoryFilter{TaskID: "' OR 1=1--"}, 0},
+	}
+	for _, tc := range cases {
+		tc.f.Limit = 100
+		evs, err := s.AuditEvents(ctx, tc.f)
+		if err != nil || len(evs) != tc.want {
+			t.Errorf("%s: %d events, %v; want %d", tc.name, len(evs), err, tc.want)
+		}
+	}
+	for _, f := range []broker.HistoryFilter{{TaskID: k.ID}, {Actor: k.User.String()}, {Actor: k.Agent.Subject, Type: "jwt"}} {
+		f.Limit = 10
+		cs, err := s.Credentials(ctx, f)
+		if err != nil || len(cs) != 1 || cs[0].JTI != c.JTI {
+			t.Errorf("Credentials(%+v) = %v, %v", f, cs, err)
+		}
+	}
+}
+
+func testSigningKeys(t *testing.T, s Store) {
+	existing, err := s.SigningKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := broker.SigningKey{KID: id("kid-"), Alg: "EdDSA", Private: []byte("sealed"), PublicJWK: []byte(`{"kty":"OKP"}`), CreatedAt: now()}
+	ok, err := s.InsertCurrentKey(ctx, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hasCurrent := false
+	for _, e := range existing {
+		hasCurrent = hasCurrent || e.State == "current"
+	}
+	if ok == hasCurrent {
+		t.Fatalf("InsertCurrentKey = %v with an existing current key = %v", ok, hasCurrent)
+	}
+	k2 := k
+	k2.KID = id("kid-")
+	if ok, err := s.InsertCurrentKey(ctx, k2); err != nil || ok {
+		t.Fatalf("second current key accepted: %v %v", ok, err)
+	}
+	keys, err := s.SigningKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current := 0
+	for _, x := range keys {
+		if x.State == "current" {
+			current++
+		}
+	}
+	if current != 1 {
+		t.Fatalf("%d current keys, want 1", current)
+	}
+}
