@@ -85,6 +85,43 @@ type Limits struct {
 	TaskTTLMax  time.Duration `yaml:"task_ttl_max"`
 }
 
+// UnmarshalYAML parses durations such as 5m and 8h, naming the key of a
+// bad one.
+func (l *Limits) UnmarshalYAML(n *yaml.Node) error {
+	var raw map[string]string
+	if err := n.Decode(&raw); err != nil {
+		return fmt.Errorf("limits: %v", err)
+	}
+	for k, v := range raw {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return fmt.Errorf("limits.%s: %q is not a duration such as 5m or 8h", k, v)
+		}
+		switch k {
+		case "token_ttl_max":
+			l.TokenTTLMax = d
+		case "task_ttl_max":
+			l.TaskTTLMax = d
+		default:
+			return fmt.Errorf("limits.%s: unknown key", k)
+		}
+	}
+	return nil
+}
+
+var notFound = regexp.MustCompile(`field (\S+) not found in type \S+`)
+
+// yamlError puts a decoding error on one line, in the words of the file.
+func yamlError(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n")
+	msg = notFound.ReplaceAllString(msg, `unknown key "$1"`)
+	lines := strings.Split(msg, "\n")
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	return strings.Join(lines, "; ")
+}
+
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
 // Load reads path, expands ${VAR} references from the environment, applies
@@ -112,7 +149,7 @@ func Parse(raw []byte, getenv func(string) string) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("config: %v", err)
+		return nil, fmt.Errorf("config: %s", yamlError(err))
 	}
 	if v := getenv("ERRAND_SYSTEM_SECRET"); v != "" {
 		c.SystemSecret = v

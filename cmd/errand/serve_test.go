@@ -1,0 +1,196 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/internal/testpg"
+)
+
+func TestMain(m *testing.M) { os.Exit(testpg.Run(m)) }
+
+func writeConfig(t *testing.T, dbURL string, agents, users, resources *testoidc.Issuer) string {
+	t.Helper()
+	cfg := `listen: 127.0.0.1:0
+public_url: https://errand.example.com
+database_url: ` + dbURL + `
+issuers:
+  - {url: "` + agents.URL + `", audience: errand, kind: agent}
+  - {url: "` + users.URL + `", audience: errand, kind: user, groups_claim: groups, auditor_group: security-auditors}
+  - {url: "` + resources.URL + `", audience: errand, kind: resource}
+grants:
+  - group: engineers
+    scopes: ["github.repo.read:acme/**", "github.pr.write:acme/**"]
+actions:
+  - {name: github.repo.read, class: read, risk: low}
+  - {name: github.pr.write, class: write, risk: medium}
+audiences:
+  - {url: "https://api.github.com", environment: prod}
+  - https://staging-api.example.com
+limits: {token_ttl_max: 5m, task_ttl_max: 8h}
+system_secret: ${ERRAND_SYSTEM_SECRET}
+`
+	p := filepath.Join(t.TempDir(), "errand.yaml")
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestServeAndMigrateCommands runs `errand migrate` and `errand serve` on
+// a config in DESIGN.md's shape and walks the flow over HTTP.
+func TestServeAndMigrateCommands(t *testing.T) {
+	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("k", 32))
+	dbURL := testpg.NewDatabase(t)
+	agents, users, resources := testoidc.New(t), testoidc.New(t), testoidc.New(t)
+	path := writeConfig(t, dbURL, agents, users, resources)
+
+	var out bytes.Buffer
+	root := newRoot()
+	root.SetOut(&out)
+	root.SetArgs([]string{"migrate", "--config", path})
+	if err := root.Execute(); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if !strings.Contains(out.String(), "applied 1 migration") {
+		t.Fatalf("migrate output: %q", out.String())
+	}
+
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), false, ready) }()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("serve: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not start")
+	}
+	base := "http://" + addr
+
+	call := func(method, path, tok string, body any) map[string]any {
+		t.Helper()
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, base+path, rd)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var m map[string]any
+		_ = json.NewDecoder(res.Body).Decode(&m)
+		if res.StatusCode >= 300 {
+			t.Fatalf("%s %s: %d %v", method, path, res.StatusCode, m)
+		}
+		return m
+	}
+	agent := agents.Token(t, "ci-bot", "errand", nil)
+	user := users.Token(t, "alice", "errand", map[string]any{"groups": []string{"engineers"}})
+	task := call("POST", "/v1/tasks", agent, map[string]any{"on_behalf_of": "alice", "goal": "read acme/api",
+		"scopes": []string{"github.repo.read:acme/**"}, "audiences": []string{"https://api.github.com"}})
+	id := task["id"].(string)
+	call("POST", "/v1/tasks/"+id+"/approve", user, map[string]any{"scopes": []string{"github.repo.read:acme/api"}})
+	minted := call("POST", "/v1/tasks/"+id+"/tokens", agent, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": "https://api.github.com"})
+	form := url.Values{"token": {minted["access_token"].(string)}}.Encode()
+	req, _ := http.NewRequest("POST", base+"/v1/introspect", strings.NewReader(form))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "Bearer "+resources.Token(t, "gw", "errand", nil))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in map[string]any
+	_ = json.NewDecoder(res.Body).Decode(&in)
+	res.Body.Close()
+	if in["active"] != true || in["iss"] != "https://errand.example.com" {
+		t.Fatalf("introspection: %v", in)
+	}
+	for _, p := range []string{"/healthz", "/readyz", "/metrics", "/.well-known/jwks.json", "/.well-known/oauth-authorization-server"} {
+		res, err := http.Get(base + p)
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("%s: %v %v", p, res.StatusCode, err)
+		}
+		res.Body.Close()
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve returned %v after shutdown", err)
+		}
+	case <-time.After(25 * time.Second):
+		t.Fatal("serve did not shut down")
+	}
+}
+
+func TestServeRefusesPendingSchemaWithNoMigrate(t *testing.T) {
+	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("k", 32))
+	dbURL := testpg.NewDatabase(t)
+	a, u, r := testoidc.New(t), testoidc.New(t), testoidc.New(t)
+	cfg, err := config.Load(writeConfig(t, dbURL, a, u, r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = serve(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), false, nil)
+	if err == nil || !strings.Contains(err.Error(), "pending") {
+		t.Fatalf("serve on an unmigrated database: %v", err)
+	}
+}
+
+func TestServeRefusesWrongSystemSecretForStoredKeys(t *testing.T) {
+	dbURL := testpg.NewDatabase(t)
+	a, u, r := testoidc.New(t), testoidc.New(t), testoidc.New(t)
+	path := writeConfig(t, dbURL, a, u, r)
+	start := func(secret string) error {
+		t.Setenv("ERRAND_SYSTEM_SECRET", secret)
+		cfg, err := config.Load(path)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		ready := make(chan string, 1)
+		done := make(chan error, 1)
+		go func() { done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), true, ready) }()
+		select {
+		case <-ready:
+			cancel()
+			return <-done
+		case err := <-done:
+			cancel()
+			return err
+		}
+	}
+	if err := start(strings.Repeat("a", 32)); err != nil {
+		t.Fatal(err)
+	}
+	if err := start(strings.Repeat("b", 32)); err == nil || !strings.Contains(err.Error(), "system_secret") {
+		t.Fatalf("start with another system_secret: %v", err)
+	}
+}

@@ -1,0 +1,126 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+const valid = `
+listen: 127.0.0.1:8080
+public_url: https://errand.example.com
+database_url: postgres://errand@db/errand
+issuers:
+  - url: https://token.actions.githubusercontent.com
+    audience: errand
+    kind: agent
+  - url: https://login.example.com
+    audience: errand
+    kind: user
+    groups_claim: groups
+    auditor_group: security-auditors
+    admin_group: errand-admins
+  - url: https://oidc.eks.example.com/id/CLUSTER
+    audience: errand
+    kind: resource
+grants:
+  - group: engineers
+    scopes: ["github.repo.read:acme/**", "github.pr.write:acme/**"]
+actions:
+  - {name: github.repo.read, class: read, risk: low}
+  - {name: github.pr.write, class: write, risk: medium}
+audiences:
+  - {url: "https://api.github.com", environment: prod}
+  - https://staging-api.example.com
+limits: {token_ttl_max: 5m, task_ttl_max: 8h}
+system_secret: ${ERRAND_SYSTEM_SECRET}
+`
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+var goodEnv = env(map[string]string{"ERRAND_SYSTEM_SECRET": strings.Repeat("s", 32)})
+
+func TestDesignSketchLoads(t *testing.T) {
+	c, err := Parse([]byte(valid), goodEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Limits.TokenTTLMax.Minutes() != 5 || c.Limits.TaskTTLMax.Hours() != 8 || len(c.Audiences) != 2 ||
+		c.Audiences[1].URL != "https://staging-api.example.com" || c.Audiences[0].Environment != "prod" {
+		t.Fatalf("parsed: %+v", c)
+	}
+	if u := c.UserIssuers(); len(u) != 1 || u[0] != "https://login.example.com" {
+		t.Fatalf("user issuers: %v", u)
+	}
+	cat, err := c.Catalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := cat.Action("github.pr.write"); !ok {
+		t.Fatal("catalog lacks github.pr.write")
+	}
+}
+
+func TestEnvironmentOverrides(t *testing.T) {
+	c, err := Parse([]byte(valid), env(map[string]string{
+		"ERRAND_SYSTEM_SECRET": strings.Repeat("x", 40), "ERRAND_DATABASE_URL": "postgres://other/db",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SystemSecret != strings.Repeat("x", 40) || c.DatabaseURL != "postgres://other/db" {
+		t.Fatalf("overrides not applied: %q %q", c.SystemSecret, c.DatabaseURL)
+	}
+}
+
+// TestInvalidConfigsNameTheKey: each mistake stops start-up with one line
+// that names the offending key.
+func TestInvalidConfigsNameTheKey(t *testing.T) {
+	tests := []struct {
+		name, old, new, key string
+		env                 func(string) string
+	}{
+		{"unknown top-level key", "listen:", "lisen: x\nlisten:", "lisen", nil},
+		{"unknown nested key", "kind: agent", "kind: agent\n    audiance: x", "audiance", nil},
+		{"issuer equal to public_url", "https://token.actions.githubusercontent.com", "https://errand.example.com", "issuers[0]", nil},
+		{"issuer equal to public_url with a trailing slash", "https://token.actions.githubusercontent.com", "https://errand.example.com/", "issuers[0]", nil},
+		{"missing system_secret", "", "", "system_secret", env(nil)},
+		{"short system_secret", "", "", "system_secret", env(map[string]string{"ERRAND_SYSTEM_SECRET": "short"})},
+		{"grant of an action absent from the catalog", `"github.pr.write:acme/**"]`, `"github.pr.merge:acme/**"]`, "grants[0]", nil},
+		{"grant of an audience absent from the catalog", `scopes: ["github.repo.read:acme/**", "github.pr.write:acme/**"]`,
+			`scopes: ["github.repo.read:acme/**"]` + "\n    audiences: [https://evil.example]", "grants[0].audiences", nil},
+		{"unknown kind", "kind: resource", "kind: robot", "issuers[2]", nil},
+		{"symmetric algorithm", "kind: agent", "kind: agent\n    algorithms: [HS256]", "issuers[0]", nil},
+		{"bad action class", "class: write", "class: writer", "actions[1]", nil},
+		{"deny-listed action with a harmless class", "{name: github.pr.write, class: write, risk: medium}",
+			"{name: github.pr.write, class: write, risk: medium}\n  - {name: aws.iam.createuser, class: write, risk: low}", "actions[2]", nil},
+		{"bad scope in a grant", `"github.repo.read:acme/**"`, `"github.repo.read:acme//x"`, "grants[0].scopes", nil},
+		{"missing public_url", "public_url: https://errand.example.com", "", "public_url", nil},
+		{"missing database_url", "database_url: postgres://errand@db/errand", "", "database_url", nil},
+		{"token ttl longer than task ttl", "token_ttl_max: 5m", "token_ttl_max: 9h", "limits.token_ttl_max", nil},
+		{"duration without unit", "task_ttl_max: 8h", "task_ttl_max: eight", "task_ttl_max", nil},
+		{"bad signing alg", "limits:", "signing_alg: RS256\nlimits:", "signing_alg", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			raw := valid
+			if tt.old != "" {
+				if !strings.Contains(raw, tt.old) {
+					t.Fatalf("test bug: %q not in the config", tt.old)
+				}
+				raw = strings.Replace(raw, tt.old, tt.new, 1)
+			}
+			e := tt.env
+			if e == nil {
+				e = goodEnv
+			}
+			_, err := Parse([]byte(raw), e)
+			if err == nil {
+				t.Fatal("config accepted")
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tt.key) || strings.Contains(msg, "\n") {
+				t.Fatalf("error %q does not name %q on one line", msg, tt.key)
+			}
+		})
+	}
+}

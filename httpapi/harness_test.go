@@ -1,0 +1,297 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/identity"
+	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/issuer/jwt"
+	"github.com/errandhq/errand/store/postgres"
+)
+
+func TestMain(m *testing.M) { os.Exit(testpg.Run(m)) }
+
+const (
+	audience  = "errand"
+	publicURL = "https://errand.test"
+	apiGitHub = "https://api.github.com"
+	apiStage  = "https://staging-api.example.com"
+	secret    = "0123456789abcdef0123456789abcdef-test-secret"
+)
+
+// env is a running Errand over a real PostgreSQL database and three real
+// OIDC issuers (agents, users, resource servers), plus one untrusted one.
+type env struct {
+	t         *testing.T
+	st        *postgres.Store
+	srv       *httptest.Server
+	api       *Server
+	svc       *broker.Service
+	tokens    *jwt.Issuer
+	verifier  *identity.Verifier
+	agents    *testoidc.Issuer
+	users     *testoidc.Issuer
+	resources *testoidc.Issuer
+	untrusted *testoidc.Issuer
+}
+
+func testCatalog(t testing.TB) *broker.Catalog {
+	t.Helper()
+	sc := func(ss ...string) broker.Scopes {
+		out, err := broker.ParseScopes(ss)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	c, err := broker.NewCatalog(
+		[]broker.Action{
+			{Name: "github.repo.read", Class: broker.ClassRead, Risk: broker.RiskLow},
+			{Name: "github.pr.write", Class: broker.ClassWrite, Risk: broker.RiskMedium},
+			{Name: "aws.iam.createaccesskey", Class: broker.ClassCredential, Risk: broker.RiskHigh},
+			{Name: "okta.user.update", Class: broker.ClassIdentity, Risk: broker.RiskHigh},
+			{Name: "errand.token.mint", Class: broker.ClassToken, Risk: broker.RiskHigh},
+		},
+		[]broker.Audience{{URL: apiGitHub, Environment: "prod"}, {URL: apiStage}},
+		[]broker.Grant{
+			// People may hold blocked actions; they stay ungrantable to agents.
+			{Group: "eng", Scopes: sc("github.repo.read:acme/**", "github.pr.write:acme/**",
+				"aws.iam.createaccesskey", "okta.user.update", "errand.token.mint")},
+			{Group: "interns", Scopes: sc("github.repo.read:acme/docs"), Audiences: []string{apiStage}},
+		},
+		nil,
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// newEnv builds the environment on the package's database (or on url when
+// given, e.g. through a fault-injecting proxy).
+func newEnv(t *testing.T, dbURL ...string) *env {
+	t.Helper()
+	e := &env{t: t}
+	if len(dbURL) > 0 {
+		st, err := postgres.Open(context.Background(), postgres.Config{URL: dbURL[0]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(st.Close)
+		e.st = st
+	} else {
+		e.st = testpg.Store(t)
+	}
+	e.agents, e.users, e.resources, e.untrusted = testoidc.New(t), testoidc.New(t), testoidc.New(t), testoidc.New(t)
+	var err error
+	e.verifier, err = identity.New(identity.Config{
+		Self: publicURL,
+		Issuers: []identity.Issuer{
+			{URL: e.agents.URL, Audience: audience, Kind: broker.KindAgent},
+			{URL: e.users.URL, Audience: audience, Kind: broker.KindUser, GroupsClaim: "groups", AuditorGroup: "auditors"},
+			{URL: e.resources.URL, Audience: audience, Kind: broker.KindResource},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.tokens, err = jwt.New(context.Background(), jwt.Config{Issuer: publicURL, Keys: e.st, Secret: []byte(secret)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.svc, err = broker.NewService(broker.Config{
+		Store: e.st, Tokens: e.tokens, Catalog: testCatalog(t), UserIssuers: []string{e.users.URL},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.api, err = New(Config{
+		Service: e.svc, Auth: e.verifier, PublicURL: publicURL, JWKS: e.tokens.JWKS,
+		UserIssuers: []string{e.users.URL}, CursorKey: []byte("cursor-key-for-tests-0123456789"),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv = httptest.NewServer(e.api)
+	t.Cleanup(e.srv.Close)
+	return e
+}
+
+func (e *env) agent(sub string) string { return e.agents.Token(e.t, sub, audience, nil) }
+func (e *env) user(sub string, groups ...string) string {
+	return e.users.Token(e.t, sub, audience, map[string]any{"groups": groups})
+}
+func (e *env) resource(sub string) string { return e.resources.Token(e.t, sub, audience, nil) }
+
+// resp is a decoded answer.
+type resp struct {
+	Status int
+	Header http.Header
+	Raw    []byte
+	JSON   map[string]any
+}
+
+func (r resp) str(k string) string { s, _ := r.JSON[k].(string); return s }
+
+// do sends a JSON request (body marshalled unless it is a string or
+// []byte) and checks the answer against openapi.yaml.
+func (e *env) do(method, path, token string, body any) resp {
+	e.t.Helper()
+	var raw []byte
+	switch b := body.(type) {
+	case nil:
+	case string:
+		raw = []byte(b)
+	case []byte:
+		raw = b
+	default:
+		var err error
+		if raw, err = json.Marshal(b); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	req, err := http.NewRequest(method, e.srv.URL+path, bytes.NewReader(raw))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if raw != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return e.send(req, raw)
+}
+
+func (e *env) send(req *http.Request, raw []byte) resp {
+	e.t.Helper()
+	res, err := e.srv.Client().Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	out := resp{Status: res.StatusCode, Header: res.Header}
+	out.Raw, _ = io.ReadAll(res.Body)
+	_ = json.Unmarshal(out.Raw, &out.JSON)
+	checkContract(e.t, req, raw, res.StatusCode, res.Header, out.Raw)
+	return out
+}
+
+// introspect posts an RFC 7662 form.
+func (e *env) introspect(caller, token string) resp {
+	e.t.Helper()
+	form := url.Values{"token": {token}}.Encode()
+	req, err := http.NewRequest(http.MethodPost, e.srv.URL+"/v1/introspect", strings.NewReader(form))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if caller != "" {
+		req.Header.Set("Authorization", "Bearer "+caller)
+	}
+	return e.send(req, []byte(form))
+}
+
+func (e *env) mustStatus(r resp, status int) resp {
+	e.t.Helper()
+	if r.Status != status {
+		e.t.Fatalf("status %d, want %d: %s", r.Status, status, r.Raw)
+	}
+	return r
+}
+
+// task creates a pending task for agent on behalf of user with scopes.
+func (e *env) task(agentSub, userSub string, scopes ...string) string {
+	e.t.Helper()
+	r := e.mustStatus(e.do("POST", "/v1/tasks", e.agent(agentSub), map[string]any{
+		"on_behalf_of": userSub, "goal": "triage issues", "scopes": scopes,
+		"audiences": []string{apiGitHub, apiStage}, "ttl_seconds": 3600,
+	}), http.StatusCreated)
+	return r.str("id")
+}
+
+// approved creates and approves a task (the user is in group eng).
+func (e *env) approved(agentSub, userSub string, scopes ...string) string {
+	e.t.Helper()
+	id := e.task(agentSub, userSub, scopes...)
+	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/approve", e.user(userSub, "eng"), map[string]any{}), http.StatusOK)
+	return id
+}
+
+func (e *env) mint(agentSub, id string, scopes ...string) resp {
+	e.t.Helper()
+	return e.do("POST", "/v1/tasks/"+id+"/tokens", e.agent(agentSub), map[string]any{
+		"scopes": scopes, "audience": apiGitHub,
+	})
+}
+
+// snapshot is the state of every table a refusal must not touch, and the
+// audit head.
+type snapshot struct {
+	tasks, credentials string
+	auditSeq           int64
+}
+
+func (e *env) snapshot() snapshot {
+	e.t.Helper()
+	var s snapshot
+	ctx := context.Background()
+	err := e.st.Pool().QueryRow(ctx, `SELECT
+		(SELECT coalesce(md5(string_agg(t::text, '|' ORDER BY id)), '') FROM tasks t),
+		(SELECT coalesce(md5(string_agg(c::text, '|' ORDER BY jti)), '') FROM credentials c),
+		(SELECT seq FROM audit_head)`).Scan(&s.tasks, &s.credentials, &s.auditSeq)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return s
+}
+
+// refused asserts a refusal: status, problem+json with code, no change to
+// tasks or credentials, and exactly one new audit event, request.refused
+// with that code.
+func (e *env) refused(before snapshot, r resp, status int, code string) {
+	e.t.Helper()
+	if r.Status != status || r.str("code") != code {
+		e.t.Fatalf("got %d %q, want %d %q: %s", r.Status, r.str("code"), status, code, r.Raw)
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "application/problem+json" {
+		e.t.Errorf("Content-Type %q, want application/problem+json", ct)
+	}
+	for _, k := range []string{"type", "title", "detail"} {
+		if r.str(k) == "" {
+			e.t.Errorf("problem has no %s: %s", k, r.Raw)
+		}
+	}
+	after := e.snapshot()
+	if after.tasks != before.tasks {
+		e.t.Errorf("a refusal changed the tasks table")
+	}
+	if after.credentials != before.credentials {
+		e.t.Errorf("a refusal changed the credentials table")
+	}
+	if after.auditSeq != before.auditSeq+1 {
+		e.t.Fatalf("audit grew by %d events, want exactly 1", after.auditSeq-before.auditSeq)
+	}
+	evs, err := e.st.AuditEvents(context.Background(), broker.HistoryFilter{AfterSeq: before.auditSeq, Limit: 5})
+	if err != nil || len(evs) != 1 {
+		e.t.Fatalf("audit events: %v %v", evs, err)
+	}
+	var d struct{ Code string }
+	_ = json.Unmarshal(evs[0].Detail, &d)
+	if evs[0].Type != broker.EventRequestRefused || d.Code != code {
+		e.t.Fatalf("audit event %s %s, want request.refused %s", evs[0].Type, evs[0].Detail, code)
+	}
+}
