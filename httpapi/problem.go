@@ -114,8 +114,18 @@ func auditTaskID(id string) string {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
+	encodeJSON(w, status, v)
+}
+
+// writeJSONCached answers 200 with public, cacheable metadata.
+func writeJSONCached(w http.ResponseWriter, v any) {
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	encodeJSON(w, http.StatusOK, v)
+}
+
+func encodeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	if err := json.NewEncoder(w).Encode(v); err != nil {
 		slog.Default().Debug("write response", "err", err)

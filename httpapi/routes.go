@@ -70,8 +70,7 @@ func (s *Server) jwksHandler(w http.ResponseWriter, _ *http.Request) {
 
 // metadata is the RFC 8414 authorization server metadata.
 func (s *Server) metadata(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Cache-Control", "public, max-age=300")
-	writeJSON(w, http.StatusOK, map[string]any{
+	writeJSONCached(w, map[string]any{
 		"issuer":                   s.self,
 		"jwks_uri":                 s.self + "/.well-known/jwks.json",
 		"introspection_endpoint":   s.self + "/v1/introspect",
