@@ -8,3 +8,8 @@ import "embed"
 //
 //go:embed postgres/*.sql
 var Postgres embed.FS
+
+// SQLite holds the SQLite migrations, under sqlite/.
+//
+//go:embed sqlite/*.sql
+var SQLite embed.FS

@@ -2,13 +2,12 @@ package postgres
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/store/internal/sqlq"
 )
 
 type txn struct{ tx pgx.Tx }
@@ -110,23 +109,11 @@ func (s *Store) Task(ctx context.Context, id string) (broker.Task, error) {
 
 // ListTasks lists an agent's or a user's tasks by effective status.
 func (s *Store) ListTasks(ctx context.Context, f broker.TaskFilter) ([]broker.Task, error) {
-	q := &query{}
-	switch {
-	case f.User != nil:
-		q.where("user_iss = %s", f.User.Issuer)
-		q.where("user_sub = %s", f.User.Subject)
-	case f.Agent != nil:
-		q.where("agent_iss = %s", f.Agent.Issuer)
-		q.where("agent_sub = %s", f.Agent.Subject)
-	default:
-		return nil, fmt.Errorf("postgres: ListTasks needs an agent or a user")
+	q, err := sqlq.Tasks(f, nil)
+	if err != nil {
+		return nil, err
 	}
-	if f.Status != "" {
-		q.effectiveStatus(f.Status, f.Now)
-	}
-	q.where("seq > %s", f.AfterSeq)
-	rows, err := s.pool.Query(ctx, `SELECT `+taskColumns+` FROM tasks WHERE `+q.sql()+
-		fmt.Sprintf(` ORDER BY seq LIMIT %d`, f.Limit+1), q.args...)
+	rows, err := s.pool.Query(ctx, `SELECT `+taskColumns+` FROM tasks WHERE `+q.SQL()+` ORDER BY seq`+sqlq.Limit(f.Limit), q.Args...)
 	if err != nil {
 		return nil, translate(err)
 	}
@@ -140,24 +127,8 @@ func (s *Store) Credential(ctx context.Context, jti string) (broker.Credential, 
 
 // Credentials lists the issuance history.
 func (s *Store) Credentials(ctx context.Context, f broker.HistoryFilter) ([]broker.Credential, error) {
-	q := &query{}
-	if f.TaskID != "" {
-		q.where("task_id = %s", f.TaskID)
-	}
-	if f.Type != "" {
-		q.where("kind = %s", f.Type)
-	}
-	if f.Actor != "" {
-		if iss, sub, ok := strings.Cut(f.Actor, "#"); ok {
-			q.where("((agent_iss = %[1]s AND agent_sub = %[2]s) OR (user_iss = %[1]s AND user_sub = %[2]s))", iss, sub)
-		} else {
-			q.where("(agent_sub = %[1]s OR user_sub = %[1]s)", f.Actor)
-		}
-	}
-	q.timeWindow("issued_at", f.Since, f.Until)
-	q.where("seq > %s", f.AfterSeq)
-	rows, err := s.pool.Query(ctx, `SELECT `+credentialColumns+` FROM credentials WHERE `+q.sql()+
-		fmt.Sprintf(` ORDER BY seq LIMIT %d`, f.Limit+1), q.args...)
+	q := sqlq.Credentials(f, nil)
+	rows, err := s.pool.Query(ctx, `SELECT `+credentialColumns+` FROM credentials WHERE `+q.SQL()+` ORDER BY seq`+sqlq.Limit(f.Limit), q.Args...)
 	if err != nil {
 		return nil, translate(err)
 	}
@@ -166,25 +137,9 @@ func (s *Store) Credentials(ctx context.Context, f broker.HistoryFilter) ([]brok
 
 // AuditEvents lists audit events.
 func (s *Store) AuditEvents(ctx context.Context, f broker.HistoryFilter) ([]broker.AuditEvent, error) {
-	q := &query{}
-	if f.TaskID != "" {
-		q.where("task_id = %s", f.TaskID)
-	}
-	if f.Type != "" {
-		q.where("type = %s", f.Type)
-	}
-	if f.Actor != "" {
-		if iss, sub, ok := strings.Cut(f.Actor, "#"); ok {
-			q.where("(actor_iss = %[1]s AND actor_sub = %[2]s)", iss, sub)
-		} else {
-			q.where("actor_sub = %s", f.Actor)
-		}
-	}
-	q.timeWindow("time", f.Since, f.Until)
-	q.where("seq > %s", f.AfterSeq)
+	q := sqlq.Events(f, nil)
 	rows, err := s.pool.Query(ctx, `SELECT seq, time, type, actor_kind, actor_iss, actor_sub,
-		task_id, detail::text, hash FROM audit_events WHERE `+q.sql()+
-		fmt.Sprintf(` ORDER BY seq LIMIT %d`, f.Limit+1), q.args...)
+		task_id, detail::text, hash FROM audit_events WHERE `+q.SQL()+` ORDER BY seq`+sqlq.Limit(f.Limit), q.Args...)
 	if err != nil {
 		return nil, translate(err)
 	}
@@ -228,53 +183,6 @@ func (s *Store) InsertCurrentKey(ctx context.Context, k broker.SigningKey) (bool
 	return tag.RowsAffected() == 1, nil
 }
 
-// query builds a WHERE clause whose values are only ever $n binds; the
-// SQL text is made of fixed fragments of this file.
-type query struct {
-	conds []string
-	args  []any
-}
-
-func (q *query) where(format string, vals ...any) {
-	refs := make([]any, len(vals))
-	for i, v := range vals {
-		q.args = append(q.args, v)
-		refs[i] = fmt.Sprintf("$%d", len(q.args))
-	}
-	q.conds = append(q.conds, fmt.Sprintf(format, refs...))
-}
-
-func (q *query) timeWindow(col string, since, until time.Time) {
-	if !since.IsZero() {
-		q.where(col+" >= %s", since)
-	}
-	if !until.IsZero() {
-		q.where(col+" < %s", until)
-	}
-}
-
-// effectiveStatus selects tasks whose status at now is st (see
-// broker.Task.EffectiveStatus).
-func (q *query) effectiveStatus(st broker.Status, now time.Time) {
-	switch st {
-	case broker.StatusPending, broker.StatusApproved:
-		q.where("(status = %s AND expires_at > %s)", string(st), now)
-	case broker.StatusDenied:
-		q.where("(status = 'denied' OR (status = 'pending' AND expires_at <= %s))", now)
-	case broker.StatusExpired:
-		q.where("(status = 'expired' OR (status = 'approved' AND expires_at <= %s))", now)
-	default:
-		q.where("status = %s", string(st))
-	}
-}
-
-func (q *query) sql() string {
-	if len(q.conds) == 0 {
-		return "true"
-	}
-	return strings.Join(q.conds, " AND ")
-}
-
 func scanTask(r pgx.Row) (broker.Task, error) {
 	var (
 		t                    broker.Task
@@ -290,10 +198,10 @@ func scanTask(r pgx.Row) (broker.Task, error) {
 		return broker.Task{}, translate(err)
 	}
 	t.Status, t.Risk = broker.Status(status), broker.Risk(risk)
-	if t.Scopes, err = parseStored(scopes); err != nil {
+	if t.Scopes, err = sqlq.ParseScopes(scopes); err != nil {
 		return broker.Task{}, err
 	}
-	if t.ApprovedScopes, err = parseStored(approved); err != nil {
+	if t.ApprovedScopes, err = sqlq.ParseScopes(approved); err != nil {
 		return broker.Task{}, err
 	}
 	t.CreatedAt, t.ExpiresAt = t.CreatedAt.UTC(), t.ExpiresAt.UTC()
@@ -317,7 +225,7 @@ func scanCredential(r pgx.Row) (broker.Credential, error) {
 	if err != nil {
 		return broker.Credential{}, translate(err)
 	}
-	if c.Scopes, err = parseStored(scopes); err != nil {
+	if c.Scopes, err = sqlq.ParseScopes(scopes); err != nil {
 		return broker.Credential{}, err
 	}
 	c.IssuedAt, c.ExpiresAt = c.IssuedAt.UTC(), c.ExpiresAt.UTC()
@@ -325,19 +233,6 @@ func scanCredential(r pgx.Row) (broker.Credential, error) {
 		c.RevokedAt = revoked.UTC()
 	}
 	return c, nil
-}
-
-// parseStored re-parses canonical scopes written by this store.
-func parseStored(ss []string) (broker.Scopes, error) {
-	out := make(broker.Scopes, 0, len(ss))
-	for _, s := range ss {
-		sc, err := broker.ParseScope(s)
-		if err != nil {
-			return nil, fmt.Errorf("postgres: stored scope %q: %w", s, err)
-		}
-		out = append(out, sc)
-	}
-	return out, nil
 }
 
 func collect[T any](rows pgx.Rows, scan func(pgx.Row) (T, error)) ([]T, error) {
