@@ -1,5 +1,7 @@
-// Command errand is the Errand credential broker: `errand serve` runs it,
-// `errand migrate` applies the database schema.
+// Command errand is the Errand credential broker and its client:
+// `errand dev` runs everything in one process for development, `errand
+// serve` runs it in production, `errand migrate` applies the schema, and
+// `errand task|token|audit` call a running server.
 package main
 
 import (
@@ -23,6 +25,8 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServe(), newMigrate())
+	g := &globals{}
+	g.register(root)
+	root.AddCommand(newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newAuditCmd(g))
 	return root
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/errandhq/errand/identity"
 	"github.com/errandhq/errand/issuer/jwt"
 	"github.com/errandhq/errand/store/postgres"
+	"github.com/errandhq/errand/store/sqlite"
 )
 
 func newServe() *cobra.Command {
@@ -31,7 +32,8 @@ func newServe() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Run Errand on PostgreSQL with the configured issuers",
+		Short: "Run Errand with the configured issuers, on PostgreSQL (or SQLite for one node)",
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(cfgPath)
 			if err != nil {
@@ -53,12 +55,13 @@ func newMigrate() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "migrate",
 		Short: "Apply pending database migrations and exit",
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(cfgPath)
 			if err != nil {
 				return err
 			}
-			st, err := postgres.Open(cmd.Context(), postgres.Config{URL: cfg.DatabaseURL})
+			st, err := openStore(cmd.Context(), cfg.DatabaseURL)
 			if err != nil {
 				return err
 			}
@@ -75,33 +78,75 @@ func newMigrate() *cobra.Command {
 	return cmd
 }
 
-// serve wires every part and runs until ctx ends. When ready is not nil,
-// the bound address is sent on it once the listener is open.
+// backend is a store Errand can run on.
+type backend interface {
+	broker.Store
+	broker.KeyStore
+	Migrate(ctx context.Context) (int, error)
+	Close()
+}
+
+type sqliteBackend struct{ *sqlite.Store }
+
+func (b sqliteBackend) Close() { _ = b.Store.Close() }
+
+type postgresBackend struct{ *postgres.Store }
+
+// openStore opens PostgreSQL for postgres:// URLs and SQLite for sqlite://.
+func openStore(ctx context.Context, url string) (backend, error) {
+	if path, ok := sqlite.PathFromURL(url); ok {
+		st, err := sqlite.Open(ctx, path)
+		if err != nil {
+			return nil, err
+		}
+		return sqliteBackend{st}, nil
+	}
+	st, err := postgres.Open(ctx, postgres.Config{URL: url})
+	if err != nil {
+		return nil, err
+	}
+	return postgresBackend{st}, nil
+}
+
+// serve opens the configured store and listener and runs until ctx ends.
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, migrate bool, ready chan<- string) error {
-	st, err := postgres.Open(ctx, postgres.Config{URL: cfg.DatabaseURL})
+	st, err := openStore(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	if migrate {
-		if _, err := st.Migrate(ctx); err != nil {
-			return err
-		}
-	} else if err := st.CheckSchema(ctx); err != nil {
-		return err
-	}
-	api, err := buildAPI(ctx, cfg, st, log)
-	if err != nil {
+	if err := prepareSchema(ctx, st, migrate); err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := httpapi.NewHTTPServer(cfg.Listen, api)
+	api, err := buildAPI(ctx, cfg, st, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	return run(ctx, ln, api, log, ready)
+}
+
+func prepareSchema(ctx context.Context, st backend, migrate bool) error {
+	if migrate {
+		_, err := st.Migrate(ctx)
+		return err
+	}
+	if pg, ok := st.(postgresBackend); ok {
+		return pg.CheckSchema(ctx)
+	}
+	return errors.New("--no-migrate is only supported on PostgreSQL")
+}
+
+// run serves h on ln until ctx ends, then shuts down gracefully.
+func run(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger, ready chan<- string) error {
+	srv := httpapi.NewHTTPServer(ln.Addr().String(), h)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("errand serving", "listen", ln.Addr().String(), "public_url", cfg.PublicURL)
+	log.Info("errand serving", "listen", ln.Addr().String())
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}
@@ -122,10 +167,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, migrate bo
 }
 
 // buildAPI assembles the broker and its adapters over a store.
-func buildAPI(ctx context.Context, cfg *config.Config, st interface {
-	broker.Store
-	broker.KeyStore
-}, log *slog.Logger) (*httpapi.Server, error) {
+func buildAPI(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger) (*httpapi.Server, error) {
 	catalog, err := cfg.Catalog()
 	if err != nil {
 		return nil, err

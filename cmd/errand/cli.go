@@ -1,0 +1,349 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/errandhq/errand/client"
+)
+
+// globals are the flags every client command shares.
+type globals struct {
+	server string
+	token  string
+	json   bool
+}
+
+func (g *globals) register(root *cobra.Command) {
+	server := os.Getenv("ERRAND_SERVER")
+	if server == "" {
+		server = "http://127.0.0.1:8080"
+	}
+	root.PersistentFlags().StringVar(&g.server, "server", server, "Errand server URL (env ERRAND_SERVER)")
+	root.PersistentFlags().StringVar(&g.token, "token", os.Getenv("ERRAND_TOKEN"), "your identity token (env ERRAND_TOKEN)")
+	root.PersistentFlags().BoolVar(&g.json, "json", false, "print the server's JSON answer")
+}
+
+func (g *globals) client() *client.Client { return client.New(g.server, g.token) }
+
+// emit prints the raw JSON with --json, or the human form otherwise.
+func (g *globals) emit(w io.Writer, raw []byte, human func(io.Writer)) {
+	if g.json {
+		var buf bytes.Buffer
+		if json.Indent(&buf, raw, "", "  ") == nil {
+			raw = buf.Bytes()
+		}
+		fmt.Fprintln(w, strings.TrimSpace(string(raw)))
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	human(tw)
+	tw.Flush()
+}
+
+func newTaskCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "task", Short: "Ask for, approve, deny, read and close tasks"}
+	var (
+		c     client.CreateTask
+		ttl   time.Duration
+		quiet bool
+	)
+	create := &cobra.Command{
+		Use: "create", Short: "Ask for a task (as an agent)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c.TTLSeconds = int64(ttl / time.Second)
+			t, raw, err := g.client().CreateTask(cmd.Context(), c)
+			if err != nil {
+				return err
+			}
+			if quiet {
+				fmt.Fprintln(cmd.OutOrStdout(), t.ID)
+				return nil
+			}
+			g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printTask(w, t) })
+			return nil
+		},
+	}
+	create.Flags().StringVar(&c.OnBehalfOf, "on-behalf-of", "", "the user's sub (or <issuer>#<sub>)")
+	create.Flags().StringVar(&c.Goal, "goal", "", "what the task is for, shown to the approver")
+	create.Flags().StringArrayVar(&c.Scopes, "scope", nil, "a scope action[:resource] (repeat)")
+	create.Flags().StringArrayVar(&c.Audiences, "audience", nil, "a resource server URL (repeat)")
+	create.Flags().DurationVar(&ttl, "ttl", 0, "task lifetime, e.g. 1h (default 1h, capped)")
+	create.Flags().StringVar(&c.Tool, "tool", "", "tool the agent will use")
+	create.Flags().StringVar(&c.Dataset, "dataset", "", "dataset the agent will touch")
+	create.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the task id")
+	for _, f := range []string{"on-behalf-of", "goal", "scope", "audience"} {
+		_ = create.MarkFlagRequired(f)
+	}
+
+	var status string
+	list := &cobra.Command{
+		Use: "list", Short: "List your tasks (as a user: the tasks waiting for you)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ts, raw, err := g.client().ListTasks(cmd.Context(), status)
+			if err != nil {
+				return err
+			}
+			g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
+				fmt.Fprintln(w, "ID\tSTATUS\tRISK\tAGENT\tON BEHALF OF\tSCOPES\tEXPIRES")
+				for _, t := range ts {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Status, t.Risk, t.Agent, t.OnBehalfOf,
+						strings.Join(t.Scopes, " "), t.ExpiresAt)
+				}
+			})
+			return nil
+		},
+	}
+	list.Flags().StringVar(&status, "status", "", "pending, approved, denied, closed or expired")
+
+	get := &cobra.Command{
+		Use: "get TASK", Short: "Show a task", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, raw, err := g.client().GetTask(cmd.Context(), args[0])
+			return g.taskResult(cmd, t, raw, err)
+		},
+	}
+
+	var (
+		a    client.Approve
+		attl time.Duration
+	)
+	approve := &cobra.Command{
+		Use: "approve TASK", Short: "Approve a task, optionally narrower (as its user)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a.TTLSeconds = int64(attl / time.Second)
+			t, raw, err := g.client().Approve(cmd.Context(), args[0], a)
+			return g.taskResult(cmd, t, raw, err)
+		},
+	}
+	approve.Flags().StringArrayVar(&a.Scopes, "scope", nil, "approve only these scopes (repeat; default as requested)")
+	approve.Flags().StringArrayVar(&a.Audiences, "audience", nil, "approve only these audiences (repeat)")
+	approve.Flags().DurationVar(&attl, "ttl", 0, "shorten the task's life, e.g. 30m")
+
+	var reason string
+	deny := &cobra.Command{
+		Use: "deny TASK", Short: "Deny a task (as its user)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, raw, err := g.client().Deny(cmd.Context(), args[0], reason)
+			return g.taskResult(cmd, t, raw, err)
+		},
+	}
+	deny.Flags().StringVar(&reason, "reason", "", "why")
+
+	closeCmd := &cobra.Command{
+		Use: "close TASK", Short: "Close a task and revoke everything issued for it", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, raw, err := g.client().Close(cmd.Context(), args[0])
+			return g.taskResult(cmd, t, raw, err)
+		},
+	}
+	cmd.AddCommand(create, list, get, approve, deny, closeCmd)
+	return cmd
+}
+
+func (g *globals) taskResult(cmd *cobra.Command, t client.Task, raw []byte, err error) error {
+	if err != nil {
+		return err
+	}
+	g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printTask(w, t) })
+	return nil
+}
+
+func orDash(ss []string) string {
+	if len(ss) == 0 {
+		return "-"
+	}
+	return strings.Join(ss, " ")
+}
+
+func printTask(w io.Writer, t client.Task) {
+	fmt.Fprintf(w, "id\t%s\n", t.ID)
+	fmt.Fprintf(w, "status\t%s\n", t.Status)
+	fmt.Fprintf(w, "agent\t%s\n", t.Agent)
+	fmt.Fprintf(w, "on_behalf_of\t%s\n", t.OnBehalfOf)
+	fmt.Fprintf(w, "goal\t%s\n", t.Goal)
+	fmt.Fprintf(w, "risk\t%s\n", t.Risk)
+	fmt.Fprintf(w, "scopes\t%s\n", orDash(t.Scopes))
+	fmt.Fprintf(w, "approved_scopes\t%s\n", orDash(t.ApprovedScopes))
+	fmt.Fprintf(w, "audiences\t%s\n", orDash(t.Audiences))
+	fmt.Fprintf(w, "expires_at\t%s\n", t.ExpiresAt)
+	if t.TTLCapped {
+		fmt.Fprintf(w, "ttl_capped\ttrue (the requested ttl was longer than the maximum)\n")
+	}
+	if t.Revoked != nil {
+		fmt.Fprintf(w, "revoked\t%d\n", *t.Revoked)
+	}
+}
+
+func newTokenCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "Mint and introspect access tokens"}
+	var (
+		m     client.Mint
+		ttl   time.Duration
+		quiet bool
+	)
+	mint := &cobra.Command{
+		Use: "mint TASK", Short: "Mint an access token for a task (as its agent)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m.TTLSeconds = int64(ttl / time.Second)
+			tok, raw, err := g.client().Mint(cmd.Context(), args[0], m)
+			if err != nil {
+				return err
+			}
+			if quiet {
+				fmt.Fprintln(cmd.OutOrStdout(), tok.AccessToken)
+				return nil
+			}
+			g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
+				fmt.Fprintf(w, "access_token\t%s\n", tok.AccessToken)
+				fmt.Fprintf(w, "expires_in\t%ds\n", tok.ExpiresIn)
+				fmt.Fprintf(w, "scope\t%s\n", tok.Scope)
+				fmt.Fprintf(w, "audience\t%s\n", tok.Audience)
+				fmt.Fprintf(w, "jti\t%s\n", tok.JTI)
+			})
+			return nil
+		},
+	}
+	mint.Flags().StringArrayVar(&m.Scopes, "scope", nil, "a scope within the approval (repeat)")
+	mint.Flags().StringVar(&m.Audience, "audience", "", "the resource server the token is for")
+	mint.Flags().DurationVar(&ttl, "ttl", 0, "token lifetime (capped at 5m and the task's life)")
+	mint.Flags().StringVar(&m.Tool, "tool", "", "tool the token is for")
+	mint.Flags().StringVar(&m.Dataset, "dataset", "", "dataset the token is for")
+	mint.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the access token")
+	_ = mint.MarkFlagRequired("scope")
+	_ = mint.MarkFlagRequired("audience")
+
+	introspect := &cobra.Command{
+		Use: "introspect ACCESS_TOKEN", Short: "Ask whether a token is active (as a resource server)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			in, raw, err := g.client().Introspect(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
+				if in["active"] != true {
+					fmt.Fprintln(w, "active\tfalse")
+					return
+				}
+				act, _ := in["act"].(map[string]any)
+				fmt.Fprintln(w, "active\ttrue")
+				fmt.Fprintf(w, "sub\t%v\n", in["sub"])
+				fmt.Fprintf(w, "act\t%v#%v\n", act["iss"], act["sub"])
+				fmt.Fprintf(w, "scope\t%v\n", in["scope"])
+				fmt.Fprintf(w, "aud\t%v\n", in["aud"])
+				fmt.Fprintf(w, "task_id\t%v\n", in["task_id"])
+				if exp, ok := in["exp"].(float64); ok {
+					fmt.Fprintf(w, "exp\t%s\n", time.Unix(int64(exp), 0).UTC().Format(time.RFC3339))
+				}
+			})
+			return nil
+		},
+	}
+	cmd.AddCommand(mint, introspect)
+	return cmd
+}
+
+func newAuditCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "Read the audit trail and the issuance history (as an auditor)"}
+	filters := func(c *cobra.Command) *url.Values {
+		q := &url.Values{}
+		for _, name := range []string{"task", "actor", "type", "since", "until", "cursor"} {
+			name := name
+			c.Flags().Func(name, "filter: "+name, func(v string) error {
+				key := name
+				if key == "task" {
+					key = "task_id"
+				}
+				q.Set(key, v)
+				return nil
+			})
+		}
+		c.Flags().Func("limit", "page size (default 100, max 1000)", func(v string) error {
+			if _, err := strconv.Atoi(v); err != nil {
+				return err
+			}
+			q.Set("limit", v)
+			return nil
+		})
+		return q
+	}
+	events := &cobra.Command{Use: "events", Short: "List audit events", Args: cobra.NoArgs}
+	eq := filters(events)
+	events.RunE = func(cmd *cobra.Command, _ []string) error {
+		evs, next, raw, err := g.client().AuditEvents(cmd.Context(), *eq)
+		if err != nil {
+			return err
+		}
+		g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
+			fmt.Fprintln(w, "SEQ\tTIME\tTYPE\tACTOR\tTASK\tDETAIL")
+			for _, e := range evs {
+				actor := fmt.Sprint(e.Actor["kind"])
+				if sub, ok := e.Actor["sub"]; ok {
+					actor += ":" + fmt.Sprint(sub)
+				}
+				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time, e.Type, actor, orDash([]string{e.TaskID}), summary(e.Detail))
+			}
+			if next != "" {
+				fmt.Fprintf(w, "more: --cursor %s\n", next)
+			}
+		})
+		return nil
+	}
+	creds := &cobra.Command{Use: "credentials", Short: "List issued credentials", Args: cobra.NoArgs}
+	cq := filters(creds)
+	creds.RunE = func(cmd *cobra.Command, _ []string) error {
+		cs, next, raw, err := g.client().Credentials(cmd.Context(), *cq)
+		if err != nil {
+			return err
+		}
+		g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
+			fmt.Fprintln(w, "JTI\tTASK\tON BEHALF OF\tSCOPES\tAUDIENCE\tISSUED\tEXPIRES\tREVOKED")
+			for _, c := range cs {
+				revoked := "-"
+				if c.RevokedAt != nil {
+					revoked = *c.RevokedAt
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.JTI, c.TaskID, c.OnBehalfOf,
+					strings.Join(c.Scopes, " "), c.Audience, c.IssuedAt, c.ExpiresAt, revoked)
+			}
+			if next != "" {
+				fmt.Fprintf(w, "more: --cursor %s\n", next)
+			}
+		})
+		return nil
+	}
+	cmd.AddCommand(events, creds)
+	return cmd
+}
+
+// summary renders an event's detail as compact key=value pairs.
+func summary(raw json.RawMessage) string {
+	var m map[string]any
+	if json.Unmarshal(raw, &m) != nil {
+		return string(raw)
+	}
+	var parts []string
+	for _, k := range []string{"code", "detail", "scopes", "approved_scopes", "audience", "revoked", "reason"} {
+		if v, ok := m[k]; ok && v != "" {
+			if l, ok := v.([]any); ok {
+				s := make([]string, len(l))
+				for i, x := range l {
+					s[i] = fmt.Sprint(x)
+				}
+				v = strings.Join(s, ",")
+			}
+			parts = append(parts, fmt.Sprintf("%s=%v", k, v))
+		}
+	}
+	return strings.Join(parts, " ")
+}

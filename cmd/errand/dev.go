@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/internal/devidp"
+	"github.com/errandhq/errand/store/sqlite"
+)
+
+func newDev(g *globals) *cobra.Command {
+	var listen, db string
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run Errand for development: SQLite, a built-in identity provider, an example config",
+		Long: `errand dev runs the whole broker in one process with no setup: state in an
+embedded SQLite file, a generated signing key, an example action catalog, and a
+development identity provider that hands out agent, user and resource-server ID
+tokens for any name (POST /dev/token). That identity provider trusts whoever
+asks: it exists only in dev, and errand serve never exposes it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+			return runDev(ctx, listen, db, cmd.OutOrStdout(), log, nil)
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to listen on")
+	cmd.Flags().StringVar(&db, "db", "errand-dev.db", `SQLite database file, or ":memory:" for a throwaway one`)
+
+	var (
+		kind, sub string
+		groups    []string
+	)
+	token := &cobra.Command{
+		Use:   "token",
+		Short: "Get a development ID token from a running errand dev",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			tok, err := g.client().DevToken(cmd.Context(), kind, sub, groups)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), tok)
+			return nil
+		},
+	}
+	token.Flags().StringVar(&kind, "kind", "agent", "agent, user or resource")
+	token.Flags().StringVar(&sub, "sub", "", "the principal's name")
+	token.Flags().StringArrayVar(&groups, "group", nil, "a group of a user (repeat), e.g. eng or auditors")
+	_ = token.MarkFlagRequired("sub")
+	cmd.AddCommand(token)
+	return cmd
+}
+
+// runDev runs errand dev until ctx ends. When ready is not nil it receives
+// the base URL once serving.
+func runDev(ctx context.Context, listen, db string, out io.Writer, log *slog.Logger, ready chan<- string) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer ln.Close()
+	base := "http://" + ln.Addr().String()
+	secret, err := devSecret(db)
+	if err != nil {
+		return err
+	}
+	seed, err := hkdf.Key(sha256.New, secret, nil, "errand dev identity provider v1", 32)
+	if err != nil {
+		return err
+	}
+	idp, err := devidp.New(base, seed)
+	if err != nil {
+		return err
+	}
+	cfg := devConfig(base, db, string(secret), idp)
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("built-in dev config: %w", err)
+	}
+	st, err := openStore(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if _, err := st.Migrate(ctx); err != nil {
+		return err
+	}
+	api, err := buildAPI(ctx, cfg, st, log)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/dev/", idp.Handler())
+	mux.Handle("/", api)
+	printQuickstart(out, base, db)
+	return run(ctx, ln, mux, log, ready)
+}
+
+// devSecret is the system secret of a dev database, kept beside it in a
+// 0600 file so that signing keys and dev identities survive a restart.
+func devSecret(db string) ([]byte, error) {
+	fresh := func() ([]byte, error) {
+		var b [32]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		return []byte(hex.EncodeToString(b[:])), nil
+	}
+	if db == sqlite.Memory {
+		return fresh()
+	}
+	path := db + ".secret"
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if s := strings.TrimSpace(string(b)); len(s) >= 32 {
+			return []byte(s), nil
+		}
+		return nil, fmt.Errorf("%s: too short; remove it together with %s to start afresh", path, db)
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	s, err := fresh()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, append(s, '\n'), 0o600); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// devConfig is the built-in example configuration of errand dev.
+func devConfig(base, db, secret string, idp *devidp.Provider) *config.Config {
+	issuer := func(kind string) config.Issuer {
+		is := config.Issuer{URL: idp.IssuerURL(kind), Audience: devidp.Audience, Kind: kind, Algorithms: []string{"EdDSA"}}
+		if kind == "user" {
+			is.GroupsClaim, is.AuditorGroup, is.AdminGroup = "groups", "auditors", "admins"
+		}
+		return is
+	}
+	return &config.Config{
+		Listen: strings.TrimPrefix(base, "http://"), PublicURL: base, DatabaseURL: "sqlite://" + db,
+		SystemSecret: secret,
+		Issuers:      []config.Issuer{issuer("agent"), issuer("user"), issuer("resource")},
+		Actions: []config.Action{
+			{Name: "github.repo.read", Class: "read", Risk: "low"},
+			{Name: "github.pr.write", Class: "write", Risk: "medium"},
+			{Name: "github.repo.delete", Class: "admin", Risk: "high"},
+			{Name: "github.keys.create", Class: "credential", Risk: "high"},
+			{Name: "okta.user.update", Class: "identity", Risk: "high"},
+		},
+		Audiences: []config.Audience{
+			{URL: "https://api.github.com", Environment: "dev"},
+			{URL: "http://localhost:9000", Environment: "local"},
+		},
+		Grants: []config.Grant{{Group: "eng", Scopes: []string{
+			"github.repo.read:acme/**", "github.pr.write:acme/**", "github.keys.create:acme/**",
+		}}},
+	}
+}
+
+func printQuickstart(w io.Writer, base, db string) {
+	e := os.Args[0] // as invoked, so the commands work when pasted
+	if strings.Contains(e, "go-build") {
+		e = "go run ./cmd/errand"
+	}
+	state := db
+	if db == sqlite.Memory {
+		state = "memory (gone when it stops)"
+	}
+	fmt.Fprintf(w, `Errand dev is ready at %[1]s (state: %[3]s).
+Identity provider for development only: POST %[1]s/dev/token
+Example catalog: github.repo.read, github.pr.write, github.repo.delete (admin),
+github.keys.create (credential, never grantable); group "eng" may delegate acme/**;
+group "auditors" reads the history.
+
+Walk the flow from another shell (paste as is):
+
+  E="%[2]s"; export ERRAND_SERVER=%[1]s
+  AGENT=$($E dev token --kind agent --sub agent-1)
+  ALICE=$($E dev token --kind user --sub alice --group eng)
+  RS=$($E dev token --kind resource --sub api-gateway)
+  AUDITOR=$($E dev token --kind user --sub carol --group auditors)
+  TASK=$($E task create -q --token "$AGENT" --on-behalf-of alice --goal "fix the flaky test" \
+      --scope 'github.repo.read:acme/**' --scope github.pr.write:acme/api --audience https://api.github.com)
+  $E task list --token "$ALICE" --status pending
+  $E task approve "$TASK" --token "$ALICE" --scope github.repo.read:acme/api
+  AT=$($E token mint "$TASK" -q --token "$AGENT" --scope github.repo.read:acme/api --audience https://api.github.com)
+  $E token introspect "$AT" --token "$RS"
+  $E token mint "$TASK" --token "$AGENT" --scope 'github.repo.read:acme/**' --audience https://api.github.com
+  $E task close "$TASK" --token "$AGENT"
+  $E token introspect "$AT" --token "$RS"
+  $E audit events --token "$AUDITOR" --task "$TASK"
+
+`, base, e, state)
+}
