@@ -192,11 +192,12 @@ func (c *Catalog) GrantsFor(groups []string) Scopes {
 	return out
 }
 
-// AudienceGranted reports whether a user in groups may approve tokens for
-// the audience: some grant of one of the groups names it or names none.
-func (c *Catalog) AudienceGranted(groups []string, aud string) bool {
+// Granted reports whether a user in groups may delegate sc for the
+// audience aud: one single grant of one of the groups must cover both, so
+// that a scope granted for one audience never rides on a grant of another.
+func (c *Catalog) Granted(groups []string, sc Scope, aud string) bool {
 	for _, g := range c.grants {
-		if !contains(groups, g.Group) {
+		if !contains(groups, g.Group) || !g.Scopes.Covers(sc) {
 			continue
 		}
 		if g.Audiences == nil || contains(g.Audiences, aud) {

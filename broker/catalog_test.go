@@ -89,7 +89,8 @@ func TestGrantsAndRisk(t *testing.T) {
 	if r := c.Risk(Scopes{MustParseScope("github.repo.read"), MustParseScope("github.pr.write")}); r != RiskMedium {
 		t.Fatalf("risk = %s", r)
 	}
-	if !c.AudienceGranted([]string{"eng"}, "https://api.github.com") || c.AudienceGranted([]string{"x"}, "https://api.github.com") {
-		t.Fatal("AudienceGranted")
+	sc := MustParseScope("github.repo.read:acme/api")
+	if !c.Granted([]string{"eng"}, sc, "https://api.github.com") || c.Granted([]string{"x"}, sc, "https://api.github.com") {
+		t.Fatal("Granted")
 	}
 }

@@ -188,7 +188,7 @@ func (s *Service) resolveUser(obo string) (Ref, error) {
 	if obo == "" {
 		return Ref{}, Errorf(ErrInvalidRequest, "on_behalf_of is required")
 	}
-	if len(obo) > 1024 || !utf8.ValidString(obo) {
+	if err := checkText("on_behalf_of", obo, 1024, true); err != nil || strings.ContainsAny(obo, "\n\t ") {
 		return Ref{}, Errorf(ErrInvalidRequest, "on_behalf_of is malformed")
 	}
 	if iss, sub, ok := strings.Cut(obo, "#"); ok {
@@ -217,6 +217,32 @@ func checkText(field, v string, max int, required bool) error {
 	}
 	if !utf8.ValidString(v) {
 		return Errorf(ErrInvalidRequest, "%s is not valid UTF-8", field)
+	}
+	for _, r := range v {
+		if r < 0x20 && r != '\n' && r != '\t' || r == 0x7f {
+			return Errorf(ErrInvalidRequest, "%s contains a control character", field)
+		}
+	}
+	return nil
+}
+
+// ValidTaskID reports whether id has the shape of a task id; anything else
+// is not found without a lookup.
+func ValidTaskID(id string) bool {
+	if len(id) != 30 || !strings.HasPrefix(id, "tsk_") {
+		return false
+	}
+	for _, c := range id[4:] {
+		if !(c >= 'a' && c <= 'z' || c >= '2' && c <= '7') {
+			return false
+		}
+	}
+	return true
+}
+
+func notFoundUnlessValid(id string) error {
+	if !ValidTaskID(id) {
+		return Errorf(ErrNotFound, "no such task")
 	}
 	return nil
 }
@@ -259,6 +285,9 @@ func (s *Service) taskTTL(sec int64) (time.Duration, bool, error) {
 func (s *Service) GetTask(ctx context.Context, p Principal, id string) (Task, error) {
 	if p.Kind == KindResource {
 		return Task{}, Errorf(ErrWrongPrincipalKind, "resource servers do not read tasks")
+	}
+	if err := notFoundUnlessValid(id); err != nil {
+		return Task{}, err
 	}
 	t, err := s.store.Task(ctx, id)
 	if err != nil {
@@ -310,6 +339,9 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 	if p.Kind != KindUser {
 		return Task{}, Errorf(ErrApprovalForbidden, "only the task's user may approve it; caller is of kind %s", p.Kind)
 	}
+	if err := notFoundUnlessValid(id); err != nil {
+		return Task{}, err
+	}
 	var out Task
 	err := s.store.InTx(ctx, func(tx Tx) error {
 		t, err := tx.LockTask(ctx, id)
@@ -332,9 +364,6 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 		if miss := t.Scopes.Uncovered(approved); len(miss) > 0 {
 			return Errorf(ErrScopeExceedsRequest, "not requested: %s", strings.Join(miss.Strings(), " "))
 		}
-		if miss := s.catalog.GrantsFor(p.Groups).Uncovered(approved); len(miss) > 0 {
-			return Errorf(ErrScopeExceedsGrant, "beyond the approver's grants: %s", strings.Join(miss.Strings(), " "))
-		}
 		auds := t.Audiences
 		if req.Audiences != nil {
 			if auds, err = s.audiences(req.Audiences); err != nil {
@@ -346,9 +375,14 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 				}
 			}
 		}
-		for _, a := range auds {
-			if !s.catalog.AudienceGranted(p.Groups, a) {
-				return Errorf(ErrScopeExceedsGrant, "audience %q is beyond the approver's grants", a)
+		if miss := s.catalog.GrantsFor(p.Groups).Uncovered(approved); len(miss) > 0 {
+			return Errorf(ErrScopeExceedsGrant, "beyond the approver's grants: %s", strings.Join(miss.Strings(), " "))
+		}
+		for _, sc := range approved {
+			for _, a := range auds {
+				if !s.catalog.Granted(p.Groups, sc, a) {
+					return Errorf(ErrScopeExceedsGrant, "no grant of the approver covers %s for audience %q", sc, a)
+				}
 			}
 		}
 		if req.TTLSeconds < 0 {
@@ -399,6 +433,9 @@ func (s *Service) Deny(ctx context.Context, p Principal, id, reason string) (Tas
 	if err := checkText("reason", reason, maxReasonBytes, false); err != nil {
 		return Task{}, err
 	}
+	if err := notFoundUnlessValid(id); err != nil {
+		return Task{}, err
+	}
 	var out Task
 	err := s.store.InTx(ctx, func(tx Tx) error {
 		t, err := tx.LockTask(ctx, id)
@@ -447,6 +484,9 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 	if p.Kind != KindAgent {
 		return Minted{}, Errorf(ErrWrongPrincipalKind, "only agents mint tokens")
 	}
+	if err := notFoundUnlessValid(id); err != nil {
+		return Minted{}, err
+	}
 	scopes, err := ParseScopes(req.Scopes)
 	if err != nil {
 		return Minted{}, err
@@ -494,8 +534,8 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		}
 		iat := now.Truncate(time.Second)
 		ttl := s.tokMax
-		if req.TTLSeconds > 0 {
-			ttl = min(ttl, time.Duration(req.TTLSeconds)*time.Second)
+		if req.TTLSeconds > 0 && req.TTLSeconds < int64(ttl/time.Second) {
+			ttl = time.Duration(req.TTLSeconds) * time.Second
 		}
 		ttl = min(ttl, t.ExpiresAt.Sub(iat)).Truncate(time.Second)
 		if ttl < time.Second {
@@ -537,6 +577,9 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 func (s *Service) Close(ctx context.Context, p Principal, id string) (Task, int, error) {
 	if p.Kind != KindAgent && p.Kind != KindUser {
 		return Task{}, 0, Errorf(ErrWrongPrincipalKind, "only the task's agent or user may close it")
+	}
+	if err := notFoundUnlessValid(id); err != nil {
+		return Task{}, 0, err
 	}
 	var (
 		out     Task

@@ -171,6 +171,19 @@ func TestTokenTTLIsCappedByConfigAndTask(t *testing.T) {
 	}
 }
 
+// TestHugeTokenTTLIsCappedNotOverflowed: a ttl_seconds whose nanoseconds
+// overflow int64 is still just capped at token_ttl_max.
+func TestHugeTokenTTLIsCappedNotOverflowed(t *testing.T) {
+	e := newEnv(t)
+	id := e.approved("a1", "alice", "github.repo.read:acme/**")
+	r := e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/tokens", e.agent("a1"), map[string]any{
+		"scopes": []string{"github.repo.read:acme/x"}, "audience": apiGitHub, "ttl_seconds": int64(9223372037),
+	}), http.StatusCreated)
+	if r.JSON["expires_in"].(float64) != 300 {
+		t.Fatalf("expires_in = %v", r.JSON["expires_in"])
+	}
+}
+
 // TestConcurrentMintsThenClose: 50 mints race, then close; every token
 // that was returned is recorded and inactive after the close commits.
 func TestConcurrentMintsThenClose(t *testing.T) {

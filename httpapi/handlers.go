@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
@@ -336,8 +338,8 @@ func (s *Server) historyFilter(r *http.Request, p broker.Principal, kind string)
 	}
 	f := broker.HistoryFilter{TaskID: q.Get("task_id"), Actor: q.Get("actor"), Type: q.Get("type")}
 	for name, v := range map[string]string{"task_id": f.TaskID, "actor": f.Actor, "type": f.Type} {
-		if len(v) > 1024 {
-			return f, "", broker.Errorf(broker.ErrInvalidRequest, "%s is too long", name)
+		if len(v) > 1024 || !utf8.ValidString(v) || strings.ContainsFunc(v, unicode.IsControl) {
+			return f, "", broker.Errorf(broker.ErrInvalidRequest, "%s is too long, not UTF-8, or holds control characters", name)
 		}
 	}
 	if f.Since, err = parseTime("since", q.Get("since")); err != nil {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/identity"
@@ -46,6 +47,15 @@ type env struct {
 	users     *testoidc.Issuer
 	resources *testoidc.Issuer
 	untrusted *testoidc.Issuer
+	// users2 is a second trusted user issuer, only with envOptions.twoUserIssuers.
+	users2 *testoidc.Issuer
+}
+
+type envOptions struct {
+	dbURL          string
+	twoUserIssuers bool
+	// refetchCooldown overrides the JWKS refetch cool-down (default 30 s).
+	refetchCooldown time.Duration
 }
 
 func testCatalog(t testing.TB) *broker.Catalog {
@@ -71,6 +81,7 @@ func testCatalog(t testing.TB) *broker.Catalog {
 			{Group: "eng", Scopes: sc("github.repo.read:acme/**", "github.pr.write:acme/**",
 				"aws.iam.createaccesskey", "okta.user.update", "errand.token.mint")},
 			{Group: "interns", Scopes: sc("github.repo.read:acme/docs"), Audiences: []string{apiStage}},
+			{Group: "dba", Scopes: sc("github.pr.write:acme/db"), Audiences: []string{apiGitHub}},
 		},
 		nil,
 	)
@@ -84,9 +95,18 @@ func testCatalog(t testing.TB) *broker.Catalog {
 // given, e.g. through a fault-injecting proxy).
 func newEnv(t testing.TB, dbURL ...string) *env {
 	t.Helper()
-	e := &env{t: t}
+	o := envOptions{}
 	if len(dbURL) > 0 {
-		st, err := postgres.Open(context.Background(), postgres.Config{URL: dbURL[0]})
+		o.dbURL = dbURL[0]
+	}
+	return newEnvWith(t, o)
+}
+
+func newEnvWith(t testing.TB, o envOptions) *env {
+	t.Helper()
+	e := &env{t: t}
+	if o.dbURL != "" {
+		st, err := postgres.Open(context.Background(), postgres.Config{URL: o.dbURL})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,15 +116,19 @@ func newEnv(t testing.TB, dbURL ...string) *env {
 		e.st = testpg.Store(t)
 	}
 	e.agents, e.users, e.resources, e.untrusted = testoidc.New(t), testoidc.New(t), testoidc.New(t), testoidc.New(t)
+	issuers := []identity.Issuer{
+		{URL: e.agents.URL, Audience: audience, Kind: broker.KindAgent},
+		{URL: e.users.URL, Audience: audience, Kind: broker.KindUser, GroupsClaim: "groups", AuditorGroup: "auditors"},
+		{URL: e.resources.URL, Audience: audience, Kind: broker.KindResource},
+	}
+	userIssuers := []string{e.users.URL}
+	if o.twoUserIssuers {
+		e.users2 = testoidc.New(t)
+		issuers = append(issuers, identity.Issuer{URL: e.users2.URL, Audience: audience, Kind: broker.KindUser, GroupsClaim: "groups"})
+		userIssuers = append(userIssuers, e.users2.URL)
+	}
 	var err error
-	e.verifier, err = identity.New(identity.Config{
-		Self: publicURL,
-		Issuers: []identity.Issuer{
-			{URL: e.agents.URL, Audience: audience, Kind: broker.KindAgent},
-			{URL: e.users.URL, Audience: audience, Kind: broker.KindUser, GroupsClaim: "groups", AuditorGroup: "auditors"},
-			{URL: e.resources.URL, Audience: audience, Kind: broker.KindResource},
-		},
-	})
+	e.verifier, err = identity.New(identity.Config{Self: publicURL, Issuers: issuers, RefetchCooldown: o.refetchCooldown})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,14 +137,14 @@ func newEnv(t testing.TB, dbURL ...string) *env {
 		t.Fatal(err)
 	}
 	e.svc, err = broker.NewService(broker.Config{
-		Store: e.st, Tokens: e.tokens, Catalog: testCatalog(t), UserIssuers: []string{e.users.URL},
+		Store: e.st, Tokens: e.tokens, Catalog: testCatalog(t), UserIssuers: userIssuers,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.api, err = New(Config{
 		Service: e.svc, Auth: e.verifier, PublicURL: publicURL, JWKS: e.tokens.JWKS,
-		UserIssuers: []string{e.users.URL}, CursorKey: []byte("cursor-key-for-tests-0123456789"),
+		UserIssuers: userIssuers, CursorKey: []byte("cursor-key-for-tests-0123456789"),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

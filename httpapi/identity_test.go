@@ -164,3 +164,54 @@ func TestIdentityProviderDownIsUnavailableNotUnauthorized(t *testing.T) {
 		t.Fatalf("IdP down: %d %s", r.Status, r.Raw)
 	}
 }
+
+// TestSameSubAtAnotherTrustedUserIssuerCannotApprove: with two trusted
+// user issuers, "alice" at one is not "alice" at the other (J10).
+func TestSameSubAtAnotherTrustedUserIssuerCannotApprove(t *testing.T) {
+	e := newEnvWith(t, envOptions{twoUserIssuers: true})
+	r := e.mustStatus(e.do("POST", "/v1/tasks", e.agent("agent-1"), map[string]any{
+		"on_behalf_of": e.users.URL + "#alice", "goal": "g", "scopes": []string{"github.repo.read:acme/api"},
+		"audiences": []string{apiGitHub},
+	}), 201)
+	id := r.str("id")
+	if r.str("on_behalf_of") != e.users.URL+"#alice" {
+		t.Fatalf("on_behalf_of = %q", r.str("on_behalf_of"))
+	}
+	before := e.snapshot()
+	other := e.users2.Token(t, "alice", audience, map[string]any{"groups": []string{"eng"}})
+	e.refused(before, e.do("POST", "/v1/tasks/"+id+"/approve", other, nil), 403, "approval_forbidden")
+	// Ambiguous on_behalf_of is refused rather than guessed.
+	before = e.snapshot()
+	e.refused(before, e.do("POST", "/v1/tasks", e.agent("agent-1"), map[string]any{
+		"on_behalf_of": "alice", "goal": "g", "scopes": []string{"github.repo.read"}, "audiences": []string{apiGitHub},
+	}), 400, "invalid_request")
+	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/approve", e.user("alice", "eng"), nil), 200)
+}
+
+// TestJWKSOutageAfterRotationIsUnavailable: a token signed with a key the
+// cache does not hold, while the provider's JWKS is down, is an outage
+// (503), not an invalid token; once the JWKS answers again it verifies.
+func TestJWKSOutageAfterRotationIsUnavailable(t *testing.T) {
+	e := newEnvWith(t, envOptions{refetchCooldown: 300 * time.Millisecond})
+	e.mustStatus(e.do("GET", "/v1/tasks", e.agent("agent-1"), nil), 200)
+	e.agents.Rotate(t, "rsa-2")
+	e.agents.SetDown(true)
+	time.Sleep(400 * time.Millisecond) // past the cool-down: an unknown kid may refetch
+	tok := e.agent("agent-1")
+	r := e.do("GET", "/v1/tasks", tok, nil)
+	if r.Status != 503 || r.str("code") != "unavailable" || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("JWKS down after rotation: %d %s", r.Status, r.Raw)
+	}
+	e.agents.SetDown(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r = e.do("GET", "/v1/tasks", tok, nil)
+		if r.Status == 200 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if r.Status != 200 {
+		t.Fatalf("after the JWKS recovered: %d %s", r.Status, r.Raw)
+	}
+}

@@ -64,6 +64,11 @@ func TestInvariantRefusals(t *testing.T) {
 		{"user lacking the grant approves", pending, approve(e.user("alice", "sales"), nil), 403, "scope_exceeds_grant"},
 		{"user with a narrower grant approves", pending, approve(e.user("alice", "interns"),
 			map[string]any{"scopes": []string{"github.repo.read:acme/docs"}}), 403, "scope_exceeds_grant"},
+		{"approve a scope for an audience that only another grant allows", func() string {
+			return e.mustStatus(create(map[string]any{"scopes": []string{"github.repo.read:acme/docs"}})(""), 201).str("id")
+		}, approve(e.user("alice", "interns", "dba"), nil), 403, "scope_exceeds_grant"},
+		{"duplicate key smuggles a wider approval", pending, approve(e.user("alice", "eng"),
+			`{"scopes":["github.repo.read:acme/api"],"SCOPES":["github.repo.read:acme/**"]}`), 400, "invalid_request"},
 		{"mint beyond the approved scopes", approved, mintScope("github.pr.write:acme/web"), 403, "scope_exceeds_approval"},
 		{"mint wildcard widening acme/** over acme/api", approved, mintScope("github.repo.read:acme/**"), 403, "scope_exceeds_approval"},
 		{"mint wildcard widening acme/* over acme/api", approved, mintScope("github.repo.read:acme/*"), 403, "scope_exceeds_approval"},
@@ -148,6 +153,20 @@ func TestInvariantRefusals(t *testing.T) {
 		{"unknown field", nil, func(string) resp {
 			return e.do("POST", "/v1/tasks", e.agent("agent-1"), `{"on_behalf_of":"alice","goal":"g","scopes":["github.repo.read"],"audiences":["`+apiGitHub+`"],"admin":true}`)
 		}, 400, "invalid_request"},
+		{"duplicate key", nil, func(string) resp {
+			return e.do("POST", "/v1/tasks", e.agent("agent-1"), `{"on_behalf_of":"alice","goal":"g","goal":"h","scopes":["github.repo.read"],"audiences":["`+apiGitHub+`"]}`)
+		}, 400, "invalid_request"},
+		{"deeply nested JSON", nil, func(string) resp {
+			return e.do("POST", "/v1/tasks", e.agent("agent-1"), `{"goal":`+strings.Repeat("[", 10000)+strings.Repeat("]", 10000)+`}`)
+		}, 400, "invalid_request"},
+		{"NUL byte in the goal", nil, create(map[string]any{"goal": "fix\u0000it"}), 400, "invalid_request"},
+		{"NUL byte in on_behalf_of", nil, create(map[string]any{"on_behalf_of": "ali\u0000ce"}), 400, "invalid_request"},
+		{"NUL byte in a task id", nil, func(string) resp {
+			return e.do("POST", "/v1/tasks/tsk%00x/close", e.agent("agent-1"), nil)
+		}, 404, "not_found"},
+		{"unknown task", nil, func(string) resp {
+			return e.do("GET", "/v1/tasks/tsk_aaaaaaaaaaaaaaaaaaaaaaaaaa", e.agent("agent-1"), nil)
+		}, 404, "not_found"},
 		{"malformed JSON", nil, func(string) resp { return e.do("POST", "/v1/tasks", e.agent("agent-1"), `{"goal":`) }, 400, "invalid_request"},
 		{"trailing JSON", nil, func(string) resp {
 			return e.do("POST", "/v1/tasks", e.agent("agent-1"), `{"goal":"g"} {"goal":"h"}`)

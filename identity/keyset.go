@@ -26,7 +26,25 @@ type keySet struct {
 	mu        sync.Mutex
 	keys      []jose.JSONWebKey
 	lastFetch time.Time
+	lastErr   error // of the last fetch; nil after a success
 	fetches   int
+}
+
+// failRetry is how soon a failed fetch may be retried: an outage must not
+// lock new keys out for a whole cool-down.
+const failRetry = 2 * time.Second
+
+// fetchReport carries a JWKS fetch failure out of a verification, since
+// go-oidc flattens the key set's error into a string: a provider that
+// cannot be reached is an outage (503), not a bad token (401).
+type fetchReport struct{ err error }
+
+type reportKey struct{}
+
+func report(ctx context.Context, err error) {
+	if r, ok := ctx.Value(reportKey{}).(*fetchReport); ok && err != nil {
+		r.err = err
+	}
 }
 
 // VerifySignature implements oidc.KeySet. go-oidc has already checked the
@@ -76,21 +94,32 @@ func (k *keySet) refresh(ctx context.Context) ([]jose.JSONWebKey, error) {
 	k.fetchMu.Lock()
 	defer k.fetchMu.Unlock()
 	k.mu.Lock()
-	if !k.lastFetch.IsZero() && k.now().Sub(k.lastFetch) < k.cooldown {
-		keys := k.keys
+	wait := k.cooldown
+	if k.lastErr != nil {
+		wait = failRetry
+	}
+	if !k.lastFetch.IsZero() && k.now().Sub(k.lastFetch) < wait {
+		keys, lastErr := k.keys, k.lastErr
 		k.mu.Unlock()
+		report(ctx, lastErr)
 		return keys, nil
 	}
 	k.lastFetch = k.now()
 	k.fetches++
 	k.mu.Unlock()
-	keys, err := fetchJWKS(ctx, k.client, k.url)
+	// The fetch belongs to every later caller too: a client that hangs up
+	// must not abort it.
+	keys, err := fetchJWKS(context.WithoutCancel(ctx), k.client, k.url)
+	k.mu.Lock()
+	k.lastErr = err
+	if err == nil {
+		k.keys = keys
+	}
+	k.mu.Unlock()
 	if err != nil {
+		report(ctx, err)
 		return k.cached(), err
 	}
-	k.mu.Lock()
-	k.keys = keys
-	k.mu.Unlock()
 	return keys, nil
 }
 

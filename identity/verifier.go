@@ -158,8 +158,12 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (broker.Principal, er
 	if err != nil {
 		return broker.Principal{}, err
 	}
-	idt, err := verifier.Verify(ctx, raw)
+	rep := &fetchReport{}
+	idt, err := verifier.Verify(context.WithValue(ctx, reportKey{}, rep), raw)
 	if err != nil {
+		if rep.err != nil {
+			return broker.Principal{}, fmt.Errorf("%w: keys of %s: %v", broker.ErrUnavailable, iss, rep.err)
+		}
 		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "%v", err)
 	}
 	var claims map[string]json.RawMessage
@@ -253,7 +257,7 @@ func (t *trusted) verifier(ctx context.Context) (*oidc.IDTokenVerifier, error) {
 		return nil, broker.Errorf(broker.ErrUnavailable, "identity provider %s unreachable", t.cfg.URL)
 	}
 	t.lastTry = t.now()
-	dctx, cancel := context.WithTimeout(oidc.ClientContext(ctx, t.client), 10*time.Second)
+	dctx, cancel := context.WithTimeout(oidc.ClientContext(context.WithoutCancel(ctx), t.client), 10*time.Second)
 	defer cancel()
 	p, err := oidc.NewProvider(dctx, t.cfg.URL)
 	if err != nil {

@@ -172,6 +172,11 @@ func buildAPI(ctx context.Context, cfg *config.Config, st backend, log *slog.Log
 	if err != nil {
 		return nil, err
 	}
+	for _, a := range cfg.Audiences {
+		if len(a.Introspectors) == 0 {
+			log.Warn("audience has no introspectors: any resource server may introspect its tokens", "audience", a.URL)
+		}
+	}
 	tokens, err := jwt.New(ctx, jwt.Config{
 		Issuer: cfg.PublicURL, Keys: st, Secret: []byte(cfg.SystemSecret), Alg: cfg.SigningAlg,
 	})

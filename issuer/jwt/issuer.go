@@ -19,6 +19,10 @@ import (
 // MaxTokenBytes bounds a token accepted for verification.
 const MaxTokenBytes = 8 << 10
 
+// Leeway is the clock skew tolerated on iat, nbf and exp of Errand's own
+// tokens when verifying them.
+const Leeway = 30 * time.Second
+
 // TokenType is the `typ` header of every access token (RFC 9068 §2.1).
 const TokenType = "at+jwt"
 
@@ -236,6 +240,9 @@ func (i *Issuer) Verify(ctx context.Context, raw string) (broker.AccessToken, er
 		gojwt.WithExpirationRequired(),
 		gojwt.WithIssuedAt(),
 		gojwt.WithTimeFunc(i.cfg.Now),
+		// Replicas' clocks differ a little; the credential record, not the
+		// token, decides expiry at introspection.
+		gojwt.WithLeeway(Leeway),
 		gojwt.WithStrictDecoding(),
 	)
 	if _, err := p.ParseWithClaims(raw, &claimsAdapter{c: &c}, func(*gojwt.Token) (any, error) {

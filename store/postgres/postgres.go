@@ -200,8 +200,11 @@ func unavailable(err error) bool {
 	case errors.As(err, &pgErr):
 		// 08: connection exception; 53: insufficient resources;
 		// 57P0x: shutdown or cannot connect now.
+		// 57014: statement timeout; 40001/40P01: serialisation failure or
+		// deadlock, which a retry resolves.
 		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "53") ||
-			strings.HasPrefix(pgErr.Code, "57P")
+			strings.HasPrefix(pgErr.Code, "57P") || pgErr.Code == "57014" ||
+			pgErr.Code == "40001" || pgErr.Code == "40P01"
 	}
 	return strings.Contains(err.Error(), "conn closed") || strings.Contains(err.Error(), "closed pool")
 }
