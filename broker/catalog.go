@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	"path"
 	"strings"
 )
 
@@ -78,18 +79,23 @@ type Grant struct {
 }
 
 // BuiltinDenyList is the backstop of invariant 5: action-name patterns that
-// change credentials, identities or tokens. Segments are separated by `.`;
-// `*` matches one segment and `**` any number of segments (zero included).
-// Config can add patterns to it and never remove any.
+// create or change credentials, identities, tokens or permissions.
+// Segments are separated by `.`; a segment `*` matches one segment, `**`
+// any number of segments (zero included), and a `*` inside a segment any
+// run of characters within it (`*password*` matches `resetpassword`).
+// Matching is case-insensitive. Config can add patterns and never remove
+// any. A catalog action matching it must carry class credential, identity
+// or token, or Errand refuses to start.
 var BuiltinDenyList = []string{
-	"**.iam.**",
-	"**.credential.**", "**.credentials.**",
-	"**.password.**", "**.passwords.**",
-	"**.accesskey.**", "**.accesskeys.**",
-	"**.key.create", "**.keys.create",
-	"**.token.**", "**.tokens.**",
-	"**.role.assign", "**.roles.assign",
-	"**.policy.write", "**.policies.write",
+	"**.iam*.**", "**.*iam.**",
+	"**.*credential*.**", "**.*password*.**", "**.*passwd*.**",
+	"**.*accesskey*.**", "**.*apikey*.**", "**.*secretkey*.**", "**.*deploykey*.**",
+	"**.*serviceaccountkey*.**", "**.*sshkey*.**", "**.*signingkey*.**",
+	"**.key.create", "**.keys.create", "**.key.rotate", "**.keys.rotate",
+	"**.token.**", "**.tokens.**", "**.*token.create", "**.*tokens.create", "**.pat.**", "**.pats.**",
+	"**.*rolebinding*.**", "**.role.assign", "**.roles.assign", "**.role.write", "**.roles.write",
+	"**.policy.write", "**.policies.write", "**.*policy.attach", "**.*policies.attach",
+	"**.mfa.**", "**.*totp*.**", "**.user.impersonate", "**.users.impersonate",
 	"vault.auth.**", "vault.sys.**", "vault.identity.**",
 }
 
@@ -266,8 +272,8 @@ func validDenyPattern(p string) error {
 		if seg == "*" || seg == "**" {
 			continue
 		}
-		if !validAction(seg) {
-			return fmt.Errorf("segment %q is neither a name nor * or **", seg)
+		if !validAction(strings.ReplaceAll(seg, "*", "x")) {
+			return fmt.Errorf("segment %q is neither a name, a name with * wildcards, * nor **", seg)
 		}
 	}
 	return nil
@@ -289,6 +295,10 @@ func globMatch(pat, segs []string) bool {
 	case "*":
 		return len(segs) > 0 && globMatch(pat[1:], segs[1:])
 	default:
-		return len(segs) > 0 && strings.EqualFold(pat[0], segs[0]) && globMatch(pat[1:], segs[1:])
+		if len(segs) == 0 {
+			return false
+		}
+		ok, err := path.Match(strings.ToLower(pat[0]), strings.ToLower(segs[0]))
+		return err == nil && ok && globMatch(pat[1:], segs[1:])
 	}
 }

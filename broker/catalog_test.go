@@ -94,3 +94,30 @@ func TestGrantsAndRisk(t *testing.T) {
 		t.Fatal("Granted")
 	}
 }
+
+// TestC02DenyListEvasion: renamings and case games around credential
+// actions still hit the built-in deny list (a catalog entry that gives them
+// a harmless class refuses to load).
+func TestC02DenyListEvasion(t *testing.T) {
+	names := []string{
+		"aws.iam.createaccesskey", "AWS.IAM.CreateAccessKey", "aws.createaccesskey", "aws.iam_admin",
+		"aws.iam-user.create", "gcp.serviceaccountkeys.create", "github.deploykeys.create", "github.pat.create",
+		"k8s.rolebindings.create", "okta.user.resetpassword", "aws.iam.updateloginprofile", "aws.iam.attachrolepolicy",
+		"vault.auth.token.create", "vault.sys.policy.write", "vault.identity.entity.update", "github.apikeys.list",
+		"gitlab.tokens.create", "svc.personalaccesstoken.create", "okta.mfa.reset", "db.role.assign",
+	}
+	for _, n := range names {
+		t.Run(n, func(t *testing.T) {
+			_, err := NewCatalog([]Action{{Name: strings.ToLower(n), Class: ClassWrite, Risk: RiskLow}}, nil, nil, nil)
+			if err == nil || !strings.Contains(err.Error(), "deny-list") {
+				t.Fatalf("%s with class write was accepted: %v", n, err)
+			}
+		})
+	}
+	// Ordinary actions are not caught.
+	for _, n := range []string{"github.repo.read", "github.pr.write", "jira.issue.update", "db.orders.read", "slack.message.post"} {
+		if _, err := NewCatalog([]Action{{Name: n, Class: ClassWrite, Risk: RiskLow}}, nil, nil, nil); err != nil {
+			t.Errorf("%s refused: %v", n, err)
+		}
+	}
+}

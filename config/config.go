@@ -59,7 +59,20 @@ type Action struct {
 	Name  string `yaml:"name"`
 	Class string `yaml:"class"`
 	Risk  string `yaml:"risk"`
+	line  int
 }
+
+// UnmarshalYAML records the entry's line, so errors can name it.
+func (a *Action) UnmarshalYAML(n *yaml.Node) error {
+	type plain Action
+	if err := n.Decode((*plain)(a)); err != nil {
+		return err
+	}
+	a.line = n.Line
+	return nil
+}
+
+var actionRef = regexp.MustCompile(`^actions\[(\d+)\]`)
 
 // Audience is a resource server, written as a URL or as a mapping.
 type Audience struct {
@@ -271,5 +284,17 @@ func (c *Config) Catalog() (*broker.Catalog, error) {
 		}
 		grants[i] = broker.Grant{Group: g.Group, Scopes: scopes, Audiences: g.Audiences}
 	}
-	return broker.NewCatalog(actions, auds, grants, c.DenyActions)
+	cat, err := broker.NewCatalog(actions, auds, grants, c.DenyActions)
+	if err != nil {
+		// Name the file line of a bad catalog entry.
+		msg := actionRef.ReplaceAllStringFunc(err.Error(), func(m string) string {
+			var i int
+			if _, e := fmt.Sscanf(m, "actions[%d]", &i); e == nil && i < len(c.Actions) && c.Actions[i].line > 0 {
+				return fmt.Sprintf("%s (line %d)", m, c.Actions[i].line)
+			}
+			return m
+		})
+		return nil, errors.New(msg)
+	}
+	return cat, nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/internal/strictjson"
 )
 
 // MaxBodyBytes caps every request body.
@@ -159,7 +160,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any, emptyOK bool) error {
 				err: broker.Errorf(broker.ErrInvalidRequest, "Content-Type must be application/json")}
 		}
 	}
-	return strictJSON(raw, v)
+	return strictjson.Decode(raw, v)
 }
 
 // cursor is an opaque, HMAC-bound keyset position: a cursor made for one

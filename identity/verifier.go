@@ -15,6 +15,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/internal/strictjson"
 )
 
 // MaxTokenBytes bounds a bearer token; larger ones are refused before any
@@ -213,12 +214,18 @@ func peek(raw string) (header, string, error) {
 		return h, "", broker.Errorf(broker.ErrInvalidToken, "not a compact JWS")
 	}
 	hb, err := base64.RawURLEncoding.DecodeString(parts[0])
-	if err != nil || json.Unmarshal(hb, &h) != nil {
+	if err != nil || strictjson.CheckKeys(hb) != nil || json.Unmarshal(hb, &h) != nil {
 		return h, "", broker.Errorf(broker.ErrInvalidToken, "malformed header")
 	}
 	pb, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
 		return h, "", broker.Errorf(broker.ErrInvalidToken, "malformed payload")
+	}
+	// The standard library keeps the last of duplicate claims and matches
+	// names case-insensitively: {"sub":"alice","sub":"admin"} or "SUB" are
+	// refused before anything reads them (J12).
+	if err := strictjson.CheckKeys(pb); err != nil {
+		return h, "", broker.Errorf(broker.ErrInvalidToken, "payload: %v", err)
 	}
 	var body struct {
 		Iss string `json:"iss"`

@@ -1,29 +1,33 @@
-package httpapi
+// Package strictjson decodes and checks JSON more strictly than
+// encoding/json: duplicate keys and keys that differ only in case are
+// refused (the standard library keeps the last and matches fields
+// case-insensitively, so {"scopes":[narrow],"SCOPES":[wide]} would take
+// the wide set), as are deep nesting, unknown fields and trailing data.
+// It is used for request bodies and for identity-token payloads.
+package strictjson
 
 import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 
 	"github.com/errandhq/errand/broker"
 )
 
-// maxJSONDepth bounds nesting; Errand's bodies are two levels deep.
-const maxJSONDepth = 16
+// MaxDepth bounds nesting; Errand's bodies are two levels deep.
+const MaxDepth = 16
 
-// strictJSON decodes exactly one JSON object into v. It refuses what the
-// standard library lets through: duplicate keys and keys that differ only
-// in case (encoding/json keeps the last and matches case-insensitively, so
-// {"scopes":[narrow],"SCOPES":[wide]} would approve the wide set), deep
-// nesting, unknown fields and trailing data.
-func strictJSON(raw []byte, v any) error {
+// Decode decodes exactly one JSON object into v, refusing unknown fields.
+// Errors are broker.ErrInvalidRequest.
+func Decode(raw []byte, v any) error {
 	if !bytes.HasPrefix(bytes.TrimSpace(raw), []byte("{")) {
 		return broker.Errorf(broker.ErrInvalidRequest, "the body must be a JSON object")
 	}
-	if err := scanKeys(raw); err != nil {
-		return err
+	if err := CheckKeys(raw); err != nil {
+		return broker.Errorf(broker.ErrInvalidRequest, "%v", err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
@@ -36,9 +40,9 @@ func strictJSON(raw []byte, v any) error {
 	return nil
 }
 
-// scanKeys walks the tokens of raw and refuses duplicate or case-variant
-// keys in any object, and nesting deeper than maxJSONDepth.
-func scanKeys(raw []byte) error {
+// CheckKeys walks the tokens of raw and refuses duplicate or case-variant
+// keys in any object, nesting deeper than MaxDepth, and malformed JSON.
+func CheckKeys(raw []byte) error {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	type frame struct {
 		object  bool
@@ -52,7 +56,7 @@ func scanKeys(raw []byte) error {
 			return nil
 		}
 		if err != nil {
-			return broker.Errorf(broker.ErrInvalidRequest, "malformed JSON body: %v", err)
+			return fmt.Errorf("malformed JSON: %v", err)
 		}
 		var top *frame
 		if len(stack) > 0 {
@@ -65,8 +69,8 @@ func scanKeys(raw []byte) error {
 				if top != nil && top.object {
 					top.wantKey = true
 				}
-				if len(stack) >= maxJSONDepth {
-					return broker.Errorf(broker.ErrInvalidRequest, "JSON nested deeper than %d levels", maxJSONDepth)
+				if len(stack) >= MaxDepth {
+					return fmt.Errorf("JSON nested deeper than %d levels", MaxDepth)
 				}
 				stack = append(stack, &frame{object: t == '{', keys: map[string]bool{}, wantKey: true})
 			case '}', ']':
@@ -79,7 +83,7 @@ func scanKeys(raw []byte) error {
 			if top != nil && top.object && top.wantKey {
 				k := strings.ToLower(t)
 				if top.keys[k] {
-					return broker.Errorf(broker.ErrInvalidRequest, "duplicate or case-variant key %q", t)
+					return fmt.Errorf("duplicate or case-variant key %q", t)
 				}
 				top.keys[k] = true
 				top.wantKey = false
