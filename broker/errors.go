@@ -41,8 +41,15 @@ var (
 	ErrBlockedAction        = &Error{Code: "blocked_action"}
 	ErrTaskNotActive        = &Error{Code: "task_not_active"}
 	ErrTaskImmutable        = &Error{Code: "task_immutable"}
-	ErrBodyTooLarge         = &Error{Code: "body_too_large"}
-	ErrNotFound             = &Error{Code: "not_found"}
+	// ErrTaskChanged: an approval or denial named a version or digest the
+	// task no longer has.
+	ErrTaskChanged = &Error{Code: "task_changed"}
+	// ErrRateLimited: too many requests, or too many pending tasks.
+	ErrRateLimited = &Error{Code: "rate_limited"}
+	// ErrIdempotencyConflict: an Idempotency-Key reused with another body.
+	ErrIdempotencyConflict = &Error{Code: "idempotency_conflict"}
+	ErrBodyTooLarge        = &Error{Code: "body_too_large"}
+	ErrNotFound            = &Error{Code: "not_found"}
 	// ErrUnavailable means a dependency (the database, an identity
 	// provider's keys, Vault) could not be reached. It is never reported
 	// as an authentication failure.

@@ -24,6 +24,9 @@ type Tx interface {
 	LockTask(ctx context.Context, id string) (Task, error)
 	UpdateTask(ctx context.Context, t Task) error
 	InsertCredential(ctx context.Context, c *Credential) error
+	// CredentialByIdempotencyKey finds the credential minted for the task
+	// with key. ErrNotFound.
+	CredentialByIdempotencyKey(ctx context.Context, taskID, key string) (Credential, error)
 	// RevokeCredentials marks every unrevoked credential of the task
 	// revoked at `at` and returns them.
 	RevokeCredentials(ctx context.Context, taskID string, at time.Time) ([]Credential, error)

@@ -19,11 +19,13 @@ import (
 const (
 	DefaultTokenTTLMax = 5 * time.Minute
 	DefaultTaskTTLMax  = 8 * time.Hour
-	defaultTaskTTL     = time.Hour
-	maxGoalBytes       = 4096
-	maxAudiences       = 16
-	maxReasonBytes     = 1024
-	maxLabelBytes      = 256
+	// DefaultMaxPendingPerAgent is the default cap of pending tasks per agent.
+	DefaultMaxPendingPerAgent = 20
+	defaultTaskTTL            = time.Hour
+	maxGoalBytes              = 4096
+	maxAudiences              = 16
+	maxReasonBytes            = 1024
+	maxLabelBytes             = 256
 )
 
 // Config configures a Service. Store, Tokens and Catalog are required.
@@ -36,6 +38,9 @@ type Config struct {
 	UserIssuers []string
 	TokenTTLMax time.Duration // default 5 min
 	TaskTTLMax  time.Duration // default 8 h
+	// MaxPendingPerAgent caps an agent's tasks awaiting a decision, so that
+	// an agent cannot flood its users with approvals; default 20.
+	MaxPendingPerAgent int
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// Random is the source of identifiers; default crypto/rand.
@@ -50,6 +55,7 @@ type Service struct {
 	users   []string
 	tokMax  time.Duration
 	taskMax time.Duration
+	pending int
 	clock   func() time.Time
 	random  io.Reader
 }
@@ -62,7 +68,10 @@ func NewService(cfg Config) (*Service, error) {
 	s := &Service{
 		store: cfg.Store, tokens: cfg.Tokens, catalog: cfg.Catalog,
 		users: cfg.UserIssuers, tokMax: cfg.TokenTTLMax, taskMax: cfg.TaskTTLMax,
-		clock: cfg.Now, random: cfg.Random,
+		clock: cfg.Now, random: cfg.Random, pending: cfg.MaxPendingPerAgent,
+	}
+	if s.pending <= 0 {
+		s.pending = DefaultMaxPendingPerAgent
 	}
 	if s.tokMax <= 0 {
 		s.tokMax = DefaultTokenTTLMax
@@ -152,6 +161,14 @@ func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskReq
 	ttl, capped, err := s.taskTTL(req.TTLSeconds)
 	if err != nil {
 		return Task{}, err
+	}
+	agent := p.Ref()
+	waiting, err := s.store.ListTasks(ctx, TaskFilter{Agent: &agent, Status: StatusPending, Now: s.now(), Limit: s.pending})
+	if err != nil {
+		return Task{}, err
+	}
+	if len(waiting) >= s.pending {
+		return Task{}, Errorf(ErrRateLimited, "the agent already has %d tasks awaiting a decision", s.pending)
 	}
 	id, err := s.newID("tsk_")
 	if err != nil {
@@ -331,6 +348,10 @@ type ApproveRequest struct {
 	Scopes     []string
 	Audiences  []string
 	TTLSeconds int64
+	// Version and Digest, when set, bind the approval to the task as the
+	// approver saw it.
+	Version int
+	Digest  string
 }
 
 // Approve approves a pending task. Only the task's user may, and only with
@@ -349,7 +370,7 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 			return err
 		}
 		now := s.now()
-		if err := s.decidable(p, t, now); err != nil {
+		if err := s.decidable(p, t, now, req.Version, req.Digest); err != nil {
 			return err
 		}
 		approved := t.Scopes
@@ -410,13 +431,20 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 	return out, err
 }
 
-// decidable checks that p may approve or deny t now.
-func (s *Service) decidable(p Principal, t Task, now time.Time) error {
+// decidable checks that p may approve or deny t now, as the version or
+// digest the decider saw, if named.
+func (s *Service) decidable(p Principal, t Task, now time.Time, version int, digest string) error {
 	if !p.Is(KindUser, t.User) {
 		return Errorf(ErrApprovalForbidden, "only the task's user may approve or deny it")
 	}
 	switch st := t.EffectiveStatus(now); st {
 	case StatusPending:
+		if version != 0 && version != t.Version {
+			return Errorf(ErrTaskChanged, "the task is at version %d, not %d", t.Version, version)
+		}
+		if digest != "" && digest != t.Digest() {
+			return Errorf(ErrTaskChanged, "the task's digest is no longer %s", digest)
+		}
 		return nil
 	case StatusApproved:
 		return Errorf(ErrTaskImmutable, "the task is already approved; a wider need is a new task")
@@ -425,8 +453,16 @@ func (s *Service) decidable(p Principal, t Task, now time.Time) error {
 	}
 }
 
+// DenyRequest is a denial, optionally bound like an approval.
+type DenyRequest struct {
+	Reason  string
+	Version int
+	Digest  string
+}
+
 // Deny denies a pending task. Only the task's user may.
-func (s *Service) Deny(ctx context.Context, p Principal, id, reason string) (Task, error) {
+func (s *Service) Deny(ctx context.Context, p Principal, id string, req DenyRequest) (Task, error) {
+	reason := req.Reason
 	if p.Kind != KindUser {
 		return Task{}, Errorf(ErrApprovalForbidden, "only the task's user may deny it; caller is of kind %s", p.Kind)
 	}
@@ -443,7 +479,7 @@ func (s *Service) Deny(ctx context.Context, p Principal, id, reason string) (Tas
 			return err
 		}
 		now := s.now()
-		if err := s.decidable(p, t, now); err != nil {
+		if err := s.decidable(p, t, now, req.Version, req.Digest); err != nil {
 			return err
 		}
 		t.Status, t.DenyReason, t.ClosedAt = StatusDenied, reason, now
@@ -467,6 +503,9 @@ type MintRequest struct {
 	TTLSeconds int64
 	Tool       string
 	Dataset    string
+	// IdempotencyKey, when set, makes a retry with the same body return
+	// the credential minted the first time.
+	IdempotencyKey string
 }
 
 // Minted is an issued access token and its durable record.
@@ -474,6 +513,28 @@ type Minted struct {
 	Token      string
 	ExpiresIn  int64
 	Credential Credential
+	// Replayed is set when an Idempotency-Key retry returned an existing
+	// credential.
+	Replayed bool
+}
+
+// requestHash binds an Idempotency-Key to the canonical mint request.
+func requestHash(scopes Scopes, req MintRequest) string {
+	b, _ := json.Marshal([]any{scopes.Strings(), req.Audience, req.TTLSeconds, req.Tool, req.Dataset})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func validIdempotencyKey(k string) bool {
+	if len(k) > 255 {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x21 || k[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // Mint issues an access token for an approved task to the task's agent.
@@ -503,6 +564,10 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 	if err := checkText("dataset", req.Dataset, maxLabelBytes, false); err != nil {
 		return Minted{}, err
 	}
+	if !validIdempotencyKey(req.IdempotencyKey) {
+		return Minted{}, Errorf(ErrInvalidRequest, "Idempotency-Key must be 1 to 255 visible ASCII characters")
+	}
+	reqHash := requestHash(scopes, req)
 	jti, err := s.newID("")
 	if err != nil {
 		return Minted{}, err
@@ -532,6 +597,16 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		if miss := t.ApprovedScopes.Uncovered(scopes); len(miss) > 0 {
 			return Errorf(ErrScopeExceedsApproval, "not approved: %s", strings.Join(miss.Strings(), " "))
 		}
+		if req.IdempotencyKey != "" {
+			prev, err := tx.CredentialByIdempotencyKey(ctx, t.ID, req.IdempotencyKey)
+			switch {
+			case err == nil:
+				out, err = s.replay(ctx, t, prev, reqHash, now)
+				return err
+			case !errors.Is(err, ErrNotFound):
+				return err
+			}
+		}
 		iat := now.Truncate(time.Second)
 		ttl := s.tokMax
 		if req.TTLSeconds > 0 && req.TTLSeconds < int64(ttl/time.Second) {
@@ -544,15 +619,15 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		c := Credential{
 			JTI: jti, TaskID: t.ID, Kind: "jwt", Agent: t.Agent, User: t.User,
 			Scopes: scopes, Audience: req.Audience, IssuedAt: iat, ExpiresAt: iat.Add(ttl),
+			IdempotencyKey: req.IdempotencyKey,
+		}
+		if req.IdempotencyKey != "" {
+			c.RequestHash = reqHash
 		}
 		if err := tx.InsertCredential(ctx, &c); err != nil {
 			return err
 		}
-		tok, err := s.tokens.Sign(ctx, AccessToken{
-			Subject: t.User.Subject, Act: t.Agent, ClientID: t.Agent.Subject,
-			Audience: req.Audience, Scope: strings.Join(scopes.Strings(), " "),
-			TaskID: t.ID, JTI: jti, IssuedAt: iat, NotBefore: iat, ExpiresAt: c.ExpiresAt,
-		})
+		tok, err := s.tokens.Sign(ctx, accessToken(t, c))
 		if err != nil {
 			return err
 		}
@@ -570,6 +645,33 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		return Minted{}, err
 	}
 	return out, nil
+}
+
+// accessToken is the token of credential c of task t. Signing it again
+// gives the same claims (and, with EdDSA, the same token).
+func accessToken(t Task, c Credential) AccessToken {
+	return AccessToken{
+		Subject: t.User.Subject, Act: t.Agent, ClientID: t.Agent.Subject,
+		Audience: c.Audience, Scope: strings.Join(c.Scopes.Strings(), " "),
+		TaskID: t.ID, JTI: c.JTI, IssuedAt: c.IssuedAt, NotBefore: c.IssuedAt, ExpiresAt: c.ExpiresAt,
+	}
+}
+
+// replay answers an Idempotency-Key retry with the credential recorded the
+// first time: never a second live credential for one key.
+func (s *Service) replay(ctx context.Context, t Task, prev Credential, reqHash string, now time.Time) (Minted, error) {
+	if prev.RequestHash != reqHash {
+		return Minted{}, Errorf(ErrIdempotencyConflict, "this Idempotency-Key was used with another request")
+	}
+	left := prev.ExpiresAt.Sub(now) / time.Second
+	if !prev.RevokedAt.IsZero() || left < 1 {
+		return Minted{}, Errorf(ErrIdempotencyConflict, "the credential minted for this Idempotency-Key is no longer active; use a new key")
+	}
+	tok, err := s.tokens.Sign(ctx, accessToken(t, prev))
+	if err != nil {
+		return Minted{}, err
+	}
+	return Minted{Token: tok, ExpiresIn: int64(left), Credential: prev, Replayed: true}, nil
 }
 
 // Close closes an approved task for its agent or its user and revokes every

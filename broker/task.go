@@ -1,6 +1,11 @@
 package broker
 
-import "time"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"time"
+)
 
 // Status is a task's state. pending → approved | denied;
 // approved → closed | expired. Terminal states never change again.
@@ -77,6 +82,10 @@ type Credential struct {
 	IssuedAt  time.Time
 	ExpiresAt time.Time
 	RevokedAt time.Time // zero while not revoked
+	// IdempotencyKey and RequestHash, when set, let a retried mint return
+	// this credential instead of minting another.
+	IdempotencyKey string
+	RequestHash    string
 }
 
 // Audit event types of DESIGN.md.
@@ -108,4 +117,23 @@ type AuditEvent struct {
 	// Detail is a JSON object, stored and hashed byte for byte.
 	Detail []byte
 	Hash   string
+}
+
+// Digest is the SHA-256 of the task's canonical form as a person approving
+// it sees it: who asks, for whom, the goal, the scopes, audiences, tool,
+// dataset, expiry and version. An approval may name it, so that what was
+// approved is exactly what was shown (A05).
+func (t Task) Digest() string {
+	b, err := json.Marshal(struct {
+		ID, Agent, User, Goal, Tool, Dataset string
+		Scopes, Audiences                    []string
+		ExpiresAt                            string
+		Version                              int
+	}{t.ID, t.Agent.String(), t.User.String(), t.Goal, t.Tool, t.Dataset,
+		t.Scopes.Strings(), t.Audiences, t.ExpiresAt.UTC().Format(time.RFC3339Nano), t.Version})
+	if err != nil {
+		panic("broker: task not encodable: " + err.Error())
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

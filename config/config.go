@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -91,10 +92,16 @@ func (a *Audience) UnmarshalYAML(n *yaml.Node) error {
 	return n.Decode((*plain)(a))
 }
 
-// Limits bound lifetimes.
+// Limits bound lifetimes and rates.
 type Limits struct {
 	TokenTTLMax time.Duration `yaml:"token_ttl_max"`
 	TaskTTLMax  time.Duration `yaml:"task_ttl_max"`
+	// PendingTasksPerAgent caps an agent's tasks awaiting approval (default 20).
+	PendingTasksPerAgent int `yaml:"pending_tasks_per_agent"`
+	// PrincipalRPS and AddressRPS are requests per second per principal and
+	// per peer address (defaults 50 and 200; bursts are twice that).
+	PrincipalRPS float64 `yaml:"principal_rps"`
+	AddressRPS   float64 `yaml:"address_rps"`
 }
 
 // UnmarshalYAML parses durations such as 5m and 8h, naming the key of a
@@ -105,15 +112,33 @@ func (l *Limits) UnmarshalYAML(n *yaml.Node) error {
 		return fmt.Errorf("limits: %v", err)
 	}
 	for k, v := range raw {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 {
-			return fmt.Errorf("limits.%s: %q is not a duration such as 5m or 8h", k, v)
-		}
 		switch k {
-		case "token_ttl_max":
-			l.TokenTTLMax = d
-		case "task_ttl_max":
-			l.TaskTTLMax = d
+		case "token_ttl_max", "task_ttl_max":
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				return fmt.Errorf("limits.%s: %q is not a duration such as 5m or 8h", k, v)
+			}
+			if k == "token_ttl_max" {
+				l.TokenTTLMax = d
+			} else {
+				l.TaskTTLMax = d
+			}
+		case "pending_tasks_per_agent":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return fmt.Errorf("limits.%s: %q is not a positive whole number", k, v)
+			}
+			l.PendingTasksPerAgent = n
+		case "principal_rps", "address_rps":
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f <= 0 {
+				return fmt.Errorf("limits.%s: %q is not a positive number", k, v)
+			}
+			if k == "principal_rps" {
+				l.PrincipalRPS = f
+			} else {
+				l.AddressRPS = f
+			}
 		default:
 			return fmt.Errorf("limits.%s: unknown key", k)
 		}

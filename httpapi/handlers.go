@@ -107,6 +107,8 @@ type approveBody struct {
 	Scopes     []string `json:"scopes"`
 	Audiences  []string `json:"audiences"`
 	TTLSeconds int64    `json:"ttl_seconds"`
+	Version    int      `json:"version"`
+	Digest     string   `json:"digest"`
 }
 
 func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) {
@@ -122,7 +124,7 @@ func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	t, err := s.svc.Approve(r.Context(), p, id, broker.ApproveRequest{
-		Scopes: b.Scopes, Audiences: b.Audiences, TTLSeconds: b.TTLSeconds,
+		Scopes: b.Scopes, Audiences: b.Audiences, TTLSeconds: b.TTLSeconds, Version: b.Version, Digest: b.Digest,
 	})
 	if err != nil {
 		s.fail(w, r, p, id, err)
@@ -139,13 +141,15 @@ func (s *Server) denyTask(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var b struct {
-		Reason string `json:"reason"`
+		Reason  string `json:"reason"`
+		Version int    `json:"version"`
+		Digest  string `json:"digest"`
 	}
 	if err := decode(w, r, &b, true); err != nil {
 		s.fail(w, r, p, id, err)
 		return
 	}
-	t, err := s.svc.Deny(r.Context(), p, id, b.Reason)
+	t, err := s.svc.Deny(r.Context(), p, id, broker.DenyRequest{Reason: b.Reason, Version: b.Version, Digest: b.Digest})
 	if err != nil {
 		s.fail(w, r, p, id, err)
 		return
@@ -175,12 +179,17 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) {
 	}
 	m, err := s.svc.Mint(r.Context(), p, id, broker.MintRequest{
 		Scopes: b.Scopes, Audience: b.Audience, TTLSeconds: b.TTLSeconds, Tool: b.Tool, Dataset: b.Dataset,
+		IdempotencyKey: r.Header.Get("Idempotency-Key"),
 	})
 	if err != nil {
 		s.fail(w, r, p, id, err)
 		return
 	}
-	s.metrics.issued.Inc()
+	if m.Replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	} else {
+		s.metrics.issued.Inc()
+	}
 	writeJSON(w, http.StatusCreated, map[string]any{
 		"access_token":      m.Token,
 		"token_type":        "Bearer",
@@ -410,6 +419,7 @@ type taskJSON struct {
 	ID                string   `json:"id"`
 	Status            string   `json:"status"`
 	Version           int      `json:"version"`
+	Digest            string   `json:"digest"`
 	Agent             string   `json:"agent"`
 	OnBehalfOf        string   `json:"on_behalf_of"`
 	Goal              string   `json:"goal"`
@@ -430,7 +440,7 @@ type taskJSON struct {
 
 func (s *Server) renderTask(t broker.Task) taskJSON {
 	return taskJSON{
-		ID: t.ID, Status: string(s.svc.StatusOf(t)), Version: t.Version,
+		ID: t.ID, Status: string(s.svc.StatusOf(t)), Version: t.Version, Digest: t.Digest(),
 		Agent: t.Agent.String(), OnBehalfOf: s.userName(t.User), Goal: t.Goal,
 		Scopes: t.Scopes.Strings(), ApprovedScopes: t.ApprovedScopes.Strings(),
 		Audiences: nonNil(t.Audiences), ApprovedAudiences: nonNil(t.ApprovedAudiences),

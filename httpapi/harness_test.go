@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/identity"
 	"github.com/errandhq/errand/internal/testoidc"
@@ -56,6 +58,11 @@ type envOptions struct {
 	twoUserIssuers bool
 	// refetchCooldown overrides the JWKS refetch cool-down (default 30 s).
 	refetchCooldown time.Duration
+	// limits sets the rate limits; the zero value disables them, so that
+	// tests and benchmarks are not throttled by accident.
+	limits RateLimits
+	// maxPending caps pending tasks per agent (0: the default).
+	maxPending int
 }
 
 func testCatalog(t testing.TB) *broker.Catalog {
@@ -105,6 +112,15 @@ func newEnv(t testing.TB, dbURL ...string) *env {
 func newEnvWith(t testing.TB, o envOptions) *env {
 	t.Helper()
 	e := &env{t: t}
+	if o.maxPending == 0 {
+		o.maxPending = 10000
+	}
+	if o.limits.PerPrincipal == 0 {
+		o.limits.PerPrincipal = rate.Inf
+	}
+	if o.limits.PerAddress == 0 {
+		o.limits.PerAddress = rate.Inf
+	}
 	if o.dbURL != "" {
 		st, err := postgres.Open(context.Background(), postgres.Config{URL: o.dbURL})
 		if err != nil {
@@ -137,7 +153,7 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 		t.Fatal(err)
 	}
 	e.svc, err = broker.NewService(broker.Config{
-		Store: e.st, Tokens: e.tokens, Catalog: testCatalog(t), UserIssuers: userIssuers,
+		Store: e.st, Tokens: e.tokens, Catalog: testCatalog(t), UserIssuers: userIssuers, MaxPendingPerAgent: o.maxPending,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +161,8 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	e.api, err = New(Config{
 		Service: e.svc, Auth: e.verifier, PublicURL: publicURL, JWKS: e.tokens.JWKS,
 		UserIssuers: userIssuers, CursorKey: []byte("cursor-key-for-tests-0123456789"),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		RateLimits: o.limits,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -322,3 +339,5 @@ func (e *env) refused(before snapshot, r resp, status int, code string) {
 		e.t.Fatalf("audit event %s %s, want request.refused %s", evs[0].Type, evs[0].Detail, code)
 	}
 }
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }

@@ -33,6 +33,9 @@ var statusOf = map[string]int{
 	"not_found":              http.StatusNotFound,
 	"task_not_active":        http.StatusConflict,
 	"task_immutable":         http.StatusConflict,
+	"task_changed":           http.StatusConflict,
+	"idempotency_conflict":   http.StatusConflict,
+	"rate_limited":           http.StatusTooManyRequests,
 	"body_too_large":         http.StatusRequestEntityTooLarge,
 	"unavailable":            http.StatusServiceUnavailable,
 }
@@ -64,6 +67,12 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal
 		s.log.ErrorContext(r.Context(), "internal error", "op", op(r), "err", err)
 		writeProblem(w, http.StatusInternalServerError, "internal", "")
 		return
+	case errors.As(err, new(*throttled)):
+		ra, _ := retryAfter(err)
+		s.metrics.refusals.WithLabelValues(code).Inc()
+		w.Header().Set("Retry-After", ra)
+		writeProblem(w, status, code, "too many requests; retry later")
+		return
 	case status == http.StatusServiceUnavailable:
 		s.log.WarnContext(r.Context(), "dependency unavailable", "op", op(r), "err", err)
 		w.Header().Set("Retry-After", RetryAfterSeconds)
@@ -84,6 +93,9 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal
 	}
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+	}
+	if status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "60")
 	}
 	writeProblem(w, status, code, detail)
 }

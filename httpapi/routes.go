@@ -27,6 +27,7 @@ func (s *Server) routes() chi.Router {
 	r.Get("/.well-known/oauth-authorization-server", s.metadata)
 
 	r.Route("/v1", func(r chi.Router) {
+		r.Use(s.limitAddress)
 		r.Post("/tasks", s.createTask)
 		r.Get("/tasks", s.listTasks)
 		r.Get("/tasks/{id}", s.getTask)

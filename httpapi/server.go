@@ -47,6 +47,8 @@ type Config struct {
 	Registry *prometheus.Registry
 	// RequestTimeout bounds each request's work; default 15 s.
 	RequestTimeout time.Duration
+	// RateLimits bound request rates per principal and per peer address.
+	RateLimits RateLimits
 }
 
 // Server is Errand's HTTP API.
@@ -62,6 +64,8 @@ type Server struct {
 	registry *prometheus.Registry
 	timeout  time.Duration
 	router   chi.Router
+
+	byPrincipal, byAddress *limiters
 }
 
 // New builds the server and its routes.
@@ -86,6 +90,8 @@ func New(cfg Config) (*Server, error) {
 		users: cfg.UserIssuers, curKey: cfg.CursorKey, log: cfg.Logger,
 		registry: cfg.Registry, timeout: cfg.RequestTimeout,
 	}
+	cfg.RateLimits.defaults()
+	s.byPrincipal, s.byAddress = newLimiters(cfg.RateLimits.PerPrincipal), newLimiters(cfg.RateLimits.PerAddress)
 	var err error
 	if s.metrics, err = newMetrics(cfg.Registry); err != nil {
 		return nil, err
@@ -110,7 +116,9 @@ func NewHTTPServer(addr string, h http.Handler) *http.Server {
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    16 << 10,
+		// net/http allows MaxHeaderBytes plus 4 KiB of slack: 4 KiB here
+		// caps the request line and headers at 8 KiB (431 beyond).
+		MaxHeaderBytes: 4 << 10,
 	}
 }
 
@@ -131,7 +139,11 @@ func (s *Server) authenticate(r *http.Request) (broker.Principal, error) {
 	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
 		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "Authorization must be a Bearer token")
 	}
-	return s.auth.Verify(r.Context(), strings.TrimSpace(tok))
+	p, err := s.auth.Verify(r.Context(), strings.TrimSpace(tok))
+	if err != nil {
+		return p, err
+	}
+	return p, s.throttle(string(p.Kind)+"\x00"+p.Issuer+"\x00"+p.Subject, s.byPrincipal)
 }
 
 // decode reads one JSON object of at most MaxBodyBytes into v, refusing

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/time/rate"
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
@@ -190,6 +191,7 @@ func buildAPI(ctx context.Context, cfg *config.Config, st backend, log *slog.Log
 	svc, err := broker.NewService(broker.Config{
 		Store: st, Tokens: tokens, Catalog: catalog, UserIssuers: cfg.UserIssuers(),
 		TokenTTLMax: cfg.Limits.TokenTTLMax, TaskTTLMax: cfg.Limits.TaskTTLMax,
+		MaxPendingPerAgent: cfg.Limits.PendingTasksPerAgent,
 	})
 	if err != nil {
 		return nil, err
@@ -201,5 +203,8 @@ func buildAPI(ctx context.Context, cfg *config.Config, st backend, log *slog.Log
 	return httpapi.New(httpapi.Config{
 		Service: svc, Auth: verifier, PublicURL: cfg.PublicURL, JWKS: tokens.JWKS,
 		UserIssuers: cfg.UserIssuers(), CursorKey: cursorKey, Logger: log,
+		RateLimits: httpapi.RateLimits{
+			PerPrincipal: rate.Limit(cfg.Limits.PrincipalRPS), PerAddress: rate.Limit(cfg.Limits.AddressRPS),
+		},
 	})
 }

@@ -64,7 +64,7 @@ func TestServeAndMigrateCommands(t *testing.T) {
 	if err := root.Execute(); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
-	if !strings.Contains(out.String(), "applied 1 migration") {
+	if !strings.Contains(out.String(), "applied 2 migration") {
 		t.Fatalf("migrate output: %q", out.String())
 	}
 

@@ -52,15 +52,21 @@ func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
 
 func (t *txn) InsertCredential(ctx context.Context, c *broker.Credential) error {
 	err := t.tx.QueryRow(ctx, `INSERT INTO credentials (jti, task_id, kind, agent_iss, agent_sub,
-		user_iss, user_sub, scopes, audience, issued_at, expires_at)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) RETURNING seq`,
+		user_iss, user_sub, scopes, audience, issued_at, expires_at, idempotency_key, request_hash)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) RETURNING seq`,
 		c.JTI, c.TaskID, c.Kind, c.Agent.Issuer, c.Agent.Subject, c.User.Issuer, c.User.Subject,
-		c.Scopes.Strings(), c.Audience, c.IssuedAt, c.ExpiresAt).Scan(&c.Seq)
+		c.Scopes.Strings(), c.Audience, c.IssuedAt, c.ExpiresAt, nullString(c.IdempotencyKey),
+		nullString(c.RequestHash)).Scan(&c.Seq)
 	return translate(err)
 }
 
+func (t *txn) CredentialByIdempotencyKey(ctx context.Context, taskID, key string) (broker.Credential, error) {
+	return scanCredential(t.tx.QueryRow(ctx, `SELECT `+credentialColumns+`
+		FROM credentials WHERE task_id = $1 AND idempotency_key = $2`, taskID, key))
+}
+
 const credentialColumns = `jti, seq, task_id, kind, agent_iss, agent_sub, user_iss, user_sub,
-	scopes, audience, issued_at, expires_at, revoked_at`
+	scopes, audience, issued_at, expires_at, revoked_at, coalesce(idempotency_key, ''), coalesce(request_hash, '')`
 
 func (t *txn) RevokeCredentials(ctx context.Context, taskID string, at time.Time) ([]broker.Credential, error) {
 	rows, err := t.tx.Query(ctx, `UPDATE credentials SET revoked_at = $2
@@ -221,7 +227,8 @@ func scanCredential(r pgx.Row) (broker.Credential, error) {
 		revoked *time.Time
 	)
 	err := r.Scan(&c.JTI, &c.Seq, &c.TaskID, &c.Kind, &c.Agent.Issuer, &c.Agent.Subject,
-		&c.User.Issuer, &c.User.Subject, &scopes, &c.Audience, &c.IssuedAt, &c.ExpiresAt, &revoked)
+		&c.User.Issuer, &c.User.Subject, &scopes, &c.Audience, &c.IssuedAt, &c.ExpiresAt, &revoked,
+		&c.IdempotencyKey, &c.RequestHash)
 	if err != nil {
 		return broker.Credential{}, translate(err)
 	}
@@ -256,6 +263,13 @@ func nullTime(t time.Time) *time.Time {
 		return nil
 	}
 	return &t
+}
+
+func nullString(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 func nonNil(s []string) []string {

@@ -18,7 +18,7 @@ const taskColumns = `id, seq, version, status, agent_iss, agent_sub, user_iss, u
 	deny_reason, created_at, approved_at, expires_at, closed_at`
 
 const credentialColumns = `jti, seq, task_id, kind, agent_iss, agent_sub, user_iss, user_sub,
-	scopes, audience, issued_at, expires_at, revoked_at`
+	scopes, audience, issued_at, expires_at, revoked_at, coalesce(idempotency_key, ''), coalesce(request_hash, '')`
 
 func (t *txn) InsertTask(ctx context.Context, k *broker.Task) error {
 	err := t.tx.QueryRowContext(ctx, `INSERT INTO tasks (id, version, status, agent_iss, agent_sub,
@@ -57,11 +57,24 @@ func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
 
 func (t *txn) InsertCredential(ctx context.Context, c *broker.Credential) error {
 	err := t.tx.QueryRowContext(ctx, `INSERT INTO credentials (jti, task_id, kind, agent_iss, agent_sub,
-		user_iss, user_sub, scopes, audience, issued_at, expires_at)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) RETURNING seq`,
+		user_iss, user_sub, scopes, audience, issued_at, expires_at, idempotency_key, request_hash)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) RETURNING seq`,
 		c.JTI, c.TaskID, c.Kind, c.Agent.Issuer, c.Agent.Subject, c.User.Issuer, c.User.Subject,
-		jsonList(c.Scopes.Strings()), c.Audience, micros(c.IssuedAt), micros(c.ExpiresAt)).Scan(&c.Seq)
+		jsonList(c.Scopes.Strings()), c.Audience, micros(c.IssuedAt), micros(c.ExpiresAt),
+		nullString(c.IdempotencyKey), nullString(c.RequestHash)).Scan(&c.Seq)
 	return translate(err)
+}
+
+func (t *txn) CredentialByIdempotencyKey(ctx context.Context, taskID, key string) (broker.Credential, error) {
+	return scanCredential(t.tx.QueryRowContext(ctx, `SELECT `+credentialColumns+`
+		FROM credentials WHERE task_id = $1 AND idempotency_key = $2`, taskID, key))
+}
+
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
 }
 
 func (t *txn) RevokeCredentials(ctx context.Context, taskID string, at time.Time) ([]broker.Credential, error) {
@@ -240,7 +253,8 @@ func scanCredential(r scanner) (broker.Credential, error) {
 		revoked         sql.NullInt64
 	)
 	err := r.Scan(&c.JTI, &c.Seq, &c.TaskID, &c.Kind, &c.Agent.Issuer, &c.Agent.Subject,
-		&c.User.Issuer, &c.User.Subject, &scopes, &c.Audience, &issued, &expires, &revoked)
+		&c.User.Issuer, &c.User.Subject, &scopes, &c.Audience, &issued, &expires, &revoked,
+		&c.IdempotencyKey, &c.RequestHash)
 	if err != nil {
 		return broker.Credential{}, translate(err)
 	}

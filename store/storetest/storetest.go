@@ -33,6 +33,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"RollbackLeavesNothing", testRollback},
 		{"LockTaskSerialisesWriters", testLockSerialises},
 		{"CredentialsRevokedOnce", testRevoke},
+		{"IdempotencyKeyLookup", testIdempotencyKey},
 		{"AuditChainIsContiguousUnderConcurrency", testAuditChain},
 		{"ListTasksKeysetAndEffectiveStatus", testListTasks},
 		{"HistoryFilters", testHistoryFilters},
@@ -395,5 +396,46 @@ func testSigningKeys(t *testing.T, s Store) {
 	}
 	if current != 1 {
 		t.Fatalf("%d current keys, want 1", current)
+	}
+}
+
+func testIdempotencyKey(t *testing.T, s Store) {
+	k := newTask(id("agent-"), id("user-"))
+	insert(t, s, &k)
+	c := broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute),
+		IdempotencyKey: "retry-1", RequestHash: "h1"}
+	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
+		t.Fatal(err)
+	}
+	var got broker.Credential
+	err := s.InTx(ctx, func(tx broker.Tx) error {
+		var err error
+		got, err = tx.CredentialByIdempotencyKey(ctx, k.ID, "retry-1")
+		return err
+	})
+	if err != nil || got.JTI != c.JTI || got.RequestHash != "h1" {
+		t.Fatalf("lookup: %+v %v", got, err)
+	}
+	err = s.InTx(ctx, func(tx broker.Tx) error {
+		_, err := tx.CredentialByIdempotencyKey(ctx, k.ID, "retry-2")
+		return err
+	})
+	if !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("unknown key: %v", err)
+	}
+	dup := c
+	dup.JTI = id("jti-")
+	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &dup) }); err == nil {
+		t.Fatal("a second credential with the same task and Idempotency-Key was stored")
+	}
+	plain := broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
+	plain2 := plain
+	plain2.JTI = id("jti-")
+	for _, p := range []*broker.Credential{&plain, &plain2} {
+		if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, p) }); err != nil {
+			t.Fatalf("credentials without a key must not collide: %v", err)
+		}
 	}
 }
