@@ -1,0 +1,144 @@
+package broker_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/errandhq/errand/broker"
+)
+
+var universe = []string{
+	"r.read", "r.read:a/**", "r.read:a/*", "r.read:a/b", "r.read:a/b/**", "r.read:a/c", "r.read:a/*/d",
+	"r.read:b/**", "r.write:a/**", "r.write:a/b",
+}
+
+func pick(rng *rand.Rand, n int) []string {
+	out := make([]string, 0, n)
+	for i := 0; i < n; i++ {
+		out = append(out, universe[rng.IntN(len(universe))])
+	}
+	return out
+}
+
+func resourceRegexp(sc broker.Scope) *regexp.Regexp {
+	parts := make([]string, len(sc.Resource))
+	for i, seg := range sc.Resource {
+		switch seg {
+		case "*":
+			parts[i] = `[^/]+`
+		case "**":
+			parts[i] = `[^/]+(?:/[^/]+)*`
+		default:
+			parts[i] = regexp.QuoteMeta(seg)
+		}
+	}
+	return regexp.MustCompile(`^` + sc.Action + `:` + strings.Join(parts, "/") + `$`)
+}
+
+// instances are concrete action:path strings a scope matches, over a
+// small alphabet.
+func instances(sc broker.Scope) []string {
+	paths := []string{""}
+	for _, seg := range sc.Resource {
+		var next []string
+		for _, p := range paths {
+			pre := p
+			if pre != "" {
+				pre += "/"
+			}
+			switch seg {
+			case "*":
+				for _, x := range []string{"a", "b", "c", "d"} {
+					next = append(next, pre+x)
+				}
+			case "**":
+				for _, x := range []string{"a", "b", "c", "d", "a/b", "b/d"} {
+					next = append(next, pre+x)
+				}
+			default:
+				next = append(next, pre+seg)
+			}
+		}
+		paths = next
+	}
+	out := make([]string, len(paths))
+	for i, p := range paths {
+		out[i] = sc.Action + ":" + p
+	}
+	return out
+}
+
+func coveredByAny(inst string, set []string) bool {
+	for _, s := range set {
+		if resourceRegexp(broker.MustParseScope(s)).MatchString(inst) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestPropertyIssuedWithinApprovedWithinRequestedAndGrants runs random
+// (requested, grants, approval, mint) quadruples through the real service
+// and checks, with an independent matcher, that every concrete request a
+// minted token allows was requested by the agent and granted to the user.
+func TestPropertyIssuedWithinApprovedWithinRequestedAndGrants(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	ctx := context.Background()
+	agent := broker.Principal{Issuer: "https://agents", Subject: "bot", Kind: broker.KindAgent}
+	approvals, mints := 0, 0
+	for i := 0; i < 500; i++ {
+		grants := pick(rng, 1+rng.IntN(3))
+		e := newPropertyEnv(t, grants)
+		user := broker.Principal{Issuer: "https://users", Subject: "alice", Kind: broker.KindUser, Groups: []string{"g"}}
+		requested, approved, minted := pick(rng, 1+rng.IntN(3)), pick(rng, 1+rng.IntN(2)), pick(rng, 1)
+		task, err := e.CreateTask(ctx, agent, broker.CreateTaskRequest{OnBehalfOf: "alice", Goal: "g",
+			Scopes: requested, Audiences: []string{"https://rs"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = e.Approve(ctx, user, task.ID, broker.ApproveRequest{Scopes: approved})
+		if err != nil {
+			continue
+		}
+		approvals++
+		for _, a := range approved {
+			for _, inst := range instances(broker.MustParseScope(a)) {
+				if !coveredByAny(inst, requested) || !coveredByAny(inst, grants) {
+					t.Fatalf("approved %v ⊄ requested %v ∩ grants %v (instance %s)", approved, requested, grants, inst)
+				}
+			}
+		}
+		if _, err := e.Mint(ctx, agent, task.ID, broker.MintRequest{Scopes: minted, Audience: "https://rs"}); err != nil {
+			continue
+		}
+		mints++
+		for _, inst := range instances(broker.MustParseScope(minted[0])) {
+			if !coveredByAny(inst, approved) || !coveredByAny(inst, requested) || !coveredByAny(inst, grants) {
+				t.Fatalf("minted %v escapes approved %v / requested %v / grants %v at %s", minted, approved, requested, grants, inst)
+			}
+		}
+	}
+	if approvals < 40 || mints < 10 {
+		t.Fatalf("only %d approvals and %d mints: the generator does not exercise the success path", approvals, mints)
+	}
+	t.Logf("%d approvals, %d mints checked", approvals, mints)
+}
+
+func newPropertyEnv(t *testing.T, grants []string) *broker.Service {
+	fe := newFSMEnv(t)
+	gs, err := broker.ParseScopes(grants)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := broker.NewCatalog([]broker.Action{
+		{Name: "r.read", Class: broker.ClassRead, Risk: broker.RiskLow},
+		{Name: "r.write", Class: broker.ClassWrite, Risk: broker.RiskLow},
+	}, []broker.Audience{{URL: "https://rs"}}, []broker.Grant{{Group: "g", Scopes: gs}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fe.withCatalog(t, cat)
+}
