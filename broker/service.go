@@ -41,7 +41,7 @@ type Config struct {
 	// MaxPendingPerAgent caps an agent's tasks awaiting a decision, so that
 	// an agent cannot flood its users with approvals; default 20.
 	MaxPendingPerAgent int
-	// Now is the clock; default time.Now.
+	// Now is the clock of stores that have none (see Clock); default time.Now.
 	Now func() time.Time
 	// Random is the source of identifiers; default crypto/rand.
 	Random io.Reader
@@ -92,6 +92,38 @@ func NewService(cfg Config) (*Service, error) {
 func (s *Service) Catalog() *Catalog { return s.catalog }
 
 func (s *Service) now() time.Time { return s.clock().UTC().Truncate(time.Microsecond) }
+
+// Clock is an optional ability of a Tx or a Store: the database's own
+// time. When present every expiry decision is taken on it, whatever the
+// replica's clock says, so replicas with skewed clocks agree (F07); the
+// configured Now is used only by stores without a clock of their own.
+type Clock interface {
+	Now(ctx context.Context) (time.Time, error)
+}
+
+// txNow is the time of a decision inside tx.
+func (s *Service) txNow(ctx context.Context, tx Tx) (time.Time, error) {
+	if c, ok := tx.(Clock); ok {
+		t, err := c.Now(ctx)
+		if err != nil {
+			return time.Time{}, err
+		}
+		return t.UTC().Truncate(time.Microsecond), nil
+	}
+	return s.now(), nil
+}
+
+// readNow is the time of a decision outside a transaction.
+func (s *Service) readNow(ctx context.Context) (time.Time, error) {
+	if c, ok := s.store.(Clock); ok {
+		t, err := c.Now(ctx)
+		if err != nil {
+			return time.Time{}, err
+		}
+		return t.UTC().Truncate(time.Microsecond), nil
+	}
+	return s.now(), nil
+}
 
 var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
@@ -162,8 +194,12 @@ func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskReq
 	if err != nil {
 		return Task{}, err
 	}
+	now, err := s.readNow(ctx)
+	if err != nil {
+		return Task{}, err
+	}
 	agent := p.Ref()
-	waiting, err := s.store.ListTasks(ctx, TaskFilter{Agent: &agent, Status: StatusPending, Now: s.now(), Limit: s.pending})
+	waiting, err := s.store.ListTasks(ctx, TaskFilter{Agent: &agent, Status: StatusPending, Now: now, Limit: s.pending})
 	if err != nil {
 		return Task{}, err
 	}
@@ -174,7 +210,6 @@ func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskReq
 	if err != nil {
 		return Task{}, err
 	}
-	now := s.now()
 	t := Task{
 		ID: id, Version: 1, Status: StatusPending,
 		Agent: p.Ref(), User: user,
@@ -322,7 +357,11 @@ func (s *Service) ListTasks(ctx context.Context, p Principal, status Status, aft
 	if status != "" && !status.Valid() {
 		return nil, false, Errorf(ErrInvalidRequest, "unknown status %q", status)
 	}
-	f := TaskFilter{Status: status, Now: s.now(), AfterSeq: afterSeq, Limit: limit}
+	now, err := s.readNow(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	f := TaskFilter{Status: status, Now: now, AfterSeq: afterSeq, Limit: limit}
 	ref := p.Ref()
 	switch p.Kind {
 	case KindUser:
@@ -369,7 +408,10 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 		if err != nil {
 			return err
 		}
-		now := s.now()
+		now, err := s.txNow(ctx, tx)
+		if err != nil {
+			return err
+		}
 		if err := s.decidable(p, t, now, req.Version, req.Digest); err != nil {
 			return err
 		}
@@ -478,7 +520,10 @@ func (s *Service) Deny(ctx context.Context, p Principal, id string, req DenyRequ
 		if err != nil {
 			return err
 		}
-		now := s.now()
+		now, err := s.txNow(ctx, tx)
+		if err != nil {
+			return err
+		}
 		if err := s.decidable(p, t, now, req.Version, req.Digest); err != nil {
 			return err
 		}
@@ -581,7 +626,10 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		if !p.Is(KindAgent, t.Agent) {
 			return Errorf(ErrNotTaskParty, "the task belongs to another agent")
 		}
-		now := s.now()
+		now, err := s.txNow(ctx, tx)
+		if err != nil {
+			return err
+		}
 		if st := t.EffectiveStatus(now); st != StatusApproved {
 			return Errorf(ErrTaskNotActive, "the task is %s", st)
 		}
@@ -695,7 +743,10 @@ func (s *Service) Close(ctx context.Context, p Principal, id string) (Task, int,
 		if !p.Is(KindAgent, t.Agent) && !p.Is(KindUser, t.User) {
 			return Errorf(ErrNotTaskParty, "caller is neither the task's agent nor its user")
 		}
-		now := s.now()
+		now, err := s.txNow(ctx, tx)
+		if err != nil {
+			return err
+		}
 		if st := t.EffectiveStatus(now); st != StatusApproved {
 			return Errorf(ErrTaskNotActive, "the task is %s", st)
 		}
@@ -753,7 +804,10 @@ func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Intr
 	if err != nil {
 		return Introspection{}, err
 	}
-	now := s.now()
+	now, err := s.readNow(ctx)
+	if err != nil {
+		return Introspection{}, err
+	}
 	if !c.RevokedAt.IsZero() || !now.Before(c.ExpiresAt) || c.TaskID != at.TaskID || c.Audience != at.Audience {
 		return Introspection{}, nil
 	}

@@ -225,3 +225,30 @@ func TestN02HeaderCapAndSlowClients(t *testing.T) {
 		t.Fatalf("a client slower than ReadHeaderTimeout was served: %q", line)
 	}
 }
+
+// TestF07OneTimeSource: a replica whose clock is ten minutes off still
+// decides expiry on the database's clock: it cannot mint after a task
+// expired, and its tokens carry the database's time.
+func TestF07OneTimeSource(t *testing.T) {
+	for name, skew := range map[string]time.Duration{"slow replica": -10 * time.Minute, "fast replica": 10 * time.Minute} {
+		t.Run(name, func(t *testing.T) {
+			e := newEnvWith(t, envOptions{replicaClock: func() time.Time { return time.Now().Add(skew) }})
+			id := e.task("agent-1", "alice", "github.repo.read:acme/**")
+			e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/approve", e.user("alice", "eng"), map[string]any{"ttl_seconds": 2}), 200)
+			m := e.mustStatus(e.mint("agent-1", id, "github.repo.read:acme/api"), 201)
+			if n := m.JSON["expires_in"].(float64); n > 2 || n < 1 {
+				t.Fatalf("expires_in %v: the token's life was not taken from the database clock", n)
+			}
+			in := e.mustStatus(e.introspect(e.resource("rs"), m.str("access_token")), 200)
+			if iat := int64(in.JSON["iat"].(float64)); iat < time.Now().Add(-time.Minute).Unix() || iat > time.Now().Add(time.Minute).Unix() {
+				t.Fatalf("iat %d is not the database's time", iat)
+			}
+			time.Sleep(2100 * time.Millisecond)
+			before := e.snapshot()
+			e.refused(before, e.mint("agent-1", id, "github.repo.read:acme/api"), 409, "task_not_active")
+			if r := e.introspect(e.resource("rs"), m.str("access_token")); r.JSON["active"] != false {
+				t.Fatalf("token of an expired task is active: %s", r.Raw)
+			}
+		})
+	}
+}

@@ -63,6 +63,8 @@ type envOptions struct {
 	limits RateLimits
 	// maxPending caps pending tasks per agent (0: the default).
 	maxPending int
+	// replicaClock is this replica's own clock (default time.Now).
+	replicaClock func() time.Time
 }
 
 func testCatalog(t testing.TB) *broker.Catalog {
@@ -154,6 +156,7 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	}
 	e.svc, err = broker.NewService(broker.Config{
 		Store: e.st, Tokens: e.tokens, Catalog: testCatalog(t), UserIssuers: userIssuers, MaxPendingPerAgent: o.maxPending,
+		Now: o.replicaClock,
 	})
 	if err != nil {
 		t.Fatal(err)

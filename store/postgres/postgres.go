@@ -154,6 +154,18 @@ func checkNotNewer(ctx context.Context, p *goose.Provider) error {
 	return nil
 }
 
+// Now is the database's clock: every replica decides expiry on it.
+func (s *Store) Now(ctx context.Context) (time.Time, error) {
+	var t time.Time
+	err := s.pool.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&t)
+	return t, translate(err)
+}
+
+var (
+	_ broker.Clock = (*Store)(nil)
+	_ broker.Clock = (*txn)(nil)
+)
+
 // Ping checks that the database answers.
 func (s *Store) Ping(ctx context.Context) error {
 	return translate(s.pool.Ping(ctx))

@@ -31,6 +31,13 @@ func (t *txn) InsertTask(ctx context.Context, k *broker.Task) error {
 	return translate(err)
 }
 
+// Now is the database's clock, read after the locks taken so far.
+func (t *txn) Now(ctx context.Context) (time.Time, error) {
+	var at time.Time
+	err := t.tx.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&at)
+	return at, translate(err)
+}
+
 func (t *txn) LockTask(ctx context.Context, id string) (broker.Task, error) {
 	return scanTask(t.tx.QueryRow(ctx, `SELECT `+taskColumns+` FROM tasks WHERE id = $1 FOR UPDATE`, id))
 }
