@@ -1,13 +1,18 @@
 package httpapi
 
 import (
+	"bytes"
 	"encoding/base64"
+	"net/http"
 	"net/url"
 	"strings"
+	"time"
+
+	"github.com/errandhq/errand/broker"
 	"testing"
 )
 
-func TestAuditorEndpoints(t *testing.T) {
+func TestN04N05N06AuditQueries(t *testing.T) {
 	e := newEnv(t)
 	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
 	for i := 0; i < 3; i++ {
@@ -106,7 +111,7 @@ func TestAuditorEndpoints(t *testing.T) {
 	})
 }
 
-func TestIntrospectionCallers(t *testing.T) {
+func TestO06O07Introspection(t *testing.T) {
 	e := newEnv(t)
 	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
 	at := e.mustStatus(e.mint("agent-1", id, "github.repo.read:acme/api"), 201).str("access_token")
@@ -149,4 +154,92 @@ func flip(c string) string {
 		return "B"
 	}
 	return "A"
+}
+
+// TestO06IntrospectionBoundToAudience: where an audience names its
+// resource servers, any other resource server learns nothing of its
+// tokens (RFC 7662 §2.2: token scanning).
+func TestO06IntrospectionBoundToAudience(t *testing.T) {
+	e := newEnvWith(t, envOptions{introspectors: []string{"stage-gateway"}})
+	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
+	at := e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/tokens", e.agent("agent-1"), map[string]any{
+		"scopes": []string{"github.repo.read:acme/api"}, "audience": apiStage,
+	}), 201).str("access_token")
+	if r := e.introspect(e.resource("stage-gateway"), at); r.JSON["active"] != true {
+		t.Fatalf("the audience's own resource server: %s", r.Raw)
+	}
+	if r := e.introspect(e.resource("prod-gateway"), at); string(r.Raw) != "{\"active\":false}\n" {
+		t.Fatalf("another resource server: %s", r.Raw)
+	}
+}
+
+// TestO07InactiveIsIndistinguishable: expired, revoked, unknown and foreign
+// tokens all answer exactly {"active":false}.
+func TestO07InactiveIsIndistinguishable(t *testing.T) {
+	e := newEnv(t)
+	rs := e.resource("rs")
+	short := e.task("agent-1", "alice", "github.repo.read:acme/**")
+	e.mustStatus(e.do("POST", "/v1/tasks/"+short+"/approve", e.user("alice", "eng"), map[string]any{"ttl_seconds": 1}), 200)
+	expiring := e.mustStatus(e.mint("agent-1", short, "github.repo.read:acme/api"), 201).str("access_token")
+	closed := e.approved("agent-1", "alice", "github.repo.read:acme/**")
+	revoked := e.mustStatus(e.mint("agent-1", closed, "github.repo.read:acme/api"), 201).str("access_token")
+	e.mustStatus(e.do("POST", "/v1/tasks/"+closed+"/close", e.agent("agent-1"), nil), 200)
+	time.Sleep(1100 * time.Millisecond)
+	for name, tok := range map[string]string{
+		"expired": expiring, "revoked": revoked, "unknown": "eyJhbGciOiJFZERTQSJ9.e30.AAAA",
+		"foreign (an ID token)": e.agent("agent-1"),
+	} {
+		if r := e.mustStatus(e.introspect(rs, tok), 200); string(r.Raw) != "{\"active\":false}\n" {
+			t.Fatalf("%s: %s", name, r.Raw)
+		}
+	}
+}
+
+// TestO09SecretsNeverLogged: a whole flow at debug level leaves no access
+// token, no identity token and no raw jti in the logs or the audit trail.
+func TestO09SecretsNeverLogged(t *testing.T) {
+	var logs bytes.Buffer
+	e := newEnvWith(t, envOptions{logs: &logs})
+	agent := e.agent("agent-1")
+	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
+	m := e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/tokens", agent, map[string]any{
+		"scopes": []string{"github.repo.read:acme/api"}, "audience": apiGitHub}), 201)
+	e.mint("agent-1", id, "github.repo.read:acme/**") // a refusal, logged and audited
+	e.introspect(e.resource("rs"), m.str("access_token"))
+	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/close", agent, nil), 200)
+	evs := e.mustStatus(e.do("GET", "/v1/audit/events?task_id="+id, e.user("carol", "auditors"), nil), 200)
+	if logs.Len() == 0 {
+		t.Fatal("no logs were written: the test would prove nothing")
+	}
+	for name, secret := range map[string]string{
+		"access token": m.str("access_token"), "agent identity token": agent, "raw jti": `"` + m.str("jti") + `"`,
+		"token signature": m.str("access_token")[strings.LastIndexByte(m.str("access_token"), '.')+1:],
+	} {
+		if strings.Contains(logs.String(), secret) {
+			t.Errorf("the logs hold the %s", name)
+		}
+		if strings.Contains(string(evs.Raw), secret) {
+			t.Errorf("the audit trail holds the %s", name)
+		}
+	}
+	if !strings.Contains(string(evs.Raw), broker.HashID(m.str("jti"))) {
+		t.Error("the audit trail does not name the credential by its hashed jti")
+	}
+}
+
+// TestA04NoWideningVerbs: there is no way to edit a task: PUT and PATCH
+// are not routes, and they change nothing.
+func TestA04NoWideningVerbs(t *testing.T) {
+	e := newEnv(t)
+	id := e.approved("agent-1", "alice", "github.repo.read:acme/api")
+	before := e.snapshot()
+	for _, m := range []string{"PUT", "PATCH", "DELETE"} {
+		r := e.do(m, "/v1/tasks/"+id, e.agent("agent-1"), map[string]any{"scopes": []string{"github.repo.read:acme/**"}})
+		if r.Status != http.StatusMethodNotAllowed {
+			t.Fatalf("%s: %d %s", m, r.Status, r.Raw)
+		}
+	}
+	if after := e.snapshot(); after.tasks != before.tasks || after.credentials != before.credentials {
+		t.Fatal("an edit verb changed the store")
+	}
 }

@@ -152,7 +152,7 @@ func TestTaskTTLIsCappedAndSaysSo(t *testing.T) {
 	}
 }
 
-func TestTokenTTLIsCappedByConfigAndTask(t *testing.T) {
+func TestA08TokenTTLIsCappedByConfigAndTask(t *testing.T) {
 	e := newEnv(t)
 	id := e.task("a1", "alice", "github.repo.read:acme/**")
 	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/approve", e.user("alice", "eng"), map[string]any{"ttl_seconds": 90}), http.StatusOK)
@@ -171,9 +171,9 @@ func TestTokenTTLIsCappedByConfigAndTask(t *testing.T) {
 	}
 }
 
-// TestHugeTokenTTLIsCappedNotOverflowed: a ttl_seconds whose nanoseconds
+// TestA08HugeTokenTTLIsCappedNotOverflowed: a ttl_seconds whose nanoseconds
 // overflow int64 is still just capped at token_ttl_max.
-func TestHugeTokenTTLIsCappedNotOverflowed(t *testing.T) {
+func TestA08HugeTokenTTLIsCappedNotOverflowed(t *testing.T) {
 	e := newEnv(t)
 	id := e.approved("a1", "alice", "github.repo.read:acme/**")
 	r := e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/tokens", e.agent("a1"), map[string]any{
@@ -184,9 +184,9 @@ func TestHugeTokenTTLIsCappedNotOverflowed(t *testing.T) {
 	}
 }
 
-// TestConcurrentMintsThenClose: 50 mints race, then close; every token
+// TestA09ConcurrentMintsThenClose: 50 mints race, then close; every token
 // that was returned is recorded and inactive after the close commits.
-func TestConcurrentMintsThenClose(t *testing.T) {
+func TestA09ConcurrentMintsThenClose(t *testing.T) {
 	e := newEnv(t)
 	id := e.approved("a1", "alice", "github.repo.read:acme/**")
 	agentTok := e.agent("a1")
@@ -227,10 +227,10 @@ func TestConcurrentMintsThenClose(t *testing.T) {
 	}
 }
 
-// TestMintRacingCloseNeverIssuesAfterClose: mints and a close race; every
+// TestA09MintRacingCloseNeverIssuesAfterClose: mints and a close race; every
 // mint that got a token committed before the close (and is revoked), every
 // other one got task_not_active.
-func TestMintRacingCloseNeverIssuesAfterClose(t *testing.T) {
+func TestA09MintRacingCloseNeverIssuesAfterClose(t *testing.T) {
 	e := newEnv(t)
 	id := e.approved("a1", "alice", "github.repo.read:acme/**")
 	agentTok, userTok := e.agent("a1"), e.user("alice")

@@ -65,10 +65,29 @@ type envOptions struct {
 	maxPending int
 	// replicaClock is this replica's own clock (default time.Now).
 	replicaClock func() time.Time
+	// logs, when set, receives the server's logs at debug level.
+	logs io.Writer
+	// introspectors binds apiStage to these resource servers (subjects).
+	introspectors []string
 }
 
-func testCatalog(t testing.TB) *broker.Catalog {
+func logger(w io.Writer) *slog.Logger {
+	if w == nil {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func testCatalog(t testing.TB) *broker.Catalog { return testCatalogWith(t, "", nil) }
+
+// testCatalogWith binds apiStage's introspection to the given resource
+// servers of issuer rsIssuer.
+func testCatalogWith(t testing.TB, rsIssuer string, introspectors []string) *broker.Catalog {
 	t.Helper()
+	stage := broker.Audience{URL: apiStage}
+	for _, sub := range introspectors {
+		stage.Introspectors = append(stage.Introspectors, broker.Ref{Issuer: rsIssuer, Subject: sub})
+	}
 	sc := func(ss ...string) broker.Scopes {
 		out, err := broker.ParseScopes(ss)
 		if err != nil {
@@ -84,7 +103,7 @@ func testCatalog(t testing.TB) *broker.Catalog {
 			{Name: "okta.user.update", Class: broker.ClassIdentity, Risk: broker.RiskHigh},
 			{Name: "errand.token.mint", Class: broker.ClassToken, Risk: broker.RiskHigh},
 		},
-		[]broker.Audience{{URL: apiGitHub, Environment: "prod"}, {URL: apiStage}},
+		[]broker.Audience{{URL: apiGitHub, Environment: "prod"}, stage},
 		[]broker.Grant{
 			// People may hold blocked actions; they stay ungrantable to agents.
 			{Group: "eng", Scopes: sc("github.repo.read:acme/**", "github.pr.write:acme/**",
@@ -154,8 +173,12 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cat := testCatalog(t)
+	if len(o.introspectors) > 0 {
+		cat = testCatalogWith(t, e.resources.URL, o.introspectors)
+	}
 	e.svc, err = broker.NewService(broker.Config{
-		Store: e.st, Tokens: e.tokens, Catalog: testCatalog(t), UserIssuers: userIssuers, MaxPendingPerAgent: o.maxPending,
+		Store: e.st, Tokens: e.tokens, Catalog: cat, UserIssuers: userIssuers, MaxPendingPerAgent: o.maxPending,
 		Now: o.replicaClock,
 	})
 	if err != nil {
@@ -164,7 +187,7 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	e.api, err = New(Config{
 		Service: e.svc, Auth: e.verifier, PublicURL: publicURL, JWKS: e.tokens.JWKS,
 		UserIssuers: userIssuers, CursorKey: []byte("cursor-key-for-tests-0123456789"),
-		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:     logger(o.logs),
 		RateLimits: o.limits,
 	})
 	if err != nil {

@@ -7,10 +7,10 @@ import (
 	"github.com/errandhq/errand/internal/testpg"
 )
 
-// TestDatabaseOutage (F01): with PostgreSQL unreachable, every endpoint
+// TestF01DatabaseOutage (F01): with PostgreSQL unreachable, every endpoint
 // answers 503 with Retry-After — never a credential, never 401, never
 // active: true — and recovers when the database returns.
-func TestDatabaseOutage(t *testing.T) {
+func TestF01DatabaseOutage(t *testing.T) {
 	proxy, u := testpg.NewProxy(t, testpg.URL(t))
 	e := newEnv(t, u)
 	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	jose "github.com/go-jose/go-jose/v4"
@@ -181,8 +183,16 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (broker.Principal, er
 	if idt.Expiry.Sub(idt.IssuedAt) > t.cfg.MaxLifetime {
 		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "token lifetime longer than %s", t.cfg.MaxLifetime)
 	}
-	if idt.Subject == "" {
-		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "sub is required")
+	if idt.Subject == "" || len(idt.Subject) > 255 || strings.ContainsFunc(idt.Subject, unicode.IsControl) {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "sub is required: at most 255 bytes, no control characters")
+	}
+	// OIDC Core §3.1.3.7: with several audiences the token must name the
+	// party it was issued to, and that party must be Errand (J08).
+	if len(idt.Audience) > 1 {
+		var azp string
+		if raw, ok := claims["azp"]; !ok || json.Unmarshal(raw, &azp) != nil || azp != t.cfg.Audience {
+			return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "a token for several audiences must carry azp %q", t.cfg.Audience)
+		}
 	}
 	p := broker.Principal{Issuer: iss, Subject: idt.Subject, Kind: t.cfg.Kind}
 	if t.cfg.GroupsClaim != "" {
@@ -201,8 +211,9 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (broker.Principal, er
 }
 
 type header struct {
-	Alg string `json:"alg"`
-	Typ string `json:"typ"`
+	Alg  string           `json:"alg"`
+	Typ  string           `json:"typ"`
+	Crit *json.RawMessage `json:"crit"`
 }
 
 // peek reads the header and iss of an unverified token, only to choose the
@@ -217,6 +228,11 @@ func peek(raw string) (header, string, error) {
 	if err != nil || strictjson.CheckKeys(hb) != nil || json.Unmarshal(hb, &h) != nil {
 		return h, "", broker.Errorf(broker.ErrInvalidToken, "malformed header")
 	}
+	// go-jose refuses unknown critical headers but lets an empty list
+	// through; Errand understands no extension, so any crit is refused (J06).
+	if h.Crit != nil {
+		return h, "", broker.Errorf(broker.ErrInvalidToken, "crit header not supported")
+	}
 	pb, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
 		return h, "", broker.Errorf(broker.ErrInvalidToken, "malformed payload")
@@ -226,6 +242,9 @@ func peek(raw string) (header, string, error) {
 	// refused before anything reads them (J12).
 	if err := strictjson.CheckKeys(pb); err != nil {
 		return h, "", broker.Errorf(broker.ErrInvalidToken, "payload: %v", err)
+	}
+	if !utf8.Valid(pb) {
+		return h, "", broker.Errorf(broker.ErrInvalidToken, "payload is not UTF-8")
 	}
 	var body struct {
 		Iss string `json:"iss"`
