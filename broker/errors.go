@@ -44,6 +44,8 @@ var (
 	// ErrTaskChanged: an approval or denial named a version or digest the
 	// task no longer has.
 	ErrTaskChanged = &Error{Code: "task_changed"}
+	// ErrAgentSuspended: the agent is suspended by the kill switch.
+	ErrAgentSuspended = &Error{Code: "agent_suspended"}
 	// ErrRateLimited: too many requests, or too many pending tasks.
 	ErrRateLimited = &Error{Code: "rate_limited"}
 	// ErrIdempotencyConflict: an Idempotency-Key reused with another body.

@@ -30,9 +30,32 @@ type Tx interface {
 	// RevokeCredentials marks every unrevoked credential of the task
 	// revoked at `at` and returns them.
 	RevokeCredentials(ctx context.Context, taskID string, at time.Time) ([]Credential, error)
-	// AppendAudit appends events to the hash chain, assigning Seq and Hash.
-	// It should be the last write of a transaction: it serialises writers.
+	// AppendAudit appends events to the hash chain, assigning Seq and Hash
+	// in place. It serialises writers until the transaction ends, so it
+	// belongs at the end of one (followed only by InsertRevocations).
 	AppendAudit(ctx context.Context, events ...AuditEvent) error
+	RevocationTx
+}
+
+// RevocationTx is the write side of the revocation engine.
+type RevocationTx interface {
+	// LockDue locks up to limit pending or approved tasks whose expiry is
+	// at or before now, skipping rows other replicas hold.
+	LockDue(ctx context.Context, now time.Time, limit int) ([]Task, error)
+	// LockOpenTasks locks an agent's pending and approved tasks.
+	LockOpenTasks(ctx context.Context, agent Ref) ([]Task, error)
+	// RevokeCredential marks one unrevoked credential revoked; ErrNotFound
+	// if there is none.
+	RevokeCredential(ctx context.Context, jti string, at time.Time) (Credential, error)
+	// InsertRevocations adds entries to the feed; call it after AppendAudit.
+	InsertRevocations(ctx context.Context, rs []Revocation) error
+	// Enqueue adds backend revocations to the outbox.
+	Enqueue(ctx context.Context, items []OutboxItem) error
+	SetSuspended(ctx context.Context, agent Ref, reason, by string, at time.Time) error
+	// ClearSuspended lifts a suspension; false if there was none.
+	ClearSuspended(ctx context.Context, agent Ref) (bool, error)
+	// MarkAlarmed records that an outbox item's failure was raised.
+	MarkAlarmed(ctx context.Context, id int64, at time.Time) error
 }
 
 // Reader is the read side. Lists return at most Limit+1 rows so that the
@@ -43,6 +66,21 @@ type Reader interface {
 	Credential(ctx context.Context, jti string) (Credential, error)
 	Credentials(ctx context.Context, f HistoryFilter) ([]Credential, error)
 	AuditEvents(ctx context.Context, f HistoryFilter) ([]AuditEvent, error)
+	// Revocations lists the feed after a position, in commit order.
+	Revocations(ctx context.Context, afterSeq int64, limit int) ([]Revocation, error)
+	Suspended(ctx context.Context, agent Ref) (bool, error)
+}
+
+// Outbox is the store side of the backend-revocation worker.
+type Outbox interface {
+	// ClaimOutbox leases up to limit items due at now for lease, so that
+	// other replicas skip them while this one calls the backend.
+	ClaimOutbox(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]OutboxItem, error)
+	// CompleteOutbox marks an item done; when it was its task's last, the
+	// task stops reading "revoking".
+	CompleteOutbox(ctx context.Context, id int64, at time.Time) error
+	// RetryOutbox records a failed attempt and when to try again.
+	RetryOutbox(ctx context.Context, id int64, next time.Time, errMsg string) error
 }
 
 // TaskFilter selects a principal's tasks in Seq order.

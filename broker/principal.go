@@ -25,6 +25,9 @@ type Principal struct {
 	Groups []string
 	// Auditor is set for users in the issuer's auditor group.
 	Auditor bool
+	// Admin is set for users in the issuer's admin group: they may suspend
+	// an agent (the kill switch).
+	Admin bool
 }
 
 // Ref is the (issuer, subject) pair that names a principal of a known kind.
@@ -50,6 +53,9 @@ type Actor struct {
 	Issuer  string `json:"iss,omitempty"`
 	Subject string `json:"sub,omitempty"`
 }
+
+// SystemActor is Errand itself, for the sweeper's and workers' events.
+var SystemActor = Actor{Kind: "system"}
 
 // ActorOf returns the audit actor for p. The zero Principal is "anonymous".
 func ActorOf(p Principal) Actor {

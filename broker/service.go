@@ -199,6 +199,11 @@ func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskReq
 		return Task{}, err
 	}
 	agent := p.Ref()
+	if suspended, err := s.store.Suspended(ctx, agent); err != nil {
+		return Task{}, err
+	} else if suspended {
+		return Task{}, Errorf(ErrAgentSuspended, "the agent is suspended")
+	}
 	waiting, err := s.store.ListTasks(ctx, TaskFilter{Agent: &agent, Status: StatusPending, Now: now, Limit: s.pending})
 	if err != nil {
 		return Task{}, err
@@ -750,28 +755,12 @@ func (s *Service) Close(ctx context.Context, p Principal, id string) (Task, int,
 		if st := t.EffectiveStatus(now); st != StatusApproved {
 			return Errorf(ErrTaskNotActive, "the task is %s", st)
 		}
-		t.Status, t.ClosedAt = StatusClosed, now
-		t.Version++
-		if err := tx.UpdateTask(ctx, t); err != nil {
-			return err
-		}
-		creds, err := tx.RevokeCredentials(ctx, t.ID, now)
+		n, err := s.endTask(ctx, tx, &t, StatusClosed, now, ActorOf(p), "task_closed")
 		if err != nil {
 			return err
 		}
-		events := make([]AuditEvent, 0, len(creds)+1)
-		events = append(events, AuditEvent{
-			Time: now, Type: EventTaskClosed, Actor: ActorOf(p), TaskID: t.ID,
-			Detail: detail(map[string]any{"revoked": len(creds), "version": t.Version}),
-		})
-		for _, c := range creds {
-			events = append(events, AuditEvent{
-				Time: now, Type: EventCredentialRevoked, Actor: ActorOf(p), TaskID: t.ID,
-				Detail: detail(map[string]any{"kind": c.Kind, "jti_sha256": HashID(c.JTI), "reason": "task_closed"}),
-			})
-		}
-		out, revoked = t, len(creds)
-		return tx.AppendAudit(ctx, events...)
+		out, revoked = t, n
+		return nil
 	})
 	return out, revoked, err
 }

@@ -17,12 +17,17 @@ const (
 	StatusDenied   Status = "denied"
 	StatusClosed   Status = "closed"
 	StatusExpired  Status = "expired"
+	// StatusRevoked: the task's agent was suspended (the kill switch).
+	StatusRevoked Status = "revoked"
+	// StatusRevoking is shown, never stored: the task is closed, expired
+	// or revoked, but a backend has not yet confirmed every revocation.
+	StatusRevoking Status = "revoking"
 )
 
 // Valid reports whether s is one of the five states.
 func (s Status) Valid() bool {
 	switch s {
-	case StatusPending, StatusApproved, StatusDenied, StatusClosed, StatusExpired:
+	case StatusPending, StatusApproved, StatusDenied, StatusClosed, StatusExpired, StatusRevoked, StatusRevoking:
 		return true
 	}
 	return false
@@ -47,6 +52,9 @@ type Task struct {
 	Tool, Dataset     string
 	TTLCapped         bool
 	DenyReason        string
+	// Revoking is set while backend revocations of an ended task are
+	// outstanding in the outbox.
+	Revoking bool
 
 	CreatedAt  time.Time
 	ApprovedAt time.Time // zero until approved
@@ -58,6 +66,9 @@ type Task struct {
 // expired (approved) or denied (still pending) everywhere, before any
 // background job records it.
 func (t Task) EffectiveStatus(now time.Time) Status {
+	if t.Revoking {
+		return StatusRevoking
+	}
 	if !now.Before(t.ExpiresAt) {
 		switch t.Status {
 		case StatusApproved:
@@ -99,12 +110,40 @@ const (
 	EventCredentialRevoked = "credential.revoked"
 	EventRequestRefused    = "request.refused"
 	EventBackendRevokeFail = "backend.revoke_failed"
+	EventTaskRevoked       = "task.revoked"
+	EventAgentSuspended    = "agent.suspended"
+	EventAgentUnsuspended  = "agent.unsuspended"
 )
 
 // EventTypes lists every audit event type, for filter validation.
 var EventTypes = []string{
 	EventTaskCreated, EventTaskApproved, EventTaskDenied, EventTaskClosed, EventTaskExpired,
 	EventCredentialIssued, EventCredentialRevoked, EventRequestRefused, EventBackendRevokeFail,
+	EventTaskRevoked, EventAgentSuspended, EventAgentUnsuspended,
+}
+
+// Revocation is one entry of the revocation feed: a credential revoked,
+// in commit order (Seq is its credential.revoked audit event's).
+type Revocation struct {
+	Seq       int64
+	JTI       string
+	TaskID    string
+	RevokedAt time.Time
+	Reason    string
+}
+
+// OutboxItem is a backend revocation to carry out until confirmed: a
+// credential whose life is not only Errand's record (a Vault lease, …).
+type OutboxItem struct {
+	ID            int64
+	TaskID        string
+	Kind          string // the credential kind, which names the backend
+	Ref           string // what the backend revokes (lease id, accessor, …)
+	CreatedAt     time.Time
+	Attempts      int
+	NextAttemptAt time.Time
+	LastError     string
+	AlarmedAt     time.Time
 }
 
 // AuditEvent is one entry of the append-only, hash-chained audit log.

@@ -1,8 +1,13 @@
 package httpapi
 
 import (
+	"context"
 	"net/http"
 	"testing"
+	"time"
+
+	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/revocation"
 )
 
 // BenchmarkMint measures the whole mint path over HTTP on loopback: OIDC
@@ -72,4 +77,80 @@ func BenchmarkMintManyTasks(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkCloseToInactiveOnOtherReplica measures, per task, the time from
+// sending a close to replica B until replica A's introspection answers
+// active: false (there is no cache: A's first answer after B's commit is
+// already inactive, so this is close latency plus one introspection).
+func BenchmarkCloseToInactiveOnOtherReplica(b *testing.B) {
+	a := newEnv(b)
+	a.bench = true
+	r := a.replica()
+	rs, agentTok := a.resource("rs"), a.agent("agent-1")
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		id := r.approved("agent-1", "alice", "github.repo.read:acme/**")
+		tok := r.mustStatus(r.mint("agent-1", id, "github.repo.read:acme/api"), 201).str("access_token")
+		b.StartTimer()
+		r.mustStatus(r.do("POST", "/v1/tasks/"+id+"/close", agentTok, nil), 200)
+		for a.introspect(rs, tok).JSON["active"] != false {
+		}
+	}
+}
+
+// BenchmarkClose1000Credentials measures closing a task that holds 1,000
+// live access tokens: one transaction revokes them, writes 1,001 audit
+// events and 1,000 feed entries.
+func BenchmarkClose1000Credentials(b *testing.B) {
+	e := newEnv(b)
+	e.bench = true
+	agent := broker.Principal{Issuer: e.agents.URL, Subject: "agent-1", Kind: broker.KindAgent}
+	agentTok := e.agent("agent-1")
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
+		for j := 0; j < 1000; j++ {
+			if _, err := e.svc.Mint(context.Background(), agent, id, broker.MintRequest{Scopes: []string{"github.repo.read:acme/api"}, Audience: apiGitHub}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		if r := e.do("POST", "/v1/tasks/"+id+"/close", agentTok, nil); r.JSON["revoked"] != float64(1000) {
+			b.Fatalf("close: %s", r.Raw)
+		}
+	}
+}
+
+// BenchmarkFeedLatency measures the time from sending a close until a
+// resource server's open revocation stream delivers the event, woken by
+// PostgreSQL LISTEN/NOTIFY.
+func BenchmarkFeedLatency(b *testing.B) {
+	hub := &revocation.Hub{Poll: time.Minute}
+	e := newEnvWith(b, envOptions{notifier: hub})
+	e.bench = true
+	hub.Listen = e.st.Listen
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go hub.Run(ctx)
+	time.Sleep(200 * time.Millisecond) // LISTEN established
+	tail := e.mustStatus(e.do("GET", "/v1/revocations?limit=1", e.resource("rs"), nil), 200).str("next_cursor")
+	for page := e.do("GET", "/v1/revocations?limit=1000&since="+tail, e.resource("rs"), nil); len(page.JSON["revocations"].([]any)) > 0; page = e.do("GET", "/v1/revocations?limit=1000&since="+tail, e.resource("rs"), nil) {
+		tail = page.str("next_cursor")
+	}
+	ch, stop := e.openStream(b, tail)
+	defer stop()
+	agentTok := e.agent("agent-1")
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
+		e.mustStatus(e.mint("agent-1", id, "github.repo.read:acme/api"), 201)
+		b.StartTimer()
+		e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/close", agentTok, nil), 200)
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			b.Fatal("no event")
+		}
+	}
 }

@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"mime"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -235,23 +234,9 @@ func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, p, "", err)
 		return
 	}
-	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/x-www-form-urlencoded" {
-		s.fail(w, r, p, "", &statusError{status: http.StatusUnsupportedMediaType,
-			err: broker.Errorf(broker.ErrInvalidRequest, "Content-Type must be application/x-www-form-urlencoded")})
-		return
-	}
-	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
-	if err := r.ParseForm(); err != nil {
-		if strings.Contains(err.Error(), "too large") {
-			s.fail(w, r, p, "", broker.Errorf(broker.ErrBodyTooLarge, "body larger than %d bytes", MaxBodyBytes))
-			return
-		}
-		s.fail(w, r, p, "", broker.Errorf(broker.ErrInvalidRequest, "malformed form body"))
-		return
-	}
-	tok := r.PostForm.Get("token")
-	if tok == "" {
-		s.fail(w, r, p, "", broker.Errorf(broker.ErrInvalidRequest, "token is required"))
+	tok, err := formToken(w, r)
+	if err != nil {
+		s.fail(w, r, p, "", err)
 		return
 	}
 	in, err := s.svc.Introspect(r.Context(), p, tok)

@@ -69,6 +69,8 @@ type envOptions struct {
 	logs io.Writer
 	// introspectors binds apiStage to these resource servers (subjects).
 	introspectors []string
+	// notifier wakes revocation streams (default: a 1 s tick).
+	notifier Notifier
 }
 
 func logger(w io.Writer) *slog.Logger {
@@ -155,7 +157,7 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	e.agents, e.users, e.resources, e.untrusted = testoidc.New(t), testoidc.New(t), testoidc.New(t), testoidc.New(t)
 	issuers := []identity.Issuer{
 		{URL: e.agents.URL, Audience: audience, Kind: broker.KindAgent},
-		{URL: e.users.URL, Audience: audience, Kind: broker.KindUser, GroupsClaim: "groups", AuditorGroup: "auditors"},
+		{URL: e.users.URL, Audience: audience, Kind: broker.KindUser, GroupsClaim: "groups", AuditorGroup: "auditors", AdminGroup: "admins"},
 		{URL: e.resources.URL, Audience: audience, Kind: broker.KindResource},
 	}
 	userIssuers := []string{e.users.URL}
@@ -189,6 +191,7 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 		UserIssuers: userIssuers, CursorKey: []byte("cursor-key-for-tests-0123456789"),
 		Logger:     logger(o.logs),
 		RateLimits: o.limits,
+		Notifier:   o.notifier,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -367,3 +370,34 @@ func (e *env) refused(before snapshot, r resp, status int, code string) {
 }
 
 func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// replica is a second Errand on the same database: its own connection
+// pool, token issuer (which loads the shared keys), service and server.
+func (e *env) replica() *env {
+	e.t.Helper()
+	st, err := postgres.Open(context.Background(), postgres.Config{URL: testpg.URL(e.t)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(st.Close)
+	tokens, err := jwt.New(context.Background(), jwt.Config{Issuer: publicURL, Keys: st, Secret: []byte(secret)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	svc, err := broker.NewService(broker.Config{Store: st, Tokens: tokens, Catalog: testCatalog(e.t),
+		UserIssuers: []string{e.users.URL}, MaxPendingPerAgent: 10000})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	api, err := New(Config{Service: svc, Auth: e.verifier, PublicURL: publicURL, JWKS: tokens.JWKS,
+		UserIssuers: []string{e.users.URL}, CursorKey: []byte("cursor-key-for-tests-0123456789"),
+		Logger: logger(nil), RateLimits: RateLimits{PerPrincipal: rate.Inf, PerAddress: rate.Inf}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	r := *e
+	r.st, r.svc, r.tokens, r.api = st, svc, tokens, api
+	r.srv = httptest.NewServer(api)
+	e.t.Cleanup(r.srv.Close)
+	return &r
+}

@@ -30,6 +30,7 @@ var statusOf = map[string]int{
 	"scope_exceeds_grant":    http.StatusForbidden,
 	"scope_exceeds_approval": http.StatusForbidden,
 	"blocked_action":         http.StatusForbidden,
+	"agent_suspended":        http.StatusForbidden,
 	"not_found":              http.StatusNotFound,
 	"task_not_active":        http.StatusConflict,
 	"task_immutable":         http.StatusConflict,

@@ -12,7 +12,7 @@ import (
 // routes is every route of the v1 contract, in one place.
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(middleware.Recoverer, s.instrument, s.withTimeout)
+	r.Use(middleware.Recoverer, s.instrument)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "not_found", "no such endpoint")
 	})
@@ -20,24 +20,36 @@ func (s *Server) routes() chi.Router {
 		writeProblem(w, http.StatusMethodNotAllowed, "invalid_request", "method not allowed")
 	})
 
-	r.Get("/healthz", s.healthz)
-	r.Get("/readyz", s.readyz)
-	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
-	r.Get("/.well-known/jwks.json", s.jwksHandler)
-	r.Get("/.well-known/oauth-authorization-server", s.metadata)
+	r.Group(func(r chi.Router) {
+		r.Use(s.withTimeout)
+		r.Get("/healthz", s.healthz)
+		r.Get("/readyz", s.readyz)
+		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+		r.Get("/.well-known/jwks.json", s.jwksHandler)
+		r.Get("/.well-known/oauth-authorization-server", s.metadata)
+	})
 
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(s.limitAddress)
-		r.Post("/tasks", s.createTask)
-		r.Get("/tasks", s.listTasks)
-		r.Get("/tasks/{id}", s.getTask)
-		r.Post("/tasks/{id}/approve", s.approveTask)
-		r.Post("/tasks/{id}/deny", s.denyTask)
-		r.Post("/tasks/{id}/tokens", s.mintToken)
-		r.Post("/tasks/{id}/close", s.closeTask)
-		r.Post("/introspect", s.introspect)
-		r.Get("/audit/events", s.auditEvents)
-		r.Get("/credentials", s.credentials)
+		// A stream lives longer than any request timeout.
+		r.Get("/revocations/stream", s.revocationStream)
+		r.Group(func(r chi.Router) {
+			r.Use(s.withTimeout)
+			r.Post("/tasks", s.createTask)
+			r.Get("/tasks", s.listTasks)
+			r.Get("/tasks/{id}", s.getTask)
+			r.Post("/tasks/{id}/approve", s.approveTask)
+			r.Post("/tasks/{id}/deny", s.denyTask)
+			r.Post("/tasks/{id}/tokens", s.mintToken)
+			r.Post("/tasks/{id}/close", s.closeTask)
+			r.Post("/introspect", s.introspect)
+			r.Post("/revoke", s.revoke)
+			r.Get("/revocations", s.revocations)
+			r.Get("/audit/events", s.auditEvents)
+			r.Get("/credentials", s.credentials)
+			r.Post("/agents/suspend", s.suspendAgent)
+			r.Post("/agents/unsuspend", s.unsuspendAgent)
+		})
 	})
 	return r
 }

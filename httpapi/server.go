@@ -12,6 +12,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -49,6 +50,8 @@ type Config struct {
 	RequestTimeout time.Duration
 	// RateLimits bound request rates per principal and per peer address.
 	RateLimits RateLimits
+	// Notifier wakes the revocation streams; default a 1 s tick.
+	Notifier Notifier
 }
 
 // Server is Errand's HTTP API.
@@ -66,7 +69,14 @@ type Server struct {
 	router   chi.Router
 
 	byPrincipal, byAddress *limiters
+	notifier               Notifier
+	closing                chan struct{}
+	closeOnce              sync.Once
 }
+
+// StopStreams ends every open revocation stream (clients resume with
+// Last-Event-ID), so that a graceful shutdown is not held up by them.
+func (s *Server) StopStreams() { s.closeOnce.Do(func() { close(s.closing) }) }
 
 // New builds the server and its routes.
 func New(cfg Config) (*Server, error) {
@@ -91,6 +101,11 @@ func New(cfg Config) (*Server, error) {
 		registry: cfg.Registry, timeout: cfg.RequestTimeout,
 	}
 	cfg.RateLimits.defaults()
+	s.closing = make(chan struct{})
+	s.notifier = cfg.Notifier
+	if s.notifier == nil {
+		s.notifier = tick{}
+	}
 	s.byPrincipal, s.byAddress = newLimiters(cfg.RateLimits.PerPrincipal), newLimiters(cfg.RateLimits.PerAddress)
 	var err error
 	if s.metrics, err = newMetrics(cfg.Registry); err != nil {
@@ -200,4 +215,13 @@ func (s *Server) cursorMAC(seq []byte, scope string) []byte {
 	m.Write([]byte{0})
 	m.Write([]byte(scope))
 	return m.Sum(nil)[:16]
+}
+
+// tick is the Notifier of a server without one: wake every second.
+type tick struct{}
+
+func (tick) Changed() <-chan struct{} {
+	c := make(chan struct{})
+	time.AfterFunc(time.Second, func() { close(c) })
+	return c
 }

@@ -200,11 +200,10 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (broker.Principal, er
 			return broker.Principal{}, err
 		}
 	}
-	if p.Kind == broker.KindUser && t.cfg.AuditorGroup != "" {
+	if p.Kind == broker.KindUser {
 		for _, g := range p.Groups {
-			if g == t.cfg.AuditorGroup {
-				p.Auditor = true
-			}
+			p.Auditor = p.Auditor || (t.cfg.AuditorGroup != "" && g == t.cfg.AuditorGroup)
+			p.Admin = p.Admin || (t.cfg.AdminGroup != "" && g == t.cfg.AdminGroup)
 		}
 	}
 	return p, nil

@@ -104,15 +104,15 @@ func runDev(ctx context.Context, listen, db string, out io.Writer, log *slog.Log
 	if _, err := st.Migrate(ctx); err != nil {
 		return err
 	}
-	api, err := buildAPI(ctx, cfg, st, log)
+	a, err := build(ctx, cfg, st, log)
 	if err != nil {
 		return err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/dev/", idp.Handler())
-	mux.Handle("/", api)
+	mux.Handle("/", a.api)
 	printQuickstart(out, base, db)
-	return run(ctx, ln, mux, log, ready)
+	return run(ctx, ln, mux, a, log, ready)
 }
 
 // devSecret is the system secret of a dev database, kept beside it in a

@@ -206,10 +206,11 @@ func TestServeNeverExposesTheDevIdentityProvider(t *testing.T) {
 	if _, err := st.Migrate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	api, err := buildAPI(context.Background(), cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a, err := build(context.Background(), cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
+	api := a.api
 	for _, p := range []string{"/dev/token", "/dev/idp/agent/.well-known/openid-configuration", "/dev/idp/user/jwks"} {
 		for _, m := range []string{"GET", "POST"} {
 			req, _ := http.NewRequest(m, p, strings.NewReader(`{"kind":"agent","sub":"x"}`))

@@ -14,7 +14,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
 	"github.com/errandhq/errand/broker"
@@ -22,6 +24,7 @@ import (
 	"github.com/errandhq/errand/httpapi"
 	"github.com/errandhq/errand/identity"
 	"github.com/errandhq/errand/issuer/jwt"
+	"github.com/errandhq/errand/revocation"
 	"github.com/errandhq/errand/store/postgres"
 	"github.com/errandhq/errand/store/sqlite"
 )
@@ -83,6 +86,7 @@ func newMigrate() *cobra.Command {
 type backend interface {
 	broker.Store
 	broker.KeyStore
+	broker.Outbox
 	Migrate(ctx context.Context) (int, error)
 	Close()
 }
@@ -123,12 +127,12 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, migrate bo
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	api, err := buildAPI(ctx, cfg, st, log)
+	a, err := build(ctx, cfg, st, log)
 	if err != nil {
 		ln.Close()
 		return err
 	}
-	return run(ctx, ln, api, log, ready)
+	return run(ctx, ln, a.api, a, log, ready)
 }
 
 func prepareSchema(ctx context.Context, st backend, migrate bool) error {
@@ -142,33 +146,50 @@ func prepareSchema(ctx context.Context, st backend, migrate bool) error {
 	return errors.New("--no-migrate is only supported on PostgreSQL")
 }
 
-// run serves h on ln until ctx ends, then shuts down gracefully.
-func run(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger, ready chan<- string) error {
+// run serves h on ln and runs the workers until ctx ends or one of them
+// fails, then shuts down gracefully: the listener stops accepting,
+// in-flight requests finish, the workers return (any transaction they
+// were in commits or rolls back as a whole).
+func run(ctx context.Context, ln net.Listener, h http.Handler, a *app, log *slog.Logger, ready chan<- string) error {
 	srv := httpapi.NewHTTPServer(ln.Addr().String(), h)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	srv.RegisterOnShutdown(a.api.StopStreams)
+	workers := a.workers
+	g, gctx := errgroup.WithContext(ctx)
+	workCtx, stopWorkers := context.WithCancel(context.Background())
+	defer stopWorkers()
+	for _, w := range workers {
+		g.Go(func() error { return w(workCtx) })
+	}
+	g.Go(func() error {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		shutCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		err := srv.Shutdown(shutCtx)
+		stopWorkers()
+		return err
+	})
 	log.Info("errand serving", "listen", ln.Addr().String())
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	shutCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutCtx); err != nil {
-		return err
-	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return g.Wait()
 }
 
-// buildAPI assembles the broker and its adapters over a store.
-func buildAPI(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger) (*httpapi.Server, error) {
+// app is a wired Errand: its HTTP API and its background workers.
+type app struct {
+	api     *httpapi.Server
+	svc     *broker.Service
+	workers []func(context.Context) error
+}
+
+// build assembles the broker, its adapters and its workers over a store.
+func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger) (*app, error) {
 	catalog, err := cfg.Catalog()
 	if err != nil {
 		return nil, err
@@ -200,11 +221,30 @@ func buildAPI(ctx context.Context, cfg *config.Config, st backend, log *slog.Log
 	if err != nil {
 		return nil, err
 	}
-	return httpapi.New(httpapi.Config{
+	reg := prometheus.NewRegistry()
+	hub := &revocation.Hub{Poll: time.Second}
+	if l, ok := st.(interface {
+		Listen(context.Context, func()) error
+	}); ok {
+		hub.Listen = l.Listen
+	} else {
+		hub.Poll = 250 * time.Millisecond
+	}
+	api, err := httpapi.New(httpapi.Config{
 		Service: svc, Auth: verifier, PublicURL: cfg.PublicURL, JWKS: tokens.JWKS,
-		UserIssuers: cfg.UserIssuers(), CursorKey: cursorKey, Logger: log,
+		UserIssuers: cfg.UserIssuers(), CursorKey: cursorKey, Logger: log, Registry: reg, Notifier: hub,
 		RateLimits: httpapi.RateLimits{
 			PerPrincipal: rate.Limit(cfg.Limits.PrincipalRPS), PerAddress: rate.Limit(cfg.Limits.AddressRPS),
 		},
 	})
+	if err != nil {
+		return nil, err
+	}
+	om, err := revocation.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	sweeper := &revocation.Sweeper{Service: svc, Logger: log}
+	outbox := &revocation.Outbox{Store: st, Service: svc, Backends: map[string]revocation.Backend{}, Logger: log, Metrics: om}
+	return &app{api: api, svc: svc, workers: []func(context.Context) error{sweeper.Run, outbox.Run, hub.Run}}, nil
 }

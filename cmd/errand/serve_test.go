@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -64,7 +65,7 @@ func TestServeAndMigrateCommands(t *testing.T) {
 	if err := root.Execute(); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
-	if !strings.Contains(out.String(), "applied 2 migration") {
+	if !strings.Contains(out.String(), "applied 3 migration") {
 		t.Fatalf("migrate output: %q", out.String())
 	}
 
@@ -192,5 +193,85 @@ func TestServeRefusesWrongSystemSecretForStoredKeys(t *testing.T) {
 	}
 	if err := start(strings.Repeat("b", 32)); err == nil || !strings.Contains(err.Error(), "system_secret") {
 		t.Fatalf("start with another system_secret: %v", err)
+	}
+}
+
+// TestTwoServeReplicasOnOneDatabase: two serve processes' worth of Errand
+// (each with its own pool, keys loaded from the database, sweeper, outbox
+// and hub) on one PostgreSQL: a token minted on one verifies on the other,
+// and the close committed on B is seen by A's next introspection.
+func TestTwoServeReplicasOnOneDatabase(t *testing.T) {
+	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("k", 32))
+	dbURL := testpg.NewDatabase(t)
+	agents, users, resources := testoidc.New(t), testoidc.New(t), testoidc.New(t)
+	cfg, err := config.Load(writeConfig(t, dbURL, agents, users, resources))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func() string {
+		ctx, cancel := context.WithCancel(context.Background())
+		ready, done := make(chan string, 1), make(chan error, 1)
+		go func() { done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), true, ready) }()
+		t.Cleanup(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		})
+		select {
+		case a := <-ready:
+			return "http://" + a
+		case err := <-done:
+			t.Fatalf("serve: %v", err)
+		}
+		return ""
+	}
+	a, b := start(), start()
+	agent := agents.Token(t, "ci-bot", "errand", nil)
+	user := users.Token(t, "alice", "errand", map[string]any{"groups": []string{"engineers"}})
+	rs := resources.Token(t, "gw", "errand", nil)
+	call := func(base, method, path, tok string, body any) map[string]any {
+		t.Helper()
+		var rd io.Reader
+		ct := "application/json"
+		switch v := body.(type) {
+		case url.Values:
+			rd, ct = strings.NewReader(v.Encode()), "application/x-www-form-urlencoded"
+		case nil:
+		default:
+			raw, _ := json.Marshal(v)
+			rd = bytes.NewReader(raw)
+		}
+		req, _ := http.NewRequest(method, base+path, rd)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		if rd != nil {
+			req.Header.Set("Content-Type", ct)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var m map[string]any
+		_ = json.NewDecoder(res.Body).Decode(&m)
+		if res.StatusCode >= 300 {
+			t.Fatalf("%s %s%s: %d %v", method, base, path, res.StatusCode, m)
+		}
+		return m
+	}
+	id := call(b, "POST", "/v1/tasks", agent, map[string]any{"on_behalf_of": "alice", "goal": "g",
+		"scopes": []string{"github.repo.read:acme/**"}, "audiences": []string{"https://api.github.com"}})["id"].(string)
+	call(a, "POST", "/v1/tasks/"+id+"/approve", user, map[string]any{})
+	tok := call(b, "POST", "/v1/tasks/"+id+"/tokens", agent, map[string]any{"scopes": []string{"github.repo.read:acme/api"},
+		"audience": "https://api.github.com"})["access_token"].(string)
+	if in := call(a, "POST", "/v1/introspect", rs, url.Values{"token": {tok}}); in["active"] != true {
+		t.Fatalf("A does not accept B's token: %v", in)
+	}
+	call(b, "POST", "/v1/tasks/"+id+"/close", agent, nil)
+	if in := call(a, "POST", "/v1/introspect", rs, url.Values{"token": {tok}}); in["active"] != false {
+		t.Fatalf("A says active after B's close: %v", in)
+	}
+	if ja, jb := call(a, "GET", "/.well-known/jwks.json", rs, nil), call(b, "GET", "/.well-known/jwks.json", rs, nil); fmt.Sprint(ja) != fmt.Sprint(jb) {
+		t.Fatal("the replicas serve different keys")
 	}
 }

@@ -3,7 +3,7 @@ CREATE TABLE tasks (
     id                 text PRIMARY KEY,
     seq                bigserial NOT NULL UNIQUE,
     version            integer NOT NULL,
-    status             text NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'closed', 'expired')),
+    status             text NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'closed', 'expired', 'revoked')),
     agent_iss          text NOT NULL,
     agent_sub          text NOT NULL,
     user_iss           text NOT NULL,

@@ -4,7 +4,7 @@ CREATE TABLE tasks (
     seq                INTEGER PRIMARY KEY AUTOINCREMENT,
     id                 TEXT NOT NULL UNIQUE,
     version            INTEGER NOT NULL,
-    status             TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'closed', 'expired')),
+    status             TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'closed', 'expired', 'revoked')),
     agent_iss          TEXT NOT NULL,
     agent_sub          TEXT NOT NULL,
     user_iss           TEXT NOT NULL,

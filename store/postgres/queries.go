@@ -16,7 +16,7 @@ var _ broker.Tx = (*txn)(nil)
 
 const taskColumns = `id, seq, version, status, agent_iss, agent_sub, user_iss, user_sub, goal,
 	scopes, approved_scopes, audiences, approved_audiences, risk, tool, dataset, ttl_capped,
-	deny_reason, created_at, approved_at, expires_at, closed_at`
+	deny_reason, created_at, approved_at, expires_at, closed_at, revoking`
 
 func (t *txn) InsertTask(ctx context.Context, k *broker.Task) error {
 	err := t.tx.QueryRow(ctx, `INSERT INTO tasks (id, version, status, agent_iss, agent_sub,
@@ -44,10 +44,10 @@ func (t *txn) LockTask(ctx context.Context, id string) (broker.Task, error) {
 
 func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
 	tag, err := t.tx.Exec(ctx, `UPDATE tasks SET version=$2, status=$3, approved_scopes=$4,
-		approved_audiences=$5, deny_reason=$6, approved_at=$7, expires_at=$8, closed_at=$9
+		approved_audiences=$5, deny_reason=$6, approved_at=$7, expires_at=$8, closed_at=$9, revoking=$10
 		WHERE id=$1`,
 		k.ID, k.Version, string(k.Status), k.ApprovedScopes.Strings(), nonNil(k.ApprovedAudiences),
-		k.DenyReason, nullTime(k.ApprovedAt), k.ExpiresAt, nullTime(k.ClosedAt))
+		k.DenyReason, nullTime(k.ApprovedAt), k.ExpiresAt, nullTime(k.ClosedAt), k.Revoking)
 	if err != nil {
 		return translate(err)
 	}
@@ -206,7 +206,7 @@ func scanTask(r pgx.Row) (broker.Task, error) {
 	err := r.Scan(&t.ID, &t.Seq, &t.Version, &status, &t.Agent.Issuer, &t.Agent.Subject,
 		&t.User.Issuer, &t.User.Subject, &t.Goal, &scopes, &approved, &t.Audiences,
 		&t.ApprovedAudiences, &risk, &t.Tool, &t.Dataset, &t.TTLCapped, &t.DenyReason,
-		&t.CreatedAt, &approvedAt, &t.ExpiresAt, &closedAt)
+		&t.CreatedAt, &approvedAt, &t.ExpiresAt, &closedAt, &t.Revoking)
 	if err != nil {
 		return broker.Task{}, translate(err)
 	}

@@ -15,7 +15,7 @@ var _ broker.Tx = (*txn)(nil)
 
 const taskColumns = `id, seq, version, status, agent_iss, agent_sub, user_iss, user_sub, goal,
 	scopes, approved_scopes, audiences, approved_audiences, risk, tool, dataset, ttl_capped,
-	deny_reason, created_at, approved_at, expires_at, closed_at`
+	deny_reason, created_at, approved_at, expires_at, closed_at, revoking`
 
 const credentialColumns = `jti, seq, task_id, kind, agent_iss, agent_sub, user_iss, user_sub,
 	scopes, audience, issued_at, expires_at, revoked_at, coalesce(idempotency_key, ''), coalesce(request_hash, '')`
@@ -42,10 +42,10 @@ func (t *txn) LockTask(ctx context.Context, id string) (broker.Task, error) {
 
 func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
 	res, err := t.tx.ExecContext(ctx, `UPDATE tasks SET version=$2, status=$3, approved_scopes=$4,
-		approved_audiences=$5, deny_reason=$6, approved_at=$7, expires_at=$8, closed_at=$9
+		approved_audiences=$5, deny_reason=$6, approved_at=$7, expires_at=$8, closed_at=$9, revoking=$10
 		WHERE id=$1`,
 		k.ID, k.Version, string(k.Status), jsonList(k.ApprovedScopes.Strings()), jsonList(k.ApprovedAudiences),
-		k.DenyReason, nullMicros(k.ApprovedAt), micros(k.ExpiresAt), nullMicros(k.ClosedAt))
+		k.DenyReason, nullMicros(k.ApprovedAt), micros(k.ExpiresAt), nullMicros(k.ClosedAt), k.Revoking)
 	if err != nil {
 		return translate(err)
 	}
@@ -223,7 +223,7 @@ func scanTask(r scanner) (broker.Task, error) {
 	)
 	err := r.Scan(&t.ID, &t.Seq, &t.Version, &status, &t.Agent.Issuer, &t.Agent.Subject,
 		&t.User.Issuer, &t.User.Subject, &t.Goal, &scopes, &approved, &auds, &approvedAuds,
-		&risk, &t.Tool, &t.Dataset, &t.TTLCapped, &t.DenyReason, &created, &approvedAt, &expires, &closedAt)
+		&risk, &t.Tool, &t.Dataset, &t.TTLCapped, &t.DenyReason, &created, &approvedAt, &expires, &closedAt, &t.Revoking)
 	if err != nil {
 		return broker.Task{}, translate(err)
 	}

@@ -1,0 +1,278 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// endTask moves an approved task to a terminal status and, in the same
+// transaction, revokes every credential of it, appends the events, adds
+// the credentials to the revocation feed and queues the revocations a
+// backend must carry out (invariant 8). It is the one way a live task ends.
+func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, now time.Time, actor Actor, reason string) (int, error) {
+	t.Status, t.ClosedAt = status, now
+	t.Version++
+	creds, err := tx.RevokeCredentials(ctx, t.ID, now)
+	if err != nil {
+		return 0, err
+	}
+	var outbox []OutboxItem
+	for _, c := range creds {
+		if c.Kind != "jwt" {
+			outbox = append(outbox, OutboxItem{TaskID: t.ID, Kind: c.Kind, Ref: c.JTI, CreatedAt: now, NextAttemptAt: now})
+		}
+	}
+	t.Revoking = len(outbox) > 0
+	if err := tx.UpdateTask(ctx, *t); err != nil {
+		return 0, err
+	}
+	typ := map[Status]string{StatusClosed: EventTaskClosed, StatusExpired: EventTaskExpired, StatusRevoked: EventTaskRevoked}[status]
+	events := make([]AuditEvent, 0, len(creds)+1)
+	events = append(events, AuditEvent{
+		Time: now, Type: typ, Actor: actor, TaskID: t.ID,
+		Detail: detail(map[string]any{"revoked": len(creds), "version": t.Version, "reason": reason, "backend_revocations": len(outbox)}),
+	})
+	for _, c := range creds {
+		events = append(events, AuditEvent{
+			Time: now, Type: EventCredentialRevoked, Actor: actor, TaskID: t.ID,
+			Detail: detail(map[string]any{"kind": c.Kind, "jti_sha256": HashID(c.JTI), "reason": reason}),
+		})
+	}
+	if err := tx.AppendAudit(ctx, events...); err != nil {
+		return 0, err
+	}
+	revs := make([]Revocation, len(creds))
+	for i, c := range creds {
+		revs[i] = Revocation{Seq: events[i+1].Seq, JTI: c.JTI, TaskID: t.ID, RevokedAt: now, Reason: reason}
+	}
+	if err := tx.InsertRevocations(ctx, revs); err != nil {
+		return 0, err
+	}
+	if err := tx.Enqueue(ctx, outbox); err != nil {
+		return 0, err
+	}
+	return len(creds), nil
+}
+
+// denyPending ends a pending task that may no longer be approved.
+func denyPending(ctx context.Context, tx Tx, t *Task, now time.Time, actor Actor, reason string) error {
+	t.Status, t.DenyReason, t.ClosedAt = StatusDenied, reason, now
+	t.Version++
+	if err := tx.UpdateTask(ctx, *t); err != nil {
+		return err
+	}
+	return tx.AppendAudit(ctx, AuditEvent{
+		Time: now, Type: EventTaskDenied, Actor: actor, TaskID: t.ID,
+		Detail: detail(map[string]any{"reason": reason, "version": t.Version}),
+	})
+}
+
+// ExpireDue records the expiry of up to limit tasks whose time is up:
+// approved tasks become expired with their credentials revoked, pending
+// ones denied. Replicas share the work without doing it twice (the store
+// skips rows another transaction holds). It returns how many it ended.
+func (s *Service) ExpireDue(ctx context.Context, limit int) (int, error) {
+	n := 0
+	err := s.store.InTx(ctx, func(tx Tx) error {
+		now, err := s.txNow(ctx, tx)
+		if err != nil {
+			return err
+		}
+		due, err := tx.LockDue(ctx, now, limit)
+		if err != nil {
+			return err
+		}
+		for i := range due {
+			t := &due[i]
+			switch t.Status {
+			case StatusPending:
+				err = denyPending(ctx, tx, t, now, SystemActor, "approval window elapsed")
+			case StatusApproved:
+				_, err = s.endTask(ctx, tx, t, StatusExpired, now, SystemActor, "task_expired")
+			}
+			if err != nil {
+				return err
+			}
+		}
+		n = len(due)
+		return nil
+	})
+	return n, err
+}
+
+// RevokeToken is RFC 7009 for the holder: the token's agent or user
+// revokes that one credential. Unknown, invalid and foreign tokens change
+// nothing and are not errors (RFC 7009 §2.2), so the answer reveals nothing.
+func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) error {
+	if p.Kind != KindAgent && p.Kind != KindUser {
+		return Errorf(ErrWrongPrincipalKind, "only a token's agent or user may revoke it")
+	}
+	at, err := s.tokens.Verify(ctx, raw)
+	if CodeOf(err) == ErrInvalidToken.Code {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	c, err := s.store.Credential(ctx, at.JTI)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !p.Is(KindAgent, c.Agent) && !p.Is(KindUser, c.User) {
+		return nil
+	}
+	return s.store.InTx(ctx, func(tx Tx) error {
+		t, err := tx.LockTask(ctx, c.TaskID)
+		if err != nil {
+			return err
+		}
+		now, err := s.txNow(ctx, tx)
+		if err != nil {
+			return err
+		}
+		c, err := tx.RevokeCredential(ctx, c.JTI, now)
+		if errors.Is(err, ErrNotFound) {
+			return nil // already revoked
+		}
+		if err != nil {
+			return err
+		}
+		reason := "revoked_by_" + string(p.Kind)
+		evs := []AuditEvent{{Time: now, Type: EventCredentialRevoked, Actor: ActorOf(p), TaskID: t.ID,
+			Detail: detail(map[string]any{"kind": c.Kind, "jti_sha256": HashID(c.JTI), "reason": reason})}}
+		if c.Kind != "jwt" {
+			t.Revoking = true
+			if err := tx.UpdateTask(ctx, t); err != nil {
+				return err
+			}
+			if err := tx.Enqueue(ctx, []OutboxItem{{TaskID: t.ID, Kind: c.Kind, Ref: c.JTI, CreatedAt: now, NextAttemptAt: now}}); err != nil {
+				return err
+			}
+		}
+		if err := tx.AppendAudit(ctx, evs...); err != nil {
+			return err
+		}
+		return tx.InsertRevocations(ctx, []Revocation{{Seq: evs[0].Seq, JTI: c.JTI, TaskID: t.ID, RevokedAt: now, Reason: reason}})
+	})
+}
+
+// ParseAgent reads "<issuer>#<sub>".
+func ParseAgent(s string) (Ref, error) {
+	iss, sub, ok := strings.Cut(s, "#")
+	if !ok || iss == "" || sub == "" || len(s) > 1024 || strings.ContainsAny(s, "\x00\n\r\t ") {
+		return Ref{}, Errorf(ErrInvalidRequest, "agent must be written <issuer URL>#<sub>")
+	}
+	return Ref{Issuer: iss, Subject: sub}, nil
+}
+
+// SuspendAgent is the kill switch: an admin revokes every task and
+// credential of one agent and refuses its new tasks until lifted.
+func (s *Service) SuspendAgent(ctx context.Context, p Principal, agent, reason string) (tasks, creds int, err error) {
+	if p.Kind != KindUser || !p.Admin {
+		return 0, 0, Errorf(ErrWrongPrincipalKind, "only admins may suspend an agent")
+	}
+	a, err := ParseAgent(agent)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := checkText("reason", reason, maxReasonBytes, true); err != nil {
+		return 0, 0, err
+	}
+	err = s.store.InTx(ctx, func(tx Tx) error {
+		now, err := s.txNow(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if err := tx.SetSuspended(ctx, a, reason, ActorOf(p).Issuer+"#"+p.Subject, now); err != nil {
+			return err
+		}
+		open, err := tx.LockOpenTasks(ctx, a)
+		if err != nil {
+			return err
+		}
+		for i := range open {
+			t := &open[i]
+			switch t.EffectiveStatus(now) {
+			case StatusPending:
+				err = denyPending(ctx, tx, t, now, ActorOf(p), "agent suspended")
+			case StatusApproved:
+				var n int
+				n, err = s.endTask(ctx, tx, t, StatusRevoked, now, ActorOf(p), "agent_suspended")
+				creds += n
+			case StatusExpired:
+				var n int
+				n, err = s.endTask(ctx, tx, t, StatusExpired, now, SystemActor, "task_expired")
+				creds += n
+			case StatusDenied:
+				err = denyPending(ctx, tx, t, now, SystemActor, "approval window elapsed")
+			}
+			if err != nil {
+				return err
+			}
+		}
+		tasks = len(open)
+		return tx.AppendAudit(ctx, AuditEvent{Time: now, Type: EventAgentSuspended, Actor: ActorOf(p),
+			Detail: detail(map[string]any{"agent": a.String(), "reason": reason, "tasks": tasks, "revoked": creds})})
+	})
+	return tasks, creds, err
+}
+
+// UnsuspendAgent lifts a suspension.
+func (s *Service) UnsuspendAgent(ctx context.Context, p Principal, agent string) error {
+	if p.Kind != KindUser || !p.Admin {
+		return Errorf(ErrWrongPrincipalKind, "only admins may lift a suspension")
+	}
+	a, err := ParseAgent(agent)
+	if err != nil {
+		return err
+	}
+	return s.store.InTx(ctx, func(tx Tx) error {
+		ok, err := tx.ClearSuspended(ctx, a)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return Errorf(ErrNotFound, "%s is not suspended", a)
+		}
+		now, err := s.txNow(ctx, tx)
+		if err != nil {
+			return err
+		}
+		return tx.AppendAudit(ctx, AuditEvent{Time: now, Type: EventAgentUnsuspended, Actor: ActorOf(p),
+			Detail: detail(map[string]any{"agent": a.String()})})
+	})
+}
+
+// Revocations returns the feed to a resource server.
+func (s *Service) Revocations(ctx context.Context, p Principal, afterSeq int64, limit int) ([]Revocation, error) {
+	if p.Kind != KindResource {
+		return nil, Errorf(ErrWrongPrincipalKind, "only resource servers read the revocation feed")
+	}
+	if limit < 1 {
+		return nil, Errorf(ErrInvalidRequest, "limit must be positive")
+	}
+	return s.store.Revocations(ctx, afterSeq, limit)
+}
+
+// RecordBackendFailure raises backend.revoke_failed for an outbox item that
+// has not been confirmed within the alarm time; it is raised once.
+func (s *Service) RecordBackendFailure(ctx context.Context, item OutboxItem, cause error) error {
+	return s.store.InTx(ctx, func(tx Tx) error {
+		now, err := s.txNow(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if err := tx.MarkAlarmed(ctx, item.ID, now); err != nil {
+			return err
+		}
+		return tx.AppendAudit(ctx, AuditEvent{Time: now, Type: EventBackendRevokeFail, Actor: SystemActor, TaskID: item.TaskID,
+			Detail: detail(map[string]any{"kind": item.Kind, "ref_sha256": HashID(item.Ref), "attempts": item.Attempts,
+				"since": item.CreatedAt, "error": fmt.Sprint(cause)})})
+	})
+}

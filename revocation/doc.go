@@ -1,0 +1,17 @@
+// Package revocation runs Errand's revocation workers, each a Run(ctx)
+// error supervised by serve and dev:
+//
+//   - Sweeper records expiries: approved tasks past their time become
+//     expired with every credential revoked, pending ones denied. Replicas
+//     share the work (SELECT … FOR UPDATE SKIP LOCKED) and never do it twice.
+//   - Outbox carries out backend revocations (Vault leases, …) queued in the
+//     same transaction as the close or expiry, retrying forever with capped
+//     exponential backoff, and raises backend.revoke_failed once an item is
+//     still unconfirmed after AlarmAfter.
+//   - Hub tells the revocation feed's streams that something was revoked,
+//     woken by PostgreSQL LISTEN/NOTIFY where available and by polling
+//     otherwise.
+//
+// A replica killed at any point loses nothing: all state is in the
+// database, and the next start resumes the sweep and the outbox.
+package revocation

@@ -1,0 +1,196 @@
+package postgres
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/errandhq/errand/broker"
+)
+
+// RevocationChannel is the LISTEN/NOTIFY channel told of every revocation.
+const RevocationChannel = "errand_revocations"
+
+var _ broker.Outbox = (*Store)(nil)
+
+func (t *txn) LockDue(ctx context.Context, now time.Time, limit int) ([]broker.Task, error) {
+	rows, err := t.tx.Query(ctx, `SELECT `+taskColumns+` FROM tasks
+		WHERE status IN ('pending', 'approved') AND expires_at <= $1
+		ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED`, now, limit)
+	if err != nil {
+		return nil, translate(err)
+	}
+	return collect(rows, scanTask)
+}
+
+func (t *txn) LockOpenTasks(ctx context.Context, agent broker.Ref) ([]broker.Task, error) {
+	rows, err := t.tx.Query(ctx, `SELECT `+taskColumns+` FROM tasks
+		WHERE agent_iss = $1 AND agent_sub = $2 AND status IN ('pending', 'approved')
+		ORDER BY seq FOR UPDATE`, agent.Issuer, agent.Subject)
+	if err != nil {
+		return nil, translate(err)
+	}
+	return collect(rows, scanTask)
+}
+
+func (t *txn) RevokeCredential(ctx context.Context, jti string, at time.Time) (broker.Credential, error) {
+	return scanCredential(t.tx.QueryRow(ctx, `UPDATE credentials SET revoked_at = $2
+		WHERE jti = $1 AND revoked_at IS NULL RETURNING `+credentialColumns, jti, at))
+}
+
+func (t *txn) InsertRevocations(ctx context.Context, rs []broker.Revocation) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	for _, r := range rs {
+		b.Queue(`INSERT INTO revocations (audit_seq, jti, task_id, revoked_at, reason) VALUES ($1,$2,$3,$4,$5)`,
+			r.Seq, r.JTI, r.TaskID, r.RevokedAt, r.Reason)
+	}
+	// Delivered at commit, to every replica listening.
+	b.Queue(`SELECT pg_notify($1, '')`, RevocationChannel)
+	return translate(t.tx.SendBatch(ctx, b).Close())
+}
+
+func (t *txn) Enqueue(ctx context.Context, items []broker.OutboxItem) error {
+	if len(items) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	for _, it := range items {
+		b.Queue(`INSERT INTO outbox (task_id, kind, ref, created_at, next_attempt_at) VALUES ($1,$2,$3,$4,$5)`,
+			it.TaskID, it.Kind, it.Ref, it.CreatedAt, it.NextAttemptAt)
+	}
+	return translate(t.tx.SendBatch(ctx, b).Close())
+}
+
+func (t *txn) SetSuspended(ctx context.Context, a broker.Ref, reason, by string, at time.Time) error {
+	_, err := t.tx.Exec(ctx, `INSERT INTO suspended_agents (agent_iss, agent_sub, reason, suspended_by, suspended_at)
+		VALUES ($1,$2,$3,$4,$5) ON CONFLICT (agent_iss, agent_sub)
+		DO UPDATE SET reason = $3, suspended_by = $4, suspended_at = $5`, a.Issuer, a.Subject, reason, by, at)
+	return translate(err)
+}
+
+func (t *txn) ClearSuspended(ctx context.Context, a broker.Ref) (bool, error) {
+	tag, err := t.tx.Exec(ctx, `DELETE FROM suspended_agents WHERE agent_iss = $1 AND agent_sub = $2`, a.Issuer, a.Subject)
+	if err != nil {
+		return false, translate(err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+func (t *txn) MarkAlarmed(ctx context.Context, id int64, at time.Time) error {
+	_, err := t.tx.Exec(ctx, `UPDATE outbox SET alarmed_at = $2 WHERE id = $1`, id, at)
+	return translate(err)
+}
+
+// Revocations lists the feed after a position.
+func (s *Store) Revocations(ctx context.Context, afterSeq int64, limit int) ([]broker.Revocation, error) {
+	rows, err := s.pool.Query(ctx, `SELECT audit_seq, jti, task_id, revoked_at, reason FROM revocations
+		WHERE audit_seq > $1 ORDER BY audit_seq LIMIT $2`, afterSeq, limit)
+	if err != nil {
+		return nil, translate(err)
+	}
+	return collect(rows, func(r pgx.Row) (broker.Revocation, error) {
+		var v broker.Revocation
+		err := r.Scan(&v.Seq, &v.JTI, &v.TaskID, &v.RevokedAt, &v.Reason)
+		v.RevokedAt = v.RevokedAt.UTC()
+		return v, err
+	})
+}
+
+// Suspended reports whether the agent is suspended.
+func (s *Store) Suspended(ctx context.Context, a broker.Ref) (bool, error) {
+	var ok bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM suspended_agents WHERE agent_iss = $1 AND agent_sub = $2)`,
+		a.Issuer, a.Subject).Scan(&ok)
+	return ok, translate(err)
+}
+
+const outboxColumns = `id, task_id, kind, ref, created_at, attempts, next_attempt_at, last_error, alarmed_at`
+
+func scanOutbox(r pgx.Row) (broker.OutboxItem, error) {
+	var (
+		it      broker.OutboxItem
+		alarmed *time.Time
+	)
+	err := r.Scan(&it.ID, &it.TaskID, &it.Kind, &it.Ref, &it.CreatedAt, &it.Attempts, &it.NextAttemptAt, &it.LastError, &alarmed)
+	if alarmed != nil {
+		it.AlarmedAt = alarmed.UTC()
+	}
+	it.CreatedAt, it.NextAttemptAt = it.CreatedAt.UTC(), it.NextAttemptAt.UTC()
+	return it, translate(err)
+}
+
+// ClaimOutbox leases due items; rows another replica holds are skipped.
+func (s *Store) ClaimOutbox(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]broker.OutboxItem, error) {
+	rows, err := s.pool.Query(ctx, `UPDATE outbox SET next_attempt_at = $2, attempts = attempts + 1
+		WHERE id IN (SELECT id FROM outbox WHERE done_at IS NULL AND next_attempt_at <= $1
+		             ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+		RETURNING `+outboxColumns, now, now.Add(lease), limit)
+	if err != nil {
+		return nil, translate(err)
+	}
+	return collect(rows, scanOutbox)
+}
+
+// CompleteOutbox marks an item done and clears its task's revoking flag
+// once nothing of the task is outstanding.
+func (s *Store) CompleteOutbox(ctx context.Context, id int64, at time.Time) error {
+	return translate(pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var task string
+		if err := tx.QueryRow(ctx, `UPDATE outbox SET done_at = $2 WHERE id = $1 RETURNING task_id`, id, at).Scan(&task); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE tasks SET revoking = false WHERE id = $1
+			AND NOT EXISTS (SELECT 1 FROM outbox WHERE task_id = $1 AND done_at IS NULL)`, task)
+		return err
+	}))
+}
+
+// RetryOutbox records a failed attempt.
+func (s *Store) RetryOutbox(ctx context.Context, id int64, next time.Time, errMsg string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE outbox SET next_attempt_at = $2, last_error = $3 WHERE id = $1`, id, next, errMsg)
+	return translate(err)
+}
+
+// Listen calls notify whenever a revocation commits on any replica, until
+// ctx ends. It reconnects after a failure.
+func (s *Store) Listen(ctx context.Context, notify func()) error {
+	for ctx.Err() == nil {
+		err := s.listenOnce(ctx, notify)
+		if ctx.Err() != nil {
+			return nil
+		}
+		_ = err
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+		notify() // something may have been missed while disconnected
+	}
+	return nil
+}
+
+func (s *Store) listenOnce(ctx context.Context, notify func()) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "LISTEN "+RevocationChannel); err != nil {
+		conn.Conn().Close(ctx)
+		return err
+	}
+	defer func() {
+		// Never hand a listening connection back to the pool.
+		conn.Conn().Close(context.Background())
+	}()
+	for {
+		if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+			return err
+		}
+		notify()
+	}
+}
