@@ -275,3 +275,42 @@ func TestTwoServeReplicasOnOneDatabase(t *testing.T) {
 		t.Fatal("the replicas serve different keys")
 	}
 }
+
+// TestGracefulShutdownWithAnOpenStream: shutting down ends open revocation
+// streams rather than waiting on them, and returns cleanly.
+func TestGracefulShutdownWithAnOpenStream(t *testing.T) {
+	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("k", 32))
+	dbURL := testpg.NewDatabase(t)
+	agents, users, resources := testoidc.New(t), testoidc.New(t), testoidc.New(t)
+	cfg, err := config.Load(writeConfig(t, dbURL, agents, users, resources))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready, done := make(chan string, 1), make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), true, ready) }()
+	addr := <-ready
+	req, _ := http.NewRequest("GET", "http://"+addr+"/v1/revocations/stream", nil)
+	req.Header.Set("Authorization", "Bearer "+resources.Token(t, "gw", "errand", nil))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("stream: %v %v", res, err)
+	}
+	defer res.Body.Close()
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("shutdown: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("shutdown waited on the open stream")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("shutdown took %v", d)
+	}
+	if _, err := io.ReadAll(res.Body); err != nil {
+		t.Logf("stream ended: %v", err)
+	}
+}

@@ -21,13 +21,13 @@ const taskColumns = `id, seq, version, status, agent_iss, agent_sub, user_iss, u
 func (t *txn) InsertTask(ctx context.Context, k *broker.Task) error {
 	err := t.tx.QueryRow(ctx, `INSERT INTO tasks (id, version, status, agent_iss, agent_sub,
 		user_iss, user_sub, goal, scopes, approved_scopes, audiences, approved_audiences, risk,
-		tool, dataset, ttl_capped, deny_reason, created_at, approved_at, expires_at, closed_at)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)
+		tool, dataset, ttl_capped, deny_reason, created_at, approved_at, expires_at, closed_at, revoking)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)
 		RETURNING seq`,
 		k.ID, k.Version, string(k.Status), k.Agent.Issuer, k.Agent.Subject, k.User.Issuer,
 		k.User.Subject, k.Goal, k.Scopes.Strings(), k.ApprovedScopes.Strings(), nonNil(k.Audiences),
 		nonNil(k.ApprovedAudiences), string(k.Risk), k.Tool, k.Dataset, k.TTLCapped, k.DenyReason,
-		k.CreatedAt, nullTime(k.ApprovedAt), k.ExpiresAt, nullTime(k.ClosedAt)).Scan(&k.Seq)
+		k.CreatedAt, nullTime(k.ApprovedAt), k.ExpiresAt, nullTime(k.ClosedAt), k.Revoking).Scan(&k.Seq)
 	return translate(err)
 }
 

@@ -23,14 +23,14 @@ const credentialColumns = `jti, seq, task_id, kind, agent_iss, agent_sub, user_i
 func (t *txn) InsertTask(ctx context.Context, k *broker.Task) error {
 	err := t.tx.QueryRowContext(ctx, `INSERT INTO tasks (id, version, status, agent_iss, agent_sub,
 		user_iss, user_sub, goal, scopes, approved_scopes, audiences, approved_audiences, risk,
-		tool, dataset, ttl_capped, deny_reason, created_at, approved_at, expires_at, closed_at)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)
+		tool, dataset, ttl_capped, deny_reason, created_at, approved_at, expires_at, closed_at, revoking)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)
 		RETURNING seq`,
 		k.ID, k.Version, string(k.Status), k.Agent.Issuer, k.Agent.Subject, k.User.Issuer,
 		k.User.Subject, k.Goal, jsonList(k.Scopes.Strings()), jsonList(k.ApprovedScopes.Strings()),
 		jsonList(k.Audiences), jsonList(k.ApprovedAudiences), string(k.Risk), k.Tool, k.Dataset,
 		k.TTLCapped, k.DenyReason, micros(k.CreatedAt), nullMicros(k.ApprovedAt), micros(k.ExpiresAt),
-		nullMicros(k.ClosedAt)).Scan(&k.Seq)
+		nullMicros(k.ClosedAt), k.Revoking).Scan(&k.Seq)
 	return translate(err)
 }
 

@@ -19,6 +19,7 @@ import (
 type Store interface {
 	broker.Store
 	broker.KeyStore
+	broker.Outbox
 }
 
 // Run runs the suite; open returns the store under test (shared between
@@ -34,6 +35,8 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"LockTaskSerialisesWriters", testLockSerialises},
 		{"CredentialsRevokedOnce", testRevoke},
 		{"IdempotencyKeyLookup", testIdempotencyKey},
+		{"DueTasksFeedAndSuspension", testRevocationTx},
+		{"OutboxLeaseRetryComplete", testOutbox},
 		{"AuditChainIsContiguousUnderConcurrency", testAuditChain},
 		{"ListTasksKeysetAndEffectiveStatus", testListTasks},
 		{"HistoryFilters", testHistoryFilters},
@@ -437,5 +440,134 @@ func testIdempotencyKey(t *testing.T, s Store) {
 		if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, p) }); err != nil {
 			t.Fatalf("credentials without a key must not collide: %v", err)
 		}
+	}
+}
+
+func testRevocationTx(t *testing.T, s Store) {
+	agent := id("agent-")
+	due := newTask(agent, id("user-"))
+	due.Status, due.ExpiresAt = broker.StatusApproved, now().Add(-time.Second)
+	insert(t, s, &due)
+	live := newTask(agent, id("user-"))
+	insert(t, s, &live)
+	err := s.InTx(ctx, func(tx broker.Tx) error {
+		got, err := tx.LockDue(ctx, now(), 1000)
+		if err != nil {
+			return err
+		}
+		found := false
+		for _, k := range got {
+			found = found || k.ID == due.ID
+			if k.ID == live.ID {
+				t.Errorf("a live task was returned as due")
+			}
+		}
+		if !found {
+			t.Errorf("the due task was not returned")
+		}
+		open, err := tx.LockOpenTasks(ctx, due.Agent)
+		if err != nil {
+			return err
+		}
+		if len(open) != 2 {
+			t.Errorf("%d open tasks of the agent, want 2", len(open))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := broker.Credential{JTI: id("jti-"), TaskID: due.ID, Kind: "jwt", Agent: due.Agent, User: due.User,
+		Scopes: due.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
+	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
+		t.Fatal(err)
+	}
+	var feedFrom int64
+	if revs, err := s.Revocations(ctx, 0, 1<<30); err == nil && len(revs) > 0 {
+		feedFrom = revs[len(revs)-1].Seq
+	}
+	err = s.InTx(ctx, func(tx broker.Tx) error {
+		got, err := tx.RevokeCredential(ctx, c.JTI, now())
+		if err != nil || got.JTI != c.JTI || got.RevokedAt.IsZero() {
+			t.Errorf("RevokeCredential: %+v %v", got, err)
+		}
+		if _, err := tx.RevokeCredential(ctx, c.JTI, now()); !errors.Is(err, broker.ErrNotFound) {
+			t.Errorf("second RevokeCredential: %v", err)
+		}
+		evs := []broker.AuditEvent{{Time: now(), Type: broker.EventCredentialRevoked, Actor: broker.SystemActor, TaskID: due.ID}}
+		if err := tx.AppendAudit(ctx, evs...); err != nil {
+			return err
+		}
+		return tx.InsertRevocations(ctx, []broker.Revocation{{Seq: evs[0].Seq, JTI: c.JTI, TaskID: due.ID, RevokedAt: now(), Reason: "test"}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	revs, err := s.Revocations(ctx, feedFrom, 10)
+	if err != nil || len(revs) != 1 || revs[0].JTI != c.JTI || revs[0].Reason != "test" {
+		t.Fatalf("feed: %+v %v", revs, err)
+	}
+	a := broker.Ref{Issuer: "https://agents.example", Subject: id("rogue-")}
+	err = s.InTx(ctx, func(tx broker.Tx) error { return tx.SetSuspended(ctx, a, "r", "admin", now()) })
+	if ok, err2 := s.Suspended(ctx, a); err != nil || err2 != nil || !ok {
+		t.Fatalf("suspend: %v %v %v", ok, err, err2)
+	}
+	var cleared bool
+	err = s.InTx(ctx, func(tx broker.Tx) error {
+		var err error
+		cleared, err = tx.ClearSuspended(ctx, a)
+		return err
+	})
+	if ok, _ := s.Suspended(ctx, a); err != nil || !cleared || ok {
+		t.Fatalf("unsuspend: %v %v %v", cleared, ok, err)
+	}
+}
+
+func testOutbox(t *testing.T, s Store) {
+	k := newTask(id("agent-"), id("user-"))
+	k.Status, k.Revoking = broker.StatusClosed, true
+	insert(t, s, &k)
+	t0 := now()
+	items := []broker.OutboxItem{{TaskID: k.ID, Kind: "vault", Ref: id("lease-"), CreatedAt: t0, NextAttemptAt: t0},
+		{TaskID: k.ID, Kind: "vault", Ref: id("lease-"), CreatedAt: t0, NextAttemptAt: t0}}
+	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.Enqueue(ctx, items) }); err != nil {
+		t.Fatal(err)
+	}
+	mine := func(its []broker.OutboxItem) []broker.OutboxItem {
+		var out []broker.OutboxItem
+		for _, it := range its {
+			if it.TaskID == k.ID {
+				out = append(out, it)
+			}
+		}
+		return out
+	}
+	got, err := s.ClaimOutbox(ctx, t0, time.Minute, 1000)
+	got = mine(got)
+	if err != nil || len(got) != 2 || got[0].Attempts != 1 {
+		t.Fatalf("claim: %+v %v", got, err)
+	}
+	if again, _ := s.ClaimOutbox(ctx, t0.Add(30*time.Second), time.Minute, 1000); len(mine(again)) != 0 {
+		t.Fatal("leased items were claimed again")
+	}
+	if err := s.RetryOutbox(ctx, got[0].ID, t0.Add(2*time.Minute), "boom"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CompleteOutbox(ctx, got[1].ID, t0); err != nil {
+		t.Fatal(err)
+	}
+	if tk, _ := s.Task(ctx, k.ID); !tk.Revoking {
+		t.Fatal("task stopped revoking with an item outstanding")
+	}
+	retry, _ := s.ClaimOutbox(ctx, t0.Add(3*time.Minute), time.Minute, 1000)
+	retry = mine(retry)
+	if len(retry) != 1 || retry[0].ID != got[0].ID || retry[0].Attempts != 2 || retry[0].LastError != "boom" {
+		t.Fatalf("retry claim: %+v", retry)
+	}
+	if err := s.CompleteOutbox(ctx, retry[0].ID, t0); err != nil {
+		t.Fatal(err)
+	}
+	if tk, _ := s.Task(ctx, k.ID); tk.Revoking {
+		t.Fatal("task still revoking after every item completed")
 	}
 }
