@@ -9,8 +9,6 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/go-chi/chi/v5"
-
 	"github.com/errandhq/errand/broker"
 )
 
@@ -25,14 +23,13 @@ type createTaskBody struct {
 }
 
 func (s *Server) createTask(w http.ResponseWriter, r *http.Request) {
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, "", err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p := c.p
 	var b createTaskBody
-	if err := decode(w, r, &b, false); err != nil {
-		s.fail(w, r, p, "", err)
+	if !c.body(&b, false) {
 		return
 	}
 	t, err := s.svc.CreateTask(r.Context(), p, broker.CreateTaskRequest{
@@ -40,7 +37,7 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) {
 		TTLSeconds: b.TTLSeconds, Tool: b.Tool, Dataset: b.Dataset,
 	})
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	w.Header().Set("Location", "/v1/tasks/"+t.ID)
@@ -48,45 +45,44 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getTask(w http.ResponseWriter, r *http.Request) {
-	id := chi.URLParam(r, "id")
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, id, err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p, id := c.p, c.task
 	t, err := s.svc.GetTask(r.Context(), p, id)
 	if err != nil {
-		s.fail(w, r, p, id, err)
+		c.fail(err)
 		return
 	}
 	writeJSON(w, http.StatusOK, s.renderTask(t))
 }
 
 func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, "", err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p := c.p
 	q, err := allowQuery(r.URL.Query(), "status", "cursor", "limit")
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	limit, err := parseLimit(q.Get("limit"))
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	scope := "tasks|" + q.Get("status") + "|" + string(p.Kind) + "|" + p.Ref().String()
 	after, err := s.parseCursor(q.Get("cursor"), scope)
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	ts, more, err := s.svc.ListTasks(r.Context(), p, broker.Status(q.Get("status")), after, limit)
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	out := struct {
@@ -111,46 +107,42 @@ type approveBody struct {
 }
 
 func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) {
-	id := chi.URLParam(r, "id")
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, id, err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p, id := c.p, c.task
 	var b approveBody
-	if err := decode(w, r, &b, true); err != nil {
-		s.fail(w, r, p, id, err)
+	if !c.body(&b, true) {
 		return
 	}
 	t, err := s.svc.Approve(r.Context(), p, id, broker.ApproveRequest{
 		Scopes: b.Scopes, Audiences: b.Audiences, TTLSeconds: b.TTLSeconds, Version: b.Version, Digest: b.Digest,
 	})
 	if err != nil {
-		s.fail(w, r, p, id, err)
+		c.fail(err)
 		return
 	}
 	writeJSON(w, http.StatusOK, s.renderTask(t))
 }
 
 func (s *Server) denyTask(w http.ResponseWriter, r *http.Request) {
-	id := chi.URLParam(r, "id")
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, id, err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p, id := c.p, c.task
 	var b struct {
 		Reason  string `json:"reason"`
 		Version int    `json:"version"`
 		Digest  string `json:"digest"`
 	}
-	if err := decode(w, r, &b, true); err != nil {
-		s.fail(w, r, p, id, err)
+	if !c.body(&b, true) {
 		return
 	}
 	t, err := s.svc.Deny(r.Context(), p, id, broker.DenyRequest{Reason: b.Reason, Version: b.Version, Digest: b.Digest})
 	if err != nil {
-		s.fail(w, r, p, id, err)
+		c.fail(err)
 		return
 	}
 	writeJSON(w, http.StatusOK, s.renderTask(t))
@@ -165,15 +157,13 @@ type mintBody struct {
 }
 
 func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) {
-	id := chi.URLParam(r, "id")
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, id, err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p, id := c.p, c.task
 	var b mintBody
-	if err := decode(w, r, &b, false); err != nil {
-		s.fail(w, r, p, id, err)
+	if !c.body(&b, false) {
 		return
 	}
 	m, err := s.svc.Mint(r.Context(), p, id, broker.MintRequest{
@@ -181,7 +171,7 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) {
 		IdempotencyKey: r.Header.Get("Idempotency-Key"),
 	})
 	if err != nil {
-		s.fail(w, r, p, id, err)
+		c.fail(err)
 		return
 	}
 	if m.Replayed {
@@ -202,20 +192,18 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) closeTask(w http.ResponseWriter, r *http.Request) {
-	id := chi.URLParam(r, "id")
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, id, err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p, id := c.p, c.task
 	var b struct{}
-	if err := decode(w, r, &b, true); err != nil {
-		s.fail(w, r, p, id, err)
+	if !c.body(&b, true) {
 		return
 	}
 	t, n, err := s.svc.Close(r.Context(), p, id)
 	if err != nil {
-		s.fail(w, r, p, id, err)
+		c.fail(err)
 		return
 	}
 	writeJSON(w, http.StatusOK, closedJSON{taskJSON: s.renderTask(t), Revoked: n})
@@ -229,19 +217,19 @@ type closedJSON struct {
 // introspect is RFC 7662 §2: a form POST with token=, answered with the
 // token's claims when active and exactly {"active": false} otherwise.
 func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, "", err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p := c.p
 	tok, err := formToken(w, r)
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	in, err := s.svc.Introspect(r.Context(), p, tok)
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	if !in.Active {
@@ -258,19 +246,19 @@ func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) auditEvents(w http.ResponseWriter, r *http.Request) {
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, "", err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p := c.p
 	f, scope, err := s.historyFilter(r, p, "events")
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	evs, more, err := s.svc.AuditEvents(r.Context(), p, f)
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	out := struct {
@@ -290,19 +278,19 @@ func (s *Server) auditEvents(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) credentials(w http.ResponseWriter, r *http.Request) {
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, "", err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p := c.p
 	f, scope, err := s.historyFilter(r, p, "credentials")
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	cs, more, err := s.svc.Credentials(r.Context(), p, f)
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	out := struct {

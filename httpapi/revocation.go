@@ -21,18 +21,18 @@ type Notifier interface {
 // revoke is RFC 7009 for a token's holder: 200 whether or not the token was
 // known, so the answer reveals nothing (§2.2).
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, "", err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p := c.p
 	tok, err := formToken(w, r)
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	if err := s.svc.RevokeToken(r.Context(), p, tok); err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
@@ -85,29 +85,29 @@ func parseSince(v string) (int64, error) {
 
 // revocations is the polling feed: GET /v1/revocations?since=<cursor>.
 func (s *Server) revocations(w http.ResponseWriter, r *http.Request) {
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, "", err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p := c.p
 	q, err := allowQuery(r.URL.Query(), "since", "limit")
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	since, err := parseSince(q.Get("since"))
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	limit, err := parseLimit(q.Get("limit"))
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	revs, err := s.svc.Revocations(r.Context(), p, since, limit)
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	out := struct {
@@ -124,18 +124,18 @@ func (s *Server) revocations(w http.ResponseWriter, r *http.Request) {
 // revocationStream pushes the feed as Server-Sent Events as revocations
 // commit, resumable with Last-Event-ID (or ?since=).
 func (s *Server) revocationStream(w http.ResponseWriter, r *http.Request) {
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, "", err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p := c.p
 	if p.Kind != broker.KindResource {
-		s.fail(w, r, p, "", broker.Errorf(broker.ErrWrongPrincipalKind, "only resource servers read the revocation feed"))
+		c.fail(broker.Errorf(broker.ErrWrongPrincipalKind, "only resource servers read the revocation feed"))
 		return
 	}
 	q, err := allowQuery(r.URL.Query(), "since")
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	pos := q.Get("since")
@@ -144,7 +144,7 @@ func (s *Server) revocationStream(w http.ResponseWriter, r *http.Request) {
 	}
 	cursor, err := parseSince(pos)
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	rc := http.NewResponseController(w)
@@ -203,39 +203,37 @@ type agentBody struct {
 
 // suspendAgent is the kill switch (admins).
 func (s *Server) suspendAgent(w http.ResponseWriter, r *http.Request) {
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, "", err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p := c.p
 	var b agentBody
-	if err := decode(w, r, &b, false); err != nil {
-		s.fail(w, r, p, "", err)
+	if !c.body(&b, false) {
 		return
 	}
 	tasks, creds, err := s.svc.SuspendAgent(r.Context(), p, b.Agent, b.Reason)
 	if err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"agent": b.Agent, "suspended": true, "tasks_ended": tasks, "revoked": creds})
 }
 
 func (s *Server) unsuspendAgent(w http.ResponseWriter, r *http.Request) {
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.fail(w, r, p, "", err)
+	c := s.begin(w, r)
+	if c == nil {
 		return
 	}
+	p := c.p
 	var b struct {
 		Agent string `json:"agent"`
 	}
-	if err := decode(w, r, &b, false); err != nil {
-		s.fail(w, r, p, "", err)
+	if !c.body(&b, false) {
 		return
 	}
 	if err := s.svc.UnsuspendAgent(r.Context(), p, b.Agent); err != nil {
-		s.fail(w, r, p, "", err)
+		c.fail(err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"agent": b.Agent, "suspended": false})

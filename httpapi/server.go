@@ -225,3 +225,38 @@ func (tick) Changed() <-chan struct{} {
 	time.AfterFunc(time.Second, func() { close(c) })
 	return c
 }
+
+// call is one request being served: its principal and the task id of its
+// path, so that every failure is answered and audited the same way.
+type call struct {
+	s    *Server
+	w    http.ResponseWriter
+	r    *http.Request
+	p    broker.Principal
+	task string
+}
+
+// begin authenticates r. On failure it has answered (and audited) the
+// refusal and returns nil.
+func (s *Server) begin(w http.ResponseWriter, r *http.Request) *call {
+	c := &call{s: s, w: w, r: r, task: chi.URLParam(r, "id")}
+	p, err := s.authenticate(r)
+	if err != nil {
+		c.fail(err)
+		return nil
+	}
+	c.p = p
+	return c
+}
+
+// fail answers err as problem+json (see Server.fail).
+func (c *call) fail(err error) { c.s.fail(c.w, c.r, c.p, c.task, err) }
+
+// body decodes the JSON body into v; on failure it has answered.
+func (c *call) body(v any, emptyOK bool) bool {
+	if err := decode(c.w, c.r, v, emptyOK); err != nil {
+		c.fail(err)
+		return false
+	}
+	return true
+}

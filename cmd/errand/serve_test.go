@@ -88,28 +88,7 @@ func TestServeAndMigrateCommands(t *testing.T) {
 	base := "http://" + addr
 
 	call := func(method, path, tok string, body any) map[string]any {
-		t.Helper()
-		var rd io.Reader
-		if body != nil {
-			b, _ := json.Marshal(body)
-			rd = bytes.NewReader(b)
-		}
-		req, _ := http.NewRequest(method, base+path, rd)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		if body != nil {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		var m map[string]any
-		_ = json.NewDecoder(res.Body).Decode(&m)
-		if res.StatusCode >= 300 {
-			t.Fatalf("%s %s: %d %v", method, path, res.StatusCode, m)
-		}
-		return m
+		return callJSON(t, base, method, path, tok, body)
 	}
 	agent := agents.Token(t, "ci-bot", "errand", nil)
 	user := users.Token(t, "alice", "errand", map[string]any{"groups": []string{"engineers"}})
@@ -118,17 +97,7 @@ func TestServeAndMigrateCommands(t *testing.T) {
 	id := task["id"].(string)
 	call("POST", "/v1/tasks/"+id+"/approve", user, map[string]any{"scopes": []string{"github.repo.read:acme/api"}})
 	minted := call("POST", "/v1/tasks/"+id+"/tokens", agent, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": "https://api.github.com"})
-	form := url.Values{"token": {minted["access_token"].(string)}}.Encode()
-	req, _ := http.NewRequest("POST", base+"/v1/introspect", strings.NewReader(form))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Authorization", "Bearer "+resources.Token(t, "gw", "errand", nil))
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var in map[string]any
-	_ = json.NewDecoder(res.Body).Decode(&in)
-	res.Body.Close()
+	in := call("POST", "/v1/introspect", resources.Token(t, "gw", "errand", nil), url.Values{"token": {minted["access_token"].(string)}})
 	if in["active"] != true || in["iss"] != "https://errand.example.com" {
 		t.Fatalf("introspection: %v", in)
 	}
@@ -231,33 +200,7 @@ func TestTwoServeReplicasOnOneDatabase(t *testing.T) {
 	user := users.Token(t, "alice", "errand", map[string]any{"groups": []string{"engineers"}})
 	rs := resources.Token(t, "gw", "errand", nil)
 	call := func(base, method, path, tok string, body any) map[string]any {
-		t.Helper()
-		var rd io.Reader
-		ct := "application/json"
-		switch v := body.(type) {
-		case url.Values:
-			rd, ct = strings.NewReader(v.Encode()), "application/x-www-form-urlencoded"
-		case nil:
-		default:
-			raw, _ := json.Marshal(v)
-			rd = bytes.NewReader(raw)
-		}
-		req, _ := http.NewRequest(method, base+path, rd)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		if rd != nil {
-			req.Header.Set("Content-Type", ct)
-		}
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		var m map[string]any
-		_ = json.NewDecoder(res.Body).Decode(&m)
-		if res.StatusCode >= 300 {
-			t.Fatalf("%s %s%s: %d %v", method, base, path, res.StatusCode, m)
-		}
-		return m
+		return callJSON(t, base, method, path, tok, body)
 	}
 	id := call(b, "POST", "/v1/tasks", agent, map[string]any{"on_behalf_of": "alice", "goal": "g",
 		"scopes": []string{"github.repo.read:acme/**"}, "audiences": []string{"https://api.github.com"}})["id"].(string)
@@ -313,4 +256,36 @@ func TestGracefulShutdownWithAnOpenStream(t *testing.T) {
 	if _, err := io.ReadAll(res.Body); err != nil {
 		t.Logf("stream ended: %v", err)
 	}
+}
+
+// callJSON sends a JSON body (or a form, for url.Values) with a bearer
+// token and decodes the JSON answer; any status of 300 or more fails t.
+func callJSON(t *testing.T, base, method, path, tok string, body any) map[string]any {
+	t.Helper()
+	var rd io.Reader
+	ct := "application/json"
+	switch v := body.(type) {
+	case url.Values:
+		rd, ct = strings.NewReader(v.Encode()), "application/x-www-form-urlencoded"
+	case nil:
+	default:
+		raw, _ := json.Marshal(v)
+		rd = bytes.NewReader(raw)
+	}
+	req, _ := http.NewRequest(method, base+path, rd)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	if rd != nil {
+		req.Header.Set("Content-Type", ct)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var m map[string]any
+	_ = json.NewDecoder(res.Body).Decode(&m)
+	if res.StatusCode >= 300 {
+		t.Fatalf("%s %s%s: %d %v", method, base, path, res.StatusCode, m)
+	}
+	return m
 }
