@@ -66,6 +66,9 @@ type Reader interface {
 	Credential(ctx context.Context, jti string) (Credential, error)
 	Credentials(ctx context.Context, f HistoryFilter) ([]Credential, error)
 	AuditEvents(ctx context.Context, f HistoryFilter) ([]AuditEvent, error)
+	// AuditHead is the seq and hash of the newest audit event (0 and
+	// GenesisHash for an empty log).
+	AuditHead(ctx context.Context) (int64, string, error)
 	// Revocations lists the feed after a position, in commit order.
 	Revocations(ctx context.Context, afterSeq int64, limit int) ([]Revocation, error)
 	Suspended(ctx context.Context, agent Ref) (bool, error)
@@ -92,11 +95,14 @@ type TaskFilter struct {
 	Limit       int
 }
 
-// HistoryFilter selects audit events or credentials in Seq order. Actor is
-// "<issuer>#<subject>" or a bare subject. For credentials, Type is the
-// credential kind and Actor matches the agent or the user.
+// HistoryFilter selects audit events or credentials in Seq order. Actor,
+// Agent and User are "<issuer>#<subject>" or a bare subject. For events,
+// Agent and User match the task's agent or user (or the actor), and Code a
+// refusal's code; for credentials, Type is the credential kind and Actor
+// matches the agent or the user.
 type HistoryFilter struct {
 	TaskID, Actor, Type string
+	Agent, User, Code   string
 	Since, Until        time.Time // zero: unbounded
 	AfterSeq            int64
 	Limit               int

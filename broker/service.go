@@ -905,3 +905,44 @@ func contains(list []string, v string) bool {
 
 // StatusOf is t's effective status now.
 func (s *Service) StatusOf(t Task) Status { return t.EffectiveStatus(s.now()) }
+
+// maxHistory bounds one task's timeline; a longer one says it is truncated
+// and the auditor pages through /v1/audit/events instead.
+const maxHistory = 10000
+
+// History is one task's timeline for an auditor.
+type History struct {
+	Task        Task
+	Events      []AuditEvent
+	Credentials []Credential
+	Truncated   bool
+}
+
+// TaskHistory returns a task's whole story: the request, the decision, each
+// credential, every refusal and revocation, in commit order.
+func (s *Service) TaskHistory(ctx context.Context, p Principal, id string) (History, error) {
+	if err := s.auditor(p, HistoryFilter{Limit: 1}); err != nil {
+		return History{}, err
+	}
+	if err := notFoundUnlessValid(id); err != nil {
+		return History{}, err
+	}
+	t, err := s.store.Task(ctx, id)
+	if err != nil {
+		return History{}, err
+	}
+	evs, err := s.store.AuditEvents(ctx, HistoryFilter{TaskID: id, Limit: maxHistory})
+	if err != nil {
+		return History{}, err
+	}
+	cs, err := s.store.Credentials(ctx, HistoryFilter{TaskID: id, Limit: maxHistory})
+	if err != nil {
+		return History{}, err
+	}
+	h := History{Task: t, Events: evs, Credentials: cs}
+	if len(evs) > maxHistory || len(cs) > maxHistory {
+		h.Truncated = true
+		h.Events, h.Credentials = evs[:min(len(evs), maxHistory)], cs[:min(len(cs), maxHistory)]
+	}
+	return h, nil
+}

@@ -33,7 +33,10 @@ type Config struct {
 	Policies     []string   `yaml:"policies"`
 	SystemSecret string     `yaml:"system_secret"`
 	SigningAlg   string     `yaml:"signing_alg"`
-	Vault        *yaml.Node `yaml:"vault"`
+	// AuditAnchorEvery logs the audit chain's head (seq and hash) this
+	// often, for an external system to keep; default 10m, "off" never.
+	AuditAnchorEvery string     `yaml:"audit_anchor_every"`
+	Vault            *yaml.Node `yaml:"vault"`
 }
 
 // Issuer is a trusted identity provider.
@@ -220,6 +223,14 @@ func (c *Config) Validate() error {
 	if len(c.SystemSecret) < 32 {
 		return errors.New("config: system_secret: required, at least 32 bytes (or ERRAND_SYSTEM_SECRET)")
 	}
+	if c.AuditAnchorEvery == "" {
+		c.AuditAnchorEvery = "10m"
+	}
+	if c.AuditAnchorEvery != "off" {
+		if d, err := time.ParseDuration(c.AuditAnchorEvery); err != nil || d < time.Second {
+			return errors.New(`config: audit_anchor_every: a duration of at least 1s, such as 10m, or "off"`)
+		}
+	}
 	if c.SigningAlg == "" {
 		c.SigningAlg = "EdDSA"
 	}
@@ -322,4 +333,13 @@ func (c *Config) Catalog() (*broker.Catalog, error) {
 		return nil, errors.New(msg)
 	}
 	return cat, nil
+}
+
+// AnchorInterval is the audit anchoring period, 0 when off.
+func (c *Config) AnchorInterval() time.Duration {
+	d, err := time.ParseDuration(c.AuditAnchorEvery)
+	if err != nil {
+		return 0
+	}
+	return d
 }

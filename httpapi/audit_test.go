@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"net/http"
 	"net/url"
@@ -241,5 +242,94 @@ func TestA04NoWideningVerbs(t *testing.T) {
 	}
 	if after := e.snapshot(); after.tasks != before.tasks || after.credentials != before.credentials {
 		t.Fatal("an edit verb changed the store")
+	}
+}
+
+// TestTaskHistoryAndHistoryFilters: one task's whole timeline for an
+// auditor, and the agent, user and code filters.
+func TestTaskHistoryAndHistoryFilters(t *testing.T) {
+	e := newEnv(t)
+	id := e.approved("hist-agent", "hist-user", "github.repo.read:acme/**")
+	e.mustStatus(e.mint("hist-agent", id, "github.repo.read:acme/api"), 201)
+	e.mint("hist-agent", id, "github.pr.write:acme/api") // refused: not approved
+	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/close", e.agent("hist-agent"), nil), 200)
+	auditor := e.user("carol", "auditors")
+	h := e.mustStatus(e.do("GET", "/v1/tasks/"+id+"/history", auditor, nil), 200)
+	var types []string
+	for _, x := range h.JSON["events"].([]any) {
+		types = append(types, x.(map[string]any)["type"].(string))
+	}
+	if got := strings.Join(types, " "); got != "task.created task.approved credential.issued request.refused task.closed credential.revoked" {
+		t.Fatalf("timeline: %s", got)
+	}
+	if n := len(h.JSON["credentials"].([]any)); n != 1 || h.JSON["task"].(map[string]any)["status"] != "closed" || h.JSON["truncated"] != false {
+		t.Fatalf("history: %s", h.Raw)
+	}
+	before := e.snapshot()
+	e.refused(before, e.do("GET", "/v1/tasks/"+id+"/history", e.user("hist-user"), nil), 403, "wrong_principal_kind")
+
+	count := func(q string) int {
+		return len(e.mustStatus(e.do("GET", "/v1/audit/events?"+q, auditor, nil), 200).JSON["events"].([]any))
+	}
+	// The task's six events and the user's refused history request about it.
+	if n := count("agent=hist-agent"); n != 7 {
+		t.Fatalf("agent filter: %d events", n)
+	}
+	if n := count("user=" + url.QueryEscape(e.users.URL+"#hist-user")); n != 7 {
+		t.Fatalf("user filter: %d events", n)
+	}
+	if n := count("agent=hist-agent&code=scope_exceeds_approval"); n != 1 {
+		t.Fatalf("code filter: %d events", n)
+	}
+	if n := count("agent=" + url.QueryEscape("https://elsewhere#hist-agent")); n != 0 {
+		t.Fatalf("agent at another issuer: %d events", n)
+	}
+	cs := e.mustStatus(e.do("GET", "/v1/credentials?agent=hist-agent&user=hist-user", auditor, nil), 200)
+	if n := len(cs.JSON["credentials"].([]any)); n != 1 {
+		t.Fatalf("credentials by agent and user: %d", n)
+	}
+	before = e.snapshot()
+	e.refused(before, e.do("GET", "/v1/credentials?code=x", auditor, nil), 400, "invalid_request")
+}
+
+// TestAuditPaginationReturnsEachEventOnce: 10,000 events paged 1,000 at a
+// time come back once each, in order, with writes going on meanwhile.
+func TestAuditPaginationReturnsEachEventOnce(t *testing.T) {
+	e := newEnv(t)
+	task := "tsk_" + strings.Repeat("p", 26)
+	for i := 0; i < 20; i++ {
+		evs := make([]broker.AuditEvent, 500)
+		for j := range evs {
+			evs[j] = broker.AuditEvent{Time: time.Now(), Type: broker.EventRequestRefused, Actor: broker.SystemActor, TaskID: task}
+		}
+		if err := e.st.InTx(context.Background(), func(tx broker.Tx) error { return tx.AppendAudit(context.Background(), evs...) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	auditor := e.user("carol", "auditors")
+	seen := map[float64]bool{}
+	last, cursor := float64(0), ""
+	for page := 0; ; page++ {
+		q := "/v1/audit/events?limit=1000&task_id=" + task
+		if cursor != "" {
+			q += "&cursor=" + cursor
+		}
+		r := e.mustStatus(e.do("GET", q, auditor, nil), 200)
+		for _, x := range r.JSON["events"].([]any) {
+			seq := x.(map[string]any)["seq"].(float64)
+			if seen[seq] || seq <= last {
+				t.Fatalf("seq %v twice or out of order", seq)
+			}
+			seen[seq], last = true, seq
+		}
+		if page == 3 { // a write in the middle of the walk
+			e.task("agent-1", "alice", "github.repo.read:acme/**")
+		}
+		if cursor = r.str("next_cursor"); cursor == "" {
+			break
+		}
+	}
+	if len(seen) != 10000 {
+		t.Fatalf("%d events, want 10000", len(seen))
 	}
 }

@@ -264,13 +264,7 @@ func (s *Server) auditEvents(w http.ResponseWriter, r *http.Request) {
 	out := struct {
 		Events     []eventJSON `json:"events"`
 		NextCursor string      `json:"next_cursor,omitempty"`
-	}{Events: make([]eventJSON, 0, len(evs))}
-	for _, e := range evs {
-		out.Events = append(out.Events, eventJSON{
-			Seq: e.Seq, Time: e.Time.Format(time.RFC3339Nano), Type: e.Type, Actor: e.Actor,
-			TaskID: e.TaskID, Detail: e.Detail, Hash: e.Hash,
-		})
-	}
+	}{Events: renderEvents(evs)}
 	if more {
 		out.NextCursor = s.cursor(evs[len(evs)-1].Seq, scope)
 	}
@@ -296,15 +290,7 @@ func (s *Server) credentials(w http.ResponseWriter, r *http.Request) {
 	out := struct {
 		Credentials []credentialJSON `json:"credentials"`
 		NextCursor  string           `json:"next_cursor,omitempty"`
-	}{Credentials: make([]credentialJSON, 0, len(cs))}
-	for _, c := range cs {
-		out.Credentials = append(out.Credentials, credentialJSON{
-			JTI: c.JTI, Kind: c.Kind, TaskID: c.TaskID, Agent: c.Agent.String(),
-			OnBehalfOf: s.userName(c.User), Scopes: c.Scopes.Strings(), Audience: c.Audience,
-			IssuedAt: c.IssuedAt.Format(time.RFC3339), ExpiresAt: c.ExpiresAt.Format(time.RFC3339),
-			RevokedAt: optTime(c.RevokedAt),
-		})
-	}
+	}{Credentials: s.renderCredentials(cs)}
 	if more {
 		out.NextCursor = s.cursor(cs[len(cs)-1].Seq, scope)
 	}
@@ -314,12 +300,16 @@ func (s *Server) credentials(w http.ResponseWriter, r *http.Request) {
 // historyFilter reads the allow-listed filters of the auditor endpoints.
 // The returned scope binds cursors to the query and the auditor.
 func (s *Server) historyFilter(r *http.Request, p broker.Principal, kind string) (broker.HistoryFilter, string, error) {
-	q, err := allowQuery(r.URL.Query(), "task_id", "actor", "type", "since", "until", "cursor", "limit")
+	q, err := allowQuery(r.URL.Query(), "task_id", "actor", "agent", "user", "type", "code", "since", "until", "cursor", "limit")
 	if err != nil {
 		return broker.HistoryFilter{}, "", err
 	}
-	f := broker.HistoryFilter{TaskID: q.Get("task_id"), Actor: q.Get("actor"), Type: q.Get("type")}
-	for name, v := range map[string]string{"task_id": f.TaskID, "actor": f.Actor, "type": f.Type} {
+	f := broker.HistoryFilter{TaskID: q.Get("task_id"), Actor: q.Get("actor"), Type: q.Get("type"),
+		Agent: q.Get("agent"), User: q.Get("user"), Code: q.Get("code")}
+	if kind == "credentials" && f.Code != "" {
+		return f, "", broker.Errorf(broker.ErrInvalidRequest, "code filters audit events, not credentials")
+	}
+	for name, v := range map[string]string{"task_id": f.TaskID, "actor": f.Actor, "type": f.Type, "agent": f.Agent, "user": f.User, "code": f.Code} {
 		if len(v) > 1024 || !utf8.ValidString(v) || strings.ContainsFunc(v, unicode.IsControl) {
 			return f, "", broker.Errorf(broker.ErrInvalidRequest, "%s is too long, not UTF-8, or holds control characters", name)
 		}
@@ -333,7 +323,7 @@ func (s *Server) historyFilter(r *http.Request, p broker.Principal, kind string)
 	if f.Limit, err = parseLimit(q.Get("limit")); err != nil {
 		return f, "", err
 	}
-	scope := strings.Join([]string{kind, f.TaskID, f.Actor, f.Type, q.Get("since"), q.Get("until"),
+	scope := strings.Join([]string{kind, f.TaskID, f.Actor, f.Type, f.Agent, f.User, f.Code, q.Get("since"), q.Get("until"),
 		string(p.Kind), p.Ref().String()}, "\x00")
 	if f.AfterSeq, err = s.parseCursor(q.Get("cursor"), scope); err != nil {
 		return f, "", err
@@ -478,4 +468,49 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
+}
+
+func renderEvents(evs []broker.AuditEvent) []eventJSON {
+	out := make([]eventJSON, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, eventJSON{
+			Seq: e.Seq, Time: e.Time.Format(time.RFC3339Nano), Type: e.Type, Actor: e.Actor,
+			TaskID: e.TaskID, Detail: e.Detail, Hash: e.Hash,
+		})
+	}
+	return out
+}
+
+func (s *Server) renderCredentials(cs []broker.Credential) []credentialJSON {
+	out := make([]credentialJSON, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, credentialJSON{
+			JTI: c.JTI, Kind: c.Kind, TaskID: c.TaskID, Agent: c.Agent.String(),
+			OnBehalfOf: s.userName(c.User), Scopes: c.Scopes.Strings(), Audience: c.Audience,
+			IssuedAt: c.IssuedAt.Format(time.RFC3339), ExpiresAt: c.ExpiresAt.Format(time.RFC3339),
+			RevokedAt: optTime(c.RevokedAt),
+		})
+	}
+	return out
+}
+
+// taskHistory is one task's timeline, for auditors.
+func (s *Server) taskHistory(w http.ResponseWriter, r *http.Request) {
+	c := s.begin(w, r)
+	if c == nil {
+		return
+	}
+	if _, err := allowQuery(r.URL.Query()); err != nil {
+		c.fail(err)
+		return
+	}
+	h, err := s.svc.TaskHistory(r.Context(), c.p, c.task)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"task": s.renderTask(h.Task), "events": renderEvents(h.Events),
+		"credentials": s.renderCredentials(h.Credentials), "truncated": h.Truncated,
+	})
 }

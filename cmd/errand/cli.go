@@ -323,6 +323,7 @@ func newAuditCmd(g *globals) *cobra.Command {
 		return nil
 	}
 	cmd.AddCommand(events, creds)
+	addAuditOps(cmd)
 	return cmd
 }
 

@@ -246,5 +246,31 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	}
 	sweeper := &revocation.Sweeper{Service: svc, Logger: log}
 	outbox := &revocation.Outbox{Store: st, Service: svc, Backends: map[string]revocation.Backend{}, Logger: log, Metrics: om}
-	return &app{api: api, svc: svc, workers: []func(context.Context) error{sweeper.Run, outbox.Run, hub.Run}}, nil
+	workers := []func(context.Context) error{sweeper.Run, outbox.Run, hub.Run}
+	if every := cfg.AnchorInterval(); every > 0 {
+		workers = append(workers, anchor(st, every, log))
+	}
+	return &app{api: api, svc: svc, workers: workers}, nil
+}
+
+// anchor logs the audit chain's head every period: an external log that
+// keeps these lines can later prove that no event before them was
+// rewritten, even by someone able to recompute every hash after it.
+func anchor(st broker.Reader, every time.Duration, log *slog.Logger) func(context.Context) error {
+	return func(ctx context.Context) error {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			if seq, hash, err := st.AuditHead(ctx); err == nil {
+				log.Info("audit anchor", "seq", seq, "hash", hash)
+			} else if ctx.Err() == nil {
+				log.Warn("audit anchor: cannot read the chain head", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
+		}
+	}
 }

@@ -150,7 +150,7 @@ func (s *Store) Credentials(ctx context.Context, f broker.HistoryFilter) ([]brok
 
 // AuditEvents lists audit events.
 func (s *Store) AuditEvents(ctx context.Context, f broker.HistoryFilter) ([]broker.AuditEvent, error) {
-	q := sqlq.Events(f, nil)
+	q := sqlq.Events(f, nil, `(detail->>'code')`)
 	rows, err := s.pool.Query(ctx, `SELECT seq, time, type, actor_kind, actor_iss, actor_sub,
 		task_id, detail::text, hash FROM audit_events WHERE `+q.SQL()+` ORDER BY seq`+sqlq.Limit(f.Limit), q.Args...)
 	if err != nil {
@@ -167,6 +167,16 @@ func (s *Store) AuditEvents(ctx context.Context, f broker.HistoryFilter) ([]brok
 		e.Time = e.Time.UTC()
 		return e, err
 	})
+}
+
+// AuditHead is the newest event's seq and hash.
+func (s *Store) AuditHead(ctx context.Context) (int64, string, error) {
+	var (
+		seq  int64
+		hash string
+	)
+	err := s.pool.QueryRow(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1`).Scan(&seq, &hash)
+	return seq, hash, translate(err)
 }
 
 // SigningKeys returns every stored signing key, newest first.

@@ -145,7 +145,7 @@ func (s *Store) Credentials(ctx context.Context, f broker.HistoryFilter) ([]brok
 
 // AuditEvents lists audit events.
 func (s *Store) AuditEvents(ctx context.Context, f broker.HistoryFilter) ([]broker.AuditEvent, error) {
-	q := sqlq.Events(f, conv)
+	q := sqlq.Events(f, conv, `json_extract(detail, '$.code')`)
 	return query(ctx, s.db, `SELECT seq, time, type, actor_kind, actor_iss, actor_sub, task_id, detail, hash
 		FROM audit_events WHERE `+q.SQL()+` ORDER BY seq`+sqlq.Limit(f.Limit), q.Args,
 		func(r scanner) (broker.AuditEvent, error) {
@@ -158,6 +158,16 @@ func (s *Store) AuditEvents(ctx context.Context, f broker.HistoryFilter) ([]brok
 			e.Time, e.Detail = fromMicros(at), []byte(detail)
 			return e, translate(err)
 		})
+}
+
+// AuditHead is the newest event's seq and hash.
+func (s *Store) AuditHead(ctx context.Context) (int64, string, error) {
+	var (
+		seq  int64
+		hash string
+	)
+	err := s.db.QueryRowContext(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1`).Scan(&seq, &hash)
+	return seq, hash, translate(err)
 }
 
 // SigningKeys returns every stored signing key, newest first.

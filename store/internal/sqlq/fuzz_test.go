@@ -15,15 +15,19 @@ func FuzzWhereNeverContainsInput(f *testing.F) {
 		f.Add(s, s, s)
 	}
 	f.Fuzz(func(t *testing.T, taskID, actor, typ string) {
-		f := broker.HistoryFilter{TaskID: taskID, Actor: actor, Type: typ, Since: time.Unix(1, 0), Limit: 10}
+		f := broker.HistoryFilter{TaskID: taskID, Actor: actor, Type: typ, Agent: actor, User: typ, Code: taskID,
+			Since: time.Unix(1, 0), Limit: 10}
 		ref := f
-		ref.TaskID, ref.Type = placeholder(taskID), placeholder(typ)
-		ref.Actor = placeholder(actor)
+		ref.TaskID, ref.Type, ref.Code = placeholder(taskID), placeholder(typ), placeholder(taskID)
+		ref.Actor, ref.Agent, ref.User = placeholder(actor), placeholder(actor), placeholder(typ)
 		if strings.Contains(actor, "#") {
-			ref.Actor = "i#s"
+			ref.Actor, ref.Agent = "i#s", "i#s"
+		}
+		if strings.Contains(typ, "#") {
+			ref.User = "i#s"
 		}
 		for name, build := range map[string]func(broker.HistoryFilter) *Where{
-			"events":      func(h broker.HistoryFilter) *Where { return Events(h, nil) },
+			"events":      func(h broker.HistoryFilter) *Where { return Events(h, nil, "code") },
 			"credentials": func(h broker.HistoryFilter) *Where { return Credentials(h, nil) },
 		} {
 			got, want := build(f), build(ref)

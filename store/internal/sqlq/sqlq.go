@@ -84,13 +84,24 @@ func Credentials(f broker.HistoryFilter, conv func(time.Time) any) *Where {
 			q.add("(agent_sub = %[1]s OR user_sub = %[1]s)", f.Actor)
 		}
 	}
+	for col, v := range map[string]string{"agent": f.Agent, "user": f.User} {
+		if v == "" {
+			continue
+		}
+		if iss, sub, ok := strings.Cut(v, "#"); ok {
+			q.add("("+col+"_iss = %s AND "+col+"_sub = %s)", iss, sub)
+		} else {
+			q.add(col+"_sub = %s", v)
+		}
+	}
 	q.window("issued_at", f.Since, f.Until)
 	q.add("seq > %s", f.AfterSeq)
 	return q
 }
 
-// Events selects audit events.
-func Events(f broker.HistoryFilter, conv func(time.Time) any) *Where {
+// Events selects audit events. codeExpr is the dialect's fixed SQL for the
+// code inside an event's JSON detail.
+func Events(f broker.HistoryFilter, conv func(time.Time) any, codeExpr string) *Where {
 	q := &Where{Time: conv}
 	if f.TaskID != "" {
 		q.add("task_id = %s", f.TaskID)
@@ -104,6 +115,21 @@ func Events(f broker.HistoryFilter, conv func(time.Time) any) *Where {
 		} else {
 			q.add("actor_sub = %s", f.Actor)
 		}
+	}
+	for _, party := range []struct{ col, kind, v string }{{"agent", "agent", f.Agent}, {"user", "user", f.User}} {
+		if party.v == "" {
+			continue
+		}
+		if iss, sub, ok := strings.Cut(party.v, "#"); ok {
+			q.add("(task_id IN (SELECT id FROM tasks WHERE "+party.col+"_iss = %[1]s AND "+party.col+"_sub = %[2]s)"+
+				" OR (actor_kind = '"+party.kind+"' AND actor_iss = %[1]s AND actor_sub = %[2]s))", iss, sub)
+		} else {
+			q.add("(task_id IN (SELECT id FROM tasks WHERE "+party.col+"_sub = %[1]s)"+
+				" OR (actor_kind = '"+party.kind+"' AND actor_sub = %[1]s))", party.v)
+		}
+	}
+	if f.Code != "" {
+		q.add(codeExpr+" = %s", f.Code)
 	}
 	q.window("time", f.Since, f.Until)
 	q.add("seq > %s", f.AfterSeq)

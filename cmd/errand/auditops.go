@@ -1,0 +1,213 @@
+package main
+
+import (
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/store/postgres"
+)
+
+// addAuditOps adds the operator's audit commands, which read the database
+// directly: verify and export.
+func addAuditOps(audit *cobra.Command) {
+	var cfgPath string
+	verify := &cobra.Command{
+		Use:   "verify",
+		Short: "Walk the audit hash chain; exit 1 naming the first broken seq",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := openFromConfig(cmd.Context(), cfgPath)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			n, seq, hash, err := verifyChain(cmd.Context(), st)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "audit chain intact: %d events, head seq %d, hash %s\n", n, seq, hash)
+			return nil
+		},
+	}
+	verify.Flags().StringVar(&cfgPath, "config", "errand.yaml", "path to errand.yaml")
+
+	var (
+		expCfg, format string
+		since, until   string
+	)
+	export := &cobra.Command{
+		Use:   "export",
+		Short: "Stream audit events as JSON lines or CSV, for a SIEM",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "jsonl" && format != "csv" {
+				return errors.New("--format must be jsonl or csv")
+			}
+			f := broker.HistoryFilter{Limit: 5000}
+			var err error
+			if f.Since, err = optRFC3339("--since", since); err != nil {
+				return err
+			}
+			if f.Until, err = optRFC3339("--until", until); err != nil {
+				return err
+			}
+			st, err := openFromConfig(cmd.Context(), expCfg)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			return exportEvents(cmd.Context(), st, f, format, cmd.OutOrStdout())
+		},
+	}
+	export.Flags().StringVar(&expCfg, "config", "errand.yaml", "path to errand.yaml")
+	export.Flags().StringVar(&format, "format", "jsonl", "jsonl or csv")
+	export.Flags().StringVar(&since, "since", "", "only events at or after this RFC 3339 time")
+	export.Flags().StringVar(&until, "until", "", "only events before this RFC 3339 time")
+	audit.AddCommand(verify, export)
+}
+
+func optRFC3339(flag, v string) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%s: %q is not an RFC 3339 time", flag, v)
+	}
+	return t, nil
+}
+
+func openFromConfig(ctx context.Context, path string) (backend, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	return openStore(ctx, cfg.DatabaseURL)
+}
+
+// verifyChain checks every event and that the log ends where the chain
+// head says: no event missing at the end and none forged beyond it. Events
+// appended while it runs are verified too.
+func verifyChain(ctx context.Context, st broker.Reader) (int64, int64, string, error) {
+	v := broker.NewChainVerifier()
+	var after int64
+	for pass := 0; ; pass++ {
+		before := after
+		for {
+			evs, err := st.AuditEvents(ctx, broker.HistoryFilter{AfterSeq: after, Limit: 5000})
+			if err != nil {
+				return 0, 0, "", err
+			}
+			for _, e := range evs[:min(len(evs), 5000)] {
+				if err := v.Add(e); err != nil {
+					return v.Count(), 0, "", err
+				}
+				after = e.Seq
+			}
+			if len(evs) <= 5000 {
+				break
+			}
+		}
+		headSeq, headHash, err := st.AuditHead(ctx)
+		if err != nil {
+			return 0, 0, "", err
+		}
+		switch {
+		case headSeq > after && (after > before || pass == 0) && pass < 100:
+			continue // appended meanwhile: verify those too
+		case headSeq < after:
+			return v.Count(), 0, "", &broker.ChainError{Seq: headSeq + 1, Reason: "event beyond the chain head"}
+		}
+		if err := v.Finish(headSeq, headHash); err != nil {
+			return v.Count(), 0, "", err
+		}
+		return v.Count(), headSeq, headHash, nil
+	}
+}
+
+func exportEvents(ctx context.Context, st broker.Reader, f broker.HistoryFilter, format string, out io.Writer) error {
+	cw := csv.NewWriter(out)
+	enc := json.NewEncoder(out)
+	if format == "csv" {
+		if err := cw.Write([]string{"seq", "time", "type", "actor_kind", "actor_iss", "actor_sub", "task_id", "detail", "hash"}); err != nil {
+			return err
+		}
+	}
+	for {
+		evs, err := st.AuditEvents(ctx, f)
+		if err != nil {
+			return err
+		}
+		for _, e := range evs[:min(len(evs), f.Limit)] {
+			var err error
+			if format == "csv" {
+				err = cw.Write([]string{strconv.FormatInt(e.Seq, 10), e.Time.Format(time.RFC3339Nano), e.Type,
+					e.Actor.Kind, e.Actor.Issuer, e.Actor.Subject, e.TaskID, string(e.Detail), e.Hash})
+			} else {
+				err = enc.Encode(map[string]any{"seq": e.Seq, "time": e.Time.Format(time.RFC3339Nano), "type": e.Type,
+					"actor": e.Actor, "task_id": e.TaskID, "detail": json.RawMessage(e.Detail), "hash": e.Hash})
+			}
+			if err != nil {
+				return err
+			}
+			f.AfterSeq = e.Seq
+		}
+		cw.Flush()
+		if err := cw.Error(); err != nil {
+			return err
+		}
+		if len(evs) <= f.Limit {
+			return nil
+		}
+	}
+}
+
+func newDBCmd() *cobra.Command {
+	db := &cobra.Command{Use: "db", Short: "Database administration"}
+	var cfgPath, app, auditor string
+	roles := &cobra.Command{
+		Use:   "roles",
+		Short: "Create least-privilege roles: the serving role may append audit events but never change them",
+		Long: `errand db roles creates two roles without LOGIN (grant them to your login roles):
+
+  the serving role (--app-role)  reads and writes tasks, credentials and the outbox, and may
+                                 INSERT audit events but never UPDATE, DELETE or TRUNCATE them;
+                                 it owns nothing, so it cannot disable the append-only triggers;
+  the auditor role (--auditor-role) reads the audit trail and the issuance history, nothing else.
+
+Run it, like errand migrate, as the role that owns the schema; then run errand serve
+--no-migrate as a login role granted the serving role.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(cfgPath)
+			if err != nil {
+				return err
+			}
+			st, err := postgres.Open(cmd.Context(), postgres.Config{URL: cfg.DatabaseURL})
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			if err := st.CreateRoles(cmd.Context(), app, auditor); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "roles ready: %s (serving), %s (auditor)\n", app, auditor)
+			return nil
+		},
+	}
+	roles.Flags().StringVar(&cfgPath, "config", "errand.yaml", "path to errand.yaml")
+	roles.Flags().StringVar(&app, "app-role", "errand_app", "name of the serving role")
+	roles.Flags().StringVar(&auditor, "auditor-role", "errand_auditor", "name of the auditor role")
+	db.AddCommand(roles)
+	return db
+}
