@@ -42,7 +42,29 @@ func Run(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, "testpg: drop:", err)
 		}
 	}
+	for _, name := range extra {
+		if err := drop(adminDB, name); err != nil {
+			fmt.Fprintln(os.Stderr, "testpg: drop:", err)
+		}
+	}
 	return code
+}
+
+var extra []string
+
+// NewPackageDatabase creates an extra empty database that lives until the
+// package's tests end (for benchmarks, whose function runs several times).
+func NewPackageDatabase(t testing.TB) string {
+	t.Helper()
+	base := URL(t)
+	u, name, err := createEmpty(base)
+	if err != nil {
+		t.Fatalf("testpg: %v", err)
+	}
+	mu.Lock()
+	extra = append(extra, name)
+	mu.Unlock()
+	return u
 }
 
 // URL returns the URL of this package's fresh, migrated database, creating
