@@ -52,6 +52,8 @@ type RevocationTx interface {
 	// Enqueue adds backend revocations to the outbox.
 	Enqueue(ctx context.Context, items []OutboxItem) error
 	SetSuspended(ctx context.Context, agent Ref, reason, by string, at time.Time) error
+	// IsSuspended reads a suspension inside the transaction.
+	IsSuspended(ctx context.Context, agent Ref) (bool, error)
 	// ClearSuspended lifts a suspension; false if there was none.
 	ClearSuspended(ctx context.Context, agent Ref) (bool, error)
 	// MarkAlarmed records that an outbox item's failure was raised.

@@ -21,11 +21,11 @@ func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, no
 	}
 	var outbox []OutboxItem
 	for _, c := range creds {
-		if c.Kind != "jwt" {
+		if s.backend[c.Kind] {
 			outbox = append(outbox, OutboxItem{TaskID: t.ID, Kind: c.Kind, Ref: c.JTI, CreatedAt: now, NextAttemptAt: now})
 		}
 	}
-	t.Revoking = len(outbox) > 0
+	t.Revoking = t.Revoking || len(outbox) > 0
 	if err := tx.UpdateTask(ctx, *t); err != nil {
 		return 0, err
 	}
@@ -44,9 +44,13 @@ func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, no
 	if err := tx.AppendAudit(ctx, events...); err != nil {
 		return 0, err
 	}
-	revs := make([]Revocation, len(creds))
+	// The feed is for resource servers, which see access tokens only; a
+	// Vault accessor or lease id never leaves for them.
+	var revs []Revocation
 	for i, c := range creds {
-		revs[i] = Revocation{Seq: events[i+1].Seq, JTI: c.JTI, TaskID: t.ID, RevokedAt: now, Reason: reason}
+		if c.Kind == "jwt" {
+			revs = append(revs, Revocation{Seq: events[i+1].Seq, JTI: c.JTI, TaskID: t.ID, RevokedAt: now, Reason: reason})
+		}
 	}
 	if err := tx.InsertRevocations(ctx, revs); err != nil {
 		return 0, err
@@ -146,7 +150,7 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) erro
 		reason := "revoked_by_" + string(p.Kind)
 		evs := []AuditEvent{{Time: now, Type: EventCredentialRevoked, Actor: ActorOf(p), TaskID: t.ID,
 			Detail: detail(map[string]any{"kind": c.Kind, "jti_sha256": HashID(c.JTI), "reason": reason})}}
-		if c.Kind != "jwt" {
+		if s.backend[c.Kind] {
 			t.Revoking = true
 			if err := tx.UpdateTask(ctx, t); err != nil {
 				return err

@@ -41,6 +41,12 @@ type Config struct {
 	// MaxPendingPerAgent caps an agent's tasks awaiting a decision, so that
 	// an agent cannot flood its users with approvals; default 20.
 	MaxPendingPerAgent int
+	// Secrets, when set, issues Vault dynamic secrets for SecretRoles.
+	Secrets     SecretIssuer
+	SecretRoles []SecretRole
+	// BackendKinds are the credential kinds whose revocation a backend
+	// must carry out (through the outbox) when their task ends.
+	BackendKinds []string
 	// Now is the clock of stores that have none (see Clock); default time.Now.
 	Now func() time.Time
 	// Random is the source of identifiers; default crypto/rand.
@@ -58,6 +64,9 @@ type Service struct {
 	pending int
 	clock   func() time.Time
 	random  io.Reader
+	secrets SecretIssuer
+	roles   map[string]SecretRole
+	backend map[string]bool
 }
 
 // NewService validates cfg and returns a Service.
@@ -72,6 +81,13 @@ func NewService(cfg Config) (*Service, error) {
 	}
 	if s.pending <= 0 {
 		s.pending = DefaultMaxPendingPerAgent
+	}
+	s.secrets, s.roles, s.backend = cfg.Secrets, map[string]SecretRole{}, map[string]bool{}
+	for _, r := range cfg.SecretRoles {
+		s.roles[r.Name] = r
+	}
+	for _, k := range cfg.BackendKinds {
+		s.backend[k] = true
 	}
 	if s.tokMax <= 0 {
 		s.tokMax = DefaultTokenTTLMax
@@ -283,6 +299,19 @@ func checkText(field, v string, max int, required bool) error {
 	return nil
 }
 
+// notSuspended refuses an agent under the kill switch, reading inside tx
+// (a read on another connection could wait forever for the one tx holds).
+func (s *Service) notSuspended(ctx context.Context, tx Tx, agent Ref) error {
+	suspended, err := tx.IsSuspended(ctx, agent)
+	if err != nil {
+		return err
+	}
+	if suspended {
+		return Errorf(ErrAgentSuspended, "the agent is suspended")
+	}
+	return nil
+}
+
 // ValidTaskID reports whether id has the shape of a task id; anything else
 // is not found without a lookup.
 func ValidTaskID(id string) bool {
@@ -418,6 +447,11 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 			return err
 		}
 		if err := s.decidable(p, t, now, req.Version, req.Digest); err != nil {
+			return err
+		}
+		// Checked under the task's lock: a suspension that commits after
+		// this read waits for the lock, then revokes what this approves.
+		if err := s.notSuspended(ctx, tx, t.Agent); err != nil {
 			return err
 		}
 		approved := t.Scopes
@@ -630,6 +664,9 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		}
 		if !p.Is(KindAgent, t.Agent) {
 			return Errorf(ErrNotTaskParty, "the task belongs to another agent")
+		}
+		if err := s.notSuspended(ctx, tx, t.Agent); err != nil {
+			return err
 		}
 		now, err := s.txNow(ctx, tx)
 		if err != nil {
@@ -848,7 +885,7 @@ func (s *Service) Credentials(ctx context.Context, p Principal, f HistoryFilter)
 	if err := s.auditor(p, f); err != nil {
 		return nil, false, err
 	}
-	if f.Type != "" && f.Type != "jwt" {
+	if f.Type != "" && f.Type != "jwt" && f.Type != KindVaultToken && f.Type != KindVaultLease {
 		return nil, false, Errorf(ErrInvalidRequest, "unknown credential kind %q", f.Type)
 	}
 	cs, err := s.store.Credentials(ctx, f)

@@ -35,8 +35,32 @@ type Config struct {
 	SigningAlg   string     `yaml:"signing_alg"`
 	// AuditAnchorEvery logs the audit chain's head (seq and hash) this
 	// often, for an external system to keep; default 10m, "off" never.
-	AuditAnchorEvery string     `yaml:"audit_anchor_every"`
-	Vault            *yaml.Node `yaml:"vault"`
+	AuditAnchorEvery string `yaml:"audit_anchor_every"`
+	Vault            *Vault `yaml:"vault"`
+}
+
+// Vault configures dynamic secrets.
+type Vault struct {
+	Address      string      `yaml:"address"`
+	Auth         VaultAuth   `yaml:"auth"`
+	Roles        []VaultRole `yaml:"roles"`
+	PolicyPrefix string      `yaml:"policy_prefix"`
+}
+
+// VaultAuth is how Errand logs in to Vault.
+type VaultAuth struct {
+	Method       string `yaml:"method"`
+	TokenFile    string `yaml:"token_file"`
+	RoleID       string `yaml:"role_id"`
+	SecretIDFile string `yaml:"secret_id_file"`
+}
+
+// VaultRole maps a catalog action to a dynamic-secret path. Name, which
+// agents ask for, defaults to the path's last segment.
+type VaultRole struct {
+	Name   string `yaml:"name"`
+	Action string `yaml:"action"`
+	Path   string `yaml:"path"`
 }
 
 // Issuer is a trusted identity provider.
@@ -258,10 +282,86 @@ func (c *Config) Validate() error {
 	if len(c.Policies) > 0 {
 		return errors.New("config: policies: Cedar policies are not enforced by this version of Errand; remove the key rather than run believing they are")
 	}
-	if _, err := c.Catalog(); err != nil {
+	cat, err := c.Catalog()
+	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	if c.Vault != nil {
+		if err := c.validateVault(cat); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+func (c *Config) validateVault(cat *broker.Catalog) error {
+	v := c.Vault
+	if u, err := url.Parse(v.Address); v.Address == "" || err != nil || u.Host == "" {
+		return errors.New("config: vault.address: must be an absolute URL")
+	}
+	switch v.Auth.Method {
+	case "token":
+		if v.Auth.TokenFile == "" {
+			return errors.New("config: vault.auth.token_file: required with method token")
+		}
+	case "approle":
+		if v.Auth.RoleID == "" || v.Auth.SecretIDFile == "" {
+			return errors.New("config: vault.auth: role_id and secret_id_file are required with method approle")
+		}
+	default:
+		return errors.New("config: vault.auth.method: token or approle")
+	}
+	names := map[string]bool{}
+	for i, r := range c.SecretRoles() {
+		if err := vaultCheckPath(r.Path); err != nil {
+			return fmt.Errorf("config: vault.roles[%d].path: %v", i, err)
+		}
+		if names[r.Name] {
+			return fmt.Errorf("config: vault.roles[%d].name: %q is used twice", i, r.Name)
+		}
+		names[r.Name] = true
+		sc, err := r.Scope()
+		if err != nil {
+			return fmt.Errorf("config: vault.roles[%d]: %v", i, err)
+		}
+		if _, ok := cat.Action(sc.Action); !ok {
+			return fmt.Errorf("config: vault.roles[%d].action: %q is not in actions", i, r.Action)
+		}
+		if err := cat.CheckGrantable(broker.Scopes{sc}); err != nil {
+			return fmt.Errorf("config: vault.roles[%d].action: %v", i, err)
+		}
+	}
+	return nil
+}
+
+// vaultCheckPath refuses paths no task may reach (auth/, sys/, identity/).
+var vaultCheckPath = func(p string) error {
+	clean := strings.ToLower(p)
+	if clean == "" || strings.HasPrefix(clean, "/") || strings.Contains(clean, "..") || strings.ContainsAny(clean, "*+ ") {
+		return fmt.Errorf("%q must be a plain relative path", p)
+	}
+	for _, f := range []string{"auth/", "sys/", "identity/", "cubbyhole/"} {
+		if strings.HasPrefix(clean+"/", f) {
+			return fmt.Errorf("%q is under %s, which no task may reach", p, f)
+		}
+	}
+	return nil
+}
+
+// SecretRoles are the configured Vault roles, with default names.
+func (c *Config) SecretRoles() []broker.SecretRole {
+	if c.Vault == nil {
+		return nil
+	}
+	out := make([]broker.SecretRole, len(c.Vault.Roles))
+	for i, r := range c.Vault.Roles {
+		name := r.Name
+		if name == "" {
+			name = r.Path[strings.LastIndex(r.Path, "/")+1:]
+		}
+		out[i] = broker.SecretRole{Name: name, Action: r.Action, Path: r.Path}
+	}
+	return out
 }
 
 // IdentityConfig is the identity.Config of the configured issuers.

@@ -484,8 +484,12 @@ func renderEvents(evs []broker.AuditEvent) []eventJSON {
 func (s *Server) renderCredentials(cs []broker.Credential) []credentialJSON {
 	out := make([]credentialJSON, 0, len(cs))
 	for _, c := range cs {
+		jti := c.JTI
+		if c.Kind == broker.KindVaultToken {
+			jti = "sha256:" + broker.HashID(c.JTI) // a Vault accessor is never shown
+		}
 		out = append(out, credentialJSON{
-			JTI: c.JTI, Kind: c.Kind, TaskID: c.TaskID, Agent: c.Agent.String(),
+			JTI: jti, Kind: c.Kind, TaskID: c.TaskID, Agent: c.Agent.String(),
 			OnBehalfOf: s.userName(c.User), Scopes: c.Scopes.Strings(), Audience: c.Audience,
 			IssuedAt: c.IssuedAt.Format(time.RFC3339), ExpiresAt: c.ExpiresAt.Format(time.RFC3339),
 			RevokedAt: optTime(c.RevokedAt),
@@ -512,5 +516,30 @@ func (s *Server) taskHistory(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"task": s.renderTask(h.Task), "events": renderEvents(h.Events),
 		"credentials": s.renderCredentials(h.Credentials), "truncated": h.Truncated,
+	})
+}
+
+// issueSecret hands the task's agent a Vault dynamic secret: its data and
+// lease metadata, never a Vault token.
+func (s *Server) issueSecret(w http.ResponseWriter, r *http.Request) {
+	c := s.begin(w, r)
+	if c == nil {
+		return
+	}
+	var b struct {
+		Role string `json:"role"`
+	}
+	if !c.body(&b, false) {
+		return
+	}
+	sec, err := s.svc.IssueSecret(r.Context(), c.p, c.task, b.Role)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	s.metrics.issued.Inc()
+	writeJSON(w, http.StatusCreated, map[string]any{
+		"lease_id": sec.LeaseID, "lease_duration": int64(sec.LeaseDuration / time.Second),
+		"renewable": false, "data": sec.Data,
 	})
 }

@@ -20,11 +20,17 @@ import (
 	"github.com/errandhq/errand/identity"
 	"github.com/errandhq/errand/internal/testoidc"
 	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testvault"
 	"github.com/errandhq/errand/issuer/jwt"
+	"github.com/errandhq/errand/issuer/vault"
 	"github.com/errandhq/errand/store/postgres"
 )
 
-func TestMain(m *testing.M) { os.Exit(testpg.Run(m)) }
+func TestMain(m *testing.M) {
+	code := testpg.Run(m)
+	testvault.Stop()
+	os.Exit(code)
+}
 
 const (
 	audience  = "errand"
@@ -49,6 +55,7 @@ type env struct {
 	users     *testoidc.Issuer
 	resources *testoidc.Issuer
 	untrusted *testoidc.Issuer
+	vault     *vault.Issuer
 	// users2 is a second trusted user issuer, only with envOptions.twoUserIssuers.
 	users2 *testoidc.Issuer
 }
@@ -71,6 +78,10 @@ type envOptions struct {
 	introspectors []string
 	// notifier wakes revocation streams (default: a 1 s tick).
 	notifier Notifier
+	// vault, when set, configures Vault dynamic secrets (roles task-ro and
+	// task-other); vaultAddr overrides its address (a fault proxy).
+	vault     *testvault.Env
+	vaultAddr string
 }
 
 func logger(w io.Writer) *slog.Logger {
@@ -104,12 +115,13 @@ func testCatalogWith(t testing.TB, rsIssuer string, introspectors []string) *bro
 			{Name: "aws.iam.createaccesskey", Class: broker.ClassCredential, Risk: broker.RiskHigh},
 			{Name: "okta.user.update", Class: broker.ClassIdentity, Risk: broker.RiskHigh},
 			{Name: "errand.token.mint", Class: broker.ClassToken, Risk: broker.RiskHigh},
+			{Name: "db.orders.read", Class: broker.ClassRead, Risk: broker.RiskMedium},
 		},
 		[]broker.Audience{{URL: apiGitHub, Environment: "prod"}, stage},
 		[]broker.Grant{
 			// People may hold blocked actions; they stay ungrantable to agents.
 			{Group: "eng", Scopes: sc("github.repo.read:acme/**", "github.pr.write:acme/**",
-				"aws.iam.createaccesskey", "okta.user.update", "errand.token.mint")},
+				"aws.iam.createaccesskey", "okta.user.update", "errand.token.mint", "db.orders.read:database/creds/**")},
 			{Group: "interns", Scopes: sc("github.repo.read:acme/docs"), Audiences: []string{apiStage}},
 			{Group: "dba", Scopes: sc("github.pr.write:acme/db"), Audiences: []string{apiGitHub}},
 		},
@@ -179,10 +191,27 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	if len(o.introspectors) > 0 {
 		cat = testCatalogWith(t, e.resources.URL, o.introspectors)
 	}
-	e.svc, err = broker.NewService(broker.Config{
+	bcfg := broker.Config{
 		Store: e.st, Tokens: e.tokens, Catalog: cat, UserIssuers: userIssuers, MaxPendingPerAgent: o.maxPending,
-		Now: o.replicaClock,
-	})
+		BackendKinds: []string{"testbackend", broker.KindVaultToken}, Now: o.replicaClock,
+	}
+	if o.vault != nil {
+		addr := o.vault.Addr
+		if o.vaultAddr != "" {
+			addr = o.vaultAddr
+		}
+		roles := []broker.SecretRole{
+			{Name: "task-ro", Action: "db.orders.read", Path: "database/creds/task-ro"},
+			{Name: "task-other", Action: "db.orders.read", Path: "database/creds/task-other"},
+		}
+		e.vault, err = vault.New(context.Background(), vault.Config{Address: addr, Auth: vault.Auth{Token: o.vault.RootToken},
+			Roles: roles, Secret: []byte(secret)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bcfg.Secrets, bcfg.SecretRoles = e.vault, roles
+	}
+	e.svc, err = broker.NewService(bcfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -192,6 +192,9 @@ func invariantCases(t *testing.T, e *env) []attack {
 		{"N01 unknown field", nil, func(string) resp {
 			return e.do("POST", "/v1/tasks", e.agent("agent-1"), `{"on_behalf_of":"alice","goal":"g","scopes":["github.repo.read"],"audiences":["`+apiGitHub+`"],"admin":true}`)
 		}, 400, "invalid_request"},
+		{"N01 Unicode case-folded duplicate key", nil, func(string) resp {
+			return e.do("POST", "/v1/tasks", e.agent("agent-1"), `{"on_behalf_of":"alice","goal":"g","scopes":["github.repo.read:acme/x"],"ſcopes":["github.repo.read"],"audiences":["`+apiGitHub+`"]}`)
+		}, 400, "invalid_request"},
 		{"N01 duplicate key", nil, func(string) resp {
 			return e.do("POST", "/v1/tasks", e.agent("agent-1"), `{"on_behalf_of":"alice","goal":"g","goal":"h","scopes":["github.repo.read"],"audiences":["`+apiGitHub+`"]}`)
 		}, 400, "invalid_request"},

@@ -69,9 +69,9 @@ func (ls *limiters) allow(key string) (bool, time.Duration) {
 	now := time.Now()
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
-	if now.Sub(ls.swept) > time.Minute || len(ls.buckets) > maxBuckets {
+	if now.Sub(ls.swept) > time.Minute {
 		for k, b := range ls.buckets {
-			if now.Sub(b.seen) > 10*time.Minute || len(ls.buckets) > maxBuckets {
+			if now.Sub(b.seen) > 10*time.Minute {
 				delete(ls.buckets, k)
 			}
 		}
@@ -79,6 +79,11 @@ func (ls *limiters) allow(key string) (bool, time.Duration) {
 	}
 	b := ls.buckets[key]
 	if b == nil {
+		if len(ls.buckets) >= maxBuckets {
+			// Under a flood of new keys, refuse newcomers rather than
+			// evict (and so reset) the buckets of those already limited.
+			return false, time.Minute
+		}
 		b = &bucket{lim: rate.NewLimiter(ls.limit, ls.burst)}
 		ls.buckets[key] = b
 	}
@@ -112,11 +117,7 @@ func (s *Server) throttle(key string, ls *limiters) error {
 // limitAddress applies the per-address limit before authentication.
 func (s *Server) limitAddress(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		if err != nil {
-			host = r.RemoteAddr
-		}
-		if err := s.throttle(host, s.byAddress); err != nil {
+		if err := s.throttle(addressKey(r.RemoteAddr), s.byAddress); err != nil {
 			s.fail(w, r, broker.Principal{}, "", err)
 			return
 		}
@@ -145,4 +146,21 @@ func itoa(n int) string {
 		n /= 10
 	}
 	return string(b[i:])
+}
+
+// addressKey is the rate-limit key of a peer: its IPv4 address, or its
+// IPv6 /64 (one host commonly holds a whole /64).
+func addressKey(remote string) string {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return host
+	}
+	if v4 := ip.To4(); v4 != nil {
+		return v4.String()
+	}
+	return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
 }

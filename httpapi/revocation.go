@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"mime"
@@ -148,6 +149,12 @@ func (s *Server) revocationStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rc := http.NewResponseController(w)
+	// The server's ReadTimeout would otherwise end the stream; a stream
+	// lasts at most maxStream, then the client resumes (and shows a fresh
+	// identity token).
+	_ = rc.SetReadDeadline(time.Time{})
+	ctx, cancel := context.WithTimeout(r.Context(), maxStream)
+	defer cancel()
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
@@ -162,7 +169,6 @@ func (s *Server) revocationStream(w http.ResponseWriter, r *http.Request) {
 	if !write(": errand revocation feed from %d\n\n", cursor) {
 		return
 	}
-	ctx := r.Context()
 	for {
 		changed := s.notifier.Changed()
 		revs, err := s.svc.Revocations(ctx, p, cursor, 500)
@@ -195,6 +201,9 @@ func (s *Server) revocationStream(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 }
+
+// maxStream bounds one revocation stream's life.
+const maxStream = 10 * time.Minute
 
 type agentBody struct {
 	Agent  string `json:"agent"`

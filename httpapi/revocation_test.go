@@ -61,6 +61,7 @@ func TestSweeperRecordsExpiry(t *testing.T) {
 	pending := e.mustStatus(e.do("POST", "/v1/tasks", e.agent("agent-1"), map[string]any{
 		"on_behalf_of": "alice", "goal": "g", "scopes": []string{"github.repo.read"}, "audiences": []string{apiGitHub}, "ttl_seconds": 1,
 	}), 201).str("id")
+	tail := e.feedTail()
 	time.Sleep(1100 * time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -86,7 +87,7 @@ func TestSweeperRecordsExpiry(t *testing.T) {
 	if got := strings.Join(e.eventTypes(pending), " "); got != "task.created task.denied" {
 		t.Fatalf("pending task events: %s", got)
 	}
-	feed := e.mustStatus(e.do("GET", "/v1/revocations", e.resource("rs"), nil), 200)
+	feed := e.mustStatus(e.do("GET", "/v1/revocations?limit=1000&since="+tail, e.resource("rs"), nil), 200)
 	n := 0
 	for _, x := range feed.JSON["revocations"].([]any) {
 		if x.(map[string]any)["task_id"] == id && x.(map[string]any)["reason"] == "task_expired" {
@@ -95,6 +96,19 @@ func TestSweeperRecordsExpiry(t *testing.T) {
 	}
 	if n != 2 {
 		t.Fatalf("%d feed entries for the expired task: %s", n, feed.Raw)
+	}
+}
+
+// feedTail is the feed's current end position.
+func (e *env) feedTail() string {
+	e.t.Helper()
+	tail := "0"
+	for {
+		page := e.mustStatus(e.do("GET", "/v1/revocations?limit=1000&since="+tail, e.resource("rs"), nil), 200)
+		tail = page.str("next_cursor")
+		if len(page.JSON["revocations"].([]any)) < 1000 {
+			return tail
+		}
 	}
 }
 
@@ -232,6 +246,18 @@ func TestA10KillSwitch(t *testing.T) {
 	e.refused(before, e.do("POST", "/v1/tasks", e.agent("rogue"), map[string]any{
 		"on_behalf_of": "alice", "goal": "g", "scopes": []string{"github.repo.read"}, "audiences": []string{apiGitHub},
 	}), 403, "agent_suspended")
+	// A task that slipped in while the suspension committed (as a create
+	// racing it would) can be neither approved nor used.
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	raced := broker.Task{ID: "tsk_" + strings.Repeat("r", 26), Version: 1, Status: broker.StatusPending,
+		Agent: broker.Ref{Issuer: e.agents.URL, Subject: "rogue"}, User: broker.Ref{Issuer: e.users.URL, Subject: "alice"},
+		Goal: "g", Scopes: broker.Scopes{broker.MustParseScope("github.repo.read:acme/x")}, Audiences: []string{apiGitHub},
+		Risk: broker.RiskLow, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+	if err := e.st.InTx(context.Background(), func(tx broker.Tx) error { return tx.InsertTask(context.Background(), &raced) }); err != nil {
+		t.Fatal(err)
+	}
+	before = e.snapshot()
+	e.refused(before, e.do("POST", "/v1/tasks/"+raced.ID+"/approve", e.user("alice", "eng"), nil), 403, "agent_suspended")
 	e.mustStatus(e.do("POST", "/v1/agents/unsuspend", admin, map[string]any{"agent": agent}), 200)
 	e.task("rogue", "alice", "github.repo.read:acme/**")
 	before = e.snapshot()

@@ -41,6 +41,7 @@ func (s *Server) routes() chi.Router {
 			r.Post("/tasks/{id}/approve", s.approveTask)
 			r.Post("/tasks/{id}/deny", s.denyTask)
 			r.Post("/tasks/{id}/tokens", s.mintToken)
+			r.Post("/tasks/{id}/secrets", s.issueSecret)
 			r.Post("/tasks/{id}/close", s.closeTask)
 			r.Get("/tasks/{id}/history", s.taskHistory)
 			r.Post("/introspect", s.introspect)

@@ -114,7 +114,7 @@ func (o *Outbox) Run(ctx context.Context) error {
 // Drain claims the items due now, once each, and returns how many.
 func (o *Outbox) Drain(ctx context.Context) (int, error) {
 	o.defaults()
-	items, err := o.Store.ClaimOutbox(ctx, o.Now(), o.Lease, 50)
+	items, err := o.Store.ClaimOutbox(ctx, o.Now(), o.Lease, 10)
 	if err != nil {
 		return 0, err
 	}
@@ -130,7 +130,10 @@ func (o *Outbox) attempt(ctx context.Context, it broker.OutboxItem) {
 	if !ok {
 		err = fmt.Errorf("no backend for credential kind %q", it.Kind)
 	} else {
-		err = b.Revoke(ctx, it)
+		// Half the lease: an attempt never outlives its claim.
+		actx, cancel := context.WithTimeout(ctx, o.Lease/2)
+		err = b.Revoke(actx, it)
+		cancel()
 	}
 	if err == nil {
 		o.count(it.Kind, "ok")

@@ -24,6 +24,7 @@ import (
 	"github.com/errandhq/errand/httpapi"
 	"github.com/errandhq/errand/identity"
 	"github.com/errandhq/errand/issuer/jwt"
+	"github.com/errandhq/errand/issuer/vault"
 	"github.com/errandhq/errand/revocation"
 	"github.com/errandhq/errand/store/postgres"
 	"github.com/errandhq/errand/store/sqlite"
@@ -209,11 +210,24 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	if err != nil {
 		return nil, err
 	}
-	svc, err := broker.NewService(broker.Config{
+	backends := map[string]revocation.Backend{}
+	bcfg := broker.Config{
 		Store: st, Tokens: tokens, Catalog: catalog, UserIssuers: cfg.UserIssuers(),
 		TokenTTLMax: cfg.Limits.TokenTTLMax, TaskTTLMax: cfg.Limits.TaskTTLMax,
 		MaxPendingPerAgent: cfg.Limits.PendingTasksPerAgent,
-	})
+	}
+	if v := cfg.Vault; v != nil {
+		vi, err := vault.New(ctx, vault.Config{
+			Address: v.Address, Roles: cfg.SecretRoles(), Secret: []byte(cfg.SystemSecret), PolicyPrefix: v.PolicyPrefix,
+			Auth: vault.Auth{Method: v.Auth.Method, TokenFile: v.Auth.TokenFile, RoleID: v.Auth.RoleID, SecretIDFile: v.Auth.SecretIDFile},
+		})
+		if err != nil {
+			return nil, err
+		}
+		bcfg.Secrets, bcfg.SecretRoles, bcfg.BackendKinds = vi, cfg.SecretRoles(), []string{broker.KindVaultToken}
+		backends[broker.KindVaultToken] = vi
+	}
+	svc, err := broker.NewService(bcfg)
 	if err != nil {
 		return nil, err
 	}
@@ -245,7 +259,7 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		return nil, err
 	}
 	sweeper := &revocation.Sweeper{Service: svc, Logger: log}
-	outbox := &revocation.Outbox{Store: st, Service: svc, Backends: map[string]revocation.Backend{}, Logger: log, Metrics: om}
+	outbox := &revocation.Outbox{Store: st, Service: svc, Backends: backends, Logger: log, Metrics: om}
 	workers := []func(context.Context) error{sweeper.Run, outbox.Run, hub.Run}
 	if every := cfg.AnchorInterval(); every > 0 {
 		workers = append(workers, anchor(st, every, log))

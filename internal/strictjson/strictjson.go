@@ -81,6 +81,14 @@ func CheckKeys(raw []byte) error {
 			}
 		case string:
 			if top != nil && top.object && top.wantKey {
+				// encoding/json folds keys with Unicode simple folding
+				// (ſ matches s, K matches k), so only ASCII keys are
+				// allowed: their folding is plain lower-casing.
+				for i := 0; i < len(t); i++ {
+					if t[i] >= 0x80 {
+						return fmt.Errorf("non-ASCII key %q", t)
+					}
+				}
 				k := strings.ToLower(t)
 				if top.keys[k] {
 					return fmt.Errorf("duplicate or case-variant key %q", t)

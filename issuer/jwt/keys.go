@@ -2,20 +2,18 @@ package jwt
 
 import (
 	"crypto"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto/hkdf"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/errandhq/errand/internal/seal"
 )
 
 // Supported signing algorithms. RS256 is deliberately absent: it costs
@@ -59,28 +57,17 @@ func publicJWK(pub crypto.PublicKey, kid, alg string) ([]byte, error) {
 	return (&jose.JSONWebKey{Key: pub, KeyID: kid, Algorithm: alg, Use: "sig"}).MarshalJSON()
 }
 
-// sealer encrypts private keys with AES-256-GCM under a key derived from
-// the system secret; the kid is the additional data, so a sealed key
-// cannot be moved to another row.
-type sealer struct{ aead cipher.AEAD }
+// sealer encrypts private keys with a key derived from the system secret;
+// the kid is the additional data, so a sealed key cannot be moved to
+// another row.
+type sealer struct{ s *seal.Sealer }
 
 func newSealer(secret []byte) (*sealer, error) {
-	if len(secret) < 32 {
-		return nil, errors.New("jwt: system_secret must be at least 32 bytes")
-	}
-	k, err := hkdf.Key(sha256.New, secret, nil, "errand signing-key seal v1", 32)
+	s, err := seal.New(secret, "errand signing-key seal v1")
 	if err != nil {
 		return nil, err
 	}
-	block, err := aes.NewCipher(k)
-	if err != nil {
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
-	}
-	return &sealer{aead: aead}, nil
+	return &sealer{s: s}, nil
 }
 
 func (s *sealer) seal(priv crypto.Signer, kid string) ([]byte, error) {
@@ -88,19 +75,11 @@ func (s *sealer) seal(priv crypto.Signer, kid string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	nonce := make([]byte, s.aead.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return nil, err
-	}
-	return s.aead.Seal(nonce, nonce, der, []byte(kid)), nil
+	return s.s.Seal(der, []byte(kid))
 }
 
 func (s *sealer) open(sealed []byte, kid string) (crypto.Signer, error) {
-	n := s.aead.NonceSize()
-	if len(sealed) < n {
-		return nil, errors.New("sealed key too short")
-	}
-	der, err := s.aead.Open(nil, sealed[:n], sealed[n:], []byte(kid))
+	der, err := s.s.Open(sealed, []byte(kid))
 	if err != nil {
 		return nil, errors.New("cannot unseal signing key: wrong system_secret?")
 	}

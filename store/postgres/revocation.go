@@ -140,7 +140,15 @@ func (s *Store) ClaimOutbox(ctx context.Context, now time.Time, lease time.Durat
 func (s *Store) CompleteOutbox(ctx context.Context, id int64, at time.Time) error {
 	return translate(pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var task string
-		if err := tx.QueryRow(ctx, `UPDATE outbox SET done_at = $2 WHERE id = $1 RETURNING task_id`, id, at).Scan(&task); err != nil {
+		if err := tx.QueryRow(ctx, `SELECT task_id FROM outbox WHERE id = $1`, id).Scan(&task); err != nil {
+			return err
+		}
+		// Lock the task first: two replicas completing a task's last two
+		// items must not both miss the other's (write skew).
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE`, task); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE outbox SET done_at = $2 WHERE id = $1`, id, at); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, `UPDATE tasks SET revoking = false WHERE id = $1
@@ -193,4 +201,27 @@ func (s *Store) listenOnce(ctx context.Context, notify func()) error {
 		}
 		notify()
 	}
+}
+
+var _ broker.SecretTx = (*txn)(nil)
+
+func (t *txn) TaskToken(ctx context.Context, taskID string) (broker.TaskToken, error) {
+	var tok broker.TaskToken
+	err := t.tx.QueryRow(ctx, `SELECT accessor, sealed, expires_at FROM vault_tokens WHERE task_id = $1`, taskID).
+		Scan(&tok.Accessor, &tok.Sealed, &tok.ExpiresAt)
+	tok.ExpiresAt = tok.ExpiresAt.UTC()
+	return tok, translate(err)
+}
+
+func (t *txn) InsertTaskToken(ctx context.Context, taskID string, tok broker.TaskToken) error {
+	_, err := t.tx.Exec(ctx, `INSERT INTO vault_tokens (task_id, accessor, sealed, expires_at) VALUES ($1,$2,$3,$4)
+		ON CONFLICT (task_id) DO UPDATE SET accessor = $2, sealed = $3, expires_at = $4`, taskID, tok.Accessor, tok.Sealed, tok.ExpiresAt)
+	return translate(err)
+}
+
+func (t *txn) IsSuspended(ctx context.Context, a broker.Ref) (bool, error) {
+	var ok bool
+	err := t.tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM suspended_agents WHERE agent_iss = $1 AND agent_sub = $2)`,
+		a.Issuer, a.Subject).Scan(&ok)
+	return ok, translate(err)
 }

@@ -137,3 +137,29 @@ func (s *Store) RetryOutbox(ctx context.Context, id int64, next time.Time, errMs
 	_, err := s.db.ExecContext(ctx, `UPDATE outbox SET next_attempt_at = $2, last_error = $3 WHERE id = $1`, id, micros(next), errMsg)
 	return translate(err)
 }
+
+var _ broker.SecretTx = (*txn)(nil)
+
+func (t *txn) TaskToken(ctx context.Context, taskID string) (broker.TaskToken, error) {
+	var (
+		tok broker.TaskToken
+		exp int64
+	)
+	err := t.tx.QueryRowContext(ctx, `SELECT accessor, sealed, expires_at FROM vault_tokens WHERE task_id = $1`, taskID).
+		Scan(&tok.Accessor, &tok.Sealed, &exp)
+	tok.ExpiresAt = fromMicros(exp)
+	return tok, translate(err)
+}
+
+func (t *txn) InsertTaskToken(ctx context.Context, taskID string, tok broker.TaskToken) error {
+	_, err := t.tx.ExecContext(ctx, `INSERT INTO vault_tokens (task_id, accessor, sealed, expires_at) VALUES ($1,$2,$3,$4)
+		ON CONFLICT (task_id) DO UPDATE SET accessor = $2, sealed = $3, expires_at = $4`, taskID, tok.Accessor, tok.Sealed, micros(tok.ExpiresAt))
+	return translate(err)
+}
+
+func (t *txn) IsSuspended(ctx context.Context, a broker.Ref) (bool, error) {
+	var n int
+	err := t.tx.QueryRowContext(ctx, `SELECT count(*) FROM suspended_agents WHERE agent_iss = $1 AND agent_sub = $2`,
+		a.Issuer, a.Subject).Scan(&n)
+	return n > 0, translate(err)
+}

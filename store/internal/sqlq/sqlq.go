@@ -84,14 +84,14 @@ func Credentials(f broker.HistoryFilter, conv func(time.Time) any) *Where {
 			q.add("(agent_sub = %[1]s OR user_sub = %[1]s)", f.Actor)
 		}
 	}
-	for col, v := range map[string]string{"agent": f.Agent, "user": f.User} {
-		if v == "" {
+	for _, party := range []struct{ col, v string }{{"agent", f.Agent}, {"user", f.User}} {
+		if party.v == "" {
 			continue
 		}
-		if iss, sub, ok := strings.Cut(v, "#"); ok {
-			q.add("("+col+"_iss = %s AND "+col+"_sub = %s)", iss, sub)
+		if iss, sub, ok := strings.Cut(party.v, "#"); ok {
+			q.add("("+party.col+"_iss = %s AND "+party.col+"_sub = %s)", iss, sub)
 		} else {
-			q.add(col+"_sub = %s", v)
+			q.add(party.col+"_sub = %s", party.v)
 		}
 	}
 	q.window("issued_at", f.Since, f.Until)

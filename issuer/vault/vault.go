@@ -1,0 +1,260 @@
+// Package vault issues HashiCorp Vault dynamic secrets for tasks, with
+// github.com/hashicorp/vault/api, and revokes them.
+//
+// Per task, Errand creates one service token: a child of Errand's own
+// token (never an orphan, so it dies with Errand's), not renewable,
+// without the default policy, with explicit_max_ttl no longer than the
+// task's remaining life, and with policies that allow reading exactly the
+// task's approved roles' paths. Every secret of the task is read with that
+// token, so revoking its accessor revokes all of the task's leases; Vault's
+// own TTL is the backstop. The token is kept sealed in the database; agents
+// only ever receive a secret's data and lease metadata.
+package vault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/internal/seal"
+)
+
+// Auth is how Errand logs in to Vault.
+type Auth struct {
+	Method       string // "token" or "approle"
+	TokenFile    string // method token
+	RoleID       string // method approle
+	SecretIDFile string // method approle
+	Token        string // a token given directly (tests and dev)
+}
+
+// Config configures an Issuer.
+type Config struct {
+	Address string
+	Auth    Auth
+	Roles   []broker.SecretRole
+	// Secret is system_secret: it seals the per-task tokens.
+	Secret []byte
+	// PolicyPrefix names the per-role policies Errand writes; default "errand-role-".
+	PolicyPrefix string
+	Timeout      time.Duration
+}
+
+// Issuer talks to Vault for the broker (broker.SecretIssuer) and revokes
+// task tokens for the outbox (revocation.Backend).
+type Issuer struct {
+	client *vaultapi.Client
+	seal   *seal.Sealer
+	prefix string
+	roles  []broker.SecretRole
+}
+
+var _ broker.SecretIssuer = (*Issuer)(nil)
+
+// ForbiddenPrefixes are Vault paths no task may ever reach.
+var ForbiddenPrefixes = []string{"auth/", "sys/", "identity/", "cubbyhole/"}
+
+// CheckPath refuses a role path that is empty, relative or under a path
+// that controls Vault itself (auth/, sys/, identity/).
+func CheckPath(p string) error {
+	clean := strings.ToLower(strings.Trim(p, " "))
+	if clean == "" || strings.HasPrefix(clean, "/") || strings.Contains(clean, "..") || strings.ContainsAny(clean, "*+ ") {
+		return fmt.Errorf("vault path %q must be a plain relative path (no wildcards, no ..)", p)
+	}
+	for _, f := range ForbiddenPrefixes {
+		if strings.HasPrefix(clean+"/", f) {
+			return fmt.Errorf("vault path %q is under %s, which no task may reach", p, f)
+		}
+	}
+	return nil
+}
+
+// New logs in, writes one read-only policy per role, and checks that
+// Errand's token can create child tokens with them.
+func New(ctx context.Context, cfg Config) (*Issuer, error) {
+	vc := vaultapi.DefaultConfig()
+	vc.Address = cfg.Address
+	if cfg.Timeout > 0 {
+		vc.Timeout = cfg.Timeout
+	} else {
+		vc.Timeout = 10 * time.Second
+	}
+	vc.MaxRetries = 0 // the outbox retries; a request must fail fast
+	client, err := vaultapi.NewClient(vc)
+	if err != nil {
+		return nil, fmt.Errorf("vault: %w", err)
+	}
+	client.SetCloneToken(false)
+	s, err := seal.New(cfg.Secret, "errand vault task token v1")
+	if err != nil {
+		return nil, err
+	}
+	i := &Issuer{client: client, seal: s, prefix: cfg.PolicyPrefix, roles: cfg.Roles}
+	if i.prefix == "" {
+		i.prefix = "errand-role-"
+	}
+	if err := i.login(ctx, cfg.Auth); err != nil {
+		return nil, err
+	}
+	for _, r := range cfg.Roles {
+		if err := CheckPath(r.Path); err != nil {
+			return nil, err
+		}
+		policy := fmt.Sprintf("path %q {\n  capabilities = [\"read\"]\n}\n", r.Path)
+		if err := client.Sys().PutPolicyWithContext(ctx, i.policy(r), policy); err != nil {
+			return nil, fmt.Errorf("vault: cannot write policy %s (Errand's Vault token needs create/update on sys/policy/%s*): %w", i.policy(r), i.prefix, err)
+		}
+	}
+	caps, err := client.Sys().CapabilitiesSelfWithContext(ctx, "auth/token/create")
+	if err != nil {
+		return nil, fmt.Errorf("vault: capabilities check: %w", err)
+	}
+	if !hasAny(caps, "root", "create", "update") {
+		return nil, fmt.Errorf("vault: Errand's token cannot create task tokens (capabilities on auth/token/create: %v)", caps)
+	}
+	return i, nil
+}
+
+func hasAny(caps []string, want ...string) bool {
+	for _, c := range caps {
+		for _, w := range want {
+			if c == w {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (i *Issuer) login(ctx context.Context, a Auth) error {
+	switch a.Method {
+	case "", "token":
+		tok := a.Token
+		if tok == "" && a.TokenFile != "" {
+			b, err := os.ReadFile(a.TokenFile)
+			if err != nil {
+				return fmt.Errorf("vault: token_file: %w", err)
+			}
+			tok = strings.TrimSpace(string(b))
+		}
+		if tok == "" {
+			return errors.New("vault: auth: token_file (or a token) is required")
+		}
+		i.client.SetToken(tok)
+		return nil
+	case "approle":
+		b, err := os.ReadFile(a.SecretIDFile)
+		if err != nil {
+			return fmt.Errorf("vault: secret_id_file: %w", err)
+		}
+		sec, err := i.client.Logical().WriteWithContext(ctx, "auth/approle/login",
+			map[string]any{"role_id": a.RoleID, "secret_id": strings.TrimSpace(string(b))})
+		if err != nil || sec == nil || sec.Auth == nil {
+			return fmt.Errorf("vault: approle login: %v", err)
+		}
+		i.client.SetToken(sec.Auth.ClientToken)
+		return nil
+	}
+	return fmt.Errorf("vault: auth method %q is not supported (token or approle)", a.Method)
+}
+
+func (i *Issuer) policy(r broker.SecretRole) string { return i.prefix + r.Name }
+
+// CreateTaskToken implements broker.SecretIssuer.
+func (i *Issuer) CreateTaskToken(ctx context.Context, taskID string, roles []broker.SecretRole, ttl time.Duration) (broker.TaskToken, error) {
+	if len(roles) == 0 {
+		return broker.TaskToken{}, broker.Errorf(broker.ErrScopeExceedsApproval, "no secret role is approved for this task")
+	}
+	policies := make([]string, len(roles))
+	for n, r := range roles {
+		policies[n] = i.policy(r)
+	}
+	renewable := false
+	sec, err := i.client.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{
+		Policies: policies, NoDefaultPolicy: true, TTL: ttl.String(), ExplicitMaxTTL: ttl.String(),
+		Renewable: &renewable, DisplayName: "errand-" + taskID, Type: "service",
+		Metadata: map[string]string{"errand_task": taskID},
+	})
+	if err != nil {
+		return broker.TaskToken{}, unavailable(err)
+	}
+	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" {
+		return broker.TaskToken{}, errors.New("vault: token create returned no token")
+	}
+	sealed, err := i.seal.Seal([]byte(sec.Auth.ClientToken), []byte(taskID))
+	if err != nil {
+		return broker.TaskToken{}, err
+	}
+	return broker.TaskToken{Accessor: sec.Auth.Accessor, Sealed: sealed,
+		ExpiresAt: time.Now().Add(time.Duration(sec.Auth.LeaseDuration) * time.Second).UTC()}, nil
+}
+
+// ReadSecret implements broker.SecretIssuer: a read of path with the task's
+// own token, on a client of its own (never Errand's token).
+func (i *Issuer) ReadSecret(ctx context.Context, taskID string, t broker.TaskToken, path string) (broker.Secret, error) {
+	tok, err := i.seal.Open(t.Sealed, []byte(taskID))
+	if err != nil {
+		return broker.Secret{}, err
+	}
+	c, err := i.client.Clone()
+	if err != nil {
+		return broker.Secret{}, err
+	}
+	c.SetToken(string(tok))
+	sec, err := c.Logical().ReadWithContext(ctx, path)
+	if err != nil {
+		return broker.Secret{}, unavailable(err)
+	}
+	if sec == nil || sec.LeaseID == "" {
+		return broker.Secret{}, fmt.Errorf("vault: %s returned no lease", path)
+	}
+	return broker.Secret{LeaseID: sec.LeaseID, LeaseDuration: time.Duration(sec.LeaseDuration) * time.Second, Data: sec.Data}, nil
+}
+
+// RevokeLease implements broker.SecretIssuer.
+func (i *Issuer) RevokeLease(ctx context.Context, leaseID string) error {
+	_, err := i.client.Logical().WriteWithContext(ctx, "sys/leases/revoke", map[string]any{"lease_id": leaseID, "sync": true})
+	return unavailable(err)
+}
+
+// Revoke is the outbox's revocation.Backend for kind vault-token: revoke
+// the task token by its accessor (with every lease under it), then confirm
+// that the accessor is gone. It is idempotent.
+func (i *Issuer) Revoke(ctx context.Context, item broker.OutboxItem) error {
+	if err := i.client.Auth().Token().RevokeAccessorWithContext(ctx, item.Ref); err != nil && !invalidAccessor(err) {
+		return err
+	}
+	if _, err := i.client.Auth().Token().LookupAccessorWithContext(ctx, item.Ref); err == nil {
+		return errors.New("vault: the task token is still alive after revocation")
+	} else if !invalidAccessor(err) {
+		return err
+	}
+	return nil
+}
+
+func invalidAccessor(err error) bool {
+	var re *vaultapi.ResponseError
+	if errors.As(err, &re) && (re.StatusCode == 400 || re.StatusCode == 403 || re.StatusCode == 404) {
+		return true
+	}
+	return strings.Contains(err.Error(), "invalid accessor")
+}
+
+// unavailable reports a Vault that cannot be reached (or answers 5xx) as
+// an outage, never as a refusal.
+func unavailable(err error) error {
+	if err == nil {
+		return nil
+	}
+	var re *vaultapi.ResponseError
+	if errors.As(err, &re) && re.StatusCode < 500 {
+		return fmt.Errorf("vault: %w", err)
+	}
+	return fmt.Errorf("%w: vault: %v", broker.ErrUnavailable, err)
+}
