@@ -126,3 +126,46 @@ func TestInvalidConfigsNameTheKey(t *testing.T) {
 		})
 	}
 }
+
+const vaultBlock = `
+vault:
+  address: http://127.0.0.1:8200
+  auth: {method: token, token_file: /run/errand/vault-token}
+  roles:
+    - {action: db.orders.read, path: database/creds/orders-readonly}
+`
+
+func TestVaultConfig(t *testing.T) {
+	base := strings.Replace(valid, "  - {name: github.pr.write, class: write, risk: medium}",
+		"  - {name: github.pr.write, class: write, risk: medium}\n  - {name: db.orders.read, class: read, risk: medium}", 1)
+	c, err := Parse([]byte(base+vaultBlock), goodEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.SecretRoles(); len(r) != 1 || r[0].Name != "orders-readonly" || r[0].Path != "database/creds/orders-readonly" {
+		t.Fatalf("roles: %+v", r)
+	}
+	bad := []struct{ name, old, new, key string }{
+		{"path under sys/", "database/creds/orders-readonly", "sys/policy/root", "vault.roles[0].path"},
+		{"path under auth/", "database/creds/orders-readonly", "auth/token/create", "vault.roles[0].path"},
+		{"path under identity/", "database/creds/orders-readonly", "identity/entity", "vault.roles[0].path"},
+		{"path escaping with ..", "database/creds/orders-readonly", "database/../sys/policy", "vault.roles[0].path"},
+		{"glob path", "database/creds/orders-readonly", "database/creds/*", "vault.roles[0].path"},
+		{"unknown action", "action: db.orders.read", "action: db.orders.drop", "vault.roles[0].action"},
+		{"no token file", "token_file: /run/errand/vault-token", "token_file: ''", "vault.auth.token_file"},
+		{"unknown auth method", "method: token", "method: userpass", "vault.auth.method"},
+		{"no address", "address: http://127.0.0.1:8200", "address: ''", "vault.address"},
+	}
+	for _, b := range bad {
+		t.Run(b.name, func(t *testing.T) {
+			_, err := Parse([]byte(base+strings.Replace(vaultBlock, b.old, b.new, 1)), goodEnv)
+			if err == nil || !strings.Contains(err.Error(), b.key) {
+				t.Fatalf("err = %v, want one naming %s", err, b.key)
+			}
+		})
+	}
+	cred := strings.Replace(base, "{name: db.orders.read, class: read, risk: medium}", "{name: db.orders.read, class: credential, risk: high}", 1)
+	if _, err := Parse([]byte(cred+vaultBlock), goodEnv); err == nil || !strings.Contains(err.Error(), "vault.roles[0].action") {
+		t.Fatalf("a credential-class Vault role was accepted: %v", err)
+	}
+}
