@@ -17,6 +17,7 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/identity"
+	"github.com/errandhq/errand/issuer/vault"
 )
 
 // Config is errand.yaml.
@@ -313,7 +314,7 @@ func (c *Config) validateVault(cat *broker.Catalog) error {
 	}
 	names := map[string]bool{}
 	for i, r := range c.SecretRoles() {
-		if err := vaultCheckPath(r.Path); err != nil {
+		if err := vault.CheckPath(r.Path); err != nil {
 			return fmt.Errorf("config: vault.roles[%d].path: %v", i, err)
 		}
 		if names[r.Name] {
@@ -329,20 +330,6 @@ func (c *Config) validateVault(cat *broker.Catalog) error {
 		}
 		if err := cat.CheckGrantable(broker.Scopes{sc}); err != nil {
 			return fmt.Errorf("config: vault.roles[%d].action: %v", i, err)
-		}
-	}
-	return nil
-}
-
-// vaultCheckPath refuses paths no task may reach (auth/, sys/, identity/).
-var vaultCheckPath = func(p string) error {
-	clean := strings.ToLower(p)
-	if clean == "" || strings.HasPrefix(clean, "/") || strings.Contains(clean, "..") || strings.ContainsAny(clean, "*+ ") {
-		return fmt.Errorf("%q must be a plain relative path", p)
-	}
-	for _, f := range []string{"auth/", "sys/", "identity/", "cubbyhole/"} {
-		if strings.HasPrefix(clean+"/", f) {
-			return fmt.Errorf("%q is under %s, which no task may reach", p, f)
 		}
 	}
 	return nil

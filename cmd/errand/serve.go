@@ -261,6 +261,9 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	sweeper := &revocation.Sweeper{Service: svc, Logger: log}
 	outbox := &revocation.Outbox{Store: st, Service: svc, Backends: backends, Logger: log, Metrics: om}
 	workers := []func(context.Context) error{sweeper.Run, outbox.Run, hub.Run}
+	if vi, ok := backends[broker.KindVaultToken].(*vault.Issuer); ok {
+		workers = append(workers, vi.Run)
+	}
 	if every := cfg.AnchorInterval(); every > 0 {
 		workers = append(workers, anchor(st, every, log))
 	}

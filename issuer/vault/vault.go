@@ -49,6 +49,7 @@ type Config struct {
 // Issuer talks to Vault for the broker (broker.SecretIssuer) and revokes
 // task tokens for the outbox (revocation.Backend).
 type Issuer struct {
+	auth   Auth
 	client *vaultapi.Client
 	seal   *seal.Sealer
 	prefix string
@@ -95,7 +96,7 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	if err != nil {
 		return nil, err
 	}
-	i := &Issuer{client: client, seal: s, prefix: cfg.PolicyPrefix, roles: cfg.Roles}
+	i := &Issuer{auth: cfg.Auth, client: client, seal: s, prefix: cfg.PolicyPrefix, roles: cfg.Roles}
 	if i.prefix == "" {
 		i.prefix = "errand-role-"
 	}
@@ -257,4 +258,57 @@ func unavailable(err error) error {
 		return fmt.Errorf("vault: %w", err)
 	}
 	return fmt.Errorf("%w: vault: %v", broker.ErrUnavailable, err)
+}
+
+// Run keeps Errand's own Vault token alive until ctx ends: a renewable
+// token is renewed at half its TTL; when renewal fails or the token cannot
+// be renewed any more, an AppRole identity logs in again. A token without
+// TTL (root, or a periodic token renewed elsewhere) needs nothing. Task
+// tokens are children of this token, so letting it lapse would revoke every
+// task's secrets early — failing closed, but needlessly.
+func (i *Issuer) Run(ctx context.Context) error {
+	for {
+		wait := i.keepAlive(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (i *Issuer) keepAlive(ctx context.Context) time.Duration {
+	self, err := i.client.Auth().Token().LookupSelfWithContext(ctx)
+	if err != nil {
+		return i.relogin(ctx)
+	}
+	ttl, _ := self.TokenTTL()
+	if ttl == 0 {
+		return 10 * time.Minute // does not expire
+	}
+	if renewable, _ := self.TokenIsRenewable(); renewable {
+		sec, err := i.client.Auth().Token().RenewSelfWithContext(ctx, 0)
+		if err == nil && sec != nil && sec.Auth != nil && sec.Auth.LeaseDuration > 0 {
+			return max(time.Duration(sec.Auth.LeaseDuration)*time.Second/2, time.Second)
+		}
+	}
+	if ttl > 2*time.Minute {
+		return ttl / 2
+	}
+	return i.relogin(ctx)
+}
+
+// relogin logs in again with AppRole; a token identity cannot, and is
+// retried soon (the operator must replace the token file).
+func (i *Issuer) relogin(ctx context.Context) time.Duration {
+	if i.auth.Method != "approle" {
+		if i.auth.TokenFile != "" {
+			_ = i.login(ctx, i.auth) // the file may hold a new token
+		}
+		return 30 * time.Second
+	}
+	if err := i.login(ctx, i.auth); err != nil {
+		return 10 * time.Second
+	}
+	return time.Second
 }
