@@ -921,8 +921,12 @@ func (s *Service) RecordRefusal(ctx context.Context, p Principal, taskID, op str
 		msg = e.Detail
 	}
 	return s.store.InTx(ctx, func(tx Tx) error {
+		now, err := s.txNow(ctx, tx)
+		if err != nil {
+			return err
+		}
 		return tx.AppendAudit(ctx, AuditEvent{
-			Time: s.now(), Type: EventRequestRefused, Actor: ActorOf(p), TaskID: taskID,
+			Time: now, Type: EventRequestRefused, Actor: ActorOf(p), TaskID: taskID,
 			Detail: detail(map[string]any{"code": code, "detail": msg, "op": op}),
 		})
 	})

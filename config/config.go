@@ -74,6 +74,8 @@ type Issuer struct {
 	AdminGroup       string        `yaml:"admin_group"`
 	Algorithms       []string      `yaml:"algorithms"`
 	MaxTokenLifetime time.Duration `yaml:"max_token_lifetime"`
+	// Subjects restricts which subjects the issuer may vouch for.
+	Subjects []string `yaml:"subjects"`
 }
 
 // Grant is what members of a user group may delegate.
@@ -358,7 +360,7 @@ func (c *Config) IdentityConfig() identity.Config {
 		out.Issuers = append(out.Issuers, identity.Issuer{
 			URL: is.URL, Audience: is.Audience, Kind: broker.Kind(is.Kind),
 			GroupsClaim: is.GroupsClaim, AuditorGroup: is.AuditorGroup, AdminGroup: is.AdminGroup,
-			Algorithms: is.Algorithms, MaxLifetime: is.MaxTokenLifetime,
+			Algorithms: is.Algorithms, MaxLifetime: is.MaxTokenLifetime, Subjects: is.Subjects,
 		})
 	}
 	return out

@@ -76,6 +76,8 @@ type envOptions struct {
 	logs io.Writer
 	// introspectors binds apiStage to these resource servers (subjects).
 	introspectors []string
+	// agentSubjects restricts the agent issuer's subjects.
+	agentSubjects []string
 	// notifier wakes revocation streams (default: a 1 s tick).
 	notifier Notifier
 	// vault, when set, configures Vault dynamic secrets (roles task-ro and
@@ -168,7 +170,7 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	}
 	e.agents, e.users, e.resources, e.untrusted = testoidc.New(t), testoidc.New(t), testoidc.New(t), testoidc.New(t)
 	issuers := []identity.Issuer{
-		{URL: e.agents.URL, Audience: audience, Kind: broker.KindAgent},
+		{URL: e.agents.URL, Audience: audience, Kind: broker.KindAgent, Subjects: o.agentSubjects},
 		{URL: e.users.URL, Audience: audience, Kind: broker.KindUser, GroupsClaim: "groups", AuditorGroup: "auditors", AdminGroup: "admins"},
 		{URL: e.resources.URL, Audience: audience, Kind: broker.KindResource},
 	}

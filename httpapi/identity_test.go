@@ -314,3 +314,15 @@ func TestF01JWKSOutageAfterRotationIsUnavailable(t *testing.T) {
 		t.Fatalf("after the JWKS recovered: %d %s", r.Status, r.Raw)
 	}
 }
+
+// TestJ08SubjectAllowList: an issuer that signs for every workload on its
+// platform (GitHub Actions, a shared cluster) vouches only for the
+// subjects the config allows.
+func TestJ08SubjectAllowList(t *testing.T) {
+	e := newEnvWith(t, envOptions{agentSubjects: []string{"repo:acme/*:ref:refs/heads/main"}})
+	e.mustStatus(e.do("GET", "/v1/tasks", e.agent("repo:acme/api:ref:refs/heads/main"), nil), 200)
+	for _, sub := range []string{"repo:evil/api:ref:refs/heads/main", "repo:acme/api:ref:refs/heads/feature", "repo:acme/api/x:ref:refs/heads/main"} {
+		before := e.snapshot()
+		e.refused(before, e.do("GET", "/v1/tasks", e.agent(sub), nil), 401, "invalid_token")
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -46,6 +47,11 @@ type Issuer struct {
 	Algorithms []string
 	// MaxLifetime refuses tokens whose exp-iat is longer; 0 = 24 h.
 	MaxLifetime time.Duration
+	// Subjects, when not empty, are the only subjects this issuer may vouch
+	// for (path.Match patterns, e.g. "repo:acme/*:ref:refs/heads/main"):
+	// issuers such as GitHub Actions sign tokens for every workload on the
+	// platform, and any of them could otherwise act as an agent.
+	Subjects []string
 }
 
 // Config configures a Verifier.
@@ -109,6 +115,11 @@ func New(cfg Config) (*Verifier, error) {
 		for _, a := range is.Algorithms {
 			if !allowedAlgorithms[a] {
 				return nil, fmt.Errorf("issuers[%d]: algorithm %q is not an accepted asymmetric algorithm", i, a)
+			}
+		}
+		for _, p := range is.Subjects {
+			if _, err := path.Match(p, ""); err != nil {
+				return nil, fmt.Errorf("issuers[%d].subjects: %q is not a valid pattern", i, p)
 			}
 		}
 		if is.MaxLifetime <= 0 {
@@ -194,6 +205,9 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (broker.Principal, er
 			return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "a token for several audiences must carry azp %q", t.cfg.Audience)
 		}
 	}
+	if !subjectAllowed(t.cfg.Subjects, idt.Subject) {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "subject not allowed for this issuer")
+	}
 	p := broker.Principal{Issuer: iss, Subject: idt.Subject, Kind: t.cfg.Kind}
 	if t.cfg.GroupsClaim != "" {
 		if p.Groups, err = groups(claims[t.cfg.GroupsClaim]); err != nil {
@@ -253,6 +267,18 @@ func peek(raw string) (header, string, error) {
 		return h, "", broker.Errorf(broker.ErrInvalidToken, "malformed payload")
 	}
 	return h, body.Iss, nil
+}
+
+func subjectAllowed(patterns []string, sub string) bool {
+	if len(patterns) == 0 {
+		return true
+	}
+	for _, p := range patterns {
+		if ok, err := path.Match(p, sub); err == nil && ok {
+			return true
+		}
+	}
+	return false
 }
 
 func groups(raw json.RawMessage) ([]string, error) {

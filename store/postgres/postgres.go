@@ -238,3 +238,10 @@ func MaskURL(s string) string {
 	}
 	return out
 }
+
+// Unrevoke tries to clear a credential's revocation, bypassing the broker:
+// only the conformance suite uses it, to prove the database refuses.
+func (s *Store) Unrevoke(ctx context.Context, jti string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE credentials SET revoked_at = NULL WHERE jti = $1`, jti)
+	return translate(err)
+}

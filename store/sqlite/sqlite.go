@@ -202,3 +202,10 @@ func scopesFromJSON(s string) (broker.Scopes, error) {
 	}
 	return sqlq.ParseScopes(ss)
 }
+
+// Unrevoke tries to clear a credential's revocation, bypassing the broker:
+// only the conformance suite uses it, to prove the database refuses.
+func (s *Store) Unrevoke(ctx context.Context, jti string) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE credentials SET revoked_at = NULL WHERE jti = $1`, jti)
+	return translate(err)
+}

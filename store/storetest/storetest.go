@@ -37,6 +37,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"IdempotencyKeyLookup", testIdempotencyKey},
 		{"DueTasksFeedAndSuspension", testRevocationTx},
 		{"OutboxLeaseRetryComplete", testOutbox},
+		{"InvariantBackstops", testBackstops},
 		{"AuditChainIsContiguousUnderConcurrency", testAuditChain},
 		{"ListTasksKeysetAndEffectiveStatus", testListTasks},
 		{"HistoryFilters", testHistoryFilters},
@@ -569,5 +570,61 @@ func testOutbox(t *testing.T, s Store) {
 	}
 	if tk, _ := s.Task(ctx, k.ID); tk.Revoking {
 		t.Fatal("task still revoking after every item completed")
+	}
+}
+
+// testBackstops: whoever writes, the database refuses to widen an approved
+// task, to move a task out of a terminal state, or to un-revoke a
+// credential.
+func testBackstops(t *testing.T, s Store) {
+	k := newTask(id("agent-"), id("user-"))
+	insert(t, s, &k)
+	k.Status, k.Version, k.ApprovedAt, k.ApprovedScopes, k.ApprovedAudiences = broker.StatusApproved, 2, now(), k.Scopes, k.Audiences
+	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.UpdateTask(ctx, k) }); err != nil {
+		t.Fatal(err)
+	}
+	c := broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
+	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
+		t.Fatal(err)
+	}
+	refused := func(name string, fn func(tx broker.Tx) error) {
+		t.Helper()
+		if err := s.InTx(ctx, fn); err == nil {
+			t.Errorf("%s was accepted", name)
+		}
+	}
+	wider := k
+	wider.ExpiresAt = k.ExpiresAt.Add(time.Hour)
+	refused("growing an approved task's expiry", func(tx broker.Tx) error { return tx.UpdateTask(ctx, wider) })
+	widerScopes := k
+	widerScopes.ApprovedScopes = broker.Scopes{broker.MustParseScope("github.repo.read")}
+	refused("changing an approved task's scopes", func(tx broker.Tx) error { return tx.UpdateTask(ctx, widerScopes) })
+	closed := k
+	closed.Status, closed.Version, closed.ClosedAt = broker.StatusClosed, 3, now()
+	if err := s.InTx(ctx, func(tx broker.Tx) error {
+		if err := tx.UpdateTask(ctx, closed); err != nil {
+			return err
+		}
+		_, err := tx.RevokeCredentials(ctx, k.ID, now())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	reopened := closed
+	reopened.Status = broker.StatusApproved
+	refused("reopening a closed task", func(tx broker.Tx) error { return tx.UpdateTask(ctx, reopened) })
+	if ps, ok := s.(interface {
+		Unrevoke(context.Context, string) error
+	}); ok {
+		// Outside any transaction: a second connection would wait on ours.
+		if err := ps.Unrevoke(ctx, c.JTI); err == nil {
+			t.Error("un-revoking a credential was accepted")
+		}
+	}
+	// The legitimate transition still works: the outbox clears revoking.
+	closed.Revoking = true
+	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.UpdateTask(ctx, closed) }); err != nil {
+		t.Fatalf("a terminal task could not record its backend revocation state: %v", err)
 	}
 }
