@@ -180,12 +180,12 @@ func TestO07InactiveIsIndistinguishable(t *testing.T) {
 	e := newEnv(t)
 	rs := e.resource("rs")
 	short := e.task("agent-1", "alice", "github.repo.read:acme/**")
-	e.mustStatus(e.do("POST", "/v1/tasks/"+short+"/approve", e.user("alice", "eng"), map[string]any{"ttl_seconds": 1}), 200)
+	e.mustStatus(e.do("POST", "/v1/tasks/"+short+"/approve", e.user("alice", "eng"), map[string]any{"ttl_seconds": 2}), 200)
 	expiring := e.mustStatus(e.mint("agent-1", short, "github.repo.read:acme/api"), 201).str("access_token")
 	closed := e.approved("agent-1", "alice", "github.repo.read:acme/**")
 	revoked := e.mustStatus(e.mint("agent-1", closed, "github.repo.read:acme/api"), 201).str("access_token")
 	e.mustStatus(e.do("POST", "/v1/tasks/"+closed+"/close", e.agent("agent-1"), nil), 200)
-	time.Sleep(1100 * time.Millisecond)
+	time.Sleep(2100 * time.Millisecond)
 	for name, tok := range map[string]string{
 		"expired": expiring, "revoked": revoked, "unknown": "eyJhbGciOiJFZERTQSJ9.e30.AAAA",
 		"foreign (an ID token)": e.agent("agent-1"),

@@ -55,14 +55,14 @@ func (e *env) eventTypes(id string) []string {
 func TestSweeperRecordsExpiry(t *testing.T) {
 	e := newEnv(t)
 	id := e.task("agent-1", "alice", "github.repo.read:acme/**")
-	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/approve", e.user("alice", "eng"), map[string]any{"ttl_seconds": 1}), 200)
+	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/approve", e.user("alice", "eng"), map[string]any{"ttl_seconds": 3}), 200)
 	e.mustStatus(e.mint("agent-1", id, "github.repo.read:acme/api"), 201)
 	e.mustStatus(e.mint("agent-1", id, "github.repo.read:acme/web"), 201)
 	pending := e.mustStatus(e.do("POST", "/v1/tasks", e.agent("agent-1"), map[string]any{
-		"on_behalf_of": "alice", "goal": "g", "scopes": []string{"github.repo.read"}, "audiences": []string{apiGitHub}, "ttl_seconds": 1,
+		"on_behalf_of": "alice", "goal": "g", "scopes": []string{"github.repo.read"}, "audiences": []string{apiGitHub}, "ttl_seconds": 3,
 	}), 201).str("id")
 	tail := e.feedTail()
-	time.Sleep(1100 * time.Millisecond)
+	time.Sleep(3100 * time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- (&revocation.Sweeper{Service: e.svc, Interval: 50 * time.Millisecond}).Run(ctx) }()
