@@ -253,3 +253,25 @@ func TestVaultTaskTokenIsConfined(t *testing.T) {
 		t.Fatalf("the task token cannot read its own role: %v", err)
 	}
 }
+
+// TestV06LeaseNeverOutlivesItsTask: the role's default TTL (60 s) is
+// longer than the task's remaining life (20 s); the lease handed out is not.
+func TestV06LeaseNeverOutlivesItsTask(t *testing.T) {
+	v := testvault.Shared(t)
+	e := newEnvWith(t, envOptions{vault: v})
+	id := e.task("agent-1", "alice", "db.orders.read:database/creds/**")
+	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/approve", e.user("alice", "eng"), map[string]any{"ttl_seconds": 20}), 200)
+	r := e.secret("agent-1", id, "task-ro")
+	switch r.Status {
+	case 201:
+		if d := r.JSON["lease_duration"].(float64); d > 20 {
+			t.Fatalf("a %v s lease for a task with 20 s left", d)
+		}
+	case 409:
+		if r.str("code") != "task_not_active" {
+			t.Fatalf("refusal: %s", r.Raw)
+		}
+	default:
+		t.Fatalf("%d %s", r.Status, r.Raw)
+	}
+}
