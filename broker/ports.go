@@ -84,8 +84,10 @@ type Outbox interface {
 	// CompleteOutbox marks an item done; when it was its task's last, the
 	// task stops reading "revoking".
 	CompleteOutbox(ctx context.Context, id int64, at time.Time) error
-	// RetryOutbox records a failed attempt and when to try again.
-	RetryOutbox(ctx context.Context, id int64, next time.Time, errMsg string) error
+	// RetryOutbox records a failed attempt and when to try again, unless
+	// the item was claimed again since (its attempts moved on) or is done:
+	// a worker whose lease ran out never overrides the next one.
+	RetryOutbox(ctx context.Context, id int64, attempts int, next time.Time, errMsg string) error
 }
 
 // TaskFilter selects a principal's tasks in Seq order.

@@ -145,7 +145,7 @@ func (o *Outbox) attempt(ctx context.Context, it broker.OutboxItem) {
 	}
 	o.count(it.Kind, "error")
 	next := o.Now().Add(o.backoff(it.Attempts))
-	if rerr := o.Store.RetryOutbox(ctx, it.ID, next, err.Error()); rerr != nil {
+	if rerr := o.Store.RetryOutbox(ctx, it.ID, it.Attempts, next, err.Error()); rerr != nil {
 		o.Logger.Warn("outbox: cannot record a failed attempt", "id", it.ID, "err", rerr)
 	}
 	if it.AlarmedAt.IsZero() && o.Now().Sub(it.CreatedAt) >= o.AlarmAfter {

@@ -158,8 +158,9 @@ func (s *Store) CompleteOutbox(ctx context.Context, id int64, at time.Time) erro
 }
 
 // RetryOutbox records a failed attempt.
-func (s *Store) RetryOutbox(ctx context.Context, id int64, next time.Time, errMsg string) error {
-	_, err := s.pool.Exec(ctx, `UPDATE outbox SET next_attempt_at = $2, last_error = $3 WHERE id = $1`, id, next, errMsg)
+func (s *Store) RetryOutbox(ctx context.Context, id int64, attempts int, next time.Time, errMsg string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE outbox SET next_attempt_at = $2, last_error = $3
+		WHERE id = $1 AND attempts = $4 AND done_at IS NULL`, id, next, errMsg, attempts)
 	return translate(err)
 }
 

@@ -551,7 +551,11 @@ func testOutbox(t *testing.T, s Store) {
 	if again, _ := s.ClaimOutbox(ctx, t0.Add(30*time.Second), time.Minute, 1000); len(mine(again)) != 0 {
 		t.Fatal("leased items were claimed again")
 	}
-	if err := s.RetryOutbox(ctx, got[0].ID, t0.Add(2*time.Minute), "boom"); err != nil {
+	if err := s.RetryOutbox(ctx, got[0].ID, got[0].Attempts, t0.Add(2*time.Minute), "boom"); err != nil {
+		t.Fatal(err)
+	}
+	// A worker from an older claim (fewer attempts) changes nothing.
+	if err := s.RetryOutbox(ctx, got[0].ID, got[0].Attempts-1, t0.Add(time.Hour), "stale"); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.CompleteOutbox(ctx, got[1].ID, t0); err != nil {
