@@ -121,14 +121,8 @@ func TestServeAndMigrateCommands(t *testing.T) {
 }
 
 func TestServeRefusesPendingSchemaWithNoMigrate(t *testing.T) {
-	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("k", 32))
-	dbURL := testpg.NewDatabase(t)
-	a, u, r := testoidc.New(t), testoidc.New(t), testoidc.New(t)
-	cfg, err := config.Load(writeConfig(t, dbURL, a, u, r))
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = serve(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), false, nil)
+	cfg, _, _, _ := loadServeConfig(t)
+	err := serve(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), false, nil)
 	if err == nil || !strings.Contains(err.Error(), "pending") {
 		t.Fatalf("serve on an unmigrated database: %v", err)
 	}
@@ -170,13 +164,7 @@ func TestServeRefusesWrongSystemSecretForStoredKeys(t *testing.T) {
 // and hub) on one PostgreSQL: a token minted on one verifies on the other,
 // and the close committed on B is seen by A's next introspection.
 func TestTwoServeReplicasOnOneDatabase(t *testing.T) {
-	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("k", 32))
-	dbURL := testpg.NewDatabase(t)
-	agents, users, resources := testoidc.New(t), testoidc.New(t), testoidc.New(t)
-	cfg, err := config.Load(writeConfig(t, dbURL, agents, users, resources))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, agents, users, resources := loadServeConfig(t)
 	start := func() string {
 		ctx, cancel := context.WithCancel(context.Background())
 		ready, done := make(chan string, 1), make(chan error, 1)
@@ -222,13 +210,7 @@ func TestTwoServeReplicasOnOneDatabase(t *testing.T) {
 // TestGracefulShutdownWithAnOpenStream: shutting down ends open revocation
 // streams rather than waiting on them, and returns cleanly.
 func TestGracefulShutdownWithAnOpenStream(t *testing.T) {
-	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("k", 32))
-	dbURL := testpg.NewDatabase(t)
-	agents, users, resources := testoidc.New(t), testoidc.New(t), testoidc.New(t)
-	cfg, err := config.Load(writeConfig(t, dbURL, agents, users, resources))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, _, _, resources := loadServeConfig(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready, done := make(chan string, 1), make(chan error, 1)
 	go func() { done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), true, ready) }()
@@ -288,4 +270,17 @@ func callJSON(t *testing.T, base, method, path, tok string, body any) map[string
 		t.Fatalf("%s %s%s: %d %v", method, base, path, res.StatusCode, m)
 	}
 	return m
+}
+
+// loadServeConfig writes and loads a config in DESIGN.md's shape for a
+// fresh database and three real issuers (agents, users, resource servers).
+func loadServeConfig(t *testing.T) (*config.Config, *testoidc.Issuer, *testoidc.Issuer, *testoidc.Issuer) {
+	t.Helper()
+	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("k", 32))
+	agents, users, resources := testoidc.New(t), testoidc.New(t), testoidc.New(t)
+	cfg, err := config.Load(writeConfig(t, testpg.NewDatabase(t), agents, users, resources))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, agents, users, resources
 }
