@@ -10,6 +10,10 @@ import (
 type Error struct {
 	Code   string
 	Detail string
+	// Extra are extension members of the problem (RFC 9457 §3.2), such as
+	// the policies that denied or the approval a step-up waits for. They
+	// are recorded in the refusal's audit event too.
+	Extra map[string]any
 }
 
 func (e *Error) Error() string {
@@ -51,6 +55,14 @@ var (
 	// ErrIdempotencyConflict: an Idempotency-Key reused with another body.
 	ErrIdempotencyConflict = &Error{Code: "idempotency_conflict"}
 	ErrBodyTooLarge        = &Error{Code: "body_too_large"}
+	// ErrPolicyDenied: a Cedar policy forbids the request, or none permits it.
+	ErrPolicyDenied = &Error{Code: "policy_denied"}
+	// ErrApprovalRequired: a @step_up policy needs the user to approve this
+	// exact request; the refusal names the pending approval.
+	ErrApprovalRequired = &Error{Code: "approval_required"}
+	// ErrBudgetExhausted: the task minted as many credentials, or touched
+	// as many distinct resources, as its budget allows.
+	ErrBudgetExhausted = &Error{Code: "budget_exhausted"}
 	ErrNotFound            = &Error{Code: "not_found"}
 	// ErrUnavailable means a dependency (the database, an identity
 	// provider's keys, Vault) could not be reached. It is never reported

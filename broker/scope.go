@@ -17,6 +17,9 @@ type Scope struct {
 	Resource []string
 }
 
+// ResourcePath is the scope's resource as written ("a/b/**").
+func (s Scope) ResourcePath() string { return strings.Join(s.Resource, "/") }
+
 // ParseScope parses and canonicalises s. Canonical form: the action in
 // lower case; the resource exactly as written, which must already be clean —
 // empty, `.` and `..` segments, percent-encoding, white space, backslashes,

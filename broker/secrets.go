@@ -83,8 +83,15 @@ func (s *Service) IssueSecret(ctx context.Context, p Principal, id, role string)
 	if err != nil {
 		return Secret{}, err
 	}
+	// The gate (budget, policies, step-up) runs in both phases: first to
+	// refuse before Vault is called at all, then to decide again, and use
+	// a step-up approval, in the transaction that records the lease.
+	g := gateRequest{Op: OpSecret, Scopes: Scopes{want}, Audience: "vault"}
 	// Phase 1: decide under the task's lock, and record the token first.
-	var tok TaskToken
+	var (
+		tok     TaskToken
+		refusal error
+	)
 	err = s.store.InTx(ctx, func(tx Tx) error {
 		t, now, err := s.lockActive(ctx, tx, p, id)
 		if err != nil {
@@ -95,6 +102,9 @@ func (s *Service) IssueSecret(ctx context.Context, p Principal, id, role string)
 		}
 		if !t.ApprovedScopes.Covers(want) {
 			return Errorf(ErrScopeExceedsApproval, "not approved: %s", want)
+		}
+		if _, refusal, err = s.gate(ctx, tx, p, t, now, g); err != nil || refusal != nil {
+			return err
 		}
 		st, ok := tx.(SecretTx)
 		if !ok {
@@ -137,12 +147,21 @@ func (s *Service) IssueSecret(ctx context.Context, p Principal, id, role string)
 	if err != nil {
 		return Secret{}, err
 	}
+	if refusal != nil {
+		return Secret{}, refusal
+	}
 	// Phase 2: read the secret under the recorded token, and record the
 	// lease before returning it.
 	var out Secret
 	err = s.store.InTx(ctx, func(tx Tx) error {
 		t, now, err := s.lockActive(ctx, tx, p, id)
 		if err != nil {
+			return err
+		}
+		g.Consume = true
+		stepUp, refused, err := s.gate(ctx, tx, p, t, now, g)
+		if err != nil || refused != nil {
+			refusal = refused
 			return err
 		}
 		sec, err := s.secrets.ReadSecret(ctx, t.ID, tok, r.Path)
@@ -156,15 +175,18 @@ func (s *Service) IssueSecret(ctx context.Context, p Principal, id, role string)
 			return Errorf(ErrTaskNotActive, "the lease (%s) would outlive the task; it was revoked", sec.LeaseDuration)
 		}
 		c := Credential{JTI: sec.LeaseID, TaskID: t.ID, Kind: KindVaultLease, Agent: t.Agent, User: t.User,
-			Scopes: Scopes{want}, Audience: "vault", IssuedAt: now, ExpiresAt: now.Add(sec.LeaseDuration)}
+			Scopes: Scopes{want}, Audience: "vault", IssuedAt: now, ExpiresAt: now.Add(sec.LeaseDuration), StepUpID: stepUp}
 		if err := tx.InsertCredential(ctx, &c); err != nil {
 			return err
 		}
 		out = sec
 		return tx.AppendAudit(ctx, AuditEvent{Time: now, Type: EventCredentialIssued, Actor: ActorOf(p), TaskID: t.ID,
 			Detail: detail(map[string]any{"kind": KindVaultLease, "lease_id": sec.LeaseID, "role": r.Name,
-				"lease_duration": int64(sec.LeaseDuration / time.Second), "expires_at": c.ExpiresAt})})
+				"lease_duration": int64(sec.LeaseDuration / time.Second), "expires_at": c.ExpiresAt, "step_up_id": stepUp})})
 	})
+	if err == nil && refusal != nil {
+		return Secret{}, refusal
+	}
 	return out, err
 }
 

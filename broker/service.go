@@ -47,6 +47,17 @@ type Config struct {
 	// BackendKinds are the credential kinds whose revocation a backend
 	// must carry out (through the outbox) when their task ends.
 	BackendKinds []string
+	// Policy, when set, decides every task, approval, mint, secret and
+	// evaluation on top of the invariants (package policy, Cedar).
+	Policy Policy
+	// CredentialsPerTask and ResourcesPerTask are the default budgets of a
+	// task: how many credentials it may mint, and over how many distinct
+	// resources; 0 is unlimited. A task request may only lower them.
+	CredentialsPerTask int
+	ResourcesPerTask   int
+	// StepUpTTL bounds how long a step-up approval waits and, once
+	// approved, how long it may be used; default 15 min.
+	StepUpTTL time.Duration
 	// Now is the clock of stores that have none (see Clock); default time.Now.
 	Now func() time.Time
 	// Random is the source of identifiers; default crypto/rand.
@@ -67,6 +78,9 @@ type Service struct {
 	secrets SecretIssuer
 	roles   map[string]SecretRole
 	backend map[string]bool
+	policy  Policy
+	budget  Budget
+	stepTTL time.Duration
 }
 
 // NewService validates cfg and returns a Service.
@@ -78,6 +92,14 @@ func NewService(cfg Config) (*Service, error) {
 		store: cfg.Store, tokens: cfg.Tokens, catalog: cfg.Catalog,
 		users: cfg.UserIssuers, tokMax: cfg.TokenTTLMax, taskMax: cfg.TaskTTLMax,
 		clock: cfg.Now, random: cfg.Random, pending: cfg.MaxPendingPerAgent,
+		policy: cfg.Policy, stepTTL: cfg.StepUpTTL,
+		budget: Budget{MaxCredentials: cfg.CredentialsPerTask, MaxResources: cfg.ResourcesPerTask},
+	}
+	if s.budget.MaxCredentials < 0 || s.budget.MaxResources < 0 {
+		return nil, errors.New("broker: budgets must not be negative")
+	}
+	if s.stepTTL <= 0 {
+		s.stepTTL = DefaultStepUpTTL
 	}
 	if s.pending <= 0 {
 		s.pending = DefaultMaxPendingPerAgent
@@ -175,6 +197,10 @@ type CreateTaskRequest struct {
 	TTLSeconds int64
 	Tool       string
 	Dataset    string
+	// MaxCredentials and MaxResources lower the configured budget (0: as
+	// configured).
+	MaxCredentials int
+	MaxResources   int
 }
 
 // CreateTask records a pending task for the calling agent.
@@ -210,6 +236,10 @@ func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskReq
 	if err != nil {
 		return Task{}, err
 	}
+	budget, err := s.budgetFor(req.MaxCredentials, req.MaxResources)
+	if err != nil {
+		return Task{}, err
+	}
 	now, err := s.readNow(ctx)
 	if err != nil {
 		return Task{}, err
@@ -231,12 +261,19 @@ func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskReq
 	if err != nil {
 		return Task{}, err
 	}
+	// A step-up outcome lets the task be asked for: the user approves the
+	// task anyway, and a step-up policy speaks again at each mint.
+	d := s.decideAll(PolicyRequest{Operation: OpCreate, TaskID: id, Agent: agent, User: user,
+		Tool: req.Tool, Dataset: req.Dataset, Time: now}, scopes, auds)
+	if d.Effect == EffectDeny {
+		return Task{}, policyDenied(d)
+	}
 	t := Task{
 		ID: id, Version: 1, Status: StatusPending,
 		Agent: p.Ref(), User: user,
 		Goal: req.Goal, Scopes: scopes, Audiences: auds,
 		Risk: s.catalog.Risk(scopes), Tool: req.Tool, Dataset: req.Dataset,
-		TTLCapped: capped, CreatedAt: now, ExpiresAt: now.Add(ttl),
+		TTLCapped: capped, CreatedAt: now, ExpiresAt: now.Add(ttl), Budget: budget,
 	}
 	err = s.store.InTx(ctx, func(tx Tx) error {
 		if err := tx.InsertTask(ctx, &t); err != nil {
@@ -248,6 +285,8 @@ func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskReq
 				"on_behalf_of": user.String(), "goal": t.Goal, "scopes": scopes.Strings(),
 				"audiences": auds, "expires_at": t.ExpiresAt, "ttl_capped": capped,
 				"risk": t.Risk, "tool": t.Tool, "dataset": t.Dataset,
+				"max_credentials": budget.MaxCredentials, "max_resources": budget.MaxResources,
+				"step_up_policies": d.stepUpPolicies(),
 			}),
 		})
 	})
@@ -490,12 +529,18 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 		if req.TTLSeconds < 0 {
 			return Errorf(ErrInvalidRequest, "ttl_seconds must be positive")
 		}
+		d := s.decideAll(PolicyRequest{Operation: OpApprove, TaskID: t.ID, Agent: t.Agent, User: t.User,
+			Groups: p.Groups, Tool: t.Tool, Dataset: t.Dataset, Time: now}, approved, auds)
+		if d.Effect == EffectDeny {
+			return policyDenied(d)
+		}
 		if req.TTLSeconds > 0 {
 			if exp := now.Add(time.Duration(min(req.TTLSeconds, int64(s.taskMax/time.Second))) * time.Second); exp.Before(t.ExpiresAt) {
 				t.ExpiresAt = exp
 			}
 		}
 		t.Status, t.ApprovedScopes, t.ApprovedAudiences, t.ApprovedAt = StatusApproved, approved, auds, now
+		t.UserGroups = append([]string{}, p.Groups...)
 		t.Version++
 		if err := tx.UpdateTask(ctx, t); err != nil {
 			return err
@@ -656,7 +701,10 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 	if err != nil {
 		return Minted{}, err
 	}
-	var out Minted
+	var (
+		out     Minted
+		refusal error
+	)
 	err = s.store.InTx(ctx, func(tx Tx) error {
 		t, err := tx.LockTask(ctx, id)
 		if err != nil {
@@ -697,6 +745,12 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 				return err
 			}
 		}
+		stepUp, refused, err := s.gate(ctx, tx, p, t, now, gateRequest{Op: OpMint, Scopes: scopes,
+			Audience: req.Audience, Tool: req.Tool, Dataset: req.Dataset, Consume: true})
+		if err != nil || refused != nil {
+			refusal = refused
+			return err
+		}
 		iat := now.Truncate(time.Second)
 		ttl := s.tokMax
 		if req.TTLSeconds > 0 && req.TTLSeconds < int64(ttl/time.Second) {
@@ -709,7 +763,7 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		c := Credential{
 			JTI: jti, TaskID: t.ID, Kind: "jwt", Agent: t.Agent, User: t.User,
 			Scopes: scopes, Audience: req.Audience, IssuedAt: iat, ExpiresAt: iat.Add(ttl),
-			IdempotencyKey: req.IdempotencyKey,
+			IdempotencyKey: req.IdempotencyKey, StepUpID: stepUp,
 		}
 		if req.IdempotencyKey != "" {
 			c.RequestHash = reqHash
@@ -727,12 +781,15 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 			Detail: detail(map[string]any{
 				"kind": "jwt", "jti_sha256": HashID(jti), "scopes": scopes.Strings(),
 				"audience": req.Audience, "expires_at": c.ExpiresAt,
-				"tool": req.Tool, "dataset": req.Dataset,
+				"tool": req.Tool, "dataset": req.Dataset, "step_up_id": stepUp,
 			}),
 		})
 	})
 	if err != nil {
 		return Minted{}, err
+	}
+	if refusal != nil {
+		return Minted{}, refusal
 	}
 	return out, nil
 }
@@ -807,6 +864,7 @@ type Introspection struct {
 	Active     bool
 	Credential Credential
 	Token      AccessToken
+	Task       Task
 }
 
 // Introspect answers whether raw is an active token of Errand's, for a
@@ -847,7 +905,7 @@ func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Intr
 	if t.EffectiveStatus(now) != StatusApproved {
 		return Introspection{}, nil
 	}
-	return Introspection{Active: true, Credential: c, Token: at}, nil
+	return Introspection{Active: true, Credential: c, Token: at, Task: t}, nil
 }
 
 func introspector(au Audience, p Principal) bool {
@@ -920,6 +978,12 @@ func (s *Service) RecordRefusal(ctx context.Context, p Principal, taskID, op str
 	if errors.As(refusal, &e) && e.Detail != "" {
 		msg = e.Detail
 	}
+	d := map[string]any{"code": code, "detail": msg, "op": op}
+	if e != nil {
+		for k, v := range e.Extra {
+			d[k] = v
+		}
+	}
 	return s.store.InTx(ctx, func(tx Tx) error {
 		now, err := s.txNow(ctx, tx)
 		if err != nil {
@@ -927,7 +991,7 @@ func (s *Service) RecordRefusal(ctx context.Context, p Principal, taskID, op str
 		}
 		return tx.AppendAudit(ctx, AuditEvent{
 			Time: now, Type: EventRequestRefused, Actor: ActorOf(p), TaskID: taskID,
-			Detail: detail(map[string]any{"code": code, "detail": msg, "op": op}),
+			Detail: detail(d),
 		})
 	})
 }

@@ -51,6 +51,11 @@ type Task struct {
 	Risk              Risk
 	Tool, Dataset     string
 	TTLCapped         bool
+	// Budget bounds what the task may mint (0: unlimited).
+	Budget Budget
+	// UserGroups are the approving user's groups at approval, given to
+	// policies at every later decision.
+	UserGroups []string
 	DenyReason        string
 	// Revoking is set while backend revocations of an ended task are
 	// outstanding in the outbox.
@@ -97,6 +102,9 @@ type Credential struct {
 	// this credential instead of minting another.
 	IdempotencyKey string
 	RequestHash    string
+	// StepUpID names the step-up approval this credential was minted
+	// under, when a @step_up policy asked for one.
+	StepUpID string
 }
 
 // Audit event types of DESIGN.md.

@@ -16,6 +16,13 @@ type Problem struct {
 	Status int    `json:"status"`
 	Detail string `json:"detail,omitempty"`
 	Code   string `json:"code"`
+	// Policies are the ids of the Cedar policies behind a policy_denied or
+	// approval_required refusal.
+	Policies []string `json:"policies,omitempty"`
+	// ApprovalID names the step-up approval an approval_required refusal
+	// waits for; Reasons are the @step_up texts the user is shown.
+	ApprovalID string   `json:"approval_id,omitempty"`
+	Reasons    []string `json:"reasons,omitempty"`
 }
 
 var statusOf = map[string]int{
@@ -30,6 +37,9 @@ var statusOf = map[string]int{
 	"scope_exceeds_grant":    http.StatusForbidden,
 	"scope_exceeds_approval": http.StatusForbidden,
 	"blocked_action":         http.StatusForbidden,
+	"policy_denied":          http.StatusForbidden,
+	"approval_required":      http.StatusForbidden,
+	"budget_exhausted":       http.StatusTooManyRequests,
 	"agent_suspended":        http.StatusForbidden,
 	"not_found":              http.StatusNotFound,
 	"task_not_active":        http.StatusConflict,
@@ -87,28 +97,36 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal
 		return
 	}
 	s.metrics.refusals.WithLabelValues(code).Inc()
-	detail := err.Error()
+	pr := Problem{Detail: err.Error()}
 	var be *broker.Error
-	if errors.As(err, &be) && be.Detail != "" {
-		detail = be.Detail
+	if errors.As(err, &be) {
+		if be.Detail != "" {
+			pr.Detail = be.Detail
+		}
+		pr.Policies, _ = be.Extra["policies"].([]string)
+		pr.ApprovalID, _ = be.Extra["approval_id"].(string)
+		pr.Reasons, _ = be.Extra["reasons"].([]string)
 	}
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 	}
-	if status == http.StatusTooManyRequests {
+	if status == http.StatusTooManyRequests && code != "budget_exhausted" {
+		// A spent budget does not come back with time: no Retry-After.
 		w.Header().Set("Retry-After", "60")
 	}
-	writeProblem(w, status, code, detail)
+	writeProblemWith(w, status, code, pr)
 }
 
 func writeProblem(w http.ResponseWriter, status int, code, detail string) {
+	writeProblemWith(w, status, code, Problem{Detail: detail})
+}
+
+func writeProblemWith(w http.ResponseWriter, status int, code string, pr Problem) {
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(Problem{
-		Type: "urn:errand:problem:" + code, Title: http.StatusText(status),
-		Status: status, Detail: detail, Code: code,
-	})
+	pr.Type, pr.Title, pr.Status, pr.Code = "urn:errand:problem:"+code, http.StatusText(status), status, code
+	_ = json.NewEncoder(w).Encode(pr)
 }
 
 // auditTaskID keeps a task id from the URL only if it looks like one, so

@@ -16,18 +16,21 @@ var _ broker.Tx = (*txn)(nil)
 
 const taskColumns = `id, seq, version, status, agent_iss, agent_sub, user_iss, user_sub, goal,
 	scopes, approved_scopes, audiences, approved_audiences, risk, tool, dataset, ttl_capped,
-	deny_reason, created_at, approved_at, expires_at, closed_at, revoking`
+	deny_reason, created_at, approved_at, expires_at, closed_at, revoking, user_groups,
+	max_credentials, max_resources`
 
 func (t *txn) InsertTask(ctx context.Context, k *broker.Task) error {
 	err := t.tx.QueryRow(ctx, `INSERT INTO tasks (id, version, status, agent_iss, agent_sub,
 		user_iss, user_sub, goal, scopes, approved_scopes, audiences, approved_audiences, risk,
-		tool, dataset, ttl_capped, deny_reason, created_at, approved_at, expires_at, closed_at, revoking)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)
+		tool, dataset, ttl_capped, deny_reason, created_at, approved_at, expires_at, closed_at, revoking,
+		user_groups, max_credentials, max_resources)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25)
 		RETURNING seq`,
 		k.ID, k.Version, string(k.Status), k.Agent.Issuer, k.Agent.Subject, k.User.Issuer,
 		k.User.Subject, k.Goal, k.Scopes.Strings(), k.ApprovedScopes.Strings(), nonNil(k.Audiences),
 		nonNil(k.ApprovedAudiences), string(k.Risk), k.Tool, k.Dataset, k.TTLCapped, k.DenyReason,
-		k.CreatedAt, nullTime(k.ApprovedAt), k.ExpiresAt, nullTime(k.ClosedAt), k.Revoking).Scan(&k.Seq)
+		k.CreatedAt, nullTime(k.ApprovedAt), k.ExpiresAt, nullTime(k.ClosedAt), k.Revoking,
+		nonNil(k.UserGroups), k.Budget.MaxCredentials, k.Budget.MaxResources).Scan(&k.Seq)
 	return translate(err)
 }
 
@@ -44,10 +47,10 @@ func (t *txn) LockTask(ctx context.Context, id string) (broker.Task, error) {
 
 func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
 	tag, err := t.tx.Exec(ctx, `UPDATE tasks SET version=$2, status=$3, approved_scopes=$4,
-		approved_audiences=$5, deny_reason=$6, approved_at=$7, expires_at=$8, closed_at=$9, revoking=$10
-		WHERE id=$1`,
+		approved_audiences=$5, deny_reason=$6, approved_at=$7, expires_at=$8, closed_at=$9, revoking=$10,
+		user_groups=$11 WHERE id=$1`,
 		k.ID, k.Version, string(k.Status), k.ApprovedScopes.Strings(), nonNil(k.ApprovedAudiences),
-		k.DenyReason, nullTime(k.ApprovedAt), k.ExpiresAt, nullTime(k.ClosedAt), k.Revoking)
+		k.DenyReason, nullTime(k.ApprovedAt), k.ExpiresAt, nullTime(k.ClosedAt), k.Revoking, nonNil(k.UserGroups))
 	if err != nil {
 		return translate(err)
 	}
@@ -59,11 +62,11 @@ func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
 
 func (t *txn) InsertCredential(ctx context.Context, c *broker.Credential) error {
 	err := t.tx.QueryRow(ctx, `INSERT INTO credentials (jti, task_id, kind, agent_iss, agent_sub,
-		user_iss, user_sub, scopes, audience, issued_at, expires_at, idempotency_key, request_hash)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) RETURNING seq`,
+		user_iss, user_sub, scopes, audience, issued_at, expires_at, idempotency_key, request_hash, step_up_id)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) RETURNING seq`,
 		c.JTI, c.TaskID, c.Kind, c.Agent.Issuer, c.Agent.Subject, c.User.Issuer, c.User.Subject,
 		c.Scopes.Strings(), c.Audience, c.IssuedAt, c.ExpiresAt, nullString(c.IdempotencyKey),
-		nullString(c.RequestHash)).Scan(&c.Seq)
+		nullString(c.RequestHash), nullString(c.StepUpID)).Scan(&c.Seq)
 	return translate(err)
 }
 
@@ -73,7 +76,8 @@ func (t *txn) CredentialByIdempotencyKey(ctx context.Context, taskID, key string
 }
 
 const credentialColumns = `jti, seq, task_id, kind, agent_iss, agent_sub, user_iss, user_sub,
-	scopes, audience, issued_at, expires_at, revoked_at, coalesce(idempotency_key, ''), coalesce(request_hash, '')`
+	scopes, audience, issued_at, expires_at, revoked_at, coalesce(idempotency_key, ''), coalesce(request_hash, ''),
+	coalesce(step_up_id, '')`
 
 func (t *txn) RevokeCredentials(ctx context.Context, taskID string, at time.Time) ([]broker.Credential, error) {
 	rows, err := t.tx.Query(ctx, `UPDATE credentials SET revoked_at = $2
@@ -216,7 +220,8 @@ func scanTask(r pgx.Row) (broker.Task, error) {
 	err := r.Scan(&t.ID, &t.Seq, &t.Version, &status, &t.Agent.Issuer, &t.Agent.Subject,
 		&t.User.Issuer, &t.User.Subject, &t.Goal, &scopes, &approved, &t.Audiences,
 		&t.ApprovedAudiences, &risk, &t.Tool, &t.Dataset, &t.TTLCapped, &t.DenyReason,
-		&t.CreatedAt, &approvedAt, &t.ExpiresAt, &closedAt, &t.Revoking)
+		&t.CreatedAt, &approvedAt, &t.ExpiresAt, &closedAt, &t.Revoking, &t.UserGroups,
+		&t.Budget.MaxCredentials, &t.Budget.MaxResources)
 	if err != nil {
 		return broker.Task{}, translate(err)
 	}
@@ -245,7 +250,7 @@ func scanCredential(r pgx.Row) (broker.Credential, error) {
 	)
 	err := r.Scan(&c.JTI, &c.Seq, &c.TaskID, &c.Kind, &c.Agent.Issuer, &c.Agent.Subject,
 		&c.User.Issuer, &c.User.Subject, &scopes, &c.Audience, &c.IssuedAt, &c.ExpiresAt, &revoked,
-		&c.IdempotencyKey, &c.RequestHash)
+		&c.IdempotencyKey, &c.RequestHash, &c.StepUpID)
 	if err != nil {
 		return broker.Credential{}, translate(err)
 	}

@@ -67,6 +67,31 @@ func Tasks(f broker.TaskFilter, conv func(time.Time) any) (*Where, error) {
 	return q, nil
 }
 
+// StepUps selects an agent's or a user's step-up approvals by effective
+// status (see broker.StepUp.EffectiveStatus) after a keyset position.
+func StepUps(f broker.StepUpFilter, conv func(time.Time) any) (*Where, error) {
+	q := &Where{Time: conv}
+	switch {
+	case f.User != nil:
+		q.add("user_iss = %s AND user_sub = %s", f.User.Issuer, f.User.Subject)
+	case f.Agent != nil:
+		q.add("agent_iss = %s AND agent_sub = %s", f.Agent.Issuer, f.Agent.Subject)
+	default:
+		return nil, errors.New("sqlq: an approval list needs an agent or a user")
+	}
+	switch f.Status {
+	case "":
+	case broker.StepUpPending, broker.StepUpApproved:
+		q.add("(status = %s AND expires_at > %s)", string(f.Status), f.Now)
+	case broker.StepUpExpired:
+		q.add("(status IN ('pending', 'approved') AND expires_at <= %s)", f.Now)
+	default:
+		q.add("status = %s", string(f.Status))
+	}
+	q.add("seq > %s", f.AfterSeq)
+	return q, nil
+}
+
 // Credentials selects the issuance history. Actor matches the agent or
 // the user, as "<issuer>#<sub>" or a bare sub.
 func Credentials(f broker.HistoryFilter, conv func(time.Time) any) *Where {

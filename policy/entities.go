@@ -1,0 +1,68 @@
+package policy
+
+import (
+	"github.com/cedar-policy/cedar-go"
+	"github.com/cedar-policy/cedar-go/types"
+
+	"github.com/errandhq/errand/broker"
+)
+
+// Entity types of Errand's model (README, "Policies").
+const (
+	TypeAgent    = types.EntityType("Agent")
+	TypeUser     = types.EntityType("User")
+	TypeGroup    = types.EntityType("Group")
+	TypeAction   = types.EntityType("Action")
+	TypeResource = types.EntityType("Resource")
+)
+
+// cedarRequest maps one access to Cedar:
+//
+//	principal  Agent::"<issuer>#<sub>"   {issuer, sub}
+//	action     Action::"<catalog action>"
+//	resource   Resource::"<resource path>"   {path}
+//	context    {task_id, user: User::"<issuer>#<sub>" (in Group::"<name>" for
+//	           each of the user's groups), risk, class, audience, environment,
+//	           tool, dataset, time (a datetime), operation}
+//
+// Every context key is always present ("" when unknown), so a policy never
+// fails for a missing attribute; tool and dataset are "" when the request
+// named none, and the user's groups are known from approval on.
+func cedarRequest(r broker.PolicyRequest) (types.EntityMap, cedar.Request) {
+	agent := types.NewEntityUID(TypeAgent, types.String(r.Agent.String()))
+	user := types.NewEntityUID(TypeUser, types.String(r.User.String()))
+	action := types.NewEntityUID(TypeAction, types.String(r.Action))
+	resource := types.NewEntityUID(TypeResource, types.String(r.Resource))
+	groups := make([]types.EntityUID, len(r.Groups))
+	entities := make(types.EntityMap, 4+len(r.Groups))
+	for i, g := range r.Groups {
+		groups[i] = types.NewEntityUID(TypeGroup, types.String(g))
+		entities[groups[i]] = types.Entity{UID: groups[i]}
+	}
+	entities[agent] = types.Entity{UID: agent, Attributes: types.NewRecord(types.RecordMap{
+		"issuer": types.String(r.Agent.Issuer),
+		"sub":    types.String(r.Agent.Subject),
+	})}
+	entities[user] = types.Entity{UID: user, Parents: types.NewEntityUIDSet(groups...),
+		Attributes: types.NewRecord(types.RecordMap{
+			"issuer": types.String(r.User.Issuer),
+			"sub":    types.String(r.User.Subject),
+		})}
+	entities[action] = types.Entity{UID: action}
+	entities[resource] = types.Entity{UID: resource, Attributes: types.NewRecord(types.RecordMap{
+		"path": types.String(r.Resource),
+	})}
+	ctx := types.NewRecord(types.RecordMap{
+		"task_id":     types.String(r.TaskID),
+		"user":        user,
+		"risk":        types.String(r.Risk),
+		"class":       types.String(r.Class),
+		"audience":    types.String(r.Audience),
+		"environment": types.String(r.Environment),
+		"tool":        types.String(r.Tool),
+		"dataset":     types.String(r.Dataset),
+		"time":        types.NewDatetime(r.Time),
+		"operation":   types.String(r.Operation),
+	})
+	return entities, cedar.Request{Principal: agent, Action: action, Resource: resource, Context: ctx}
+}

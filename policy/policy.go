@@ -1,0 +1,295 @@
+// Package policy is Errand's request-time policy-as-code: Cedar policies
+// (github.com/cedar-policy/cedar-go) decide on the action, resource,
+// audience, environment, tool, dataset and risk of every task, approval,
+// mint and AuthZEN evaluation. Policies add each organisation's rules on top
+// of the invariants, which stay in package broker and which no policy can
+// loosen.
+//
+// Outcomes: deny when a forbid matches or no permit does (default deny);
+// step-up when a permit matches and the only matching forbids carry the
+// annotation @step_up("why"); allow otherwise. A forbid that cannot be
+// evaluated (a type error, a missing attribute) denies: a broken rule
+// never opens a door.
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"iter"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync/atomic"
+
+	"github.com/cedar-policy/cedar-go"
+	xast "github.com/cedar-policy/cedar-go/x/exp/ast"
+	"github.com/cedar-policy/cedar-go/x/exp/schema"
+	"github.com/cedar-policy/cedar-go/x/exp/schema/validate"
+
+	"github.com/errandhq/errand/broker"
+)
+
+// StepUpAnnotation marks a forbid policy whose match asks the user to
+// approve the request instead of denying it.
+const StepUpAnnotation = "step_up"
+
+// Set is a loaded, validated set of policies, split by how they decide.
+type Set struct {
+	permits cedar.PolicyMap // permit policies
+	forbids cedar.PolicyMap // forbid policies without @step_up
+	stepUps cedar.PolicyMap // forbid policies with @step_up
+	reasons map[cedar.PolicyID]string
+	files   []string
+	count   int
+}
+
+// Len is the number of policies in the set.
+func (s *Set) Len() int { return s.count }
+
+// Files are the files the set was read from.
+func (s *Set) Files() []string { return s.files }
+
+// Load reads every file matched by the glob patterns (a pattern matching
+// nothing is an error: a typo must not silently drop a rule), parses each
+// as Cedar and, when schemaPath is set, validates every policy against that
+// schema (Cedar schema syntax, or JSON when the name ends in .json). Errors
+// name the file and line.
+//
+// A policy's id is its @id annotation or, without one, "<file>#<n>" with n
+// counting the file's policies from 0. Ids must be unique across files.
+func Load(patterns []string, schemaPath string) (*Set, error) {
+	var files []string
+	for _, p := range patterns {
+		m, err := filepath.Glob(p)
+		if err != nil {
+			return nil, fmt.Errorf("policies: %q: %v", p, err)
+		}
+		if len(m) == 0 {
+			return nil, fmt.Errorf("policies: %q matches no file", p)
+		}
+		files = append(files, m...)
+	}
+	sort.Strings(files)
+	files = dedupe(files)
+	var v *validate.Validator
+	if schemaPath != "" {
+		var err error
+		if v, err = loadSchema(schemaPath); err != nil {
+			return nil, err
+		}
+	}
+	s := &Set{
+		permits: cedar.PolicyMap{}, forbids: cedar.PolicyMap{}, stepUps: cedar.PolicyMap{},
+		reasons: map[cedar.PolicyID]string{}, files: files,
+	}
+	seen := map[cedar.PolicyID]string{}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("policies: %v", err)
+		}
+		list, err := cedar.NewPolicyListFromBytes(f, raw)
+		if err != nil {
+			return nil, fmt.Errorf("policies: %s", parseError(f, err))
+		}
+		for i, p := range list {
+			pos := p.Position()
+			at := fmt.Sprintf("%s:%d", f, pos.Line)
+			ann := p.Annotations()
+			id := cedar.PolicyID(fmt.Sprintf("%s#%d", filepath.Base(f), i))
+			if v, ok := ann["id"]; ok {
+				if strings.TrimSpace(string(v)) == "" {
+					return nil, fmt.Errorf("policies: %s: @id is empty", at)
+				}
+				id = cedar.PolicyID(v)
+			}
+			if prev, dup := seen[id]; dup {
+				return nil, fmt.Errorf("policies: %s: policy id %q is already used at %s", at, id, prev)
+			}
+			seen[id] = at
+			if v != nil {
+				if err := v.Policy(string(id), (*xast.Policy)(p.AST())); err != nil {
+					return nil, fmt.Errorf("policies: %s: policy %q does not match the schema: %v", at, id, oneLine(err))
+				}
+			}
+			reason, step := ann[StepUpAnnotation]
+			switch {
+			case step && p.Effect() == cedar.Permit:
+				return nil, fmt.Errorf("policies: %s: @step_up belongs on a forbid policy, not a permit", at)
+			case step && strings.TrimSpace(string(reason)) == "":
+				return nil, fmt.Errorf("policies: %s: @step_up needs a reason the user is shown", at)
+			case step:
+				s.stepUps[id] = p
+				s.reasons[id] = string(reason)
+			case p.Effect() == cedar.Permit:
+				s.permits[id] = p
+			default:
+				s.forbids[id] = p
+			}
+			s.count++
+		}
+	}
+	return s, nil
+}
+
+func loadSchema(path string) (*validate.Validator, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("policy_schema: %v", err)
+	}
+	var sc schema.Schema
+	sc.SetFilename(path)
+	if strings.HasSuffix(path, ".json") {
+		err = sc.UnmarshalJSON(raw)
+	} else {
+		err = sc.UnmarshalCedar(raw)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("policy_schema: %s: %v", path, oneLine(err))
+	}
+	res, err := sc.Resolve()
+	if err != nil {
+		return nil, fmt.Errorf("policy_schema: %s: %v", path, oneLine(err))
+	}
+	return validate.New(res), nil
+}
+
+var parsePos = regexp.MustCompile(`\s*at <input>:(\d+):(\d+)`)
+
+// parseError puts the file, line and column of a syntax error first, as
+// compilers do: "policies/a.cedar:4:35: parse error ...".
+func parseError(file string, err error) string {
+	msg := oneLine(err)
+	if m := parsePos.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("%s:%s:%s: %s", file, m[1], m[2], strings.TrimSpace(parsePos.ReplaceAllString(msg, "")))
+	}
+	return file + ": " + msg
+}
+
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
+}
+
+func dedupe(sorted []string) []string {
+	out := sorted[:0]
+	for i, f := range sorted {
+		if i == 0 || f != sorted[i-1] {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Decide evaluates the set on r.
+func (s *Set) Decide(r broker.PolicyRequest) broker.PolicyDecision {
+	entities, req := cedarRequest(r)
+	// Permits and the plain forbids decide as Cedar does, except that a
+	// forbid which fails to evaluate denies.
+	dec, diag := cedar.Authorize(joined{s.permits, s.forbids}, entities, req)
+	var broken []string
+	for _, e := range diag.Errors {
+		if _, forbid := s.forbids[e.PolicyID]; forbid {
+			broken = append(broken, string(e.PolicyID))
+		}
+	}
+	if len(broken) > 0 {
+		return broker.PolicyDecision{Effect: broker.EffectDeny, Policies: broken,
+			Reasons: []string{"a forbid policy could not be evaluated, which denies"}}
+	}
+	if dec != cedar.Allow {
+		out := broker.PolicyDecision{Effect: broker.EffectDeny}
+		for _, rs := range diag.Reasons {
+			out.Policies = append(out.Policies, string(rs.PolicyID))
+		}
+		sort.Strings(out.Policies)
+		return out
+	}
+	if len(s.stepUps) == 0 {
+		return broker.PolicyDecision{Effect: broker.EffectAllow, Policies: ids(diag.Reasons)}
+	}
+	_, sdiag := cedar.Authorize(s.stepUps, entities, req)
+	if len(sdiag.Errors) > 0 {
+		var ps []string
+		for _, e := range sdiag.Errors {
+			ps = append(ps, string(e.PolicyID))
+		}
+		sort.Strings(ps)
+		return broker.PolicyDecision{Effect: broker.EffectDeny, Policies: ps,
+			Reasons: []string{"a step-up policy could not be evaluated, which denies"}}
+	}
+	if len(sdiag.Reasons) == 0 {
+		return broker.PolicyDecision{Effect: broker.EffectAllow, Policies: ids(diag.Reasons)}
+	}
+	out := broker.PolicyDecision{Effect: broker.EffectStepUp, Policies: ids(sdiag.Reasons)}
+	for _, id := range out.Policies {
+		out.Reasons = append(out.Reasons, s.reasons[cedar.PolicyID(id)])
+	}
+	return out
+}
+
+func ids(rs []cedar.DiagnosticReason) []string {
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		out[i] = string(r.PolicyID)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// joined iterates over several policy maps as one set.
+type joined []cedar.PolicyMap
+
+func (j joined) All() iter.Seq2[cedar.PolicyID, *cedar.Policy] {
+	return func(yield func(cedar.PolicyID, *cedar.Policy) bool) {
+		for _, m := range j {
+			for id, p := range m {
+				if !yield(id, p) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// Engine holds the live set; Reload swaps it atomically, so decisions in
+// flight finish on the set they started with.
+type Engine struct {
+	patterns []string
+	schema   string
+	set      atomic.Pointer[Set]
+}
+
+// NewEngine loads the policies once; an error stops start-up.
+func NewEngine(patterns []string, schemaPath string) (*Engine, error) {
+	if len(patterns) == 0 {
+		return nil, errors.New("policies: no file given")
+	}
+	s, err := Load(patterns, schemaPath)
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{patterns: patterns, schema: schemaPath}
+	e.set.Store(s)
+	return e, nil
+}
+
+// Reload reads the files again. On any error the running set stays and
+// the error says why.
+func (e *Engine) Reload() (*Set, error) {
+	s, err := Load(e.patterns, e.schema)
+	if err != nil {
+		return nil, err
+	}
+	e.set.Store(s)
+	return s, nil
+}
+
+// Current is the set in force.
+func (e *Engine) Current() *Set { return e.set.Load() }
+
+// Decide evaluates the set in force.
+func (e *Engine) Decide(r broker.PolicyRequest) broker.PolicyDecision {
+	return e.set.Load().Decide(r)
+}
