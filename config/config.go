@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/identity"
 	"github.com/errandhq/errand/issuer/vault"
+	"github.com/errandhq/errand/policy"
 )
 
 // Config is errand.yaml.
@@ -31,13 +33,19 @@ type Config struct {
 	Audiences    []Audience `yaml:"audiences"`
 	DenyActions  []string   `yaml:"deny_actions"`
 	Limits       Limits     `yaml:"limits"`
-	Policies     []string   `yaml:"policies"`
+	// Policies are glob patterns of Cedar policy files, and PolicySchema
+	// an optional Cedar schema they must validate against; relative paths
+	// are read from the config file's directory.
+	Policies     []string `yaml:"policies"`
+	PolicySchema string   `yaml:"policy_schema"`
 	SystemSecret string     `yaml:"system_secret"`
 	SigningAlg   string     `yaml:"signing_alg"`
 	// AuditAnchorEvery logs the audit chain's head (seq and hash) this
 	// often, for an external system to keep; default 10m, "off" never.
 	AuditAnchorEvery string `yaml:"audit_anchor_every"`
 	Vault            *Vault `yaml:"vault"`
+	// Dir is the directory of the config file, for relative paths.
+	Dir string `yaml:"-"`
 }
 
 // Vault configures dynamic secrets.
@@ -132,6 +140,14 @@ type Limits struct {
 	// per peer address (defaults 50 and 200; bursts are twice that).
 	PrincipalRPS float64 `yaml:"principal_rps"`
 	AddressRPS   float64 `yaml:"address_rps"`
+	// CredentialsPerTask and ResourcesPerTask are every task's budget:
+	// credentials it may mint, and distinct resources they may cover
+	// (default 0, unlimited). A task request may only lower them.
+	CredentialsPerTask int `yaml:"credentials_per_task"`
+	ResourcesPerTask   int `yaml:"resources_per_task"`
+	// StepUpTTL is how long a step-up approval waits, and how long an
+	// approved one may be used (default 15m).
+	StepUpTTL time.Duration `yaml:"step_up_ttl"`
 }
 
 // UnmarshalYAML parses durations such as 5m and 8h, naming the key of a
@@ -143,22 +159,32 @@ func (l *Limits) UnmarshalYAML(n *yaml.Node) error {
 	}
 	for k, v := range raw {
 		switch k {
-		case "token_ttl_max", "task_ttl_max":
+		case "token_ttl_max", "task_ttl_max", "step_up_ttl":
 			d, err := time.ParseDuration(v)
 			if err != nil || d < 0 {
 				return fmt.Errorf("limits.%s: %q is not a duration such as 5m or 8h", k, v)
 			}
-			if k == "token_ttl_max" {
+			switch k {
+			case "token_ttl_max":
 				l.TokenTTLMax = d
-			} else {
+			case "task_ttl_max":
 				l.TaskTTLMax = d
+			default:
+				l.StepUpTTL = d
 			}
-		case "pending_tasks_per_agent":
+		case "pending_tasks_per_agent", "credentials_per_task", "resources_per_task":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 {
 				return fmt.Errorf("limits.%s: %q is not a positive whole number", k, v)
 			}
-			l.PendingTasksPerAgent = n
+			switch k {
+			case "pending_tasks_per_agent":
+				l.PendingTasksPerAgent = n
+			case "credentials_per_task":
+				l.CredentialsPerTask = n
+			default:
+				l.ResourcesPerTask = n
+			}
 		case "principal_rps", "address_rps":
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f <= 0 {
@@ -198,11 +224,16 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return Parse(raw, os.Getenv)
+	return parse(raw, os.Getenv, filepath.Dir(path))
 }
 
-// Parse is Load on bytes, with getenv for the environment.
+// Parse is Load on bytes, with getenv for the environment; relative paths
+// are read from the working directory.
 func Parse(raw []byte, getenv func(string) string) (*Config, error) {
+	return parse(raw, getenv, ".")
+}
+
+func parse(raw []byte, getenv func(string) string, dir string) (*Config, error) {
 	var missing []string
 	expanded := envRef.ReplaceAllFunc(raw, func(m []byte) []byte {
 		name := string(envRef.FindSubmatch(m)[1])
@@ -212,7 +243,7 @@ func Parse(raw []byte, getenv func(string) string) (*Config, error) {
 		}
 		return []byte(v)
 	})
-	var c Config
+	c := Config{Dir: dir}
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
@@ -282,8 +313,15 @@ func (c *Config) Validate() error {
 	if c.Limits.TokenTTLMax > c.Limits.TaskTTLMax {
 		return errors.New("config: limits.token_ttl_max: longer than task_ttl_max")
 	}
+	if c.PolicySchema != "" && len(c.Policies) == 0 {
+		return errors.New("config: policy_schema: set, but no policies to validate")
+	}
 	if len(c.Policies) > 0 {
-		return errors.New("config: policies: Cedar policies are not enforced by this version of Errand; remove the key rather than run believing they are")
+		// Validated here so that a bad policy stops start-up (and config
+		// check) with its file and line.
+		if _, err := policy.Load(c.PolicyFiles()); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
 	}
 	cat, err := c.Catalog()
 	if err != nil {
@@ -295,6 +333,22 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// PolicyFiles are the policy patterns and the schema, resolved against the
+// config file's directory.
+func (c *Config) PolicyFiles() ([]string, string) {
+	abs := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(c.Dir, p)
+	}
+	pats := make([]string, len(c.Policies))
+	for i, p := range c.Policies {
+		pats[i] = abs(p)
+	}
+	return pats, abs(c.PolicySchema)
 }
 
 func (c *Config) validateVault(cat *broker.Catalog) error {

@@ -20,6 +20,9 @@ type createTaskBody struct {
 	TTLSeconds int64    `json:"ttl_seconds"`
 	Tool       string   `json:"tool"`
 	Dataset    string   `json:"dataset"`
+	// MaxCredentials and MaxResources lower the configured budget.
+	MaxCredentials int `json:"max_credentials"`
+	MaxResources   int `json:"max_resources"`
 }
 
 func (s *Server) createTask(w http.ResponseWriter, r *http.Request) {
@@ -35,6 +38,7 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) {
 	t, err := s.svc.CreateTask(r.Context(), p, broker.CreateTaskRequest{
 		OnBehalfOf: b.OnBehalfOf, Goal: b.Goal, Scopes: b.Scopes, Audiences: b.Audiences,
 		TTLSeconds: b.TTLSeconds, Tool: b.Tool, Dataset: b.Dataset,
+		MaxCredentials: b.MaxCredentials, MaxResources: b.MaxResources,
 	})
 	if err != nil {
 		c.fail(err)
@@ -399,6 +403,10 @@ type taskJSON struct {
 	ApprovedAt        *string  `json:"approved_at"`
 	ExpiresAt         string   `json:"expires_at"`
 	ClosedAt          *string  `json:"closed_at"`
+	// MaxCredentials and MaxResources are the task's budget; absent when
+	// unlimited.
+	MaxCredentials int `json:"max_credentials,omitempty"`
+	MaxResources   int `json:"max_resources,omitempty"`
 }
 
 func (s *Server) renderTask(t broker.Task) taskJSON {
@@ -410,7 +418,7 @@ func (s *Server) renderTask(t broker.Task) taskJSON {
 		Risk: string(t.Risk), Tool: t.Tool, Dataset: t.Dataset, TTLCapped: t.TTLCapped,
 		DenyReason: t.DenyReason, CreatedAt: t.CreatedAt.Format(time.RFC3339Nano),
 		ApprovedAt: optTime(t.ApprovedAt), ExpiresAt: t.ExpiresAt.Format(time.RFC3339Nano),
-		ClosedAt: optTime(t.ClosedAt),
+		ClosedAt: optTime(t.ClosedAt), MaxCredentials: t.Budget.MaxCredentials, MaxResources: t.Budget.MaxResources,
 	}
 }
 

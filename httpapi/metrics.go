@@ -16,6 +16,8 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 	issued   prometheus.Counter
 	refusals *prometheus.CounterVec
+	// decisions counts AuthZEN decisions by outcome.
+	decisions *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -33,8 +35,11 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "errand_refusals_total", Help: "Refused requests by code.",
 		}, []string{"code"}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "errand_authzen_decisions_total", Help: "AuthZEN access evaluations by decision.",
+		}, []string{"decision"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.issued, m.refusals,
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.issued, m.refusals, m.decisions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

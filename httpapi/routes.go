@@ -27,6 +27,14 @@ func (s *Server) routes() chi.Router {
 		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
 		r.Get("/.well-known/jwks.json", s.jwksHandler)
 		r.Get("/.well-known/oauth-authorization-server", s.metadata)
+		r.Get("/.well-known/authzen-configuration", s.authzenMetadata)
+	})
+
+	// OpenID AuthZEN Authorization API 1.0, for enforcement points.
+	r.Route("/access/v1", func(r chi.Router) {
+		r.Use(s.limitAddress, s.withTimeout)
+		r.Post("/evaluation", s.evaluation)
+		r.Post("/evaluations", s.evaluations)
 	})
 
 	r.Route("/v1", func(r chi.Router) {
@@ -44,6 +52,10 @@ func (s *Server) routes() chi.Router {
 			r.Post("/tasks/{id}/secrets", s.issueSecret)
 			r.Post("/tasks/{id}/close", s.closeTask)
 			r.Get("/tasks/{id}/history", s.taskHistory)
+			r.Get("/approvals", s.listApprovals)
+			r.Get("/approvals/{approval}", s.getApproval)
+			r.Post("/approvals/{approval}/approve", s.approveApproval)
+			r.Post("/approvals/{approval}/deny", s.denyApproval)
 			r.Post("/introspect", s.introspect)
 			r.Post("/revoke", s.revoke)
 			r.Get("/revocations", s.revocations)

@@ -22,6 +22,7 @@ import (
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
 	"github.com/errandhq/errand/httpapi"
+	"github.com/errandhq/errand/policy"
 	"github.com/errandhq/errand/identity"
 	"github.com/errandhq/errand/issuer/jwt"
 	"github.com/errandhq/errand/issuer/vault"
@@ -215,6 +216,16 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		Store: st, Tokens: tokens, Catalog: catalog, UserIssuers: cfg.UserIssuers(),
 		TokenTTLMax: cfg.Limits.TokenTTLMax, TaskTTLMax: cfg.Limits.TaskTTLMax,
 		MaxPendingPerAgent: cfg.Limits.PendingTasksPerAgent,
+		CredentialsPerTask: cfg.Limits.CredentialsPerTask, ResourcesPerTask: cfg.Limits.ResourcesPerTask,
+		StepUpTTL: cfg.Limits.StepUpTTL,
+	}
+	var engine *policy.Engine
+	if len(cfg.Policies) > 0 {
+		if engine, err = policy.NewEngine(cfg.PolicyFiles()); err != nil {
+			return nil, err
+		}
+		bcfg.Policy = engine
+		log.Info("policies loaded", "policies", engine.Current().Len(), "files", len(engine.Current().Files()))
 	}
 	if v := cfg.Vault; v != nil {
 		vi, err := vault.New(ctx, vault.Config{
@@ -267,7 +278,32 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	if every := cfg.AnchorInterval(); every > 0 {
 		workers = append(workers, anchor(st, every, log))
 	}
+	if engine != nil {
+		workers = append(workers, reloadOnHangup(engine, log))
+	}
 	return &app{api: api, svc: svc, workers: workers}, nil
+}
+
+// reloadOnHangup reads the policy files again on every SIGHUP. A set that
+// does not load (syntax, schema) is refused and the running set stays.
+func reloadOnHangup(e *policy.Engine, log *slog.Logger) func(context.Context) error {
+	return func(ctx context.Context) error {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-hup:
+				if set, err := e.Reload(); err != nil {
+					log.Error("policy reload refused; the running policies stay in force", "err", err)
+				} else {
+					log.Info("policies reloaded", "policies", set.Len(), "files", len(set.Files()))
+				}
+			}
+		}
+	}
 }
 
 // anchor logs the audit chain's head every period: an external log that
