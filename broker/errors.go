@@ -63,7 +63,7 @@ var (
 	// ErrBudgetExhausted: the task minted as many credentials, or touched
 	// as many distinct resources, as its budget allows.
 	ErrBudgetExhausted = &Error{Code: "budget_exhausted"}
-	ErrNotFound            = &Error{Code: "not_found"}
+	ErrNotFound        = &Error{Code: "not_found"}
 	// ErrUnavailable means a dependency (the database, an identity
 	// provider's keys, Vault) could not be reached. It is never reported
 	// as an authentication failure.

@@ -175,9 +175,9 @@ func stepUpHash(scopes Scopes, audience, tool, dataset string) string {
 
 // gateRequest is a request to issue a credential, as the gate sees it.
 type gateRequest struct {
-	Op                       string
-	Scopes                   Scopes
-	Audience, Tool, Dataset  string
+	Op                      string
+	Scopes                  Scopes
+	Audience, Tool, Dataset string
 	// Consume uses an approved step-up (the credential is being recorded
 	// in this transaction); without it the gate only checks.
 	Consume bool

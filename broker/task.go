@@ -56,7 +56,7 @@ type Task struct {
 	// UserGroups are the approving user's groups at approval, given to
 	// policies at every later decision.
 	UserGroups []string
-	DenyReason        string
+	DenyReason string
 	// Revoking is set while backend revocations of an ended task are
 	// outstanding in the outbox.
 	Revoking bool

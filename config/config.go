@@ -24,22 +24,22 @@ import (
 
 // Config is errand.yaml.
 type Config struct {
-	Listen       string     `yaml:"listen"`
-	PublicURL    string     `yaml:"public_url"`
-	DatabaseURL  string     `yaml:"database_url"`
-	Issuers      []Issuer   `yaml:"issuers"`
-	Grants       []Grant    `yaml:"grants"`
-	Actions      []Action   `yaml:"actions"`
-	Audiences    []Audience `yaml:"audiences"`
-	DenyActions  []string   `yaml:"deny_actions"`
-	Limits       Limits     `yaml:"limits"`
+	Listen      string     `yaml:"listen"`
+	PublicURL   string     `yaml:"public_url"`
+	DatabaseURL string     `yaml:"database_url"`
+	Issuers     []Issuer   `yaml:"issuers"`
+	Grants      []Grant    `yaml:"grants"`
+	Actions     []Action   `yaml:"actions"`
+	Audiences   []Audience `yaml:"audiences"`
+	DenyActions []string   `yaml:"deny_actions"`
+	Limits      Limits     `yaml:"limits"`
 	// Policies are glob patterns of Cedar policy files, and PolicySchema
 	// an optional Cedar schema they must validate against; relative paths
 	// are read from the config file's directory.
 	Policies     []string `yaml:"policies"`
 	PolicySchema string   `yaml:"policy_schema"`
-	SystemSecret string     `yaml:"system_secret"`
-	SigningAlg   string     `yaml:"signing_alg"`
+	SystemSecret string   `yaml:"system_secret"`
+	SigningAlg   string   `yaml:"signing_alg"`
 	// AuditAnchorEvery logs the audit chain's head (seq and hash) this
 	// often, for an external system to keep; default 10m, "off" never.
 	AuditAnchorEvery string `yaml:"audit_anchor_every"`
@@ -225,6 +225,31 @@ func Load(path string) (*Config, error) {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	return parse(raw, os.Getenv, filepath.Dir(path))
+}
+
+// LoadCatalog reads only what policy decisions need from a config file:
+// the catalog (actions, audiences and their environments, grants) and the
+// policy files, for `errand policy test` in a policy author's CI, where the
+// database, the secrets and their environment variables are absent.
+func LoadCatalog(path string) (*Config, *broker.Catalog, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: %w", err)
+	}
+	expanded := envRef.ReplaceAllFunc(raw, func(m []byte) []byte {
+		return []byte(os.Getenv(string(envRef.FindSubmatch(m)[1])))
+	})
+	c := Config{Dir: filepath.Dir(path)}
+	dec := yaml.NewDecoder(bytes.NewReader(expanded))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, nil, fmt.Errorf("config: %s", yamlError(err))
+	}
+	cat, err := c.Catalog()
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: %w", err)
+	}
+	return &c, cat, nil
 }
 
 // Parse is Load on bytes, with getenv for the environment; relative paths

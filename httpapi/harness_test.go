@@ -23,6 +23,7 @@ import (
 	"github.com/errandhq/errand/internal/testvault"
 	"github.com/errandhq/errand/issuer/jwt"
 	"github.com/errandhq/errand/issuer/vault"
+	"github.com/errandhq/errand/policy"
 	"github.com/errandhq/errand/store/postgres"
 )
 
@@ -58,6 +59,8 @@ type env struct {
 	vault     *vault.Issuer
 	// users2 is a second trusted user issuer, only with envOptions.twoUserIssuers.
 	users2 *testoidc.Issuer
+	// engine holds the policies, with envOptions.policies.
+	engine *policy.Engine
 }
 
 type envOptions struct {
@@ -84,6 +87,11 @@ type envOptions struct {
 	// task-other); vaultAddr overrides its address (a fault proxy).
 	vault     *testvault.Env
 	vaultAddr string
+	// policies are Cedar policy file patterns (with schema, optional).
+	policies []string
+	schema   string
+	// budget is the configured per-task budget.
+	budget broker.Budget
 }
 
 func logger(w io.Writer) *slog.Logger {
@@ -196,6 +204,13 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	bcfg := broker.Config{
 		Store: e.st, Tokens: e.tokens, Catalog: cat, UserIssuers: userIssuers, MaxPendingPerAgent: o.maxPending,
 		BackendKinds: []string{"testbackend", broker.KindVaultToken}, Now: o.replicaClock,
+		CredentialsPerTask: o.budget.MaxCredentials, ResourcesPerTask: o.budget.MaxResources,
+	}
+	if len(o.policies) > 0 {
+		if e.engine, err = policy.NewEngine(o.policies, o.schema); err != nil {
+			t.Fatal(err)
+		}
+		bcfg.Policy = e.engine
 	}
 	if o.vault != nil {
 		addr := o.vault.Addr
@@ -345,8 +360,8 @@ func (e *env) mint(agentSub, id string, scopes ...string) resp {
 // snapshot is the state of every table a refusal must not touch, and the
 // audit head.
 type snapshot struct {
-	tasks, credentials string
-	auditSeq           int64
+	tasks, credentials, stepUps string
+	auditSeq                    int64
 }
 
 func (e *env) snapshot() snapshot {
@@ -356,7 +371,8 @@ func (e *env) snapshot() snapshot {
 	err := e.st.Pool().QueryRow(ctx, `SELECT
 		(SELECT coalesce(md5(string_agg(t::text, '|' ORDER BY id)), '') FROM tasks t),
 		(SELECT coalesce(md5(string_agg(c::text, '|' ORDER BY jti)), '') FROM credentials c),
-		(SELECT seq FROM audit_head)`).Scan(&s.tasks, &s.credentials, &s.auditSeq)
+		(SELECT coalesce(md5(string_agg(u::text, '|' ORDER BY id)), '') FROM step_ups u),
+		(SELECT seq FROM audit_head)`).Scan(&s.tasks, &s.credentials, &s.stepUps, &s.auditSeq)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -385,6 +401,9 @@ func (e *env) refused(before snapshot, r resp, status int, code string) {
 	}
 	if after.credentials != before.credentials {
 		e.t.Errorf("a refusal changed the credentials table")
+	}
+	if after.stepUps != before.stepUps {
+		e.t.Errorf("a refusal changed the step_ups table")
 	}
 	if after.auditSeq != before.auditSeq+1 {
 		e.t.Fatalf("audit grew by %d events, want exactly 1", after.auditSeq-before.auditSeq)

@@ -22,10 +22,10 @@ import (
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
 	"github.com/errandhq/errand/httpapi"
-	"github.com/errandhq/errand/policy"
 	"github.com/errandhq/errand/identity"
 	"github.com/errandhq/errand/issuer/jwt"
 	"github.com/errandhq/errand/issuer/vault"
+	"github.com/errandhq/errand/policy"
 	"github.com/errandhq/errand/revocation"
 	"github.com/errandhq/errand/store/postgres"
 	"github.com/errandhq/errand/store/sqlite"
@@ -286,10 +286,12 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 
 // reloadOnHangup reads the policy files again on every SIGHUP. A set that
 // does not load (syntax, schema) is refused and the running set stays.
+// It subscribes at once, before serving starts, so that a SIGHUP never
+// meets the default action (which ends the process).
 func reloadOnHangup(e *policy.Engine, log *slog.Logger) func(context.Context) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
 	return func(ctx context.Context) error {
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
 		for {
 			select {
