@@ -2,6 +2,9 @@ package httpapi
 
 import (
 	"context"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -274,4 +277,43 @@ func TestV06LeaseNeverOutlivesItsTask(t *testing.T) {
 	default:
 		t.Fatalf("%d %s", r.Status, r.Raw)
 	}
+}
+
+// TestVaultSecretsObeyPoliciesAndBudgets: a secret is a credential like a
+// token: policies decide on the role's action and path before Vault is
+// called, a @step_up policy asks the user first, and the budget counts it.
+func TestVaultSecretsObeyPoliciesAndBudgets(t *testing.T) {
+	v := testvault.Shared(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "p.cedar"), []byte(`
+@id("allow") permit (principal, action, resource);
+@id("no-task-other") forbid (principal, action, resource) when { resource.path == "database/creds/task-other" };
+@id("orders-step-up") @step_up("reading the orders database needs your approval")
+forbid (principal, action, resource) when { context.operation == "secret" && resource.path == "database/creds/task-ro" };
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvWith(t, envOptions{vault: v, policies: []string{filepath.Join(dir, "*.cedar")}, budget: broker.Budget{MaxCredentials: 1}})
+	id := e.vaultTask("agent-1")
+
+	before := e.snapshot()
+	e.policyDenied(before, e.secret("agent-1", id, "task-other"), "no-task-other")
+
+	r := e.secret("agent-1", id, "task-ro")
+	if r.Status != 403 || r.str("code") != "approval_required" {
+		t.Fatalf("first secret: %d %s", r.Status, r.Raw)
+	}
+	creds, err := e.st.Credentials(context.Background(), broker.HistoryFilter{TaskID: id, Limit: 10})
+	if err != nil || len(creds) != 0 {
+		t.Fatalf("Vault was called before the step-up was approved: %v %v", creds, err)
+	}
+	e.mustStatus(e.do("POST", "/v1/approvals/"+r.str("approval_id")+"/approve", e.user("alice", "eng"), nil), 200)
+	sec := e.mustStatus(e.secret("agent-1", id, "task-ro"), 201)
+	c, err := e.st.Credential(context.Background(), sec.str("lease_id"))
+	if err != nil || c.StepUpID != r.str("approval_id") {
+		t.Fatalf("lease %+v %v: not recorded under the approval", c, err)
+	}
+
+	before = e.snapshot()
+	e.refused(before, e.secret("agent-1", id, "task-ro"), http.StatusTooManyRequests, "budget_exhausted")
 }
