@@ -73,3 +73,33 @@ func TestMaskURL(t *testing.T) {
 		t.Fatalf("MaskURL = %q", got)
 	}
 }
+
+// TestPolicyBackstopsHoldForRawSQL: whoever writes, a task's budget never
+// changes and a used step-up never comes back.
+func TestPolicyBackstopsHoldForRawSQL(t *testing.T) {
+	st := testpg.Store(t)
+	ctx := context.Background()
+	for _, q := range []string{
+		`INSERT INTO tasks (id, version, status, agent_iss, agent_sub, user_iss, user_sub, goal, scopes, audiences, risk,
+			created_at, expires_at, max_credentials) VALUES ('tsk_raw', 1, 'approved', 'a', 'b', 'c', 'd', 'g',
+			'{x}', '{y}', 'low', now(), now() + interval '1 hour', 2)`,
+		`INSERT INTO step_ups (id, task_id, agent_iss, agent_sub, user_iss, user_sub, scopes, audience, request_hash,
+			policies, reasons, status, created_at, expires_at) VALUES ('apr_raw', 'tsk_raw', 'a', 'b', 'c', 'd', '{x}', 'y',
+			'h', '{}', '{}', 'used', now(), now() + interval '1 hour')`,
+	} {
+		if _, err := st.Pool().Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, q := range []string{
+		`UPDATE tasks SET max_credentials = 100 WHERE id = 'tsk_raw'`,
+		`UPDATE tasks SET max_resources = 1 WHERE id = 'tsk_raw'`,
+		`UPDATE tasks SET user_groups = '{admins}' WHERE id = 'tsk_raw'`,
+		`UPDATE step_ups SET status = 'approved' WHERE id = 'apr_raw'`,
+		`UPDATE step_ups SET request_hash = 'other' WHERE id = 'apr_raw'`,
+	} {
+		if _, err := st.Pool().Exec(ctx, q); err == nil {
+			t.Errorf("accepted: %s", q)
+		}
+	}
+}

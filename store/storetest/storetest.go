@@ -42,6 +42,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"ListTasksKeysetAndEffectiveStatus", testListTasks},
 		{"HistoryFilters", testHistoryFilters},
 		{"OneCurrentSigningKey", testSigningKeys},
+		{"StepUpsBudgetsAndGroups", testStepUps},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open(t)) })
@@ -631,4 +632,113 @@ func testBackstops(t *testing.T, s Store) {
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.UpdateTask(ctx, closed) }); err != nil {
 		t.Fatalf("a terminal task could not record its backend revocation state: %v", err)
 	}
+}
+
+func testStepUps(t *testing.T, s Store) {
+	k := newTask(id("agent-"), id("user-"))
+	k.Budget = broker.Budget{MaxCredentials: 3, MaxResources: 2}
+	insert(t, s, &k)
+	k.Status, k.Version, k.ApprovedAt, k.ApprovedScopes, k.ApprovedAudiences = broker.StatusApproved, 2, now(), k.Scopes, k.Audiences
+	k.UserGroups = []string{"eng", "payments"}
+	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.UpdateTask(ctx, k) }); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Task(ctx, k.ID)
+	if err != nil || got.Budget != k.Budget || fmt.Sprint(got.UserGroups) != "[eng payments]" {
+		t.Fatalf("task %+v %v: budget or groups not kept", got, err)
+	}
+	stx := func(fn func(broker.Tx, broker.StepUpTx) error) error {
+		return s.InTx(ctx, func(tx broker.Tx) error { return fn(tx, tx.(broker.StepUpTx)) })
+	}
+	u := broker.StepUp{ID: id("apr_"), TaskID: k.ID, Agent: k.Agent, User: k.User, Scopes: k.Scopes,
+		Audience: "https://api.github.com", Tool: "gh", RequestHash: "h1", Policies: []string{"p1"},
+		Reasons: []string{"why"}, Status: broker.StepUpPending, CreatedAt: now(), ExpiresAt: now().Add(time.Minute)}
+	if err := stx(func(_ broker.Tx, st broker.StepUpTx) error { return st.InsertStepUp(ctx, &u) }); err != nil {
+		t.Fatal(err)
+	}
+	var open broker.StepUp
+	var pending int
+	if err := stx(func(_ broker.Tx, st broker.StepUpTx) error {
+		var err error
+		if open, err = st.OpenStepUp(ctx, k.ID, "h1", now()); err != nil {
+			return err
+		}
+		if _, err := st.OpenStepUp(ctx, k.ID, "h2", now()); !errors.Is(err, broker.ErrNotFound) {
+			return fmt.Errorf("another request's step-up: %v", err)
+		}
+		if _, err := st.OpenStepUp(ctx, k.ID, "h1", now().Add(2*time.Minute)); !errors.Is(err, broker.ErrNotFound) {
+			return fmt.Errorf("an expired step-up is open: %v", err)
+		}
+		pending, err = st.PendingStepUps(ctx, k.ID, now())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if open.ID != u.ID || open.Tool != "gh" || fmt.Sprint(open.Policies, open.Reasons) != "[p1] [why]" || pending != 1 {
+		t.Fatalf("open step-up %+v, %d pending", open, pending)
+	}
+	r := k.User
+	list, err := s.(broker.StepUpReader).ListStepUps(ctx, broker.StepUpFilter{User: &r, Status: broker.StepUpPending, Now: now(), Limit: 10})
+	if err != nil || len(list) != 1 || list[0].ID != u.ID {
+		t.Fatalf("pending list %v %v", list, err)
+	}
+	refused := func(name string, fn func(broker.Tx, broker.StepUpTx) error) {
+		t.Helper()
+		if err := stx(fn); err == nil {
+			t.Errorf("%s was accepted", name)
+		}
+	}
+	skip := u
+	skip.Status, skip.UsedAt = broker.StepUpUsed, now()
+	refused("using a step-up nobody approved", func(_ broker.Tx, st broker.StepUpTx) error { return st.UpdateStepUp(ctx, skip) })
+	u.Status, u.DecidedAt = broker.StepUpApproved, now()
+	if err := stx(func(_ broker.Tx, st broker.StepUpTx) error { return st.UpdateStepUp(ctx, u) }); err != nil {
+		t.Fatal(err)
+	}
+	back := u
+	back.Status = broker.StepUpPending
+	refused("a step-up going back to pending", func(_ broker.Tx, st broker.StepUpTx) error { return st.UpdateStepUp(ctx, back) })
+	u.Status, u.UsedAt = broker.StepUpUsed, now()
+	if err := stx(func(_ broker.Tx, st broker.StepUpTx) error { return st.UpdateStepUp(ctx, u) }); err != nil {
+		t.Fatal(err)
+	}
+	again := u
+	again.Status = broker.StepUpApproved
+	refused("a used step-up approved again", func(_ broker.Tx, st broker.StepUpTx) error { return st.UpdateStepUp(ctx, again) })
+
+	c := broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User, Scopes: k.Scopes,
+		Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute), StepUpID: u.ID}
+	v := broker.Credential{JTI: id("vtok-"), TaskID: k.ID, Kind: broker.KindVaultToken, Agent: k.Agent, User: k.User, Scopes: k.Scopes,
+		Audience: "vault", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
+	var minted []broker.Scopes
+	if err := stx(func(tx broker.Tx, st broker.StepUpTx) error {
+		if err := tx.InsertCredential(ctx, &c); err != nil {
+			return err
+		}
+		if err := tx.InsertCredential(ctx, &v); err != nil {
+			return err
+		}
+		var err error
+		minted, err = st.MintedScopes(ctx, k.ID, []string{"jwt", broker.KindVaultLease})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(minted) != 1 || minted[0].Strings()[0] != "github.repo.read:acme/**" {
+		t.Fatalf("minted scopes %v: the Vault token must not count", minted)
+	}
+	if got, err := s.Credential(ctx, c.JTI); err != nil || got.StepUpID != u.ID {
+		t.Fatalf("credential step-up %q %v", got.StepUpID, err)
+	}
+	changed := k
+	changed.Budget.MaxCredentials = 100
+	// UpdateTask never writes a budget (and the database refuses a raw
+	// UPDATE of one); either way the budget stays.
+	_ = s.InTx(ctx, func(tx broker.Tx) error { return tx.UpdateTask(ctx, changed) })
+	if got, err := s.Task(ctx, k.ID); err != nil || got.Budget != k.Budget {
+		t.Errorf("the budget changed to %+v (%v)", got.Budget, err)
+	}
+	regroup := k
+	regroup.UserGroups = []string{"admins"}
+	refused("changing an approved task's groups", func(tx broker.Tx, _ broker.StepUpTx) error { return tx.UpdateTask(ctx, regroup) })
 }
