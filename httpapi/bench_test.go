@@ -184,3 +184,29 @@ func BenchmarkFeedLatency(b *testing.B) {
 	closeOnly.report(b, "close")
 	lat.report(b, "close-to-stream-event")
 }
+
+// BenchmarkAuthZENEvaluation measures one AuthZEN decision: OIDC
+// verification of the resource server, EdDSA verification of the token,
+// the credential and task reads of introspection, the scope check and the
+// Cedar policies of testdata/policies.
+//
+//	ERRAND_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
+//	  go test ./httpapi -run '^$' -bench AuthZEN -benchtime 3s
+func BenchmarkAuthZENEvaluation(b *testing.B) {
+	e := newEnvWith(b, envOptions{policies: []string{"testdata/policies/*.cedar"}})
+	e.bench = true
+	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
+	at := e.mint("agent-1", id, "github.repo.read:acme/**").str("access_token")
+	rs := e.resource("gateway")
+	body := azBody(at, "github.repo.read", "acme/api", map[string]any{"tool": "git"})
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if r := e.do("POST", "/access/v1/evaluation", rs, body); r.Status != http.StatusOK || r.JSON["decision"] != true {
+				b.Errorf("evaluation: %d %s", r.Status, r.Raw)
+				return
+			}
+		}
+	})
+}
