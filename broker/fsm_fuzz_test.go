@@ -20,8 +20,12 @@ type fsmEnv struct {
 
 // withCatalog is a service on the same store and keys with another catalog.
 func (e *fsmEnv) withCatalog(tb testing.TB, cat *broker.Catalog) *broker.Service {
+	return e.withPolicy(tb, cat, nil)
+}
+
+func (e *fsmEnv) withPolicy(tb testing.TB, cat *broker.Catalog, p broker.Policy) *broker.Service {
 	svc, err := broker.NewService(broker.Config{Store: e.st, Tokens: e.tokens, Catalog: cat,
-		UserIssuers: []string{"https://users"}, MaxPendingPerAgent: 1 << 20})
+		UserIssuers: []string{"https://users"}, MaxPendingPerAgent: 1 << 20, Policy: p})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -3,11 +3,14 @@ package broker_test
 import (
 	"context"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/policy"
 )
 
 var universe = []string{
@@ -127,7 +130,72 @@ func TestPropertyIssuedWithinApprovedWithinRequestedAndGrants(t *testing.T) {
 	t.Logf("%d approvals, %d mints checked", approvals, mints)
 }
 
+// TestPropertyPolicyProtectsAPathAgainstEveryScope: with a Cedar policy
+// that protects the path a/c as the README says, no token is ever minted
+// whose scope reaches a/c, whatever was requested, granted and approved;
+// and, with an independent matcher, everything minted stays within
+// requested ∩ grants (A02: minted ⊆ approved ⊆ grants ∩ policy).
+func TestPropertyPolicyProtectsAPathAgainstEveryScope(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "p.cedar"), []byte(`@id("allow") permit (principal, action, resource);
+@id("protect-a-c") forbid (principal, action, resource)
+when { context.operation == "mint" }
+when { resource.head == "a/c" || resource in Resource::"a/c/**" || (resource.wildcard && ["", "a"].contains(resource.head)) };`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Load([]string{filepath.Join(dir, "p.cedar")}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	ctx := context.Background()
+	agent := broker.Principal{Issuer: "https://agents", Subject: "bot", Kind: broker.KindAgent}
+	user := broker.Principal{Issuer: "https://users", Subject: "alice", Kind: broker.KindUser, Groups: []string{"g"}}
+	mints, denied := 0, 0
+	for i := 0; i < 400; i++ {
+		grants := pick(rng, 1+rng.IntN(3))
+		e := newPropertyEnvWith(t, grants, pol)
+		requested, minted := pick(rng, 1+rng.IntN(2)), pick(rng, 1)
+		if rng.IntN(2) == 0 {
+			minted = requested[:1] // often mint exactly what was asked
+		}
+		// The policy speaks at mint only: tasks and approvals may be as
+		// wide as the grants allow, and the mint is what must hold.
+		task, err := e.CreateTask(ctx, agent, broker.CreateTaskRequest{OnBehalfOf: "alice", Goal: "g",
+			Scopes: requested, Audiences: []string{"https://rs"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.Approve(ctx, user, task.ID, broker.ApproveRequest{}); err != nil {
+			continue
+		}
+		if _, err := e.Mint(ctx, agent, task.ID, broker.MintRequest{Scopes: minted, Audience: "https://rs"}); err != nil {
+			if broker.CodeOf(err) == "policy_denied" {
+				denied++
+			}
+			continue
+		}
+		mints++
+		for _, inst := range instances(broker.MustParseScope(minted[0])) {
+			if strings.HasSuffix(inst, ":a/c") || strings.Contains(inst, ":a/c/") {
+				t.Fatalf("minted %v reaches the protected a/c (%s)", minted, inst)
+			}
+			if !coveredByAny(inst, requested) || !coveredByAny(inst, grants) {
+				t.Fatalf("minted %v escapes requested %v / grants %v at %s", minted, requested, grants, inst)
+			}
+		}
+	}
+	if mints < 10 || denied < 10 {
+		t.Fatalf("only %d mints and %d policy denials: the generator does not exercise both paths", mints, denied)
+	}
+	t.Logf("%d mints checked, %d mints denied by the policy", mints, denied)
+}
+
 func newPropertyEnv(t *testing.T, grants []string) *broker.Service {
+	return newPropertyEnvWith(t, grants, nil)
+}
+
+func newPropertyEnvWith(t *testing.T, grants []string, p broker.Policy) *broker.Service {
 	fe := newFSMEnv(t)
 	gs, err := broker.ParseScopes(grants)
 	if err != nil {
@@ -140,5 +208,8 @@ func newPropertyEnv(t *testing.T, grants []string) *broker.Service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fe.withCatalog(t, cat)
+	if p == nil {
+		return fe.withCatalog(t, cat)
+	}
+	return fe.withPolicy(t, cat, p)
 }

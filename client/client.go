@@ -32,12 +32,38 @@ type Problem struct {
 	Code   string `json:"code"`
 	Detail string `json:"detail"`
 	Title  string `json:"title"`
+	// ApprovalID names the step-up approval an approval_required refusal
+	// waits for, Reasons are the texts of its @step_up policies, and
+	// Policies are the ids of the policies behind a policy_denied or
+	// approval_required refusal.
+	ApprovalID string   `json:"approval_id"`
+	Policies   []string `json:"policies"`
+	Reasons    []string `json:"reasons"`
 }
 
+// Error is one line: the status, the code and the detail, and, for an
+// approval_required refusal, the approval to ask the user for and why
+// (when the detail does not already say so).
 func (p *Problem) Error() string {
 	msg := fmt.Sprintf("%d %s", p.Status, p.Code)
 	if p.Detail != "" {
 		msg += ": " + p.Detail
+	}
+	var missing []string
+	for _, r := range p.Reasons {
+		if !strings.Contains(p.Detail, r) {
+			missing = append(missing, r)
+		}
+	}
+	switch {
+	case p.ApprovalID != "" && !strings.Contains(p.Detail, p.ApprovalID):
+		extra := "approval " + p.ApprovalID
+		if len(p.Reasons) > 0 {
+			extra += ": " + strings.Join(p.Reasons, "; ")
+		}
+		msg += " (" + extra + ")"
+	case len(missing) > 0:
+		msg += " (" + strings.Join(missing, "; ") + ")"
 	}
 	return msg
 }
@@ -64,6 +90,9 @@ type Task struct {
 	ExpiresAt         string   `json:"expires_at"`
 	ClosedAt          *string  `json:"closed_at"`
 	Revoked           *int     `json:"revoked,omitempty"`
+	// MaxCredentials and MaxResources are the task's budget (0: none).
+	MaxCredentials int `json:"max_credentials,omitempty"`
+	MaxResources   int `json:"max_resources,omitempty"`
 }
 
 // CreateTask is the body of POST /v1/tasks.
@@ -75,6 +104,10 @@ type CreateTask struct {
 	TTLSeconds int64    `json:"ttl_seconds,omitempty"`
 	Tool       string   `json:"tool,omitempty"`
 	Dataset    string   `json:"dataset,omitempty"`
+	// MaxCredentials and MaxResources lower the configured budget: how
+	// many credentials the task may mint, over how many distinct resources.
+	MaxCredentials int `json:"max_credentials,omitempty"`
+	MaxResources   int `json:"max_resources,omitempty"`
 }
 
 // Approve is the body of POST /v1/tasks/{id}/approve.
@@ -127,6 +160,34 @@ type Credential struct {
 	IssuedAt   string   `json:"issued_at"`
 	ExpiresAt  string   `json:"expires_at"`
 	RevokedAt  *string  `json:"revoked_at"`
+}
+
+// Approval is a step-up approval: one exact request of an approved task
+// that a @step_up policy asks the user to approve first.
+type Approval struct {
+	ID         string   `json:"id"`
+	TaskID     string   `json:"task_id"`
+	Status     string   `json:"status"`
+	Agent      string   `json:"agent"`
+	OnBehalfOf string   `json:"on_behalf_of"`
+	Scopes     []string `json:"scopes"`
+	Audience   string   `json:"audience"`
+	Tool       string   `json:"tool,omitempty"`
+	Dataset    string   `json:"dataset,omitempty"`
+	Policies   []string `json:"policies"`
+	Reasons    []string `json:"reasons"`
+	DenyReason string   `json:"deny_reason,omitempty"`
+	CreatedAt  string   `json:"created_at"`
+	ExpiresAt  string   `json:"expires_at"`
+	DecidedAt  *string  `json:"decided_at"`
+	UsedAt     *string  `json:"used_at"`
+}
+
+// Decision is an AuthZEN access decision.
+type Decision struct {
+	Allow    bool
+	Reason   string
+	Policies []string
 }
 
 // Do sends a request with a JSON body (or form values) and decodes a JSON
@@ -246,6 +307,90 @@ func (c *Client) Introspect(ctx context.Context, token string) (map[string]any, 
 	var out map[string]any
 	raw, err := c.Do(ctx, http.MethodPost, "/v1/introspect", url.Values{"token": {token}}, &out)
 	return out, raw, err
+}
+
+func approvalPath(id, action string) string {
+	p := "/v1/approvals/" + url.PathEscape(id)
+	if action != "" {
+		p += "/" + action
+	}
+	return p
+}
+
+// ListApprovals lists the caller's step-up approvals (a user's to decide,
+// an agent's to wait for), optionally by status, from cursor on; it
+// returns the next page's cursor when there is one.
+func (c *Client) ListApprovals(ctx context.Context, status, cursor string) ([]Approval, string, []byte, error) {
+	var out struct {
+		Approvals  []Approval
+		NextCursor string `json:"next_cursor"`
+	}
+	q := url.Values{}
+	if status != "" {
+		q.Set("status", status)
+	}
+	if cursor != "" {
+		q.Set("cursor", cursor)
+	}
+	path := "/v1/approvals"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	raw, err := c.Do(ctx, http.MethodGet, path, nil, &out)
+	return out.Approvals, out.NextCursor, raw, err
+}
+
+// GetApproval reads a step-up approval.
+func (c *Client) GetApproval(ctx context.Context, id string) (Approval, []byte, error) {
+	var a Approval
+	raw, err := c.Do(ctx, http.MethodGet, approvalPath(id, ""), nil, &a)
+	return a, raw, err
+}
+
+// ApproveApproval approves a step-up approval (the task's user).
+func (c *Client) ApproveApproval(ctx context.Context, id string) (Approval, []byte, error) {
+	var a Approval
+	raw, err := c.Do(ctx, http.MethodPost, approvalPath(id, "approve"), map[string]string{}, &a)
+	return a, raw, err
+}
+
+// DenyApproval denies a step-up approval (the task's user).
+func (c *Client) DenyApproval(ctx context.Context, id, reason string) (Approval, []byte, error) {
+	var a Approval
+	raw, err := c.Do(ctx, http.MethodPost, approvalPath(id, "deny"), map[string]string{"reason": reason}, &a)
+	return a, raw, err
+}
+
+// Evaluate asks the AuthZEN access evaluation API whether the bearer of
+// token may do action on resourceType resourceID (a resource server); tool
+// and dataset go in the context when set.
+func (c *Client) Evaluate(ctx context.Context, token, action, resourceType, resourceID, tool, dataset string) (Decision, []byte, error) {
+	in := map[string]any{
+		"subject":  map[string]string{"type": "errand_token", "id": token},
+		"action":   map[string]string{"name": action},
+		"resource": map[string]string{"type": resourceType, "id": resourceID},
+	}
+	ctxt := map[string]string{}
+	if tool != "" {
+		ctxt["tool"] = tool
+	}
+	if dataset != "" {
+		ctxt["dataset"] = dataset
+	}
+	if len(ctxt) > 0 {
+		in["context"] = ctxt
+	}
+	var out struct {
+		Decision bool `json:"decision"`
+		Context  struct {
+			ReasonAdmin struct {
+				En string `json:"en"`
+			} `json:"reason_admin"`
+			Policies []string `json:"policies"`
+		} `json:"context"`
+	}
+	raw, err := c.Do(ctx, http.MethodPost, "/access/v1/evaluation", in, &out)
+	return Decision{Allow: out.Decision, Reason: out.Context.ReasonAdmin.En, Policies: out.Context.Policies}, raw, err
 }
 
 // AuditEvents reads audit events (an auditor).

@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"strings"
+
 	"github.com/cedar-policy/cedar-go"
 	"github.com/cedar-policy/cedar-go/types"
 
@@ -20,7 +22,8 @@ const (
 //
 //	principal  Agent::"<issuer>#<sub>"   {issuer, sub}
 //	action     Action::"<catalog action>"
-//	resource   Resource::"<resource path>"   {path}
+//	resource   Resource::"<resource path>"   {path, wildcard, head}, in
+//	           Resource::"<p>/**" for each literal prefix p of its head
 //	context    {task_id, user: User::"<issuer>#<sub>" (in Group::"<name>" for
 //	           each of the user's groups), risk, class, audience, environment,
 //	           tool, dataset, time (a datetime), operation}
@@ -49,9 +52,13 @@ func cedarRequest(r broker.PolicyRequest) (types.EntityMap, cedar.Request) {
 			"sub":    types.String(r.User.Subject),
 		})}
 	entities[action] = types.Entity{UID: action}
-	entities[resource] = types.Entity{UID: resource, Attributes: types.NewRecord(types.RecordMap{
-		"path": types.String(r.Resource),
-	})}
+	head, wildcard, parents := resourceShape(r.Resource)
+	entities[resource] = types.Entity{UID: resource, Parents: types.NewEntityUIDSet(parents...),
+		Attributes: types.NewRecord(types.RecordMap{
+			"path":     types.String(r.Resource),
+			"wildcard": types.Boolean(wildcard),
+			"head":     types.String(head),
+		})}
 	ctx := types.NewRecord(types.RecordMap{
 		"task_id":     types.String(r.TaskID),
 		"user":        user,
@@ -65,4 +72,34 @@ func cedarRequest(r broker.PolicyRequest) (types.EntityMap, cedar.Request) {
 		"operation":   types.String(r.Operation),
 	})
 	return entities, cedar.Request{Principal: agent, Action: action, Resource: resource, Context: ctx}
+}
+
+// resourceShape describes a resource path, which may be a pattern (a task's
+// or a token's scope is one): head is its literal segments before the first
+// wildcard ("acme" for "acme/*/x", the whole path when there is none,
+// "" for "**"), wildcard whether it has one, and parents the
+// Resource::"<p>/**" of every literal prefix p of head (for a concrete
+// path, of every proper prefix), so that
+// `resource in Resource::"acme/infra/**"` holds for what lies under
+// acme/infra. A pattern broader than such a subtree is not "in" it: a rule
+// that protects a path must also forbid wildcards whose head is that path
+// or one of its ancestors (README, "Policies").
+func resourceShape(path string) (head string, wildcard bool, parents []types.EntityUID) {
+	segs := strings.Split(path, "/")
+	lit := segs
+	for i, s := range segs {
+		if s == "*" || s == "**" {
+			lit, wildcard = segs[:i], true
+			break
+		}
+	}
+	head = strings.Join(lit, "/")
+	n := len(lit)
+	if !wildcard {
+		n-- // a concrete path is under its ancestors, not under itself
+	}
+	for i := 1; i <= n; i++ {
+		parents = append(parents, types.NewEntityUID(TypeResource, types.String(strings.Join(lit[:i], "/")+"/**")))
+	}
+	return head, wildcard, parents
 }

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -218,7 +219,8 @@ func TestEntityModel(t *testing.T) {
 permit (principal == Agent::"https://agents.example#bot", action == Action::"github.repo.read", resource == Resource::"acme/api")
 when {
   principal.issuer == "https://agents.example" && principal.sub == "bot" &&
-  resource.path == "acme/api" &&
+  resource.path == "acme/api" && resource.head == "acme/api" && !resource.wildcard &&
+  resource in Resource::"acme/**" &&
   context.task_id == "tsk_x" && context.user == User::"https://login.example#alice" &&
   context.user.issuer == "https://login.example" && context.user.sub == "alice" &&
   context.user in Group::"engineers" &&
@@ -236,5 +238,49 @@ when {
 	}
 	if d := s.Decide(req(func(r *broker.PolicyRequest) { r.Groups = nil })); d.Effect != broker.EffectDeny {
 		t.Fatalf("without the group: %v", d)
+	}
+}
+
+func TestResourceShape(t *testing.T) {
+	for path, want := range map[string]string{
+		"acme/infra/x": "head=acme/infra/x wildcard=false in=[acme/** acme/infra/**]",
+		"acme/infra":   "head=acme/infra wildcard=false in=[acme/**]",
+		"acme":         "head=acme wildcard=false in=[]",
+		"acme/infra/*": "head=acme/infra wildcard=true in=[acme/** acme/infra/**]",
+		"acme/*/x":     "head=acme wildcard=true in=[acme/**]",
+		"**":           "head= wildcard=true in=[]",
+	} {
+		head, wc, parents := resourceShape(path)
+		var in []string
+		for _, p := range parents {
+			in = append(in, string(p.ID))
+		}
+		if got := fmt.Sprintf("head=%s wildcard=%v in=%v", head, wc, strings.Join(in, " ")); got != strings.Replace(strings.Replace(want, "[", "", 1), "]", "", 1) {
+			t.Errorf("%s: %s, want %s", path, got, want)
+		}
+	}
+}
+
+// A rule protecting one path, written as the README says, also holds
+// against the patterns that cover it.
+func TestProtectingAPathCoversPatterns(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "p.cedar", `@id("allow") permit (principal, action, resource);
+@id("protect-infra") forbid (principal, action, resource)
+when { resource.head == "acme/infra" || resource in Resource::"acme/infra/**" ||
+       (resource.wildcard && ["", "acme"].contains(resource.head)) };`)
+	s, err := Load([]string{filepath.Join(dir, "p.cedar")}, "testdata/errand.cedarschema")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, denied := range map[string]bool{
+		"acme/infra": true, "acme/infra/x": true, "acme/infra/*": true, "acme/infra/**": true,
+		"acme/*": true, "acme/**": true, "**": true,
+		"acme/api": false, "acme/api/*": false, "acme/infra-old": false, "other/**": false,
+	} {
+		d := s.Decide(req(func(r *broker.PolicyRequest) { r.Resource = path }))
+		if (d.Effect == broker.EffectDeny) != denied {
+			t.Errorf("%s: %s, want denied=%v", path, d.Effect, denied)
+		}
 	}
 }

@@ -81,6 +81,8 @@ func newTaskCmd(g *globals) *cobra.Command {
 	create.Flags().DurationVar(&ttl, "ttl", 0, "task lifetime, e.g. 1h (default 1h, capped)")
 	create.Flags().StringVar(&c.Tool, "tool", "", "tool the agent will use")
 	create.Flags().StringVar(&c.Dataset, "dataset", "", "dataset the agent will touch")
+	create.Flags().IntVar(&c.MaxCredentials, "max-credentials", 0, "budget: at most this many credentials (lowers the configured one)")
+	create.Flags().IntVar(&c.MaxResources, "max-resources", 0, "budget: over at most this many distinct resources")
 	create.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the task id")
 	for _, f := range []string{"on-behalf-of", "goal", "scope", "audience"} {
 		_ = create.MarkFlagRequired(f)
@@ -179,6 +181,12 @@ func printTask(w io.Writer, t client.Task) {
 	fmt.Fprintf(w, "expires_at\t%s\n", t.ExpiresAt)
 	if t.TTLCapped {
 		fmt.Fprintf(w, "ttl_capped\ttrue (the requested ttl was longer than the maximum)\n")
+	}
+	if t.MaxCredentials > 0 {
+		fmt.Fprintf(w, "max_credentials\t%d\n", t.MaxCredentials)
+	}
+	if t.MaxResources > 0 {
+		fmt.Fprintf(w, "max_resources\t%d\n", t.MaxResources)
 	}
 	if t.Revoked != nil {
 		fmt.Fprintf(w, "revoked\t%d\n", *t.Revoked)

@@ -26,7 +26,10 @@ import (
 )
 
 func newDev(g *globals) *cobra.Command {
-	var listen, db string
+	var (
+		listen, db string
+		pol        devPolicies
+	)
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run Errand for development: SQLite, a built-in identity provider, an example config",
@@ -34,17 +37,23 @@ func newDev(g *globals) *cobra.Command {
 embedded SQLite file, a generated signing key, an example action catalog, and a
 development identity provider that hands out agent, user and resource-server ID
 tokens for any name (POST /dev/token). That identity provider trusts whoever
-asks: it exists only in dev, and errand serve never exposes it.`,
+asks: it exists only in dev, and errand serve never exposes it.
+
+--policies loads Cedar policy files (glob patterns, relative to the working
+directory) as errand serve's "policies" setting does, and --policy-schema
+validates them against a schema.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-			return runDev(ctx, listen, db, cmd.OutOrStdout(), log, nil)
+			return runDev(ctx, listen, db, pol, cmd.OutOrStdout(), log, nil)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to listen on")
 	cmd.Flags().StringVar(&db, "db", "errand-dev.db", `SQLite database file, or ":memory:" for a throwaway one`)
+	cmd.Flags().StringArrayVar(&pol.patterns, "policies", nil, "Cedar policy files, a glob pattern such as 'policies/*.cedar' (repeat)")
+	cmd.Flags().StringVar(&pol.schema, "policy-schema", "", "a Cedar schema to validate the policies against")
 
 	var (
 		kind, sub string
@@ -71,9 +80,15 @@ asks: it exists only in dev, and errand serve never exposes it.`,
 	return cmd
 }
 
+// devPolicies are errand dev's --policies and --policy-schema.
+type devPolicies struct {
+	patterns []string
+	schema   string
+}
+
 // runDev runs errand dev until ctx ends. When ready is not nil it receives
 // the base URL once serving.
-func runDev(ctx context.Context, listen, db string, out io.Writer, log *slog.Logger, ready chan<- string) error {
+func runDev(ctx context.Context, listen, db string, pol devPolicies, out io.Writer, log *slog.Logger, ready chan<- string) error {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -93,7 +108,12 @@ func runDev(ctx context.Context, listen, db string, out io.Writer, log *slog.Log
 		return err
 	}
 	cfg := devConfig(base, db, string(secret), idp)
+	// Relative policy paths are read from the working directory.
+	cfg.Dir, cfg.Policies, cfg.PolicySchema = ".", pol.patterns, pol.schema
 	if err := cfg.Validate(); err != nil {
+		if len(pol.patterns) > 0 || pol.schema != "" {
+			return err
+		}
 		return fmt.Errorf("built-in dev config: %w", err)
 	}
 	st, err := openStore(ctx, cfg.DatabaseURL)

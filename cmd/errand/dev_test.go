@@ -27,11 +27,17 @@ type devServer struct {
 
 func startDev(t *testing.T, addr, db string) *devServer {
 	t.Helper()
+	return startDevWith(t, addr, db, devPolicies{})
+}
+
+// startDevWith is startDev with --policies and --policy-schema.
+func startDevWith(t *testing.T, addr, db string, pol devPolicies) *devServer {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &devServer{cancel: cancel, done: make(chan error, 1), out: &bytes.Buffer{}}
 	ready := make(chan string, 1)
 	go func() {
-		d.done <- runDev(ctx, addr, db, d.out, slog.New(slog.NewTextHandler(io.Discard, nil)), ready)
+		d.done <- runDev(ctx, addr, db, pol, d.out, slog.New(slog.NewTextHandler(io.Discard, nil)), ready)
 	}()
 	select {
 	case a := <-ready:

@@ -27,6 +27,6 @@ func newRoot() *cobra.Command {
 	}
 	g := &globals{}
 	g.register(root)
-	root.AddCommand(newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newAuditCmd(g), newDBCmd(), newPolicyCmd())
+	root.AddCommand(newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newAuditCmd(g), newApprovalCmd(g), newDecideCmd(g), newDBCmd(), newPolicyCmd())
 	return root
 }
