@@ -14,6 +14,9 @@ type Error struct {
 	// the policies that denied or the approval a step-up waits for. They
 	// are recorded in the refusal's audit event too.
 	Extra map[string]any
+	// Audited is set when the refusal's one audit event is already in the
+	// log (approval.requested): it must not be recorded a second time.
+	Audited bool
 }
 
 func (e *Error) Error() string {

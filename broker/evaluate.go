@@ -64,19 +64,49 @@ func (s *Service) Evaluate(ctx context.Context, p Principal, req EvaluationReque
 	if !in.Credential.Scopes.Covers(sc) {
 		return refuse("the token's scope does not cover %s", sc), nil
 	}
+	// The enforcement point reports the tool and dataset really used; the
+	// task's, when it named them, bind them as at a mint.
+	tool, dataset, err := boundLabels(in.Task, req.Tool, req.Dataset)
+	if err != nil {
+		return refuse("%s", err.(*Error).Detail), nil
+	}
 	d := s.decideAll(PolicyRequest{
 		Operation: OpEvaluate, TaskID: in.Task.ID, Agent: in.Task.Agent, User: in.Task.User,
-		Groups: in.Task.UserGroups, Tool: req.Tool, Dataset: req.Dataset, Time: s.now(),
+		Groups: in.Task.UserGroups, Tool: tool, Dataset: dataset, Time: in.Now,
 	}, Scopes{sc}, []string{in.Credential.Audience})
-	switch {
-	case d.Effect == EffectAllow:
+	switch d.Effect {
+	case EffectAllow:
 		return Evaluation{Decision: true, Reason: "allowed", Policies: d.Policies}, nil
-	case d.Effect == EffectStepUp && in.Credential.StepUpID != "":
-		return Evaluation{Decision: true, Reason: "allowed under step-up approval " + in.Credential.StepUpID, Policies: d.Policies}, nil
-	case d.Effect == EffectStepUp:
-		return Evaluation{Reason: "a step-up policy asks for the user's approval, and this token was not minted under one", Policies: d.Policies}, nil
+	case EffectStepUp:
+		return s.underStepUp(ctx, in.Credential, d, tool, dataset)
 	}
 	return Evaluation{Reason: policyDenied(d).(*Error).Detail, Policies: d.Policies}, nil
+}
+
+// underStepUp allows what step-up policies guard only for a token minted
+// under the user's approval of those very policies, for this tool and
+// dataset: an approval of one rule is no approval of another.
+func (s *Service) underStepUp(ctx context.Context, c Credential, d PolicyDecision, tool, dataset string) (Evaluation, error) {
+	if c.StepUpID == "" {
+		return Evaluation{Reason: "a step-up policy asks for the user's approval, and this token was not minted under one", Policies: d.Policies}, nil
+	}
+	r, err := s.stepUpReader()
+	if err != nil {
+		return Evaluation{}, err
+	}
+	u, err := r.StepUp(ctx, c.StepUpID)
+	if err != nil {
+		return Evaluation{}, err
+	}
+	if u.Tool != tool || u.Dataset != dataset {
+		return Evaluation{Reason: "the user approved this token for another tool or dataset", Policies: d.Policies}, nil
+	}
+	for _, p := range d.Policies {
+		if !contains(u.Policies, p) {
+			return Evaluation{Reason: "the user's approval " + u.ID + " was not asked for by policy " + p, Policies: d.Policies}, nil
+		}
+	}
+	return Evaluation{Decision: true, Reason: "allowed under step-up approval " + u.ID, Policies: d.Policies}, nil
 }
 
 func containsWildcard(sc Scope) bool {

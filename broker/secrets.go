@@ -103,6 +103,7 @@ func (s *Service) IssueSecret(ctx context.Context, p Principal, id, role string)
 		if !t.ApprovedScopes.Covers(want) {
 			return Errorf(ErrScopeExceedsApproval, "not approved: %s", want)
 		}
+		g.Tool, g.Dataset = t.Tool, t.Dataset
 		if _, refusal, err = s.gate(ctx, tx, p, t, now, g); err != nil || refusal != nil {
 			return err
 		}

@@ -745,8 +745,12 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 				return err
 			}
 		}
+		tool, dataset, err := boundLabels(t, req.Tool, req.Dataset)
+		if err != nil {
+			return err
+		}
 		stepUp, refused, err := s.gate(ctx, tx, p, t, now, gateRequest{Op: OpMint, Scopes: scopes,
-			Audience: req.Audience, Tool: req.Tool, Dataset: req.Dataset, Consume: true})
+			Audience: req.Audience, Tool: tool, Dataset: dataset, Consume: true})
 		if err != nil || refused != nil {
 			refusal = refused
 			return err
@@ -781,7 +785,7 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 			Detail: detail(map[string]any{
 				"kind": "jwt", "jti_sha256": HashID(jti), "scopes": scopes.Strings(),
 				"audience": req.Audience, "expires_at": c.ExpiresAt,
-				"tool": req.Tool, "dataset": req.Dataset, "step_up_id": stepUp,
+				"tool": tool, "dataset": dataset, "step_up_id": stepUp,
 			}),
 		})
 	})
@@ -792,6 +796,25 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		return Minted{}, refusal
 	}
 	return out, nil
+}
+
+// boundLabels are the tool and dataset a request of task t is decided
+// with: those the task was asked and approved for, which a request may
+// repeat but never change; a task that named none leaves them to each
+// request. The agent declares them, so policies on them guard against
+// mistakes; an enforcement point reports what is really used (AuthZEN).
+func boundLabels(t Task, tool, dataset string) (string, string, error) {
+	if tool == "" {
+		tool = t.Tool
+	} else if t.Tool != "" && tool != t.Tool {
+		return "", "", Errorf(ErrScopeExceedsApproval, "the task was approved for tool %q, not %q", t.Tool, tool)
+	}
+	if dataset == "" {
+		dataset = t.Dataset
+	} else if t.Dataset != "" && dataset != t.Dataset {
+		return "", "", Errorf(ErrScopeExceedsApproval, "the task was approved for dataset %q, not %q", t.Dataset, dataset)
+	}
+	return tool, dataset, nil
 }
 
 // accessToken is the token of credential c of task t. Signing it again
@@ -865,6 +888,8 @@ type Introspection struct {
 	Credential Credential
 	Token      AccessToken
 	Task       Task
+	// Now is the time the answer was decided at (the store's clock).
+	Now time.Time
 }
 
 // Introspect answers whether raw is an active token of Errand's, for a
@@ -905,7 +930,7 @@ func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Intr
 	if t.EffectiveStatus(now) != StatusApproved {
 		return Introspection{}, nil
 	}
-	return Introspection{Active: true, Credential: c, Token: at, Task: t}, nil
+	return Introspection{Active: true, Credential: c, Token: at, Task: t, Now: now}, nil
 }
 
 func introspector(au Audience, p Principal) bool {
@@ -981,6 +1006,12 @@ func (s *Service) RecordRefusal(ctx context.Context, p Principal, taskID, op str
 	d := map[string]any{"code": code, "detail": msg, "op": op}
 	if e != nil {
 		for k, v := range e.Extra {
+			if k == "task" {
+				if id, ok := v.(string); ok && taskID == "" {
+					taskID = id
+				}
+				continue
+			}
 			d[k] = v
 		}
 	}

@@ -88,6 +88,9 @@ type StepUpTx interface {
 	// OpenStepUp locks the newest pending or approved step-up of the task
 	// for the request hash that is unexpired at now; ErrNotFound.
 	OpenStepUp(ctx context.Context, taskID, hash string, now time.Time) (StepUp, error)
+	// DeniedStepUp finds a step-up of the task for the request hash that the
+	// user denied; ErrNotFound.
+	DeniedStepUp(ctx context.Context, taskID, hash string) (StepUp, error)
 	// PendingStepUps counts the task's pending, unexpired step-ups.
 	PendingStepUps(ctx context.Context, taskID string, now time.Time) (int, error)
 	// ReadStepUp reads a step-up, locking it when forUpdate; ErrNotFound.
@@ -150,6 +153,13 @@ func (s *Service) checkBudget(ctx context.Context, tx Tx, t Task, scopes Scopes)
 		return Errorf(ErrBudgetExhausted, "the task has minted %d of its %d credentials", len(minted), b.MaxCredentials)
 	}
 	if b.MaxResources > 0 {
+		// A pattern reaches resources without number: under a resource
+		// budget only concrete resources are minted, so each is counted.
+		for _, sc := range scopes {
+			if containsWildcard(sc) {
+				return Errorf(ErrBudgetExhausted, "the task has a budget of %d resources: mint concrete resources, not %s", b.MaxResources, sc)
+			}
+		}
 		seen := map[string]bool{}
 		for _, ss := range minted {
 			for _, sc := range ss {
@@ -167,8 +177,8 @@ func (s *Service) checkBudget(ctx context.Context, tx Tx, t Task, scopes Scopes)
 }
 
 // stepUpHash binds a step-up approval to one request.
-func stepUpHash(scopes Scopes, audience, tool, dataset string) string {
-	b, _ := json.Marshal([]any{scopes.Strings(), audience, tool, dataset})
+func stepUpHash(op string, scopes Scopes, audience, tool, dataset string) string {
+	b, _ := json.Marshal([]any{op, scopes.Strings(), audience, tool, dataset})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
@@ -206,7 +216,7 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 	if !ok {
 		return "", nil, errors.New("broker: the store cannot keep step-up approvals")
 	}
-	hash := stepUpHash(g.Scopes, g.Audience, g.Tool, g.Dataset)
+	hash := stepUpHash(g.Op, g.Scopes, g.Audience, g.Tool, g.Dataset)
 	u, err := st.OpenStepUp(ctx, t.ID, hash, now)
 	switch {
 	case err == nil && u.Status == StepUpApproved:
@@ -219,6 +229,17 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 		return u.ID, nil, nil
 	case err == nil:
 		return "", approvalRequired(u, "the user has not yet approved this request"), nil
+	case !errors.Is(err, ErrNotFound):
+		return "", nil, err
+	}
+	// A request the user denied is not asked again within the task: no
+	// approval fatigue by repetition (A07). A new need is a new task.
+	switch den, err := st.DeniedStepUp(ctx, t.ID, hash); {
+	case err == nil:
+		return "", nil, &Error{Code: ErrPolicyDenied.Code,
+			Detail: "the user denied this request (approval " + den.ID + ", asked for by policy " +
+				strings.Join(d.Policies, ", ") + "); it is not asked again within this task",
+			Extra: map[string]any{"policies": nonNilStrings(d.Policies), "approval_id": den.ID}}
 	case !errors.Is(err, ErrNotFound):
 		return "", nil, err
 	}
@@ -242,17 +263,21 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 	if err := st.InsertStepUp(ctx, &u); err != nil {
 		return "", nil, err
 	}
+	// This event is the refusal's one event: it carries the code, and the
+	// refusal is not recorded again.
 	if err := tx.AppendAudit(ctx, AuditEvent{
 		Time: now, Type: EventApprovalRequested, Actor: ActorOf(p), TaskID: t.ID,
 		Detail: detail(map[string]any{
-			"approval_id": u.ID, "op": g.Op, "scopes": g.Scopes.Strings(), "audience": g.Audience,
+			"code": ErrApprovalRequired.Code, "approval_id": u.ID, "op": g.Op, "scopes": g.Scopes.Strings(), "audience": g.Audience,
 			"tool": g.Tool, "dataset": g.Dataset, "policies": d.Policies, "reasons": d.Reasons,
 			"expires_at": u.ExpiresAt,
 		}),
 	}); err != nil {
 		return "", nil, err
 	}
-	return "", approvalRequired(u, "a policy asks the user to approve this request"), nil
+	refusal = approvalRequired(u, "a policy asks the user to approve this request")
+	refusal.(*Error).Audited = true
+	return "", refusal, nil
 }
 
 func approvalRequired(u StepUp, why string) error {
@@ -278,6 +303,9 @@ func minTime(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+// StepUpStatusOf is u's effective status now.
+func (s *Service) StepUpStatusOf(u StepUp) StepUpStatus { return u.EffectiveStatus(s.now()) }
 
 // ValidStepUpID reports whether id has the shape of a step-up approval id.
 func ValidStepUpID(id string) bool {
@@ -310,7 +338,7 @@ func (s *Service) GetStepUp(ctx context.Context, p Principal, id string) (StepUp
 		return StepUp{}, err
 	}
 	if !p.Is(KindAgent, u.Agent) && !p.Is(KindUser, u.User) && !(p.Kind == KindUser && p.Auditor) {
-		return StepUp{}, Errorf(ErrNotTaskParty, "caller is neither the task's agent nor its user")
+		return StepUp{}, aboutApproval(Errorf(ErrNotTaskParty, "caller is neither the task's agent nor its user"), u)
 	}
 	return u, nil
 }
@@ -365,7 +393,10 @@ func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, appr
 	if !ValidStepUpID(id) {
 		return StepUp{}, Errorf(ErrNotFound, "no such approval")
 	}
-	var out StepUp
+	var (
+		out   StepUp
+		about StepUp
+	)
 	err := s.store.InTx(ctx, func(tx Tx) error {
 		st, ok := tx.(StepUpTx)
 		if !ok {
@@ -375,6 +406,7 @@ func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, appr
 		if err != nil {
 			return err
 		}
+		about = u
 		// Lock order task → step-up, as in Mint: take the task's lock, then
 		// the step-up's, and decide on what is read under them.
 		t, err := tx.LockTask(ctx, u.TaskID)
@@ -419,5 +451,22 @@ func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, appr
 				"expires_at": u.ExpiresAt}),
 		})
 	})
+	if err != nil && about.ID != "" {
+		return StepUp{}, aboutApproval(err, about)
+	}
 	return out, err
+}
+
+// aboutApproval names the approval and its task in a refusal's audit event
+// (the URL of an approval names no task).
+func aboutApproval(err error, u StepUp) error {
+	var e *Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	extra := map[string]any{"approval": u.ID, "task": u.TaskID}
+	for k, v := range e.Extra {
+		extra[k] = v
+	}
+	return &Error{Code: e.Code, Detail: e.Detail, Extra: extra, Audited: e.Audited}
 }

@@ -341,16 +341,20 @@ func (c *Config) Validate() error {
 	if c.PolicySchema != "" && len(c.Policies) == 0 {
 		return errors.New("config: policy_schema: set, but no policies to validate")
 	}
-	if len(c.Policies) > 0 {
-		// Validated here so that a bad policy stops start-up (and config
-		// check) with its file and line.
-		if _, err := policy.Load(c.PolicyFiles()); err != nil {
-			return fmt.Errorf("config: %w", err)
-		}
-	}
 	cat, err := c.Catalog()
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
+	}
+	if len(c.Policies) > 0 {
+		// Validated here so that a bad policy stops start-up (and config
+		// check) with its file and line.
+		set, err := policy.Load(c.PolicyFiles())
+		if err == nil {
+			err = set.CheckActions(KnownAction(cat))
+		}
+		if err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
 	}
 	if c.Vault != nil {
 		if err := c.validateVault(cat); err != nil {
@@ -358,6 +362,11 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// KnownAction reports whether a policy's action is in the catalog.
+func KnownAction(cat *broker.Catalog) func(string) bool {
+	return func(a string) bool { _, ok := cat.Action(a); return ok }
 }
 
 // PolicyFiles are the policy patterns and the schema, resolved against the

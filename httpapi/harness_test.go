@@ -92,6 +92,8 @@ type envOptions struct {
 	schema   string
 	// budget is the configured per-task budget.
 	budget broker.Budget
+	// stepUpTTL bounds step-up approvals (0: the default).
+	stepUpTTL time.Duration
 }
 
 func logger(w io.Writer) *slog.Logger {
@@ -205,9 +207,11 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 		Store: e.st, Tokens: e.tokens, Catalog: cat, UserIssuers: userIssuers, MaxPendingPerAgent: o.maxPending,
 		BackendKinds: []string{"testbackend", broker.KindVaultToken}, Now: o.replicaClock,
 		CredentialsPerTask: o.budget.MaxCredentials, ResourcesPerTask: o.budget.MaxResources,
+		StepUpTTL: o.stepUpTTL,
 	}
 	if len(o.policies) > 0 {
-		if e.engine, err = policy.NewEngine(o.policies, o.schema); err != nil {
+		known := func(a string) bool { _, ok := cat.Action(a); return ok }
+		if e.engine, err = policy.NewEngine(o.policies, o.schema, func(s *policy.Set) error { return s.CheckActions(known) }); err != nil {
 			t.Fatal(err)
 		}
 		bcfg.Policy = e.engine

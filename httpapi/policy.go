@@ -31,7 +31,7 @@ type approvalJSON struct {
 
 func (s *Server) renderApproval(u broker.StepUp) approvalJSON {
 	return approvalJSON{
-		ID: u.ID, TaskID: u.TaskID, Status: string(u.EffectiveStatus(time.Now())), Agent: u.Agent.String(),
+		ID: u.ID, TaskID: u.TaskID, Status: string(s.svc.StepUpStatusOf(u)), Agent: u.Agent.String(),
 		OnBehalfOf: s.userName(u.User), Scopes: u.Scopes.Strings(), Audience: u.Audience,
 		Tool: u.Tool, Dataset: u.Dataset, Policies: nonNil(u.Policies), Reasons: nonNil(u.Reasons),
 		DenyReason: u.DenyReason, CreatedAt: u.CreatedAt.Format(time.RFC3339Nano),

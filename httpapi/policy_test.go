@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/errandhq/errand/broker"
 )
@@ -87,6 +88,12 @@ func TestPolicyDeniesMintByEnvironment(t *testing.T) {
 	before := e.snapshot()
 	r := mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/infra"}, "audience": apiGitHub})
 	e.policyDenied(before, r, "deny-prod-infra")
+	// Nor through a pattern that covers it.
+	for _, sc := range []string{"github.repo.read:acme/*", "github.repo.read:acme/**", "github.repo.read:acme/infra/**"} {
+		before = e.snapshot()
+		e.policyDenied(before, mintWith(e, "agent-1", id, map[string]any{"scopes": []string{sc}, "audience": apiGitHub}), "deny-prod-infra")
+	}
+	e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/*"}, "audience": apiStage}), 201)
 	// The same read outside production, and another repository in it, pass.
 	e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/infra"}, "audience": apiStage}), 201)
 	e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": apiGitHub}), 201)
@@ -134,9 +141,18 @@ func TestStepUpFlow(t *testing.T) {
 	id := e.approved("agent-1", "alice", "github.pr.write:acme/**")
 	write := map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiGitHub, "tool": "gh"}
 
+	before := e.snapshot()
 	r := mintWith(e, "agent-1", id, write)
 	if r.Status != http.StatusForbidden || r.str("code") != "approval_required" {
 		t.Fatalf("first prod write: %d %s", r.Status, r.Raw)
+	}
+	// One event for this decision: approval.requested, with the code.
+	if after := e.snapshot(); after.auditSeq != before.auditSeq+1 || after.tasks != before.tasks || after.credentials != before.credentials {
+		t.Fatalf("approval_required wrote %d events, or changed tasks or credentials", after.auditSeq-before.auditSeq)
+	}
+	if evs, _ := e.st.AuditEvents(context.Background(), broker.HistoryFilter{AfterSeq: before.auditSeq, Limit: 5}); len(evs) != 1 ||
+		evs[0].Type != broker.EventApprovalRequested || !strings.Contains(string(evs[0].Detail), `"code":"approval_required"`) {
+		t.Fatalf("the decision's event: %+v", evs)
 	}
 	apr := r.str("approval_id")
 	if !broker.ValidStepUpID(apr) || strings.Join(strList(r.JSON["policies"]), ",") != "prod-writes-step-up" ||
@@ -144,7 +160,7 @@ func TestStepUpFlow(t *testing.T) {
 		t.Fatalf("approval_required problem: %s", r.Raw)
 	}
 	// Asking again while it waits points at the same approval, adds none.
-	before := e.snapshot()
+	before = e.snapshot()
 	again := mintWith(e, "agent-1", id, write)
 	e.refused(before, again, http.StatusForbidden, "approval_required")
 	if again.str("approval_id") != apr {
@@ -168,6 +184,11 @@ func TestStepUpFlow(t *testing.T) {
 	e.refused(before, e.do("POST", "/v1/approvals/"+apr+"/approve", e.agent("agent-1"), nil), http.StatusForbidden, "approval_forbidden")
 	before = e.snapshot()
 	e.refused(before, e.do("POST", "/v1/approvals/"+apr+"/approve", e.user("mallory", "eng"), nil), http.StatusForbidden, "approval_forbidden")
+	// The refusal names the approval and its task, which the URL does not.
+	if evs, _ := e.st.AuditEvents(context.Background(), broker.HistoryFilter{AfterSeq: before.auditSeq, Limit: 5}); len(evs) != 1 ||
+		evs[0].TaskID != id || !strings.Contains(string(evs[0].Detail), `"approval":"`+apr+`"`) {
+		t.Fatalf("the refusal's event: %+v", evs)
+	}
 
 	ok := e.mustStatus(e.do("POST", "/v1/approvals/"+apr+"/approve", e.user("alice", "eng"), nil), 200)
 	if ok.str("status") != "approved" || ok.JSON["decided_at"] == nil {
@@ -206,9 +227,9 @@ func TestStepUpFlow(t *testing.T) {
 	if den.str("status") != "denied" || den.str("deny_reason") != "not today" {
 		t.Fatalf("denied: %s", den.Raw)
 	}
-	if r := mintWith(e, "agent-1", id, write); r.str("code") != "approval_required" || r.str("approval_id") == third.str("approval_id") {
-		t.Fatalf("after a denial: %s", r.Raw)
-	}
+	// A denied request is not asked again within the task (A07).
+	before = e.snapshot()
+	e.policyDenied(before, mintWith(e, "agent-1", id, write), "prod-writes-step-up")
 	// Outside production the write needs no step-up.
 	e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiStage}), 201)
 
@@ -221,7 +242,7 @@ func TestStepUpFlow(t *testing.T) {
 	for _, ev := range evs {
 		count[ev.Type]++
 	}
-	if count[broker.EventApprovalRequested] != 5 || count[broker.EventApprovalApproved] != 1 || count[broker.EventApprovalDenied] != 1 {
+	if count[broker.EventApprovalRequested] != 4 || count[broker.EventApprovalApproved] != 1 || count[broker.EventApprovalDenied] != 1 {
 		t.Fatalf("audit trail: %v", count)
 	}
 }
@@ -302,6 +323,10 @@ func TestBudgetExhausted(t *testing.T) {
 	e.mustStatus(e.mint("agent-1", sid, "github.repo.read:acme/a"), 201)
 	before = e.snapshot()
 	e.refused(before, e.mint("agent-1", sid, "github.repo.read:acme/b"), http.StatusTooManyRequests, "budget_exhausted")
+	// A pattern would reach resources without number: under a resource
+	// budget only concrete resources are minted.
+	before = e.snapshot()
+	e.refused(before, e.mint("agent-1", sid, "github.repo.read:acme/*"), http.StatusTooManyRequests, "budget_exhausted")
 }
 
 // evaluate asks the AuthZEN endpoint as resource server rs.
@@ -340,7 +365,7 @@ func TestAuthZENEvaluation(t *testing.T) {
 	rs := e.resource("gateway")
 	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
 	staging := e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/**"}, "audience": apiStage}), 201).str("access_token")
-	prod := e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/**"}, "audience": apiGitHub}), 201).str("access_token")
+	prod := e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": apiGitHub}), 201).str("access_token")
 
 	cases := []struct {
 		name   string
@@ -350,8 +375,9 @@ func TestAuthZENEvaluation(t *testing.T) {
 	}{
 		{"active, in scope, allowed", azBody(staging, "github.repo.read", "acme/api", nil), true, "allowed"},
 		{"action name is case-folded", azBody(staging, "GitHub.Repo.Read", "acme/api", nil), true, "allowed"},
-		{"the environment comes from the token's audience", azBody(prod, "github.repo.read", "acme/infra", nil), false, "deny-prod-infra"},
-		{"same resource outside prod", azBody(staging, "github.repo.read", "acme/infra", nil), true, "allowed"},
+		{"a prod token on its own resource", azBody(prod, "github.repo.read", "acme/api", nil), true, "allowed"},
+		{"a prod token beyond its scope", azBody(prod, "github.repo.read", "acme/infra", nil), false, "does not cover"},
+		{"acme/infra outside prod", azBody(staging, "github.repo.read", "acme/infra", nil), true, "allowed"},
 		{"out of scope: another action", azBody(staging, "github.pr.write", "acme/api", nil), false, "does not cover"},
 		{"out of scope: another owner", azBody(staging, "github.repo.read", "evil/api", nil), false, "does not cover"},
 		{"a pattern is not a resource", azBody(staging, "github.repo.read", "acme/*", nil), false, "concrete"},
@@ -509,5 +535,157 @@ func TestAuthZENStepUp(t *testing.T) {
 	}
 	if r := mintWith(e, "agent-1", id, write); r.str("code") != "approval_required" {
 		t.Fatalf("after a broken reload the step-up policy must still hold: %s", r.Raw)
+	}
+}
+
+// The tool and dataset a task was asked and approved for bind its mints: a
+// mint may repeat them, not change them, and one that leaves them out is
+// decided with the task's (so a rule on them cannot be skipped by silence).
+func TestMintIsBoundToTheTasksToolAndDataset(t *testing.T) {
+	e := policyEnv(t, envOptions{})
+	r := e.mustStatus(e.do("POST", "/v1/tasks", e.agent("agent-1"), map[string]any{
+		"on_behalf_of": "alice", "goal": "quarterly report", "scopes": []string{"github.repo.read:acme/**"},
+		"audiences": []string{apiStage}, "tool": "gh", "dataset": "finance/q3",
+	}), 201)
+	id := r.str("id")
+	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/approve", e.user("alice", "eng"), map[string]any{}), 200)
+	read := []string{"github.repo.read:acme/api"}
+	before := e.snapshot()
+	e.refused(before, mintWith(e, "agent-1", id, map[string]any{"scopes": read, "audience": apiStage, "tool": "curl"}),
+		http.StatusForbidden, "scope_exceeds_approval")
+	before = e.snapshot()
+	e.refused(before, mintWith(e, "agent-1", id, map[string]any{"scopes": read, "audience": apiStage, "dataset": "public/x"}),
+		http.StatusForbidden, "scope_exceeds_approval")
+	// Silence is the task's dataset: the finance step-up still speaks.
+	silent := mintWith(e, "agent-1", id, map[string]any{"scopes": read, "audience": apiStage})
+	if silent.str("code") != "approval_required" || strings.Join(strList(silent.JSON["policies"]), ",") != "finance-step-up" {
+		t.Fatalf("a mint without a dataset skipped the task's: %s", silent.Raw)
+	}
+	apr := e.mustStatus(e.do("GET", "/v1/approvals/"+silent.str("approval_id"), e.user("alice", "eng"), nil), 200)
+	if apr.str("tool") != "gh" || apr.str("dataset") != "finance/q3" {
+		t.Fatalf("the approval does not show what is asked: %s", apr.Raw)
+	}
+	// Naming them explicitly is the same request.
+	same := mintWith(e, "agent-1", id, map[string]any{"scopes": read, "audience": apiStage, "tool": "gh", "dataset": "finance/q3"})
+	if same.str("approval_id") != silent.str("approval_id") {
+		t.Fatalf("the explicit request is another: %s", same.Raw)
+	}
+}
+
+// A09: concurrent mints race for one approved step-up; exactly one wins.
+func TestStepUpIsUsedOnceUnderRace(t *testing.T) {
+	e := policyEnv(t, envOptions{})
+	id := e.approved("agent-1", "alice", "github.pr.write:acme/**")
+	write := map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiGitHub}
+	apr := mintWith(e, "agent-1", id, write).str("approval_id")
+	e.mustStatus(e.do("POST", "/v1/approvals/"+apr+"/approve", e.user("alice", "eng"), nil), 200)
+	tok := e.agent("agent-1")
+	const n = 8
+	codes := make(chan string, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			raw := mustJSON(t, write)
+			req, _ := http.NewRequest("POST", e.srv.URL+"/v1/tasks/"+id+"/tokens", strings.NewReader(raw))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+tok)
+			res, err := e.srv.Client().Do(req)
+			if err != nil {
+				codes <- err.Error()
+				return
+			}
+			defer res.Body.Close()
+			var p struct{ Code string }
+			_ = json.NewDecoder(res.Body).Decode(&p)
+			if res.StatusCode == 201 {
+				p.Code = "minted"
+			}
+			codes <- p.Code
+		}()
+	}
+	count := map[string]int{}
+	for i := 0; i < n; i++ {
+		count[<-codes]++
+	}
+	if count["minted"] != 1 || count["approval_required"] != n-1 {
+		t.Fatalf("outcomes %v: one approval must give exactly one credential", count)
+	}
+	var used int
+	if err := e.st.Pool().QueryRow(context.Background(), `SELECT count(*) FROM credentials WHERE step_up_id = $1`, apr).Scan(&used); err != nil || used != 1 {
+		t.Fatalf("%d credentials under the approval (%v)", used, err)
+	}
+}
+
+// F04: a retry with the same Idempotency-Key returns the credential the
+// step-up allowed, and uses no second approval.
+func TestStepUpWithIdempotencyKey(t *testing.T) {
+	e := policyEnv(t, envOptions{})
+	id := e.approved("agent-1", "alice", "github.pr.write:acme/**")
+	write := map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiGitHub}
+	mint := func(key string) resp {
+		req, _ := http.NewRequest("POST", e.srv.URL+"/v1/tasks/"+id+"/tokens", strings.NewReader(mustJSON(t, write)))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+e.agent("agent-1"))
+		req.Header.Set("Idempotency-Key", key)
+		return e.send(req, []byte(mustJSON(t, write)))
+	}
+	apr := mint("k1").str("approval_id")
+	e.mustStatus(e.do("POST", "/v1/approvals/"+apr+"/approve", e.user("alice", "eng"), nil), 200)
+	first := e.mustStatus(mint("k1"), 201)
+	again := e.mustStatus(mint("k1"), 201)
+	if again.str("jti") != first.str("jti") || again.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("the retry minted another credential: %s", again.Raw)
+	}
+	if other := mint("k2"); other.str("code") != "approval_required" || other.str("approval_id") == apr {
+		t.Fatalf("a new key used the spent approval: %s", other.Raw)
+	}
+}
+
+// F07: step-up approvals expire on the database's clock, waiting or
+// approved-but-unused.
+func TestStepUpExpires(t *testing.T) {
+	e := policyEnv(t, envOptions{stepUpTTL: time.Second})
+	id := e.approved("agent-1", "alice", "github.pr.write:acme/**")
+	write := map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiGitHub}
+	late := mintWith(e, "agent-1", id, write).str("approval_id")
+	time.Sleep(1100 * time.Millisecond)
+	before := e.snapshot()
+	e.refused(before, e.do("POST", "/v1/approvals/"+late+"/approve", e.user("alice", "eng"), nil), http.StatusConflict, "task_not_active")
+	if got := e.mustStatus(e.do("GET", "/v1/approvals/"+late, e.agent("agent-1"), nil), 200); got.str("status") != "expired" {
+		t.Fatalf("a waiting approval past its time: %s", got.Raw)
+	}
+	fresh := mintWith(e, "agent-1", id, write).str("approval_id")
+	if fresh == late {
+		t.Fatal("an expired approval was offered again")
+	}
+	e.mustStatus(e.do("POST", "/v1/approvals/"+fresh+"/approve", e.user("alice", "eng"), nil), 200)
+	time.Sleep(1100 * time.Millisecond)
+	if r := mintWith(e, "agent-1", id, write); r.str("code") != "approval_required" || r.str("approval_id") == fresh {
+		t.Fatalf("an approval was used after it expired: %s", r.Raw)
+	}
+}
+
+// An approval of one step-up rule, for one tool and dataset, is no
+// approval of another at the enforcement point.
+func TestAuthZENStepUpCoversOnlyWhatWasApproved(t *testing.T) {
+	e := policyEnv(t, envOptions{})
+	rs := e.resource("gateway")
+	id := e.approved("agent-1", "alice", "github.pr.write:acme/**")
+	write := map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiGitHub, "tool": "gh"}
+	apr := mintWith(e, "agent-1", id, write).str("approval_id")
+	e.mustStatus(e.do("POST", "/v1/approvals/"+apr+"/approve", e.user("alice", "eng"), nil), 200)
+	tok := e.mustStatus(mintWith(e, "agent-1", id, write), 201).str("access_token")
+	for _, c := range []struct {
+		ctx    map[string]any
+		allow  bool
+		reason string
+	}{
+		{map[string]any{"tool": "gh"}, true, apr},
+		{map[string]any{"tool": "curl"}, false, "another tool"},
+		{map[string]any{"tool": "gh", "dataset": "finance/q3"}, false, "finance-step-up"},
+	} {
+		r := e.evaluate(rs, azBody(tok, "github.pr.write", "acme/api", c.ctx))
+		if decision(t, r) != c.allow || !strings.Contains(string(r.Raw), c.reason) {
+			t.Errorf("%v: %s", c.ctx, r.Raw)
+		}
 	}
 }

@@ -90,7 +90,11 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal
 		writeProblem(w, status, code, "a dependency is unavailable; retry later")
 		return
 	}
-	if aerr := s.svc.RecordRefusal(r.Context(), p, auditTaskID(taskID), op(r), err); aerr != nil {
+	// A refusal whose event is in the log already (approval.requested) is
+	// not recorded twice: one event per decision.
+	var be0 *broker.Error
+	audited := errors.As(err, &be0) && be0.Audited
+	if aerr := s.recordRefusal(r, p, taskID, err, audited); aerr != nil {
 		s.log.ErrorContext(r.Context(), "cannot audit refusal", "op", op(r), "code", code, "err", aerr)
 		w.Header().Set("Retry-After", RetryAfterSeconds)
 		writeProblem(w, http.StatusServiceUnavailable, "unavailable", "the refusal could not be recorded; retry later")
@@ -115,6 +119,13 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal
 		w.Header().Set("Retry-After", "60")
 	}
 	writeProblemWith(w, status, code, pr)
+}
+
+func (s *Server) recordRefusal(r *http.Request, p broker.Principal, taskID string, err error, audited bool) error {
+	if audited {
+		return nil
+	}
+	return s.svc.RecordRefusal(r.Context(), p, auditTaskID(taskID), op(r), err)
 }
 
 func writeProblem(w http.ResponseWriter, status int, code, detail string) {

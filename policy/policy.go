@@ -13,6 +13,7 @@
 package policy
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"iter"
@@ -182,6 +183,52 @@ func dedupe(sorted []string) []string {
 	return out
 }
 
+// CheckActions refuses a set whose policies name an action for which
+// known is false: without a schema, a misspelt Action::"…" would silently
+// never match, and a forbid on it would never forbid.
+func (s *Set) CheckActions(known func(string) bool) error {
+	for _, m := range []cedar.PolicyMap{s.permits, s.forbids, s.stepUps} {
+		for id, p := range m {
+			raw, err := p.MarshalJSON()
+			if err != nil {
+				return fmt.Errorf("policies: %s: %v", id, err)
+			}
+			var doc any
+			if err := json.Unmarshal(raw, &doc); err != nil {
+				return fmt.Errorf("policies: %s: %v", id, err)
+			}
+			for _, a := range actionRefs(doc, nil) {
+				if !known(a) {
+					pos := p.Position()
+					return fmt.Errorf("policies: %s:%d: policy %q names Action::%q, which is not in the catalog (actions are lower case)", pos.Filename, pos.Line, id, a)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// actionRefs collects the ids of every {"type": "Action", "id": …} entity
+// reference in a policy's JSON form.
+func actionRefs(v any, out []string) []string {
+	switch x := v.(type) {
+	case map[string]any:
+		if x["type"] == string(TypeAction) {
+			if id, ok := x["id"].(string); ok {
+				out = append(out, id)
+			}
+		}
+		for _, c := range x {
+			out = actionRefs(c, out)
+		}
+	case []any:
+		for _, c := range x {
+			out = actionRefs(c, out)
+		}
+	}
+	return out
+}
+
 // Decide evaluates the set on r.
 func (s *Set) Decide(r broker.PolicyRequest) broker.PolicyDecision {
 	entities, req := cedarRequest(r)
@@ -258,27 +305,42 @@ func (j joined) All() iter.Seq2[cedar.PolicyID, *cedar.Policy] {
 type Engine struct {
 	patterns []string
 	schema   string
+	check    func(*Set) error
 	set      atomic.Pointer[Set]
 }
 
-// NewEngine loads the policies once; an error stops start-up.
-func NewEngine(patterns []string, schemaPath string) (*Engine, error) {
+// NewEngine loads the policies once; an error stops start-up. check, when
+// not nil, vets every set loaded (see CheckActions) at start and reload.
+func NewEngine(patterns []string, schemaPath string, check func(*Set) error) (*Engine, error) {
 	if len(patterns) == 0 {
 		return nil, errors.New("policies: no file given")
 	}
-	s, err := Load(patterns, schemaPath)
+	e := &Engine{patterns: patterns, schema: schemaPath, check: check}
+	s, err := e.load()
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{patterns: patterns, schema: schemaPath}
 	e.set.Store(s)
 	return e, nil
+}
+
+func (e *Engine) load() (*Set, error) {
+	s, err := Load(e.patterns, e.schema)
+	if err != nil {
+		return nil, err
+	}
+	if e.check != nil {
+		if err := e.check(s); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
 }
 
 // Reload reads the files again. On any error the running set stays and
 // the error says why.
 func (e *Engine) Reload() (*Set, error) {
-	s, err := Load(e.patterns, e.schema)
+	s, err := e.load()
 	if err != nil {
 		return nil, err
 	}

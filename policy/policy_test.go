@@ -174,7 +174,7 @@ func TestLoadErrorsNameFileAndLine(t *testing.T) {
 func TestReloadKeepsTheOldSetOnError(t *testing.T) {
 	dir := t.TempDir()
 	write(t, dir, "p.cedar", `@id("allow") permit (principal, action, resource);`)
-	e, err := NewEngine([]string{filepath.Join(dir, "*.cedar")}, "")
+	e, err := NewEngine([]string{filepath.Join(dir, "*.cedar")}, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,5 +282,28 @@ when { resource.head == "acme/infra" || resource in Resource::"acme/infra/**" ||
 		if (d.Effect == broker.EffectDeny) != denied {
 			t.Errorf("%s: %s, want denied=%v", path, d.Effect, denied)
 		}
+	}
+}
+
+// Without a schema, a misspelt action would never match: CheckActions
+// refuses it, at start and at reload.
+func TestCheckActionsRefusesUnknownActions(t *testing.T) {
+	dir := t.TempDir()
+	known := func(a string) bool { return a == "github.pr.write" || a == "github.repo.read" }
+	check := func(s *Set) error { return s.CheckActions(known) }
+	write(t, dir, "p.cedar", `@id("ok") permit (principal, action in [Action::"github.repo.read", Action::"github.pr.write"], resource);
+@id("typo") forbid (principal, action, resource) when { action == Action::"github.pr.writ" };`)
+	if _, err := NewEngine([]string{filepath.Join(dir, "*.cedar")}, "", check); err == nil ||
+		!strings.Contains(err.Error(), `p.cedar:2: policy "typo" names Action::"github.pr.writ"`) {
+		t.Fatalf("a misspelt action loaded: %v", err)
+	}
+	write(t, dir, "p.cedar", `@id("ok") permit (principal, action == Action::"github.repo.read", resource);`)
+	e, err := NewEngine([]string{filepath.Join(dir, "*.cedar")}, "", check)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, dir, "p.cedar", `@id("upper") forbid (principal, action == Action::"GitHub.PR.Write", resource);`)
+	if _, err := e.Reload(); err == nil || !strings.Contains(err.Error(), "lower case") {
+		t.Fatalf("a reload with an unknown action: %v", err)
 	}
 }

@@ -67,6 +67,9 @@ func policyTest(out io.Writer, cfgPath, casesPath string) error {
 		return errors.New("config: policies: none configured")
 	}
 	set, err := policy.Load(cfg.PolicyFiles())
+	if err == nil {
+		err = set.CheckActions(config.KnownAction(cat))
+	}
 	if err != nil {
 		return err
 	}

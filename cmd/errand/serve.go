@@ -221,7 +221,9 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	}
 	var engine *policy.Engine
 	if len(cfg.Policies) > 0 {
-		if engine, err = policy.NewEngine(cfg.PolicyFiles()); err != nil {
+		pats, schema := cfg.PolicyFiles()
+		known := config.KnownAction(catalog)
+		if engine, err = policy.NewEngine(pats, schema, func(s *policy.Set) error { return s.CheckActions(known) }); err != nil {
 			return nil, err
 		}
 		bcfg.Policy = engine

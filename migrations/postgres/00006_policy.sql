@@ -31,6 +31,8 @@ CREATE TABLE step_ups (
 CREATE INDEX step_ups_by_request ON step_ups (task_id, request_hash, seq);
 CREATE INDEX step_ups_by_user ON step_ups (user_iss, user_sub, seq);
 CREATE INDEX step_ups_by_agent ON step_ups (agent_iss, agent_sub, seq);
+-- A step-up approval is used by one credential at most.
+CREATE UNIQUE INDEX credentials_one_per_step_up ON credentials (step_up_id) WHERE step_up_id IS NOT NULL;
 
 -- Backstops, whoever writes: a budget never changes; the groups a task was
 -- approved with never change; a step-up only moves pending → approved |
@@ -58,6 +60,13 @@ BEGIN
         OR (OLD.status = 'pending' AND NEW.status IN ('approved', 'denied'))
         OR (OLD.status = 'approved' AND NEW.status = 'used')) THEN
         RAISE EXCEPTION 'step-up % may not go from % to %', OLD.id, OLD.status, NEW.status;
+    END IF;
+    -- Only an approval sets how long it stays usable; nothing is used late.
+    IF NEW.expires_at <> OLD.expires_at AND NOT (OLD.status = 'pending' AND NEW.status = 'approved') THEN
+        RAISE EXCEPTION 'step-up % expiry may not change', OLD.id;
+    END IF;
+    IF NEW.status = 'used' AND (NEW.used_at IS NULL OR NEW.used_at >= OLD.expires_at) THEN
+        RAISE EXCEPTION 'step-up % is expired', OLD.id;
     END IF;
     IF NEW.task_id <> OLD.task_id OR NEW.request_hash <> OLD.request_hash OR NEW.scopes <> OLD.scopes
         OR NEW.audience <> OLD.audience OR NEW.tool <> OLD.tool OR NEW.dataset <> OLD.dataset

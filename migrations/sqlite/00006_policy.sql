@@ -31,6 +31,7 @@ CREATE TABLE step_ups (
 CREATE INDEX step_ups_by_request ON step_ups (task_id, request_hash, seq);
 CREATE INDEX step_ups_by_user ON step_ups (user_iss, user_sub, seq);
 CREATE INDEX step_ups_by_agent ON step_ups (agent_iss, agent_sub, seq);
+CREATE UNIQUE INDEX credentials_one_per_step_up ON credentials (step_up_id) WHERE step_up_id IS NOT NULL;
 
 -- +goose StatementBegin
 CREATE TRIGGER tasks_policy_fixed BEFORE UPDATE ON tasks
@@ -48,6 +49,8 @@ WHEN NOT ((OLD.status = NEW.status AND OLD.status = 'pending')
   OR NEW.task_id <> OLD.task_id OR NEW.request_hash <> OLD.request_hash OR NEW.scopes <> OLD.scopes
   OR NEW.audience <> OLD.audience OR NEW.tool <> OLD.tool OR NEW.dataset <> OLD.dataset
   OR NEW.user_iss <> OLD.user_iss OR NEW.user_sub <> OLD.user_sub
+  OR (NEW.expires_at <> OLD.expires_at AND NOT (OLD.status = 'pending' AND NEW.status = 'approved'))
+  OR (NEW.status = 'used' AND (NEW.used_at IS NULL OR NEW.used_at >= OLD.expires_at))
 BEGIN
     SELECT RAISE(ABORT, 'a step-up only moves forward and never changes its request');
 END;

@@ -36,6 +36,11 @@ func (t *txn) OpenStepUp(ctx context.Context, taskID, hash string, now time.Time
 		ORDER BY (status = 'approved') DESC, seq DESC LIMIT 1 FOR UPDATE`, taskID, hash, now))
 }
 
+func (t *txn) DeniedStepUp(ctx context.Context, taskID, hash string) (broker.StepUp, error) {
+	return scanStepUp(t.tx.QueryRow(ctx, `SELECT `+stepUpColumns+` FROM step_ups
+		WHERE task_id = $1 AND request_hash = $2 AND status = 'denied' ORDER BY seq DESC LIMIT 1`, taskID, hash))
+}
+
 func (t *txn) PendingStepUps(ctx context.Context, taskID string, now time.Time) (int, error) {
 	var n int
 	err := t.tx.QueryRow(ctx, `SELECT count(*) FROM step_ups
