@@ -45,10 +45,10 @@ import (
 
 type options struct {
 	errand, dbURL, scenario, jsonOut, policies string
-	concurrency, agents, creds, rounds          int
-	duration, warmup                            time.Duration
-	keep                                        bool
-	errandArgs                                  string
+	concurrency, agents, creds, rounds         int
+	duration, warmup                           time.Duration
+	keep                                       bool
+	errandArgs                                 string
 }
 
 func main() {
