@@ -196,7 +196,7 @@ func BenchmarkAuthZENEvaluation(b *testing.B) {
 	e := newEnvWith(b, envOptions{policies: []string{"testdata/policies/*.cedar"}})
 	e.bench = true
 	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
-	at := e.mint("agent-1", id, "github.repo.read:acme/**").str("access_token")
+	at := e.mustStatus(e.mint("agent-1", id, "github.repo.read:acme/api"), 201).str("access_token")
 	rs := e.resource("gateway")
 	body := azBody(at, "github.repo.read", "acme/api", map[string]any{"tool": "git"})
 	b.SetParallelism(8)

@@ -48,7 +48,7 @@ type options struct {
 	concurrency, agents, creds, rounds         int
 	duration, warmup                           time.Duration
 	keep                                       bool
-	errandArgs                                 string
+	maxErrors                                  int64
 }
 
 func main() {
@@ -65,6 +65,7 @@ func main() {
 	flag.StringVar(&o.policies, "policies", "", "Cedar policy files (glob) for the server; evaluate and mixed default to a built-in set")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the report as JSON to this file (- for stdout)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the database and the server's log")
+	flag.Int64Var(&o.maxErrors, "max-errors", 0, "exit 1 when more requests than this failed")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "errand-bench:", err)
@@ -135,6 +136,9 @@ func run(o options) error {
 		} else if err := os.WriteFile(o.jsonOut, append(raw, '\n'), 0o644); err != nil {
 			return err
 		}
+	}
+	if rep.Errors > o.maxErrors {
+		return fmt.Errorf("%d requests failed (--max-errors %d)", rep.Errors, o.maxErrors)
 	}
 	return nil
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -16,10 +18,16 @@ import (
 	"github.com/errandhq/errand/store/postgres"
 )
 
-const (
-	benchEvents = 1_000_000
-	benchTasks  = 1_000
-)
+const benchTasks = 1_000
+
+// benchEvents is 1,000,000, or ERRAND_BENCH_EVENTS (CI's smoke run of the
+// benchmarks uses fewer).
+var benchEvents = func() int {
+	if n, err := strconv.Atoi(os.Getenv("ERRAND_BENCH_EVENTS")); err == nil && n > 0 {
+		return n
+	}
+	return 1_000_000
+}()
 
 var (
 	benchOnce  sync.Once
@@ -39,7 +47,7 @@ func millionEvents(b *testing.B) *postgres.Store {
 		if _, err := st.Migrate(context.Background()); err != nil {
 			b.Fatal(err)
 		}
-		benchStart = time.Now().UTC().Add(-benchEvents * time.Second).Truncate(time.Second)
+		benchStart = time.Now().UTC().Add(-time.Duration(benchEvents) * time.Second).Truncate(time.Second)
 		prev := broker.GenesisHash
 		rows := make([][]any, 0, benchEvents)
 		for i := 1; i <= benchEvents; i++ {
@@ -116,7 +124,7 @@ func BenchmarkAuditVerify(b *testing.B) {
 	start := time.Now()
 	for i := 0; i < b.N; i++ {
 		n, _, _, err := verifyChain(context.Background(), st)
-		if err != nil || n != benchEvents {
+		if err != nil || n != int64(benchEvents) {
 			b.Fatalf("verified %d: %v", n, err)
 		}
 	}
