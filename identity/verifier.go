@@ -63,6 +63,9 @@ type Config struct {
 	Now        func() time.Time
 	// RefetchCooldown bounds JWKS refetches per issuer; default 30 s.
 	RefetchCooldown time.Duration
+	// CacheSize bounds the cache of verified tokens (default
+	// DefaultCacheSize); negative disables it.
+	CacheSize int
 }
 
 // Verifier turns bearer tokens into principals.
@@ -70,6 +73,7 @@ type Verifier struct {
 	self    string
 	now     func() time.Time
 	issuers map[string]*trusted
+	cache   *tokenCache
 }
 
 type trusted struct {
@@ -96,6 +100,12 @@ func New(cfg Config) (*Verifier, error) {
 		cfg.RefetchCooldown = 30 * time.Second
 	}
 	v := &Verifier{self: cfg.Self, now: cfg.Now, issuers: map[string]*trusted{}}
+	switch {
+	case cfg.CacheSize == 0:
+		v.cache = newTokenCache(DefaultCacheSize)
+	case cfg.CacheSize > 0:
+		v.cache = newTokenCache(cfg.CacheSize)
+	}
 	for i, is := range cfg.Issuers {
 		if is.URL == "" || is.Audience == "" {
 			return nil, fmt.Errorf("issuers[%d]: url and audience are required", i)
@@ -150,68 +160,86 @@ func SameURL(a, b string) bool {
 // broker.ErrInvalidToken, broker.ErrTokenNotAccepted, or
 // broker.ErrUnavailable when the issuer's discovery cannot be reached.
 func (v *Verifier) Verify(ctx context.Context, raw string) (broker.Principal, error) {
+	if v.cache == nil || raw == "" || len(raw) > MaxTokenBytes {
+		p, _, err := v.verify(ctx, raw)
+		return p, err
+	}
+	key := tokenKey(raw)
+	now := v.now()
+	if p, ok := v.cache.get(key, now); ok {
+		return p, nil
+	}
+	p, exp, err := v.verify(ctx, raw)
+	if err == nil {
+		v.cache.put(key, p, exp, now)
+	}
+	return p, err
+}
+
+// verify checks raw fully and returns its principal and expiry.
+func (v *Verifier) verify(ctx context.Context, raw string) (broker.Principal, time.Time, error) {
 	if raw == "" {
-		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "missing bearer token")
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "missing bearer token")
 	}
 	if len(raw) > MaxTokenBytes {
-		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "bearer token larger than %d bytes", MaxTokenBytes)
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "bearer token larger than %d bytes", MaxTokenBytes)
 	}
 	hdr, iss, err := peek(raw)
 	if err != nil {
-		return broker.Principal{}, err
+		return broker.Principal{}, time.Time{}, err
 	}
 	if strings.EqualFold(hdr.Typ, "at+jwt") || strings.EqualFold(hdr.Typ, "application/at+jwt") ||
 		(v.self != "" && SameURL(iss, v.self)) {
-		return broker.Principal{}, broker.Errorf(broker.ErrTokenNotAccepted, "an access token is not an identity")
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrTokenNotAccepted, "an access token is not an identity")
 	}
 	t, ok := v.issuers[iss]
 	if !ok {
-		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "untrusted issuer")
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "untrusted issuer")
 	}
 	verifier, err := t.verifier(ctx)
 	if err != nil {
-		return broker.Principal{}, err
+		return broker.Principal{}, time.Time{}, err
 	}
 	rep := &fetchReport{}
 	idt, err := verifier.Verify(context.WithValue(ctx, reportKey{}, rep), raw)
 	if err != nil {
 		if rep.err != nil {
-			return broker.Principal{}, fmt.Errorf("%w: keys of %s: %v", broker.ErrUnavailable, iss, rep.err)
+			return broker.Principal{}, time.Time{}, fmt.Errorf("%w: keys of %s: %v", broker.ErrUnavailable, iss, rep.err)
 		}
-		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "%v", err)
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "%v", err)
 	}
 	var claims map[string]json.RawMessage
 	if err := idt.Claims(&claims); err != nil {
-		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "claims: %v", err)
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "claims: %v", err)
 	}
 	now := v.now()
 	if idt.IssuedAt.IsZero() {
-		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "iat is required")
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "iat is required")
 	}
 	if idt.IssuedAt.After(now.Add(time.Minute)) {
-		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "iat is in the future")
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "iat is in the future")
 	}
 	if idt.Expiry.Sub(idt.IssuedAt) > t.cfg.MaxLifetime {
-		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "token lifetime longer than %s", t.cfg.MaxLifetime)
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "token lifetime longer than %s", t.cfg.MaxLifetime)
 	}
 	if idt.Subject == "" || len(idt.Subject) > 255 || strings.ContainsFunc(idt.Subject, unicode.IsControl) {
-		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "sub is required: at most 255 bytes, no control characters")
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "sub is required: at most 255 bytes, no control characters")
 	}
 	// OIDC Core §3.1.3.7: with several audiences the token must name the
 	// party it was issued to, and that party must be Errand (J08).
 	if len(idt.Audience) > 1 {
 		var azp string
 		if raw, ok := claims["azp"]; !ok || json.Unmarshal(raw, &azp) != nil || azp != t.cfg.Audience {
-			return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "a token for several audiences must carry azp %q", t.cfg.Audience)
+			return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "a token for several audiences must carry azp %q", t.cfg.Audience)
 		}
 	}
 	if !subjectAllowed(t.cfg.Subjects, idt.Subject) {
-		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "subject not allowed for this issuer")
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "subject not allowed for this issuer")
 	}
 	p := broker.Principal{Issuer: iss, Subject: idt.Subject, Kind: t.cfg.Kind}
 	if t.cfg.GroupsClaim != "" {
 		if p.Groups, err = groups(claims[t.cfg.GroupsClaim]); err != nil {
-			return broker.Principal{}, err
+			return broker.Principal{}, time.Time{}, err
 		}
 	}
 	if p.Kind == broker.KindUser {
@@ -220,7 +248,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (broker.Principal, er
 			p.Admin = p.Admin || (t.cfg.AdminGroup != "" && g == t.cfg.AdminGroup)
 		}
 	}
-	return p, nil
+	return p, idt.Expiry, nil
 }
 
 type header struct {
