@@ -37,6 +37,25 @@ type Tx interface {
 	RevocationTx
 }
 
+// GroupStore is an optional ability of a Store: group commit. InGroupTx
+// runs fn like InTx, but may run it in one transaction with concurrent
+// callers' functions, each in its own savepoint, committed (and flushed)
+// once for all; it returns after that commit. Within fn, AppendAudit
+// queues the events, appended at the group's end (so Seq and Hash are not
+// known in fn), and nothing read inside fn may depend on another caller's
+// uncommitted work. Mint, the hot path, uses it.
+type GroupStore interface {
+	InGroupTx(ctx context.Context, fn func(Tx) error) error
+}
+
+// inTx runs fn in a group transaction when the store offers them.
+func inGroupTx(ctx context.Context, st Store, fn func(Tx) error) error {
+	if g, ok := st.(GroupStore); ok {
+		return g.InGroupTx(ctx, fn)
+	}
+	return st.InTx(ctx, fn)
+}
+
 // RevocationTx is the write side of the revocation engine.
 type RevocationTx interface {
 	// LockDue locks up to limit pending or approved tasks whose expiry is

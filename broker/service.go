@@ -705,7 +705,8 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		out     Minted
 		refusal error
 	)
-	err = s.store.InTx(ctx, func(tx Tx) error {
+	err = inGroupTx(ctx, s.store, func(tx Tx) error {
+		out, refusal = Minted{}, nil
 		t, err := tx.LockTask(ctx, id)
 		if err != nil {
 			return err

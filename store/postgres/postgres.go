@@ -24,7 +24,8 @@ import (
 
 // Store is a broker.Store on a pgx pool.
 type Store struct {
-	pool *pgxpool.Pool
+	pool  *pgxpool.Pool
+	group grouper
 }
 
 var (

@@ -1,0 +1,152 @@
+package postgres
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/errandhq/errand/broker"
+)
+
+// maxGroup bounds the transactions committed together: each runs in its
+// own savepoint, and PostgreSQL keeps up to 64 subtransactions per
+// transaction in shared memory before it spills.
+const maxGroup = 32
+
+// groupTimeout bounds one group's transaction.
+const groupTimeout = 10 * time.Second
+
+var _ broker.GroupStore = (*Store)(nil)
+
+// grouper commits concurrent InGroupTx calls together (group commit): the
+// first caller leads a transaction in which every queued function runs in
+// its own savepoint, then commits once, with one WAL flush; calls arriving
+// meanwhile form the next group. No one waits for a timer: a lone call
+// commits at once, and under load the groups grow by themselves.
+type grouper struct {
+	mu      sync.Mutex
+	queue   []*groupCall
+	running bool
+}
+
+type groupCall struct {
+	fn   func(broker.Tx) error
+	done chan error
+}
+
+// InGroupTx runs fn like InTx, possibly in one transaction with other
+// callers' functions, and returns once that transaction has committed
+// (or fn's work was rolled back). fn's audit events are appended for the
+// whole group at its end, after every row lock the group takes, so that
+// the audit head stays the last lock of every transaction; their Seq and
+// Hash are therefore not known inside fn.
+func (s *Store) InGroupTx(ctx context.Context, fn func(broker.Tx) error) error {
+	c := &groupCall{fn: fn, done: make(chan error, 1)}
+	g := &s.group
+	g.mu.Lock()
+	g.queue = append(g.queue, c)
+	if !g.running {
+		g.running = true
+		go s.lead()
+	}
+	g.mu.Unlock()
+	// The group decides; a caller that gives up early could not tell
+	// whether its work committed, so it waits for the answer.
+	return <-c.done
+}
+
+func (s *Store) lead() {
+	g := &s.group
+	for {
+		g.mu.Lock()
+		n := min(len(g.queue), maxGroup)
+		if n == 0 {
+			g.running = false
+			g.mu.Unlock()
+			return
+		}
+		calls := append([]*groupCall(nil), g.queue[:n]...)
+		g.queue = g.queue[n:]
+		g.mu.Unlock()
+		s.runGroup(calls)
+	}
+}
+
+// groupTx is a transaction of a group: AppendAudit collects the events of
+// the function running, appended by the group before it commits.
+type groupTx struct {
+	*txn
+	events []broker.AuditEvent
+}
+
+func (t *groupTx) AppendAudit(_ context.Context, events ...broker.AuditEvent) error {
+	t.events = append(t.events, events...)
+	return nil
+}
+
+func (s *Store) runGroup(calls []*groupCall) {
+	ctx, cancel := context.WithTimeout(context.Background(), groupTimeout)
+	defer cancel()
+	results := make([]error, len(calls))
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var events []broker.AuditEvent
+		for i, c := range calls {
+			if _, err := tx.Exec(ctx, "SAVEPOINT g"); err != nil {
+				return err
+			}
+			gt := &groupTx{txn: &txn{tx: detached{Tx: tx, ctx: ctx}}}
+			if err := c.fn(gt); err != nil {
+				results[i] = translate(err)
+				if _, rerr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT g"); rerr != nil {
+					return rerr
+				}
+				continue
+			}
+			events = append(events, gt.events...)
+		}
+		return (&txn{tx: tx}).AppendAudit(ctx, events...)
+	})
+	for i, c := range calls {
+		if err != nil && results[i] == nil {
+			// The group did not commit: nothing of this call is kept.
+			results[i] = translate(err)
+		}
+		c.done <- results[i]
+	}
+}
+
+// detached runs every statement of a group function on the group's
+// context, whatever context the function passes: one caller giving up
+// (a client gone) must not cancel a statement, which would end the
+// connection and the transaction of the whole group.
+type detached struct {
+	pgx.Tx
+	ctx context.Context
+}
+
+func (d detached) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	return d.Tx.Exec(d.ctx, sql, args...)
+}
+
+func (d detached) Query(_ context.Context, sql string, args ...any) (pgx.Rows, error) {
+	return d.Tx.Query(d.ctx, sql, args...)
+}
+
+func (d detached) QueryRow(_ context.Context, sql string, args ...any) pgx.Row {
+	return d.Tx.QueryRow(d.ctx, sql, args...)
+}
+
+func (d detached) SendBatch(_ context.Context, b *pgx.Batch) pgx.BatchResults {
+	return d.Tx.SendBatch(d.ctx, b)
+}
+
+func (d detached) CopyFrom(_ context.Context, t pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {
+	return d.Tx.CopyFrom(d.ctx, t, cols, src)
+}
+
+func (d detached) Prepare(_ context.Context, name, sql string) (*pgconn.StatementDescription, error) {
+	return d.Tx.Prepare(d.ctx, name, sql)
+}
