@@ -48,7 +48,13 @@ type GroupStore interface {
 	InGroupTx(ctx context.Context, fn func(Tx) error) error
 }
 
-// inTx runs fn in a group transaction when the store offers them.
+// TaskLocker is an optional ability of a Tx: LockTask, IsSuspended of the
+// task's agent and the store's clock (see Clock), read in one round trip.
+type TaskLocker interface {
+	LockTaskChecked(ctx context.Context, id string) (t Task, suspended bool, now time.Time, err error)
+}
+
+// inGroupTx runs fn in a group transaction when the store offers them.
 func inGroupTx(ctx context.Context, st Store, fn func(Tx) error) error {
 	if g, ok := st.(GroupStore); ok {
 		return g.InGroupTx(ctx, fn)

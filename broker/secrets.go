@@ -194,17 +194,7 @@ func (s *Service) IssueSecret(ctx context.Context, p Principal, id, role string)
 // lockActive locks the task and checks that p is its agent and that it is
 // approved and unexpired now.
 func (s *Service) lockActive(ctx context.Context, tx Tx, p Principal, id string) (Task, time.Time, error) {
-	t, err := tx.LockTask(ctx, id)
-	if err != nil {
-		return Task{}, time.Time{}, err
-	}
-	if !p.Is(KindAgent, t.Agent) {
-		return Task{}, time.Time{}, Errorf(ErrNotTaskParty, "the task belongs to another agent")
-	}
-	if err := s.notSuspended(ctx, tx, t.Agent); err != nil {
-		return Task{}, time.Time{}, err
-	}
-	now, err := s.txNow(ctx, tx)
+	t, now, err := s.lockForIssue(ctx, tx, p, id)
 	if err != nil {
 		return Task{}, time.Time{}, err
 	}

@@ -338,6 +338,36 @@ func checkText(field, v string, max int, required bool) error {
 	return nil
 }
 
+// lockForIssue locks task id for an issuance by agent p: the task is p's,
+// p is not suspended, and now is the decision's time (all read under the
+// task's lock, in one round trip when the store can).
+func (s *Service) lockForIssue(ctx context.Context, tx Tx, p Principal, id string) (Task, time.Time, error) {
+	if l, ok := tx.(TaskLocker); ok {
+		t, suspended, now, err := l.LockTaskChecked(ctx, id)
+		switch {
+		case err != nil:
+			return Task{}, time.Time{}, err
+		case !p.Is(KindAgent, t.Agent):
+			return Task{}, time.Time{}, Errorf(ErrNotTaskParty, "the task belongs to another agent")
+		case suspended:
+			return Task{}, time.Time{}, Errorf(ErrAgentSuspended, "the agent is suspended")
+		}
+		return t, now.UTC().Truncate(time.Microsecond), nil
+	}
+	t, err := tx.LockTask(ctx, id)
+	if err != nil {
+		return Task{}, time.Time{}, err
+	}
+	if !p.Is(KindAgent, t.Agent) {
+		return Task{}, time.Time{}, Errorf(ErrNotTaskParty, "the task belongs to another agent")
+	}
+	if err := s.notSuspended(ctx, tx, t.Agent); err != nil {
+		return Task{}, time.Time{}, err
+	}
+	now, err := s.txNow(ctx, tx)
+	return t, now, err
+}
+
 // notSuspended refuses an agent under the kill switch, reading inside tx
 // (a read on another connection could wait forever for the one tx holds).
 func (s *Service) notSuspended(ctx context.Context, tx Tx, agent Ref) error {
@@ -707,17 +737,7 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 	)
 	err = inGroupTx(ctx, s.store, func(tx Tx) error {
 		out, refusal = Minted{}, nil
-		t, err := tx.LockTask(ctx, id)
-		if err != nil {
-			return err
-		}
-		if !p.Is(KindAgent, t.Agent) {
-			return Errorf(ErrNotTaskParty, "the task belongs to another agent")
-		}
-		if err := s.notSuspended(ctx, tx, t.Agent); err != nil {
-			return err
-		}
-		now, err := s.txNow(ctx, tx)
+		t, now, err := s.lockForIssue(ctx, tx, p, id)
 		if err != nil {
 			return err
 		}

@@ -94,12 +94,13 @@ func (s *Store) runGroup(calls []*groupCall) {
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var events []broker.AuditEvent
 		for i, c := range calls {
-			if _, err := tx.Exec(ctx, "SAVEPOINT g"); err != nil {
-				return err
-			}
-			gt := &groupTx{txn: &txn{tx: detached{Tx: tx, ctx: ctx}}}
+			d := &detached{Tx: tx, ctx: ctx, pending: true}
+			gt := &groupTx{txn: &txn{tx: d}}
 			if err := c.fn(gt); err != nil {
 				results[i] = translate(err)
+				if d.pending {
+					continue // no statement ran: nothing to undo
+				}
 				if _, rerr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT g"); rerr != nil {
 					return rerr
 				}
@@ -121,32 +122,104 @@ func (s *Store) runGroup(calls []*groupCall) {
 // detached runs every statement of a group function on the group's
 // context, whatever context the function passes: one caller giving up
 // (a client gone) must not cancel a statement, which would end the
-// connection and the transaction of the whole group.
+// connection and the transaction of the whole group. It also opens the
+// function's savepoint lazily, sent with its first statement in one round
+// trip.
 type detached struct {
 	pgx.Tx
-	ctx context.Context
+	ctx     context.Context
+	pending bool // the savepoint is not yet sent
 }
 
-func (d detached) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	return d.Tx.Exec(d.ctx, sql, args...)
+// savepoint sends the savepoint on its own, before a statement that
+// cannot carry it.
+func (d *detached) savepoint() error {
+	if !d.pending {
+		return nil
+	}
+	d.pending = false
+	_, err := d.Tx.Exec(d.ctx, "SAVEPOINT g")
+	return err
 }
 
-func (d detached) Query(_ context.Context, sql string, args ...any) (pgx.Rows, error) {
+func (d *detached) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if !d.pending {
+		return d.Tx.Exec(d.ctx, sql, args...)
+	}
+	d.pending = false
+	b := &pgx.Batch{}
+	b.Queue("SAVEPOINT g")
+	b.Queue(sql, args...)
+	br := d.Tx.SendBatch(d.ctx, b)
+	if _, err := br.Exec(); err != nil {
+		_ = br.Close()
+		return pgconn.CommandTag{}, err
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return tag, err
+}
+
+func (d *detached) QueryRow(_ context.Context, sql string, args ...any) pgx.Row {
+	if !d.pending {
+		return d.Tx.QueryRow(d.ctx, sql, args...)
+	}
+	d.pending = false
+	b := &pgx.Batch{}
+	b.Queue("SAVEPOINT g")
+	b.Queue(sql, args...)
+	br := d.Tx.SendBatch(d.ctx, b)
+	if _, err := br.Exec(); err != nil {
+		_ = br.Close()
+		return errRow{err}
+	}
+	return &batchRow{Row: br.QueryRow(), br: br}
+}
+
+// batchRow is a row read from a batch, which it closes once scanned.
+type batchRow struct {
+	pgx.Row
+	br pgx.BatchResults
+}
+
+func (r *batchRow) Scan(dest ...any) error {
+	err := r.Row.Scan(dest...)
+	if cerr := r.br.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
+
+func (d *detached) Query(_ context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := d.savepoint(); err != nil {
+		return nil, err
+	}
 	return d.Tx.Query(d.ctx, sql, args...)
 }
 
-func (d detached) QueryRow(_ context.Context, sql string, args ...any) pgx.Row {
-	return d.Tx.QueryRow(d.ctx, sql, args...)
-}
-
-func (d detached) SendBatch(_ context.Context, b *pgx.Batch) pgx.BatchResults {
+func (d *detached) SendBatch(_ context.Context, b *pgx.Batch) pgx.BatchResults {
+	// A savepoint that failed has aborted the transaction: the batch then
+	// fails with that, and the function with it.
+	_ = d.savepoint()
 	return d.Tx.SendBatch(d.ctx, b)
 }
 
-func (d detached) CopyFrom(_ context.Context, t pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {
+func (d *detached) CopyFrom(_ context.Context, t pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {
+	if err := d.savepoint(); err != nil {
+		return 0, err
+	}
 	return d.Tx.CopyFrom(d.ctx, t, cols, src)
 }
 
-func (d detached) Prepare(_ context.Context, name, sql string) (*pgconn.StatementDescription, error) {
+func (d *detached) Prepare(_ context.Context, name, sql string) (*pgconn.StatementDescription, error) {
+	if err := d.savepoint(); err != nil {
+		return nil, err
+	}
 	return d.Tx.Prepare(d.ctx, name, sql)
 }

@@ -45,6 +45,19 @@ func (t *txn) LockTask(ctx context.Context, id string) (broker.Task, error) {
 	return scanTask(t.tx.QueryRow(ctx, `SELECT `+taskColumns+` FROM tasks WHERE id = $1 FOR UPDATE`, id))
 }
 
+// LockTaskChecked is LockTask, the agent's suspension and the database's
+// clock (read after the lock is granted) in one round trip.
+func (t *txn) LockTaskChecked(ctx context.Context, id string) (broker.Task, bool, time.Time, error) {
+	var (
+		suspended bool
+		now       time.Time
+	)
+	k, err := scanTaskWith(t.tx.QueryRow(ctx, `SELECT `+taskColumns+`,
+		EXISTS (SELECT 1 FROM suspended_agents s WHERE s.agent_iss = tasks.agent_iss AND s.agent_sub = tasks.agent_sub),
+		clock_timestamp() FROM tasks WHERE id = $1 FOR UPDATE OF tasks`, id), &suspended, &now)
+	return k, suspended, now, err
+}
+
 func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
 	tag, err := t.tx.Exec(ctx, `UPDATE tasks SET version=$2, status=$3, approved_scopes=$4,
 		approved_audiences=$5, deny_reason=$6, approved_at=$7, expires_at=$8, closed_at=$9, revoking=$10,
@@ -210,18 +223,22 @@ func (s *Store) InsertCurrentKey(ctx context.Context, k broker.SigningKey) (bool
 	return tag.RowsAffected() == 1, nil
 }
 
-func scanTask(r pgx.Row) (broker.Task, error) {
+func scanTask(r pgx.Row) (broker.Task, error) { return scanTaskWith(r) }
+
+// scanTaskWith scans a task and then the extra columns into extra.
+func scanTaskWith(r pgx.Row, extra ...any) (broker.Task, error) {
 	var (
 		t                    broker.Task
 		status, risk         string
 		scopes, approved     []string
 		approvedAt, closedAt *time.Time
 	)
-	err := r.Scan(&t.ID, &t.Seq, &t.Version, &status, &t.Agent.Issuer, &t.Agent.Subject,
+	dest := []any{&t.ID, &t.Seq, &t.Version, &status, &t.Agent.Issuer, &t.Agent.Subject,
 		&t.User.Issuer, &t.User.Subject, &t.Goal, &scopes, &approved, &t.Audiences,
 		&t.ApprovedAudiences, &risk, &t.Tool, &t.Dataset, &t.TTLCapped, &t.DenyReason,
 		&t.CreatedAt, &approvedAt, &t.ExpiresAt, &closedAt, &t.Revoking, &t.UserGroups,
-		&t.Budget.MaxCredentials, &t.Budget.MaxResources)
+		&t.Budget.MaxCredentials, &t.Budget.MaxResources}
+	err := r.Scan(append(dest, extra...)...)
 	if err != nil {
 		return broker.Task{}, translate(err)
 	}
