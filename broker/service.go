@@ -733,6 +733,7 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 	}
 	var (
 		out     Minted
+		claims  AccessToken
 		refusal error
 	)
 	err = inGroupTx(ctx, s.store, func(tx Tx) error {
@@ -760,7 +761,7 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 			prev, err := tx.CredentialByIdempotencyKey(ctx, t.ID, req.IdempotencyKey)
 			switch {
 			case err == nil:
-				out, err = s.replay(ctx, t, prev, reqHash, now)
+				out, claims, err = replay(t, prev, reqHash, now)
 				return err
 			case !errors.Is(err, ErrNotFound):
 				return err
@@ -796,11 +797,7 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		if err := tx.InsertCredential(ctx, &c); err != nil {
 			return err
 		}
-		tok, err := s.tokens.Sign(ctx, accessToken(t, c))
-		if err != nil {
-			return err
-		}
-		out = Minted{Token: tok, ExpiresIn: int64(ttl / time.Second), Credential: c}
+		out, claims = Minted{ExpiresIn: int64(ttl / time.Second), Credential: c}, accessToken(t, c)
 		return tx.AppendAudit(ctx, AuditEvent{
 			Time: now, Type: EventCredentialIssued, Actor: ActorOf(p), TaskID: t.ID,
 			Detail: detail(map[string]any{
@@ -815,6 +812,12 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 	}
 	if refusal != nil {
 		return Minted{}, refusal
+	}
+	// Signed once the record is committed, outside the transaction: the
+	// signature needs nothing of the database, and a group's transaction
+	// should hold its locks for no CPU work it can leave to each caller.
+	if out.Token, err = s.tokens.Sign(ctx, claims); err != nil {
+		return Minted{}, err
 	}
 	return out, nil
 }
@@ -850,19 +853,15 @@ func accessToken(t Task, c Credential) AccessToken {
 
 // replay answers an Idempotency-Key retry with the credential recorded the
 // first time: never a second live credential for one key.
-func (s *Service) replay(ctx context.Context, t Task, prev Credential, reqHash string, now time.Time) (Minted, error) {
+func replay(t Task, prev Credential, reqHash string, now time.Time) (Minted, AccessToken, error) {
 	if prev.RequestHash != reqHash {
-		return Minted{}, Errorf(ErrIdempotencyConflict, "this Idempotency-Key was used with another request")
+		return Minted{}, AccessToken{}, Errorf(ErrIdempotencyConflict, "this Idempotency-Key was used with another request")
 	}
 	left := prev.ExpiresAt.Sub(now) / time.Second
 	if !prev.RevokedAt.IsZero() || left < 1 {
-		return Minted{}, Errorf(ErrIdempotencyConflict, "the credential minted for this Idempotency-Key is no longer active; use a new key")
+		return Minted{}, AccessToken{}, Errorf(ErrIdempotencyConflict, "the credential minted for this Idempotency-Key is no longer active; use a new key")
 	}
-	tok, err := s.tokens.Sign(ctx, accessToken(t, prev))
-	if err != nil {
-		return Minted{}, err
-	}
-	return Minted{Token: tok, ExpiresIn: int64(left), Credential: prev, Replayed: true}, nil
+	return Minted{ExpiresIn: int64(left), Credential: prev, Replayed: true}, accessToken(t, prev), nil
 }
 
 // Close closes an approved task for its agent or its user and revokes every

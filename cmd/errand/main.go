@@ -7,14 +7,45 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 )
 
 func main() {
-	if err := newRoot().Execute(); err != nil {
+	stop := profile()
+	err := newRoot().Execute()
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "errand:", err)
 		os.Exit(1)
+	}
+}
+
+// profile writes a CPU profile to $ERRAND_CPUPROFILE, and a heap profile
+// to $ERRAND_MEMPROFILE, over the process's life (for the load tool's
+// runs; see docs/benchmarks.md).
+func profile() func() {
+	cpu, mem := os.Getenv("ERRAND_CPUPROFILE"), os.Getenv("ERRAND_MEMPROFILE")
+	var f *os.File
+	if cpu != "" {
+		var err error
+		if f, err = os.Create(cpu); err == nil && pprof.StartCPUProfile(f) != nil {
+			f.Close()
+			f = nil
+		}
+	}
+	return func() {
+		if f != nil {
+			pprof.StopCPUProfile()
+			f.Close()
+		}
+		if mem != "" {
+			if m, err := os.Create(mem); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(m, 0)
+				m.Close()
+			}
+		}
 	}
 }
 

@@ -16,6 +16,11 @@ import (
 // transaction in shared memory before it spills.
 const maxGroup = 32
 
+// maxLeaders is how many groups run at once: a group's transaction
+// spends most of its time waiting on round trips, so a second one keeps
+// both the database and Errand busy while the first waits.
+const maxLeaders = 2
+
 // groupTimeout bounds one group's transaction.
 const groupTimeout = 10 * time.Second
 
@@ -29,7 +34,7 @@ var _ broker.GroupStore = (*Store)(nil)
 type grouper struct {
 	mu      sync.Mutex
 	queue   []*groupCall
-	running bool
+	leaders int
 }
 
 type groupCall struct {
@@ -48,8 +53,8 @@ func (s *Store) InGroupTx(ctx context.Context, fn func(broker.Tx) error) error {
 	g := &s.group
 	g.mu.Lock()
 	g.queue = append(g.queue, c)
-	if !g.running {
-		g.running = true
+	if g.leaders < maxLeaders {
+		g.leaders++
 		go s.lead()
 	}
 	g.mu.Unlock()
@@ -64,7 +69,7 @@ func (s *Store) lead() {
 		g.mu.Lock()
 		n := min(len(g.queue), maxGroup)
 		if n == 0 {
-			g.running = false
+			g.leaders--
 			g.mu.Unlock()
 			return
 		}
