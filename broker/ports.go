@@ -48,6 +48,13 @@ type GroupStore interface {
 	InGroupTx(ctx context.Context, fn func(Tx) error) error
 }
 
+// CredentialTaskReader is an optional ability of a Store: a credential,
+// its task and the store's clock (see Clock) in one read, for
+// introspection.
+type CredentialTaskReader interface {
+	CredentialAndTask(ctx context.Context, jti string) (Credential, Task, time.Time, error)
+}
+
 // TaskLocker is an optional ability of a Tx: LockTask, IsSuspended of the
 // task's agent and the store's clock (see Clock), read in one round trip.
 type TaskLocker interface {

@@ -926,14 +926,10 @@ func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Intr
 		}
 		return Introspection{}, err
 	}
-	c, err := s.store.Credential(ctx, at.JTI)
+	c, t, now, err := s.credentialAndTask(ctx, at.JTI)
 	if errors.Is(err, ErrNotFound) {
 		return Introspection{}, nil
 	}
-	if err != nil {
-		return Introspection{}, err
-	}
-	now, err := s.readNow(ctx)
 	if err != nil {
 		return Introspection{}, err
 	}
@@ -943,14 +939,28 @@ func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Intr
 	if au, ok := s.catalog.Audience(c.Audience); !ok || !introspector(au, p) {
 		return Introspection{}, nil
 	}
-	t, err := s.store.Task(ctx, c.TaskID)
-	if err != nil {
-		return Introspection{}, err
-	}
 	if t.EffectiveStatus(now) != StatusApproved {
 		return Introspection{}, nil
 	}
 	return Introspection{Active: true, Credential: c, Token: at, Task: t, Now: now}, nil
+}
+
+// credentialAndTask reads a credential, its task and the time, in one
+// round trip when the store can.
+func (s *Service) credentialAndTask(ctx context.Context, jti string) (Credential, Task, time.Time, error) {
+	if r, ok := s.store.(CredentialTaskReader); ok {
+		return r.CredentialAndTask(ctx, jti)
+	}
+	c, err := s.store.Credential(ctx, jti)
+	if err != nil {
+		return Credential{}, Task{}, time.Time{}, err
+	}
+	t, err := s.store.Task(ctx, c.TaskID)
+	if err != nil {
+		return Credential{}, Task{}, time.Time{}, err
+	}
+	now, err := s.readNow(ctx)
+	return c, t, now, err
 }
 
 func introspector(au Audience, p Principal) bool {

@@ -3,6 +3,7 @@ package jwt
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -51,7 +52,23 @@ type Issuer struct {
 	byKID      map[string]*key
 	jwks       []byte
 	lastReload time.Time
+
+	// verified remembers tokens whose signature and claims verified, by
+	// the SHA-256 of the token, with their key: introspection asks about
+	// the same token again and again. An entry is used only while its key
+	// is still held and the token unexpired; the database still decides
+	// whether it is revoked.
+	vmu      sync.RWMutex
+	verified map[[32]byte]verifiedToken
 }
+
+type verifiedToken struct {
+	kid string
+	at  broker.AccessToken
+}
+
+// maxVerified bounds the verified-token cache.
+const maxVerified = 65536
 
 var _ broker.TokenIssuer = (*Issuer)(nil)
 
@@ -225,13 +242,42 @@ func (i *Issuer) Verify(ctx context.Context, raw string) (broker.AccessToken, er
 	if len(raw) > MaxTokenBytes {
 		return broker.AccessToken{}, broker.Errorf(broker.ErrInvalidToken, "token too large")
 	}
-	hdr, err := header(raw)
+	key := sha256.Sum256([]byte(raw))
+	i.vmu.RLock()
+	v, ok := i.verified[key]
+	i.vmu.RUnlock()
+	if ok && i.cfg.Now().Before(v.at.ExpiresAt.Add(Leeway)) {
+		i.mu.RLock()
+		held := i.byKID[v.kid] != nil
+		i.mu.RUnlock()
+		if held {
+			return v.at, nil
+		}
+	}
+	at, kid, err := i.verify(ctx, raw)
 	if err != nil {
 		return broker.AccessToken{}, err
 	}
+	i.vmu.Lock()
+	if len(i.verified) >= maxVerified {
+		clear(i.verified)
+	}
+	if i.verified == nil {
+		i.verified = map[[32]byte]verifiedToken{}
+	}
+	i.verified[key] = verifiedToken{kid: kid, at: at}
+	i.vmu.Unlock()
+	return at, nil
+}
+
+func (i *Issuer) verify(ctx context.Context, raw string) (broker.AccessToken, string, error) {
+	hdr, err := header(raw)
+	if err != nil {
+		return broker.AccessToken{}, "", err
+	}
 	k := i.keyFor(ctx, hdr.KID)
 	if k == nil || hdr.Alg != k.alg {
-		return broker.AccessToken{}, broker.Errorf(broker.ErrInvalidToken, "unknown key or algorithm")
+		return broker.AccessToken{}, "", broker.Errorf(broker.ErrInvalidToken, "unknown key or algorithm")
 	}
 	var c claims
 	p := gojwt.NewParser(
@@ -248,17 +294,17 @@ func (i *Issuer) Verify(ctx context.Context, raw string) (broker.AccessToken, er
 	if _, err := p.ParseWithClaims(raw, &claimsAdapter{c: &c}, func(*gojwt.Token) (any, error) {
 		return k.public, nil
 	}); err != nil {
-		return broker.AccessToken{}, broker.Errorf(broker.ErrInvalidToken, "%v", err)
+		return broker.AccessToken{}, "", broker.Errorf(broker.ErrInvalidToken, "%v", err)
 	}
 	if c.JTI == "" || c.TaskID == "" || c.Sub == "" || c.Aud == "" {
-		return broker.AccessToken{}, broker.Errorf(broker.ErrInvalidToken, "missing claims")
+		return broker.AccessToken{}, "", broker.Errorf(broker.ErrInvalidToken, "missing claims")
 	}
 	return broker.AccessToken{
 		Subject: c.Sub, Act: broker.Ref{Issuer: c.Act.Iss, Subject: c.Act.Sub},
 		ClientID: c.ClientID, Audience: c.Aud, Scope: c.Scope, TaskID: c.TaskID, JTI: c.JTI,
 		IssuedAt: time.Unix(c.IAT, 0).UTC(), NotBefore: time.Unix(c.NBF, 0).UTC(),
 		ExpiresAt: time.Unix(c.EXP, 0).UTC(),
-	}, nil
+	}, hdr.KID, nil
 }
 
 type jwsHeader struct {

@@ -184,3 +184,33 @@ func TestIsOwnToken(t *testing.T) {
 		t.Fatal("IsOwnToken")
 	}
 }
+
+// A verified token is remembered: the same token verifies again without a
+// signature check, a changed one is checked (and refused), and a
+// remembered one is refused once expired.
+func TestVerifiedTokenCache(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Second)
+	clock := func() time.Time { return now }
+	i := newIssuer(t, &memKeys{}, "", clock)
+	raw, err := i.Sign(context.Background(), sample(now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := i.Verify(context.Background(), raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := i.Verify(context.Background(), raw); err != nil || again != first || len(i.verified) != 1 {
+		t.Fatalf("second verification: %v %v (%d cached)", again, err, len(i.verified))
+	}
+	parts := strings.Split(raw, ".")
+	sig := []byte(parts[2])
+	sig[3] ^= 1
+	if _, err := i.Verify(context.Background(), parts[0]+"."+parts[1]+"."+string(sig)); err == nil {
+		t.Fatal("a changed signature verified")
+	}
+	now = first.ExpiresAt.Add(Leeway + time.Second)
+	if _, err := i.Verify(context.Background(), raw); err == nil {
+		t.Fatal("a remembered token verified after it expired")
+	}
+}

@@ -150,6 +150,37 @@ func (s *Store) ListTasks(ctx context.Context, f broker.TaskFilter) ([]broker.Ta
 	return collect(rows, scanTask)
 }
 
+// credentialAndTaskColumns are credentialColumns of c then taskColumns of t.
+const credentialAndTaskColumns = `c.jti, c.seq, c.task_id, c.kind, c.agent_iss, c.agent_sub, c.user_iss, c.user_sub,
+	c.scopes, c.audience, c.issued_at, c.expires_at, c.revoked_at, coalesce(c.idempotency_key, ''),
+	coalesce(c.request_hash, ''), coalesce(c.step_up_id, ''),
+	t.id, t.seq, t.version, t.status, t.agent_iss, t.agent_sub, t.user_iss, t.user_sub, t.goal,
+	t.scopes, t.approved_scopes, t.audiences, t.approved_audiences, t.risk, t.tool, t.dataset, t.ttl_capped,
+	t.deny_reason, t.created_at, t.approved_at, t.expires_at, t.closed_at, t.revoking, t.user_groups,
+	t.max_credentials, t.max_resources`
+
+// CredentialAndTask reads a credential, its task and the database's
+// clock in one round trip, for introspection.
+func (s *Store) CredentialAndTask(ctx context.Context, jti string) (broker.Credential, broker.Task, time.Time, error) {
+	var (
+		cs  credentialScan
+		ts  taskScan
+		now time.Time
+	)
+	err := s.pool.QueryRow(ctx, `SELECT `+credentialAndTaskColumns+`, clock_timestamp()
+		FROM credentials c JOIN tasks t ON t.id = c.task_id WHERE c.jti = $1`, jti).
+		Scan(append(append(cs.dest(), ts.dest()...), &now)...)
+	if err != nil {
+		return broker.Credential{}, broker.Task{}, time.Time{}, translate(err)
+	}
+	c, err := cs.credential()
+	if err != nil {
+		return broker.Credential{}, broker.Task{}, time.Time{}, err
+	}
+	t, err := ts.task()
+	return c, t, now.UTC().Truncate(time.Microsecond), err
+}
+
 // Credential reads one credential by jti.
 func (s *Store) Credential(ctx context.Context, jti string) (broker.Credential, error) {
 	return scanCredential(s.pool.QueryRow(ctx, `SELECT `+credentialColumns+` FROM credentials WHERE jti = $1`, jti))
@@ -227,56 +258,81 @@ func scanTask(r pgx.Row) (broker.Task, error) { return scanTaskWith(r) }
 
 // scanTaskWith scans a task and then the extra columns into extra.
 func scanTaskWith(r pgx.Row, extra ...any) (broker.Task, error) {
-	var (
-		t                    broker.Task
-		status, risk         string
-		scopes, approved     []string
-		approvedAt, closedAt *time.Time
-	)
-	dest := []any{&t.ID, &t.Seq, &t.Version, &status, &t.Agent.Issuer, &t.Agent.Subject,
-		&t.User.Issuer, &t.User.Subject, &t.Goal, &scopes, &approved, &t.Audiences,
-		&t.ApprovedAudiences, &risk, &t.Tool, &t.Dataset, &t.TTLCapped, &t.DenyReason,
-		&t.CreatedAt, &approvedAt, &t.ExpiresAt, &closedAt, &t.Revoking, &t.UserGroups,
-		&t.Budget.MaxCredentials, &t.Budget.MaxResources}
-	err := r.Scan(append(dest, extra...)...)
-	if err != nil {
+	var ts taskScan
+	if err := r.Scan(append(ts.dest(), extra...)...); err != nil {
 		return broker.Task{}, translate(err)
 	}
-	t.Status, t.Risk = broker.Status(status), broker.Risk(risk)
-	if t.Scopes, err = sqlq.ParseScopes(scopes); err != nil {
+	return ts.task()
+}
+
+// taskScan receives the taskColumns of a row.
+type taskScan struct {
+	t                    broker.Task
+	status, risk         string
+	scopes, approved     []string
+	approvedAt, closedAt *time.Time
+}
+
+func (s *taskScan) dest() []any {
+	t := &s.t
+	return []any{&t.ID, &t.Seq, &t.Version, &s.status, &t.Agent.Issuer, &t.Agent.Subject,
+		&t.User.Issuer, &t.User.Subject, &t.Goal, &s.scopes, &s.approved, &t.Audiences,
+		&t.ApprovedAudiences, &s.risk, &t.Tool, &t.Dataset, &t.TTLCapped, &t.DenyReason,
+		&t.CreatedAt, &s.approvedAt, &t.ExpiresAt, &s.closedAt, &t.Revoking, &t.UserGroups,
+		&t.Budget.MaxCredentials, &t.Budget.MaxResources}
+}
+
+func (s *taskScan) task() (broker.Task, error) {
+	t := s.t
+	var err error
+	t.Status, t.Risk = broker.Status(s.status), broker.Risk(s.risk)
+	if t.Scopes, err = sqlq.ParseScopes(s.scopes); err != nil {
 		return broker.Task{}, err
 	}
-	if t.ApprovedScopes, err = sqlq.ParseScopes(approved); err != nil {
+	if t.ApprovedScopes, err = sqlq.ParseScopes(s.approved); err != nil {
 		return broker.Task{}, err
 	}
 	t.CreatedAt, t.ExpiresAt = t.CreatedAt.UTC(), t.ExpiresAt.UTC()
-	if approvedAt != nil {
-		t.ApprovedAt = approvedAt.UTC()
+	if s.approvedAt != nil {
+		t.ApprovedAt = s.approvedAt.UTC()
 	}
-	if closedAt != nil {
-		t.ClosedAt = closedAt.UTC()
+	if s.closedAt != nil {
+		t.ClosedAt = s.closedAt.UTC()
 	}
 	return t, nil
 }
 
 func scanCredential(r pgx.Row) (broker.Credential, error) {
-	var (
-		c       broker.Credential
-		scopes  []string
-		revoked *time.Time
-	)
-	err := r.Scan(&c.JTI, &c.Seq, &c.TaskID, &c.Kind, &c.Agent.Issuer, &c.Agent.Subject,
-		&c.User.Issuer, &c.User.Subject, &scopes, &c.Audience, &c.IssuedAt, &c.ExpiresAt, &revoked,
-		&c.IdempotencyKey, &c.RequestHash, &c.StepUpID)
-	if err != nil {
+	var cs credentialScan
+	if err := r.Scan(cs.dest()...); err != nil {
 		return broker.Credential{}, translate(err)
 	}
-	if c.Scopes, err = sqlq.ParseScopes(scopes); err != nil {
+	return cs.credential()
+}
+
+// credentialScan receives the credentialColumns of a row.
+type credentialScan struct {
+	c       broker.Credential
+	scopes  []string
+	revoked *time.Time
+}
+
+func (s *credentialScan) dest() []any {
+	c := &s.c
+	return []any{&c.JTI, &c.Seq, &c.TaskID, &c.Kind, &c.Agent.Issuer, &c.Agent.Subject,
+		&c.User.Issuer, &c.User.Subject, &s.scopes, &c.Audience, &c.IssuedAt, &c.ExpiresAt, &s.revoked,
+		&c.IdempotencyKey, &c.RequestHash, &c.StepUpID}
+}
+
+func (s *credentialScan) credential() (broker.Credential, error) {
+	c := s.c
+	var err error
+	if c.Scopes, err = sqlq.ParseScopes(s.scopes); err != nil {
 		return broker.Credential{}, err
 	}
 	c.IssuedAt, c.ExpiresAt = c.IssuedAt.UTC(), c.ExpiresAt.UTC()
-	if revoked != nil {
-		c.RevokedAt = revoked.UTC()
+	if s.revoked != nil {
+		c.RevokedAt = s.revoked.UTC()
 	}
 	return c, nil
 }
