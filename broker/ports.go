@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"sort"
 	"time"
 )
 
@@ -175,9 +176,51 @@ type SigningKey struct {
 	Alg       string
 	Private   []byte
 	PublicJWK []byte
-	State     string // "current", "previous" or "retired"
+	State     string // "next", "current", "previous" or "retired"
 	CreatedAt time.Time
+	// ActivatedAt is when it became current, DeactivatedAt when it became
+	// previous, RetiredAt when it was retired (zero until then).
+	ActivatedAt, DeactivatedAt, RetiredAt time.Time
 }
+
+// Signing-key states: a key is published as next before it signs, signs as
+// current, still verifies as previous, and is retired (neither served nor
+// accepted). States only move forward.
+const (
+	KeyNext     = "next"
+	KeyCurrent  = "current"
+	KeyPrevious = "previous"
+	KeyRetired  = "retired"
+)
+
+// KeyChange is a change to the signing keys: keys to insert, states to set
+// (by kid), and the audit events that record it.
+type KeyChange struct {
+	Insert []SigningKey
+	States map[string]string
+	Events []AuditEvent
+}
+
+// Ordered lists the kids of States in an order that keeps at most one key
+// next and one current at every step: retirements first, then keys leaving
+// current, then keys entering it.
+func (c KeyChange) Ordered() []string {
+	var out []string
+	for _, want := range []string{KeyRetired, KeyPrevious, KeyCurrent, KeyNext} {
+		kids := make([]string, 0, len(c.States))
+		for kid, st := range c.States {
+			if st == want {
+				kids = append(kids, kid)
+			}
+		}
+		sort.Strings(kids)
+		out = append(out, kids...)
+	}
+	return out
+}
+
+// Empty reports whether the change does nothing.
+func (c KeyChange) Empty() bool { return len(c.Insert) == 0 && len(c.States) == 0 }
 
 // KeyStore keeps signing keys so that every replica signs with the same keys.
 type KeyStore interface {
@@ -185,4 +228,8 @@ type KeyStore interface {
 	// InsertCurrentKey stores k as the current key unless a current key
 	// already exists, in which case it returns false and stores nothing.
 	InsertCurrentKey(ctx context.Context, k SigningKey) (bool, error)
+	// ChangeKeys runs plan on the stored keys and the store's time in one
+	// transaction that holds every key row locked (replicas serialise
+	// here), and applies the change it returns, with its audit events.
+	ChangeKeys(ctx context.Context, plan func(keys []SigningKey, now time.Time) (KeyChange, error)) (KeyChange, error)
 }

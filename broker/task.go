@@ -121,13 +121,15 @@ const (
 	EventTaskRevoked       = "task.revoked"
 	EventAgentSuspended    = "agent.suspended"
 	EventAgentUnsuspended  = "agent.unsuspended"
+	// EventKeysChanged records a signing-key rotation or retirement.
+	EventKeysChanged = "keys.changed"
 )
 
 // EventTypes lists every audit event type, for filter validation.
 var EventTypes = []string{
 	EventTaskCreated, EventTaskApproved, EventTaskDenied, EventTaskClosed, EventTaskExpired,
 	EventCredentialIssued, EventCredentialRevoked, EventRequestRefused, EventBackendRevokeFail,
-	EventTaskRevoked, EventAgentSuspended, EventAgentUnsuspended,
+	EventTaskRevoked, EventAgentSuspended, EventAgentUnsuspended, EventKeysChanged,
 }
 
 // Revocation is one entry of the revocation feed: a credential revoked,

@@ -143,7 +143,7 @@ func (i *Issuer) Reload(ctx context.Context) error {
 	var current *key
 	var pubs []json.RawMessage
 	for _, sk := range stored {
-		if sk.State == "retired" {
+		if sk.State == broker.KeyRetired {
 			continue
 		}
 		signer, err := i.sealer.open(sk.Private, sk.KID)
@@ -153,7 +153,7 @@ func (i *Issuer) Reload(ctx context.Context) error {
 		k := &key{kid: sk.KID, alg: sk.Alg, signer: signer, public: signer.Public(), jwk: sk.PublicJWK, state: sk.State}
 		byKID[k.kid] = k
 		pubs = append(pubs, sk.PublicJWK)
-		if sk.State == "current" {
+		if sk.State == broker.KeyCurrent {
 			current = k
 		}
 	}

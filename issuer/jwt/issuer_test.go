@@ -19,6 +19,7 @@ import (
 type memKeys struct {
 	mu   sync.Mutex
 	keys []broker.SigningKey
+	now  func() time.Time
 }
 
 func (m *memKeys) SigningKeys(context.Context) ([]broker.SigningKey, error) {
@@ -35,9 +36,45 @@ func (m *memKeys) InsertCurrentKey(_ context.Context, k broker.SigningKey) (bool
 			return false, nil
 		}
 	}
-	k.State = "current"
+	k.State, k.ActivatedAt = "current", k.CreatedAt
 	m.keys = append(m.keys, k)
 	return true, nil
+}
+
+// ChangeKeys applies a plan at m.now (time.Now when unset).
+func (m *memKeys) ChangeKeys(_ context.Context, plan func([]broker.SigningKey, time.Time) (broker.KeyChange, error)) (broker.KeyChange, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now().UTC()
+	if m.now != nil {
+		now = m.now()
+	}
+	c, err := plan(append([]broker.SigningKey(nil), m.keys...), now)
+	if err != nil {
+		return broker.KeyChange{}, err
+	}
+	for j := range m.keys {
+		st, ok := c.States[m.keys[j].KID]
+		if !ok {
+			continue
+		}
+		m.keys[j].State = st
+		switch st {
+		case broker.KeyCurrent:
+			m.keys[j].ActivatedAt = now
+		case broker.KeyPrevious:
+			m.keys[j].DeactivatedAt = now
+		case broker.KeyRetired:
+			m.keys[j].RetiredAt = now
+		}
+	}
+	for _, k := range c.Insert {
+		if k.State == broker.KeyCurrent {
+			k.ActivatedAt = now
+		}
+		m.keys = append([]broker.SigningKey{k}, m.keys...)
+	}
+	return c, nil
 }
 
 const iss = "https://errand.test"

@@ -227,31 +227,100 @@ func (s *Store) AuditHead(ctx context.Context) (int64, string, error) {
 	return seq, hash, translate(err)
 }
 
+const keyColumns = `kid, alg, private_key, public_jwk, state, created_at, activated_at, deactivated_at, retired_at`
+
 // SigningKeys returns every stored signing key, newest first.
 func (s *Store) SigningKeys(ctx context.Context) ([]broker.SigningKey, error) {
-	rows, err := s.pool.Query(ctx, `SELECT kid, alg, private_key, public_jwk, state, created_at
-		FROM signing_keys ORDER BY created_at DESC`)
+	rows, err := s.pool.Query(ctx, `SELECT `+keyColumns+` FROM signing_keys ORDER BY created_at DESC`)
 	if err != nil {
 		return nil, translate(err)
 	}
-	return collect(rows, func(r pgx.Row) (broker.SigningKey, error) {
-		var k broker.SigningKey
-		var pub string
-		err := r.Scan(&k.KID, &k.Alg, &k.Private, &pub, &k.State, &k.CreatedAt)
-		k.PublicJWK = []byte(pub)
-		return k, err
-	})
+	return collect(rows, scanKey)
+}
+
+func scanKey(r pgx.Row) (broker.SigningKey, error) {
+	var (
+		k                           broker.SigningKey
+		pub                         string
+		activated, deact, retiredAt *time.Time
+	)
+	if err := r.Scan(&k.KID, &k.Alg, &k.Private, &pub, &k.State, &k.CreatedAt, &activated, &deact, &retiredAt); err != nil {
+		return broker.SigningKey{}, translate(err)
+	}
+	k.PublicJWK, k.CreatedAt = []byte(pub), k.CreatedAt.UTC()
+	for _, p := range []struct {
+		src *time.Time
+		dst *time.Time
+	}{{activated, &k.ActivatedAt}, {deact, &k.DeactivatedAt}, {retiredAt, &k.RetiredAt}} {
+		if p.src != nil {
+			*p.dst = p.src.UTC()
+		}
+	}
+	return k, nil
 }
 
 // InsertCurrentKey stores k as the current key unless one exists.
 func (s *Store) InsertCurrentKey(ctx context.Context, k broker.SigningKey) (bool, error) {
-	tag, err := s.pool.Exec(ctx, `INSERT INTO signing_keys (kid, alg, private_key, public_jwk, state, created_at)
-		VALUES ($1,$2,$3,$4,'current',$5) ON CONFLICT DO NOTHING`,
+	tag, err := s.pool.Exec(ctx, `INSERT INTO signing_keys (kid, alg, private_key, public_jwk, state, created_at, activated_at)
+		VALUES ($1,$2,$3,$4,'current',$5,$5) ON CONFLICT DO NOTHING`,
 		k.KID, k.Alg, k.Private, string(k.PublicJWK), k.CreatedAt)
 	if err != nil {
 		return false, translate(err)
 	}
 	return tag.RowsAffected() == 1, nil
+}
+
+// ChangeKeys applies plan's change under a lock of every key row.
+func (s *Store) ChangeKeys(ctx context.Context, plan func([]broker.SigningKey, time.Time) (broker.KeyChange, error)) (broker.KeyChange, error) {
+	var out broker.KeyChange
+	err := s.InTx(ctx, func(btx broker.Tx) error {
+		tx := btx.(*txn).tx
+		// The table lock (not only the rows') also serialises a first
+		// insert against a concurrent one.
+		if _, err := tx.Exec(ctx, `LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE`); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT `+keyColumns+` FROM signing_keys ORDER BY created_at DESC`)
+		if err != nil {
+			return err
+		}
+		keys, err := collect(rows, scanKey)
+		if err != nil {
+			return err
+		}
+		var now time.Time
+		if err := tx.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&now); err != nil {
+			return err
+		}
+		if out, err = plan(keys, now.UTC()); err != nil {
+			return err
+		}
+		// Leave a state before another key takes it: the one-current and
+		// one-next indexes hold at every statement.
+		for _, kid := range out.Ordered() {
+			st := out.States[kid]
+			tag, err := tx.Exec(ctx, `UPDATE signing_keys SET state = $2,
+				activated_at = CASE WHEN $2 = 'current' THEN $3 ELSE activated_at END,
+				deactivated_at = CASE WHEN $2 = 'previous' THEN $3 ELSE deactivated_at END,
+				retired_at = CASE WHEN $2 = 'retired' THEN $3 ELSE retired_at END
+				WHERE kid = $1`, kid, st, now)
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() != 1 {
+				return broker.ErrNotFound
+			}
+		}
+		for _, k := range out.Insert {
+			if _, err := tx.Exec(ctx, `INSERT INTO signing_keys (kid, alg, private_key, public_jwk, state, created_at, activated_at)
+				VALUES ($1,$2,$3,$4,$5,$6,CASE WHEN $5 = 'current' THEN $6::timestamptz END)`,
+				k.KID, k.Alg, k.Private, string(k.PublicJWK), k.State, now); err != nil {
+				return err
+			}
+		}
+		return btx.AppendAudit(ctx, out.Events...)
+	})
+	return out, err
 }
 
 func scanTask(r pgx.Row) (broker.Task, error) { return scanTaskWith(r) }

@@ -175,31 +175,83 @@ func (s *Store) AuditHead(ctx context.Context) (int64, string, error) {
 	return seq, hash, translate(err)
 }
 
+const keyColumns = `kid, alg, private_key, public_jwk, state, created_at, activated_at, deactivated_at, retired_at`
+
 // SigningKeys returns every stored signing key, newest first.
 func (s *Store) SigningKeys(ctx context.Context) ([]broker.SigningKey, error) {
-	return query(ctx, s.db, `SELECT kid, alg, private_key, public_jwk, state, created_at
-		FROM signing_keys ORDER BY created_at DESC`, nil, func(r scanner) (broker.SigningKey, error) {
-		var (
-			k   broker.SigningKey
-			pub string
-			at  int64
-		)
-		err := r.Scan(&k.KID, &k.Alg, &k.Private, &pub, &k.State, &at)
-		k.PublicJWK, k.CreatedAt = []byte(pub), fromMicros(at)
-		return k, translate(err)
-	})
+	return query(ctx, s.db, `SELECT `+keyColumns+` FROM signing_keys ORDER BY created_at DESC`, nil, scanKey)
+}
+
+func scanKey(r scanner) (broker.SigningKey, error) {
+	var (
+		k                           broker.SigningKey
+		pub                         string
+		at                          int64
+		activated, deact, retiredAt sql.NullInt64
+	)
+	if err := r.Scan(&k.KID, &k.Alg, &k.Private, &pub, &k.State, &at, &activated, &deact, &retiredAt); err != nil {
+		return broker.SigningKey{}, translate(err)
+	}
+	k.PublicJWK, k.CreatedAt = []byte(pub), fromMicros(at)
+	k.ActivatedAt, k.DeactivatedAt, k.RetiredAt = fromNull(activated), fromNull(deact), fromNull(retiredAt)
+	return k, nil
 }
 
 // InsertCurrentKey stores k as the current key unless one exists.
 func (s *Store) InsertCurrentKey(ctx context.Context, k broker.SigningKey) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `INSERT INTO signing_keys (kid, alg, private_key, public_jwk, state, created_at)
-		VALUES ($1,$2,$3,$4,'current',$5) ON CONFLICT DO NOTHING`,
+	res, err := s.db.ExecContext(ctx, `INSERT INTO signing_keys (kid, alg, private_key, public_jwk, state, created_at, activated_at)
+		VALUES ($1,$2,$3,$4,'current',$5,$5) ON CONFLICT DO NOTHING`,
 		k.KID, k.Alg, k.Private, string(k.PublicJWK), micros(k.CreatedAt))
 	if err != nil {
 		return false, translate(err)
 	}
 	n, _ := res.RowsAffected()
 	return n == 1, nil
+}
+
+// ChangeKeys applies plan's change; the IMMEDIATE transaction holds
+// SQLite's write lock.
+func (s *Store) ChangeKeys(ctx context.Context, plan func([]broker.SigningKey, time.Time) (broker.KeyChange, error)) (broker.KeyChange, error) {
+	var out broker.KeyChange
+	err := s.InTx(ctx, func(btx broker.Tx) error {
+		tx := btx.(*txn).tx
+		keys, err := query(ctx, tx, `SELECT `+keyColumns+` FROM signing_keys ORDER BY created_at DESC`, nil, scanKey)
+		if err != nil {
+			return err
+		}
+		now := time.Now().UTC().Truncate(time.Microsecond)
+		if out, err = plan(keys, now); err != nil {
+			return err
+		}
+		// Leave a state before another key takes it: the one-current and
+		// one-next indexes hold at every statement.
+		for _, kid := range out.Ordered() {
+			st := out.States[kid]
+			res, err := tx.ExecContext(ctx, `UPDATE signing_keys SET state = $2,
+				activated_at = CASE WHEN $2 = 'current' THEN $3 ELSE activated_at END,
+				deactivated_at = CASE WHEN $2 = 'previous' THEN $3 ELSE deactivated_at END,
+				retired_at = CASE WHEN $2 = 'retired' THEN $3 ELSE retired_at END
+				WHERE kid = $1`, kid, st, micros(now))
+			if err != nil {
+				return translate(err)
+			}
+			if n, _ := res.RowsAffected(); n != 1 {
+				return broker.ErrNotFound
+			}
+		}
+		for _, k := range out.Insert {
+			var activated any
+			if k.State == broker.KeyCurrent {
+				activated = micros(now)
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO signing_keys (kid, alg, private_key, public_jwk, state, created_at, activated_at)
+				VALUES ($1,$2,$3,$4,$5,$6,$7)`, k.KID, k.Alg, k.Private, string(k.PublicJWK), k.State, micros(now), activated); err != nil {
+				return translate(err)
+			}
+		}
+		return btx.AppendAudit(ctx, out.Events...)
+	})
+	return out, err
 }
 
 type scanner interface{ Scan(dest ...any) error }

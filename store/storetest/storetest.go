@@ -43,6 +43,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"HistoryFilters", testHistoryFilters},
 		{"OneCurrentSigningKey", testSigningKeys},
 		{"StepUpsBudgetsAndGroups", testStepUps},
+		{"KeyChangesMoveForward", testKeyChanges},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open(t)) })
@@ -741,4 +742,93 @@ func testStepUps(t *testing.T, s Store) {
 	regroup := k
 	regroup.UserGroups = []string{"admins"}
 	refused("changing an approved task's groups", func(tx broker.Tx, _ broker.StepUpTx) error { return tx.UpdateTask(ctx, regroup) })
+}
+
+// testKeyChanges: a rotation (next → current → previous, and a new next)
+// applies in one transaction with its audit event, whatever order the
+// states are listed in; states never move backwards.
+func testKeyChanges(t *testing.T, s Store) {
+	stateOf := func() map[string]string {
+		t.Helper()
+		keys, err := s.SigningKeys(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, k := range keys {
+			out[k.KID] = k.State
+		}
+		return out
+	}
+	mk := func(st string) broker.SigningKey {
+		return broker.SigningKey{KID: id("kid-"), Alg: "EdDSA", Private: []byte("sealed"), PublicJWK: []byte(`{"kty":"OKP"}`), State: st}
+	}
+	// Whatever is there, bring it to exactly one current and one next.
+	next := mk(broker.KeyNext)
+	if _, err := s.ChangeKeys(ctx, func(keys []broker.SigningKey, _ time.Time) (broker.KeyChange, error) {
+		c := broker.KeyChange{States: map[string]string{}}
+		hasCurrent := false
+		for _, k := range keys {
+			switch k.State {
+			case broker.KeyNext:
+				c.States[k.KID] = broker.KeyRetired
+			case broker.KeyCurrent:
+				hasCurrent = true
+			}
+		}
+		if !hasCurrent {
+			c.Insert = append(c.Insert, mk(broker.KeyCurrent))
+		}
+		c.Insert = append(c.Insert, next)
+		return c, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var current string
+	for kid, st := range stateOf() {
+		if st == broker.KeyCurrent {
+			current = kid
+		}
+	}
+	seq0, _, err := s.AuditHead(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newNext := mk(broker.KeyNext)
+	var at time.Time
+	if _, err := s.ChangeKeys(ctx, func(_ []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
+		at = now
+		return broker.KeyChange{
+			Insert: []broker.SigningKey{newNext},
+			States: map[string]string{next.KID: broker.KeyCurrent, current: broker.KeyPrevious},
+			Events: []broker.AuditEvent{{Time: now, Type: broker.EventKeysChanged, Actor: broker.SystemActor, Detail: []byte(`{"reason":"test"}`)}},
+		}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	st := stateOf()
+	if st[next.KID] != broker.KeyCurrent || st[current] != broker.KeyPrevious || st[newNext.KID] != broker.KeyNext {
+		t.Fatalf("after the rotation: %v", st)
+	}
+	keys, _ := s.SigningKeys(ctx)
+	for _, k := range keys {
+		if k.KID == next.KID && !k.ActivatedAt.Equal(at) || k.KID == current && !k.DeactivatedAt.Equal(at) {
+			t.Fatalf("key %s: activated %v, deactivated %v, want %v", k.KID, k.ActivatedAt, k.DeactivatedAt, at)
+		}
+	}
+	if seq, _, _ := s.AuditHead(ctx); seq != seq0+1 {
+		t.Fatalf("the rotation wrote %d audit events, want 1", seq-seq0)
+	}
+	// Backwards, or a plan that fails, changes nothing.
+	for name, plan := range map[string]broker.KeyChange{
+		"previous back to current": {States: map[string]string{current: broker.KeyCurrent, next.KID: broker.KeyPrevious}},
+		"two next keys":            {Insert: []broker.SigningKey{mk(broker.KeyNext)}},
+	} {
+		if _, err := s.ChangeKeys(ctx, func([]broker.SigningKey, time.Time) (broker.KeyChange, error) { return plan, nil }); err == nil {
+			t.Errorf("%s was accepted", name)
+		}
+	}
+	if got := stateOf(); fmt.Sprint(got) != fmt.Sprint(st) {
+		t.Fatalf("a refused change changed the keys: %v", got)
+	}
 }

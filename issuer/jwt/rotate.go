@@ -1,0 +1,211 @@
+package jwt
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/errandhq/errand/broker"
+)
+
+// JWKSMaxAge is how long clients may cache the JWKS (its Cache-Control).
+const JWKSMaxAge = 5 * time.Minute
+
+// KeyPolicy is when signing keys rotate.
+type KeyPolicy struct {
+	// RotateEvery is how long a key signs before the next one takes over;
+	// 0 rotates only on demand (errand keys rotate).
+	RotateEvery time.Duration
+	// Overlap is how long a key keeps verifying (and stays in the JWKS)
+	// after it stopped signing: at least the longest token life plus the
+	// JWKS cache time, so no token still in use meets an unknown kid.
+	Overlap time.Duration
+}
+
+// MinOverlap is the shortest overlap that keeps every token verifiable
+// for its whole life, whatever JWKS a resource server cached.
+func MinOverlap(tokenTTLMax time.Duration) time.Duration {
+	return tokenTTLMax + JWKSMaxAge + Leeway
+}
+
+// Maintain brings the keys to the policy: a next key is published (so
+// that resource servers cache it before it signs), the current key is
+// rotated once it has signed for RotateEvery, and previous keys past the
+// overlap are retired. Replicas may all call it: the store serialises
+// them and each decides on what it reads under the lock.
+func (i *Issuer) Maintain(ctx context.Context, p KeyPolicy) (broker.KeyChange, error) {
+	return i.change(ctx, func(keys []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
+		return i.plan(keys, now, p, false, broker.SystemActor)
+	})
+}
+
+// Rotate rotates now, on demand: next becomes current, current previous
+// (verifying for the overlap), and a new next is published.
+func (i *Issuer) Rotate(ctx context.Context, p KeyPolicy, actor broker.Actor) (broker.KeyChange, error) {
+	return i.change(ctx, func(keys []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
+		return i.plan(keys, now, p, true, actor)
+	})
+}
+
+// Retire retires one key at once (a key believed compromised): tokens it
+// signed stop verifying. The current key cannot be retired; rotate first.
+func (i *Issuer) Retire(ctx context.Context, kid string, actor broker.Actor) (broker.KeyChange, error) {
+	return i.change(ctx, func(keys []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
+		for _, k := range keys {
+			if k.KID != kid {
+				continue
+			}
+			switch k.State {
+			case broker.KeyCurrent:
+				return broker.KeyChange{}, errors.New("the current key signs: rotate first, then retire it")
+			case broker.KeyRetired:
+				return broker.KeyChange{}, nil
+			}
+			c := broker.KeyChange{States: map[string]string{kid: broker.KeyRetired}}
+			c.Events = []broker.AuditEvent{keysEvent(now, actor, "retired on demand", c)}
+			return c, nil
+		}
+		return broker.KeyChange{}, fmt.Errorf("no key %q", kid)
+	})
+}
+
+func (i *Issuer) change(ctx context.Context, plan func([]broker.SigningKey, time.Time) (broker.KeyChange, error)) (broker.KeyChange, error) {
+	c, err := i.cfg.Keys.ChangeKeys(ctx, plan)
+	if err != nil {
+		return broker.KeyChange{}, err
+	}
+	if !c.Empty() {
+		if err := i.Reload(ctx); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// plan decides a key change on the keys as stored at now.
+func (i *Issuer) plan(keys []broker.SigningKey, now time.Time, p KeyPolicy, force bool, actor broker.Actor) (broker.KeyChange, error) {
+	var next, current *broker.SigningKey
+	var previous []broker.SigningKey
+	for j := range keys {
+		switch keys[j].State {
+		case broker.KeyNext:
+			next = &keys[j]
+		case broker.KeyCurrent:
+			current = &keys[j]
+		case broker.KeyPrevious:
+			previous = append(previous, keys[j])
+		}
+	}
+	c := broker.KeyChange{States: map[string]string{}}
+	var why []string
+	due := force || current == nil
+	if !due && p.RotateEvery > 0 {
+		since := current.ActivatedAt
+		if since.IsZero() {
+			since = current.CreatedAt
+		}
+		due = !now.Before(since.Add(p.RotateEvery))
+	}
+	if due {
+		if next == nil {
+			k, err := i.newKey(broker.KeyCurrent)
+			if err != nil {
+				return broker.KeyChange{}, err
+			}
+			c.Insert = append(c.Insert, k)
+		} else {
+			c.States[next.KID] = broker.KeyCurrent
+		}
+		if current != nil {
+			c.States[current.KID] = broker.KeyPrevious
+		}
+		next = nil
+		why = append(why, map[bool]string{true: "rotated on demand", false: "rotated on schedule"}[force])
+	}
+	if next == nil {
+		k, err := i.newKey(broker.KeyNext)
+		if err != nil {
+			return broker.KeyChange{}, err
+		}
+		c.Insert = append(c.Insert, k)
+		why = append(why, "next key published")
+	}
+	for _, k := range previous {
+		if !k.DeactivatedAt.IsZero() && !now.Before(k.DeactivatedAt.Add(p.Overlap)) {
+			c.States[k.KID] = broker.KeyRetired
+		}
+	}
+	if len(c.Insert) == 0 && len(c.States) == 0 {
+		return broker.KeyChange{}, nil
+	}
+	reason := "previous keys past the overlap retired"
+	if len(why) > 0 {
+		reason = why[0]
+	}
+	c.Events = []broker.AuditEvent{keysEvent(now, actor, reason, c)}
+	return c, nil
+}
+
+func keysEvent(now time.Time, actor broker.Actor, reason string, c broker.KeyChange) broker.AuditEvent {
+	states := map[string]string{}
+	for kid, st := range c.States {
+		states[kid] = st
+	}
+	for _, k := range c.Insert {
+		states[k.KID] = k.State
+	}
+	d, _ := json.Marshal(map[string]any{"reason": reason, "keys": states})
+	return broker.AuditEvent{Time: now, Type: broker.EventKeysChanged, Actor: actor, Detail: d}
+}
+
+// newKey generates and seals a key in state st.
+func (i *Issuer) newKey(st string) (broker.SigningKey, error) {
+	priv, err := generate(i.cfg.Alg)
+	if err != nil {
+		return broker.SigningKey{}, err
+	}
+	kid, err := kidOf(priv.Public())
+	if err != nil {
+		return broker.SigningKey{}, err
+	}
+	jwk, err := publicJWK(priv.Public(), kid, i.cfg.Alg)
+	if err != nil {
+		return broker.SigningKey{}, err
+	}
+	sealed, err := i.sealer.seal(priv, kid)
+	if err != nil {
+		return broker.SigningKey{}, err
+	}
+	return broker.SigningKey{KID: kid, Alg: i.cfg.Alg, Private: sealed, PublicJWK: jwk, State: st, CreatedAt: i.cfg.Now().UTC()}, nil
+}
+
+// Run keeps this replica's keys current: it reloads them every reload
+// (so a rotation made by another replica or by errand keys rotate is
+// picked up without restart, and a retired key stops verifying), and
+// applies the policy every maintain.
+func (i *Issuer) Run(ctx context.Context, p KeyPolicy, reload, maintain time.Duration, log *slog.Logger) error {
+	rt, mt := time.NewTicker(reload), time.NewTicker(maintain)
+	defer rt.Stop()
+	defer mt.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-rt.C:
+			if err := i.Reload(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("signing keys: reload failed; the keys loaded stay in use", "err", err)
+			}
+		case <-mt.C:
+			c, err := i.Maintain(ctx, p)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				log.Warn("signing keys: rotation check failed", "err", err)
+			case !c.Empty():
+				log.Info("signing keys changed", "keys", c.States, "inserted", len(c.Insert))
+			}
+		}
+	}
+}
