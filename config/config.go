@@ -18,6 +18,7 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/identity"
+	"github.com/errandhq/errand/issuer/jwt"
 	"github.com/errandhq/errand/issuer/vault"
 	"github.com/errandhq/errand/policy"
 )
@@ -44,8 +45,20 @@ type Config struct {
 	// often, for an external system to keep; default 10m, "off" never.
 	AuditAnchorEvery string `yaml:"audit_anchor_every"`
 	Vault            *Vault `yaml:"vault"`
+	Keys             Keys   `yaml:"keys"`
 	// Dir is the directory of the config file, for relative paths.
 	Dir string `yaml:"-"`
+}
+
+// Keys is the signing keys' rotation.
+type Keys struct {
+	// RotateEvery is how long a key signs before the next one takes over
+	// (default 24h; "off": only errand keys rotate).
+	RotateEvery string `yaml:"rotate_every"`
+	// Overlap is how long a key keeps verifying after it stopped signing
+	// (default the longer of 1h and token_ttl_max + JWKS cache + leeway,
+	// which is also its minimum).
+	Overlap string `yaml:"overlap"`
 }
 
 // Vault configures dynamic secrets.
@@ -314,6 +327,9 @@ func (c *Config) Validate() error {
 			return errors.New(`config: audit_anchor_every: a duration of at least 1s, such as 10m, or "off"`)
 		}
 	}
+	if err := c.validateKeys(); err != nil {
+		return err
+	}
 	if c.SigningAlg == "" {
 		c.SigningAlg = "EdDSA"
 	}
@@ -362,6 +378,44 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// minRotateEvery keeps a next key published long enough before it signs
+// for every cached JWKS to have it.
+const minRotateEvery = 10 * time.Minute
+
+func (c *Config) validateKeys() error {
+	ttl := c.Limits.TokenTTLMax
+	if ttl == 0 {
+		ttl = broker.DefaultTokenTTLMax
+	}
+	minOverlap := jwt.MinOverlap(ttl)
+	if c.Keys.RotateEvery == "" {
+		c.Keys.RotateEvery = "24h"
+	}
+	if c.Keys.RotateEvery != "off" {
+		if d, err := time.ParseDuration(c.Keys.RotateEvery); err != nil || d < minRotateEvery {
+			return fmt.Errorf(`config: keys.rotate_every: a duration of at least %s, such as 24h, or "off"`, minRotateEvery)
+		}
+	}
+	if c.Keys.Overlap == "" {
+		c.Keys.Overlap = max(time.Hour, minOverlap).String()
+	}
+	if d, err := time.ParseDuration(c.Keys.Overlap); err != nil || d < minOverlap {
+		return fmt.Errorf("config: keys.overlap: a duration of at least %s (token_ttl_max + JWKS cache time %s + leeway %s), so no token in use meets an unknown or retired key",
+			minOverlap, jwt.JWKSMaxAge, jwt.Leeway)
+	}
+	return nil
+}
+
+// KeyPolicy is the signing keys' rotation policy.
+func (c *Config) KeyPolicy() jwt.KeyPolicy {
+	var p jwt.KeyPolicy
+	if c.Keys.RotateEvery != "off" {
+		p.RotateEvery, _ = time.ParseDuration(c.Keys.RotateEvery)
+	}
+	p.Overlap, _ = time.ParseDuration(c.Keys.Overlap)
+	return p
 }
 
 // KnownAction reports whether a policy's action is in the catalog.

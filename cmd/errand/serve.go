@@ -207,6 +207,10 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	if err != nil {
 		return nil, err
 	}
+	// A next key is published from the start, and the policy applied.
+	if _, err := tokens.Maintain(ctx, cfg.KeyPolicy()); err != nil {
+		return nil, fmt.Errorf("signing keys: %w", err)
+	}
 	verifier, err := identity.New(cfg.IdentityConfig())
 	if err != nil {
 		return nil, err
@@ -273,7 +277,10 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	}
 	sweeper := &revocation.Sweeper{Service: svc, Logger: log}
 	outbox := &revocation.Outbox{Store: st, Service: svc, Backends: backends, Logger: log, Metrics: om}
-	workers := []func(context.Context) error{sweeper.Run, outbox.Run, hub.Run}
+	keyWorker := func(ctx context.Context) error {
+		return tokens.Run(ctx, cfg.KeyPolicy(), KeyReloadEvery, KeyMaintainEvery, log)
+	}
+	workers := []func(context.Context) error{sweeper.Run, outbox.Run, hub.Run, keyWorker}
 	if vi, ok := backends[broker.KindVaultToken].(*vault.Issuer); ok {
 		workers = append(workers, vi.Run)
 	}
@@ -285,6 +292,14 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	}
 	return &app{api: api, svc: svc, workers: workers}, nil
 }
+
+// KeyReloadEvery is how soon a replica picks up another's key change (and
+// stops accepting a retired key); KeyMaintainEvery how often it checks
+// whether a rotation or retirement is due.
+var (
+	KeyReloadEvery   = 10 * time.Second
+	KeyMaintainEvery = time.Minute
+)
 
 // reloadOnHangup reads the policy files again on every SIGHUP. A set that
 // does not load (syntax, schema) is refused and the running set stays.

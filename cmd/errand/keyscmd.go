@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/issuer/jwt"
+)
+
+// newKeysCmd is `errand keys list|rotate|retire`: the signing keys, read
+// and changed in the database directly (with system_secret, to seal a new
+// key), audited as the operator who ran it. Running replicas pick the
+// change up within KeyReloadEvery.
+func newKeysCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "keys", Short: "List, rotate and retire the token-signing keys"}
+	var cfgPath string
+	cmd.PersistentFlags().StringVar(&cfgPath, "config", "", "errand.yaml")
+	open := func(ctx context.Context) (*config.Config, backend, *jwt.Issuer, error) {
+		if cfgPath == "" {
+			return nil, nil, nil, errors.New("--config is required")
+		}
+		cfg, err := config.Load(cfgPath)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		st, err := openStore(ctx, cfg.DatabaseURL)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		iss, err := jwt.New(ctx, jwt.Config{Issuer: cfg.PublicURL, Keys: st, Secret: []byte(cfg.SystemSecret), Alg: cfg.SigningAlg})
+		if err != nil {
+			st.Close()
+			return nil, nil, nil, err
+		}
+		return cfg, st, iss, nil
+	}
+	list := &cobra.Command{
+		Use: "list", Short: "List the signing keys and their states", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, st, _, err := open(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			keys, err := st.SigningKeys(cmd.Context())
+			if err != nil {
+				return err
+			}
+			printKeys(cmd.OutOrStdout(), keys)
+			return nil
+		},
+	}
+	rotate := &cobra.Command{
+		Use:   "rotate",
+		Short: "Rotate now: next signs, current keeps verifying for the overlap, a new next is published",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, st, iss, err := open(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			c, err := iss.Rotate(cmd.Context(), cfg.KeyPolicy(), operator())
+			if err != nil {
+				return err
+			}
+			return reportChange(cmd.OutOrStdout(), st, c)
+		},
+	}
+	retire := &cobra.Command{
+		Use:   "retire KID",
+		Short: "Retire a key at once (believed compromised): tokens it signed stop verifying",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, st, iss, err := open(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			c, err := iss.Retire(cmd.Context(), args[0], operator())
+			if err != nil {
+				return err
+			}
+			return reportChange(cmd.OutOrStdout(), st, c)
+		},
+	}
+	cmd.AddCommand(list, rotate, retire)
+	return cmd
+}
+
+// operator is who ran a command, for the audit trail.
+func operator() broker.Actor {
+	name := os.Getenv("USER")
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	return broker.Actor{Kind: "operator", Subject: name}
+}
+
+func reportChange(w io.Writer, st backend, c broker.KeyChange) error {
+	if c.Empty() {
+		fmt.Fprintln(w, "nothing to change")
+	}
+	keys, err := st.SigningKeys(context.Background())
+	if err != nil {
+		return err
+	}
+	printKeys(w, keys)
+	return nil
+}
+
+func printKeys(w io.Writer, keys []broker.SigningKey) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KID\tALG\tSTATE\tCREATED\tACTIVATED\tDEACTIVATED\tRETIRED")
+	at := func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		return t.UTC().Format(time.RFC3339)
+	}
+	for _, k := range keys {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.KID, k.Alg, k.State, at(k.CreatedAt),
+			at(k.ActivatedAt), at(k.DeactivatedAt), at(k.RetiredAt))
+	}
+	_ = tw.Flush()
+}
