@@ -46,8 +46,18 @@ type Config struct {
 	AuditAnchorEvery string `yaml:"audit_anchor_every"`
 	Vault            *Vault `yaml:"vault"`
 	Keys             Keys   `yaml:"keys"`
+	TLS              *TLS   `yaml:"tls"`
 	// Dir is the directory of the config file, for relative paths.
 	Dir string `yaml:"-"`
+}
+
+// TLS makes serve answer HTTPS itself (TLS 1.2 and later).
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientCAFile, when set, requires every client to present a
+	// certificate signed by one of its CAs (mutual TLS).
+	ClientCAFile string `yaml:"client_ca_file"`
 }
 
 // Keys is the signing keys' rotation.
@@ -313,6 +323,15 @@ func (c *Config) Validate() error {
 		return errors.New("config: public_url: must be an absolute http(s) URL")
 	}
 	c.PublicURL = strings.TrimSuffix(c.PublicURL, "/")
+	if c.TLS != nil {
+		if c.TLS.CertFile == "" || c.TLS.KeyFile == "" {
+			return errors.New("config: tls: cert_file and key_file are required")
+		}
+		c.TLS.CertFile, c.TLS.KeyFile, c.TLS.ClientCAFile = c.path(c.TLS.CertFile), c.path(c.TLS.KeyFile), c.path(c.TLS.ClientCAFile)
+		if u.Scheme != "https" {
+			return errors.New("config: public_url: must be https when tls is set: it is the URL clients see, and the issuer of every token")
+		}
+	}
 	if c.DatabaseURL == "" {
 		return errors.New("config: database_url: required (or ERRAND_DATABASE_URL)")
 	}
@@ -423,20 +442,22 @@ func KnownAction(cat *broker.Catalog) func(string) bool {
 	return func(a string) bool { _, ok := cat.Action(a); return ok }
 }
 
+// path resolves p against the config file's directory.
+func (c *Config) path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.Dir, p)
+}
+
 // PolicyFiles are the policy patterns and the schema, resolved against the
 // config file's directory.
 func (c *Config) PolicyFiles() ([]string, string) {
-	abs := func(p string) string {
-		if p == "" || filepath.IsAbs(p) {
-			return p
-		}
-		return filepath.Join(c.Dir, p)
-	}
 	pats := make([]string, len(c.Policies))
 	for i, p := range c.Policies {
-		pats[i] = abs(p)
+		pats[i] = c.path(p)
 	}
-	return pats, abs(c.PolicySchema)
+	return pats, c.path(c.PolicySchema)
 }
 
 func (c *Config) validateVault(cat *broker.Catalog) error {

@@ -125,9 +125,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, migrate bo
 	if err := prepareSchema(ctx, st, migrate); err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, err := listen(cfg, log)
 	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+		return err
 	}
 	a, err := build(ctx, cfg, st, log)
 	if err != nil {
@@ -154,6 +154,9 @@ func prepareSchema(ctx context.Context, st backend, migrate bool) error {
 // were in commits or rolls back as a whole).
 func run(ctx context.Context, ln net.Listener, h http.Handler, a *app, log *slog.Logger, ready chan<- string) error {
 	srv := httpapi.NewHTTPServer(ln.Addr().String(), h)
+	// The server's own complaints (TLS handshakes of scanners, …) go to
+	// the structured log, at debug.
+	srv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 	srv.RegisterOnShutdown(a.api.StopStreams)
 	workers := a.workers
 	g, gctx := errgroup.WithContext(ctx)
