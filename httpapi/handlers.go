@@ -44,6 +44,7 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) {
 		c.fail(err)
 		return
 	}
+	infoOf(r.Context()).set(func(ri *reqInfo) { ri.task = t.ID })
 	w.Header().Set("Location", "/v1/tasks/"+t.ID)
 	writeJSON(w, http.StatusCreated, s.renderTask(t))
 }

@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"context"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
@@ -49,13 +51,20 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 }
 
 // instrument records every request's route, status and latency, and logs it.
+// instrument records every request's route, status and latency, and logs
+// one line for it: request id (also answered in X-Request-Id), principal,
+// task, status, refusal code, duration. Never a token, a body, or a query.
 func (s *Server) instrument(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		ri := &reqInfo{id: requestID(r)}
+		w.Header().Set("X-Request-Id", ri.id)
+		r = r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, ri))
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 		next.ServeHTTP(ww, r)
 		route := "unmatched"
-		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+		rc := chi.RouteContext(r.Context())
+		if rc != nil && rc.RoutePattern() != "" {
 			route = rc.RoutePattern()
 		}
 		status := ww.Status()
@@ -65,7 +74,15 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 		d := time.Since(start)
 		s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
 		s.metrics.duration.WithLabelValues(route).Observe(d.Seconds())
-		s.log.DebugContext(r.Context(), "request", "method", r.Method, "route", route,
-			"status", status, "duration_ms", float64(d.Microseconds())/1000)
+		ri.mu.Lock()
+		task := ri.task
+		if task == "" && rc != nil {
+			task = auditTaskID(rc.URLParam("id"))
+		}
+		s.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
+			slog.String("request_id", ri.id), slog.String("method", r.Method), slog.String("route", route),
+			slog.Int("status", status), slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+			slog.String("principal", ri.principal), slog.String("task_id", task), slog.String("code", ri.code))
+		ri.mu.Unlock()
 	})
 }

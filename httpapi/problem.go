@@ -68,6 +68,11 @@ const RetryAfterSeconds = "5"
 // audit event cannot be written the answer becomes 503.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) {
 	code := broker.CodeOf(err)
+	infoOf(r.Context()).set(func(ri *reqInfo) {
+		if ri.code = code; code == "" {
+			ri.code = "internal"
+		}
+	})
 	status, known := statusOf[code]
 	var se *statusError
 	if errors.As(err, &se) {

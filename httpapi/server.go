@@ -158,6 +158,7 @@ func (s *Server) authenticate(r *http.Request) (broker.Principal, error) {
 	if err != nil {
 		return p, err
 	}
+	infoOf(r.Context()).set(func(ri *reqInfo) { ri.principal = string(p.Kind) + ":" + p.Ref().String() })
 	return p, s.throttle(string(p.Kind)+"\x00"+p.Issuer+"\x00"+p.Subject, s.byPrincipal)
 }
 
