@@ -4,6 +4,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
@@ -315,51 +317,55 @@ func parse(raw []byte, getenv func(string) string, dir string) (*Config, error) 
 // Validate checks the config and fills defaults. The first problem is
 // returned as "config: <key>: <what>".
 func (c *Config) Validate() error {
+	var errs []error
+	bad := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:8080"
 	}
 	u, err := url.Parse(c.PublicURL)
 	if c.PublicURL == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return errors.New("config: public_url: must be an absolute http(s) URL")
+		bad(errors.New("config: public_url: must be an absolute http(s) URL"))
+		u = &url.URL{}
 	}
 	c.PublicURL = strings.TrimSuffix(c.PublicURL, "/")
 	if c.TLS != nil {
 		if c.TLS.CertFile == "" || c.TLS.KeyFile == "" {
-			return errors.New("config: tls: cert_file and key_file are required")
+			bad(errors.New("config: tls: cert_file and key_file are required"))
 		}
 		c.TLS.CertFile, c.TLS.KeyFile, c.TLS.ClientCAFile = c.path(c.TLS.CertFile), c.path(c.TLS.KeyFile), c.path(c.TLS.ClientCAFile)
 		if u.Scheme != "https" {
-			return errors.New("config: public_url: must be https when tls is set: it is the URL clients see, and the issuer of every token")
+			bad(errors.New("config: public_url: must be https when tls is set: it is the URL clients see, and the issuer of every token"))
+		}
+		if c.TLS.CertFile != "" && c.TLS.KeyFile != "" {
+			if _, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile); err != nil {
+				bad(fmt.Errorf("config: tls.cert_file, tls.key_file: %v", err))
+			}
+		}
+		if c.TLS.ClientCAFile != "" {
+			if raw, err := os.ReadFile(c.TLS.ClientCAFile); err != nil {
+				bad(fmt.Errorf("config: tls.client_ca_file: %v", err))
+			} else if !x509.NewCertPool().AppendCertsFromPEM(raw) {
+				bad(errors.New("config: tls.client_ca_file: no PEM certificate in it"))
+			}
 		}
 	}
 	if c.DatabaseURL == "" {
-		return errors.New("config: database_url: required (or ERRAND_DATABASE_URL)")
+		bad(errors.New("config: database_url: required (or ERRAND_DATABASE_URL)"))
 	}
 	if len(c.SystemSecret) < 32 {
-		return errors.New("config: system_secret: required, at least 32 bytes (or ERRAND_SYSTEM_SECRET)")
+		bad(errors.New("config: system_secret: required, at least 32 bytes (or ERRAND_SYSTEM_SECRET)"))
 	}
 	if c.AuditAnchorEvery == "" {
 		c.AuditAnchorEvery = "10m"
 	}
 	if c.AuditAnchorEvery != "off" {
 		if d, err := time.ParseDuration(c.AuditAnchorEvery); err != nil || d < time.Second {
-			return errors.New(`config: audit_anchor_every: a duration of at least 1s, such as 10m, or "off"`)
+			bad(errors.New(`config: audit_anchor_every: a duration of at least 1s, such as 10m, or "off"`))
 		}
-	}
-	if err := c.validateKeys(); err != nil {
-		return err
-	}
-	if c.SigningAlg == "" {
-		c.SigningAlg = "EdDSA"
-	}
-	if c.SigningAlg != "EdDSA" && c.SigningAlg != "ES256" {
-		return errors.New("config: signing_alg: must be EdDSA or ES256")
-	}
-	if len(c.Issuers) == 0 {
-		return errors.New("config: issuers: at least one issuer is required")
-	}
-	if _, err := identity.New(c.IdentityConfig()); err != nil {
-		return fmt.Errorf("config: %w", err)
 	}
 	if c.Limits.TokenTTLMax == 0 {
 		c.Limits.TokenTTLMax = broker.DefaultTokenTTLMax
@@ -368,35 +374,45 @@ func (c *Config) Validate() error {
 		c.Limits.TaskTTLMax = broker.DefaultTaskTTLMax
 	}
 	if c.Limits.TokenTTLMax < time.Second || c.Limits.TaskTTLMax < time.Second {
-		return errors.New("config: limits: token_ttl_max and task_ttl_max must be at least 1s")
+		bad(errors.New("config: limits: token_ttl_max and task_ttl_max must be at least 1s"))
+	} else if c.Limits.TokenTTLMax > c.Limits.TaskTTLMax {
+		bad(errors.New("config: limits.token_ttl_max: longer than task_ttl_max"))
 	}
-	if c.Limits.TokenTTLMax > c.Limits.TaskTTLMax {
-		return errors.New("config: limits.token_ttl_max: longer than task_ttl_max")
+	bad(c.validateKeys())
+	if c.SigningAlg == "" {
+		c.SigningAlg = "EdDSA"
+	}
+	if c.SigningAlg != "EdDSA" && c.SigningAlg != "ES256" {
+		bad(errors.New("config: signing_alg: must be EdDSA or ES256"))
+	}
+	if len(c.Issuers) == 0 {
+		bad(errors.New("config: issuers: at least one issuer is required"))
+	} else if _, err := identity.New(c.IdentityConfig()); err != nil {
+		bad(fmt.Errorf("config: %w", err))
 	}
 	if c.PolicySchema != "" && len(c.Policies) == 0 {
-		return errors.New("config: policy_schema: set, but no policies to validate")
+		bad(errors.New("config: policy_schema: set, but no policies to validate"))
 	}
 	cat, err := c.Catalog()
 	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	if len(c.Policies) > 0 {
-		// Validated here so that a bad policy stops start-up (and config
-		// check) with its file and line.
-		set, err := policy.Load(c.PolicyFiles())
-		if err == nil {
-			err = set.CheckActions(KnownAction(cat))
+		bad(fmt.Errorf("config: %w", err))
+	} else {
+		if len(c.Policies) > 0 {
+			// Validated here so that a bad policy stops start-up (and
+			// config check) with its file and line.
+			set, err := policy.Load(c.PolicyFiles())
+			if err == nil {
+				err = set.CheckActions(KnownAction(cat))
+			}
+			if err != nil {
+				bad(fmt.Errorf("config: %w", err))
+			}
 		}
-		if err != nil {
-			return fmt.Errorf("config: %w", err)
+		if c.Vault != nil {
+			bad(c.validateVault(cat))
 		}
 	}
-	if c.Vault != nil {
-		if err := c.validateVault(cat); err != nil {
-			return err
-		}
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // minRotateEvery keeps a next key published long enough before it signs

@@ -58,6 +58,6 @@ func newRoot() *cobra.Command {
 	}
 	g := &globals{}
 	g.register(root)
-	root.AddCommand(newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newAuditCmd(g), newApprovalCmd(g), newDecideCmd(g), newDBCmd(), newPolicyCmd(), newKeysCmd())
+	root.AddCommand(newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newAuditCmd(g), newApprovalCmd(g), newDecideCmd(g), newDBCmd(), newPolicyCmd(), newKeysCmd(), newConfigCmd())
 	return root
 }
