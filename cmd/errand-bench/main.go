@@ -9,7 +9,9 @@
 //	/tmp/errand-bench --errand /tmp/errand --database-url postgres://postgres@127.0.0.1:5432/postgres \
 //	    --scenario mint -c 32 -d 10s
 //
-// Scenarios: mint (approved tasks, one per agent, many agents), introspect
+// Scenarios: mint (approved tasks, one per agent, many agents), rotate
+// (mint while `errand keys rotate` runs --rounds times; every token is
+// verified against the JWKS served right after it was minted), introspect
 // (active tokens), evaluate (AuthZEN decisions with Cedar policies), close
 // (a task with --creds live credentials closed, then every one introspected
 // inactive; repeated --rounds times) and mixed (per iteration: one mint, ten
@@ -61,7 +63,7 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured warm-up before the measured run")
 	flag.IntVar(&o.agents, "agents", 32, "agents, each with its own approved task")
 	flag.IntVar(&o.creds, "creds", 1000, "close: live credentials of the task closed")
-	flag.IntVar(&o.rounds, "rounds", 5, "close: tasks closed")
+	flag.IntVar(&o.rounds, "rounds", 5, "close: tasks closed; rotate: key rotations during the run")
 	flag.StringVar(&o.policies, "policies", "", "Cedar policy files (glob) for the server; evaluate and mixed default to a built-in set")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the report as JSON to this file (- for stdout)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the database and the server's log")
@@ -121,6 +123,8 @@ func run(o options) error {
 		rep, err = b.loop(o, "mixed", b.mixedOp)
 	case "close":
 		rep, err = b.closeScenario(o)
+	case "rotate":
+		rep, err = b.rotateScenario(o)
 	default:
 		return fmt.Errorf("unknown scenario %q", o.scenario)
 	}
@@ -169,6 +173,9 @@ type bench struct {
 	adminDB string
 	keep    bool
 	client  *http.Client
+
+	cfgPath   string
+	errandBin string
 
 	agents    []string // ID tokens
 	tasks     []string // one approved task per agent
@@ -242,6 +249,7 @@ policies: [%q]
 `, port, b.base, dbURL, hex.EncodeToString(seed), b.idp.IssuerURL("agent"), b.idp.IssuerURL("user"),
 		b.idp.IssuerURL("resource"), audience, policies)
 	cfgPath := filepath.Join(b.dir, "errand.yaml")
+	b.cfgPath, b.errandBin = cfgPath, o.errand
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
