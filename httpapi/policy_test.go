@@ -233,7 +233,9 @@ func TestStepUpFlow(t *testing.T) {
 	// Outside production the write needs no step-up.
 	e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiStage}), 201)
 
-	// Every step of it is in the audit trail.
+	// Every step of it is in the audit trail, as auditors read it.
+	e.mustStatus(e.do("GET", "/v1/audit/events?task_id="+id, e.user("carol", "auditors"), nil), 200)
+	e.mustStatus(e.do("GET", "/v1/tasks/"+id+"/history", e.user("carol", "auditors"), nil), 200)
 	evs, err := e.st.AuditEvents(context.Background(), broker.HistoryFilter{TaskID: id, Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
