@@ -92,9 +92,10 @@ func TestPropertyIssuedWithinApprovedWithinRequestedAndGrants(t *testing.T) {
 	ctx := context.Background()
 	agent := broker.Principal{Issuer: "https://agents", Subject: "bot", Kind: broker.KindAgent}
 	approvals, mints := 0, 0
+	fe := newFSMEnv(t) // one store; each iteration its own catalog and service
 	for i := 0; i < 500; i++ {
 		grants := pick(rng, 1+rng.IntN(3))
-		e := newPropertyEnv(t, grants)
+		e := fe.withCatalog(t, propertyCatalog(t, grants))
 		user := broker.Principal{Issuer: "https://users", Subject: "alice", Kind: broker.KindUser, Groups: []string{"g"}}
 		requested, approved, minted := pick(rng, 1+rng.IntN(3)), pick(rng, 1+rng.IntN(2)), pick(rng, 1)
 		task, err := e.CreateTask(ctx, agent, broker.CreateTaskRequest{OnBehalfOf: "alice", Goal: "g",
@@ -152,9 +153,10 @@ when { resource.head == "a/c" || resource in Resource::"a/c/**" || (resource.wil
 	agent := broker.Principal{Issuer: "https://agents", Subject: "bot", Kind: broker.KindAgent}
 	user := broker.Principal{Issuer: "https://users", Subject: "alice", Kind: broker.KindUser, Groups: []string{"g"}}
 	mints, denied := 0, 0
+	fe := newFSMEnv(t) // one store; each iteration its own catalog and service
 	for i := 0; i < 400; i++ {
 		grants := pick(rng, 1+rng.IntN(3))
-		e := newPropertyEnvWith(t, grants, pol)
+		e := fe.withPolicy(t, propertyCatalog(t, grants), pol)
 		requested, minted := pick(rng, 1+rng.IntN(2)), pick(rng, 1)
 		if rng.IntN(2) == 0 {
 			minted = requested[:1] // often mint exactly what was asked
@@ -191,12 +193,7 @@ when { resource.head == "a/c" || resource in Resource::"a/c/**" || (resource.wil
 	t.Logf("%d mints checked, %d mints denied by the policy", mints, denied)
 }
 
-func newPropertyEnv(t *testing.T, grants []string) *broker.Service {
-	return newPropertyEnvWith(t, grants, nil)
-}
-
-func newPropertyEnvWith(t *testing.T, grants []string, p broker.Policy) *broker.Service {
-	fe := newFSMEnv(t)
+func propertyCatalog(t *testing.T, grants []string) *broker.Catalog {
 	gs, err := broker.ParseScopes(grants)
 	if err != nil {
 		t.Fatal(err)
@@ -208,8 +205,5 @@ func newPropertyEnvWith(t *testing.T, grants []string, p broker.Policy) *broker.
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p == nil {
-		return fe.withCatalog(t, cat)
-	}
-	return fe.withPolicy(t, cat, p)
+	return cat
 }
