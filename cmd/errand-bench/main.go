@@ -51,6 +51,7 @@ type options struct {
 	duration, warmup                           time.Duration
 	keep                                       bool
 	maxErrors                                  int64
+	prefill                                    int
 }
 
 func main() {
@@ -68,6 +69,7 @@ func main() {
 	flag.StringVar(&o.jsonOut, "json", "", "also write the report as JSON to this file (- for stdout)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the database and the server's log")
 	flag.Int64Var(&o.maxErrors, "max-errors", 0, "exit 1 when more requests than this failed")
+	flag.IntVar(&o.prefill, "prefill", 0, "store this many past credentials and audit events (over prefill/100 closed tasks) before the run, for scale checks")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "errand-bench:", err)
@@ -98,6 +100,9 @@ type Report struct {
 	// introspects inactive, per round.
 	InactiveP50ms float64 `json:"inactive_p50_ms,omitempty"`
 	InactiveMaxms float64 `json:"inactive_max_ms,omitempty"`
+	// Prefilled is how many past credentials and audit events were stored
+	// before the run.
+	Prefilled int `json:"prefilled"`
 }
 
 func run(o options) error {
@@ -111,38 +116,51 @@ func run(o options) error {
 		return err
 	}
 	defer b.stop()
-	var rep Report
-	switch o.scenario {
-	case "mint":
-		rep, err = b.loop(o, "mint", b.mintOp)
-	case "introspect":
-		rep, err = b.loop(o, "introspect", b.introspectOp)
-	case "evaluate":
-		rep, err = b.loop(o, "evaluate", b.evaluateOp)
-	case "mixed":
-		rep, err = b.loop(o, "mixed", b.mixedOp)
-	case "close":
-		rep, err = b.closeScenario(o)
-	case "rotate":
-		rep, err = b.rotateScenario(o)
-	default:
-		return fmt.Errorf("unknown scenario %q", o.scenario)
+	var reports []Report
+	// Several scenarios, comma-separated, run one after the other on the
+	// same server and database (the fixtures of all are made at start).
+	for _, sc := range strings.Split(o.scenario, ",") {
+		var rep Report
+		switch sc {
+		case "mint":
+			rep, err = b.loop(o, "mint", b.mintOp)
+		case "introspect":
+			rep, err = b.loop(o, "introspect", b.introspectOp)
+		case "evaluate":
+			rep, err = b.loop(o, "evaluate", b.evaluateOp)
+		case "mixed":
+			rep, err = b.loop(o, "mixed", b.mixedOp)
+		case "close":
+			rep, err = b.closeScenario(o)
+		case "rotate":
+			rep, err = b.rotateScenario(o)
+		default:
+			return fmt.Errorf("unknown scenario %q", sc)
+		}
+		if err != nil {
+			return err
+		}
+		rep.ErrandPeakRSS = peakRSS(b.cmd.Process.Pid)
+		rep.Prefilled = o.prefill
+		printReport(os.Stdout, rep)
+		reports = append(reports, rep)
 	}
-	if err != nil {
-		return err
-	}
-	rep.ErrandPeakRSS = peakRSS(b.cmd.Process.Pid)
-	printReport(os.Stdout, rep)
 	if o.jsonOut != "" {
-		raw, _ := json.MarshalIndent(rep, "", "  ")
+		var v any = reports
+		if len(reports) == 1 {
+			v = reports[0]
+		}
+		raw, _ := json.MarshalIndent(v, "", "  ")
 		if o.jsonOut == "-" {
 			fmt.Println(string(raw))
 		} else if err := os.WriteFile(o.jsonOut, append(raw, '\n'), 0o644); err != nil {
 			return err
 		}
 	}
-	if rep.Errors > o.maxErrors {
-		return fmt.Errorf("%d requests failed (--max-errors %d)", rep.Errors, o.maxErrors)
+	for _, rep := range reports {
+		if rep.Errors > o.maxErrors {
+			return fmt.Errorf("%s: %d requests failed (--max-errors %d)", rep.Scenario, rep.Errors, o.maxErrors)
+		}
 	}
 	return nil
 }
@@ -256,6 +274,16 @@ policies: [%q]
 	logf, err := os.Create(filepath.Join(b.dir, "errand.log"))
 	if err != nil {
 		return nil, err
+	}
+	if o.prefill > 0 {
+		if out, err := exec.Command(o.errand, "migrate", "--config", cfgPath).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("migrate: %v: %s", err, out)
+		}
+		t0 := time.Now()
+		if err := prefill(ctx, dbURL, o.prefill); err != nil {
+			return nil, fmt.Errorf("prefill: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "prefilled %d credentials and %d audit events in %s\n", o.prefill, o.prefill, time.Since(t0).Round(time.Second))
 	}
 	b.cmd = exec.Command(o.errand, "serve", "--config", cfgPath)
 	b.cmd.Stdout, b.cmd.Stderr = logf, logf
