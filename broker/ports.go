@@ -45,8 +45,12 @@ type Tx interface {
 // queues the events, appended at the group's end (so Seq and Hash are not
 // known in fn), and nothing read inside fn may depend on another caller's
 // uncommitted work. Mint, the hot path, uses it.
+//
+// key names what fn locks (the task): calls with the same key are always
+// grouped on the same lane, so that concurrent groups never wait on each
+// other's row locks.
 type GroupStore interface {
-	InGroupTx(ctx context.Context, fn func(Tx) error) error
+	InGroupTx(ctx context.Context, key string, fn func(Tx) error) error
 }
 
 // CredentialTaskReader is an optional ability of a Store: a credential,
@@ -63,9 +67,9 @@ type TaskLocker interface {
 }
 
 // inGroupTx runs fn in a group transaction when the store offers them.
-func inGroupTx(ctx context.Context, st Store, fn func(Tx) error) error {
+func inGroupTx(ctx context.Context, st Store, key string, fn func(Tx) error) error {
 	if g, ok := st.(GroupStore); ok {
-		return g.InGroupTx(ctx, fn)
+		return g.InGroupTx(ctx, key, fn)
 	}
 	return st.InTx(ctx, fn)
 }

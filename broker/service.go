@@ -736,7 +736,7 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		claims  AccessToken
 		refusal error
 	)
-	err = inGroupTx(ctx, s.store, func(tx Tx) error {
+	err = inGroupTx(ctx, s.store, id, func(tx Tx) error {
 		out, refusal = Minted{}, nil
 		t, now, err := s.lockForIssue(ctx, tx, p, id)
 		if err != nil {
@@ -934,6 +934,13 @@ func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Intr
 		return Introspection{}, err
 	}
 	if !c.RevokedAt.IsZero() || !now.Before(c.ExpiresAt) || c.TaskID != at.TaskID || c.Audience != at.Audience {
+		return Introspection{}, nil
+	}
+	// The record, not the token, says what was issued: a token whose
+	// claims differ from its record (signed by a stolen key for a real
+	// jti) is not active.
+	if at.Scope != strings.Join(c.Scopes.Strings(), " ") || !at.ExpiresAt.Equal(c.ExpiresAt) ||
+		at.Subject != t.User.Subject || at.Act != t.Agent || at.ClientID != t.Agent.Subject {
 		return Introspection{}, nil
 	}
 	if au, ok := s.catalog.Audience(c.Audience); !ok || !introspector(au, p) {

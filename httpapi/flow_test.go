@@ -282,3 +282,36 @@ func TestA09MintRacingCloseNeverIssuesAfterClose(t *testing.T) {
 		t.Fatalf("close revoked %v, but %d tokens were returned", closeResp.JSON["revoked"], len(issued))
 	}
 }
+
+// A token whose claims differ from its credential record — signed with
+// Errand's own key (as with a stolen key) for a real jti — is not active:
+// introspection and AuthZEN answer from the record.
+func TestIntrospectionTrustsTheRecordNotTheToken(t *testing.T) {
+	e := newEnv(t)
+	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
+	real := e.mustStatus(e.mint("agent-1", id, "github.repo.read:acme/api"), 201)
+	at, err := e.tokens.Verify(context.Background(), real.str("access_token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := e.resource("gateway")
+	if r := e.introspect(rs, real.str("access_token")); r.JSON["active"] != true {
+		t.Fatalf("the real token: %s", r.Raw)
+	}
+	for name, mod := range map[string]func(*broker.AccessToken){
+		"a wider scope": func(a *broker.AccessToken) { a.Scope = "github.repo.read:acme/**" },
+		"a later exp":   func(a *broker.AccessToken) { a.ExpiresAt = a.ExpiresAt.Add(time.Hour) },
+		"another user":  func(a *broker.AccessToken) { a.Subject = "mallory" },
+		"another agent": func(a *broker.AccessToken) { a.Act.Subject = "agent-2"; a.ClientID = "agent-2" },
+	} {
+		forged := at
+		mod(&forged)
+		tok, err := e.tokens.Sign(context.Background(), forged)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := e.introspect(rs, tok); r.JSON["active"] != false || len(r.JSON) != 1 {
+			t.Errorf("%s: %s", name, r.Raw)
+		}
+	}
+}

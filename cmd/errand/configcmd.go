@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -19,7 +18,10 @@ const Masked = "[masked]"
 
 func newConfigCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Check a configuration"}
-	var cfgPath string
+	var (
+		cfgPath string
+		quiet   bool
+	)
 	check := &cobra.Command{
 		Use:   "check",
 		Short: "Validate a config without starting: every problem at once, then the effective config with secrets masked",
@@ -36,11 +38,15 @@ func newConfigCmd() *cobra.Command {
 				}
 				return fmt.Errorf("%s: %d problem(s)", cfgPath, len(lines))
 			}
+			if quiet {
+				return nil
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "# %s is valid; the effective configuration, secrets masked:\n", cfgPath)
 			return printEffective(cmd.OutOrStdout(), cfg)
 		},
 	}
 	check.Flags().StringVar(&cfgPath, "config", "", "errand.yaml")
+	check.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the problems, not the effective config")
 	cmd.AddCommand(check)
 	return cmd
 }
@@ -53,12 +59,6 @@ func printEffective(w io.Writer, cfg *config.Config) error {
 		c.SystemSecret = Masked
 	}
 	c.DatabaseURL = postgres.MaskURL(c.DatabaseURL)
-	if u, err := url.Parse(c.DatabaseURL); err == nil && u.Query().Has("password") {
-		q := u.Query()
-		q.Set("password", Masked)
-		u.RawQuery = q.Encode()
-		c.DatabaseURL = u.String()
-	}
 	raw, err := yaml.Marshal(&c)
 	if err != nil {
 		return err

@@ -36,6 +36,19 @@ func TestConfigCheck(t *testing.T) {
 	if strings.Contains(out, "db-pass-canary") || strings.Contains(out, strings.Repeat("s", 40)) {
 		t.Fatalf("a secret is printed:\n%s", out)
 	}
+	// Keyword DSNs and passwords holding '@' are masked too.
+	for _, dsn := range []string{"host=db.example user=errand password=db-pass-canary dbname=errand",
+		"postgres://errand:db-pass@canary@db.example/errand"} {
+		t.Setenv("ERRAND_DATABASE_URL", dsn)
+		out, err := runCLIErr("config", "check", "--config", path)
+		if err != nil || strings.Contains(out, "canary") {
+			t.Fatalf("%s: %v\n%s", dsn, err, out)
+		}
+	}
+	t.Setenv("ERRAND_DATABASE_URL", "")
+	if out, err := runCLIErr("config", "check", "-q", "--config", path); err != nil || out != "" {
+		t.Fatalf("quiet: %v %q", err, out)
+	}
 
 	// Several problems: all of them, each naming its key.
 	bad := filepath.Join(t.TempDir(), "bad.yaml")

@@ -91,7 +91,12 @@ func TestKeyRotationAcrossReplicas(t *testing.T) {
 		t.Fatalf("JWKS before the rotation: %s, want current and next", before)
 	}
 
-	out := runCLI(t, "keys", "rotate", "--config", path)
+	// The next key was published at start, moments ago: a rotation waits
+	// for every cached JWKS to have it, unless forced.
+	if out, err := runCLIErr("keys", "rotate", "--config", path); err == nil || !strings.Contains(err.Error(), "published too recently") {
+		t.Fatalf("a rotation to a key published moments ago: %v\n%s", err, out)
+	}
+	out := runCLI(t, "keys", "rotate", "--force", "--config", path)
 	if !strings.Contains(out, oldKid) || !strings.Contains(out, "previous") {
 		t.Fatalf("keys rotate output:\n%s", out)
 	}

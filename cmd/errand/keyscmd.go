@@ -23,7 +23,10 @@ import (
 // change up within KeyReloadEvery.
 func newKeysCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "keys", Short: "List, rotate and retire the token-signing keys"}
-	var cfgPath string
+	var (
+		cfgPath string
+		force   bool
+	)
 	cmd.PersistentFlags().StringVar(&cfgPath, "config", "", "errand.yaml")
 	open := func(ctx context.Context) (*config.Config, backend, *jwt.Issuer, error) {
 		if cfgPath == "" {
@@ -70,7 +73,7 @@ func newKeysCmd() *cobra.Command {
 				return err
 			}
 			defer st.Close()
-			c, err := iss.Rotate(cmd.Context(), cfg.KeyPolicy(), operator())
+			c, err := iss.Rotate(cmd.Context(), cfg.KeyPolicy(), operator(), force)
 			if err != nil {
 				return err
 			}
@@ -94,6 +97,7 @@ func newKeysCmd() *cobra.Command {
 			return reportChange(cmd.OutOrStdout(), st, c)
 		},
 	}
+	rotate.Flags().BoolVar(&force, "force", false, "rotate even if the next key was published less than 5.5 min ago (a key believed compromised)")
 	cmd.AddCommand(list, rotate, retire)
 	return cmd
 }

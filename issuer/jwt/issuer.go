@@ -47,6 +47,7 @@ type Issuer struct {
 	cfg    Config
 	sealer *sealer
 
+	reloadMu   sync.Mutex
 	mu         sync.RWMutex
 	current    *key
 	byKID      map[string]*key
@@ -133,8 +134,12 @@ func (i *Issuer) createKey(ctx context.Context) error {
 	return err
 }
 
-// Reload reads the keys from the store.
+// Reload reads the keys from the store. Reloads are serialised, so an
+// older read never replaces a newer one; a set without a current key is
+// refused and the keys in use stay.
 func (i *Issuer) Reload(ctx context.Context) error {
+	i.reloadMu.Lock()
+	defer i.reloadMu.Unlock()
 	stored, err := i.cfg.Keys.SigningKeys(ctx)
 	if err != nil {
 		return err
@@ -156,6 +161,9 @@ func (i *Issuer) Reload(ctx context.Context) error {
 		if sk.State == broker.KeyCurrent {
 			current = k
 		}
+	}
+	if current == nil && len(stored) > 0 {
+		return errors.New("jwt: the stored keys have no current key; keeping the keys in use")
 	}
 	if pubs == nil {
 		pubs = []json.RawMessage{}

@@ -25,6 +25,15 @@ type KeyPolicy struct {
 	Overlap time.Duration
 }
 
+// MinNextAge is how long a next key must have been published before it
+// signs: every cached JWKS (5 min) and every replica's key reload have
+// had it by then.
+const MinNextAge = JWKSMaxAge + 30*time.Second
+
+// ErrNextTooYoung refuses an on-demand rotation to a key resource servers
+// may not have yet.
+var ErrNextTooYoung = errors.New("the next key was published too recently")
+
 // MinOverlap is the shortest overlap that keeps every token verifiable
 // for its whole life, whatever JWKS a resource server cached.
 func MinOverlap(tokenTTLMax time.Duration) time.Duration {
@@ -38,17 +47,33 @@ func MinOverlap(tokenTTLMax time.Duration) time.Duration {
 // them and each decides on what it reads under the lock.
 func (i *Issuer) Maintain(ctx context.Context, p KeyPolicy) (broker.KeyChange, error) {
 	return i.change(ctx, func(keys []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
-		return i.plan(keys, now, p, false, broker.SystemActor)
+		return i.plan(keys, now, p, rotateIfDue, broker.SystemActor)
 	})
 }
 
 // Rotate rotates now, on demand: next becomes current, current previous
-// (verifying for the overlap), and a new next is published.
-func (i *Issuer) Rotate(ctx context.Context, p KeyPolicy, actor broker.Actor) (broker.KeyChange, error) {
+// (verifying for the overlap), and a new next is published. Unless force,
+// it refuses when the next key was published less than MinNextAge ago (or
+// is missing): resource servers may not have it yet. force is for a key
+// believed compromised, when tokens refused for a few minutes are the
+// lesser harm.
+func (i *Issuer) Rotate(ctx context.Context, p KeyPolicy, actor broker.Actor, force bool) (broker.KeyChange, error) {
+	mode := rotateNow
+	if force {
+		mode = rotateForce
+	}
 	return i.change(ctx, func(keys []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
-		return i.plan(keys, now, p, true, actor)
+		return i.plan(keys, now, p, mode, actor)
 	})
 }
+
+type rotateMode int
+
+const (
+	rotateIfDue rotateMode = iota // on schedule, once the next key is old enough
+	rotateNow                     // on demand, if the next key is old enough
+	rotateForce                   // on demand, whatever the next key's age
+)
 
 // Retire retires one key at once (a key believed compromised): tokens it
 // signed stop verifying. The current key cannot be retired; rotate first.
@@ -86,7 +111,8 @@ func (i *Issuer) change(ctx context.Context, plan func([]broker.SigningKey, time
 }
 
 // plan decides a key change on the keys as stored at now.
-func (i *Issuer) plan(keys []broker.SigningKey, now time.Time, p KeyPolicy, force bool, actor broker.Actor) (broker.KeyChange, error) {
+func (i *Issuer) plan(keys []broker.SigningKey, now time.Time, p KeyPolicy, mode rotateMode, actor broker.Actor) (broker.KeyChange, error) {
+	force := mode != rotateIfDue
 	var next, current *broker.SigningKey
 	var previous []broker.SigningKey
 	for j := range keys {
@@ -101,6 +127,7 @@ func (i *Issuer) plan(keys []broker.SigningKey, now time.Time, p KeyPolicy, forc
 	}
 	c := broker.KeyChange{States: map[string]string{}}
 	var why []string
+	ripe := next != nil && !now.Before(next.CreatedAt.Add(MinNextAge))
 	due := force || current == nil
 	if !due && p.RotateEvery > 0 {
 		since := current.ActivatedAt
@@ -108,6 +135,19 @@ func (i *Issuer) plan(keys []broker.SigningKey, now time.Time, p KeyPolicy, forc
 			since = current.CreatedAt
 		}
 		due = !now.Before(since.Add(p.RotateEvery))
+	}
+	switch {
+	case due && mode == rotateNow && !ripe && current != nil:
+		age := "none is published"
+		if next != nil {
+			age = "it was published " + now.Sub(next.CreatedAt).Round(time.Second).String() + " ago"
+		}
+		return broker.KeyChange{}, fmt.Errorf("%w: %s, and resource servers may cache the JWKS for %s; rotate after %s, or with --force for a key believed compromised",
+			ErrNextTooYoung, age, JWKSMaxAge, MinNextAge)
+	case due && mode == rotateIfDue && !ripe && current != nil:
+		// Not yet: the next key is published (below) and signs once every
+		// cached JWKS has it.
+		due = false
 	}
 	if due {
 		if next == nil {

@@ -3,6 +3,7 @@ package jwt
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -122,7 +123,11 @@ func TestRotateAndRetireOnDemand(t *testing.T) {
 	ks := &memKeys{}
 	i := newIssuer(t, ks, "", nil)
 	p := KeyPolicy{Overlap: time.Hour}
-	c, err := i.Rotate(ctx, p, broker.Actor{Kind: "operator", Subject: "ops"})
+	// Without a next key published long enough, only a forced rotation runs.
+	if _, err := i.Rotate(ctx, p, broker.Actor{Kind: "operator", Subject: "ops"}, false); !errors.Is(err, ErrNextTooYoung) {
+		t.Fatalf("a rotation to an unpublished key: %v", err)
+	}
+	c, err := i.Rotate(ctx, p, broker.Actor{Kind: "operator", Subject: "ops"}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,5 +149,36 @@ func TestRotateAndRetireOnDemand(t *testing.T) {
 	}
 	if _, err := i.Retire(ctx, "nope", broker.SystemActor); err == nil {
 		t.Fatal("an unknown key was retired")
+	}
+}
+
+// A scheduled rotation waits until the next key has been published for
+// MinNextAge (an upgrade from a version without next keys, a next key
+// retired by hand): it never signs with a key no cached JWKS has.
+func TestScheduledRotationWaitsForAPublishedNextKey(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	ks := &memKeys{now: clock}
+	i := newIssuer(t, ks, "", clock)
+	p := KeyPolicy{RotateEvery: time.Hour, Overlap: time.Hour}
+	now = now.Add(48 * time.Hour) // long due, and no next key yet
+	if _, err := i.Maintain(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	st := kidsByState(t, ks)
+	if len(st[broker.KeyNext]) != 1 || len(st[broker.KeyPrevious]) != 0 {
+		t.Fatalf("a due rotation without a published next key: %v", st)
+	}
+	now = now.Add(MinNextAge - time.Second)
+	if c, _ := i.Maintain(ctx, p); !c.Empty() {
+		t.Fatalf("rotated to a key published %s ago", MinNextAge-time.Second)
+	}
+	now = now.Add(time.Second)
+	if _, err := i.Maintain(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if st := kidsByState(t, ks); len(st[broker.KeyPrevious]) != 1 {
+		t.Fatalf("the rotation did not run once the next key was old enough: %v", st)
 	}
 }

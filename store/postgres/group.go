@@ -2,6 +2,9 @@ package postgres
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
 	"sync"
 	"time"
 
@@ -16,10 +19,12 @@ import (
 // transaction in shared memory before it spills.
 const maxGroup = 32
 
-// maxLeaders is how many groups run at once: a group's transaction
-// spends most of its time waiting on round trips, so a second one keeps
-// both the database and Errand busy while the first waits.
-const maxLeaders = 2
+// lanes is how many groups run at once: a group's transaction spends most
+// of its time waiting on round trips, so a second one keeps both the
+// database and Errand busy while the first waits. A call goes to the lane
+// of its key (the task), so two groups never hold rows of the same task
+// and cannot deadlock on them.
+const lanes = 2
 
 // groupTimeout bounds one group's transaction.
 const groupTimeout = 10 * time.Second
@@ -34,7 +39,7 @@ var _ broker.GroupStore = (*Store)(nil)
 type grouper struct {
 	mu      sync.Mutex
 	queue   []*groupCall
-	leaders int
+	running bool
 }
 
 type groupCall struct {
@@ -48,14 +53,16 @@ type groupCall struct {
 // whole group at its end, after every row lock the group takes, so that
 // the audit head stays the last lock of every transaction; their Seq and
 // Hash are therefore not known inside fn.
-func (s *Store) InGroupTx(ctx context.Context, fn func(broker.Tx) error) error {
+func (s *Store) InGroupTx(ctx context.Context, key string, fn func(broker.Tx) error) error {
 	c := &groupCall{fn: fn, done: make(chan error, 1)}
-	g := &s.group
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	g := &s.groups[h.Sum32()%lanes]
 	g.mu.Lock()
 	g.queue = append(g.queue, c)
-	if g.leaders < maxLeaders {
-		g.leaders++
-		go s.lead()
+	if !g.running {
+		g.running = true
+		go s.lead(g)
 	}
 	g.mu.Unlock()
 	// The group decides; a caller that gives up early could not tell
@@ -63,13 +70,12 @@ func (s *Store) InGroupTx(ctx context.Context, fn func(broker.Tx) error) error {
 	return <-c.done
 }
 
-func (s *Store) lead() {
-	g := &s.group
+func (s *Store) lead(g *grouper) {
 	for {
 		g.mu.Lock()
 		n := min(len(g.queue), maxGroup)
 		if n == 0 {
-			g.leaders--
+			g.running = false
 			g.mu.Unlock()
 			return
 		}
@@ -99,14 +105,23 @@ func (s *Store) runGroup(calls []*groupCall) {
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var events []broker.AuditEvent
 		for i, c := range calls {
-			d := &detached{Tx: tx, ctx: ctx, pending: true}
+			// Each call its own savepoint: undoing one never reaches into
+			// another's work.
+			sp := fmt.Sprintf("g%d", i)
+			d := &detached{Tx: tx, ctx: ctx, pending: true, name: sp}
 			gt := &groupTx{txn: &txn{tx: d}}
-			if err := c.fn(gt); err != nil {
+			err := c.fn(gt)
+			if err == nil && tx.Conn().PgConn().TxStatus() == 'E' {
+				// A statement failed and fn went on as if it had not: what
+				// InTx would have refused at commit is this call's failure.
+				err = errors.New("postgres: a statement failed inside the transaction")
+			}
+			if err != nil {
 				results[i] = translate(err)
 				if d.pending {
 					continue // no statement ran: nothing to undo
 				}
-				if _, rerr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT g"); rerr != nil {
+				if _, rerr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+sp); rerr != nil {
 					return rerr
 				}
 				continue
@@ -133,7 +148,8 @@ func (s *Store) runGroup(calls []*groupCall) {
 type detached struct {
 	pgx.Tx
 	ctx     context.Context
-	pending bool // the savepoint is not yet sent
+	pending bool   // the savepoint is not yet sent
+	name    string // the savepoint's
 }
 
 // savepoint sends the savepoint on its own, before a statement that
@@ -143,7 +159,7 @@ func (d *detached) savepoint() error {
 		return nil
 	}
 	d.pending = false
-	_, err := d.Tx.Exec(d.ctx, "SAVEPOINT g")
+	_, err := d.Tx.Exec(d.ctx, "SAVEPOINT "+d.name)
 	return err
 }
 
@@ -153,7 +169,7 @@ func (d *detached) Exec(_ context.Context, sql string, args ...any) (pgconn.Comm
 	}
 	d.pending = false
 	b := &pgx.Batch{}
-	b.Queue("SAVEPOINT g")
+	b.Queue("SAVEPOINT " + d.name)
 	b.Queue(sql, args...)
 	br := d.Tx.SendBatch(d.ctx, b)
 	if _, err := br.Exec(); err != nil {
@@ -173,7 +189,7 @@ func (d *detached) QueryRow(_ context.Context, sql string, args ...any) pgx.Row 
 	}
 	d.pending = false
 	b := &pgx.Batch{}
-	b.Queue("SAVEPOINT g")
+	b.Queue("SAVEPOINT " + d.name)
 	b.Queue(sql, args...)
 	br := d.Tx.SendBatch(d.ctx, b)
 	if _, err := br.Exec(); err != nil {

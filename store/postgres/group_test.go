@@ -34,7 +34,7 @@ func TestGroupCommit(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = st.InGroupTx(ctx, func(tx broker.Tx) error {
+			errs[i] = st.InGroupTx(ctx, task.ID, func(tx broker.Tx) error {
 				if _, err := tx.LockTask(ctx, task.ID); err != nil {
 					return err
 				}
@@ -122,7 +122,7 @@ func TestGroupCommitSurvivesACancelledCaller(t *testing.T) {
 			if i == 0 {
 				c = gone
 			}
-			results[i] = st.InGroupTx(c, func(tx broker.Tx) error {
+			results[i] = st.InGroupTx(c, fmt.Sprint(i), func(tx broker.Tx) error {
 				_, err := tx.(broker.Clock).Now(c)
 				return err
 			})
@@ -132,6 +132,85 @@ func TestGroupCommitSurvivesACancelledCaller(t *testing.T) {
 	for i, err := range results {
 		if err != nil {
 			t.Errorf("call %d: %v", i, err)
+		}
+	}
+}
+
+// A call that goes on after a failed statement gets an error, and the call
+// after it keeps its work: savepoints are per call.
+func TestGroupCommitIsolatesAFailedStatement(t *testing.T) {
+	st := testpg.Store(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make([]error, 16)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = st.InGroupTx(ctx, "one-lane", func(tx broker.Tx) error {
+				if err := tx.SetSuspended(ctx, broker.Ref{Issuer: "iss", Subject: fmt.Sprintf("agent-%d", i)}, "r", "by", time.Now()); err != nil {
+					return err
+				}
+				if i%2 == 0 {
+					// A statement fails (no such task); the function swallows
+					// the error.
+					_ = tx.InsertCredential(ctx, &broker.Credential{JTI: fmt.Sprintf("orphan-%d", i), TaskID: "tsk_none",
+						Kind: "jwt", Scopes: broker.Scopes{broker.MustParseScope("x.read")}, IssuedAt: time.Now(), ExpiresAt: time.Now()})
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		suspended, serr := st.Suspended(ctx, broker.Ref{Issuer: "iss", Subject: fmt.Sprintf("agent-%d", i)})
+		if serr != nil {
+			t.Fatal(serr)
+		}
+		if i%2 == 0 && (err == nil || suspended) {
+			t.Errorf("call %d swallowed a failed statement: err %v, its work kept %v", i, err, suspended)
+		}
+		if i%2 == 1 && (err != nil || !suspended) {
+			t.Errorf("call %d: err %v, its work kept %v", i, err, suspended)
+		}
+	}
+}
+
+// Many tasks, many concurrent calls: calls of one task share a lane, so the
+// two lanes never wait on each other's row locks.
+func TestGroupCommitLanesNeverDeadlock(t *testing.T) {
+	st := testpg.Store(t)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	ids := make([]string, 8)
+	for k := range ids {
+		ids[k] = fmt.Sprintf("tsk_lane%022d", k)
+		task := broker.Task{ID: ids[k], Version: 1, Status: broker.StatusApproved,
+			Agent: broker.Ref{Issuer: "a", Subject: "b"}, User: broker.Ref{Issuer: "c", Subject: "d"}, Goal: "g",
+			Scopes: broker.Scopes{broker.MustParseScope("x.read")}, Audiences: []string{"aud"}, Risk: broker.RiskLow,
+			CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+		if err := st.InTx(ctx, func(tx broker.Tx) error { return tx.InsertTask(ctx, &task) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 256)
+	for i := 0; i < 256; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := ids[(i*7)%len(ids)]
+			errs <- st.InGroupTx(ctx, id, func(tx broker.Tx) error {
+				_, err := tx.LockTask(ctx, id)
+				return err
+			})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
 }

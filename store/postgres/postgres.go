@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"regexp"
 	"strings"
 	"time"
 
@@ -24,8 +25,8 @@ import (
 
 // Store is a broker.Store on a pgx pool.
 type Store struct {
-	pool  *pgxpool.Pool
-	group grouper
+	pool   *pgxpool.Pool
+	groups [lanes]grouper
 }
 
 var (
@@ -222,23 +223,39 @@ func unavailable(err error) bool {
 	return strings.Contains(err.Error(), "conn closed") || strings.Contains(err.Error(), "closed pool")
 }
 
-// MaskURL hides the password of any postgres URL in s.
+// MaskURL hides every database password in s: in postgres URLs (the
+// user info, up to the authority's last '@', and a password query
+// parameter) and in keyword DSNs (password=…).
 func MaskURL(s string) string {
 	out := s
 	for _, scheme := range []string{"postgres://", "postgresql://"} {
-		i := strings.Index(out, scheme)
-		if i < 0 {
-			continue
-		}
-		rest := out[i+len(scheme):]
-		at := strings.Index(rest, "@")
-		colon := strings.Index(rest, ":")
-		if at > 0 && colon >= 0 && colon < at {
-			out = out[:i+len(scheme)] + rest[:colon] + ":xxxxx" + rest[at:]
+		from := 0
+		for {
+			i := strings.Index(out[from:], scheme)
+			if i < 0 {
+				break
+			}
+			i += from + len(scheme)
+			end := len(out)
+			if j := strings.IndexAny(out[i:], "/?# \t\n\"'"); j >= 0 {
+				end = i + j
+			}
+			auth := out[i:end]
+			if at := strings.LastIndex(auth, "@"); at > 0 {
+				if colon := strings.Index(auth[:at], ":"); colon >= 0 {
+					auth = auth[:colon] + ":xxxxx" + auth[at:]
+					out = out[:i] + auth + out[end:]
+					end = i + len(auth)
+				}
+			}
+			from = end
 		}
 	}
-	return out
+	return passwordKV.ReplaceAllString(out, "${1}xxxxx")
 }
+
+// passwordKV is a password in a keyword DSN or a URL query.
+var passwordKV = regexp.MustCompile(`((?:^|[\s?&])password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)`)
 
 // Unrevoke tries to clear a credential's revocation, bypassing the broker:
 // only the conformance suite uses it, to prove the database refuses.
