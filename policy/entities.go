@@ -36,11 +36,12 @@ func cedarRequest(r broker.PolicyRequest) (types.EntityMap, cedar.Request) {
 	user := types.NewEntityUID(TypeUser, types.String(r.User.String()))
 	action := types.NewEntityUID(TypeAction, types.String(r.Action))
 	resource := types.NewEntityUID(TypeResource, types.String(r.Resource))
+	// Groups, and the action, have neither attributes nor parents: they
+	// need no entity of their own; membership is the user's parents.
 	groups := make([]types.EntityUID, len(r.Groups))
-	entities := make(types.EntityMap, 4+len(r.Groups))
+	entities := make(types.EntityMap, 3)
 	for i, g := range r.Groups {
 		groups[i] = types.NewEntityUID(TypeGroup, types.String(g))
-		entities[groups[i]] = types.Entity{UID: groups[i]}
 	}
 	entities[agent] = types.Entity{UID: agent, Attributes: types.NewRecord(types.RecordMap{
 		"issuer": types.String(r.Agent.Issuer),
@@ -51,7 +52,6 @@ func cedarRequest(r broker.PolicyRequest) (types.EntityMap, cedar.Request) {
 			"issuer": types.String(r.User.Issuer),
 			"sub":    types.String(r.User.Subject),
 		})}
-	entities[action] = types.Entity{UID: action}
 	head, wildcard, parents := resourceShape(r.Resource)
 	entities[resource] = types.Entity{UID: resource, Parents: types.NewEntityUIDSet(parents...),
 		Attributes: types.NewRecord(types.RecordMap{
