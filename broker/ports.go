@@ -43,8 +43,11 @@ type Tx interface {
 // callers' functions, each in its own savepoint, committed (and flushed)
 // once for all; it returns after that commit. Within fn, AppendAudit
 // queues the events, appended at the group's end (so Seq and Hash are not
-// known in fn), and nothing read inside fn may depend on another caller's
-// uncommitted work. Mint, the hot path, uses it.
+// known in fn). fn sees the work of the functions before it in its group
+// (a credential another mint of the task just recorded counts against the
+// budget, a step-up approval it just used is used), which commits or fails
+// with its own: a function's work is only undone when that function fails,
+// before the next one runs. Mint, the hot path, uses it.
 //
 // key names what fn locks (the task): calls with the same key are always
 // grouped on the same lane, so that concurrent groups never wait on each
