@@ -691,3 +691,39 @@ func TestAuthZENStepUpCoversOnlyWhatWasApproved(t *testing.T) {
 		}
 	}
 }
+
+// Concurrent mints of one task commit in groups; the budget still holds:
+// each mint sees the ones recorded before it, committed or in its group.
+func TestBudgetHoldsUnderConcurrentMints(t *testing.T) {
+	e := newEnvWith(t, envOptions{budget: broker.Budget{MaxCredentials: 3}})
+	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
+	tok := e.agent("agent-1")
+	const n = 12
+	codes := make(chan int, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			raw := mustJSON(t, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": apiGitHub})
+			req, _ := http.NewRequest("POST", e.srv.URL+"/v1/tasks/"+id+"/tokens", strings.NewReader(raw))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+tok)
+			res, err := e.srv.Client().Do(req)
+			if err != nil {
+				codes <- 0
+				return
+			}
+			res.Body.Close()
+			codes <- res.StatusCode
+		}()
+	}
+	count := map[int]int{}
+	for i := 0; i < n; i++ {
+		count[<-codes]++
+	}
+	if count[201] != 3 || count[429] != n-3 {
+		t.Fatalf("outcomes %v: a budget of 3 must give exactly 3 credentials", count)
+	}
+	cs, err := e.st.Credentials(context.Background(), broker.HistoryFilter{TaskID: id, Limit: 100})
+	if err != nil || len(cs) != 3 {
+		t.Fatalf("%d credentials recorded (%v)", len(cs), err)
+	}
+}
