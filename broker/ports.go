@@ -63,6 +63,27 @@ type CredentialTaskReader interface {
 	CredentialAndTask(ctx context.Context, jti string) (Credential, Task, time.Time, error)
 }
 
+// StatusCache is an in-process cache of active credentials, so that
+// introspecting an active token needs no database round trip, kept exact
+// across replicas: every replica applies the revocation feed and records
+// how far, and a revocation returns only once every live replica has
+// applied it (Revoked); a replica that cannot confirm it is up to date
+// answers from the database.
+type StatusCache interface {
+	// Lookup returns an active credential, its task and the time the
+	// cache vouches for, or false when the database must answer.
+	Lookup(jti string) (Credential, Task, time.Time, bool)
+	// Generation changes whenever the cache applies a revocation; Keep
+	// stores what a database read started at generation gen returned,
+	// unless a revocation was applied since.
+	Generation() uint64
+	Keep(gen uint64, c Credential, t Task)
+	// Revoked is called after a revocation up to feed position seq
+	// committed: it drops the credentials here and waits until every live
+	// replica has applied the feed that far.
+	Revoked(ctx context.Context, seq int64, jtis []string) error
+}
+
 // TaskLocker is an optional ability of a Tx: LockTask, IsSuspended of the
 // task's agent and the store's clock (see Clock), read in one round trip.
 type TaskLocker interface {

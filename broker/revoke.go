@@ -12,12 +12,12 @@ import (
 // transaction, revokes every credential of it, appends the events, adds
 // the credentials to the revocation feed and queues the revocations a
 // backend must carry out (invariant 8). It is the one way a live task ends.
-func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, now time.Time, actor Actor, reason string) (int, error) {
+func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, now time.Time, actor Actor, reason string) (int, []Revocation, error) {
 	t.Status, t.ClosedAt = status, now
 	t.Version++
 	creds, err := tx.RevokeCredentials(ctx, t.ID, now)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	var outbox []OutboxItem
 	for _, c := range creds {
@@ -27,7 +27,7 @@ func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, no
 	}
 	t.Revoking = t.Revoking || len(outbox) > 0
 	if err := tx.UpdateTask(ctx, *t); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	typ := map[Status]string{StatusClosed: EventTaskClosed, StatusExpired: EventTaskExpired, StatusRevoked: EventTaskRevoked}[status]
 	events := make([]AuditEvent, 0, len(creds)+1)
@@ -42,7 +42,7 @@ func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, no
 		})
 	}
 	if err := tx.AppendAudit(ctx, events...); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	// The feed is for resource servers, which see access tokens only; a
 	// Vault accessor or lease id never leaves for them.
@@ -53,12 +53,12 @@ func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, no
 		}
 	}
 	if err := tx.InsertRevocations(ctx, revs); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if err := tx.Enqueue(ctx, outbox); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	return len(creds), nil
+	return len(creds), revs, nil
 }
 
 // denyPending ends a pending task that may no longer be approved.
@@ -95,7 +95,7 @@ func (s *Service) ExpireDue(ctx context.Context, limit int) (int, error) {
 			case StatusPending:
 				err = denyPending(ctx, tx, t, now, SystemActor, "approval window elapsed")
 			case StatusApproved:
-				_, err = s.endTask(ctx, tx, t, StatusExpired, now, SystemActor, "task_expired")
+				_, _, err = s.endTask(ctx, tx, t, StatusExpired, now, SystemActor, "task_expired")
 			}
 			if err != nil {
 				return err
@@ -131,7 +131,9 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) erro
 	if !p.Is(KindAgent, c.Agent) && !p.Is(KindUser, c.User) {
 		return nil
 	}
-	return s.store.InTx(ctx, func(tx Tx) error {
+	var revs []Revocation
+	err = s.store.InTx(ctx, func(tx Tx) error {
+		revs = nil
 		t, err := tx.LockTask(ctx, c.TaskID)
 		if err != nil {
 			return err
@@ -162,8 +164,29 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) erro
 		if err := tx.AppendAudit(ctx, evs...); err != nil {
 			return err
 		}
-		return tx.InsertRevocations(ctx, []Revocation{{Seq: evs[0].Seq, JTI: c.JTI, TaskID: t.ID, RevokedAt: now, Reason: reason}})
+		revs = []Revocation{{Seq: evs[0].Seq, JTI: c.JTI, TaskID: t.ID, RevokedAt: now, Reason: reason}}
+		return tx.InsertRevocations(ctx, revs)
 	})
+	if err != nil {
+		return err
+	}
+	return s.revoked(ctx, revs)
+}
+
+// revoked returns once every replica answering from memory has applied
+// the revocations (see StatusCache); without a cache, the database
+// answers every introspection and the commit was enough.
+func (s *Service) revoked(ctx context.Context, revs []Revocation) error {
+	if s.cache == nil || len(revs) == 0 {
+		return nil
+	}
+	var seq int64
+	jtis := make([]string, 0, len(revs))
+	for _, r := range revs {
+		seq = max(seq, r.Seq)
+		jtis = append(jtis, r.JTI)
+	}
+	return s.cache.Revoked(ctx, seq, jtis)
 }
 
 // ParseAgent reads "<issuer>#<sub>".
@@ -188,7 +211,9 @@ func (s *Service) SuspendAgent(ctx context.Context, p Principal, agent, reason s
 	if err := checkText("reason", reason, maxReasonBytes, true); err != nil {
 		return 0, 0, err
 	}
+	var revs []Revocation
 	err = s.store.InTx(ctx, func(tx Tx) error {
+		tasks, creds, revs = 0, 0, nil
 		now, err := s.txNow(ctx, tx)
 		if err != nil {
 			return err
@@ -205,14 +230,13 @@ func (s *Service) SuspendAgent(ctx context.Context, p Principal, agent, reason s
 			switch t.EffectiveStatus(now) {
 			case StatusPending:
 				err = denyPending(ctx, tx, t, now, ActorOf(p), "agent suspended")
-			case StatusApproved:
-				var n int
-				n, err = s.endTask(ctx, tx, t, StatusRevoked, now, ActorOf(p), "agent_suspended")
-				creds += n
-			case StatusExpired:
-				var n int
-				n, err = s.endTask(ctx, tx, t, StatusExpired, now, SystemActor, "task_expired")
-				creds += n
+			case StatusApproved, StatusExpired:
+				status, actor, why := StatusRevoked, ActorOf(p), "agent_suspended"
+				if t.EffectiveStatus(now) == StatusExpired {
+					status, actor, why = StatusExpired, SystemActor, "task_expired"
+				}
+				n, r, e := s.endTask(ctx, tx, t, status, now, actor, why)
+				creds, revs, err = creds+n, append(revs, r...), e
 			case StatusDenied:
 				err = denyPending(ctx, tx, t, now, SystemActor, "approval window elapsed")
 			}
@@ -224,7 +248,10 @@ func (s *Service) SuspendAgent(ctx context.Context, p Principal, agent, reason s
 		return tx.AppendAudit(ctx, AuditEvent{Time: now, Type: EventAgentSuspended, Actor: ActorOf(p),
 			Detail: detail(map[string]any{"agent": a.String(), "reason": reason, "tasks": tasks, "revoked": creds})})
 	})
-	return tasks, creds, err
+	if err != nil {
+		return 0, 0, err
+	}
+	return tasks, creds, s.revoked(ctx, revs)
 }
 
 // UnsuspendAgent lifts a suspension.

@@ -58,6 +58,9 @@ type Config struct {
 	// StepUpTTL bounds how long a step-up approval waits and, once
 	// approved, how long it may be used; default 15 min.
 	StepUpTTL time.Duration
+	// Cache, when set, answers introspection of active tokens from memory
+	// (see StatusCache).
+	Cache StatusCache
 	// Now is the clock of stores that have none (see Clock); default time.Now.
 	Now func() time.Time
 	// Random is the source of identifiers; default crypto/rand.
@@ -81,6 +84,7 @@ type Service struct {
 	policy  Policy
 	budget  Budget
 	stepTTL time.Duration
+	cache   StatusCache
 }
 
 // NewService validates cfg and returns a Service.
@@ -92,7 +96,7 @@ func NewService(cfg Config) (*Service, error) {
 		store: cfg.Store, tokens: cfg.Tokens, catalog: cfg.Catalog,
 		users: cfg.UserIssuers, tokMax: cfg.TokenTTLMax, taskMax: cfg.TaskTTLMax,
 		clock: cfg.Now, random: cfg.Random, pending: cfg.MaxPendingPerAgent,
-		policy: cfg.Policy, stepTTL: cfg.StepUpTTL,
+		policy: cfg.Policy, stepTTL: cfg.StepUpTTL, cache: cfg.Cache,
 		budget: Budget{MaxCredentials: cfg.CredentialsPerTask, MaxResources: cfg.ResourcesPerTask},
 	}
 	if s.budget.MaxCredentials < 0 || s.budget.MaxResources < 0 {
@@ -876,6 +880,7 @@ func (s *Service) Close(ctx context.Context, p Principal, id string) (Task, int,
 	var (
 		out     Task
 		revoked int
+		revs    []Revocation
 	)
 	err := s.store.InTx(ctx, func(tx Tx) error {
 		t, err := tx.LockTask(ctx, id)
@@ -892,14 +897,17 @@ func (s *Service) Close(ctx context.Context, p Principal, id string) (Task, int,
 		if st := t.EffectiveStatus(now); st != StatusApproved {
 			return Errorf(ErrTaskNotActive, "the task is %s", st)
 		}
-		n, err := s.endTask(ctx, tx, &t, StatusClosed, now, ActorOf(p), "task_closed")
+		n, r, err := s.endTask(ctx, tx, &t, StatusClosed, now, ActorOf(p), "task_closed")
 		if err != nil {
 			return err
 		}
-		out, revoked = t, n
+		out, revoked, revs = t, n, r
 		return nil
 	})
-	return out, revoked, err
+	if err != nil {
+		return Task{}, 0, err
+	}
+	return out, revoked, s.revoked(ctx, revs)
 }
 
 // Introspection is the RFC 7662 view of a token.
@@ -926,12 +934,20 @@ func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Intr
 		}
 		return Introspection{}, err
 	}
-	c, t, now, err := s.credentialAndTask(ctx, at.JTI)
-	if errors.Is(err, ErrNotFound) {
-		return Introspection{}, nil
+	c, t, now, cached := Credential{}, Task{}, time.Time{}, false
+	var gen uint64
+	if s.cache != nil {
+		c, t, now, cached = s.cache.Lookup(at.JTI)
+		gen = s.cache.Generation()
 	}
-	if err != nil {
-		return Introspection{}, err
+	if !cached {
+		c, t, now, err = s.credentialAndTask(ctx, at.JTI)
+		if errors.Is(err, ErrNotFound) {
+			return Introspection{}, nil
+		}
+		if err != nil {
+			return Introspection{}, err
+		}
 	}
 	if !c.RevokedAt.IsZero() || !now.Before(c.ExpiresAt) || c.TaskID != at.TaskID || c.Audience != at.Audience {
 		return Introspection{}, nil
@@ -948,6 +964,9 @@ func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Intr
 	}
 	if t.EffectiveStatus(now) != StatusApproved {
 		return Introspection{}, nil
+	}
+	if s.cache != nil && !cached {
+		s.cache.Keep(gen, c, t)
 	}
 	return Introspection{Active: true, Credential: c, Token: at, Task: t, Now: now}, nil
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"crypto/hkdf"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -247,6 +249,25 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		bcfg.Secrets, bcfg.SecretRoles, bcfg.BackendKinds = vi, cfg.SecretRoles(), []string{broker.KindVaultToken}
 		backends[broker.KindVaultToken] = vi
 	}
+	hub := &revocation.Hub{Poll: time.Second}
+	if l, ok := st.(interface {
+		Listen(context.Context, func()) error
+	}); ok {
+		hub.Listen = l.Listen
+	} else {
+		hub.Poll = 250 * time.Millisecond
+	}
+	// With PostgreSQL (replicas), introspection of an active token is
+	// answered from memory, kept exact across replicas (StatusCache).
+	var cache *revocation.StatusCache
+	if as, ok := st.(revocation.AckStore); ok && hub.Listen != nil {
+		var id [8]byte
+		if _, err := rand.Read(id[:]); err != nil {
+			return nil, err
+		}
+		cache = &revocation.StatusCache{Store: as, Replica: hex.EncodeToString(id[:]), Wake: hub, Logger: log}
+		bcfg.Cache = cache
+	}
 	svc, err := broker.NewService(bcfg)
 	if err != nil {
 		return nil, err
@@ -256,13 +277,12 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
-	hub := &revocation.Hub{Poll: time.Second}
-	if l, ok := st.(interface {
-		Listen(context.Context, func()) error
-	}); ok {
-		hub.Listen = l.Listen
-	} else {
-		hub.Poll = 250 * time.Millisecond
+	if cache != nil {
+		if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "errand_introspection_cache_hits_total", Help: "Introspections of active tokens answered from memory.",
+		}, func() float64 { return float64(cache.Hits()) })); err != nil {
+			return nil, err
+		}
 	}
 	api, err := httpapi.New(httpapi.Config{
 		Service: svc, Auth: verifier, PublicURL: cfg.PublicURL, JWKS: tokens.JWKS,
@@ -284,6 +304,9 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		return tokens.Run(ctx, cfg.KeyPolicy(), KeyReloadEvery, KeyMaintainEvery, log)
 	}
 	workers := []func(context.Context) error{sweeper.Run, outbox.Run, hub.Run, keyWorker}
+	if cache != nil {
+		workers = append(workers, cache.Run)
+	}
 	if vi, ok := backends[broker.KindVaultToken].(*vault.Issuer); ok {
 		workers = append(workers, vi.Run)
 	}
