@@ -186,7 +186,7 @@ func (s *Service) revoked(ctx context.Context, revs []Revocation) error {
 		seq = max(seq, r.Seq)
 		jtis = append(jtis, r.JTI)
 	}
-	return s.cache.Revoked(ctx, seq, jtis)
+	return s.cache.Revoked(context.WithoutCancel(ctx), seq, jtis)
 }
 
 // ParseAgent reads "<issuer>#<sub>".

@@ -146,15 +146,25 @@ func (sc *StatusCache) drop(jtis []string) {
 // Revoked drops the credentials here, then waits until every live replica
 // has applied the feed up to seq. A replica that neither acknowledges nor
 // beats within Alive is no longer waited for: by then it has stopped
-// answering from memory.
+// answering from memory. The caller's revocation is committed whatever
+// happens here, so a client going away does not cut the wait short.
 func (sc *StatusCache) Revoked(ctx context.Context, seq int64, jtis []string) error {
 	sc.drop(jtis)
 	deadline := time.Now().Add(sc.alive() + 500*time.Millisecond)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	wait := time.Millisecond
 	for {
 		n, err := sc.Store.Laggards(ctx, sc.Replica, seq, sc.alive())
 		if err != nil {
-			return err
+			// The revocation is committed; what cannot be confirmed is
+			// waited out: after Alive, a replica either applied it (it beats
+			// every Beat) or stopped answering from memory.
+			if sc.Logger != nil {
+				sc.Logger.Warn("revocation: cannot read the replicas' positions; waiting them out", "err", err)
+			}
+			time.Sleep(time.Until(deadline))
+			return nil
 		}
 		if n == 0 {
 			return nil
@@ -165,11 +175,7 @@ func (sc *StatusCache) Revoked(ctx context.Context, seq int64, jtis []string) er
 			}
 			return nil
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
-		}
+		time.Sleep(wait)
 		wait = min(2*wait, 20*time.Millisecond)
 	}
 }
