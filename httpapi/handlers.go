@@ -184,16 +184,22 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.metrics.issued.Inc()
 	}
-	writeJSON(w, http.StatusCreated, map[string]any{
-		"access_token":      m.Token,
-		"token_type":        "Bearer",
-		"issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
-		"expires_in":        m.ExpiresIn,
-		"scope":             strings.Join(m.Credential.Scopes.Strings(), " "),
-		"jti":               m.Credential.JTI,
-		"task_id":           m.Credential.TaskID,
-		"audience":          m.Credential.Audience,
+	writeJSON(w, http.StatusCreated, mintedJSON{
+		AccessToken: m.Token, TokenType: "Bearer", IssuedTokenType: "urn:ietf:params:oauth:token-type:jwt",
+		ExpiresIn: m.ExpiresIn, Scope: strings.Join(m.Credential.Scopes.Strings(), " "),
+		JTI: m.Credential.JTI, TaskID: m.Credential.TaskID, Audience: m.Credential.Audience,
 	})
+}
+
+type mintedJSON struct {
+	AccessToken     string `json:"access_token"`
+	Audience        string `json:"audience"`
+	ExpiresIn       int64  `json:"expires_in"`
+	IssuedTokenType string `json:"issued_token_type"`
+	JTI             string `json:"jti"`
+	Scope           string `json:"scope"`
+	TaskID          string `json:"task_id"`
+	TokenType       string `json:"token_type"`
 }
 
 func (s *Server) closeTask(w http.ResponseWriter, r *http.Request) {
@@ -238,16 +244,44 @@ func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !in.Active {
-		writeJSON(w, http.StatusOK, map[string]bool{"active": false})
+		writeJSON(w, http.StatusOK, inactiveJSON{})
 		return
 	}
 	t := in.Token
-	writeJSON(w, http.StatusOK, map[string]any{
-		"active": true, "iss": s.self, "scope": t.Scope, "client_id": t.ClientID, "sub": t.Subject,
-		"act": map[string]string{"sub": t.Act.Subject, "iss": t.Act.Issuer},
-		"aud": t.Audience, "task_id": t.TaskID, "jti": t.JTI, "token_type": "Bearer",
-		"exp": t.ExpiresAt.Unix(), "iat": t.IssuedAt.Unix(), "nbf": t.NotBefore.Unix(),
+	// A struct, not a map: introspection is the hottest path, and a map's
+	// keys are sorted and its values boxed at every call.
+	writeJSON(w, http.StatusOK, introspectionJSON{
+		Active: true, Iss: s.self, Scope: t.Scope, ClientID: t.ClientID, Sub: t.Subject,
+		Act: actJSON{Sub: t.Act.Subject, Iss: t.Act.Issuer}, Aud: t.Audience, TaskID: t.TaskID,
+		JTI: t.JTI, TokenType: "Bearer", Exp: t.ExpiresAt.Unix(), Iat: t.IssuedAt.Unix(), Nbf: t.NotBefore.Unix(),
 	})
+}
+
+// inactiveJSON is RFC 7662's answer for anything not active: exactly
+// {"active": false}.
+type inactiveJSON struct {
+	Active bool `json:"active"`
+}
+
+type actJSON struct {
+	Iss string `json:"iss"`
+	Sub string `json:"sub"`
+}
+
+type introspectionJSON struct {
+	Active    bool    `json:"active"`
+	Act       actJSON `json:"act"`
+	Aud       string  `json:"aud"`
+	ClientID  string  `json:"client_id"`
+	Exp       int64   `json:"exp"`
+	Iat       int64   `json:"iat"`
+	Iss       string  `json:"iss"`
+	JTI       string  `json:"jti"`
+	Nbf       int64   `json:"nbf"`
+	Scope     string  `json:"scope"`
+	Sub       string  `json:"sub"`
+	TaskID    string  `json:"task_id"`
+	TokenType string  `json:"token_type"`
 }
 
 func (s *Server) auditEvents(w http.ResponseWriter, r *http.Request) {

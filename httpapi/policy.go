@@ -161,8 +161,15 @@ type (
 		} `json:"options"`
 	}
 	azDecision struct {
-		Decision bool           `json:"decision"`
-		Context  map[string]any `json:"context,omitempty"`
+		Decision bool      `json:"decision"`
+		Context  azContext `json:"context"`
+	}
+	azContext struct {
+		ReasonAdmin azReason `json:"reason_admin"`
+		Policies    []string `json:"policies,omitempty"`
+	}
+	azReason struct {
+		En string `json:"en"`
 	}
 )
 
@@ -211,11 +218,7 @@ func (s *Server) decide(c *call, q broker.EvaluationRequest) (azDecision, error)
 		label = "permit"
 	}
 	s.metrics.decisions.WithLabelValues(label).Inc()
-	ctx := map[string]any{"reason_admin": map[string]string{"en": ev.Reason}}
-	if len(ev.Policies) > 0 {
-		ctx["policies"] = ev.Policies
-	}
-	return azDecision{Decision: ev.Decision, Context: ctx}, nil
+	return azDecision{Decision: ev.Decision, Context: azContext{ReasonAdmin: azReason{En: ev.Reason}, Policies: ev.Policies}}, nil
 }
 
 // evaluation is the AuthZEN access evaluation API: may the bearer of this
