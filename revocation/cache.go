@@ -19,6 +19,7 @@ type AckStore interface {
 	Ack(ctx context.Context, replica string, seq int64) (time.Time, error)
 	Laggards(ctx context.Context, self string, seq int64, alive time.Duration) (int, error)
 	DropAck(ctx context.Context, replica string) error
+	PruneAcks(ctx context.Context, idle time.Duration) error
 }
 
 // Cache defaults.
@@ -58,8 +59,9 @@ type StatusCache struct {
 	Max     int
 	Logger  *slog.Logger
 
-	gen  atomic.Uint64
-	hits atomic.Int64
+	gen   atomic.Uint64
+	hits  atomic.Int64
+	steps int
 
 	mu      sync.RWMutex
 	entries map[string]cacheEntry
@@ -253,5 +255,11 @@ func (sc *StatusCache) step(ctx context.Context) error {
 	sc.mu.Lock()
 	sc.seen, sc.healthy, sc.offset = seen, start, dbNow.Sub(time.Now())
 	sc.mu.Unlock()
+	// Now and then, forget replicas that crashed an hour ago or more.
+	if sc.steps++; sc.steps%1000 == 1 {
+		if err := sc.Store.PruneAcks(ctx, time.Hour); err != nil {
+			return err
+		}
+	}
 	return nil
 }

@@ -30,3 +30,10 @@ func (s *Store) DropAck(ctx context.Context, replica string) error {
 	_, err := s.pool.Exec(ctx, `DELETE FROM replica_acks WHERE replica = $1`, replica)
 	return translate(err)
 }
+
+// PruneAcks removes the rows of replicas silent for longer than idle
+// (crashed, never stopped cleanly); they are ignored long before.
+func (s *Store) PruneAcks(ctx context.Context, idle time.Duration) error {
+	_, err := s.pool.Exec(ctx, `DELETE FROM replica_acks WHERE beat_at < clock_timestamp() - make_interval(secs => $1)`, idle.Seconds())
+	return translate(err)
+}

@@ -214,3 +214,44 @@ func TestGroupCommitLanesNeverDeadlock(t *testing.T) {
 		}
 	}
 }
+
+// Replicas' positions: Laggards counts only live replicas behind a
+// position; PruneAcks forgets long-silent ones.
+func TestReplicaAcks(t *testing.T) {
+	st := testpg.Store(t)
+	ctx := context.Background()
+	if _, err := st.Ack(ctx, "a", 10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Ack(ctx, "b", 5); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Ack(ctx, "b", 3); err != nil { // a position never goes back
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		self string
+		seq  int64
+		want int
+	}{{"a", 6, 1}, {"a", 5, 0}, {"b", 11, 1}, {"c", 11, 2}} {
+		if n, err := st.Laggards(ctx, c.self, c.seq, time.Minute); err != nil || n != c.want {
+			t.Errorf("Laggards(%s, %d) = %d %v, want %d", c.self, c.seq, n, err, c.want)
+		}
+	}
+	if _, err := st.Pool().Exec(ctx, `UPDATE replica_acks SET beat_at = now() - interval '2 hours' WHERE replica = 'b'`); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := st.Laggards(ctx, "a", 100, time.Minute); n != 0 {
+		t.Fatalf("a silent replica is waited for (%d)", n)
+	}
+	if err := st.PruneAcks(ctx, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	var rows int
+	if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM replica_acks`).Scan(&rows); err != nil || rows != 1 {
+		t.Fatalf("%d rows after pruning (%v), want 1", rows, err)
+	}
+	if err := st.DropAck(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+}
