@@ -107,6 +107,10 @@ type Catalog struct {
 	audiences map[string]Audience
 	grants    []Grant
 	deny      []string
+	// deniedBy is the deny-list pattern each catalog action matches,
+	// worked out once: the catalog never changes, and matching every
+	// pattern at every request was a tenth of an evaluation's cost.
+	deniedBy map[string]string
 }
 
 // NewCatalog validates and assembles a catalog. Every grant scope and every
@@ -168,6 +172,12 @@ func NewCatalog(actions []Action, audiences []Audience, grants []Grant, extraDen
 			}
 		}
 		c.grants = append(c.grants, g)
+	}
+	c.deniedBy = map[string]string{}
+	for name := range c.actions {
+		if p, hit := matchAny(c.deny, name); hit {
+			c.deniedBy[name] = p
+		}
 	}
 	return c, nil
 }
@@ -253,7 +263,13 @@ func (c *Catalog) Risk(s Scopes) Risk {
 	return best
 }
 
-func (c *Catalog) denied(action string) (string, bool) { return matchAny(c.deny, action) }
+func (c *Catalog) denied(action string) (string, bool) {
+	if _, known := c.actions[action]; known && c.deniedBy != nil {
+		p, hit := c.deniedBy[action]
+		return p, hit
+	}
+	return matchAny(c.deny, action)
+}
 
 func matchAny(patterns []string, action string) (string, bool) {
 	for _, p := range patterns {
