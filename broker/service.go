@@ -469,23 +469,37 @@ func (s *Service) ListTasks(ctx context.Context, p Principal, status Status, aft
 		return nil, false, err
 	}
 	f := TaskFilter{Status: status, Now: now, AfterSeq: afterSeq, Limit: limit}
-	ref := p.Ref()
-	switch p.Kind {
-	case KindUser:
-		f.User = &ref
-	case KindAgent:
-		f.Agent = &ref
-	default:
-		return nil, false, Errorf(ErrWrongPrincipalKind, "only agents and users list tasks")
+	if f.User, f.Agent, err = listOwner(p, "tasks"); err != nil {
+		return nil, false, err
 	}
 	ts, err := s.store.ListTasks(ctx, f)
 	if err != nil {
 		return nil, false, err
 	}
-	if len(ts) > limit {
-		return ts[:limit], true, nil
+	ts, more := page(ts, limit)
+	return ts, more, nil
+}
+
+// listOwner is whose list p asks for: a user's (as on_behalf_of) or an
+// agent's; other kinds list nothing.
+func listOwner(p Principal, what string) (user, agent *Ref, err error) {
+	ref := p.Ref()
+	switch p.Kind {
+	case KindUser:
+		return &ref, nil, nil
+	case KindAgent:
+		return nil, &ref, nil
 	}
-	return ts, false, nil
+	return nil, nil, Errorf(ErrWrongPrincipalKind, "only agents and users list %s", what)
+}
+
+// page cuts a store's answer of at most limit+1 rows to limit, and says
+// whether more remain.
+func page[T any](rows []T, limit int) ([]T, bool) {
+	if len(rows) > limit {
+		return rows[:limit], true
+	}
+	return rows, false
 }
 
 // ApproveRequest narrows a task at approval. Nil Scopes or Audiences mean
@@ -1013,10 +1027,8 @@ func (s *Service) AuditEvents(ctx context.Context, p Principal, f HistoryFilter)
 	if err != nil {
 		return nil, false, err
 	}
-	if len(evs) > f.Limit {
-		return evs[:f.Limit], true, nil
-	}
-	return evs, false, nil
+	evs, more := page(evs, f.Limit)
+	return evs, more, nil
 }
 
 // Credentials returns the issuance history to an auditor.
@@ -1031,10 +1043,8 @@ func (s *Service) Credentials(ctx context.Context, p Principal, f HistoryFilter)
 	if err != nil {
 		return nil, false, err
 	}
-	if len(cs) > f.Limit {
-		return cs[:f.Limit], true, nil
-	}
-	return cs, false, nil
+	cs, more := page(cs, f.Limit)
+	return cs, more, nil
 }
 
 func (s *Service) auditor(p Principal, f HistoryFilter) error {

@@ -360,23 +360,15 @@ func (s *Service) ListStepUps(ctx context.Context, p Principal, status StepUpSta
 		return nil, false, err
 	}
 	f := StepUpFilter{Status: status, Now: now, AfterSeq: afterSeq, Limit: limit}
-	ref := p.Ref()
-	switch p.Kind {
-	case KindUser:
-		f.User = &ref
-	case KindAgent:
-		f.Agent = &ref
-	default:
-		return nil, false, Errorf(ErrWrongPrincipalKind, "only agents and users list approvals")
+	if f.User, f.Agent, err = listOwner(p, "approvals"); err != nil {
+		return nil, false, err
 	}
 	us, err := r.ListStepUps(ctx, f)
 	if err != nil {
 		return nil, false, err
 	}
-	if len(us) > limit {
-		return us[:limit], true, nil
-	}
-	return us, false, nil
+	us, more := page(us, limit)
+	return us, more, nil
 }
 
 // DecideStepUp approves (or denies, with reason) a pending step-up. Only

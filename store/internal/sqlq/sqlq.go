@@ -40,17 +40,27 @@ func (q *Where) SQL() string {
 	return strings.Join(q.conds, " AND ")
 }
 
+// owned starts a list of rows owned by a user or an agent (tasks and
+// step-up approvals both carry user_* and agent_* columns).
+func owned(user, agent *broker.Ref, conv func(time.Time) any) (*Where, error) {
+	q := &Where{Time: conv}
+	switch {
+	case user != nil:
+		q.add("user_iss = %s AND user_sub = %s", user.Issuer, user.Subject)
+	case agent != nil:
+		q.add("agent_iss = %s AND agent_sub = %s", agent.Issuer, agent.Subject)
+	default:
+		return nil, errors.New("sqlq: a list needs an agent or a user")
+	}
+	return q, nil
+}
+
 // Tasks selects an agent's or a user's tasks by effective status (see
 // broker.Task.EffectiveStatus) after a keyset position.
 func Tasks(f broker.TaskFilter, conv func(time.Time) any) (*Where, error) {
-	q := &Where{Time: conv}
-	switch {
-	case f.User != nil:
-		q.add("user_iss = %s AND user_sub = %s", f.User.Issuer, f.User.Subject)
-	case f.Agent != nil:
-		q.add("agent_iss = %s AND agent_sub = %s", f.Agent.Issuer, f.Agent.Subject)
-	default:
-		return nil, errors.New("sqlq: a task list needs an agent or a user")
+	q, err := owned(f.User, f.Agent, conv)
+	if err != nil {
+		return nil, err
 	}
 	switch f.Status {
 	case "":
@@ -70,14 +80,9 @@ func Tasks(f broker.TaskFilter, conv func(time.Time) any) (*Where, error) {
 // StepUps selects an agent's or a user's step-up approvals by effective
 // status (see broker.StepUp.EffectiveStatus) after a keyset position.
 func StepUps(f broker.StepUpFilter, conv func(time.Time) any) (*Where, error) {
-	q := &Where{Time: conv}
-	switch {
-	case f.User != nil:
-		q.add("user_iss = %s AND user_sub = %s", f.User.Issuer, f.User.Subject)
-	case f.Agent != nil:
-		q.add("agent_iss = %s AND agent_sub = %s", f.Agent.Issuer, f.Agent.Subject)
-	default:
-		return nil, errors.New("sqlq: an approval list needs an agent or a user")
+	q, err := owned(f.User, f.Agent, conv)
+	if err != nil {
+		return nil, err
 	}
 	switch f.Status {
 	case "":
