@@ -68,24 +68,11 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 	if c == nil {
 		return
 	}
-	p := c.p
-	q, err := allowQuery(r.URL.Query(), "status", "cursor", "limit")
-	if err != nil {
-		c.fail(err)
+	lq, ok := c.listQuery("tasks")
+	if !ok {
 		return
 	}
-	limit, err := parseLimit(q.Get("limit"))
-	if err != nil {
-		c.fail(err)
-		return
-	}
-	scope := "tasks|" + q.Get("status") + "|" + string(p.Kind) + "|" + p.Ref().String()
-	after, err := s.parseCursor(q.Get("cursor"), scope)
-	if err != nil {
-		c.fail(err)
-		return
-	}
-	ts, more, err := s.svc.ListTasks(r.Context(), p, broker.Status(q.Get("status")), after, limit)
+	ts, more, err := s.svc.ListTasks(r.Context(), c.p, broker.Status(lq.status), lq.after, lq.limit)
 	if err != nil {
 		c.fail(err)
 		return
@@ -98,7 +85,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 		out.Tasks = append(out.Tasks, s.renderTask(t))
 	}
 	if more {
-		out.NextCursor = s.cursor(ts[len(ts)-1].Seq, scope)
+		out.NextCursor = s.cursor(ts[len(ts)-1].Seq, lq.scope)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -368,6 +355,34 @@ func (s *Server) historyFilter(r *http.Request, p broker.Principal, kind string)
 		return f, "", err
 	}
 	return f, scope, nil
+}
+
+// listQuery is a caller's list request: status, cursor and limit.
+type listQuery struct {
+	status, scope string
+	after         int64
+	limit         int
+}
+
+// listQuery reads ?status=&cursor=&limit= of a list of what; the cursor is
+// bound to the list, the status and the caller. On failure it has answered.
+func (c *call) listQuery(what string) (listQuery, bool) {
+	q, err := allowQuery(c.r.URL.Query(), "status", "cursor", "limit")
+	if err != nil {
+		c.fail(err)
+		return listQuery{}, false
+	}
+	lq := listQuery{status: q.Get("status")}
+	if lq.limit, err = parseLimit(q.Get("limit")); err != nil {
+		c.fail(err)
+		return listQuery{}, false
+	}
+	lq.scope = what + "|" + lq.status + "|" + string(c.p.Kind) + "|" + c.p.Ref().String()
+	if lq.after, err = c.s.parseCursor(q.Get("cursor"), lq.scope); err != nil {
+		c.fail(err)
+		return listQuery{}, false
+	}
+	return lq, true
 }
 
 // allowQuery refuses any query parameter not in names, and repeated ones.

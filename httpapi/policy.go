@@ -46,24 +46,11 @@ func (s *Server) listApprovals(w http.ResponseWriter, r *http.Request) {
 	if c == nil {
 		return
 	}
-	p := c.p
-	q, err := allowQuery(r.URL.Query(), "status", "cursor", "limit")
-	if err != nil {
-		c.fail(err)
+	lq, ok := c.listQuery("approvals")
+	if !ok {
 		return
 	}
-	limit, err := parseLimit(q.Get("limit"))
-	if err != nil {
-		c.fail(err)
-		return
-	}
-	scope := "approvals|" + q.Get("status") + "|" + string(p.Kind) + "|" + p.Ref().String()
-	after, err := s.parseCursor(q.Get("cursor"), scope)
-	if err != nil {
-		c.fail(err)
-		return
-	}
-	us, more, err := s.svc.ListStepUps(r.Context(), p, broker.StepUpStatus(q.Get("status")), after, limit)
+	us, more, err := s.svc.ListStepUps(r.Context(), c.p, broker.StepUpStatus(lq.status), lq.after, lq.limit)
 	if err != nil {
 		c.fail(err)
 		return
@@ -76,7 +63,7 @@ func (s *Server) listApprovals(w http.ResponseWriter, r *http.Request) {
 		out.Approvals = append(out.Approvals, s.renderApproval(u))
 	}
 	if more {
-		out.NextCursor = s.cursor(us[len(us)-1].Seq, scope)
+		out.NextCursor = s.cursor(us[len(us)-1].Seq, lq.scope)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
