@@ -163,10 +163,9 @@ func (d *detached) savepoint() error {
 	return err
 }
 
-func (d *detached) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if !d.pending {
-		return d.Tx.Exec(d.ctx, sql, args...)
-	}
+// withSavepoint sends the pending savepoint and sql in one batch and
+// returns the batch positioned on sql's result (the caller closes it).
+func (d *detached) withSavepoint(sql string, args []any) (pgx.BatchResults, error) {
 	d.pending = false
 	b := &pgx.Batch{}
 	b.Queue("SAVEPOINT " + d.name)
@@ -174,6 +173,17 @@ func (d *detached) Exec(_ context.Context, sql string, args ...any) (pgconn.Comm
 	br := d.Tx.SendBatch(d.ctx, b)
 	if _, err := br.Exec(); err != nil {
 		_ = br.Close()
+		return nil, err
+	}
+	return br, nil
+}
+
+func (d *detached) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if !d.pending {
+		return d.Tx.Exec(d.ctx, sql, args...)
+	}
+	br, err := d.withSavepoint(sql, args)
+	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
 	tag, err := br.Exec()
@@ -187,13 +197,8 @@ func (d *detached) QueryRow(_ context.Context, sql string, args ...any) pgx.Row 
 	if !d.pending {
 		return d.Tx.QueryRow(d.ctx, sql, args...)
 	}
-	d.pending = false
-	b := &pgx.Batch{}
-	b.Queue("SAVEPOINT " + d.name)
-	b.Queue(sql, args...)
-	br := d.Tx.SendBatch(d.ctx, b)
-	if _, err := br.Exec(); err != nil {
-		_ = br.Close()
+	br, err := d.withSavepoint(sql, args)
+	if err != nil {
 		return errRow{err}
 	}
 	return &batchRow{Row: br.QueryRow(), br: br}
