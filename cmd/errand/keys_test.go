@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"net/url"
 	"strings"
 	"testing"
@@ -59,16 +57,8 @@ func TestKeyRotationAcrossReplicas(t *testing.T) {
 	cfg, agents, users, resources := loadServeConfig(t)
 	path := writeConfig(t, cfg.DatabaseURL, agents, users, resources)
 	start := func() string {
-		ctx, cancel := context.WithCancel(context.Background())
-		ready, done := make(chan string, 1), make(chan error, 1)
-		go func() { done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), true, ready) }()
-		t.Cleanup(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("serve: %v", err)
-			}
-		})
-		return "http://" + <-ready
+		addr, _ := startServe(t, cfg, nil)
+		return "http://" + addr
 	}
 	a, b := start(), start()
 	agent := agents.Token(t, "ci-bot", "errand", nil)

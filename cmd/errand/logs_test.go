@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -34,10 +33,8 @@ func TestLogsNeverHoldSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready, done := make(chan string, 1), make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, slog.New(slog.NewJSONHandler(logs, nil)), true, ready) }()
-	base := "http://" + <-ready
+	addr, stop := startServe(t, cfg, slog.New(slog.NewJSONHandler(logs, nil)))
+	base := "http://" + addr
 
 	agent := agents.Token(t, "ci-bot", "errand", nil)
 	user := users.Token(t, "alice", "errand", map[string]any{"groups": []string{"engineers", "security-auditors"}})
@@ -66,8 +63,7 @@ func TestLogsNeverHoldSecrets(t *testing.T) {
 	}
 	callJSON(t, base, "POST", "/v1/tasks/"+id+"/close", agent, nil)
 	callJSON(t, base, "GET", "/v1/audit/events?task_id="+id, user, nil)
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 

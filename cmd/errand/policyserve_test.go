@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -67,16 +66,8 @@ func TestServeReloadsPoliciesOnHangup(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready, done := make(chan string, 1), make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(logs, nil)), true, ready) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	base := "http://" + <-ready
+	addr, _ := startServe(t, cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	base := "http://" + addr
 	agent := agents.Token(t, "ci-bot", "errand", nil)
 	create := func(tool string) (int, string) {
 		raw, _ := json.Marshal(map[string]any{"on_behalf_of": "alice", "goal": "g", "tool": tool,

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -159,6 +160,38 @@ func TestServeRefusesWrongSystemSecretForStoredKeys(t *testing.T) {
 	}
 }
 
+// startServe runs serve on cfg (migrating) with log (nil: discarded) until
+// stop or the test's end, and returns its address. stop shuts it down and
+// returns serve's error; the cleanup fails the test on one.
+func startServe(t *testing.T, cfg *config.Config, log *slog.Logger) (addr string, stop func() error) {
+	t.Helper()
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready, done := make(chan string, 1), make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, log, true, ready) }()
+	var once sync.Once
+	var serr error
+	stop = func() error {
+		once.Do(func() { cancel(); serr = <-done })
+		return serr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	select {
+	case addr = <-ready:
+		return addr, stop
+	case err := <-done:
+		once.Do(func() { cancel() })
+		t.Fatalf("serve: %v", err)
+	}
+	return "", stop
+}
+
 // TestTwoServeReplicasOnOneDatabase: two serve processes' worth of Errand
 // (each with its own pool, keys loaded from the database, sweeper, outbox
 // and hub) on one PostgreSQL: a token minted on one verifies on the other,
@@ -166,22 +199,8 @@ func TestServeRefusesWrongSystemSecretForStoredKeys(t *testing.T) {
 func TestTwoServeReplicasOnOneDatabase(t *testing.T) {
 	cfg, agents, users, resources := loadServeConfig(t)
 	start := func() string {
-		ctx, cancel := context.WithCancel(context.Background())
-		ready, done := make(chan string, 1), make(chan error, 1)
-		go func() { done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), true, ready) }()
-		t.Cleanup(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("serve: %v", err)
-			}
-		})
-		select {
-		case a := <-ready:
-			return "http://" + a
-		case err := <-done:
-			t.Fatalf("serve: %v", err)
-		}
-		return ""
+		addr, _ := startServe(t, cfg, nil)
+		return "http://" + addr
 	}
 	a, b := start(), start()
 	agent := agents.Token(t, "ci-bot", "errand", nil)

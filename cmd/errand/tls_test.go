@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,8 +8,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -55,26 +52,6 @@ func selfSigned(t *testing.T, certFile, keyFile string, serial int64, isCA bool,
 	return c, key
 }
 
-func serveTLS(t *testing.T, cfg *config.Config) string {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready, done := make(chan string, 1), make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), true, ready) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	select {
-	case a := <-ready:
-		return a
-	case err := <-done:
-		t.Fatalf("serve: %v", err)
-	}
-	return ""
-}
-
 func TestServeTLS(t *testing.T) {
 	certCheckEvery = 10 * time.Millisecond
 	t.Cleanup(func() { certCheckEvery = time.Second })
@@ -83,7 +60,7 @@ func TestServeTLS(t *testing.T) {
 	first, _ := selfSigned(t, certFile, keyFile, 1, true, nil, nil)
 	cfg, _, _, _ := loadServeConfig(t)
 	cfg.TLS = &config.TLS{CertFile: certFile, KeyFile: keyFile}
-	addr := serveTLS(t, cfg)
+	addr, _ := startServe(t, cfg, nil)
 
 	get := func(tc *tls.Config) (*x509.Certificate, error) {
 		c := &http.Client{Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true}, Timeout: 5 * time.Second}
@@ -143,7 +120,7 @@ func TestServeMutualTLS(t *testing.T) {
 	selfSigned(t, p("client.pem"), p("client-key.pem"), 12, false, ca, caKey)
 	cfg, _, _, _ := loadServeConfig(t)
 	cfg.TLS = &config.TLS{CertFile: p("cert.pem"), KeyFile: p("key.pem"), ClientCAFile: p("ca.pem")}
-	addr := serveTLS(t, cfg)
+	addr, _ := startServe(t, cfg, nil)
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
 	try := func(certs []tls.Certificate) error {
