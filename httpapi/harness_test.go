@@ -3,6 +3,8 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -24,6 +26,7 @@ import (
 	"github.com/errandhq/errand/issuer/jwt"
 	"github.com/errandhq/errand/issuer/vault"
 	"github.com/errandhq/errand/policy"
+	"github.com/errandhq/errand/revocation"
 	"github.com/errandhq/errand/store/postgres"
 )
 
@@ -429,6 +432,15 @@ func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
 // pool, token issuer (which loads the shared keys), service and server.
 func (e *env) replica() *env {
 	e.t.Helper()
+	r, _ := e.replicaWith(false)
+	return r
+}
+
+// replicaWith is replica; when cached, it answers introspection from
+// memory (revocation.StatusCache) woken by LISTEN/NOTIFY, as serve wires
+// it on PostgreSQL, and is returned once the cache is usable.
+func (e *env) replicaWith(cached bool) (*env, *revocation.StatusCache) {
+	e.t.Helper()
 	st, err := postgres.Open(context.Background(), postgres.Config{URL: testpg.URL(e.t)})
 	if err != nil {
 		e.t.Fatal(err)
@@ -438,14 +450,30 @@ func (e *env) replica() *env {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	svc, err := broker.NewService(broker.Config{Store: st, Tokens: tokens, Catalog: testCatalog(e.t),
-		UserIssuers: []string{e.users.URL}, MaxPendingPerAgent: 10000})
+	bcfg := broker.Config{Store: st, Tokens: tokens, Catalog: testCatalog(e.t),
+		UserIssuers: []string{e.users.URL}, MaxPendingPerAgent: 10000}
+	acfg := Config{Auth: e.verifier, PublicURL: publicURL, JWKS: tokens.JWKS,
+		UserIssuers: []string{e.users.URL}, CursorKey: []byte("cursor-key-for-tests-0123456789"),
+		Logger: logger(nil), RateLimits: RateLimits{PerPrincipal: rate.Inf, PerAddress: rate.Inf}}
+	var cache *revocation.StatusCache
+	if cached {
+		ctx, cancel := context.WithCancel(context.Background())
+		hub := &revocation.Hub{Listen: st.Listen, Poll: time.Second}
+		var id [8]byte
+		_, _ = rand.Read(id[:])
+		cache = &revocation.StatusCache{Store: st, Replica: hex.EncodeToString(id[:]), Wake: hub}
+		done := make(chan struct{}, 2)
+		go func() { _ = hub.Run(ctx); done <- struct{}{} }()
+		go func() { _ = cache.Run(ctx); done <- struct{}{} }()
+		e.t.Cleanup(func() { cancel(); <-done; <-done })
+		bcfg.Cache, acfg.Notifier = cache, hub
+	}
+	svc, err := broker.NewService(bcfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	api, err := New(Config{Service: svc, Auth: e.verifier, PublicURL: publicURL, JWKS: tokens.JWKS,
-		UserIssuers: []string{e.users.URL}, CursorKey: []byte("cursor-key-for-tests-0123456789"),
-		Logger: logger(nil), RateLimits: RateLimits{PerPrincipal: rate.Inf, PerAddress: rate.Inf}})
+	acfg.Service = svc
+	api, err := New(acfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -453,5 +481,23 @@ func (e *env) replica() *env {
 	r.st, r.svc, r.tokens, r.api = st, svc, tokens, api
 	r.srv = httptest.NewServer(api)
 	e.t.Cleanup(r.srv.Close)
-	return &r
+	if cached {
+		deadline := time.Now().Add(5 * time.Second)
+		for !cacheUsable(cache) {
+			if time.Now().After(deadline) {
+				e.t.Fatal("the cache never became usable")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return &r, cache
+}
+
+// cacheUsable probes whether a cache answers from memory: a kept entry
+// is served back.
+func cacheUsable(c *revocation.StatusCache) bool {
+	far := time.Now().Add(time.Hour)
+	c.Keep(c.Generation(), broker.Credential{JTI: "probe", ExpiresAt: far}, broker.Task{ExpiresAt: far})
+	_, _, _, ok := c.Lookup("probe")
+	return ok
 }
