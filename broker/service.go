@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -85,6 +86,10 @@ type Service struct {
 	budget  Budget
 	stepTTL time.Duration
 	cache   StatusCache
+	snaps   taskSnaps
+	dbClock dbClock
+	// quickMints counts the fast path's mints.
+	quickMints atomic.Uint64
 }
 
 // NewService validates cfg and returns a Service.
@@ -744,11 +749,16 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 	if !validIdempotencyKey(req.IdempotencyKey) {
 		return Minted{}, Errorf(ErrInvalidRequest, "Idempotency-Key must be 1 to 255 visible ASCII characters")
 	}
-	reqHash := requestHash(scopes, req)
 	jti, err := s.newID("")
 	if err != nil {
 		return Minted{}, err
 	}
+	if req.IdempotencyKey == "" {
+		if out, done, err := s.mintQuick(ctx, p, id, jti, scopes, req); done || err != nil {
+			return out, err
+		}
+	}
+	reqHash := requestHash(scopes, req)
 	var (
 		out     Minted
 		claims  AccessToken
@@ -760,20 +770,10 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		if err != nil {
 			return err
 		}
-		if st := t.EffectiveStatus(now); st != StatusApproved {
-			return Errorf(ErrTaskNotActive, "the task is %s", st)
-		}
-		if err := s.catalog.CheckGrantable(scopes); err != nil {
+		s.snaps.put(t)
+		s.dbClock.observe(now, time.Now())
+		if err := s.mintable(t, now, scopes, req.Audience); err != nil {
 			return err
-		}
-		if _, ok := s.catalog.Audience(req.Audience); !ok {
-			return Errorf(ErrInvalidRequest, "unknown audience %q", req.Audience)
-		}
-		if !contains(t.ApprovedAudiences, req.Audience) {
-			return Errorf(ErrScopeExceedsApproval, "audience %q is not approved for this task", req.Audience)
-		}
-		if miss := t.ApprovedScopes.Uncovered(scopes); len(miss) > 0 {
-			return Errorf(ErrScopeExceedsApproval, "not approved: %s", strings.Join(miss.Strings(), " "))
 		}
 		if req.IdempotencyKey != "" {
 			prev, err := tx.CredentialByIdempotencyKey(ctx, t.ID, req.IdempotencyKey)
@@ -816,14 +816,7 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 			return err
 		}
 		out, claims = Minted{ExpiresIn: int64(ttl / time.Second), Credential: c}, accessToken(t, c)
-		return tx.AppendAudit(ctx, AuditEvent{
-			Time: now, Type: EventCredentialIssued, Actor: ActorOf(p), TaskID: t.ID,
-			Detail: detail(map[string]any{
-				"kind": "jwt", "jti_sha256": HashID(jti), "scopes": scopes.Strings(),
-				"audience": req.Audience, "expires_at": c.ExpiresAt,
-				"tool": tool, "dataset": dataset, "step_up_id": stepUp,
-			}),
-		})
+		return tx.AppendAudit(ctx, issuedEvent(p, c, now, tool, dataset))
 	})
 	if err != nil {
 		return Minted{}, err
@@ -838,6 +831,40 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		return Minted{}, err
 	}
 	return out, nil
+}
+
+// mintable refuses a mint of scopes for audience that task t, as of now,
+// does not allow: the task must be approved and live, and the request
+// within the catalog's grantable scopes and the task's approval.
+func (s *Service) mintable(t Task, now time.Time, scopes Scopes, audience string) error {
+	if st := t.EffectiveStatus(now); st != StatusApproved {
+		return Errorf(ErrTaskNotActive, "the task is %s", st)
+	}
+	if err := s.catalog.CheckGrantable(scopes); err != nil {
+		return err
+	}
+	if _, ok := s.catalog.Audience(audience); !ok {
+		return Errorf(ErrInvalidRequest, "unknown audience %q", audience)
+	}
+	if !contains(t.ApprovedAudiences, audience) {
+		return Errorf(ErrScopeExceedsApproval, "audience %q is not approved for this task", audience)
+	}
+	if miss := t.ApprovedScopes.Uncovered(scopes); len(miss) > 0 {
+		return Errorf(ErrScopeExceedsApproval, "not approved: %s", strings.Join(miss.Strings(), " "))
+	}
+	return nil
+}
+
+// issuedEvent is the audit event of credential c, minted by p at now.
+func issuedEvent(p Principal, c Credential, now time.Time, tool, dataset string) AuditEvent {
+	return AuditEvent{
+		Time: now, Type: EventCredentialIssued, Actor: ActorOf(p), TaskID: c.TaskID,
+		Detail: detail(map[string]any{
+			"kind": "jwt", "jti_sha256": HashID(c.JTI), "scopes": c.Scopes.Strings(),
+			"audience": c.Audience, "expires_at": c.ExpiresAt,
+			"tool": tool, "dataset": dataset, "step_up_id": c.StepUpID,
+		}),
+	}
 }
 
 // boundLabels are the tool and dataset a request of task t is decided

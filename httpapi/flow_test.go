@@ -229,14 +229,27 @@ func TestA09ConcurrentMintsThenClose(t *testing.T) {
 
 // TestA09MintRacingCloseNeverIssuesAfterClose: mints and a close race; every
 // mint that got a token committed before the close (and is revoked), every
-// other one got task_not_active.
+// other one got task_not_active. The task's first mint comes before the
+// race, so that the racing mints take the fast path (a snapshot of the
+// task, re-checked by the insert) until the close changes the task.
 func TestA09MintRacingCloseNeverIssuesAfterClose(t *testing.T) {
 	e := newEnv(t)
+	quick := e.svc.QuickMints()
+	for round := 0; round < 3; round++ {
+		mintRacingClose(t, e)
+	}
+	if e.svc.QuickMints() == quick {
+		t.Fatal("no racing mint took the fast path")
+	}
+}
+
+func mintRacingClose(t *testing.T, e *env) {
 	id := e.approved("a1", "alice", "github.repo.read:acme/**")
 	agentTok, userTok := e.agent("a1"), e.user("alice")
+	first := e.mustStatus(e.mint("a1", id, "github.repo.read:acme/api"), http.StatusCreated)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var issued []string
+	issued := []string{first.str("jti")}
 	start := make(chan struct{})
 	for i := 0; i < 40; i++ {
 		wg.Add(1)

@@ -277,6 +277,11 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
+	if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "errand_quick_mints_total", Help: "Mints recorded by the fast path (a snapshot of the task re-checked by one insert).",
+	}, func() float64 { return float64(svc.QuickMints()) })); err != nil {
+		return nil, err
+	}
 	if cache != nil {
 		if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "errand_introspection_cache_hits_total", Help: "Introspections of active tokens answered from memory.",

@@ -43,8 +43,20 @@ type grouper struct {
 }
 
 type groupCall struct {
-	fn   func(broker.Tx) error
-	done chan error
+	fn    func(broker.Tx) error // or
+	quick *quickCall
+	err   error // fn's own failure
+	done  chan error
+}
+
+// quickCall is an IssueQuick in a group.
+type quickCall struct {
+	c       *broker.Credential
+	version int
+	ttl     time.Duration
+	event   func(broker.Credential, time.Time) broker.AuditEvent
+	ok      bool
+	failed  bool // its statement failed
 }
 
 // InGroupTx runs fn like InTx, possibly in one transaction with other
@@ -54,7 +66,24 @@ type groupCall struct {
 // the audit head stays the last lock of every transaction; their Seq and
 // Hash are therefore not known inside fn.
 func (s *Store) InGroupTx(ctx context.Context, key string, fn func(broker.Tx) error) error {
-	c := &groupCall{fn: fn, done: make(chan error, 1)}
+	return s.enqueue(key, &groupCall{fn: fn, done: make(chan error, 1)})
+}
+
+var _ broker.QuickIssuer = (*Store)(nil)
+
+// IssueQuick records a credential in one statement of a group (see
+// broker.QuickIssuer); the group sends the statements of all its quick
+// calls in one batch, ahead of its other calls.
+func (s *Store) IssueQuick(_ context.Context, c *broker.Credential, version int, ttl time.Duration,
+	event func(broker.Credential, time.Time) broker.AuditEvent) (bool, error) {
+	q := &quickCall{c: c, version: version, ttl: ttl, event: event}
+	if err := s.enqueue(c.TaskID, &groupCall{quick: q, done: make(chan error, 1)}); err != nil {
+		return false, err
+	}
+	return q.ok, nil
+}
+
+func (s *Store) enqueue(key string, c *groupCall) error {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(key))
 	g := &s.groups[h.Sum32()%lanes]
@@ -98,13 +127,123 @@ func (t *groupTx) AppendAudit(_ context.Context, events ...broker.AuditEvent) er
 	return nil
 }
 
+// quickSQL records a credential of a quick call under its task's row
+// lock if the task is as the caller decided it was: at its version,
+// approved, not revoking, its agent not suspended, alive at least a whole
+// second past the database's clock. Under READ COMMITTED a close (or a
+// suspension, which closes) committed while the statement waited for the
+// lock changes the version, so the re-checked row no longer matches. It
+// returns no row when a condition fails.
+const quickSQL = `WITH n AS (SELECT c AS now, date_trunc('second', c) AS iat FROM clock_timestamp() c),
+	t AS (SELECT tasks.expires_at FROM tasks, n WHERE tasks.id = $2 AND tasks.version = $10
+		AND tasks.status = 'approved' AND NOT tasks.revoking AND tasks.expires_at >= n.iat + interval '1 second'
+		AND NOT EXISTS (SELECT 1 FROM suspended_agents s WHERE s.agent_iss = tasks.agent_iss AND s.agent_sub = tasks.agent_sub)
+		FOR UPDATE OF tasks)
+	INSERT INTO credentials (jti, task_id, kind, agent_iss, agent_sub, user_iss, user_sub, scopes, audience,
+		issued_at, expires_at)
+	SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, n.iat,
+		n.iat + least($11::bigint, floor(extract(epoch FROM t.expires_at - n.iat))::bigint) * interval '1 second'
+	FROM t, n
+	RETURNING seq, issued_at, expires_at, (SELECT now FROM n)`
+
+// errQuick is a failed statement of a group's quick batch: the group is
+// run again without its quick calls, which then take the slow path.
+var errQuick = errors.New("postgres: a quick issuance failed")
+
 func (s *Store) runGroup(calls []*groupCall) {
+	err := s.runGroupTx(calls)
+	for errors.Is(err, errQuick) {
+		// The failed quick call answers false (its caller takes the slow
+		// path, where its failure is its own); the group runs again
+		// without it. Each round drops one call.
+		rest := calls[:0:0]
+		for _, c := range calls {
+			if c.quick != nil && c.quick.failed {
+				c.quick.ok = false
+				c.done <- nil
+			} else {
+				rest = append(rest, c)
+			}
+		}
+		calls, err = rest, s.runGroupTx(rest)
+	}
+	for _, c := range calls {
+		if c.quick != nil && err != nil {
+			c.quick.ok = false
+		}
+		res := c.err
+		if err != nil && res == nil {
+			// The group did not commit: nothing of this call is kept.
+			res = translate(err)
+		}
+		c.done <- res
+	}
+}
+
+// runQuick sends the statements of the group's quick calls in one batch.
+func runQuick(ctx context.Context, tx pgx.Tx, calls []*groupCall) ([]broker.AuditEvent, error) {
+	b := &pgx.Batch{}
+	for _, c := range calls {
+		if q := c.quick; q != nil {
+			k := q.c
+			b.Queue(quickSQL, k.JTI, k.TaskID, k.Kind, k.Agent.Issuer, k.Agent.Subject, k.User.Issuer,
+				k.User.Subject, k.Scopes.Strings(), k.Audience, q.version, int64(q.ttl/time.Second))
+		}
+	}
+	if b.Len() == 0 {
+		return nil, nil
+	}
+	br := tx.SendBatch(ctx, b)
+	var events []broker.AuditEvent
+	for _, c := range calls {
+		q := c.quick
+		if q == nil {
+			continue
+		}
+		var now time.Time
+		err := br.QueryRow().Scan(&q.c.Seq, &q.c.IssuedAt, &q.c.ExpiresAt, &now)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			continue
+		case err != nil:
+			q.failed = true
+			_ = br.Close()
+			return nil, fmt.Errorf("%w: %w", errQuick, err)
+		}
+		q.ok = true
+		q.c.IssuedAt, q.c.ExpiresAt = q.c.IssuedAt.UTC(), q.c.ExpiresAt.UTC()
+		events = append(events, q.event(*q.c, now))
+	}
+	if err := br.Close(); err != nil {
+		// Not one statement's (every row was read): fail the whole
+		// group as any other transaction error.
+		return nil, err
+	}
+	return events, nil
+}
+
+// runGroupTx runs one group's transaction. A slow call's own failure is
+// left in its err; the error returned is the group's.
+func (s *Store) runGroupTx(calls []*groupCall) error {
 	ctx, cancel := context.WithTimeout(context.Background(), groupTimeout)
 	defer cancel()
-	results := make([]error, len(calls))
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var events []broker.AuditEvent
+	for _, c := range calls {
+		c.err = nil
+		if c.quick != nil {
+			c.quick.ok, c.quick.failed = false, false
+		}
+	}
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// Quick calls first: their batch takes its task locks before any
+		// other call's, and all are taken before the audit head's.
+		events, err := runQuick(ctx, tx, calls)
+		if err != nil {
+			return err
+		}
 		for i, c := range calls {
+			if c.quick != nil {
+				continue
+			}
 			// Each call its own savepoint: undoing one never reaches into
 			// another's work.
 			sp := fmt.Sprintf("g%d", i)
@@ -117,7 +256,7 @@ func (s *Store) runGroup(calls []*groupCall) {
 				err = errors.New("postgres: a statement failed inside the transaction")
 			}
 			if err != nil {
-				results[i] = translate(err)
+				c.err = translate(err)
 				if d.pending {
 					continue // no statement ran: nothing to undo
 				}
@@ -130,13 +269,6 @@ func (s *Store) runGroup(calls []*groupCall) {
 		}
 		return (&txn{tx: tx}).AppendAudit(ctx, events...)
 	})
-	for i, c := range calls {
-		if err != nil && results[i] == nil {
-			// The group did not commit: nothing of this call is kept.
-			results[i] = translate(err)
-		}
-		c.done <- results[i]
-	}
 }
 
 // detached runs every statement of a group function on the group's

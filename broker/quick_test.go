@@ -1,0 +1,51 @@
+package broker
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// The database's clock is carried forward on the local monotonic clock,
+// and forgotten when its reading is too old to trust.
+func TestDBClock(t *testing.T) {
+	var c dbClock
+	if _, ok := c.now(); ok {
+		t.Fatal("a clock never read gave a time")
+	}
+	db := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	local := time.Now()
+	c.observe(db, local)
+	got, ok := c.now()
+	if !ok || got.Before(db) || got.Sub(db) > time.Second {
+		t.Fatalf("now = %v, %v; want just after %v", got, ok, db)
+	}
+	// An older reading arriving late does not replace a newer one.
+	c.observe(db.Add(-time.Hour), local.Add(-time.Millisecond))
+	if got, _ := c.now(); got.Before(db) {
+		t.Fatalf("a late, older reading moved the clock back to %v", got)
+	}
+	var old dbClock
+	old.observe(db, time.Now().Add(-dbClockFresh-time.Second))
+	if _, ok := old.now(); ok {
+		t.Fatal("a stale reading was trusted")
+	}
+}
+
+// Snapshots are bounded; the newest is kept.
+func TestTaskSnapsBounded(t *testing.T) {
+	var c taskSnaps
+	for i := 0; i < maxSnaps+100; i++ {
+		c.put(Task{ID: fmt.Sprint(i), Version: 1})
+	}
+	if len(c.m) != maxSnaps {
+		t.Fatalf("%d snapshots kept, want %d", len(c.m), maxSnaps)
+	}
+	if _, ok := c.get(fmt.Sprint(maxSnaps + 99)); !ok {
+		t.Fatal("the newest snapshot was dropped")
+	}
+	c.put(Task{ID: fmt.Sprint(maxSnaps + 99), Version: 2})
+	if k, _ := c.get(fmt.Sprint(maxSnaps + 99)); k.Version != 2 || len(c.m) != maxSnaps {
+		t.Fatalf("replacing a snapshot: version %d, %d kept", k.Version, len(c.m))
+	}
+}

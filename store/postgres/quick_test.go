@@ -1,0 +1,208 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/store/postgres"
+)
+
+// quickTask stores an approved task (version 2) whose id starts with
+// prefix; the package's database outlives one run (-count).
+func quickTask(t *testing.T, st *postgres.Store, prefix string, agent broker.Ref, expires time.Duration, change func(*broker.Task)) broker.Task {
+	t.Helper()
+	id := fmt.Sprintf("%s_%d", prefix, time.Now().UnixNano())
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	k := broker.Task{ID: id, Version: 2, Status: broker.StatusApproved,
+		Agent: agent, User: broker.Ref{Issuer: "u", Subject: "alice"}, Goal: "g",
+		Scopes: broker.Scopes{broker.MustParseScope("x.read")}, ApprovedScopes: broker.Scopes{broker.MustParseScope("x.read")},
+		Audiences: []string{"aud"}, ApprovedAudiences: []string{"aud"}, Risk: broker.RiskLow,
+		CreatedAt: now, ApprovedAt: now, ExpiresAt: now.Add(expires)}
+	if change != nil {
+		change(&k)
+	}
+	if err := st.InTx(ctx, func(tx broker.Tx) error { return tx.InsertTask(ctx, &k) }); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func quickCred(k broker.Task, jti string) *broker.Credential {
+	return &broker.Credential{JTI: jti, TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+		Scopes: k.ApprovedScopes, Audience: "aud"}
+}
+
+func quickEvent(c broker.Credential, now time.Time) broker.AuditEvent {
+	return broker.AuditEvent{Time: now.UTC().Truncate(time.Microsecond), Type: broker.EventCredentialIssued,
+		Actor: broker.Actor{Kind: "agent"}, TaskID: c.TaskID, Detail: []byte(`{"jti":"` + c.JTI + `"}`)}
+}
+
+// IssueQuick records a credential only when the task is still what the
+// caller decided on; otherwise nothing at all is written: no credential,
+// no audit event.
+func TestIssueQuickReChecksTheTask(t *testing.T) {
+	st := testpg.Store(t)
+	ctx := context.Background()
+	agent := broker.Ref{Issuer: "a", Subject: "agent"}
+	suspended := broker.Ref{Issuer: "a", Subject: "suspended"}
+	if err := st.InTx(ctx, func(tx broker.Tx) error {
+		return tx.SetSuspended(ctx, suspended, "r", "admin", time.Now())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		agent   broker.Ref
+		expires time.Duration
+		version int
+		change  func(*broker.Task)
+	}{
+		{name: "stale version", agent: agent, expires: time.Hour, version: 1},
+		{name: "closed", agent: agent, expires: time.Hour, version: 2, change: func(k *broker.Task) {
+			k.Status, k.ClosedAt = broker.StatusClosed, k.CreatedAt
+		}},
+		{name: "revoking", agent: agent, expires: time.Hour, version: 2, change: func(k *broker.Task) { k.Revoking = true }},
+		{name: "pending", agent: agent, expires: time.Hour, version: 2, change: func(k *broker.Task) {
+			k.Status, k.ApprovedAt = broker.StatusPending, time.Time{}
+		}},
+		{name: "suspended agent", agent: suspended, expires: time.Hour, version: 2},
+		{name: "expires within a second", agent: agent, expires: 400 * time.Millisecond, version: 2},
+		{name: "expired", agent: agent, expires: -time.Second, version: 2},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			k := quickTask(t, st, fmt.Sprintf("tsk_quick_refused_%d", i), tc.agent, tc.expires, tc.change)
+			seq, _, err := st.AuditHead(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := quickCred(k, k.ID+"-jti")
+			called := false
+			ok, err := st.IssueQuick(ctx, c, tc.version, 5*time.Minute, func(c broker.Credential, now time.Time) broker.AuditEvent {
+				called = true
+				return quickEvent(c, now)
+			})
+			if err != nil || ok || called {
+				t.Fatalf("IssueQuick = %v, %v (event built: %v); want false, nil", ok, err, called)
+			}
+			if _, err := st.Credential(ctx, c.JTI); err == nil {
+				t.Fatal("a credential was recorded")
+			}
+			if after, _, _ := st.AuditHead(ctx); after != seq {
+				t.Fatalf("audit head moved %d -> %d", seq, after)
+			}
+		})
+	}
+}
+
+// A recorded quick credential: whole seconds from the database's clock,
+// the TTL cut to the task's expiry, its event chained, all committed
+// before IssueQuick returns.
+func TestIssueQuickRecords(t *testing.T) {
+	st := testpg.Store(t)
+	ctx := context.Background()
+	k := quickTask(t, st, "tsk_quick_ok", broker.Ref{Issuer: "a", Subject: "agent"}, 90*time.Second+500*time.Millisecond, nil)
+	c := quickCred(k, k.ID+"-ok")
+	var at time.Time
+	ok, err := st.IssueQuick(ctx, c, k.Version, 5*time.Minute, func(c broker.Credential, now time.Time) broker.AuditEvent {
+		at = now
+		return quickEvent(c, now)
+	})
+	if err != nil || !ok {
+		t.Fatalf("IssueQuick = %v, %v", ok, err)
+	}
+	if !c.IssuedAt.Equal(c.IssuedAt.Truncate(time.Second)) || !c.ExpiresAt.Equal(c.ExpiresAt.Truncate(time.Second)) {
+		t.Fatalf("times not whole seconds: %v %v", c.IssuedAt, c.ExpiresAt)
+	}
+	if at.Before(c.IssuedAt) || at.Sub(c.IssuedAt) >= time.Second {
+		t.Fatalf("issued at %v for a clock of %v", c.IssuedAt, at)
+	}
+	if c.ExpiresAt.After(k.ExpiresAt) || k.ExpiresAt.Sub(c.ExpiresAt) >= time.Second {
+		t.Fatalf("expires at %v, task at %v: not cut to the task", c.ExpiresAt, k.ExpiresAt)
+	}
+	got, err := st.Credential(ctx, c.JTI)
+	if err != nil || got.Seq != c.Seq || !got.ExpiresAt.Equal(c.ExpiresAt) || !got.IssuedAt.Equal(c.IssuedAt) {
+		t.Fatalf("recorded %+v (%v), returned %+v", got, err, *c)
+	}
+	evs, err := st.AuditEvents(ctx, broker.HistoryFilter{TaskID: k.ID, Limit: 10})
+	if err != nil || len(evs) != 1 || !strings.Contains(string(evs[0].Detail), c.JTI) {
+		t.Fatalf("events %+v, %v", evs, err)
+	}
+
+	// A short TTL is kept.
+	c2 := quickCred(k, k.ID+"-short")
+	if ok, err := st.IssueQuick(ctx, c2, k.Version, 7*time.Second, quickEvent); err != nil || !ok {
+		t.Fatalf("IssueQuick = %v, %v", ok, err)
+	}
+	if d := c2.ExpiresAt.Sub(c2.IssuedAt); d != 7*time.Second {
+		t.Fatalf("lifetime %v, want 7s", d)
+	}
+}
+
+// A quick statement that fails (here a duplicate jti) fails no one else:
+// its group is run again without it; it reports false (its caller takes
+// the slow path, where the failure is its own) and every other call,
+// quick or slow, commits.
+func TestIssueQuickFailureIsolated(t *testing.T) {
+	st := testpg.Store(t)
+	ctx := context.Background()
+	k := quickTask(t, st, "tsk_quick_fail", broker.Ref{Issuer: "a", Subject: "agent"}, time.Hour, nil)
+	if ok, err := st.IssueQuick(ctx, quickCred(k, k.ID+"-dup"), k.Version, time.Minute, quickEvent); err != nil || !ok {
+		t.Fatalf("IssueQuick = %v, %v", ok, err)
+	}
+	const n = 48
+	var wg sync.WaitGroup
+	oks, errs := make([]bool, n), make([]error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			switch {
+			case i%12 == 0:
+				oks[i], errs[i] = st.IssueQuick(ctx, quickCred(k, k.ID+"-dup"), k.Version, time.Minute, quickEvent)
+			case i%3 == 0: // slow calls in the same lane
+				errs[i] = st.InGroupTx(ctx, k.ID, func(tx broker.Tx) error {
+					return tx.SetSuspended(ctx, broker.Ref{Issuer: k.ID, Subject: fmt.Sprint(i)}, "r", "by", time.Now())
+				})
+			default:
+				oks[i], errs[i] = st.IssueQuick(ctx, quickCred(k, fmt.Sprintf("%s-%d", k.ID, i)), k.Version, time.Minute, quickEvent)
+			}
+		}()
+	}
+	wg.Wait()
+	recorded := 1
+	for i := 0; i < n; i++ {
+		switch {
+		case errs[i] != nil:
+			t.Errorf("call %d: %v", i, errs[i])
+		case i%12 == 0:
+			if oks[i] {
+				t.Errorf("call %d: a duplicate jti was recorded", i)
+			}
+		case i%3 == 0:
+			if s, err := st.Suspended(ctx, broker.Ref{Issuer: k.ID, Subject: fmt.Sprint(i)}); err != nil || !s {
+				t.Errorf("slow call %d: its work was lost (%v)", i, err)
+			}
+		default:
+			if !oks[i] {
+				t.Errorf("call %d: not recorded: another call's failure reached it", i)
+			}
+			recorded++
+		}
+	}
+	cs, err := st.Credentials(ctx, broker.HistoryFilter{TaskID: k.ID, Limit: 1000})
+	if err != nil || len(cs) != recorded {
+		t.Fatalf("%d credentials, want %d (%v)", len(cs), recorded, err)
+	}
+	evs, err := st.AuditEvents(ctx, broker.HistoryFilter{TaskID: k.ID, Limit: 1000})
+	if err != nil || len(evs) != recorded {
+		t.Fatalf("%d events, want %d (%v)", len(evs), recorded, err)
+	}
+}
