@@ -14,6 +14,8 @@ import (
 	"io"
 	"strings"
 
+	"github.com/go-json-experiment/json/jsontext"
+
 	"github.com/errandhq/errand/broker"
 )
 
@@ -40,70 +42,54 @@ func Decode(raw []byte, v any) error {
 	return nil
 }
 
-// CheckKeys walks the tokens of raw and refuses duplicate or case-variant
-// keys in any object, nesting deeper than MaxDepth, and malformed JSON.
+// CheckKeys walks the tokens of raw and refuses malformed JSON (invalid
+// UTF-8 included), duplicate or case-variant keys, non-ASCII keys, and
+// nesting deeper than MaxDepth. It uses the jsontext tokenizer (of
+// go-json-experiment, already a dependency through cedar-go), which reads
+// a token without boxing it: on request bodies the standard library's
+// Decoder.Token cost more than the decoding itself.
 func CheckKeys(raw []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	type frame struct {
-		object  bool
-		keys    map[string]bool
-		wantKey bool
-	}
-	var stack []*frame
+	// Exact duplicates are caught below with the case variants.
+	dec := jsontext.NewDecoder(bytes.NewReader(raw), jsontext.AllowDuplicateNames(true))
+	var keys []map[string]bool // of each open object, by depth; nil for arrays
 	for {
-		tok, err := dec.Token()
+		tok, err := dec.ReadToken()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("malformed JSON: %v", err)
 		}
-		var top *frame
-		if len(stack) > 0 {
-			top = stack[len(stack)-1]
-		}
-		switch t := tok.(type) {
-		case json.Delim:
-			switch t {
-			case '{', '[':
-				if top != nil && top.object {
-					top.wantKey = true
-				}
-				if len(stack) >= MaxDepth {
-					return fmt.Errorf("JSON nested deeper than %d levels", MaxDepth)
-				}
-				stack = append(stack, &frame{object: t == '{', keys: map[string]bool{}, wantKey: true})
-			case '}', ']':
-				stack = stack[:len(stack)-1]
-				if len(stack) > 0 && stack[len(stack)-1].object {
-					stack[len(stack)-1].wantKey = true
-				}
+		depth := dec.StackDepth()
+		switch tok.Kind() {
+		case '{', '[':
+			if depth > MaxDepth {
+				return fmt.Errorf("JSON nested deeper than %d levels", MaxDepth)
 			}
-		case string:
-			if top != nil && top.object && top.wantKey {
-				// encoding/json folds keys with Unicode simple folding
-				// (ſ matches s, K matches k), so only ASCII keys are
-				// allowed: their folding is plain lower-casing.
-				for i := 0; i < len(t); i++ {
-					if t[i] >= 0x80 {
-						return fmt.Errorf("non-ASCII key %q", t)
-					}
-				}
-				k := strings.ToLower(t)
-				if top.keys[k] {
-					return fmt.Errorf("duplicate or case-variant key %q", t)
-				}
-				top.keys[k] = true
-				top.wantKey = false
+			var m map[string]bool
+			if tok.Kind() == '{' {
+				m = map[string]bool{}
+			}
+			keys = append(keys, m)
+		case '}', ']':
+			keys = keys[:len(keys)-1]
+		case '"':
+			// A name is an object's odd-numbered token so far.
+			if kind, n := dec.StackIndex(depth); kind != '{' || n%2 != 1 {
 				continue
 			}
-			if top != nil && top.object {
-				top.wantKey = true
+			name := tok.String()
+			for i := 0; i < len(name); i++ {
+				if name[i] >= 0x80 {
+					return fmt.Errorf("non-ASCII key %q", name)
+				}
 			}
-		default:
-			if top != nil && top.object {
-				top.wantKey = true
+			k := strings.ToLower(name)
+			top := keys[len(keys)-1]
+			if top[k] {
+				return fmt.Errorf("duplicate or case-variant key %q", name)
 			}
+			top[k] = true
 		}
 	}
 }
