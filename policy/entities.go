@@ -31,37 +31,16 @@ const (
 // Every context key is always present ("" when unknown), so a policy never
 // fails for a missing attribute; tool and dataset are "" when the request
 // named none, and the user's groups are known from approval on.
-func cedarRequest(r broker.PolicyRequest) (types.EntityMap, cedar.Request) {
-	agent := types.NewEntityUID(TypeAgent, types.String(r.Agent.String()))
-	user := types.NewEntityUID(TypeUser, types.String(r.User.String()))
-	action := types.NewEntityUID(TypeAction, types.String(r.Action))
-	resource := types.NewEntityUID(TypeResource, types.String(r.Resource))
-	// Groups, and the action, have neither attributes nor parents: they
-	// need no entity of their own; membership is the user's parents.
-	groups := make([]types.EntityUID, len(r.Groups))
-	entities := make(types.EntityMap, 3)
-	for i, g := range r.Groups {
-		groups[i] = types.NewEntityUID(TypeGroup, types.String(g))
+func cedarRequest(r broker.PolicyRequest) (*lazyEntities, cedar.Request) {
+	e := &lazyEntities{r: r,
+		agent:    types.NewEntityUID(TypeAgent, types.String(r.Agent.String())),
+		user:     types.NewEntityUID(TypeUser, types.String(r.User.String())),
+		resource: types.NewEntityUID(TypeResource, types.String(r.Resource)),
 	}
-	entities[agent] = types.Entity{UID: agent, Attributes: types.NewRecord(types.RecordMap{
-		"issuer": types.String(r.Agent.Issuer),
-		"sub":    types.String(r.Agent.Subject),
-	})}
-	entities[user] = types.Entity{UID: user, Parents: types.NewEntityUIDSet(groups...),
-		Attributes: types.NewRecord(types.RecordMap{
-			"issuer": types.String(r.User.Issuer),
-			"sub":    types.String(r.User.Subject),
-		})}
-	head, wildcard, parents := resourceShape(r.Resource)
-	entities[resource] = types.Entity{UID: resource, Parents: types.NewEntityUIDSet(parents...),
-		Attributes: types.NewRecord(types.RecordMap{
-			"path":     types.String(r.Resource),
-			"wildcard": types.Boolean(wildcard),
-			"head":     types.String(head),
-		})}
+	action := types.NewEntityUID(TypeAction, types.String(r.Action))
 	ctx := types.NewRecord(types.RecordMap{
 		"task_id":     types.String(r.TaskID),
-		"user":        user,
+		"user":        e.user,
 		"risk":        types.String(r.Risk),
 		"class":       types.String(r.Class),
 		"audience":    types.String(r.Audience),
@@ -71,7 +50,59 @@ func cedarRequest(r broker.PolicyRequest) (types.EntityMap, cedar.Request) {
 		"time":        types.NewDatetime(r.Time),
 		"operation":   types.String(r.Operation),
 	})
-	return entities, cedar.Request{Principal: agent, Action: action, Resource: resource, Context: ctx}
+	return e, cedar.Request{Principal: e.agent, Action: action, Resource: e.resource, Context: ctx}
+}
+
+// lazyEntities are the entities of one request (the agent, the user and
+// the resource), each built the first time a policy asks for it: most
+// policies read the context only, and building an entity (its attribute
+// record is sorted and hashed) cost more than deciding. Groups, and the
+// action, have neither attributes nor parents: they need no entity of
+// their own; membership is the user's parents.
+type lazyEntities struct {
+	r                        broker.PolicyRequest
+	agent, user, resource    types.EntityUID
+	agentE, userE, resourceE *types.Entity
+}
+
+var _ types.EntityGetter = (*lazyEntities)(nil)
+
+func (e *lazyEntities) Get(uid types.EntityUID) (types.Entity, bool) {
+	switch uid {
+	case e.agent:
+		if e.agentE == nil {
+			e.agentE = &types.Entity{UID: e.agent, Attributes: types.NewRecord(types.RecordMap{
+				"issuer": types.String(e.r.Agent.Issuer),
+				"sub":    types.String(e.r.Agent.Subject),
+			})}
+		}
+		return *e.agentE, true
+	case e.user:
+		if e.userE == nil {
+			groups := make([]types.EntityUID, len(e.r.Groups))
+			for i, g := range e.r.Groups {
+				groups[i] = types.NewEntityUID(TypeGroup, types.String(g))
+			}
+			e.userE = &types.Entity{UID: e.user, Parents: types.NewEntityUIDSet(groups...),
+				Attributes: types.NewRecord(types.RecordMap{
+					"issuer": types.String(e.r.User.Issuer),
+					"sub":    types.String(e.r.User.Subject),
+				})}
+		}
+		return *e.userE, true
+	case e.resource:
+		if e.resourceE == nil {
+			head, wildcard, parents := resourceShape(e.r.Resource)
+			e.resourceE = &types.Entity{UID: e.resource, Parents: types.NewEntityUIDSet(parents...),
+				Attributes: types.NewRecord(types.RecordMap{
+					"path":     types.String(e.r.Resource),
+					"wildcard": types.Boolean(wildcard),
+					"head":     types.String(head),
+				})}
+		}
+		return *e.resourceE, true
+	}
+	return types.Entity{}, false
 }
 
 // resourceShape describes a resource path, which may be a pattern (a task's
