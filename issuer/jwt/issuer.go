@@ -155,7 +155,8 @@ func (i *Issuer) Reload(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("jwt: key %s: %w", sk.KID, err)
 		}
-		k := &key{kid: sk.KID, alg: sk.Alg, signer: signer, public: signer.Public(), jwk: sk.PublicJWK, state: sk.State}
+		k := &key{kid: sk.KID, alg: sk.Alg, signer: signer, public: signer.Public(), jwk: sk.PublicJWK, state: sk.State,
+			head: encodeHeader(sk.Alg, sk.KID)}
 		byKID[k.kid] = k
 		pubs = append(pubs, sk.PublicJWK)
 		if sk.State == broker.KeyCurrent {
@@ -231,10 +232,18 @@ func (i *Issuer) Sign(_ context.Context, t broker.AccessToken) (string, error) {
 		ClientID: t.ClientID, Aud: t.Audience, Scope: t.Scope, TaskID: t.TaskID, JTI: t.JTI,
 		IAT: t.IssuedAt.Unix(), NBF: t.NotBefore.Unix(), EXP: t.ExpiresAt.Unix(),
 	}}
-	tok := gojwt.NewWithClaims(method(k.alg), m)
-	tok.Header["typ"] = TokenType
-	tok.Header["kid"] = k.kid
-	return tok.SignedString(k.signer)
+	// The compact form of a token (RFC 7515, 7.1) with the key's header
+	// encoded once; golang-jwt's method signs it.
+	body, err := json.Marshal(m)
+	if err != nil {
+		return "", err
+	}
+	signing := k.head + "." + base64.RawURLEncoding.EncodeToString(body)
+	sig, err := method(k.alg).Sign(signing, k.signer)
+	if err != nil {
+		return "", err
+	}
+	return signing + "." + base64.RawURLEncoding.EncodeToString(sig), nil
 }
 
 func method(alg string) gojwt.SigningMethod {

@@ -115,6 +115,16 @@ func TestSignVerifyRoundTrip(t *testing.T) {
 			if got != sample(now) {
 				t.Fatalf("round trip: %+v", got)
 			}
+			// The header, encoded once per key, is exactly this.
+			hb, err := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			var head map[string]any
+			if err := json.Unmarshal(hb, &head); err != nil || len(head) != 3 || head["alg"] != alg ||
+				head["typ"] != "at+jwt" || head["kid"] != i.current.kid {
+				t.Fatalf("header %s", hb)
+			}
 			var jwks struct{ Keys []map[string]any }
 			if err := json.Unmarshal(i.JWKS(), &jwks); err != nil || len(jwks.Keys) != 1 || jwks.Keys[0]["alg"] != alg {
 				t.Fatalf("jwks: %s", i.JWKS())

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -30,6 +31,21 @@ type key struct {
 	public crypto.PublicKey
 	jwk    []byte
 	state  string
+	// head is the encoded JOSE header of the tokens it signs, the same
+	// for all of them.
+	head string
+}
+
+// joseHeader is the header of Errand's access tokens.
+type joseHeader struct {
+	Alg string `json:"alg"`
+	Kid string `json:"kid"`
+	Typ string `json:"typ"`
+}
+
+func encodeHeader(alg, kid string) string {
+	b, _ := json.Marshal(joseHeader{Alg: alg, Kid: kid, Typ: TokenType}) // strings only: cannot fail
+	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 func generate(alg string) (crypto.Signer, error) {
