@@ -112,7 +112,16 @@ func (t *txn) AppendAudit(ctx context.Context, events ...broker.AuditEvent) erro
 	if err := t.tx.QueryRow(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE`).Scan(&seq, &prev); err != nil {
 		return translate(err)
 	}
-	b := &pgx.Batch{}
+	// One statement for all the events and the head, its columns sent as
+	// arrays: a statement per event cost PostgreSQL an executor start-up
+	// each, the larger part of a small insert.
+	n := len(events)
+	var (
+		seqs                            = make([]int64, n)
+		times                           = make([]time.Time, n)
+		types, kinds, isss, subs, tasks = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		details, hashes                 = make([]string, n), make([]string, n)
+	)
 	for i := range events {
 		e := &events[i]
 		seq++
@@ -123,13 +132,18 @@ func (t *txn) AppendAudit(ctx context.Context, events ...broker.AuditEvent) erro
 		}
 		e.Hash = broker.ChainHash(prev, *e)
 		prev = e.Hash
-		b.Queue(`INSERT INTO audit_events (seq, time, type, actor_kind, actor_iss, actor_sub,
-			task_id, detail, hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)`,
-			e.Seq, e.Time, e.Type, e.Actor.Kind, e.Actor.Issuer, e.Actor.Subject, e.TaskID,
-			string(e.Detail), e.Hash)
+		seqs[i], times[i], types[i], kinds[i], isss[i], subs[i], tasks[i] =
+			e.Seq, e.Time, e.Type, e.Actor.Kind, e.Actor.Issuer, e.Actor.Subject, e.TaskID
+		details[i], hashes[i] = string(e.Detail), e.Hash
 	}
-	b.Queue(`UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1`, seq, prev)
-	return translate(t.tx.SendBatch(ctx, b).Close())
+	_, err := t.tx.Exec(ctx, `WITH ins AS (INSERT INTO audit_events (seq, time, type, actor_kind, actor_iss,
+			actor_sub, task_id, detail, hash)
+		SELECT s, tm, ty, ak, ai, asb, ti, d::json, h
+		FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+			$8::text[], $9::text[]) AS e(s, tm, ty, ak, ai, asb, ti, d, h))
+		UPDATE audit_head SET seq = $10, hash = $11 WHERE id = 1`,
+		seqs, times, types, kinds, isss, subs, tasks, details, hashes, seq, prev)
+	return translate(err)
 }
 
 // Task reads one task.
