@@ -119,6 +119,7 @@ func openStore(ctx context.Context, url string) (backend, error) {
 
 // serve opens the configured store and listener and runs until ctx ends.
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, migrate bool, ready chan<- string) error {
+	tuneGC(log)
 	st, err := openStore(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return err
