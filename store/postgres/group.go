@@ -56,7 +56,6 @@ type quickCall struct {
 	ttl     time.Duration
 	event   func(broker.Credential, time.Time) broker.AuditEvent
 	ok      bool
-	failed  bool // its statement failed
 }
 
 // InGroupTx runs fn like InTx, possibly in one transaction with other
@@ -127,24 +126,33 @@ func (t *groupTx) AppendAudit(_ context.Context, events ...broker.AuditEvent) er
 	return nil
 }
 
-// quickSQL records a credential of a quick call under its task's row
-// lock if the task is as the caller decided it was: at its version,
-// approved, not revoking, its agent not suspended, alive at least a whole
-// second past the database's clock. Under READ COMMITTED a close (or a
-// suspension, which closes) committed while the statement waited for the
-// lock changes the version, so the re-checked row no longer matches. It
-// returns no row when a condition fails.
+// quickSQL records the credentials of a group's quick calls, in one
+// statement, each under its task's row lock and only if the task is as
+// its caller decided it was: at its version, approved, not revoking, its
+// agent not suspended, alive at least a whole second past the database's
+// clock. The tasks are locked in the order of their seq, as LockOpenTasks
+// does, so the two never wait on each other in a cycle. Under READ
+// COMMITTED a close (or a suspension, which closes) committed while the
+// statement waited for a lock is seen when the row is re-checked, and the
+// version check catches any other change. Scopes travel as one flat
+// array, each credential's a slice of it. A call whose checks fail has no
+// row.
 const quickSQL = `WITH n AS (SELECT c AS now, date_trunc('second', c) AS iat FROM clock_timestamp() c),
-	t AS (SELECT tasks.expires_at FROM tasks, n WHERE tasks.id = $2 AND tasks.version = $10
-		AND tasks.status = 'approved' AND NOT tasks.revoking AND tasks.expires_at >= n.iat + interval '1 second'
+	r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+		$8::int[], $9::int[], $10::text[], $11::int[], $12::bigint[])
+		AS r(jti, task_id, kind, agent_iss, agent_sub, user_iss, user_sub, sc_from, sc_to, audience, version, ttl)),
+	t AS (SELECT tasks.id, tasks.version, tasks.expires_at FROM tasks, n
+		WHERE tasks.id IN (SELECT task_id FROM r) AND tasks.status = 'approved' AND NOT tasks.revoking
+		AND tasks.expires_at >= n.iat + interval '1 second'
 		AND NOT EXISTS (SELECT 1 FROM suspended_agents s WHERE s.agent_iss = tasks.agent_iss AND s.agent_sub = tasks.agent_sub)
-		FOR UPDATE OF tasks)
+		ORDER BY tasks.seq FOR UPDATE OF tasks)
 	INSERT INTO credentials (jti, task_id, kind, agent_iss, agent_sub, user_iss, user_sub, scopes, audience,
 		issued_at, expires_at)
-	SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, n.iat,
-		n.iat + least($11::bigint, floor(extract(epoch FROM t.expires_at - n.iat))::bigint) * interval '1 second'
-	FROM t, n
-	RETURNING seq, issued_at, expires_at, (SELECT now FROM n)`
+	SELECT r.jti, r.task_id, r.kind, r.agent_iss, r.agent_sub, r.user_iss, r.user_sub, ($13::text[])[r.sc_from:r.sc_to],
+		r.audience, n.iat,
+		n.iat + least(r.ttl, floor(extract(epoch FROM t.expires_at - n.iat))::bigint) * interval '1 second'
+	FROM r JOIN t ON t.id = r.task_id AND t.version = r.version, n
+	RETURNING jti, seq, issued_at, expires_at, (SELECT now FROM n)`
 
 // errQuick is a failed statement of a group's quick batch: the group is
 // run again without its quick calls, which then take the slow path.
@@ -152,13 +160,12 @@ var errQuick = errors.New("postgres: a quick issuance failed")
 
 func (s *Store) runGroup(calls []*groupCall) {
 	err := s.runGroupTx(calls)
-	for errors.Is(err, errQuick) {
-		// The failed quick call answers false (its caller takes the slow
-		// path, where its failure is its own); the group runs again
-		// without it. Each round drops one call.
+	if errors.Is(err, errQuick) {
+		// The quick calls answer false: each caller takes the slow path,
+		// where a failure is its own. The others run again without them.
 		rest := calls[:0:0]
 		for _, c := range calls {
-			if c.quick != nil && c.quick.failed {
+			if c.quick != nil {
 				c.quick.ok = false
 				c.done <- nil
 			} else {
@@ -180,44 +187,58 @@ func (s *Store) runGroup(calls []*groupCall) {
 	}
 }
 
-// runQuick sends the statements of the group's quick calls in one batch.
+// runQuick records the group's quick calls with one statement.
 func runQuick(ctx context.Context, tx pgx.Tx, calls []*groupCall) ([]broker.AuditEvent, error) {
-	b := &pgx.Batch{}
-	for _, c := range calls {
-		if q := c.quick; q != nil {
-			k := q.c
-			b.Queue(quickSQL, k.JTI, k.TaskID, k.Kind, k.Agent.Issuer, k.Agent.Subject, k.User.Issuer,
-				k.User.Subject, k.Scopes.Strings(), k.Audience, q.version, int64(q.ttl/time.Second))
-		}
-	}
-	if b.Len() == 0 {
-		return nil, nil
-	}
-	br := tx.SendBatch(ctx, b)
-	var events []broker.AuditEvent
+	var (
+		jtis, tasks, kinds, aiss, asub, uiss, usub, auds []string
+		from, to, versions                               []int32
+		ttls                                             []int64
+		scopes                                           []string
+		byJTI                                            = map[string]*quickCall{}
+	)
 	for _, c := range calls {
 		q := c.quick
 		if q == nil {
 			continue
 		}
-		var now time.Time
-		err := br.QueryRow().Scan(&q.c.Seq, &q.c.IssuedAt, &q.c.ExpiresAt, &now)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			continue
-		case err != nil:
-			q.failed = true
-			_ = br.Close()
+		k := q.c
+		byJTI[k.JTI] = q
+		jtis, tasks, kinds = append(jtis, k.JTI), append(tasks, k.TaskID), append(kinds, k.Kind)
+		aiss, asub = append(aiss, k.Agent.Issuer), append(asub, k.Agent.Subject)
+		uiss, usub, auds = append(uiss, k.User.Issuer), append(usub, k.User.Subject), append(auds, k.Audience)
+		from = append(from, int32(len(scopes)+1)) // PostgreSQL arrays count from 1
+		scopes = append(scopes, k.Scopes.Strings()...)
+		to = append(to, int32(len(scopes)))
+		versions, ttls = append(versions, int32(q.version)), append(ttls, int64(q.ttl/time.Second))
+	}
+	if len(jtis) == 0 {
+		return nil, nil
+	}
+	rows, err := tx.Query(ctx, quickSQL, jtis, tasks, kinds, aiss, asub, uiss, usub, from, to, auds, versions, ttls, scopes)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errQuick, err)
+	}
+	defer rows.Close()
+	var events []broker.AuditEvent
+	for rows.Next() {
+		var (
+			jti           string
+			seq           int64
+			iat, exp, now time.Time
+		)
+		if err := rows.Scan(&jti, &seq, &iat, &exp, &now); err != nil {
 			return nil, fmt.Errorf("%w: %w", errQuick, err)
 		}
+		q := byJTI[jti]
+		if q == nil || q.ok {
+			return nil, fmt.Errorf("%w: a row for jti %q that was not asked for", errQuick, jti)
+		}
 		q.ok = true
-		q.c.IssuedAt, q.c.ExpiresAt = q.c.IssuedAt.UTC(), q.c.ExpiresAt.UTC()
+		q.c.Seq, q.c.IssuedAt, q.c.ExpiresAt = seq, iat.UTC(), exp.UTC()
 		events = append(events, q.event(*q.c, now))
 	}
-	if err := br.Close(); err != nil {
-		// Not one statement's (every row was read): fail the whole
-		// group as any other transaction error.
-		return nil, err
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("%w: %w", errQuick, err)
 	}
 	return events, nil
 }
@@ -230,7 +251,7 @@ func (s *Store) runGroupTx(calls []*groupCall) error {
 	for _, c := range calls {
 		c.err = nil
 		if c.quick != nil {
-			c.quick.ok, c.quick.failed = false, false
+			c.quick.ok = false
 		}
 	}
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
