@@ -7,11 +7,20 @@ import (
 	"testing"
 )
 
+// body has the field kinds of Errand's request bodies: strings, string
+// lists, integers, booleans, optional nested objects and free-form maps.
 type body struct {
 	OnBehalfOf string   `json:"on_behalf_of"`
 	Goal       string   `json:"goal"`
 	Scopes     []string `json:"scopes"`
 	TTLSeconds int64    `json:"ttl_seconds"`
+	Approve    bool     `json:"approve"`
+	Subject    *struct {
+		Type       string         `json:"type"`
+		ID         string         `json:"id"`
+		Properties map[string]any `json:"properties"`
+	} `json:"subject"`
+	Context map[string]any `json:"context"`
 }
 
 // FuzzStrictJSON: Decode never panics; whatever it accepts has no
@@ -21,6 +30,9 @@ func FuzzStrictJSON(f *testing.F) {
 	for _, s := range []string{
 		`{"goal":"g","scopes":["a.b"]}`, `{"goal":"a","goal":"b"}`, `{"scopes":["x"],"SCOPES":["y"]}`,
 		`{"goal":"g"} {"goal":"h"}`, `null`, `[` + strings.Repeat("[", 40), `{"x":1}`,
+		`{"subject":{"type":"t","id":"x","properties":{"a":[1,2.5,"s",null,true]}},"context":{"n":{"m":{}}}}`,
+		`{"approve":true,"ttl_seconds":1e2,"subject":null}`, `{"Goal":"g","TTL_SECONDS":3}`, `{"ttl_seconds":"3"}`,
+		string(benchBody),
 	} {
 		f.Add([]byte(s))
 	}

@@ -8,13 +8,14 @@ package strictjson
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
 
+	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
+	jsonv1 "github.com/go-json-experiment/json/v1"
 
 	"github.com/errandhq/errand/broker"
 )
@@ -31,13 +32,12 @@ func Decode(raw []byte, v any) error {
 	if err := CheckKeys(raw); err != nil {
 		return broker.Errorf(broker.ErrInvalidRequest, "%v", err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	// encoding/json's semantics (jsonv1.DefaultOptionsV1) run on the
+	// go-json-experiment implementation, the basis of encoding/json/v2:
+	// the same result, several times faster on request bodies.
+	// Trailing data is refused too.
+	if err := jsonv2.Unmarshal(raw, v, jsonv1.DefaultOptionsV1(), jsonv2.RejectUnknownMembers(true)); err != nil {
 		return broker.Errorf(broker.ErrInvalidRequest, "malformed JSON body: %v", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return broker.Errorf(broker.ErrInvalidRequest, "trailing data after the JSON body")
 	}
 	return nil
 }
