@@ -189,6 +189,20 @@ func (s *Store) runGroup(calls []*groupCall) {
 
 // runQuick records the group's quick calls with one statement.
 func runQuick(ctx context.Context, tx pgx.Tx, calls []*groupCall) ([]broker.AuditEvent, error) {
+	args, byJTI := quickArgs(calls)
+	if args == nil {
+		return nil, nil
+	}
+	rows, err := tx.Query(ctx, quickSQL, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errQuick, err)
+	}
+	return readQuick(rows, byJTI)
+}
+
+// quickArgs are quickSQL's arguments for the quick calls among calls (nil
+// when there are none), and those calls by jti.
+func quickArgs(calls []*groupCall) ([]any, map[string]*quickCall) {
 	var (
 		jtis, tasks, kinds, aiss, asub, uiss, usub, auds []string
 		from, to, versions                               []int32
@@ -214,10 +228,12 @@ func runQuick(ctx context.Context, tx pgx.Tx, calls []*groupCall) ([]broker.Audi
 	if len(jtis) == 0 {
 		return nil, nil
 	}
-	rows, err := tx.Query(ctx, quickSQL, jtis, tasks, kinds, aiss, asub, uiss, usub, from, to, auds, versions, ttls, scopes)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errQuick, err)
-	}
+	return []any{jtis, tasks, kinds, aiss, asub, uiss, usub, from, to, auds, versions, ttls, scopes}, byJTI
+}
+
+// readQuick reads quickSQL's rows into their calls and returns the audit
+// events of the recorded ones. Any failure is errQuick's.
+func readQuick(rows pgx.Rows, byJTI map[string]*quickCall) ([]broker.AuditEvent, error) {
 	defer rows.Close()
 	var events []broker.AuditEvent
 	for rows.Next() {
@@ -243,6 +259,83 @@ func runQuick(ctx context.Context, tx pgx.Tx, calls []*groupCall) ([]broker.Audi
 	return events, nil
 }
 
+// runQuickGroup runs a group of quick calls only in two round trips: the
+// transaction's start, the credentials' statement and the audit head's
+// lock in one batch (the tasks' locks still come before the head's), then
+// the audit events and the commit in another.
+func (s *Store) runQuickGroup(ctx context.Context, calls []*groupCall) (err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	open := false
+	defer func() {
+		if err != nil && open {
+			// The transaction is given up; a connection that cannot say
+			// so is closed, and the pool drops it.
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if _, rerr := conn.Exec(rctx, "ROLLBACK"); rerr != nil {
+				_ = conn.Conn().Close(rctx)
+			}
+		}
+	}()
+	args, byJTI := quickArgs(calls)
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(quickSQL, args...)
+	b.Queue(headSQL)
+	br := conn.SendBatch(ctx, b)
+	open = true
+	if _, err := br.Exec(); err != nil {
+		_ = br.Close()
+		return err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		_ = br.Close()
+		return fmt.Errorf("%w: %w", errQuick, err)
+	}
+	events, err := readQuick(rows, byJTI)
+	if err != nil {
+		_ = br.Close()
+		return err
+	}
+	var (
+		seq  int64
+		prev string
+	)
+	if err := br.QueryRow().Scan(&seq, &prev); err != nil {
+		_ = br.Close()
+		return err
+	}
+	if err := br.Close(); err != nil {
+		return err
+	}
+	b = &pgx.Batch{}
+	if len(events) > 0 {
+		b.Queue(appendSQL, chainArgs(seq, prev, events)...)
+	}
+	b.Queue("COMMIT")
+	br = conn.SendBatch(ctx, b)
+	if len(events) > 0 {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return err
+		}
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && tag.String() != "COMMIT" {
+		err = errors.New("postgres: the group's transaction did not commit: " + tag.String())
+	}
+	open = err != nil // still to be given up, or committed
+	return err
+}
+
 // runGroupTx runs one group's transaction. A slow call's own failure is
 // left in its err; the error returned is the group's.
 func (s *Store) runGroupTx(calls []*groupCall) error {
@@ -253,6 +346,13 @@ func (s *Store) runGroupTx(calls []*groupCall) error {
 		if c.quick != nil {
 			c.quick.ok = false
 		}
+	}
+	slow := false
+	for _, c := range calls {
+		slow = slow || c.quick == nil
+	}
+	if !slow {
+		return s.runQuickGroup(ctx, calls)
 	}
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		// Quick calls first: their batch takes its task locks before any

@@ -109,12 +109,30 @@ func (t *txn) AppendAudit(ctx context.Context, events ...broker.AuditEvent) erro
 		seq  int64
 		prev string
 	)
-	if err := t.tx.QueryRow(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE`).Scan(&seq, &prev); err != nil {
+	if err := t.tx.QueryRow(ctx, headSQL).Scan(&seq, &prev); err != nil {
 		return translate(err)
 	}
-	// One statement for all the events and the head, its columns sent as
-	// arrays: a statement per event cost PostgreSQL an executor start-up
-	// each, the larger part of a small insert.
+	_, err := t.tx.Exec(ctx, appendSQL, chainArgs(seq, prev, events)...)
+	return translate(err)
+}
+
+// headSQL reads and locks the audit chain's head until the transaction
+// ends: appending serialises on it.
+const headSQL = `SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE`
+
+// appendSQL inserts events and moves the head in one statement, the
+// events' columns sent as arrays: a statement per event cost PostgreSQL
+// an executor start-up each, the larger part of a small insert.
+const appendSQL = `WITH ins AS (INSERT INTO audit_events (seq, time, type, actor_kind, actor_iss,
+		actor_sub, task_id, detail, hash)
+	SELECT s, tm, ty, ak, ai, asb, ti, d::json, h
+	FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+		$8::text[], $9::text[]) AS e(s, tm, ty, ak, ai, asb, ti, d, h))
+	UPDATE audit_head SET seq = $10, hash = $11 WHERE id = 1`
+
+// chainArgs chains events after the head (seq, prev), assigning their Seq
+// and Hash in place, and returns appendSQL's arguments.
+func chainArgs(seq int64, prev string, events []broker.AuditEvent) []any {
 	n := len(events)
 	var (
 		seqs                            = make([]int64, n)
@@ -136,14 +154,7 @@ func (t *txn) AppendAudit(ctx context.Context, events ...broker.AuditEvent) erro
 			e.Seq, e.Time, e.Type, e.Actor.Kind, e.Actor.Issuer, e.Actor.Subject, e.TaskID
 		details[i], hashes[i] = string(e.Detail), e.Hash
 	}
-	_, err := t.tx.Exec(ctx, `WITH ins AS (INSERT INTO audit_events (seq, time, type, actor_kind, actor_iss,
-			actor_sub, task_id, detail, hash)
-		SELECT s, tm, ty, ak, ai, asb, ti, d::json, h
-		FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-			$8::text[], $9::text[]) AS e(s, tm, ty, ak, ai, asb, ti, d, h))
-		UPDATE audit_head SET seq = $10, hash = $11 WHERE id = 1`,
-		seqs, times, types, kinds, isss, subs, tasks, details, hashes, seq, prev)
-	return translate(err)
+	return []any{seqs, times, types, kinds, isss, subs, tasks, details, hashes, seq, prev}
 }
 
 // Task reads one task.

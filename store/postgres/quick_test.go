@@ -213,10 +213,27 @@ func TestIssueQuickFailureIsolated(t *testing.T) {
 	if err != nil || len(evs) != recorded {
 		t.Fatalf("%d events, want %d (%v)", len(evs), recorded, err)
 	}
-	// Alone, the same calls are recorded.
+	// Alone (a group of quick calls only, which runs without pgx's
+	// transaction): the duplicate reports false, its transaction is
+	// rolled back, and the connections serve the next calls.
+	head, _, err := st.AuditHead(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		if ok, err := st.IssueQuick(ctx, quickCred(k, k.ID+"-dup"), k.Version, time.Minute, quickEvent); err != nil || ok {
+			t.Fatalf("duplicate alone = %v, %v", ok, err)
+		}
+	}
+	if after, _, _ := st.AuditHead(ctx); after != head {
+		t.Fatalf("refused duplicates moved the audit head %d -> %d", head, after)
+	}
 	c := quickCred(k, k.ID+"-alone")
 	if ok, err := st.IssueQuick(ctx, c, k.Version, time.Minute, quickEvent); err != nil || !ok {
 		t.Fatalf("IssueQuick alone = %v, %v", ok, err)
+	}
+	if after, _, _ := st.AuditHead(ctx); after != head+1 {
+		t.Fatalf("audit head %d -> %d, want one event", head, after)
 	}
 }
 
