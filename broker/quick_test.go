@@ -49,3 +49,19 @@ func TestTaskSnapsBounded(t *testing.T) {
 		t.Fatalf("replacing a snapshot: version %d, %d kept", k.Version, len(c.m))
 	}
 }
+
+// The issued event's detail, written from a struct, is byte for byte what
+// the map it replaced gave.
+func TestIssuedDetailMatchesTheMap(t *testing.T) {
+	c := Credential{JTI: "j", TaskID: "tsk_1", Audience: "https://api", ExpiresAt: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC),
+		Scopes: Scopes{MustParseScope("a.read:x/**"), MustParseScope("b.write:y")}, StepUpID: "apr_1"}
+	got := issuedEvent(Principal{Kind: KindAgent}, c, time.Now(), "git <&>", "ds").Detail
+	want := detail(map[string]any{
+		"kind": "jwt", "jti_sha256": HashID(c.JTI), "scopes": c.Scopes.Strings(),
+		"audience": c.Audience, "expires_at": c.ExpiresAt,
+		"tool": "git <&>", "dataset": "ds", "step_up_id": c.StepUpID,
+	})
+	if string(got) != string(want) {
+		t.Fatalf("detail\n%s\nwant\n%s", got, want)
+	}
+}

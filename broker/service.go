@@ -855,16 +855,31 @@ func (s *Service) mintable(t Task, now time.Time, scopes Scopes, audience string
 	return nil
 }
 
+// issuedDetail is the detail of a credential.issued event: a struct, as
+// it is written on every mint (a map is sorted and boxed each time), with
+// its fields in the order a map's keys are written, so the bytes are the
+// same.
+type issuedDetail struct {
+	Audience  string    `json:"audience"`
+	Dataset   string    `json:"dataset"`
+	ExpiresAt time.Time `json:"expires_at"`
+	JTISHA256 string    `json:"jti_sha256"`
+	Kind      string    `json:"kind"`
+	Scopes    []string  `json:"scopes"`
+	StepUpID  string    `json:"step_up_id"`
+	Tool      string    `json:"tool"`
+}
+
 // issuedEvent is the audit event of credential c, minted by p at now.
 func issuedEvent(p Principal, c Credential, now time.Time, tool, dataset string) AuditEvent {
-	return AuditEvent{
-		Time: now, Type: EventCredentialIssued, Actor: ActorOf(p), TaskID: c.TaskID,
-		Detail: detail(map[string]any{
-			"kind": "jwt", "jti_sha256": HashID(c.JTI), "scopes": c.Scopes.Strings(),
-			"audience": c.Audience, "expires_at": c.ExpiresAt,
-			"tool": tool, "dataset": dataset, "step_up_id": c.StepUpID,
-		}),
+	d, err := json.Marshal(issuedDetail{
+		Audience: c.Audience, Dataset: dataset, ExpiresAt: c.ExpiresAt, JTISHA256: HashID(c.JTI),
+		Kind: "jwt", Scopes: c.Scopes.Strings(), StepUpID: c.StepUpID, Tool: tool,
+	})
+	if err != nil {
+		panic("broker: audit detail not encodable: " + err.Error())
 	}
+	return AuditEvent{Time: now, Type: EventCredentialIssued, Actor: ActorOf(p), TaskID: c.TaskID, Detail: d}
 }
 
 // boundLabels are the tool and dataset a request of task t is decided
