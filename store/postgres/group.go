@@ -128,30 +128,35 @@ func (t *groupTx) AppendAudit(_ context.Context, events ...broker.AuditEvent) er
 
 // quickSQL records the credentials of a group's quick calls, in one
 // statement, each under its task's row lock and only if the task is as
-// its caller decided it was: at its version, approved, not revoking, its
-// agent not suspended, alive at least a whole second past the database's
-// clock. The tasks are locked in the order of their seq, as LockOpenTasks
-// does, so the two never wait on each other in a cycle. Under READ
-// COMMITTED a close (or a suspension, which closes) committed while the
-// statement waited for a lock is seen when the row is re-checked, and the
-// version check catches any other change. Scopes travel as one flat
-// array, each credential's a slice of it. A call whose checks fail has no
-// row.
-const quickSQL = `WITH n AS (SELECT c AS now, date_trunc('second', c) AS iat FROM clock_timestamp() c),
-	r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-		$8::int[], $9::int[], $10::text[], $11::int[], $12::bigint[])
+// its caller decided it was: at its version, of its agent and user,
+// approved, not revoking, its agent not suspended, alive at least a whole
+// second past the database's clock. Under READ COMMITTED a close (or a
+// suspension, which closes) committed while the statement waited for a
+// lock is seen when the row is re-checked, and the version check catches
+// any other change. The clock is read once every lock is held (n reads
+// it over the aggregate of k, which has taken them all): a clock read
+// before a wait would let a task that expired meanwhile still issue. The
+// tasks are locked in the order of their seq, as LockOpenTasks locks an
+// agent's, so a group of quick calls only and a suspension never wait on
+// each other in a cycle. Scopes travel as one flat array, each
+// credential's a slice of it. A call whose checks fail has no row.
+const quickSQL = `WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+		$6::text[], $7::text[], $8::int[], $9::int[], $10::text[], $11::int[], $12::bigint[])
 		AS r(jti, task_id, kind, agent_iss, agent_sub, user_iss, user_sub, sc_from, sc_to, audience, version, ttl)),
-	t AS (SELECT tasks.id, tasks.version, tasks.expires_at FROM tasks, n
-		WHERE tasks.id IN (SELECT task_id FROM r) AND tasks.status = 'approved' AND NOT tasks.revoking
-		AND tasks.expires_at >= n.iat + interval '1 second'
+	t AS (SELECT tasks.id, tasks.version, tasks.expires_at, tasks.agent_iss, tasks.agent_sub, tasks.user_iss, tasks.user_sub
+		FROM tasks WHERE tasks.id IN (SELECT task_id FROM r) AND tasks.status = 'approved' AND NOT tasks.revoking
 		AND NOT EXISTS (SELECT 1 FROM suspended_agents s WHERE s.agent_iss = tasks.agent_iss AND s.agent_sub = tasks.agent_sub)
-		ORDER BY tasks.seq FOR UPDATE OF tasks)
+		ORDER BY tasks.seq FOR UPDATE OF tasks),
+	k AS MATERIALIZED (SELECT r.*, t.expires_at FROM r JOIN t ON t.id = r.task_id AND t.version = r.version
+		AND t.agent_iss = r.agent_iss AND t.agent_sub = r.agent_sub AND t.user_iss = r.user_iss AND t.user_sub = r.user_sub),
+	n AS MATERIALIZED (SELECT c AS now, date_trunc('second', c) AS iat
+		FROM (SELECT clock_timestamp() AS c FROM (SELECT count(*) FROM k) locked) x)
 	INSERT INTO credentials (jti, task_id, kind, agent_iss, agent_sub, user_iss, user_sub, scopes, audience,
 		issued_at, expires_at)
-	SELECT r.jti, r.task_id, r.kind, r.agent_iss, r.agent_sub, r.user_iss, r.user_sub, ($13::text[])[r.sc_from:r.sc_to],
-		r.audience, n.iat,
-		n.iat + least(r.ttl, floor(extract(epoch FROM t.expires_at - n.iat))::bigint) * interval '1 second'
-	FROM r JOIN t ON t.id = r.task_id AND t.version = r.version, n
+	SELECT k.jti, k.task_id, k.kind, k.agent_iss, k.agent_sub, k.user_iss, k.user_sub, ($13::text[])[k.sc_from:k.sc_to],
+		k.audience, n.iat,
+		n.iat + least(k.ttl, floor(extract(epoch FROM k.expires_at - n.iat))::bigint) * interval '1 second'
+	FROM k, n WHERE k.expires_at >= n.iat + interval '1 second'
 	RETURNING jti, seq, issued_at, expires_at, (SELECT now FROM n)`
 
 // errQuick is a failed statement of a group's quick batch: the group is
@@ -171,6 +176,9 @@ func (s *Store) runGroup(calls []*groupCall) {
 			} else {
 				rest = append(rest, c)
 			}
+		}
+		if len(rest) == 0 {
+			return
 		}
 		calls, err = rest, s.runGroupTx(rest)
 	}

@@ -46,15 +46,19 @@ func (t *txn) LockTask(ctx context.Context, id string) (broker.Task, error) {
 }
 
 // LockTaskChecked is LockTask, the agent's suspension and the database's
-// clock (read after the lock is granted) in one round trip.
+// clock in one round trip. The clock is read in the outer query, from the
+// locked row: once the lock is granted, however long that took (in the
+// locking query's own list it would be read before the wait, and a task
+// that expired meanwhile could still issue).
 func (t *txn) LockTaskChecked(ctx context.Context, id string) (broker.Task, bool, time.Time, error) {
 	var (
 		suspended bool
 		now       time.Time
 	)
-	k, err := scanTaskWith(t.tx.QueryRow(ctx, `SELECT `+taskColumns+`,
-		EXISTS (SELECT 1 FROM suspended_agents s WHERE s.agent_iss = tasks.agent_iss AND s.agent_sub = tasks.agent_sub),
-		clock_timestamp() FROM tasks WHERE id = $1 FOR UPDATE OF tasks`, id), &suspended, &now)
+	k, err := scanTaskWith(t.tx.QueryRow(ctx, `WITH locked AS (SELECT `+taskColumns+`,
+		EXISTS (SELECT 1 FROM suspended_agents s WHERE s.agent_iss = tasks.agent_iss AND s.agent_sub = tasks.agent_sub) AS suspended
+		FROM tasks WHERE id = $1 FOR UPDATE OF tasks)
+		SELECT `+taskColumns+`, suspended, clock_timestamp() FROM locked`, id), &suspended, &now)
 	return k, suspended, now, err
 }
 

@@ -141,6 +141,18 @@ func TestIssueQuickRecords(t *testing.T) {
 		t.Fatalf("events %+v, %v", evs, err)
 	}
 
+	// The store does not trust its caller with whose task it is.
+	for _, c := range []*broker.Credential{quickCred(k, k.ID+"-other-agent"), quickCred(k, k.ID+"-other-user")} {
+		if strings.HasSuffix(c.JTI, "agent") {
+			c.Agent.Subject = "another-agent"
+		} else {
+			c.User.Subject = "another-user"
+		}
+		if ok, err := st.IssueQuick(ctx, c, k.Version, time.Minute, quickEvent); err != nil || ok {
+			t.Fatalf("%s: IssueQuick = %v, %v; want false", c.JTI, ok, err)
+		}
+	}
+
 	// A short TTL is kept.
 	c2 := quickCred(k, k.ID+"-short")
 	if ok, err := st.IssueQuick(ctx, c2, k.Version, 7*time.Second, quickEvent); err != nil || !ok {
@@ -284,5 +296,64 @@ func TestIssueQuickManyTasks(t *testing.T) {
 			got.ExpiresAt.Sub(got.IssuedAt) != time.Duration(10+i)*time.Second || got.Seq != creds[i].Seq {
 			t.Fatalf("call %d recorded %+v (%v), asked %+v", i, got, err, *creds[i])
 		}
+	}
+}
+
+// A task that expires while a mint waits for its row lock (held by
+// another transaction that changes nothing, so PostgreSQL re-checks
+// nothing) must not issue: both paths read the clock once the lock is
+// granted.
+func TestClockIsReadAfterTheLockWait(t *testing.T) {
+	st := testpg.Store(t)
+	ctx := context.Background()
+	for _, path := range []string{"quick", "slow"} {
+		t.Run(path, func(t *testing.T) {
+			k := quickTask(t, st, "tsk_lockwait_"+path, broker.Ref{Issuer: "a", Subject: "agent"}, time.Hour, func(k *broker.Task) {
+				k.ExpiresAt = time.Now().UTC().Truncate(time.Microsecond).Add(1500 * time.Millisecond)
+			})
+			holder, err := st.Pool().Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = holder.Rollback(ctx) }()
+			if _, err := holder.Exec(ctx, `SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE`, k.ID); err != nil {
+				t.Fatal(err)
+			}
+			type result struct {
+				ok  bool
+				now time.Time
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				if path == "quick" {
+					ok, err := st.IssueQuick(ctx, quickCred(k, k.ID+"-late"), k.Version, time.Minute, quickEvent)
+					done <- result{ok: ok, err: err}
+					return
+				}
+				var r result
+				r.err = st.InTx(ctx, func(tx broker.Tx) error {
+					_, _, now, err := tx.(broker.TaskLocker).LockTaskChecked(ctx, k.ID)
+					r.now = now
+					return err
+				})
+				done <- r
+			}()
+			time.Sleep(2500 * time.Millisecond) // past the task's expiry, lock still held
+			released := time.Now()
+			if err := holder.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			r := <-done
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if path == "quick" && r.ok {
+				t.Fatal("a task that expired during the lock wait issued a credential")
+			}
+			if path == "slow" && r.now.Before(released.Add(-100*time.Millisecond)) {
+				t.Fatalf("clock %v read before the lock was released at %v", r.now, released)
+			}
+		})
 	}
 }
