@@ -102,6 +102,17 @@ func TestServeAndMigrateCommands(t *testing.T) {
 	if in["active"] != true || in["iss"] != "https://errand.example.com" {
 		t.Fatalf("introspection: %v", in)
 	}
+	// The task's second mint takes the fast path, and /metrics counts it.
+	call("POST", "/v1/tasks/"+id+"/tokens", agent, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": "https://api.github.com"})
+	res, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if !strings.Contains(string(metrics), "\nerrand_quick_mints_total 1\n") {
+		t.Fatalf("errand_quick_mints_total is not 1 after a task's second mint:\n%s", metrics)
+	}
 	for _, p := range []string{"/healthz", "/readyz", "/metrics", "/.well-known/jwks.json", "/.well-known/oauth-authorization-server"} {
 		res, err := http.Get(base + p)
 		if err != nil || res.StatusCode != 200 {
