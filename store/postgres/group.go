@@ -33,8 +33,9 @@ const groupTimeout = 10 * time.Second
 
 var _ broker.GroupStore = (*Store)(nil)
 
-// grouper commits concurrent InGroupTx calls together (group commit): the
-// first caller leads a transaction in which every queued function runs in
+// grouper commits concurrent InGroupTx and IssueQuick calls together
+// (group commit): the first caller leads a transaction in which the quick
+// calls are recorded by one statement and every queued function runs in
 // its own savepoint, then commits once, with one WAL flush; calls arriving
 // meanwhile form the next group. No one waits for a timer: a lone call
 // commits at once, and under load the groups grow by themselves.
@@ -45,9 +46,9 @@ type grouper struct {
 }
 
 type groupCall struct {
-	fn    func(broker.Tx) error // or
-	quick *quickCall
-	err   error // fn's own failure
+	fn    func(broker.Tx) error // a function, or
+	quick *quickCall            // a quick issuance
+	err   error                 // fn's own failure
 	done  chan error
 }
 
