@@ -8,19 +8,26 @@ import (
 )
 
 // body has the field kinds of Errand's request bodies: strings, string
-// lists, integers, booleans, optional nested objects and free-form maps.
+// lists, integers, booleans, optional nested objects and free-form maps
+// (a task's fields and an AuthZEN evaluation's, which BenchmarkDecode
+// decodes).
 type body struct {
-	OnBehalfOf string   `json:"on_behalf_of"`
-	Goal       string   `json:"goal"`
-	Scopes     []string `json:"scopes"`
-	TTLSeconds int64    `json:"ttl_seconds"`
-	Approve    bool     `json:"approve"`
-	Subject    *struct {
-		Type       string         `json:"type"`
-		ID         string         `json:"id"`
-		Properties map[string]any `json:"properties"`
-	} `json:"subject"`
-	Context map[string]any `json:"context"`
+	OnBehalfOf string         `json:"on_behalf_of"`
+	Goal       string         `json:"goal"`
+	Scopes     []string       `json:"scopes"`
+	TTLSeconds int64          `json:"ttl_seconds"`
+	Approve    bool           `json:"approve"`
+	Subject    *azEntity      `json:"subject"`
+	Resource   *azEntity      `json:"resource"`
+	Action     *azEntity      `json:"action"`
+	Context    map[string]any `json:"context"`
+}
+
+type azEntity struct {
+	Type       string         `json:"type"`
+	ID         string         `json:"id"`
+	Name       string         `json:"name"`
+	Properties map[string]any `json:"properties"`
 }
 
 // FuzzStrictJSON: Decode never panics; whatever it accepts has no

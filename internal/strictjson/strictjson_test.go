@@ -35,28 +35,10 @@ func TestCheckKeys(t *testing.T) {
 // four small objects.
 var benchBody = []byte(`{"subject":{"type":"errand_token","id":"eyJhbGciOiJFZERTQSIsImtpZCI6ImstMDEyMzQ1Njc4OSIsInR5cCI6ImF0K2p3dCJ9.eyJpc3MiOiJodHRwczovL2VycmFuZC5leGFtcGxlIiwic3ViIjoiYWxpY2UiLCJhY3QiOnsic3ViIjoiYWdlbnQtMSIsImlzcyI6Imh0dHBzOi8vYWdlbnRzLmV4YW1wbGUifSwiY2xpZW50X2lkIjoiYWdlbnQtMSIsImF1ZCI6Imh0dHBzOi8vYXBpLmdpdGh1Yi5jb20iLCJzY29wZSI6InJlcG8ucmVhZDphY21lLyoqIiwidGFza19pZCI6InRza18wMTIzNDU2Nzg5YWJjZGVmIiwianRpIjoiMDEyMzQ1Njc4OWFiY2RlZiIsImlhdCI6MTcwMDAwMDAwMCwibmJmIjoxNzAwMDAwMDAwLCJleHAiOjE3MDAwMDAzMDB9.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"},"action":{"name":"repo.read"},"resource":{"type":"repository","id":"acme/api","properties":{"path":"src/main.go"}},"context":{"tool":"git","dataset":""}}`)
 
-type azBody struct {
-	Subject *struct {
-		Type       string         `json:"type"`
-		ID         string         `json:"id"`
-		Properties map[string]any `json:"properties"`
-	} `json:"subject"`
-	Action *struct {
-		Name       string         `json:"name"`
-		Properties map[string]any `json:"properties"`
-	} `json:"action"`
-	Resource *struct {
-		Type       string         `json:"type"`
-		ID         string         `json:"id"`
-		Properties map[string]any `json:"properties"`
-	} `json:"resource"`
-	Context map[string]any `json:"context"`
-}
-
 func BenchmarkDecode(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
-		var v azBody
+		var v body
 		if err := Decode(benchBody, &v); err != nil {
 			b.Fatal(err)
 		}
