@@ -56,11 +56,7 @@ func TestKeyRotationAcrossReplicas(t *testing.T) {
 	t.Cleanup(func() { KeyReloadEvery = 10 * time.Second })
 	cfg, agents, users, resources := loadServeConfig(t)
 	path := writeConfig(t, cfg.DatabaseURL, agents, users, resources)
-	start := func() string {
-		addr, _ := startServe(t, cfg, nil)
-		return "http://" + addr
-	}
-	a, b := start(), start()
+	a, b := twoReplicas(t, cfg)
 	agent := agents.Token(t, "ci-bot", "errand", nil)
 	user := users.Token(t, "alice", "errand", map[string]any{"groups": []string{"engineers"}})
 	rs := resources.Token(t, "gw", "errand", nil)

@@ -174,6 +174,15 @@ func TestServeRefusesWrongSystemSecretForStoredKeys(t *testing.T) {
 // startServe runs serve on cfg (migrating) with log (nil: discarded) until
 // stop or the test's end, and returns its address. stop shuts it down and
 // returns serve's error; the cleanup fails the test on one.
+// twoReplicas starts two serve instances on cfg's database and returns
+// their base URLs; both stop with the test.
+func twoReplicas(t *testing.T, cfg *config.Config) (a, b string) {
+	t.Helper()
+	addrA, _ := startServe(t, cfg, nil)
+	addrB, _ := startServe(t, cfg, nil)
+	return "http://" + addrA, "http://" + addrB
+}
+
 func startServe(t *testing.T, cfg *config.Config, log *slog.Logger) (addr string, stop func() error) {
 	t.Helper()
 	if log == nil {
@@ -209,11 +218,7 @@ func startServe(t *testing.T, cfg *config.Config, log *slog.Logger) (addr string
 // and the close committed on B is seen by A's next introspection.
 func TestTwoServeReplicasOnOneDatabase(t *testing.T) {
 	cfg, agents, users, resources := loadServeConfig(t)
-	start := func() string {
-		addr, _ := startServe(t, cfg, nil)
-		return "http://" + addr
-	}
-	a, b := start(), start()
+	a, b := twoReplicas(t, cfg)
 	agent := agents.Token(t, "ci-bot", "errand", nil)
 	user := users.Token(t, "alice", "errand", map[string]any{"groups": []string{"engineers"}})
 	rs := resources.Token(t, "gw", "errand", nil)
