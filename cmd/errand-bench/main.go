@@ -588,31 +588,16 @@ func (b *bench) closeScenario(o options) (Report, error) {
 			return Report{}, err
 		}
 		toks := make([]string, o.creds)
-		var wg sync.WaitGroup
-		var mintErr atomic.Value
-		next := atomic.Int64{}
-		for w := 0; w < o.concurrency; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					i := int(next.Add(1)) - 1
-					if i >= o.creds {
-						return
-					}
-					var out struct {
-						AccessToken string `json:"access_token"`
-					}
-					if err := b.call("POST", "/v1/tasks/"+id+"/tokens", agent, mintBody, 201, &out); err != nil {
-						mintErr.CompareAndSwap(nil, err)
-						return
-					}
-					toks[i] = out.AccessToken
-				}
-			}()
-		}
-		wg.Wait()
-		if err, _ := mintErr.Load().(error); err != nil {
+		if err := forEach(o.concurrency, o.creds, func(i int) error {
+			var out struct {
+				AccessToken string `json:"access_token"`
+			}
+			if err := b.call("POST", "/v1/tasks/"+id+"/tokens", agent, mintBody, 201, &out); err != nil {
+				return err
+			}
+			toks[i] = out.AccessToken
+			return nil
+		}); err != nil {
 			return Report{}, err
 		}
 		before := cpuSnapshot(b.cmd.Process.Pid)
@@ -625,25 +610,14 @@ func (b *bench) closeScenario(o options) (Report, error) {
 		cpu += after.errand - before.errand
 		pg += after.postgres - before.postgres
 		// Every credential must now introspect inactive.
-		next.Store(0)
 		var stillActive atomic.Int64
-		for w := 0; w < o.concurrency; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					i := int(next.Add(1)) - 1
-					if i >= len(toks) {
-						return
-					}
-					var out struct{ Active bool }
-					if err := b.call("POST", "/v1/introspect", b.rs, url.Values{"token": {toks[i]}}, 200, &out); err != nil || out.Active {
-						stillActive.Add(1)
-					}
-				}
-			}()
-		}
-		wg.Wait()
+		_ = forEach(o.concurrency, len(toks), func(i int) error {
+			var out struct{ Active bool }
+			if err := b.call("POST", "/v1/introspect", b.rs, url.Values{"token": {toks[i]}}, 200, &out); err != nil || out.Active {
+				stillActive.Add(1)
+			}
+			return nil
+		})
 		inactive = append(inactive, time.Since(t0))
 		if n := stillActive.Load(); n > 0 {
 			return Report{}, fmt.Errorf("%d credentials still active after the close", n)
@@ -664,4 +638,33 @@ func (b *bench) closeScenario(o options) (Report, error) {
 	rep.InactiveP50ms = float64(inactive[len(inactive)/2].Microseconds()) / 1000
 	rep.InactiveMaxms = float64(inactive[len(inactive)-1].Microseconds()) / 1000
 	return rep, nil
+}
+
+// forEach runs fn for 0..n-1 on conc workers and returns the first error;
+// a worker stops at its first error.
+func forEach(conc, n int, fn func(i int) error) error {
+	var (
+		wg    sync.WaitGroup
+		first atomic.Value
+		next  atomic.Int64
+	)
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := fn(i); err != nil {
+					first.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	err, _ := first.Load().(error)
+	return err
 }
