@@ -25,6 +25,7 @@ import (
 	"github.com/errandhq/errand/config"
 	"github.com/errandhq/errand/httpapi"
 	"github.com/errandhq/errand/identity"
+	"github.com/errandhq/errand/internal/logbuf"
 	"github.com/errandhq/errand/issuer/jwt"
 	"github.com/errandhq/errand/issuer/vault"
 	"github.com/errandhq/errand/policy"
@@ -47,7 +48,11 @@ func newServe() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+			// Lines reach stderr in batches, at most logFlush late: one
+			// write per request cost a mint measurable CPU.
+			lines := logbuf.New(cmd.ErrOrStderr(), logFlush, 256<<10)
+			defer lines.Close()
+			log := slog.New(slog.NewJSONHandler(lines, nil))
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return serve(ctx, cfg, log, !noMigrate, nil)
@@ -57,6 +62,10 @@ func newServe() *cobra.Command {
 	cmd.Flags().BoolVar(&noMigrate, "no-migrate", false, "refuse to start on a pending schema instead of migrating")
 	return cmd
 }
+
+// logFlush is how long serve's log lines may wait to be written together
+// (a variable for the test of the exit's flush).
+var logFlush = 10 * time.Millisecond
 
 func newMigrate() *cobra.Command {
 	var cfgPath string

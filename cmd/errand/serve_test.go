@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -318,4 +319,88 @@ func loadServeConfig(t *testing.T) (*config.Config, *testoidc.Issuer, *testoidc.
 		t.Fatal(err)
 	}
 	return cfg, agents, users, resources
+}
+
+// TestServeCommandWritesItsLogOnExit runs the `serve` command itself with
+// a flush interval longer than the test: its log lines wait in the buffer
+// while it serves, and are on stderr once the command has returned.
+func TestServeCommandWritesItsLogOnExit(t *testing.T) {
+	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("k", 32))
+	defer func(d time.Duration) { logFlush = d }(logFlush)
+	logFlush = time.Hour
+	dbURL := testpg.NewDatabase(t)
+	path := writeConfig(t, dbURL, testoidc.New(t), testoidc.New(t), testoidc.New(t))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, bytes.Replace(cfg, []byte("listen: 127.0.0.1:0"), []byte("listen: "+addr), 1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	stderr := &syncBuffer{}
+	root := newRoot()
+	root.SetErr(stderr)
+	root.SetArgs([]string{"serve", "--config", path})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if res, err := http.Get("http://" + addr + "/healthz"); err == nil {
+			res.Body.Close()
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve returned %v; stderr:\n%s", err, stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("serve did not answer /healthz in 20 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	res, err := http.Get("http://" + addr + "/v1/nothing-here")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	id := res.Header.Get("X-Request-Id")
+	if got := stderr.String(); got != "" {
+		t.Fatalf("log lines reached stderr before the interval or the exit:\n%s", got)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+	var serving, found bool
+	for _, l := range strings.Split(stderr.String(), "\n") {
+		var line struct {
+			Msg       string
+			RequestID string `json:"request_id"`
+			Status    int
+		}
+		if json.Unmarshal([]byte(l), &line) != nil {
+			continue
+		}
+		serving = serving || line.Msg == "errand serving"
+		found = found || (line.Msg == "request" && line.RequestID == id && line.Status == http.StatusNotFound)
+	}
+	if !serving || id == "" || !found {
+		t.Fatalf("the start line or request %q's 404 line is missing from stderr:\n%s", id, stderr)
+	}
 }
