@@ -232,7 +232,9 @@ func quickArgs(calls []*groupCall) ([]any, map[string]*quickCall) {
 		aiss, asub = append(aiss, k.Agent.Issuer), append(asub, k.Agent.Subject)
 		uiss, usub, auds = append(uiss, k.User.Issuer), append(usub, k.User.Subject), append(auds, k.Audience)
 		from = append(from, int32(len(scopes)+1)) // PostgreSQL arrays count from 1
-		scopes = append(scopes, k.Scopes.Strings()...)
+		for _, sc := range k.Scopes {
+			scopes = append(scopes, sc.String())
+		}
 		to = append(to, int32(len(scopes)))
 		versions, ttls = append(versions, int32(q.version)), append(ttls, int64(q.ttl/time.Second))
 	}
