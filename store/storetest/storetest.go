@@ -118,6 +118,16 @@ func testNotFound(t *testing.T, s Store) {
 	if !errors.Is(err, broker.ErrNotFound) {
 		t.Errorf("LockTask: %v, want ErrNotFound", err)
 	}
+	// A credential of no task is refused, and nothing is stored.
+	orphan := broker.Credential{JTI: id("jti-"), TaskID: "tsk_nope", Kind: "jwt", Agent: broker.Ref{Issuer: "a", Subject: "b"},
+		User: broker.Ref{Issuer: "c", Subject: "d"}, Scopes: broker.Scopes{broker.MustParseScope("github.repo.read")},
+		Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
+	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &orphan) }); err == nil {
+		t.Error("a credential of no task was stored")
+	}
+	if _, err := s.Credential(ctx, orphan.JTI); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Credential after the refused insert: %v, want ErrNotFound", err)
+	}
 }
 
 func testRollback(t *testing.T, s Store) {
