@@ -16,6 +16,10 @@
 // (a task with --creds live credentials closed, then every one introspected
 // inactive; repeated --rounds times) and mixed (per iteration: one mint, ten
 // introspections, one evaluation).
+//
+// --hold D runs no scenario: it keeps the server and its fixtures up for D
+// and writes a wrk script that introspects the active tokens, so that a
+// load generator lighter than this tool's Go client can measure latency.
 package main
 
 import (
@@ -48,7 +52,7 @@ import (
 type options struct {
 	errand, dbURL, scenario, jsonOut, policies string
 	concurrency, agents, creds, rounds         int
-	duration, warmup                           time.Duration
+	duration, warmup, hold                     time.Duration
 	keep                                       bool
 	maxErrors                                  int64
 	prefill                                    int
@@ -68,6 +72,7 @@ func main() {
 	flag.StringVar(&o.policies, "policies", "", "Cedar policy files (glob) for the server; evaluate and mixed default to a built-in set")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the report as JSON to this file (- for stdout)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the database and the server's log")
+	flag.DurationVar(&o.hold, "hold", 0, "run no scenario: keep the server and its fixtures up this long, and write a wrk script for introspection")
 	flag.Int64Var(&o.maxErrors, "max-errors", 0, "exit 1 when more requests than this failed")
 	flag.IntVar(&o.prefill, "prefill", 0, "store this many past credentials and audit events (over prefill/100 closed tasks) before the run, for scale checks")
 	flag.Parse()
@@ -116,6 +121,9 @@ func run(o options) error {
 		return err
 	}
 	defer b.stop()
+	if o.hold > 0 {
+		return b.hold(o.hold)
+	}
 	var reports []Report
 	// Several scenarios, comma-separated, run one after the other on the
 	// same server and database (the fixtures of all are made at start).

@@ -65,8 +65,9 @@ func prefill(ctx context.Context, dbURL string, n int) error {
 	if err := conn.QueryRow(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1`).Scan(&seq, &prev); err != nil {
 		return err
 	}
-	// The events are dated in the past but appended after the head: the
-	// chain is in commit order, and times are not required to increase.
+	// The events are dated in the past, in the order they are appended, as
+	// the chain's head lock orders real ones: 90 days up to a minute ago.
+	step := (90*24*time.Hour - time.Minute) / time.Duration(n)
 	i = 0
 	if _, err := conn.CopyFrom(ctx, pgx.Identifier{"audit_events"},
 		[]string{"seq", "time", "type", "actor_kind", "actor_iss", "actor_sub", "task_id", "detail", "hash"},
@@ -76,7 +77,7 @@ func prefill(ctx context.Context, dbURL string, n int) error {
 			}
 			t := i % tasks
 			seq++
-			e := broker.AuditEvent{Seq: seq, Time: start.Add(time.Duration(t)*time.Minute + time.Duration(i/tasks)*time.Millisecond),
+			e := broker.AuditEvent{Seq: seq, Time: start.Add(time.Duration(i) * step),
 				Type: broker.EventCredentialIssued, Actor: broker.Actor{Kind: "agent", Issuer: "https://old.example/agent", Subject: agent(t)},
 				TaskID: taskID(t), Detail: []byte(`{"kind":"jwt","scopes":["repo.read:acme/api"]}`)}
 			e.Hash = broker.ChainHash(prev, e)

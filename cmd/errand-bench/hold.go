@@ -1,0 +1,38 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// hold keeps the server and its fixtures up for d instead of driving it,
+// for a load generator cheaper than this one's Go HTTP client (whose CPU
+// shares the machine's cores with the server): it writes a wrk script
+// that introspects the fixtures' active tokens, prints how to run it, and
+// at the end prints the CPU Errand and PostgreSQL spent meanwhile.
+func (b *bench) hold(d time.Duration) error {
+	script := filepath.Join(b.dir, "introspect.lua")
+	var s strings.Builder
+	fmt.Fprintf(&s, "-- wrk script written by errand-bench --hold: introspect active tokens in turn\n")
+	fmt.Fprintf(&s, "wrk.method = \"POST\"\nwrk.headers[\"Authorization\"] = \"Bearer %s\"\n", b.rs)
+	fmt.Fprintf(&s, "wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\ntokens = {\n")
+	for _, t := range b.tokens {
+		fmt.Fprintf(&s, "  %q,\n", t)
+	}
+	fmt.Fprintf(&s, "}\nlocal i = 0\nrequest = function()\n  i = i %% #tokens + 1\n")
+	fmt.Fprintf(&s, "  return wrk.format(nil, \"/v1/introspect\", nil, \"token=\" .. tokens[i])\nend\n")
+	if err := os.WriteFile(script, []byte(s.String()), 0o600); err != nil {
+		return err
+	}
+	fmt.Printf("errand at %s (pid %d), held for %s; for example:\n  wrk -t1 -c32 -d10s --latency -s %s %s\n",
+		b.base, b.cmd.Process.Pid, d, script, b.base)
+	before := cpuSnapshot(b.cmd.Process.Pid)
+	time.Sleep(d)
+	after := cpuSnapshot(b.cmd.Process.Pid)
+	fmt.Printf("CPU over the hold: errand %.3f s, postgres %.3f s\n",
+		(after.errand - before.errand).Seconds(), (after.postgres - before.postgres).Seconds())
+	return nil
+}
