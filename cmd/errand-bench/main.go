@@ -114,6 +114,9 @@ func run(o options) error {
 	if o.dbURL == "" {
 		return errors.New("--database-url (or ERRAND_BENCH_DATABASE_URL) is required")
 	}
+	if o.hold > 0 {
+		o.scenario = "introspect" // its fixtures: active tokens for the script
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	b, err := start(ctx, o)
