@@ -17,6 +17,11 @@
 // inactive; repeated --rounds times) and mixed (per iteration: one mint, ten
 // introspections, one evaluation).
 //
+// --against B runs the loop scenarios on a second server of binary B too,
+// the two taking turns in --slice slices, and reports both and the median
+// ratio of their CPU per operation over the pairs of slices: runs one
+// after the other cannot resolve 10 % on a VM whose speed drifts.
+//
 // --hold D runs no scenario: it keeps the server and its fixtures up for D
 // and writes a wrk script that introspects the active tokens, so that a
 // load generator lighter than this tool's Go client can measure latency.
@@ -51,8 +56,9 @@ import (
 
 type options struct {
 	errand, dbURL, scenario, jsonOut, policies string
+	against                                    string
 	concurrency, agents, creds, rounds         int
-	duration, warmup, hold                     time.Duration
+	duration, warmup, hold, slice              time.Duration
 	keep                                       bool
 	maxErrors                                  int64
 	prefill                                    int
@@ -72,6 +78,8 @@ func main() {
 	flag.StringVar(&o.policies, "policies", "", "Cedar policy files (glob) for the server; evaluate and mixed default to a built-in set")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the report as JSON to this file (- for stdout)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the database and the server's log")
+	flag.StringVar(&o.against, "against", "", "a second errand binary: run the scenarios on both, in alternating slices, and compare")
+	flag.DurationVar(&o.slice, "slice", 2*time.Second, "--against: how long each server is driven before the other's turn")
 	flag.DurationVar(&o.hold, "hold", 0, "run no scenario: keep the server and its fixtures up this long, and write a wrk script for introspection")
 	flag.Int64Var(&o.maxErrors, "max-errors", 0, "exit 1 when more requests than this failed")
 	flag.IntVar(&o.prefill, "prefill", 0, "store this many past credentials and audit events (over prefill/100 closed tasks) before the run, for scale checks")
@@ -85,6 +93,7 @@ func main() {
 // Report is one scenario's result.
 type Report struct {
 	Scenario    string  `json:"scenario"`
+	Binary      string  `json:"binary,omitempty"` // --against: which server
 	Concurrency int     `json:"concurrency"`
 	Seconds     float64 `json:"seconds"`
 	Ops         int64   `json:"ops"`
@@ -128,33 +137,13 @@ func run(o options) error {
 		return b.hold(o.hold)
 	}
 	var reports []Report
-	// Several scenarios, comma-separated, run one after the other on the
-	// same server and database (the fixtures of all are made at start).
-	for _, sc := range strings.Split(o.scenario, ",") {
-		var rep Report
-		switch sc {
-		case "mint":
-			rep, err = b.loop(o, "mint", b.mintOp)
-		case "introspect":
-			rep, err = b.loop(o, "introspect", b.introspectOp)
-		case "evaluate":
-			rep, err = b.loop(o, "evaluate", b.evaluateOp)
-		case "mixed":
-			rep, err = b.loop(o, "mixed", b.mixedOp)
-		case "close":
-			rep, err = b.closeScenario(o)
-		case "rotate":
-			rep, err = b.rotateScenario(o)
-		default:
-			return fmt.Errorf("unknown scenario %q", sc)
-		}
-		if err != nil {
-			return err
-		}
-		rep.ErrandPeakRSS = peakRSS(b.cmd.Process.Pid)
-		rep.Prefilled = o.prefill
-		printReport(os.Stdout, rep)
-		reports = append(reports, rep)
+	if o.against != "" {
+		reports, err = compare(ctx, o, b)
+	} else {
+		reports, err = b.scenarios(o)
+	}
+	if err != nil {
+		return err
 	}
 	if o.jsonOut != "" {
 		var v any = reports
@@ -174,6 +163,42 @@ func run(o options) error {
 		}
 	}
 	return nil
+}
+
+// scenarios runs the comma-separated scenarios one after the other on
+// the same server and database (the fixtures of all are made at start).
+func (b *bench) scenarios(o options) ([]Report, error) {
+	var reports []Report
+	for _, sc := range strings.Split(o.scenario, ",") {
+		var (
+			rep Report
+			err error
+		)
+		switch sc {
+		case "mint":
+			rep, err = b.loop(o, "mint", b.mintOp)
+		case "introspect":
+			rep, err = b.loop(o, "introspect", b.introspectOp)
+		case "evaluate":
+			rep, err = b.loop(o, "evaluate", b.evaluateOp)
+		case "mixed":
+			rep, err = b.loop(o, "mixed", b.mixedOp)
+		case "close":
+			rep, err = b.closeScenario(o)
+		case "rotate":
+			rep, err = b.rotateScenario(o)
+		default:
+			return nil, fmt.Errorf("unknown scenario %q", sc)
+		}
+		if err != nil {
+			return nil, err
+		}
+		rep.ErrandPeakRSS = peakRSS(b.cmd.Process.Pid)
+		rep.Prefilled = o.prefill
+		printReport(os.Stdout, rep)
+		reports = append(reports, rep)
+	}
+	return reports, nil
 }
 
 func printReport(w io.Writer, r Report) {
@@ -526,16 +551,21 @@ func (b *bench) loop(o options, name string, op func(int) error) (Report, error)
 	lat, errs, first := b.drive(o.concurrency, o.duration, op)
 	elapsed := time.Since(start)
 	after := cpuSnapshot(b.cmd.Process.Pid)
-	per := opsPer(name)
 	rep := summarize(name, o.concurrency, elapsed, lat, errs, first)
-	rep.Ops = int64(len(lat)) * per
+	rep.perOp(len(lat), elapsed, after.errand-before.errand, after.postgres-before.postgres)
+	return rep, nil
+}
+
+// perOp sets the counts, rate and CPU per operation of n iterations run
+// in elapsed, which cost the Errand process errand and PostgreSQL pg.
+func (rep *Report) perOp(n int, elapsed, errand, pg time.Duration) {
+	rep.Ops = int64(n) * opsPer(rep.Scenario)
 	rep.OpsPerSec = float64(rep.Ops) / elapsed.Seconds()
 	if rep.Ops > 0 {
-		rep.ErrandCPUus = (after.errand - before.errand).Seconds() * 1e6 / float64(rep.Ops)
-		rep.PostgresCPUus = (after.postgres - before.postgres).Seconds() * 1e6 / float64(rep.Ops)
+		rep.ErrandCPUus = errand.Seconds() * 1e6 / float64(rep.Ops)
+		rep.PostgresCPUus = pg.Seconds() * 1e6 / float64(rep.Ops)
 		rep.TotalCPUus = rep.ErrandCPUus + rep.PostgresCPUus
 	}
-	return rep, nil
 }
 
 // drive runs op on c workers for d and returns every successful latency.
