@@ -67,7 +67,7 @@ func TestServeAndMigrateCommands(t *testing.T) {
 	if err := root.Execute(); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
-	if !strings.Contains(out.String(), "applied 8 migration") {
+	if !strings.Contains(out.String(), "applied 9 migration") {
 		t.Fatalf("migrate output: %q", out.String())
 	}
 

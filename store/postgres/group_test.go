@@ -152,10 +152,15 @@ func TestGroupCommitIsolatesAFailedStatement(t *testing.T) {
 					return err
 				}
 				if i%2 == 0 {
-					// A statement fails (no such task); the function swallows
-					// the error.
-					_ = tx.InsertCredential(ctx, &broker.Credential{JTI: fmt.Sprintf("orphan-%d", i), TaskID: "tsk_none",
-						Kind: "jwt", Scopes: broker.Scopes{broker.MustParseScope("x.read")}, IssuedAt: time.Now(), ExpiresAt: time.Now()})
+					// A statement fails (a task id taken twice); the
+					// function swallows the error.
+					now := time.Now().UTC()
+					task := broker.Task{ID: fmt.Sprintf("tsk_twice%022d", i), Version: 1, Status: broker.StatusPending,
+						Agent: broker.Ref{Issuer: "a", Subject: "b"}, User: broker.Ref{Issuer: "c", Subject: "d"}, Goal: "g",
+						Scopes: broker.Scopes{broker.MustParseScope("x.read")}, Audiences: []string{"aud"}, Risk: broker.RiskLow,
+						CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+					_ = tx.InsertTask(ctx, &task)
+					_ = tx.InsertTask(ctx, &task)
 				}
 				return nil
 			})

@@ -27,6 +27,35 @@ func TestAuditEventsAreAppendOnly(t *testing.T) {
 	}
 }
 
+// TestTasksAreKept: with no foreign key from credentials, nothing may take
+// a task away from under its credentials, the table's owner included.
+func TestTasksAreKept(t *testing.T) {
+	st := testpg.Store(t)
+	ctx := context.Background()
+	if _, err := st.Pool().Exec(ctx, `INSERT INTO tasks (id, version, status, agent_iss, agent_sub, user_iss, user_sub,
+		goal, scopes, audiences, risk, created_at, expires_at) VALUES ('tsk_kept', 1, 'approved', 'a', 'b', 'c', 'd', 'g',
+		'{x}', '{y}', 'low', now(), now() + interval '1 hour')`); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		"DELETE FROM tasks WHERE id = 'tsk_kept'",
+		"TRUNCATE tasks CASCADE",
+		"UPDATE tasks SET id = 'tsk_other' WHERE id = 'tsk_kept'",
+	} {
+		if _, err := st.Pool().Exec(ctx, q); err == nil || !strings.Contains(err.Error(), "never deleted") {
+			t.Errorf("%s: err = %v, want the trigger to refuse", q, err)
+		}
+	}
+	var n int
+	if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM tasks WHERE id = 'tsk_kept'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("task count %d, %v", n, err)
+	}
+	// Every other update still works, an id set to itself included.
+	if _, err := st.Pool().Exec(ctx, `UPDATE tasks SET id = 'tsk_kept', revoking = true WHERE id = 'tsk_kept'`); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestMigrateIsIdempotentAndRefusesNewerSchema(t *testing.T) {
 	ctx := context.Background()
 	u := testpg.NewDatabase(t)

@@ -78,9 +78,13 @@ func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
 }
 
 func (t *txn) InsertCredential(ctx context.Context, c *broker.Credential) error {
+	// The task must exist: there is no foreign key (migration 00009), and
+	// callers hold the task's row lock already.
 	err := t.tx.QueryRow(ctx, `INSERT INTO credentials (jti, task_id, kind, agent_iss, agent_sub,
 		user_iss, user_sub, scopes, audience, issued_at, expires_at, idempotency_key, request_hash, step_up_id)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) RETURNING seq`,
+		SELECT $1::text, id, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text[], $9::text,
+			$10::timestamptz, $11::timestamptz, $12::text, $13::text, $14::text FROM tasks WHERE id = $2
+		RETURNING seq`,
 		c.JTI, c.TaskID, c.Kind, c.Agent.Issuer, c.Agent.Subject, c.User.Issuer, c.User.Subject,
 		c.Scopes.Strings(), c.Audience, c.IssuedAt, c.ExpiresAt, nullString(c.IdempotencyKey),
 		nullString(c.RequestHash), nullString(c.StepUpID)).Scan(&c.Seq)
