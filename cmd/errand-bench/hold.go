@@ -14,6 +14,9 @@ import (
 // that introspects the fixtures' active tokens, prints how to run it, and
 // at the end prints the CPU Errand and PostgreSQL spent meanwhile.
 func (b *bench) hold(d time.Duration) error {
+	if len(b.tokens) == 0 {
+		return fmt.Errorf("--hold: no active tokens for the wrk script")
+	}
 	script := filepath.Join(b.dir, "introspect.lua")
 	var s strings.Builder
 	fmt.Fprintf(&s, "-- wrk script written by errand-bench --hold: introspect active tokens in turn\n")
