@@ -122,14 +122,21 @@ func TestServeAndMigrateCommands(t *testing.T) {
 		res.Body.Close()
 	}
 
+	stopServe(t, cancel, done, 25*time.Second)
+}
+
+// stopServe cancels a running serve and fails t unless it returns nil
+// within d.
+func stopServe(t *testing.T, cancel context.CancelFunc, done <-chan error, d time.Duration) {
+	t.Helper()
 	cancel()
 	select {
 	case err := <-done:
 		if err != nil {
 			t.Fatalf("serve returned %v after shutdown", err)
 		}
-	case <-time.After(25 * time.Second):
-		t.Fatal("serve did not shut down")
+	case <-time.After(d):
+		t.Fatalf("serve did not shut down within %s", d)
 	}
 }
 
@@ -259,15 +266,7 @@ func TestGracefulShutdownWithAnOpenStream(t *testing.T) {
 	}
 	defer res.Body.Close()
 	start := time.Now()
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("shutdown: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("shutdown waited on the open stream")
-	}
+	stopServe(t, cancel, done, 10*time.Second) // not waiting on the open stream
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("shutdown took %v", d)
 	}
@@ -378,15 +377,7 @@ func TestServeCommandWritesItsLogOnExit(t *testing.T) {
 	if got := stderr.String(); got != "" {
 		t.Fatalf("log lines reached stderr before the interval or the exit:\n%s", got)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve: %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("serve did not stop")
-	}
+	stopServe(t, cancel, done, 20*time.Second)
 	var serving, found bool
 	for _, l := range strings.Split(stderr.String(), "\n") {
 		var line struct {
