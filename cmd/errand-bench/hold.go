@@ -8,12 +8,21 @@ import (
 	"time"
 )
 
-// hold keeps the server and its fixtures up for d instead of driving it,
-// for a load generator cheaper than this one's Go HTTP client (whose CPU
-// shares the machine's cores with the server): it writes a wrk script
+// hold keeps the server and its fixtures up for o.hold instead of driving
+// it, for a load generator cheaper than this one's Go HTTP client (whose
+// CPU shares the machine's cores with the server): it writes a wrk script
 // that introspects the fixtures' active tokens, prints how to run it, and
-// at the end prints the CPU Errand and PostgreSQL spent meanwhile.
-func (b *bench) hold(d time.Duration) error {
+// at the end prints the CPU the server and PostgreSQL spent meanwhile.
+// With --scenario floor the server held is the floor server.
+func (b *bench) hold(o options) error {
+	d, name, base, pid := o.hold, "errand", b.base, b.cmd.Process.Pid
+	if o.scenario == "floor" {
+		f, err := b.floor()
+		if err != nil {
+			return err
+		}
+		name, base, pid = "floor server", f.base, f.cmd.Process.Pid
+	}
 	if len(b.tokens) == 0 {
 		return fmt.Errorf("--hold: no active tokens for the wrk script")
 	}
@@ -30,12 +39,12 @@ func (b *bench) hold(d time.Duration) error {
 	if err := os.WriteFile(script, []byte(s.String()), 0o600); err != nil {
 		return err
 	}
-	fmt.Printf("errand at %s (pid %d), held for %s; for example:\n  wrk -t1 -c32 -d10s --latency -s %s %s\n",
-		b.base, b.cmd.Process.Pid, d, script, b.base)
-	before := cpuSnapshot(b.cmd.Process.Pid)
+	fmt.Printf("%s at %s (pid %d), held for %s; for example:\n  wrk -t1 -c32 -d10s --latency -s %s %s\n",
+		name, base, pid, d, script, base)
+	before := cpuSnapshot(pid)
 	time.Sleep(d)
-	after := cpuSnapshot(b.cmd.Process.Pid)
-	fmt.Printf("CPU over the hold: errand %.3f s, postgres %.3f s\n",
-		(after.errand - before.errand).Seconds(), (after.postgres - before.postgres).Seconds())
+	after := cpuSnapshot(pid)
+	fmt.Printf("CPU over the hold: %s %.3f s, postgres %.3f s\n",
+		name, (after.errand - before.errand).Seconds(), (after.postgres - before.postgres).Seconds())
 	return nil
 }

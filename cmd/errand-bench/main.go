@@ -15,7 +15,9 @@
 // (active tokens), evaluate (AuthZEN decisions with Cedar policies), close
 // (a task with --creds live credentials closed, then every one introspected
 // inactive; repeated --rounds times) and mixed (per iteration: one mint, ten
-// introspections, one evaluation).
+// introspections, one evaluation). floor serves the introspect
+// scenario's requests from a do-nothing Go HTTP server of its own (see
+// floor.go): the machine's floor for that request, in CPU and latency.
 //
 // --against B runs the loop scenarios on a second server of binary B too,
 // the two taking turns in --slice slices, and reports both and the median
@@ -24,7 +26,8 @@
 //
 // --hold D runs no scenario: it keeps the server and its fixtures up for D
 // and writes a wrk script that introspects the active tokens, so that a
-// load generator lighter than this tool's Go client can measure latency.
+// load generator lighter than this tool's Go client can measure latency;
+// with --scenario floor it holds the floor server instead.
 package main
 
 import (
@@ -65,10 +68,17 @@ type options struct {
 }
 
 func main() {
+	if os.Getenv(floorEnv) != "" {
+		if err := serveFloor(); err != nil {
+			fmt.Fprintln(os.Stderr, "errand-bench floor server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var o options
 	flag.StringVar(&o.errand, "errand", "errand", "the errand binary to start")
 	flag.StringVar(&o.dbURL, "database-url", os.Getenv("ERRAND_BENCH_DATABASE_URL"), "a PostgreSQL server URL; a fresh database is created on it")
-	flag.StringVar(&o.scenario, "scenario", "mint", "mint, introspect, evaluate, close or mixed")
+	flag.StringVar(&o.scenario, "scenario", "mint", "mint, introspect, evaluate, close, mixed, rotate or floor (comma-separated)")
 	flag.IntVar(&o.concurrency, "c", 32, "concurrent clients")
 	flag.DurationVar(&o.duration, "d", 10*time.Second, "measured duration (mint, introspect, evaluate, mixed)")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured warm-up before the measured run")
@@ -123,7 +133,7 @@ func run(o options) error {
 	if o.dbURL == "" {
 		return errors.New("--database-url (or ERRAND_BENCH_DATABASE_URL) is required")
 	}
-	if o.hold > 0 {
+	if o.hold > 0 && o.scenario != "floor" {
 		o.scenario = "introspect" // its fixtures: active tokens for the script
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -134,7 +144,7 @@ func run(o options) error {
 	}
 	defer b.stop()
 	if o.hold > 0 {
-		return b.hold(o.hold)
+		return b.hold(o)
 	}
 	var reports []Report
 	if o.against != "" {
@@ -176,13 +186,19 @@ func (b *bench) scenarios(o options) ([]Report, error) {
 		)
 		switch sc {
 		case "mint":
-			rep, err = b.loop(o, "mint", b.mintOp)
+			rep, err = b.loop(o, "mint", b.cmd, b.mintOp)
 		case "introspect":
-			rep, err = b.loop(o, "introspect", b.introspectOp)
+			rep, err = b.loop(o, "introspect", b.cmd, b.introspectOp)
 		case "evaluate":
-			rep, err = b.loop(o, "evaluate", b.evaluateOp)
+			rep, err = b.loop(o, "evaluate", b.cmd, b.evaluateOp)
 		case "mixed":
-			rep, err = b.loop(o, "mixed", b.mixedOp)
+			rep, err = b.loop(o, "mixed", b.cmd, b.mixedOp)
+		case "floor":
+			var f *floorServer
+			if f, err = b.floor(); err == nil {
+				rep, err = b.loop(o, "floor", f.cmd, b.floorOp)
+				rep.Binary = "floor"
+			}
 		case "close":
 			rep, err = b.closeScenario(o)
 		case "rotate":
@@ -194,6 +210,9 @@ func (b *bench) scenarios(o options) ([]Report, error) {
 			return nil, err
 		}
 		rep.ErrandPeakRSS = peakRSS(b.cmd.Process.Pid)
+		if sc == "floor" {
+			rep.ErrandPeakRSS = peakRSS(b.floorSrv.cmd.Process.Pid)
+		}
 		rep.Prefilled = o.prefill
 		printReport(os.Stdout, rep)
 		reports = append(reports, rep)
@@ -203,6 +222,9 @@ func (b *bench) scenarios(o options) ([]Report, error) {
 
 func printReport(w io.Writer, r Report) {
 	fmt.Fprintf(w, "scenario %s, c=%d, %.1f s: %d ops, %d errors\n", r.Scenario, r.Concurrency, r.Seconds, r.Ops, r.Errors)
+	if r.Scenario == "floor" {
+		fmt.Fprintln(w, "(the errand columns are the floor server's: net/http and chi, no Errand)")
+	}
 	fmt.Fprintf(w, "%-12s %-9s %-9s %-9s %-9s %-14s %-14s %-14s %s\n",
 		"ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errand µs/op", "postgres µs/op", "total µs/op", "errand peak RSS")
 	fmt.Fprintf(w, "%-12.0f %-9.2f %-9.2f %-9.2f %-9.2f %-14.0f %-14.0f %-14.0f %d MiB\n",
@@ -227,6 +249,8 @@ type bench struct {
 	adminDB string
 	keep    bool
 	client  *http.Client
+	// floorSrv is the floor scenario's server, once started.
+	floorSrv *floorServer
 
 	cfgPath   string
 	errandBin string
@@ -346,6 +370,9 @@ policies: [%q]
 }
 
 func (b *bench) stop() {
+	if b.floorSrv != nil {
+		b.floorSrv.stop()
+	}
 	if b.cmd != nil && b.cmd.Process != nil {
 		_ = b.cmd.Process.Signal(syscall.SIGTERM)
 		_ = b.cmd.Wait()
@@ -445,6 +472,11 @@ func (b *bench) approvedTask(agent string) (string, error) {
 // call sends one request and checks its status; body is JSON, or a form
 // for url.Values.
 func (b *bench) call(method, path, token string, body any, want int, out any) error {
+	return b.callAt(b.base, method, path, token, body, want, out)
+}
+
+// callAt is call on the server at base.
+func (b *bench) callAt(base, method, path, token string, body any, want int, out any) error {
 	var rd io.Reader
 	ct := "application/json"
 	switch v := body.(type) {
@@ -458,7 +490,7 @@ func (b *bench) call(method, path, token string, body any, want int, out any) er
 		}
 		rd = strings.NewReader(string(raw))
 	}
-	req, err := http.NewRequest(method, b.base+path, rd)
+	req, err := http.NewRequest(method, base+path, rd)
 	if err != nil {
 		return err
 	}
@@ -541,16 +573,17 @@ func opsPer(scenario string) int64 {
 	return 1
 }
 
-// loop runs op on c workers for the warm-up, then for the measured run.
-func (b *bench) loop(o options, name string, op func(int) error) (Report, error) {
+// loop runs op on c workers for the warm-up, then for the measured run;
+// the CPU counted is server's and PostgreSQL's.
+func (b *bench) loop(o options, name string, server *exec.Cmd, op func(int) error) (Report, error) {
 	if o.warmup > 0 {
 		b.drive(o.concurrency, o.warmup, op)
 	}
-	before := cpuSnapshot(b.cmd.Process.Pid)
+	before := cpuSnapshot(server.Process.Pid)
 	start := time.Now()
 	lat, errs, first := b.drive(o.concurrency, o.duration, op)
 	elapsed := time.Since(start)
-	after := cpuSnapshot(b.cmd.Process.Pid)
+	after := cpuSnapshot(server.Process.Pid)
 	rep := summarize(name, o.concurrency, elapsed, lat, errs, first)
 	rep.perOp(len(lat), elapsed, after.errand-before.errand, after.postgres-before.postgres)
 	return rep, nil
