@@ -237,9 +237,9 @@ func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
 	t := in.Token
 	// A struct, not a map: introspection is the hottest path, and a map's
 	// keys are sorted and its values boxed at every call.
-	writeJSON(w, http.StatusOK, introspectionJSON{
+	writeJSON(w, http.StatusOK, IntrospectionResponse{
 		Active: true, Iss: s.self, Scope: t.Scope, ClientID: t.ClientID, Sub: t.Subject,
-		Act: actJSON{Sub: t.Act.Subject, Iss: t.Act.Issuer}, Aud: t.Audience, TaskID: t.TaskID,
+		Act: ActClaim{Sub: t.Act.Subject, Iss: t.Act.Issuer}, Aud: t.Audience, TaskID: t.TaskID,
 		JTI: t.JTI, TokenType: "Bearer", Exp: t.ExpiresAt.Unix(), Iat: t.IssuedAt.Unix(), Nbf: t.NotBefore.Unix(),
 	})
 }
@@ -250,25 +250,29 @@ type inactiveJSON struct {
 	Active bool `json:"active"`
 }
 
-type actJSON struct {
+// ActClaim is RFC 8693's act claim: the agent acting for the user.
+type ActClaim struct {
 	Iss string `json:"iss"`
 	Sub string `json:"sub"`
 }
 
-type introspectionJSON struct {
-	Active    bool    `json:"active"`
-	Act       actJSON `json:"act"`
-	Aud       string  `json:"aud"`
-	ClientID  string  `json:"client_id"`
-	Exp       int64   `json:"exp"`
-	Iat       int64   `json:"iat"`
-	Iss       string  `json:"iss"`
-	JTI       string  `json:"jti"`
-	Nbf       int64   `json:"nbf"`
-	Scope     string  `json:"scope"`
-	Sub       string  `json:"sub"`
-	TaskID    string  `json:"task_id"`
-	TokenType string  `json:"token_type"`
+// IntrospectionResponse is RFC 7662's answer for an active token, as
+// POST /v1/introspect writes it (the load tool's floor server writes the
+// same).
+type IntrospectionResponse struct {
+	Active    bool     `json:"active"`
+	Act       ActClaim `json:"act"`
+	Aud       string   `json:"aud"`
+	ClientID  string   `json:"client_id"`
+	Exp       int64    `json:"exp"`
+	Iat       int64    `json:"iat"`
+	Iss       string   `json:"iss"`
+	JTI       string   `json:"jti"`
+	Nbf       int64    `json:"nbf"`
+	Scope     string   `json:"scope"`
+	Sub       string   `json:"sub"`
+	TaskID    string   `json:"task_id"`
+	TokenType string   `json:"token_type"`
 }
 
 func (s *Server) auditEvents(w http.ResponseWriter, r *http.Request) {

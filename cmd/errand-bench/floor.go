@@ -31,28 +31,12 @@ import (
 // listener passed as file descriptor 3.
 const floorEnv = "ERRAND_BENCH_FLOOR_SERVER"
 
-// floorAnswer is shaped like Errand's answer for an active token.
-type floorAnswer struct {
-	Active    bool              `json:"active"`
-	Act       map[string]string `json:"act"`
-	Aud       string            `json:"aud"`
-	ClientID  string            `json:"client_id"`
-	Exp       int64             `json:"exp"`
-	Iat       int64             `json:"iat"`
-	Iss       string            `json:"iss"`
-	JTI       string            `json:"jti"`
-	Nbf       int64             `json:"nbf"`
-	Scope     string            `json:"scope"`
-	Sub       string            `json:"sub"`
-	TaskID    string            `json:"task_id"`
-	TokenType string            `json:"token_type"`
-}
-
 // floorHandler answers POST /v1/introspect with a form token= as Errand
-// would answer for an active token, and 400 without a token.
+// answers for an active token (its IntrospectionResponse), and 400
+// without a token.
 func floorHandler() http.Handler {
 	r := chi.NewRouter()
-	act := map[string]string{"iss": "https://idp.example.com/agent", "sub": "agent-0"}
+	act := httpapi.ActClaim{Iss: "https://idp.example.com/agent", Sub: "agent-0"}
 	r.Post("/v1/introspect", func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, httpapi.MaxBodyBytes)
 		if err := r.ParseForm(); err != nil || r.PostForm.Get("token") == "" {
@@ -63,7 +47,7 @@ func floorHandler() http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
-		_ = json.NewEncoder(w).Encode(floorAnswer{
+		_ = json.NewEncoder(w).Encode(httpapi.IntrospectionResponse{
 			Active: true, Act: act, Aud: audience, ClientID: "agent-0", Exp: now + 300, Iat: now, Nbf: now,
 			Iss: "http://127.0.0.1:8080", JTI: "0f1e2d3c4b5a69788796a5b4c3d2e1f0", Scope: "repo.read:acme/api",
 			Sub: "alice", TaskID: "tsk_0123456789abcdef0123456789", TokenType: "Bearer",
