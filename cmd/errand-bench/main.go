@@ -80,7 +80,7 @@ func main() {
 	flag.StringVar(&o.dbURL, "database-url", os.Getenv("ERRAND_BENCH_DATABASE_URL"), "a PostgreSQL server URL; a fresh database is created on it")
 	flag.StringVar(&o.scenario, "scenario", "mint", "mint, introspect, evaluate, close, mixed, rotate or floor (comma-separated)")
 	flag.IntVar(&o.concurrency, "c", 32, "concurrent clients")
-	flag.DurationVar(&o.duration, "d", 10*time.Second, "measured duration (mint, introspect, evaluate, mixed)")
+	flag.DurationVar(&o.duration, "d", 10*time.Second, "measured duration (mint, introspect, evaluate, mixed, floor)")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured warm-up before the measured run")
 	flag.IntVar(&o.agents, "agents", 32, "agents, each with its own approved task")
 	flag.IntVar(&o.creds, "creds", 1000, "close: live credentials of the task closed")
@@ -103,7 +103,7 @@ func main() {
 // Report is one scenario's result.
 type Report struct {
 	Scenario    string  `json:"scenario"`
-	Binary      string  `json:"binary,omitempty"` // --against: which server
+	Binary      string  `json:"binary,omitempty"` // --against: which server; "floor" for the floor scenario
 	Concurrency int     `json:"concurrency"`
 	Seconds     float64 `json:"seconds"`
 	Ops         int64   `json:"ops"`
@@ -184,6 +184,7 @@ func (b *bench) scenarios(o options) ([]Report, error) {
 			rep Report
 			err error
 		)
+		server := b.cmd
 		switch sc {
 		case "mint":
 			rep, err = b.loop(o, "mint", b.cmd, b.mintOp)
@@ -196,7 +197,8 @@ func (b *bench) scenarios(o options) ([]Report, error) {
 		case "floor":
 			var f *floorServer
 			if f, err = b.floor(); err == nil {
-				rep, err = b.loop(o, "floor", f.cmd, b.floorOp)
+				server = f.cmd
+				rep, err = b.loop(o, "floor", server, b.floorOp)
 				rep.Binary = "floor"
 			}
 		case "close":
@@ -209,10 +211,7 @@ func (b *bench) scenarios(o options) ([]Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		rep.ErrandPeakRSS = peakRSS(b.cmd.Process.Pid)
-		if sc == "floor" {
-			rep.ErrandPeakRSS = peakRSS(b.floorSrv.cmd.Process.Pid)
-		}
+		rep.ErrandPeakRSS = peakRSS(server.Process.Pid)
 		rep.Prefilled = o.prefill
 		printReport(os.Stdout, rep)
 		reports = append(reports, rep)
