@@ -28,18 +28,12 @@ func compare(ctx context.Context, o options, a *bench) ([]Report, error) {
 	benches := [2]*bench{a, b}
 	var reports []Report
 	for _, sc := range strings.Split(o.scenario, ",") {
-		ops := map[string]func(*bench) func(int) error{
-			"mint":       func(x *bench) func(int) error { return x.mintOp },
-			"introspect": func(x *bench) func(int) error { return x.introspectOp },
-			"evaluate":   func(x *bench) func(int) error { return x.evaluateOp },
-			"mixed":      func(x *bench) func(int) error { return x.mixedOp },
-		}
-		opOf, ok := ops[sc]
+		op, ok := loopOps[sc]
 		if !ok {
 			return nil, fmt.Errorf("--against runs mint, introspect, evaluate and mixed, not %q", sc)
 		}
 		for _, x := range benches {
-			x.drive(o.concurrency, o.warmup, opOf(x))
+			x.drive(o.concurrency, o.warmup, x.bind(op))
 		}
 		type total struct {
 			lat        []time.Duration
@@ -59,7 +53,7 @@ func compare(ctx context.Context, o options, a *bench) ([]Report, error) {
 				x := benches[i]
 				before := cpuSnapshot(x.cmd.Process.Pid)
 				t0 := time.Now()
-				lat, errs, first := x.drive(o.concurrency, o.slice, opOf(x))
+				lat, errs, first := x.drive(o.concurrency, o.slice, x.bind(op))
 				el := time.Since(t0)
 				after := cpuSnapshot(x.cmd.Process.Pid)
 				t := &acc[i]

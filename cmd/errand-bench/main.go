@@ -175,6 +175,20 @@ func run(o options) error {
 	return nil
 }
 
+// loopOps are the scenarios that repeat one operation, run by loop and
+// by --against.
+var loopOps = map[string]func(*bench, int) error{
+	"mint":       (*bench).mintOp,
+	"introspect": (*bench).introspectOp,
+	"evaluate":   (*bench).evaluateOp,
+	"mixed":      (*bench).mixedOp,
+}
+
+// bind is op run by b's workers.
+func (b *bench) bind(op func(*bench, int) error) func(int) error {
+	return func(w int) error { return op(b, w) }
+}
+
 // scenarios runs the comma-separated scenarios one after the other on
 // the same server and database (the fixtures of all are made at start).
 func (b *bench) scenarios(o options) ([]Report, error) {
@@ -185,25 +199,20 @@ func (b *bench) scenarios(o options) ([]Report, error) {
 			err error
 		)
 		server := b.cmd
-		switch sc {
-		case "mint":
-			rep, err = b.loop(o, "mint", b.cmd, b.mintOp)
-		case "introspect":
-			rep, err = b.loop(o, "introspect", b.cmd, b.introspectOp)
-		case "evaluate":
-			rep, err = b.loop(o, "evaluate", b.cmd, b.evaluateOp)
-		case "mixed":
-			rep, err = b.loop(o, "mixed", b.cmd, b.mixedOp)
-		case "floor":
+		op, isLoop := loopOps[sc]
+		switch {
+		case isLoop:
+			rep, err = b.loop(o, sc, b.cmd, b.bind(op))
+		case sc == "floor":
 			var f *floorServer
 			if f, err = b.floor(); err == nil {
 				server = f.cmd
 				rep, err = b.loop(o, "floor", server, b.floorOp)
 				rep.Binary = "floor"
 			}
-		case "close":
+		case sc == "close":
 			rep, err = b.closeScenario(o)
-		case "rotate":
+		case sc == "rotate":
 			rep, err = b.rotateScenario(o)
 		default:
 			return nil, fmt.Errorf("unknown scenario %q", sc)
