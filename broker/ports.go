@@ -113,6 +113,14 @@ type RevocationTx interface {
 	// Enqueue adds backend revocations to the outbox.
 	Enqueue(ctx context.Context, items []OutboxItem) error
 	SetSuspended(ctx context.Context, agent Ref, reason, by string, at time.Time) error
+	// LockAgent serialises, until the transaction ends, the transactions
+	// that decide on one agent's standing (creating a task against its
+	// pending cap, suspending it), and then reads whether the agent is
+	// suspended and how many of its tasks await a decision at now
+	// (counting at most limit). Without it two concurrent creates could
+	// both see room under the cap, or a create could miss a suspension
+	// committed while it decided.
+	LockAgent(ctx context.Context, agent Ref, now time.Time, limit int) (suspended bool, pending int, err error)
 	// IsSuspended reads a suspension inside the transaction.
 	IsSuspended(ctx context.Context, agent Ref) (bool, error)
 	// ClearSuspended lifts a suspension; false if there was none.

@@ -218,6 +218,12 @@ func (s *Service) SuspendAgent(ctx context.Context, p Principal, agent, reason s
 		if err != nil {
 			return err
 		}
+		// The agent's lock orders the suspension with its creates: a
+		// create that commits first is locked below and denied, one that
+		// waits reads the suspension.
+		if _, _, err := tx.LockAgent(ctx, a, now, 0); err != nil {
+			return err
+		}
 		if err := tx.SetSuspended(ctx, a, reason, ActorOf(p).Issuer+"#"+p.Subject, now); err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"hash/fnv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -225,4 +226,33 @@ func (t *txn) IsSuspended(ctx context.Context, a broker.Ref) (bool, error) {
 	err := t.tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM suspended_agents WHERE agent_iss = $1 AND agent_sub = $2)`,
 		a.Issuer, a.Subject).Scan(&ok)
 	return ok, translate(err)
+}
+
+// LockAgent takes a transaction-scoped advisory lock named after the agent
+// (a hash of its issuer and subject: a collision only serialises two
+// agents' creates), then reads its standing under it. The count runs after
+// the lock is granted, so under READ COMMITTED it sees every task that the
+// lock's previous holder committed.
+func (t *txn) LockAgent(ctx context.Context, a broker.Ref, now time.Time, limit int) (bool, int, error) {
+	if _, err := t.tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, agentLockKey(a)); err != nil {
+		return false, 0, translate(err)
+	}
+	var (
+		suspended bool
+		pending   int
+	)
+	err := t.tx.QueryRow(ctx, `SELECT
+		EXISTS (SELECT 1 FROM suspended_agents WHERE agent_iss = $1 AND agent_sub = $2),
+		(SELECT count(*) FROM (SELECT 1 FROM tasks WHERE agent_iss = $1 AND agent_sub = $2
+			AND status = 'pending' AND expires_at > $3 LIMIT $4) p)`,
+		a.Issuer, a.Subject, now, limit).Scan(&suspended, &pending)
+	return suspended, pending, translate(err)
+}
+
+// agentLockKey is the advisory-lock key of an agent: FNV-1a of a tag, its
+// issuer and its subject, so that no other lock of Errand's shares it.
+func agentLockKey(a broker.Ref) int64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte("errand.agent\x00" + a.Issuer + "\x00" + a.Subject))
+	return int64(h.Sum64())
 }

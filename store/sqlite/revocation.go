@@ -164,3 +164,15 @@ func (t *txn) IsSuspended(ctx context.Context, a broker.Ref) (bool, error) {
 		a.Issuer, a.Subject).Scan(&n)
 	return n > 0, translate(err)
 }
+
+// LockAgent reads the agent's standing; the IMMEDIATE transaction already
+// holds the only write lock, which serialises every writer.
+func (t *txn) LockAgent(ctx context.Context, a broker.Ref, now time.Time, limit int) (bool, int, error) {
+	var suspended, pending int
+	err := t.tx.QueryRowContext(ctx, `SELECT
+		(SELECT count(*) FROM suspended_agents WHERE agent_iss = $1 AND agent_sub = $2),
+		(SELECT count(*) FROM (SELECT 1 FROM tasks WHERE agent_iss = $1 AND agent_sub = $2
+			AND status = 'pending' AND expires_at > $3 LIMIT $4))`,
+		a.Issuer, a.Subject, micros(now), limit).Scan(&suspended, &pending)
+	return suspended > 0, pending, translate(err)
+}

@@ -30,6 +30,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		fn   func(*testing.T, Store)
 	}{
 		{"TaskRoundTrip", testTaskRoundTrip},
+		{"VaultIntentsResolveOnce", testVaultIntents},
 		{"NotFound", testNotFound},
 		{"RollbackLeavesNothing", testRollback},
 		{"LockTaskSerialisesWriters", testLockSerialises},
@@ -44,6 +45,8 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"OneCurrentSigningKey", testSigningKeys},
 		{"StepUpsBudgetsAndGroups", testStepUps},
 		{"KeyChangesMoveForward", testKeyChanges},
+		{"H08PendingCapIsExactUnderConcurrency", testPendingCapExact},
+		{"R10CreateRacingSuspensionLeavesNothingPending", testCreateRacingSuspension},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open(t)) })
