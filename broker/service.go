@@ -254,18 +254,6 @@ func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskReq
 		return Task{}, err
 	}
 	agent := p.Ref()
-	if suspended, err := s.store.Suspended(ctx, agent); err != nil {
-		return Task{}, err
-	} else if suspended {
-		return Task{}, Errorf(ErrAgentSuspended, "the agent is suspended")
-	}
-	waiting, err := s.store.ListTasks(ctx, TaskFilter{Agent: &agent, Status: StatusPending, Now: now, Limit: s.pending})
-	if err != nil {
-		return Task{}, err
-	}
-	if len(waiting) >= s.pending {
-		return Task{}, Errorf(ErrRateLimited, "the agent already has %d tasks awaiting a decision", s.pending)
-	}
 	id, err := s.newID("tsk_")
 	if err != nil {
 		return Task{}, err
@@ -285,6 +273,20 @@ func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskReq
 		TTLCapped: capped, CreatedAt: now, ExpiresAt: now.Add(ttl), Budget: budget,
 	}
 	err = s.store.InTx(ctx, func(tx Tx) error {
+		// The suspension and the pending cap are read under the agent's
+		// lock, in the transaction that inserts: read outside it, two
+		// concurrent creates could both see room under the cap, and a
+		// create could miss a suspension committed while it decided.
+		suspended, waiting, err := tx.LockAgent(ctx, agent, now, s.pending)
+		if err != nil {
+			return err
+		}
+		if suspended {
+			return Errorf(ErrAgentSuspended, "the agent is suspended")
+		}
+		if waiting >= s.pending {
+			return Errorf(ErrRateLimited, "the agent already has %d tasks awaiting a decision", s.pending)
+		}
 		if err := tx.InsertTask(ctx, &t); err != nil {
 			return err
 		}
