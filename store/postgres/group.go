@@ -46,9 +46,14 @@ type grouper struct {
 }
 
 type groupCall struct {
+	ctx   context.Context       // the caller's, for a run of its own
 	fn    func(broker.Tx) error // a function, or
 	quick *quickCall            // a quick issuance
 	err   error                 // fn's own failure
+	// alone is set when fn found its task locked by another transaction:
+	// the group never waits on such a lock (it would hold up every call
+	// of the group), so fn runs again in a transaction of its own.
+	alone bool
 	done  chan error
 }
 
@@ -68,7 +73,7 @@ type quickCall struct {
 // the audit head stays the last lock of every transaction; their Seq and
 // Hash are therefore not known inside fn.
 func (s *Store) InGroupTx(ctx context.Context, key string, fn func(broker.Tx) error) error {
-	return s.enqueue(key, &groupCall{fn: fn, done: make(chan error, 1)})
+	return s.enqueue(key, &groupCall{ctx: ctx, fn: fn, done: make(chan error, 1)})
 }
 
 var _ broker.QuickIssuer = (*Store)(nil)
@@ -133,7 +138,11 @@ func (t *groupTx) AppendAudit(_ context.Context, events ...broker.AuditEvent) er
 // statement, each under its task's row lock and only if the task is as
 // its caller decided it was: at its version, of its agent and user,
 // approved, not revoking, its agent not suspended, alive at least a whole
-// second past the database's clock. Under READ COMMITTED a close (or a
+// second past the database's clock. A task whose row another transaction
+// holds is skipped, never waited for: its call has no row and takes the
+// slow path on its own, so one held task lock (a close under way, a
+// client's long transaction) never holds up the other tasks' mints. Under
+// READ COMMITTED a close (or a
 // suspension, which closes) committed while the statement waited for a
 // lock is seen when the row is re-checked, and the version check catches
 // any other change. The clock is read once every lock is held (n reads
@@ -149,7 +158,7 @@ const quickSQL = `WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::te
 	t AS (SELECT tasks.id, tasks.version, tasks.expires_at, tasks.agent_iss, tasks.agent_sub, tasks.user_iss, tasks.user_sub
 		FROM tasks WHERE tasks.id IN (SELECT task_id FROM r) AND tasks.status = 'approved' AND NOT tasks.revoking
 		AND NOT EXISTS (SELECT 1 FROM suspended_agents s WHERE s.agent_iss = tasks.agent_iss AND s.agent_sub = tasks.agent_sub)
-		ORDER BY tasks.seq FOR UPDATE OF tasks),
+		ORDER BY tasks.seq FOR UPDATE OF tasks SKIP LOCKED),
 	k AS MATERIALIZED (SELECT r.*, t.expires_at FROM r JOIN t ON t.id = r.task_id AND t.version = r.version
 		AND t.agent_iss = r.agent_iss AND t.agent_sub = r.agent_sub AND t.user_iss = r.user_iss AND t.user_sub = r.user_sub),
 	n AS MATERIALIZED (SELECT c AS now, date_trunc('second', c) AS iat
@@ -186,6 +195,13 @@ func (s *Store) runGroup(calls []*groupCall) {
 		calls, err = rest, s.runGroupTx(rest)
 	}
 	for _, c := range calls {
+		if c.alone {
+			// Its own transaction waits for the task's lock, holding up
+			// no one else; fn has been undone here (or never ran a
+			// statement), so running it again is running it once.
+			go func(c *groupCall) { c.done <- s.InTx(c.ctx, c.fn) }(c)
+			continue
+		}
 		if c.quick != nil && err != nil {
 			c.quick.ok = false
 		}
@@ -355,7 +371,7 @@ func (s *Store) runGroupTx(calls []*groupCall) error {
 	ctx, cancel := context.WithTimeout(context.Background(), groupTimeout)
 	defer cancel()
 	for _, c := range calls {
-		c.err = nil
+		c.err, c.alone = nil, false
 		if c.quick != nil {
 			c.quick.ok = false
 		}
@@ -382,7 +398,7 @@ func (s *Store) runGroupTx(calls []*groupCall) error {
 			// another's work.
 			sp := fmt.Sprintf("g%d", i)
 			d := &detached{Tx: tx, ctx: ctx, pending: true, name: sp}
-			gt := &groupTx{txn: &txn{tx: d}}
+			gt := &groupTx{txn: &txn{tx: d, nowait: true}}
 			err := c.fn(gt)
 			if err == nil && tx.Conn().PgConn().TxStatus() == 'E' {
 				// A statement failed and fn went on as if it had not: what
@@ -390,7 +406,7 @@ func (s *Store) runGroupTx(calls []*groupCall) error {
 				err = errors.New("postgres: a statement failed inside the transaction")
 			}
 			if err != nil {
-				c.err = translate(err)
+				c.err, c.alone = translate(err), errors.Is(err, errLockBusy)
 				if d.pending {
 					continue // no statement ran: nothing to undo
 				}

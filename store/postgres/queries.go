@@ -2,15 +2,23 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/store/internal/sqlq"
 )
 
-type txn struct{ tx pgx.Tx }
+type txn struct {
+	tx pgx.Tx
+	// nowait makes task locks fail at once with errLockBusy instead of
+	// waiting: a group's transaction never waits on a row another
+	// transaction holds, which would hold up every call of the group.
+	nowait bool
+}
 
 var _ broker.Tx = (*txn)(nil)
 
@@ -42,7 +50,29 @@ func (t *txn) Now(ctx context.Context) (time.Time, error) {
 }
 
 func (t *txn) LockTask(ctx context.Context, id string) (broker.Task, error) {
-	return scanTask(t.tx.QueryRow(ctx, `SELECT `+taskColumns+` FROM tasks WHERE id = $1 FOR UPDATE`, id))
+	k, err := scanTask(t.tx.QueryRow(ctx, `SELECT `+taskColumns+` FROM tasks WHERE id = $1 FOR UPDATE`+t.wait(), id))
+	return k, busy(err)
+}
+
+// wait is the lock clause's waiting policy.
+func (t *txn) wait() string {
+	if t.nowait {
+		return ` NOWAIT`
+	}
+	return ``
+}
+
+// errLockBusy: a task's row is locked by another transaction and the lock
+// was asked for without waiting (in a group).
+var errLockBusy = errors.New("postgres: the task's row is locked by another transaction")
+
+// busy turns PostgreSQL's lock_not_available into errLockBusy.
+func busy(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "55P03" {
+		return errLockBusy
+	}
+	return err
 }
 
 // LockTaskChecked is LockTask, the agent's suspension and the database's
@@ -57,9 +87,9 @@ func (t *txn) LockTaskChecked(ctx context.Context, id string) (broker.Task, bool
 	)
 	k, err := scanTaskWith(t.tx.QueryRow(ctx, `WITH locked AS (SELECT `+taskColumns+`,
 		EXISTS (SELECT 1 FROM suspended_agents s WHERE s.agent_iss = tasks.agent_iss AND s.agent_sub = tasks.agent_sub) AS suspended
-		FROM tasks WHERE id = $1 FOR UPDATE OF tasks)
+		FROM tasks WHERE id = $1 FOR UPDATE OF tasks`+t.wait()+`)
 		SELECT `+taskColumns+`, suspended, clock_timestamp() FROM locked`, id), &suspended, &now)
-	return k, suspended, now, err
+	return k, suspended, now, busy(err)
 }
 
 func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
