@@ -64,14 +64,31 @@ type Action struct {
 type Audience struct {
 	URL         string
 	Environment string
-	// Introspectors, when not empty, are the only resource-kind principals
-	// for which introspection of a token for this audience answers active.
-	// Empty means any authenticated resource server may introspect.
+	// Introspectors are the resource-kind principals for which
+	// introspection of a token for this audience answers active, and
+	// which read its revocations in the feed. With none, no resource
+	// server may, unless AnyIntrospector opts the audience in.
 	Introspectors []Ref
+	// AnyIntrospector lets every authenticated resource server
+	// introspect this audience's tokens and read their revocations
+	// (never with Introspectors).
+	AnyIntrospector bool
+	// CaseInsensitive says the resource server treats resources that
+	// differ only in case as one (GitHub: acme/Infra is acme/infra).
+	// Scopes for it are canonicalised to lower case wherever they enter
+	// (Catalog.Canonical), so containment, budgets and policies see the one
+	// form the server acts on.
+	CaseInsensitive bool
 }
 
-// Grant maps a user group to the scopes its members may delegate.
+// Grant maps a group of one user issuer to the scopes its members may
+// delegate. A group name means something only at the issuer that asserts
+// it: partner's "eng" is not corp's "eng".
 type Grant struct {
+	// Issuer is the user issuer whose group this is. Empty matches a user
+	// of any issuer, which config allows only when a single user issuer
+	// is configured (and then fills in).
+	Issuer string
 	Group  string
 	Scopes Scopes
 	// Audiences limits the audiences members may approve; nil means any.

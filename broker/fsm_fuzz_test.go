@@ -50,7 +50,7 @@ func newFSMEnv(tb testing.TB) *fsmEnv {
 	}
 	e.tokens = tokens
 	cat, err := broker.NewCatalog([]broker.Action{{Name: "r.read", Class: broker.ClassRead, Risk: broker.RiskLow}},
-		[]broker.Audience{{URL: "https://rs"}},
+		[]broker.Audience{{URL: "https://rs", AnyIntrospector: true}},
 		[]broker.Grant{{Group: "g", Scopes: broker.Scopes{broker.MustParseScope("r.read:a/**")}}}, nil)
 	if err != nil {
 		tb.Fatal(err)

@@ -286,15 +286,38 @@ func (s *Service) UnsuspendAgent(ctx context.Context, p Principal, agent string)
 	})
 }
 
-// Revocations returns the feed to a resource server.
-func (s *Service) Revocations(ctx context.Context, p Principal, afterSeq int64, limit int) ([]Revocation, error) {
+// FeedPage is a page of the revocation feed as one resource server sees
+// it: the entries of the audiences it may introspect, the position read up
+// to (entries of other audiences are passed over, not shown), and whether
+// the page was full, so more may follow at once.
+type FeedPage struct {
+	Revocations []Revocation
+	Next        int64
+	Full        bool
+}
+
+// Revocations returns the feed to a resource server: only the revocations
+// of audiences it may introspect (see Audience.Introspectors), so that
+// the feed tells no resource server about another's tokens.
+func (s *Service) Revocations(ctx context.Context, p Principal, afterSeq int64, limit int) (FeedPage, error) {
 	if p.Kind != KindResource {
-		return nil, Errorf(ErrWrongPrincipalKind, "only resource servers read the revocation feed")
+		return FeedPage{}, Errorf(ErrWrongPrincipalKind, "only resource servers read the revocation feed")
 	}
 	if limit < 1 {
-		return nil, Errorf(ErrInvalidRequest, "limit must be positive")
+		return FeedPage{}, Errorf(ErrInvalidRequest, "limit must be positive")
 	}
-	return s.store.Revocations(ctx, afterSeq, limit)
+	revs, err := s.store.Revocations(ctx, afterSeq, limit)
+	if err != nil {
+		return FeedPage{}, err
+	}
+	page := FeedPage{Next: afterSeq, Full: len(revs) == limit}
+	for _, r := range revs {
+		page.Next = r.Seq
+		if au, ok := s.catalog.Audience(r.Audience); ok && introspector(au, p) {
+			page.Revocations = append(page.Revocations, r)
+		}
+	}
+	return page, nil
 }
 
 // RecordBackendFailure raises backend.revoke_failed for an outbox item that

@@ -1047,8 +1047,15 @@ func (s *Service) credentialAndTask(ctx context.Context, jti string) (Credential
 	return c, t, now, err
 }
 
+// introspector reports whether p may learn about tokens for au: by
+// introspection, or from the revocation feed. Unbound audiences are
+// closed unless they opt in, so that no resource server learns about
+// another's tokens by default.
 func introspector(au Audience, p Principal) bool {
-	if len(au.Introspectors) == 0 {
+	if p.Kind != KindResource {
+		return false
+	}
+	if au.AnyIntrospector {
 		return true
 	}
 	for _, r := range au.Introspectors {

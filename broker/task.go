@@ -123,13 +123,16 @@ const (
 	EventAgentUnsuspended  = "agent.unsuspended"
 	// EventKeysChanged records a signing-key rotation or retirement.
 	EventKeysChanged = "keys.changed"
+	// EventKeysRefused records a stored signing key that is not the key
+	// its row claims (tampered with), and so is neither published nor used.
+	EventKeysRefused = "keys.refused"
 )
 
 // EventTypes lists every audit event type, for filter validation.
 var EventTypes = []string{
 	EventTaskCreated, EventTaskApproved, EventTaskDenied, EventTaskClosed, EventTaskExpired,
 	EventCredentialIssued, EventCredentialRevoked, EventRequestRefused, EventBackendRevokeFail,
-	EventTaskRevoked, EventAgentSuspended, EventAgentUnsuspended, EventKeysChanged,
+	EventTaskRevoked, EventAgentSuspended, EventAgentUnsuspended, EventKeysChanged, EventKeysRefused,
 }
 
 // Revocation is one entry of the revocation feed: a credential revoked,
@@ -140,6 +143,10 @@ type Revocation struct {
 	TaskID    string
 	RevokedAt time.Time
 	Reason    string
+	// Audience is the revoked credential's, read with the feed (not
+	// stored with the entry), so that a resource server is shown only the
+	// revocations of audiences it may introspect.
+	Audience string
 }
 
 // OutboxItem is a backend revocation to carry out until confirmed: a

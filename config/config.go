@@ -143,6 +143,13 @@ type Audience struct {
 	URL           string   `yaml:"url"`
 	Environment   string   `yaml:"environment"`
 	Introspectors []string `yaml:"introspectors"`
+	// AnyIntrospector opts the audience in to introspection (and the
+	// revocation feed) by any resource server; without it and without
+	// introspectors, none may.
+	AnyIntrospector bool `yaml:"any_introspector"`
+	// CaseInsensitive: the resource server treats resources differing
+	// only in case as one (GitHub); Errand then keeps them in lower case.
+	CaseInsensitive bool `yaml:"case_insensitive"`
 }
 
 // UnmarshalYAML accepts a bare URL string.
@@ -563,10 +570,14 @@ func (c *Config) Catalog() (*broker.Catalog, error) {
 		actions[i] = broker.Action{Name: a.Name, Class: broker.Class(a.Class), Risk: broker.Risk(a.Risk)}
 	}
 	auds := make([]broker.Audience, len(c.Audiences))
-	known := map[string]bool{}
+	known, folded := map[string]bool{}, map[string]bool{}
 	for i, a := range c.Audiences {
-		auds[i] = broker.Audience{URL: a.URL, Environment: a.Environment}
-		known[a.URL] = true
+		auds[i] = broker.Audience{URL: a.URL, Environment: a.Environment, CaseInsensitive: a.CaseInsensitive,
+			AnyIntrospector: a.AnyIntrospector}
+		if a.AnyIntrospector && len(a.Introspectors) > 0 {
+			return nil, fmt.Errorf("audiences[%d]: any_introspector and introspectors exclude each other", i)
+		}
+		known[a.URL], folded[a.URL] = true, a.CaseInsensitive
 		for j, ref := range a.Introspectors {
 			iss, sub, ok := strings.Cut(ref, "#")
 			if !ok || iss == "" || sub == "" {

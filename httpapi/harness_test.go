@@ -82,6 +82,9 @@ type envOptions struct {
 	logs io.Writer
 	// introspectors binds apiStage to these resource servers (subjects).
 	introspectors []string
+	// closedStage leaves apiStage with no introspectors and no opt-in:
+	// the default of a configured audience.
+	closedStage bool
 	// agentSubjects restricts the agent issuer's subjects.
 	agentSubjects []string
 	// notifier wakes revocation streams (default: a 1 s tick).
@@ -108,11 +111,17 @@ func logger(w io.Writer) *slog.Logger {
 
 func testCatalog(t testing.TB) *broker.Catalog { return testCatalogWith(t, "", nil) }
 
+// testCatalogClosedStage is testCatalog with apiStage left as a
+// configured audience is by default: closed to every introspector.
+func testCatalogClosedStage(t testing.TB) *broker.Catalog { return testCatalogWith(t, "", []string{}) }
+
 // testCatalogWith binds apiStage's introspection to the given resource
 // servers of issuer rsIssuer.
 func testCatalogWith(t testing.TB, rsIssuer string, introspectors []string) *broker.Catalog {
 	t.Helper()
-	stage := broker.Audience{URL: apiStage}
+	// Unbound audiences are closed to introspection unless they opt in:
+	// the tests' audiences opt in, except apiStage when it is bound.
+	stage := broker.Audience{URL: apiStage, AnyIntrospector: introspectors == nil}
 	for _, sub := range introspectors {
 		stage.Introspectors = append(stage.Introspectors, broker.Ref{Issuer: rsIssuer, Subject: sub})
 	}
@@ -132,7 +141,7 @@ func testCatalogWith(t testing.TB, rsIssuer string, introspectors []string) *bro
 			{Name: "errand.token.mint", Class: broker.ClassToken, Risk: broker.RiskHigh},
 			{Name: "db.orders.read", Class: broker.ClassRead, Risk: broker.RiskMedium},
 		},
-		[]broker.Audience{{URL: apiGitHub, Environment: "prod"}, stage},
+		[]broker.Audience{{URL: apiGitHub, Environment: "prod", AnyIntrospector: true}, stage},
 		[]broker.Grant{
 			// People may hold blocked actions; they stay ungrantable to agents.
 			{Group: "eng", Scopes: sc("github.repo.read:acme/**", "github.pr.write:acme/**",
@@ -203,6 +212,9 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 		t.Fatal(err)
 	}
 	cat := testCatalog(t)
+	if o.closedStage {
+		cat = testCatalogClosedStage(t)
+	}
 	if len(o.introspectors) > 0 {
 		cat = testCatalogWith(t, e.resources.URL, o.introspectors)
 	}

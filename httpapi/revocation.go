@@ -106,18 +106,19 @@ func (s *Server) revocations(w http.ResponseWriter, r *http.Request) {
 		c.fail(err)
 		return
 	}
-	revs, err := s.svc.Revocations(r.Context(), p, since, limit)
+	page, err := s.svc.Revocations(r.Context(), p, since, limit)
 	if err != nil {
 		c.fail(err)
 		return
 	}
+	// next_cursor moves past the entries of other audiences too, so that
+	// a caller never reads them again.
 	out := struct {
 		Revocations []revocationJSON `json:"revocations"`
 		NextCursor  string           `json:"next_cursor"`
-	}{Revocations: make([]revocationJSON, 0, len(revs)), NextCursor: strconv.FormatInt(since, 10)}
-	for _, v := range revs {
+	}{Revocations: make([]revocationJSON, 0, len(page.Revocations)), NextCursor: strconv.FormatInt(page.Next, 10)}
+	for _, v := range page.Revocations {
 		out.Revocations = append(out.Revocations, renderRevocation(v))
-		out.NextCursor = strconv.FormatInt(v.Seq, 10)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -171,21 +172,21 @@ func (s *Server) revocationStream(w http.ResponseWriter, r *http.Request) {
 	}
 	for {
 		changed := s.notifier.Changed()
-		revs, err := s.svc.Revocations(ctx, p, cursor, 500)
+		page, err := s.svc.Revocations(ctx, p, cursor, 500)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.log.WarnContext(ctx, "revocation stream ended", "err", err)
 			}
 			return
 		}
-		for _, v := range revs {
+		for _, v := range page.Revocations {
 			data, _ := json.Marshal(renderRevocation(v))
 			if !write("id: %d\nevent: revocation\ndata: %s\n\n", v.Seq, data) {
 				return
 			}
-			cursor = v.Seq
 		}
-		if len(revs) == 500 {
+		cursor = page.Next
+		if page.Full {
 			continue
 		}
 		select {

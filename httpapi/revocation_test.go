@@ -315,9 +315,14 @@ type sseEvent struct {
 
 // openStream connects to the revocation stream and delivers its events.
 func (e *env) openStream(t testing.TB, lastEventID string) (<-chan sseEvent, func()) {
+	return e.openStreamAs(t, "rs", lastEventID)
+}
+
+// openStreamAs opens the stream as the resource server rsSub.
+func (e *env) openStreamAs(t testing.TB, rsSub, lastEventID string) (<-chan sseEvent, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", e.srv.URL+"/v1/revocations/stream", nil)
-	req.Header.Set("Authorization", "Bearer "+e.resource("rs"))
+	req.Header.Set("Authorization", "Bearer "+e.resource(rsSub))
 	if lastEventID != "" {
 		req.Header.Set("Last-Event-ID", lastEventID)
 	}

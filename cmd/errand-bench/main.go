@@ -329,7 +329,7 @@ actions:
 grants:
   - {group: eng, scopes: ["repo.read:acme/**", "repo.write:acme/**"]}
 audiences:
-  - {url: %q, environment: staging}
+  - {url: %q, environment: staging, any_introspector: true}
 limits: {token_ttl_max: 5m, task_ttl_max: 8h, principal_rps: 1000000, address_rps: 1000000, pending_tasks_per_agent: 100000}
 policies: [%q]
 `, port, b.base, dbURL, hex.EncodeToString(seed), b.idp.IssuerURL("agent"), b.idp.IssuerURL("user"),

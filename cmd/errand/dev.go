@@ -190,8 +190,10 @@ func devConfig(base, db, secret string, idp *devidp.Provider) *config.Config {
 			{Name: "okta.user.update", Class: "identity", Risk: "high"},
 		},
 		Audiences: []config.Audience{
-			{URL: "https://api.github.com", Environment: "dev"},
-			{URL: "http://localhost:9000", Environment: "local"},
+			// errand dev is a playground: any resource server it hands
+			// out tokens for may introspect. Bind introspectors in serve.
+			{URL: "https://api.github.com", Environment: "dev", AnyIntrospector: true},
+			{URL: "http://localhost:9000", Environment: "local", AnyIntrospector: true},
 		},
 		Grants: []config.Grant{{Group: "eng", Scopes: []string{
 			"github.repo.read:acme/**", "github.pr.write:acme/**", "github.keys.create:acme/**",

@@ -212,8 +212,10 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		return nil, err
 	}
 	for _, a := range cfg.Audiences {
-		if len(a.Introspectors) == 0 {
-			log.Warn("audience has no introspectors: any resource server may introspect its tokens", "audience", a.URL)
+		if len(a.Introspectors) == 0 && a.AnyIntrospector {
+			log.Warn("audience opts in to any_introspector: every resource server may introspect its tokens and read their revocations", "audience", a.URL)
+		} else if len(a.Introspectors) == 0 {
+			log.Info("audience has no introspectors: its tokens answer active:false to every resource server", "audience", a.URL)
 		}
 	}
 	tokens, err := jwt.New(ctx, jwt.Config{

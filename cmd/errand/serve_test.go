@@ -40,7 +40,7 @@ actions:
   - {name: github.repo.read, class: read, risk: low}
   - {name: github.pr.write, class: write, risk: medium}
 audiences:
-  - {url: "https://api.github.com", environment: prod}
+  - {url: "https://api.github.com", environment: prod, introspectors: ["` + resources.URL + `#gw"]}
   - https://staging-api.example.com
 limits: {token_ttl_max: 5m, task_ttl_max: 8h}
 system_secret: ${ERRAND_SYSTEM_SECRET}

@@ -88,14 +88,15 @@ func (t *txn) MarkAlarmed(ctx context.Context, id int64, at time.Time) error {
 
 // Revocations lists the feed after a position.
 func (s *Store) Revocations(ctx context.Context, afterSeq int64, limit int) ([]broker.Revocation, error) {
-	rows, err := s.pool.Query(ctx, `SELECT audit_seq, jti, task_id, revoked_at, reason FROM revocations
-		WHERE audit_seq > $1 ORDER BY audit_seq LIMIT $2`, afterSeq, limit)
+	rows, err := s.pool.Query(ctx, `SELECT r.audit_seq, r.jti, r.task_id, r.revoked_at, r.reason, coalesce(c.audience, '')
+		FROM revocations r LEFT JOIN credentials c ON c.jti = r.jti
+		WHERE r.audit_seq > $1 ORDER BY r.audit_seq LIMIT $2`, afterSeq, limit)
 	if err != nil {
 		return nil, translate(err)
 	}
 	return collect(rows, func(r pgx.Row) (broker.Revocation, error) {
 		var v broker.Revocation
-		err := r.Scan(&v.Seq, &v.JTI, &v.TaskID, &v.RevokedAt, &v.Reason)
+		err := r.Scan(&v.Seq, &v.JTI, &v.TaskID, &v.RevokedAt, &v.Reason, &v.Audience)
 		v.RevokedAt = v.RevokedAt.UTC()
 		return v, err
 	})

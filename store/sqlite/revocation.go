@@ -72,14 +72,15 @@ func (t *txn) MarkAlarmed(ctx context.Context, id int64, at time.Time) error {
 
 // Revocations lists the feed after a position.
 func (s *Store) Revocations(ctx context.Context, afterSeq int64, limit int) ([]broker.Revocation, error) {
-	return query(ctx, s.db, `SELECT audit_seq, jti, task_id, revoked_at, reason FROM revocations
-		WHERE audit_seq > $1 ORDER BY audit_seq LIMIT $2`, []any{afterSeq, limit},
+	return query(ctx, s.db, `SELECT r.audit_seq, r.jti, r.task_id, r.revoked_at, r.reason, coalesce(c.audience, '')
+		FROM revocations r LEFT JOIN credentials c ON c.jti = r.jti
+		WHERE r.audit_seq > $1 ORDER BY r.audit_seq LIMIT $2`, []any{afterSeq, limit},
 		func(r scanner) (broker.Revocation, error) {
 			var (
 				v  broker.Revocation
 				at int64
 			)
-			err := r.Scan(&v.Seq, &v.JTI, &v.TaskID, &at, &v.Reason)
+			err := r.Scan(&v.Seq, &v.JTI, &v.TaskID, &at, &v.Reason, &v.Audience)
 			v.RevokedAt = fromMicros(at)
 			return v, translate(err)
 		})
