@@ -61,21 +61,37 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if pc.ConnConfig.ConnectTimeout <= 0 {
 		pc.ConnConfig.ConnectTimeout = 5 * time.Second
 	}
+	// Every connection is checked, not only the first: a setting changed
+	// for the role or the database later reaches the connections made
+	// after it, and one of them could otherwise commit asynchronously.
+	pc.AfterConnect = checkDurable
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)
 	}
-	s := &Store{pool: pool}
-	var sc string
-	if err := pool.QueryRow(ctx, "SHOW synchronous_commit").Scan(&sc); err != nil {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("database: %w", translate(err))
 	}
-	if sc == "off" || sc == "local" {
-		pool.Close()
-		return nil, fmt.Errorf("database: synchronous_commit is %q; Errand requires it on so that a returned credential is never lost", sc)
+	conn.Release()
+	return &Store{pool: pool}, nil
+}
+
+// errNotDurable: the session would acknowledge commits that are not yet
+// flushed (F03), so a credential returned after its commit could be lost.
+var errNotDurable = errors.New("synchronous_commit is off or local; Errand requires it on so that a returned credential is never lost")
+
+// checkDurable refuses a connection whose commits are asynchronous.
+func checkDurable(ctx context.Context, c *pgx.Conn) error {
+	var sc string
+	if err := c.QueryRow(ctx, "SHOW synchronous_commit").Scan(&sc); err != nil {
+		return err
 	}
-	return s, nil
+	if sc == "off" || sc == "local" {
+		return fmt.Errorf("%w (it is %q)", errNotDurable, sc)
+	}
+	return nil
 }
 
 // Close closes the pool.
