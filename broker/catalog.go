@@ -211,26 +211,30 @@ func (c *Catalog) Audience(url string) (Audience, bool) {
 	return a, ok
 }
 
-// GrantsFor returns the scopes a user in groups may delegate.
-func (c *Catalog) GrantsFor(groups []string) Scopes {
+// GrantsFor returns the scopes user u may delegate: those of the grants
+// of u's issuer naming one of u's groups.
+func (c *Catalog) GrantsFor(u Principal) Scopes {
 	var out Scopes
 	for _, g := range c.grants {
-		for _, grp := range groups {
-			if g.Group == grp {
-				out = append(out, g.Scopes...)
-				break
-			}
+		if g.holds(u) {
+			out = append(out, g.Scopes...)
 		}
 	}
 	return out
 }
 
-// Granted reports whether a user in groups may delegate sc for the
-// audience aud: one single grant of one of the groups must cover both, so
-// that a scope granted for one audience never rides on a grant of another.
-func (c *Catalog) Granted(groups []string, sc Scope, aud string) bool {
+// holds reports whether user u is a member of g: u's issuer is g's and
+// asserted g's group.
+func (g Grant) holds(u Principal) bool {
+	return (g.Issuer == "" || g.Issuer == u.Issuer) && contains(u.Groups, g.Group)
+}
+
+// Granted reports whether user u may delegate sc for the audience aud:
+// one single grant of u's must cover both, so that a scope granted for one
+// audience never rides on a grant of another.
+func (c *Catalog) Granted(u Principal, sc Scope, aud string) bool {
 	for _, g := range c.grants {
-		if !contains(groups, g.Group) || !g.Scopes.Covers(sc) {
+		if !g.holds(u) || !g.Scopes.Covers(sc) {
 			continue
 		}
 		if g.Audiences == nil || contains(g.Audiences, aud) {

@@ -80,17 +80,20 @@ func TestNewCatalogRefusesUnknownReferences(t *testing.T) {
 
 func TestGrantsAndRisk(t *testing.T) {
 	c := testCatalog(t)
-	if g := c.GrantsFor([]string{"eng"}); len(g) != 1 || g[0].String() != "github.repo.read:acme/**" {
+	in := func(groups ...string) Principal {
+		return Principal{Issuer: "https://login.example", Subject: "alice", Kind: KindUser, Groups: groups}
+	}
+	if g := c.GrantsFor(in("eng")); len(g) != 1 || g[0].String() != "github.repo.read:acme/**" {
 		t.Fatalf("GrantsFor(eng) = %v", g)
 	}
-	if g := c.GrantsFor([]string{"sales"}); len(g) != 0 {
+	if g := c.GrantsFor(in("sales")); len(g) != 0 {
 		t.Fatalf("GrantsFor(sales) = %v", g)
 	}
 	if r := c.Risk(Scopes{MustParseScope("github.repo.read"), MustParseScope("github.pr.write")}); r != RiskMedium {
 		t.Fatalf("risk = %s", r)
 	}
 	sc := MustParseScope("github.repo.read:acme/api")
-	if !c.Granted([]string{"eng"}, sc, "https://api.github.com") || c.Granted([]string{"x"}, sc, "https://api.github.com") {
+	if !c.Granted(in("eng"), sc, "https://api.github.com") || c.Granted(in("x"), sc, "https://api.github.com") {
 		t.Fatal("Granted")
 	}
 }

@@ -45,7 +45,7 @@ type PolicyRequest struct {
 	TaskID      string
 	Agent       Ref
 	User        Ref
-	Groups      []string // the user's groups; none before approval
+	Groups      []string // the user's groups, as User's issuer names them; none before approval
 	Action      string
 	Resource    string
 	Class       Class
@@ -55,6 +55,11 @@ type PolicyRequest struct {
 	Tool        string
 	Dataset     string
 	Time        time.Time
+	// SeveralUserIssuers is set when more than one user issuer is
+	// configured: a group name alone is then ambiguous (partner's "eng"
+	// is not corp's), and policies know a group only as
+	// <User's issuer>#<name>.
+	SeveralUserIssuers bool
 }
 
 // PolicyDecision is what the policies said and why: the ids of the
@@ -84,6 +89,7 @@ func (s *Service) decideAll(base PolicyRequest, scopes Scopes, audiences []strin
 		for _, aud := range audiences {
 			r := base
 			r.Action, r.Resource, r.Audience = sc.Action, sc.ResourcePath(), aud
+			r.SeveralUserIssuers = len(s.users) > 1
 			if a, ok := s.catalog.Action(sc.Action); ok {
 				r.Class, r.Risk = a.Class, a.Risk
 			}

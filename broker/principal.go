@@ -1,5 +1,7 @@
 package broker
 
+import "strings"
+
 // Kind is the kind of a principal, fixed by the issuer that vouched for it.
 // Kinds never compare equal to each other: an agent and a user with the same
 // subject are two different principals.
@@ -63,4 +65,41 @@ func ActorOf(p Principal) Actor {
 		return Actor{Kind: "anonymous"}
 	}
 	return Actor{Kind: string(p.Kind), Issuer: p.Issuer, Subject: p.Subject}
+}
+
+// Naming is how Errand writes its principals in what it issues: the sub,
+// client_id and act of an access token and of its introspection answer.
+// A subject is unique only within its issuer (RFC 7519 §4.1.2), so with
+// several issuers of a kind a principal of that kind is written
+// "<issuer>#<subject>"; with one it is its bare subject, as a
+// single-issuer deployment has always seen it.
+type Naming struct {
+	// Users and Agents are the URLs of the issuers of kind user and agent.
+	Users, Agents []string
+}
+
+// User is how u is written as a token's sub.
+func (n Naming) User(u Ref) string { return nameIn(n.Users, u) }
+
+// Agent is how a is written as a token's client_id and act.sub.
+func (n Naming) Agent(a Ref) string { return nameIn(n.Agents, a) }
+
+func nameIn(issuers []string, r Ref) string {
+	if len(issuers) > 1 {
+		return r.String()
+	}
+	return r.Subject
+}
+
+// AccessToken is the token of credential c of task t, its principals
+// written by n. Signing it again gives the same claims (and, with EdDSA,
+// the same token); introspection compares a presented token's principals
+// with these.
+func (n Naming) AccessToken(t Task, c Credential) AccessToken {
+	agent := n.Agent(t.Agent)
+	return AccessToken{
+		Subject: n.User(t.User), Act: Ref{Issuer: t.Agent.Issuer, Subject: agent}, ClientID: agent,
+		Audience: c.Audience, Scope: strings.Join(c.Scopes.Strings(), " "),
+		TaskID: t.ID, JTI: c.JTI, IssuedAt: c.IssuedAt, NotBefore: c.IssuedAt, ExpiresAt: c.ExpiresAt,
+	}
 }

@@ -69,7 +69,7 @@ func (s *Service) mintQuick(ctx context.Context, p Principal, id, jti string, sc
 		return Minted{}, false, err
 	}
 	s.quickMints.Add(1)
-	if out.Token, err = s.tokens.Sign(ctx, accessToken(t, c)); err != nil {
+	if out.Token, err = s.tokens.Sign(ctx, s.names.AccessToken(t, c)); err != nil {
 		return Minted{}, true, err
 	}
 	out.ExpiresIn, out.Credential = int64(c.ExpiresAt.Sub(c.IssuedAt)/time.Second), c

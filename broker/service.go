@@ -37,8 +37,11 @@ type Config struct {
 	// UserIssuers are the URLs of the issuers of kind user, used to resolve
 	// on_behalf_of.
 	UserIssuers []string
-	TokenTTLMax time.Duration // default 5 min
-	TaskTTLMax  time.Duration // default 8 h
+	// AgentIssuers are the URLs of the issuers of kind agent. With several
+	// issuers of a kind, tokens name its principals <issuer>#<sub> (Naming).
+	AgentIssuers []string
+	TokenTTLMax  time.Duration // default 5 min
+	TaskTTLMax   time.Duration // default 8 h
 	// MaxPendingPerAgent caps an agent's tasks awaiting a decision, so that
 	// an agent cannot flood its users with approvals; default 20.
 	MaxPendingPerAgent int
@@ -74,6 +77,7 @@ type Service struct {
 	tokens  TokenIssuer
 	catalog *Catalog
 	users   []string
+	names   Naming
 	tokMax  time.Duration
 	taskMax time.Duration
 	pending int
@@ -100,6 +104,7 @@ func NewService(cfg Config) (*Service, error) {
 	s := &Service{
 		store: cfg.Store, tokens: cfg.Tokens, catalog: cfg.Catalog,
 		users: cfg.UserIssuers, tokMax: cfg.TokenTTLMax, taskMax: cfg.TaskTTLMax,
+		names: Naming{Users: cfg.UserIssuers, Agents: cfg.AgentIssuers},
 		clock: cfg.Now, random: cfg.Random, pending: cfg.MaxPendingPerAgent,
 		policy: cfg.Policy, stepTTL: cfg.StepUpTTL, cache: cfg.Cache,
 		budget: Budget{MaxCredentials: cfg.CredentialsPerTask, MaxResources: cfg.ResourcesPerTask},
@@ -571,12 +576,12 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 				}
 			}
 		}
-		if miss := s.catalog.GrantsFor(p.Groups).Uncovered(approved); len(miss) > 0 {
+		if miss := s.catalog.GrantsFor(p).Uncovered(approved); len(miss) > 0 {
 			return Errorf(ErrScopeExceedsGrant, "beyond the approver's grants: %s", strings.Join(miss.Strings(), " "))
 		}
 		for _, sc := range approved {
 			for _, a := range auds {
-				if !s.catalog.Granted(p.Groups, sc, a) {
+				if !s.catalog.Granted(p, sc, a) {
 					return Errorf(ErrScopeExceedsGrant, "no grant of the approver covers %s for audience %q", sc, a)
 				}
 			}
@@ -781,7 +786,7 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 			prev, err := tx.CredentialByIdempotencyKey(ctx, t.ID, req.IdempotencyKey)
 			switch {
 			case err == nil:
-				out, claims, err = replay(t, prev, reqHash, now)
+				out, claims, err = s.replay(t, prev, reqHash, now)
 				return err
 			case !errors.Is(err, ErrNotFound):
 				return err
@@ -817,7 +822,7 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		if err := tx.InsertCredential(ctx, &c); err != nil {
 			return err
 		}
-		out, claims = Minted{ExpiresIn: int64(ttl / time.Second), Credential: c}, accessToken(t, c)
+		out, claims = Minted{ExpiresIn: int64(ttl / time.Second), Credential: c}, s.names.AccessToken(t, c)
 		return tx.AppendAudit(ctx, issuedEvent(p, c, now, tool, dataset))
 	})
 	if err != nil {
@@ -903,19 +908,9 @@ func boundLabels(t Task, tool, dataset string) (string, string, error) {
 	return tool, dataset, nil
 }
 
-// accessToken is the token of credential c of task t. Signing it again
-// gives the same claims (and, with EdDSA, the same token).
-func accessToken(t Task, c Credential) AccessToken {
-	return AccessToken{
-		Subject: t.User.Subject, Act: t.Agent, ClientID: t.Agent.Subject,
-		Audience: c.Audience, Scope: strings.Join(c.Scopes.Strings(), " "),
-		TaskID: t.ID, JTI: c.JTI, IssuedAt: c.IssuedAt, NotBefore: c.IssuedAt, ExpiresAt: c.ExpiresAt,
-	}
-}
-
 // replay answers an Idempotency-Key retry with the credential recorded the
 // first time: never a second live credential for one key.
-func replay(t Task, prev Credential, reqHash string, now time.Time) (Minted, AccessToken, error) {
+func (s *Service) replay(t Task, prev Credential, reqHash string, now time.Time) (Minted, AccessToken, error) {
 	if prev.RequestHash != reqHash {
 		return Minted{}, AccessToken{}, Errorf(ErrIdempotencyConflict, "this Idempotency-Key was used with another request")
 	}
@@ -923,7 +918,7 @@ func replay(t Task, prev Credential, reqHash string, now time.Time) (Minted, Acc
 	if !prev.RevokedAt.IsZero() || left < 1 {
 		return Minted{}, AccessToken{}, Errorf(ErrIdempotencyConflict, "the credential minted for this Idempotency-Key is no longer active; use a new key")
 	}
-	return Minted{ExpiresIn: int64(left), Credential: prev, Replayed: true}, accessToken(t, prev), nil
+	return Minted{ExpiresIn: int64(left), Credential: prev, Replayed: true}, s.names.AccessToken(t, prev), nil
 }
 
 // Close closes an approved task for its agent or its user and revokes every
@@ -1014,7 +1009,8 @@ func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Intr
 	// claims differ from its record (signed by a stolen key for a real
 	// jti) is not active.
 	if at.Scope != strings.Join(c.Scopes.Strings(), " ") || !at.ExpiresAt.Equal(c.ExpiresAt) ||
-		at.Subject != t.User.Subject || at.Act != t.Agent || at.ClientID != t.Agent.Subject {
+		at.Subject != s.names.User(t.User) || at.ClientID != s.names.Agent(t.Agent) ||
+		at.Act != (Ref{Issuer: t.Agent.Issuer, Subject: s.names.Agent(t.Agent)}) {
 		return Introspection{}, nil
 	}
 	if au, ok := s.catalog.Audience(c.Audience); !ok || !introspector(au, p) {

@@ -111,8 +111,10 @@ type Issuer struct {
 	Subjects []string `yaml:"subjects"`
 }
 
-// Grant is what members of a user group may delegate.
+// Grant is what members of a group of one user issuer may delegate.
+// Issuer may be left out only when a single user issuer is configured.
 type Grant struct {
+	Issuer    string   `yaml:"issuer"`
 	Group     string   `yaml:"group"`
 	Scopes    []string `yaml:"scopes"`
 	Audiences []string `yaml:"audiences"`
@@ -409,7 +411,7 @@ func (c *Config) Validate() error {
 			// config check) with its file and line.
 			set, err := policy.Load(c.PolicyFiles())
 			if err == nil {
-				err = set.CheckActions(KnownAction(cat))
+				err = c.PolicyCheck(cat)(set)
 			}
 			if err != nil {
 				bad(fmt.Errorf("config: %w", err))
@@ -458,6 +460,20 @@ func (c *Config) KeyPolicy() jwt.KeyPolicy {
 	}
 	p.Overlap, _ = time.ParseDuration(c.Keys.Overlap)
 	return p
+}
+
+// PolicyCheck vets a loaded policy set against the config, at start and
+// at every reload: its actions are in the catalog, and its groups are
+// named as policies are shown them (issuer-qualified with several user
+// issuers).
+func (c *Config) PolicyCheck(cat *broker.Catalog) func(*policy.Set) error {
+	known, users := KnownAction(cat), c.UserIssuers()
+	return func(s *policy.Set) error {
+		if err := s.CheckActions(known); err != nil {
+			return err
+		}
+		return s.CheckGroups(users)
+	}
 }
 
 // KnownAction reports whether a policy's action is in the catalog.
@@ -553,10 +569,15 @@ func (c *Config) IdentityConfig() identity.Config {
 }
 
 // UserIssuers lists the URLs of issuers of kind user.
-func (c *Config) UserIssuers() []string {
+func (c *Config) UserIssuers() []string { return c.issuersOf(broker.KindUser) }
+
+// AgentIssuers lists the URLs of issuers of kind agent.
+func (c *Config) AgentIssuers() []string { return c.issuersOf(broker.KindAgent) }
+
+func (c *Config) issuersOf(k broker.Kind) []string {
 	var out []string
 	for _, is := range c.Issuers {
-		if is.Kind == string(broker.KindUser) {
+		if is.Kind == string(k) {
 			out = append(out, is.URL)
 		}
 	}
@@ -586,6 +607,7 @@ func (c *Config) Catalog() (*broker.Catalog, error) {
 			auds[i].Introspectors = append(auds[i].Introspectors, broker.Ref{Issuer: iss, Subject: sub})
 		}
 	}
+	users := c.UserIssuers()
 	grants := make([]broker.Grant, len(c.Grants))
 	for i, g := range c.Grants {
 		scopes, err := broker.ParseScopes(g.Scopes)
@@ -597,7 +619,11 @@ func (c *Config) Catalog() (*broker.Catalog, error) {
 				return nil, fmt.Errorf("grants[%d].audiences[%d]: audience %q is not in audiences", i, j, a)
 			}
 		}
-		grants[i] = broker.Grant{Group: g.Group, Scopes: scopes, Audiences: g.Audiences}
+		iss, err := grantIssuer(g.Issuer, users)
+		if err != nil {
+			return nil, fmt.Errorf("grants[%d].issuer: %v", i, err)
+		}
+		grants[i] = broker.Grant{Issuer: iss, Group: g.Group, Scopes: scopes, Audiences: g.Audiences}
 	}
 	cat, err := broker.NewCatalog(actions, auds, grants, c.DenyActions)
 	if err != nil {
@@ -612,6 +638,29 @@ func (c *Config) Catalog() (*broker.Catalog, error) {
 		return nil, errors.New(msg)
 	}
 	return cat, nil
+}
+
+// grantIssuer is the user issuer a grant names: one of users (written as
+// configured, give or take a trailing slash), or, when the grant names
+// none, the only one. A group name is the issuer's: with several user
+// issuers, an issuer-less grant would give corp's grant to partner's
+// namesake group.
+func grantIssuer(iss string, users []string) (string, error) {
+	if iss == "" {
+		switch len(users) {
+		case 0:
+			return "", nil
+		case 1:
+			return users[0], nil
+		}
+		return "", fmt.Errorf("required: %d user issuers are configured (%s), and a group name means something only at the issuer that asserts it", len(users), strings.Join(users, ", "))
+	}
+	for _, u := range users {
+		if identity.SameURL(iss, u) {
+			return u, nil
+		}
+	}
+	return "", fmt.Errorf("%q is not a configured issuer of kind user", iss)
 }
 
 // AnchorInterval is the audit anchoring period, 0 when off.

@@ -1,8 +1,12 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/errandhq/errand/broker"
 )
 
 const valid = `
@@ -170,5 +174,119 @@ func TestVaultConfig(t *testing.T) {
 	cred := strings.Replace(base, "{name: db.orders.read, class: read, risk: medium}", "{name: db.orders.read, class: credential, risk: high}", 1)
 	if _, err := Parse([]byte(cred+vaultBlock), goodEnv); err == nil || !strings.Contains(err.Error(), "vault.roles[0].action") {
 		t.Fatalf("a credential-class Vault role was accepted: %v", err)
+	}
+}
+
+// twoUserIssuers is the valid config with a second user issuer, a
+// partner's, whose users also assert groups.
+var twoUserIssuers = strings.Replace(valid, "  - url: https://oidc.eks.example.com/id/CLUSTER", `  - url: https://login.partner.example
+    audience: errand
+    kind: user
+    groups_claim: groups
+  - url: https://oidc.eks.example.com/id/CLUSTER`, 1)
+
+// TestH04GrantWithoutIssuerIsRefusedWithTwoUserIssuers: a group name means
+// something only at the issuer that asserts it. With two user issuers a
+// grant must say whose group it is, or partner "eng" would receive corp
+// "eng"'s grant; with one, a grant without issuer is that issuer's.
+func TestH04GrantWithoutIssuerIsRefusedWithTwoUserIssuers(t *testing.T) {
+	_, err := Parse([]byte(twoUserIssuers), goodEnv)
+	if err == nil || !strings.Contains(err.Error(), "grants[0].issuer: required") {
+		t.Fatalf("an issuer-less grant with two user issuers: %v", err)
+	}
+
+	corp := strings.Replace(twoUserIssuers, "  - group: engineers", "  - issuer: https://login.example.com/\n    group: engineers", 1)
+	c, err := Parse([]byte(corp), goodEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := c.Catalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := func(iss string) broker.Principal {
+		return broker.Principal{Issuer: iss, Subject: "alice", Kind: broker.KindUser, Groups: []string{"engineers"}}
+	}
+	if len(cat.GrantsFor(user("https://login.example.com"))) != 2 {
+		t.Fatal("corp's engineers lost their grant")
+	}
+	if g := cat.GrantsFor(user("https://login.partner.example")); len(g) != 0 {
+		t.Fatalf("partner's engineers received corp's grant: %v", g)
+	}
+	sc := broker.MustParseScope("github.repo.read:acme/api")
+	if cat.Granted(user("https://login.partner.example"), sc, "https://api.github.com") {
+		t.Fatal("Granted: partner's engineers hold corp's grant")
+	}
+
+	unknown := strings.Replace(twoUserIssuers, "  - group: engineers", "  - issuer: https://token.actions.githubusercontent.com\n    group: engineers", 1)
+	if _, err := Parse([]byte(unknown), goodEnv); err == nil || !strings.Contains(err.Error(), "grants[0].issuer") ||
+		!strings.Contains(err.Error(), "not a configured issuer of kind user") {
+		t.Fatalf("a grant naming an agent issuer: %v", err)
+	}
+
+	// One user issuer: the grant is that issuer's, and no other's.
+	one, err := Parse([]byte(valid), goodEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err = one.Catalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cat.GrantsFor(user("https://login.example.com"))) != 2 || len(cat.GrantsFor(user("https://login.partner.example"))) != 0 {
+		t.Fatal("with one user issuer, an issuer-less grant is not exactly that issuer's")
+	}
+}
+
+// TestH04PolicyNamingABareGroupIsRefusedWithTwoUserIssuers: with two user
+// issuers policies see groups as Group::"<issuer>#<name>", so a rule on a
+// bare Group::"payments" would never match — silently, and a forbid on it
+// would never forbid. Start-up refuses it, and a group of an issuer that
+// is not a user issuer, naming the file and line.
+func TestH04PolicyNamingABareGroupIsRefusedWithTwoUserIssuers(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	withPolicy := func(base, file string) []byte {
+		return []byte(strings.Replace(base, "limits:", "policies: [\""+file+"\"]\nlimits:", 1))
+	}
+	bare := write("bare.cedar", `@id("allow") permit (principal, action, resource);
+@id("contractors-read-only")
+forbid (principal, action == Action::"github.pr.write", resource)
+when { context.user in Group::"contractors" };`)
+	qualified := write("qualified.cedar", `@id("allow") permit (principal, action, resource);
+@id("contractors-read-only")
+forbid (principal, action == Action::"github.pr.write", resource)
+when { context.user in Group::"https://login.partner.example#contractors" };`)
+	foreign := write("foreign.cedar", `@id("allow") permit (principal, action, resource);
+@id("contractors-read-only")
+forbid (principal, action == Action::"github.pr.write", resource)
+when { context.user in Group::"https://token.actions.githubusercontent.com#contractors" };`)
+	corp := strings.Replace(twoUserIssuers, "  - group: engineers", "  - issuer: https://login.example.com\n    group: engineers", 1)
+
+	_, err := Parse(withPolicy(corp, bare), goodEnv)
+	if err == nil || !strings.Contains(err.Error(), `bare.cedar:2: policy "contractors-read-only" names Group::"contractors"`) {
+		t.Fatalf("a bare group with two user issuers: %v", err)
+	}
+	if _, err := Parse(withPolicy(corp, qualified), goodEnv); err != nil {
+		t.Fatalf("a qualified group: %v", err)
+	}
+	if _, err := Parse(withPolicy(corp, foreign), goodEnv); err == nil || !strings.Contains(err.Error(), "not a configured issuer of kind user") {
+		t.Fatalf("a group of an agent issuer: %v", err)
+	}
+	// With one user issuer, both spellings name its group.
+	own := write("own.cedar", `@id("allow") permit (principal, action, resource);
+@id("contractors-read-only")
+forbid (principal, action == Action::"github.pr.write", resource)
+when { context.user in Group::"https://login.example.com#contractors" };`)
+	for _, f := range []string{bare, own} {
+		if _, err := Parse(withPolicy(valid, f), goodEnv); err != nil {
+			t.Fatalf("one user issuer, %s: %v", filepath.Base(f), err)
+		}
 	}
 }

@@ -24,9 +24,11 @@ const (
 //	action     Action::"<catalog action>"
 //	resource   Resource::"<resource path>"   {path, wildcard, head}, in
 //	           Resource::"<p>/**" for each literal prefix p of its head
-//	context    {task_id, user: User::"<issuer>#<sub>" (in Group::"<name>" for
-//	           each of the user's groups), risk, class, audience, environment,
-//	           tool, dataset, time (a datetime), operation}
+//	context    {task_id, user: User::"<issuer>#<sub>" (in
+//	           Group::"<issuer>#<name>" for each of the user's groups, and in
+//	           Group::"<name>" too when one user issuer is configured), risk,
+//	           class, audience, environment, tool, dataset, time (a datetime),
+//	           operation}
 //
 // Every context key is always present ("" when unknown), so a policy never
 // fails for a missing attribute; tool and dataset are "" when the request
@@ -79,10 +81,7 @@ func (e *lazyEntities) Get(uid types.EntityUID) (types.Entity, bool) {
 		return *e.agentE, true
 	case e.user:
 		if e.userE == nil {
-			groups := make([]types.EntityUID, len(e.r.Groups))
-			for i, g := range e.r.Groups {
-				groups[i] = types.NewEntityUID(TypeGroup, types.String(g))
-			}
+			groups := groupsOf(e.r)
 			e.userE = &types.Entity{UID: e.user, Parents: types.NewEntityUIDSet(groups...),
 				Attributes: types.NewRecord(types.RecordMap{
 					"issuer": types.String(e.r.User.Issuer),
@@ -103,6 +102,26 @@ func (e *lazyEntities) Get(uid types.EntityUID) (types.Entity, bool) {
 		return *e.resourceE, true
 	}
 	return types.Entity{}, false
+}
+
+// groupsOf are the Group entities the user of r is in. A group is named by
+// the issuer that asserted it, as the user is: Group::"<issuer>#<name>".
+// The bare Group::"<name>" is kept only while one user issuer is
+// configured; with several it would let partner's "eng" pass for corp's,
+// and config refuses policies that name one (Set.CheckGroups).
+func groupsOf(r broker.PolicyRequest) []types.EntityUID {
+	n := len(r.Groups)
+	if !r.SeveralUserIssuers {
+		n *= 2
+	}
+	out := make([]types.EntityUID, 0, n)
+	for _, g := range r.Groups {
+		out = append(out, types.NewEntityUID(TypeGroup, types.String(r.User.Issuer+"#"+g)))
+		if !r.SeveralUserIssuers {
+			out = append(out, types.NewEntityUID(TypeGroup, types.String(g)))
+		}
+	}
+	return out
 }
 
 // resourceShape describes a resource path, which may be a pattern (a task's

@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cedar-policy/cedar-go"
+	"github.com/cedar-policy/cedar-go/types"
 	xast "github.com/cedar-policy/cedar-go/x/exp/ast"
 	"github.com/cedar-policy/cedar-go/x/exp/schema"
 	"github.com/cedar-policy/cedar-go/x/exp/schema/validate"
@@ -187,8 +188,43 @@ func dedupe(sorted []string) []string {
 // known is false: without a schema, a misspelt Action::"…" would silently
 // never match, and a forbid on it would never forbid.
 func (s *Set) CheckActions(known func(string) bool) error {
+	return s.checkRefs(TypeAction, func(a string) string {
+		if known(a) {
+			return ""
+		}
+		return "which is not in the catalog (actions are lower case)"
+	})
+}
+
+// CheckGroups refuses a set that names a group policies are never shown,
+// so that a rule on a group can never silently stop matching:
+// Group::"<issuer>#<name>" must name one of userIssuers, and a bare
+// Group::"<name>" is refused when there are several of them, since any of
+// them could assert that name (partner's "eng" is not corp's).
+func (s *Set) CheckGroups(userIssuers []string) error {
+	return s.checkRefs(TypeGroup, func(g string) string {
+		if iss, _, ok := strings.Cut(g, "#"); ok && strings.Contains(iss, "://") {
+			for _, u := range userIssuers {
+				if u == iss {
+					return ""
+				}
+			}
+			return "and " + iss + " is not a configured issuer of kind user"
+		}
+		if len(userIssuers) > 1 {
+			return `without its issuer, while several user issuers are configured: write Group::"<issuer URL>#` + g + `"`
+		}
+		return ""
+	})
+}
+
+// checkRefs calls bad on the id of every entity reference of type typ in
+// the set's policies, and returns the first complaint, naming the file,
+// line and policy.
+func (s *Set) checkRefs(typ types.EntityType, bad func(id string) string) error {
 	for _, m := range []cedar.PolicyMap{s.permits, s.forbids, s.stepUps} {
-		for id, p := range m {
+		for _, id := range sortedIDs(m) {
+			p := m[id]
 			raw, err := p.MarshalJSON()
 			if err != nil {
 				return fmt.Errorf("policies: %s: %v", id, err)
@@ -197,10 +233,10 @@ func (s *Set) CheckActions(known func(string) bool) error {
 			if err := json.Unmarshal(raw, &doc); err != nil {
 				return fmt.Errorf("policies: %s: %v", id, err)
 			}
-			for _, a := range actionRefs(doc, nil) {
-				if !known(a) {
+			for _, ref := range entityRefs(doc, typ, nil) {
+				if why := bad(ref); why != "" {
 					pos := p.Position()
-					return fmt.Errorf("policies: %s:%d: policy %q names Action::%q, which is not in the catalog (actions are lower case)", pos.Filename, pos.Line, id, a)
+					return fmt.Errorf("policies: %s:%d: policy %q names %s::%q, %s", pos.Filename, pos.Line, id, typ, ref, why)
 				}
 			}
 		}
@@ -208,22 +244,31 @@ func (s *Set) CheckActions(known func(string) bool) error {
 	return nil
 }
 
-// actionRefs collects the ids of every {"type": "Action", "id": …} entity
+func sortedIDs(m cedar.PolicyMap) []cedar.PolicyID {
+	out := make([]cedar.PolicyID, 0, len(m))
+	for id := range m {
+		out = append(out, id)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// entityRefs collects the ids of every {"type": typ, "id": …} entity
 // reference in a policy's JSON form.
-func actionRefs(v any, out []string) []string {
+func entityRefs(v any, typ types.EntityType, out []string) []string {
 	switch x := v.(type) {
 	case map[string]any:
-		if x["type"] == string(TypeAction) {
+		if x["type"] == string(typ) {
 			if id, ok := x["id"].(string); ok {
 				out = append(out, id)
 			}
 		}
 		for _, c := range x {
-			out = actionRefs(c, out)
+			out = entityRefs(c, typ, out)
 		}
 	case []any:
 		for _, c := range x {
-			out = actionRefs(c, out)
+			out = entityRefs(c, typ, out)
 		}
 	}
 	return out

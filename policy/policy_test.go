@@ -307,3 +307,74 @@ func TestCheckActionsRefusesUnknownActions(t *testing.T) {
 		t.Fatalf("a reload with an unknown action: %v", err)
 	}
 }
+
+// TestH04GroupsAreIssuerQualified: a group belongs to the issuer that
+// asserted it. With several user issuers a partner user's "payments" is
+// Group::"<partner>#payments", never corp's Group::"<corp>#payments", and
+// the bare Group::"payments" names nobody; with one user issuer both
+// spellings are its group.
+func TestH04GroupsAreIssuerQualified(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "p.cedar", `@id("allow") permit (principal, action, resource);
+@id("corp-payments-only") forbid (principal, action == Action::"payments.refund", resource)
+unless { context.user in Group::"https://login.example#payments" };
+@id("payments-anywhere") forbid (principal, action == Action::"payments.void", resource)
+unless { context.user in Group::"payments" };`)
+	s, err := Load([]string{filepath.Join(dir, "p.cedar")}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	partner := broker.Ref{Issuer: "https://login.partner.example", Subject: "alice"}
+	for _, c := range []struct {
+		name    string
+		user    broker.Ref
+		action  string
+		several bool
+		effect  broker.Effect
+	}{
+		{"corp payments, qualified, two issuers", alice, "payments.refund", true, broker.EffectAllow},
+		{"partner payments, qualified, two issuers", partner, "payments.refund", true, broker.EffectDeny},
+		{"corp payments, bare, two issuers", alice, "payments.void", true, broker.EffectDeny},
+		{"partner payments, bare, two issuers", partner, "payments.void", true, broker.EffectDeny},
+		{"qualified, one issuer", alice, "payments.refund", false, broker.EffectAllow},
+		{"bare, one issuer", alice, "payments.void", false, broker.EffectAllow},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := s.Decide(req(func(r *broker.PolicyRequest) {
+				r.User, r.Action, r.Class, r.Groups, r.SeveralUserIssuers = c.user, c.action, broker.ClassWrite, []string{"payments"}, c.several
+			}))
+			if d.Effect != c.effect {
+				t.Fatalf("got %s %v, want %s", d.Effect, d.Policies, c.effect)
+			}
+		})
+	}
+}
+
+// CheckGroups refuses the groups policies are never shown: a bare name
+// with several user issuers, an issuer that is not a user issuer.
+func TestCheckGroups(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "p.cedar", `@id("allow") permit (principal, action, resource);
+@id("bare") forbid (principal, action, resource) when { context.user in Group::"contractors" };
+@id("corp") forbid (principal in Group::"https://login.example#interns", action, resource);`)
+	s, err := Load([]string{filepath.Join(dir, "p.cedar")}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		users []string
+		want  string
+	}{
+		{"one user issuer", []string{"https://login.example"}, ""},
+		{"two user issuers", []string{"https://login.example", "https://login.partner.example"}, `p.cedar:2: policy "bare" names Group::"contractors", without its issuer`},
+		{"another user issuer", []string{"https://login.partner.example"}, `policy "corp" names Group::"https://login.example#interns", and https://login.example is not a configured issuer of kind user`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := s.CheckGroups(c.users)
+			if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+				t.Fatalf("CheckGroups: %v, want %q", err, c.want)
+			}
+		})
+	}
+}

@@ -68,7 +68,7 @@ func policyTest(out io.Writer, cfgPath, casesPath string) error {
 	}
 	set, err := policy.Load(cfg.PolicyFiles())
 	if err == nil {
-		err = set.CheckActions(config.KnownAction(cat))
+		err = cfg.PolicyCheck(cat)(set)
 	}
 	if err != nil {
 		return err

@@ -234,7 +234,7 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	}
 	backends := map[string]revocation.Backend{}
 	bcfg := broker.Config{
-		Store: st, Tokens: tokens, Catalog: catalog, UserIssuers: cfg.UserIssuers(),
+		Store: st, Tokens: tokens, Catalog: catalog, UserIssuers: cfg.UserIssuers(), AgentIssuers: cfg.AgentIssuers(),
 		TokenTTLMax: cfg.Limits.TokenTTLMax, TaskTTLMax: cfg.Limits.TaskTTLMax,
 		MaxPendingPerAgent: cfg.Limits.PendingTasksPerAgent,
 		CredentialsPerTask: cfg.Limits.CredentialsPerTask, ResourcesPerTask: cfg.Limits.ResourcesPerTask,
@@ -243,8 +243,7 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	var engine *policy.Engine
 	if len(cfg.Policies) > 0 {
 		pats, schema := cfg.PolicyFiles()
-		known := config.KnownAction(catalog)
-		if engine, err = policy.NewEngine(pats, schema, func(s *policy.Set) error { return s.CheckActions(known) }); err != nil {
+		if engine, err = policy.NewEngine(pats, schema, cfg.PolicyCheck(catalog)); err != nil {
 			return nil, err
 		}
 		bcfg.Policy = engine
