@@ -244,6 +244,31 @@ func (c *Catalog) Granted(u Principal, sc Scope, aud string) bool {
 	return false
 }
 
+// CaseInsensitive reports whether one of audiences compares resources
+// case-insensitively.
+func (c *Catalog) CaseInsensitive(audiences ...string) bool {
+	for _, a := range audiences {
+		if c.audiences[a].CaseInsensitive {
+			return true
+		}
+	}
+	return false
+}
+
+// Canonical is s as Errand keeps and decides it for audiences: in lower
+// case when one of them compares resources case-insensitively, so that a
+// case variant of a path (acme/INFRA/**) is the path itself everywhere
+// after — containment, budgets, policies and the token's scope — rather
+// than a second spelling that a rule protecting acme/infra never names.
+// A task's scopes serve all its audiences, so one such audience is enough
+// to make them lower case for all. Otherwise s is returned unchanged.
+func (c *Catalog) Canonical(s Scopes, audiences ...string) Scopes {
+	if !c.CaseInsensitive(audiences...) {
+		return s
+	}
+	return s.Lower()
+}
+
 // CheckKnown refuses scopes whose action is not in the catalog.
 func (c *Catalog) CheckKnown(s Scopes) error {
 	for _, sc := range s {

@@ -61,6 +61,11 @@ func (s *Service) Evaluate(ctx context.Context, p Principal, req EvaluationReque
 	if err := s.catalog.CheckGrantable(Scopes{sc}); err != nil {
 		return refuse("the action is not grantable: %s", CodeOf(err)), nil
 	}
+	// acme/INFRA/secrets at a case-insensitive audience is acme/infra/secrets,
+	// for the token's scope and for the policies alike.
+	if s.catalog.CaseInsensitive(in.Credential.Audience) {
+		sc = sc.Lower()
+	}
 	if !in.Credential.Scopes.Covers(sc) {
 		return refuse("the token's scope does not cover %s", sc), nil
 	}

@@ -95,6 +95,12 @@ func (s *Service) decideAll(base PolicyRequest, scopes Scopes, audiences []strin
 			}
 			if au, ok := s.catalog.Audience(aud); ok {
 				r.Environment = au.Environment
+				// Scopes enter canonical (Catalog.Canonical); this holds
+				// the rule for any that did not, such as a task's from
+				// before the audience was made case-insensitive.
+				if au.CaseInsensitive {
+					r.Resource = strings.ToLower(r.Resource)
+				}
 			}
 			d := s.policy.Decide(r)
 			switch d.Effect {

@@ -13,9 +13,13 @@ import (
 	"github.com/errandhq/errand/policy"
 )
 
+// universe holds case variants (A/**, a/C, …) of its paths: at an
+// audience that compares resources case-insensitively they are the same
+// resources, and at one that does not, other ones (H06).
 var universe = []string{
 	"r.read", "r.read:a/**", "r.read:a/*", "r.read:a/b", "r.read:a/b/**", "r.read:a/c", "r.read:a/*/d",
 	"r.read:b/**", "r.write:a/**", "r.write:a/b",
+	"r.read:A/**", "r.read:a/C", "r.read:A/c/**", "r.read:A/*", "r.write:A/B",
 }
 
 func pick(rng *rand.Rand, n int) []string {
@@ -26,7 +30,9 @@ func pick(rng *rand.Rand, n int) []string {
 	return out
 }
 
-func resourceRegexp(sc broker.Scope) *regexp.Regexp {
+// resourceRegexp matches the concrete requests sc allows; fold matches
+// them as a case-insensitive resource server does.
+func resourceRegexp(sc broker.Scope, fold bool) *regexp.Regexp {
 	parts := make([]string, len(sc.Resource))
 	for i, seg := range sc.Resource {
 		switch seg {
@@ -38,7 +44,11 @@ func resourceRegexp(sc broker.Scope) *regexp.Regexp {
 			parts[i] = regexp.QuoteMeta(seg)
 		}
 	}
-	return regexp.MustCompile(`^` + sc.Action + `:` + strings.Join(parts, "/") + `$`)
+	flags := ""
+	if fold {
+		flags = "(?i)"
+	}
+	return regexp.MustCompile(flags + `^` + sc.Action + `:` + strings.Join(parts, "/") + `$`)
 }
 
 // instances are concrete action:path strings a scope matches, over a
@@ -74,9 +84,9 @@ func instances(sc broker.Scope) []string {
 	return out
 }
 
-func coveredByAny(inst string, set []string) bool {
+func coveredByAny(inst string, set []string, fold bool) bool {
 	for _, s := range set {
-		if resourceRegexp(broker.MustParseScope(s)).MatchString(inst) {
+		if resourceRegexp(broker.MustParseScope(s), fold).MatchString(inst) {
 			return true
 		}
 	}
@@ -86,7 +96,8 @@ func coveredByAny(inst string, set []string) bool {
 // TestPropertyIssuedWithinApprovedWithinRequestedAndGrants runs random
 // (requested, grants, approval, mint) quadruples through the real service
 // and checks, with an independent matcher, that every concrete request a
-// minted token allows was requested by the agent and granted to the user.
+// minted token allows was requested by the agent and granted to the user
+// — as the audience sees requests: at a case-insensitive one, A/b is a/b.
 func TestPropertyIssuedWithinApprovedWithinRequestedAndGrants(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	ctx := context.Background()
@@ -94,10 +105,13 @@ func TestPropertyIssuedWithinApprovedWithinRequestedAndGrants(t *testing.T) {
 	approvals, mints := 0, 0
 	fe := newFSMEnv(t) // one store; each iteration its own catalog and service
 	for i := 0; i < 500; i++ {
-		grants := pick(rng, 1+rng.IntN(3))
-		e := fe.withCatalog(t, propertyCatalog(t, grants))
+		grants, fold := pick(rng, 1+rng.IntN(3)), rng.IntN(2) == 0
+		e := fe.withCatalog(t, propertyCatalog(t, grants, fold))
 		user := broker.Principal{Issuer: "https://users", Subject: "alice", Kind: broker.KindUser, Groups: []string{"g"}}
 		requested, approved, minted := pick(rng, 1+rng.IntN(3)), pick(rng, 1+rng.IntN(2)), pick(rng, 1)
+		if rng.IntN(3) == 0 {
+			minted = approved[:1] // often mint exactly what was approved
+		}
 		task, err := e.CreateTask(ctx, agent, broker.CreateTaskRequest{OnBehalfOf: "alice", Goal: "g",
 			Scopes: requested, Audiences: []string{"https://rs"}})
 		if err != nil {
@@ -110,8 +124,8 @@ func TestPropertyIssuedWithinApprovedWithinRequestedAndGrants(t *testing.T) {
 		approvals++
 		for _, a := range approved {
 			for _, inst := range instances(broker.MustParseScope(a)) {
-				if !coveredByAny(inst, requested) || !coveredByAny(inst, grants) {
-					t.Fatalf("approved %v ⊄ requested %v ∩ grants %v (instance %s)", approved, requested, grants, inst)
+				if !coveredByAny(inst, requested, fold) || !coveredByAny(inst, grants, fold) {
+					t.Fatalf("approved %v ⊄ requested %v ∩ grants %v (instance %s, case-insensitive %v)", approved, requested, grants, inst, fold)
 				}
 			}
 		}
@@ -120,8 +134,8 @@ func TestPropertyIssuedWithinApprovedWithinRequestedAndGrants(t *testing.T) {
 		}
 		mints++
 		for _, inst := range instances(broker.MustParseScope(minted[0])) {
-			if !coveredByAny(inst, approved) || !coveredByAny(inst, requested) || !coveredByAny(inst, grants) {
-				t.Fatalf("minted %v escapes approved %v / requested %v / grants %v at %s", minted, approved, requested, grants, inst)
+			if !coveredByAny(inst, approved, fold) || !coveredByAny(inst, requested, fold) || !coveredByAny(inst, grants, fold) {
+				t.Fatalf("minted %v escapes approved %v / requested %v / grants %v at %s (case-insensitive %v)", minted, approved, requested, grants, inst, fold)
 			}
 		}
 	}
@@ -135,7 +149,10 @@ func TestPropertyIssuedWithinApprovedWithinRequestedAndGrants(t *testing.T) {
 // that protects the path a/c as the README says, no token is ever minted
 // whose scope reaches a/c, whatever was requested, granted and approved;
 // and, with an independent matcher, everything minted stays within
-// requested ∩ grants (A02: minted ⊆ approved ⊆ grants ∩ policy).
+// requested ∩ grants (A02: minted ⊆ approved ⊆ grants ∩ policy). At an
+// audience that compares resources case-insensitively, A/C and a/C are
+// a/c and never minted either (H06); at one that does not, they are other
+// resources, which the rule leaves alone.
 func TestPropertyPolicyProtectsAPathAgainstEveryScope(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "p.cedar"), []byte(`@id("allow") permit (principal, action, resource);
@@ -155,8 +172,8 @@ when { resource.head == "a/c" || resource in Resource::"a/c/**" || (resource.wil
 	mints, denied := 0, 0
 	fe := newFSMEnv(t) // one store; each iteration its own catalog and service
 	for i := 0; i < 400; i++ {
-		grants := pick(rng, 1+rng.IntN(3))
-		e := fe.withPolicy(t, propertyCatalog(t, grants), pol)
+		grants, fold := pick(rng, 1+rng.IntN(3)), rng.IntN(2) == 0
+		e := fe.withPolicy(t, propertyCatalog(t, grants, fold), pol)
 		requested, minted := pick(rng, 1+rng.IntN(2)), pick(rng, 1)
 		if rng.IntN(2) == 0 {
 			minted = requested[:1] // often mint exactly what was asked
@@ -179,11 +196,15 @@ when { resource.head == "a/c" || resource in Resource::"a/c/**" || (resource.wil
 		}
 		mints++
 		for _, inst := range instances(broker.MustParseScope(minted[0])) {
-			if strings.HasSuffix(inst, ":a/c") || strings.Contains(inst, ":a/c/") {
-				t.Fatalf("minted %v reaches the protected a/c (%s)", minted, inst)
+			seen := inst
+			if fold {
+				seen = strings.ToLower(inst)
 			}
-			if !coveredByAny(inst, requested) || !coveredByAny(inst, grants) {
-				t.Fatalf("minted %v escapes requested %v / grants %v at %s", minted, requested, grants, inst)
+			if strings.HasSuffix(seen, ":a/c") || strings.Contains(seen, ":a/c/") {
+				t.Fatalf("minted %v reaches the protected a/c (%s, case-insensitive %v)", minted, inst, fold)
+			}
+			if !coveredByAny(inst, requested, fold) || !coveredByAny(inst, grants, fold) {
+				t.Fatalf("minted %v escapes requested %v / grants %v at %s (case-insensitive %v)", minted, requested, grants, inst, fold)
 			}
 		}
 	}
@@ -193,7 +214,9 @@ when { resource.head == "a/c" || resource in Resource::"a/c/**" || (resource.wil
 	t.Logf("%d mints checked, %d mints denied by the policy", mints, denied)
 }
 
-func propertyCatalog(t *testing.T, grants []string) *broker.Catalog {
+// propertyCatalog grants grants to group g, for the audience https://rs,
+// which compares resources case-insensitively when fold is set.
+func propertyCatalog(t *testing.T, grants []string, fold bool) *broker.Catalog {
 	gs, err := broker.ParseScopes(grants)
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +224,7 @@ func propertyCatalog(t *testing.T, grants []string) *broker.Catalog {
 	cat, err := broker.NewCatalog([]broker.Action{
 		{Name: "r.read", Class: broker.ClassRead, Risk: broker.RiskLow},
 		{Name: "r.write", Class: broker.ClassWrite, Risk: broker.RiskLow},
-	}, []broker.Audience{{URL: "https://rs"}}, []broker.Grant{{Group: "g", Scopes: gs}}, nil)
+	}, []broker.Audience{{URL: "https://rs", CaseInsensitive: fold}}, []broker.Grant{{Group: "g", Scopes: gs}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -146,8 +146,29 @@ func patternCovered(a, b []string) bool {
 	return len(a) == len(b)
 }
 
+// Lower is sc with its resource in lower case, the canonical form of a
+// resource at a case-insensitive audience (Catalog.Canonical). Actions are
+// lower case already, and wildcards have no case.
+func (sc Scope) Lower() Scope {
+	out := Scope{Action: sc.Action, Resource: make([]string, len(sc.Resource))}
+	for i, seg := range sc.Resource {
+		out.Resource[i] = strings.ToLower(seg)
+	}
+	return out
+}
+
 // Scopes is a set of canonical scopes.
 type Scopes []Scope
+
+// Lower is every scope of s in lower case, sorted and without the
+// duplicates that folding may make (A/b and a/B are one scope).
+func (s Scopes) Lower() Scopes {
+	out := make(Scopes, len(s))
+	for i, sc := range s {
+		out[i] = sc.Lower()
+	}
+	return out.normalise()
+}
 
 // ParseScopes parses every string, refusing the whole list on the first
 // error, and returns the set sorted and without duplicates.

@@ -246,6 +246,7 @@ func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskReq
 	if err != nil {
 		return Task{}, err
 	}
+	scopes = s.catalog.Canonical(scopes, auds...)
 	ttl, capped, err := s.taskTTL(req.TTLSeconds)
 	if err != nil {
 		return Task{}, err
@@ -558,6 +559,7 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 			if approved, err = ParseScopes(req.Scopes); err != nil {
 				return err
 			}
+			approved = s.catalog.Canonical(approved, t.Audiences...)
 		}
 		if err := s.catalog.CheckGrantable(approved); err != nil {
 			return err
@@ -741,6 +743,7 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 	if err != nil {
 		return Minted{}, err
 	}
+	scopes = s.catalog.Canonical(scopes, req.Audience)
 	if req.TTLSeconds < 0 {
 		return Minted{}, Errorf(ErrInvalidRequest, "ttl_seconds must be positive")
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -463,16 +464,27 @@ func (c *Config) KeyPolicy() jwt.KeyPolicy {
 }
 
 // PolicyCheck vets a loaded policy set against the config, at start and
-// at every reload: its actions are in the catalog, and its groups are
-// named as policies are shown them (issuer-qualified with several user
-// issuers).
+// at every reload: its actions are in the catalog, its groups are named
+// as policies are shown them (issuer-qualified with several user
+// issuers), and its resources are in lower case when an audience compares
+// them case-insensitively.
 func (c *Config) PolicyCheck(cat *broker.Catalog) func(*policy.Set) error {
 	known, users := KnownAction(cat), c.UserIssuers()
+	lower := false
+	for _, a := range c.Audiences {
+		lower = lower || a.CaseInsensitive
+	}
 	return func(s *policy.Set) error {
 		if err := s.CheckActions(known); err != nil {
 			return err
 		}
-		return s.CheckGroups(users)
+		if err := s.CheckGroups(users); err != nil {
+			return err
+		}
+		if lower {
+			return s.CheckLowerCaseResources()
+		}
+		return nil
 	}
 }
 
@@ -591,14 +603,14 @@ func (c *Config) Catalog() (*broker.Catalog, error) {
 		actions[i] = broker.Action{Name: a.Name, Class: broker.Class(a.Class), Risk: broker.Risk(a.Risk)}
 	}
 	auds := make([]broker.Audience, len(c.Audiences))
-	known, folded := map[string]bool{}, map[string]bool{}
+	known := map[string]bool{}
 	for i, a := range c.Audiences {
 		auds[i] = broker.Audience{URL: a.URL, Environment: a.Environment, CaseInsensitive: a.CaseInsensitive,
 			AnyIntrospector: a.AnyIntrospector}
 		if a.AnyIntrospector && len(a.Introspectors) > 0 {
 			return nil, fmt.Errorf("audiences[%d]: any_introspector and introspectors exclude each other", i)
 		}
-		known[a.URL], folded[a.URL] = true, a.CaseInsensitive
+		known[a.URL] = true
 		for j, ref := range a.Introspectors {
 			iss, sub, ok := strings.Cut(ref, "#")
 			if !ok || iss == "" || sub == "" {
@@ -622,6 +634,18 @@ func (c *Config) Catalog() (*broker.Catalog, error) {
 		iss, err := grantIssuer(g.Issuer, users)
 		if err != nil {
 			return nil, fmt.Errorf("grants[%d].issuer: %v", i, err)
+		}
+		// A grant for a case-insensitive audience is compared with scopes
+		// kept in lower case: an upper-case letter in it could never match.
+		for _, a := range c.Audiences {
+			if !a.CaseInsensitive || (g.Audiences != nil && !slices.Contains(g.Audiences, a.URL)) {
+				continue
+			}
+			for _, sc := range scopes {
+				if sc.Lower().String() != sc.String() {
+					return nil, fmt.Errorf("grants[%d].scopes: %q has upper-case letters, but audience %s is case_insensitive (its resources are kept in lower case): write it in lower case", i, sc, a.URL)
+				}
+			}
 		}
 		grants[i] = broker.Grant{Issuer: iss, Group: g.Group, Scopes: scopes, Audiences: g.Audiences}
 	}

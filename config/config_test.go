@@ -290,3 +290,48 @@ when { context.user in Group::"https://login.example.com#contractors" };`)
 		}
 	}
 }
+
+// TestH06CaseInsensitiveAudienceWantsLowerCaseGrantsAndPolicies: at a
+// case_insensitive audience scopes are kept in lower case, so a grant or
+// a policy resource with an upper-case letter could never match — a
+// forbid on Resource::"acme/Infra/**" would never forbid. Both are
+// refused at start, naming the key or the file and line.
+func TestH06CaseInsensitiveAudienceWantsLowerCaseGrantsAndPolicies(t *testing.T) {
+	folded := strings.Replace(valid, `{url: "https://api.github.com", environment: prod}`,
+		`{url: "https://api.github.com", environment: prod, case_insensitive: true}`, 1)
+	c, err := Parse([]byte(folded), goodEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := c.Catalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cat.CaseInsensitive("https://api.github.com") || cat.CaseInsensitive("https://staging-api.example.com") {
+		t.Fatal("case_insensitive is not the audience's")
+	}
+	upper := strings.Replace(folded, `"github.pr.write:acme/**"]`, `"github.pr.write:Acme/**"]`, 1)
+	if _, err := Parse([]byte(upper), goodEnv); err == nil || !strings.Contains(err.Error(), `grants[0].scopes: "github.pr.write:Acme/**" has upper-case letters`) {
+		t.Fatalf("an upper-case grant for a case-insensitive audience: %v", err)
+	}
+	// A grant limited to case-sensitive audiences may name any case.
+	staging := strings.Replace(upper, `"github.pr.write:Acme/**"]`, `"github.pr.write:Acme/**"]`+"\n    audiences: [https://staging-api.example.com]", 1)
+	if _, err := Parse([]byte(staging), goodEnv); err != nil {
+		t.Fatalf("an upper-case grant for a case-sensitive audience: %v", err)
+	}
+
+	p := filepath.Join(t.TempDir(), "p.cedar")
+	if err := os.WriteFile(p, []byte(`@id("allow") permit (principal, action, resource);
+@id("protect-infra") forbid (principal, action, resource) when { resource in Resource::"acme/Infra/**" };`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	withPolicy := func(base string) []byte {
+		return []byte(strings.Replace(base, "limits:", "policies: [\""+p+"\"]\nlimits:", 1))
+	}
+	if _, err := Parse(withPolicy(folded), goodEnv); err == nil || !strings.Contains(err.Error(), `p.cedar:2: policy "protect-infra" names Resource::"acme/Infra/**", with upper-case letters`) {
+		t.Fatalf("an upper-case policy resource with a case-insensitive audience: %v", err)
+	}
+	if _, err := Parse(withPolicy(valid), goodEnv); err != nil {
+		t.Fatalf("without a case-insensitive audience: %v", err)
+	}
+}

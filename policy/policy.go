@@ -218,6 +218,19 @@ func (s *Set) CheckGroups(userIssuers []string) error {
 	})
 }
 
+// CheckLowerCaseResources refuses a set that names a Resource with an
+// upper-case letter: when an audience compares resources
+// case-insensitively, policies are shown its resources in lower case
+// only, and a rule on Resource::"acme/Infra/**" would never match.
+func (s *Set) CheckLowerCaseResources() error {
+	return s.checkRefs(TypeResource, func(r string) string {
+		if strings.ToLower(r) != r {
+			return "with upper-case letters, while an audience compares resources case-insensitively (policies see them in lower case): write it in lower case"
+		}
+		return ""
+	})
+}
+
 // checkRefs calls bad on the id of every entity reference of type typ in
 // the set's policies, and returns the first complaint, naming the file,
 // line and policy.

@@ -378,3 +378,27 @@ func TestCheckGroups(t *testing.T) {
 		})
 	}
 }
+
+// TestH06PolicyResourcesMustBeLowerCase: policies are shown a
+// case-insensitive audience's resources in lower case, so a rule naming
+// Resource::"acme/Infra/**" would never match; it is refused.
+func TestH06PolicyResourcesMustBeLowerCase(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "p.cedar", `@id("allow") permit (principal, action, resource);
+@id("protect-infra") forbid (principal, action, resource) when { resource in Resource::"acme/Infra/**" };`)
+	s, err := Load([]string{filepath.Join(dir, "p.cedar")}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CheckLowerCaseResources(); err == nil || !strings.Contains(err.Error(), `p.cedar:2: policy "protect-infra" names Resource::"acme/Infra/**", with upper-case letters`) {
+		t.Fatalf("an upper-case resource: %v", err)
+	}
+	write(t, dir, "p.cedar", `@id("allow") permit (principal, action, resource);
+@id("protect-infra") forbid (principal, action, resource) when { resource in Resource::"acme/infra/**" };`)
+	if s, err = Load([]string{filepath.Join(dir, "p.cedar")}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CheckLowerCaseResources(); err != nil {
+		t.Fatal(err)
+	}
+}
