@@ -40,7 +40,9 @@ func newKeysCmd() *cobra.Command {
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		iss, err := jwt.New(ctx, jwt.Config{Issuer: cfg.PublicURL, Keys: st, Secret: []byte(cfg.SystemSecret), Alg: cfg.SigningAlg})
+		// Offline: a stored set with a refused key stops serve, and must
+		// still be listed and its refused key retired here.
+		iss, err := jwt.NewOffline(jwt.Config{Issuer: cfg.PublicURL, Keys: st, Secret: []byte(cfg.SystemSecret), Alg: cfg.SigningAlg})
 		if err != nil {
 			st.Close()
 			return nil, nil, nil, err
@@ -50,7 +52,7 @@ func newKeysCmd() *cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "List the signing keys and their states", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, st, _, err := open(cmd.Context())
+			_, st, iss, err := open(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -59,7 +61,7 @@ func newKeysCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			printKeys(cmd.OutOrStdout(), keys)
+			printKeys(cmd.OutOrStdout(), keys, iss)
 			return nil
 		},
 	}
@@ -77,7 +79,7 @@ func newKeysCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return reportChange(cmd.OutOrStdout(), st, c)
+			return reportChange(cmd.OutOrStdout(), st, iss, c)
 		},
 	}
 	retire := &cobra.Command{
@@ -94,7 +96,7 @@ func newKeysCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return reportChange(cmd.OutOrStdout(), st, c)
+			return reportChange(cmd.OutOrStdout(), st, iss, c)
 		},
 	}
 	rotate.Flags().BoolVar(&force, "force", false, "rotate even if the next key was published less than 5.5 min ago (a key believed compromised)")
@@ -111,7 +113,7 @@ func operator() broker.Actor {
 	return broker.Actor{Kind: "operator", Subject: name}
 }
 
-func reportChange(w io.Writer, st backend, c broker.KeyChange) error {
+func reportChange(w io.Writer, st backend, iss *jwt.Issuer, c broker.KeyChange) error {
 	if c.Empty() {
 		fmt.Fprintln(w, "nothing to change")
 	}
@@ -119,11 +121,13 @@ func reportChange(w io.Writer, st backend, c broker.KeyChange) error {
 	if err != nil {
 		return err
 	}
-	printKeys(w, keys)
+	printKeys(w, keys, iss)
 	return nil
 }
 
-func printKeys(w io.Writer, keys []broker.SigningKey) {
+// printKeys lists the keys and, under the table, each stored key that is
+// refused (not the key its row claims) and why: retire it.
+func printKeys(w io.Writer, keys []broker.SigningKey, iss *jwt.Issuer) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "KID\tALG\tSTATE\tCREATED\tACTIVATED\tDEACTIVATED\tRETIRED")
 	at := func(t time.Time) string {
@@ -137,4 +141,9 @@ func printKeys(w io.Writer, keys []broker.SigningKey) {
 			at(k.ActivatedAt), at(k.DeactivatedAt), at(k.RetiredAt))
 	}
 	_ = tw.Flush()
+	for _, k := range keys {
+		if err := iss.Check(k); err != nil {
+			fmt.Fprintf(w, "REFUSED: %v; retire it: errand keys retire KID\n", err)
+		}
+	}
 }

@@ -219,7 +219,7 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		}
 	}
 	tokens, err := jwt.New(ctx, jwt.Config{
-		Issuer: cfg.PublicURL, Keys: st, Secret: []byte(cfg.SystemSecret), Alg: cfg.SigningAlg,
+		Issuer: cfg.PublicURL, Keys: st, Secret: []byte(cfg.SystemSecret), Alg: cfg.SigningAlg, Logger: log,
 	})
 	if err != nil {
 		return nil, err
@@ -291,6 +291,11 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "errand_quick_mints_total", Help: "Mints recorded by the fast path (a snapshot of the task re-checked by one insert).",
 	}, func() float64 { return float64(svc.QuickMints()) })); err != nil {
+		return nil, err
+	}
+	if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "errand_signing_keys_refused_total", Help: "Stored signing keys refused as not the key their row claims (tampered with); alert on any.",
+	}, func() float64 { return float64(tokens.RefusedKeys()) })); err != nil {
 		return nil, err
 	}
 	if cache != nil {

@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gojwt "github.com/golang-jwt/jwt/v5"
@@ -40,6 +42,9 @@ type Config struct {
 	// ReloadInterval bounds how often an unknown kid may trigger a reload
 	// of the keys from the store; default 10 s.
 	ReloadInterval time.Duration
+	// Logger receives the alarm of a refused stored key (at ERROR);
+	// default: discarded.
+	Logger *slog.Logger
 }
 
 // Issuer signs and verifies access tokens.
@@ -61,6 +66,16 @@ type Issuer struct {
 	// whether it is revoked.
 	vmu      sync.RWMutex
 	verified map[[32]byte]verifiedToken
+
+	// serving is set by New: the keys are loaded and kept loaded.
+	serving bool
+	// seen and audited name the refused rows already logged and already
+	// recorded in the audit trail (by keyRefusal.row); refused counts
+	// the rows seen.
+	amu     sync.Mutex
+	seen    map[[32]byte]bool
+	audited map[[32]byte]bool
+	refused atomic.Uint64
 }
 
 type verifiedToken struct {
@@ -75,25 +90,14 @@ var _ broker.TokenIssuer = (*Issuer)(nil)
 
 // New loads the signing keys from the store, generating and storing the
 // first one if there is none. Replicas racing here end up with one key:
-// the store keeps the first current key and the others load it.
+// the store keeps the first current key and the others load it. A stored
+// set with a refused key (see Reload) is an error.
 func New(ctx context.Context, cfg Config) (*Issuer, error) {
-	if cfg.Issuer == "" || cfg.Keys == nil {
-		return nil, errors.New("jwt: Issuer and Keys are required")
-	}
-	if cfg.Alg == "" {
-		cfg.Alg = AlgEdDSA
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.ReloadInterval <= 0 {
-		cfg.ReloadInterval = 10 * time.Second
-	}
-	s, err := newSealer(cfg.Secret)
+	i, err := NewOffline(cfg)
 	if err != nil {
 		return nil, err
 	}
-	i := &Issuer{cfg: cfg, sealer: s}
+	i.serving = true
 	if err := i.Reload(ctx); err != nil {
 		return nil, err
 	}
@@ -109,6 +113,32 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 		return nil, errors.New("jwt: no current signing key after creating one")
 	}
 	return i, nil
+}
+
+// NewOffline returns an Issuer that loads no key and signs nothing, for
+// errand keys: it lists, rotates and retires the stored keys, and so can
+// retire a refused key that would stop New.
+func NewOffline(cfg Config) (*Issuer, error) {
+	if cfg.Issuer == "" || cfg.Keys == nil {
+		return nil, errors.New("jwt: Issuer and Keys are required")
+	}
+	if cfg.Alg == "" {
+		cfg.Alg = AlgEdDSA
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.ReloadInterval <= 0 {
+		cfg.ReloadInterval = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s, err := newSealer(cfg.Secret)
+	if err != nil {
+		return nil, err
+	}
+	return &Issuer{cfg: cfg, sealer: s}, nil
 }
 
 func (i *Issuer) createKey(ctx context.Context) error {
@@ -135,8 +165,12 @@ func (i *Issuer) createKey(ctx context.Context) error {
 }
 
 // Reload reads the keys from the store. Reloads are serialised, so an
-// older read never replaces a newer one; a set without a current key is
-// refused and the keys in use stay.
+// older read never replaces a newer one. Every key but the retired ones
+// must prove to be the key its row claims (openKey): a set with a refused
+// key raises the alarm (an ERROR line, errand_signing_keys_refused_total,
+// a keys.refused audit event) and is refused as a whole, like a set
+// without a current key, and the keys in use stay. The JWKS is built from
+// the private keys, never from the stored public halves.
 func (i *Issuer) Reload(ctx context.Context) error {
 	i.reloadMu.Lock()
 	defer i.reloadMu.Unlock()
@@ -144,30 +178,25 @@ func (i *Issuer) Reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	byKID := make(map[string]*key, len(stored))
+	keys, err := i.openAll(stored)
+	if err != nil {
+		if refused := refusals(err); len(refused) > 0 {
+			i.raise(ctx, refused)
+		}
+		return err
+	}
+	byKID := make(map[string]*key, len(keys))
 	var current *key
-	var pubs []json.RawMessage
-	for _, sk := range stored {
-		if sk.State == broker.KeyRetired {
-			continue
-		}
-		signer, err := i.sealer.open(sk.Private, sk.KID)
-		if err != nil {
-			return fmt.Errorf("jwt: key %s: %w", sk.KID, err)
-		}
-		k := &key{kid: sk.KID, alg: sk.Alg, signer: signer, public: signer.Public(), jwk: sk.PublicJWK, state: sk.State,
-			head: encodeHeader(sk.Alg, sk.KID)}
+	pubs := []json.RawMessage{}
+	for _, k := range keys {
 		byKID[k.kid] = k
-		pubs = append(pubs, sk.PublicJWK)
-		if sk.State == broker.KeyCurrent {
+		pubs = append(pubs, k.jwk)
+		if k.state == broker.KeyCurrent {
 			current = k
 		}
 	}
 	if current == nil && len(stored) > 0 {
 		return errors.New("jwt: the stored keys have no current key; keeping the keys in use")
-	}
-	if pubs == nil {
-		pubs = []json.RawMessage{}
 	}
 	jwks, err := json.Marshal(map[string]any{"keys": pubs})
 	if err != nil {
@@ -177,6 +206,127 @@ func (i *Issuer) Reload(ctx context.Context) error {
 	i.current, i.byKID, i.jwks, i.lastReload = current, byKID, jwks, i.cfg.Now()
 	i.mu.Unlock()
 	return nil
+}
+
+// refusedKeys is the error of a stored set holding refused keys.
+type refusedKeys []*keyRefusal
+
+func (r refusedKeys) Error() string {
+	msg := "jwt: " + r[0].Error()
+	if len(r) > 1 {
+		msg += fmt.Sprintf(" (and %d more)", len(r)-1)
+	}
+	return msg + "; no key of this set is published or used until it is retired (errand keys retire KID)"
+}
+
+func refusals(err error) refusedKeys {
+	var r refusedKeys
+	errors.As(err, &r)
+	return r
+}
+
+// openAll opens every stored key that is not retired. When none unseals,
+// system_secret is wrong (an operator's mistake, not an attack): that is
+// its own error. Otherwise any key that fails openKey makes a refusedKeys
+// error.
+func (i *Issuer) openAll(stored []broker.SigningKey) ([]*key, error) {
+	var (
+		keys    []*key
+		refused refusedKeys
+		sealed  = true // every refusal so far is a key that does not unseal
+	)
+	for _, sk := range stored {
+		if sk.State == broker.KeyRetired {
+			continue
+		}
+		k, r := i.openKey(sk)
+		if r != nil {
+			refused = append(refused, r)
+			sealed = sealed && r.reason == reasonUnseal
+			continue
+		}
+		keys = append(keys, k)
+	}
+	switch {
+	case len(refused) == 0:
+		return keys, nil
+	case len(keys) == 0 && sealed:
+		return nil, fmt.Errorf("jwt: key %s: cannot unseal signing key: wrong system_secret?", refused[0].kid)
+	}
+	return nil, refused
+}
+
+// Check reports why a stored key would be refused (see Reload), or nil.
+// A retired key is never used and not checked.
+func (i *Issuer) Check(sk broker.SigningKey) error {
+	if sk.State == broker.KeyRetired {
+		return nil
+	}
+	if _, r := i.openKey(sk); r != nil {
+		return r
+	}
+	return nil
+}
+
+// RefusedKeys counts the distinct stored keys this process has refused.
+func (i *Issuer) RefusedKeys() uint64 { return i.refused.Load() }
+
+// raise raises the alarm for refused keys: the first sight of each row is
+// logged at ERROR and counted, and each is recorded as a keys.refused
+// audit event once that record commits.
+func (i *Issuer) raise(ctx context.Context, refused refusedKeys) {
+	events, rows := i.alarmEvents(refused, i.cfg.Now())
+	if len(events) == 0 {
+		return
+	}
+	_, err := i.cfg.Keys.ChangeKeys(ctx, func(_ []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
+		for j := range events {
+			events[j].Time = now
+		}
+		return broker.KeyChange{Events: events}, nil
+	})
+	if err != nil {
+		i.cfg.Logger.Error("signing keys: cannot record the refusal in the audit trail; will retry", "err", err)
+		return
+	}
+	i.markAudited(rows)
+}
+
+// alarmEvents logs and counts the refusals not seen before, and returns
+// the audit events of those not yet recorded, with their rows.
+func (i *Issuer) alarmEvents(refused refusedKeys, now time.Time) ([]broker.AuditEvent, [][32]byte) {
+	i.amu.Lock()
+	defer i.amu.Unlock()
+	if i.seen == nil {
+		i.seen, i.audited = map[[32]byte]bool{}, map[[32]byte]bool{}
+	}
+	var (
+		events []broker.AuditEvent
+		rows   [][32]byte
+	)
+	for _, r := range refused {
+		if !i.seen[r.row] {
+			i.seen[r.row] = true
+			i.refused.Add(1)
+			i.cfg.Logger.Error("signing key refused: it is neither published nor used",
+				"kid", r.kid, "state", r.state, "reason", r.reason)
+		}
+		if i.audited[r.row] {
+			continue
+		}
+		d, _ := json.Marshal(map[string]string{"kid": r.kid, "state": r.state, "reason": r.reason}) // strings: cannot fail
+		events = append(events, broker.AuditEvent{Time: now, Type: broker.EventKeysRefused, Actor: broker.SystemActor, Detail: d})
+		rows = append(rows, r.row)
+	}
+	return events, rows
+}
+
+func (i *Issuer) markAudited(rows [][32]byte) {
+	i.amu.Lock()
+	defer i.amu.Unlock()
+	for _, row := range rows {
+		i.audited[row] = true
+	}
 }
 
 // JWKS returns the public keys as a JSON Web Key Set.

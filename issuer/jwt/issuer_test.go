@@ -17,9 +17,10 @@ import (
 // memKeys is a small hand-written KeyStore for unit tests; the PostgreSQL
 // implementation is covered by the store conformance suite.
 type memKeys struct {
-	mu   sync.Mutex
-	keys []broker.SigningKey
-	now  func() time.Time
+	mu     sync.Mutex
+	keys   []broker.SigningKey
+	now    func() time.Time
+	events []broker.AuditEvent // committed with the key changes
 }
 
 func (m *memKeys) SigningKeys(context.Context) ([]broker.SigningKey, error) {
@@ -74,6 +75,7 @@ func (m *memKeys) ChangeKeys(_ context.Context, plan func([]broker.SigningKey, t
 		}
 		m.keys = append([]broker.SigningKey{k}, m.keys...)
 	}
+	m.events = append(m.events, c.Events...)
 	return c, nil
 }
 

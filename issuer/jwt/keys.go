@@ -6,14 +6,19 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/internal/seal"
 )
 
@@ -108,4 +113,116 @@ func (s *sealer) open(sealed []byte, kid string) (crypto.Signer, error) {
 		return nil, fmt.Errorf("unexpected key type %T", k)
 	}
 	return signer, nil
+}
+
+// A stored key is used only once it proves to be the key it claims to be.
+// The row's columns are not trusted: whoever can write the database (the
+// self-migrating serving role, or anyone who can write the SQLite file)
+// could otherwise put their own public key beside Errand's sealed private
+// key, and the JWKS would hand resource servers a key that Errand does not
+// hold. Only the sealed private key is authentic (sealing needs
+// system_secret, and binds the kid); everything published is derived from
+// it.
+//
+// Reasons a stored key is refused, fixed strings (the row is not trusted,
+// so none of its text is quoted).
+const (
+	reasonUnseal    = "its private key does not unseal under system_secret with its kid"
+	reasonAlg       = "its alg does not fit its private key"
+	reasonKID       = "its kid is not the RFC 7638 thumbprint of its private key"
+	reasonPublicJWK = "its stored public JWK is not its private key's public half"
+)
+
+// keyRefusal is why one stored key is neither published nor used.
+type keyRefusal struct {
+	kid    string // safeKID of the row's kid
+	state  string
+	reason string
+	// row names the stored row (kid, alg and both halves), so that one
+	// refused row raises one alarm however often it is read.
+	row [32]byte
+}
+
+func (r *keyRefusal) Error() string {
+	return fmt.Sprintf("signing key %s (%s) refused: %s", r.kid, r.state, r.reason)
+}
+
+var kidChars = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// safeKID is a stored kid fit for a log line, an error or an audit record:
+// itself when it looks like a thumbprint, otherwise its SHA-256.
+func safeKID(kid string) string {
+	if kidChars.MatchString(kid) {
+		return kid
+	}
+	sum := sha256.Sum256([]byte(kid))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+func refuse(sk broker.SigningKey, reason string) *keyRefusal {
+	h := sha256.New()
+	for _, part := range [][]byte{[]byte(sk.KID), []byte(sk.Alg), sk.Private, sk.PublicJWK} {
+		h.Write(binary.LittleEndian.AppendUint64(nil, uint64(len(part))))
+		h.Write(part)
+	}
+	r := &keyRefusal{kid: safeKID(sk.KID), state: sk.State, reason: reason}
+	switch sk.State {
+	case broker.KeyNext, broker.KeyCurrent, broker.KeyPrevious, broker.KeyRetired:
+	default:
+		r.state = "unknown state"
+	}
+	h.Sum(r.row[:0])
+	return r
+}
+
+// openKey unseals a stored key and checks that the row is that key: its
+// alg fits the private key, its kid is the private key's RFC 7638
+// thumbprint (as every kid Errand made), and its stored public JWK is the
+// private key's public half. The key it returns carries a JWK derived
+// from the private key, never the stored one.
+func (i *Issuer) openKey(sk broker.SigningKey) (*key, *keyRefusal) {
+	signer, err := i.sealer.open(sk.Private, sk.KID)
+	if err != nil {
+		return nil, refuse(sk, reasonUnseal)
+	}
+	if !fits(sk.Alg, signer) {
+		return nil, refuse(sk, reasonAlg)
+	}
+	pub := signer.Public()
+	if kid, err := kidOf(pub); err != nil || kid != sk.KID {
+		return nil, refuse(sk, reasonKID)
+	}
+	if !samePublic(sk.PublicJWK, pub, sk.KID, sk.Alg) {
+		return nil, refuse(sk, reasonPublicJWK)
+	}
+	jwk, err := publicJWK(pub, sk.KID, sk.Alg)
+	if err != nil {
+		return nil, refuse(sk, reasonPublicJWK)
+	}
+	return &key{kid: sk.KID, alg: sk.Alg, signer: signer, public: pub, jwk: jwk, state: sk.State,
+		head: encodeHeader(sk.Alg, sk.KID)}, nil
+}
+
+// fits reports whether alg is the algorithm of the private key s.
+func fits(alg string, s crypto.Signer) bool {
+	switch alg {
+	case AlgEdDSA:
+		_, ok := s.(ed25519.PrivateKey)
+		return ok
+	case AlgES256:
+		k, ok := s.(*ecdsa.PrivateKey)
+		return ok && k.Curve == elliptic.P256()
+	}
+	return false
+}
+
+// samePublic reports whether stored is a public JWK of exactly pub, with
+// the row's kid and alg.
+func samePublic(stored []byte, pub crypto.PublicKey, kid, alg string) bool {
+	var j jose.JSONWebKey
+	if err := j.UnmarshalJSON(stored); err != nil || !j.IsPublic() || j.KeyID != kid || j.Algorithm != alg {
+		return false
+	}
+	eq, ok := pub.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && eq.Equal(j.Key)
 }

@@ -46,7 +46,7 @@ func MinOverlap(tokenTTLMax time.Duration) time.Duration {
 // overlap are retired. Replicas may all call it: the store serialises
 // them and each decides on what it reads under the lock.
 func (i *Issuer) Maintain(ctx context.Context, p KeyPolicy) (broker.KeyChange, error) {
-	return i.change(ctx, func(keys []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
+	return i.change(ctx, true, func(keys []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
 		return i.plan(keys, now, p, rotateIfDue, broker.SystemActor)
 	})
 }
@@ -62,7 +62,7 @@ func (i *Issuer) Rotate(ctx context.Context, p KeyPolicy, actor broker.Actor, fo
 	if force {
 		mode = rotateForce
 	}
-	return i.change(ctx, func(keys []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
+	return i.change(ctx, true, func(keys []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
 		return i.plan(keys, now, p, mode, actor)
 	})
 }
@@ -76,33 +76,82 @@ const (
 )
 
 // Retire retires one key at once (a key believed compromised): tokens it
-// signed stop verifying. The current key cannot be retired; rotate first.
+// signed stop verifying. The current key cannot be retired (rotate first)
+// unless it is refused (see Reload): retiring is how a refused key is
+// taken out, since no key row is ever deleted. Retiring publishes and
+// uses nothing, so it goes ahead whatever other keys are refused.
 func (i *Issuer) Retire(ctx context.Context, kid string, actor broker.Actor) (broker.KeyChange, error) {
-	return i.change(ctx, func(keys []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
+	return i.change(ctx, false, func(keys []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
 		for _, k := range keys {
 			if k.KID != kid {
 				continue
 			}
+			reason := "retired on demand"
 			switch k.State {
 			case broker.KeyCurrent:
-				return broker.KeyChange{}, errors.New("the current key signs: rotate first, then retire it")
+				if !i.refusedAmong(k, keys) {
+					return broker.KeyChange{}, errors.New("the current key signs: rotate first, then retire it")
+				}
+				reason = "refused current key retired on demand"
 			case broker.KeyRetired:
 				return broker.KeyChange{}, nil
 			}
 			c := broker.KeyChange{States: map[string]string{kid: broker.KeyRetired}}
-			c.Events = []broker.AuditEvent{keysEvent(now, actor, "retired on demand", c)}
+			c.Events = []broker.AuditEvent{keysEvent(now, actor, reason, c)}
 			return c, nil
 		}
 		return broker.KeyChange{}, fmt.Errorf("no key %q", kid)
 	})
 }
 
-func (i *Issuer) change(ctx context.Context, plan func([]broker.SigningKey, time.Time) (broker.KeyChange, error)) (broker.KeyChange, error) {
-	c, err := i.cfg.Keys.ChangeKeys(ctx, plan)
+// refusedAmong reports whether k is refused while system_secret is right
+// (another stored key opens): with a wrong secret every key looks refused,
+// and the current key must not be retired for that.
+func (i *Issuer) refusedAmong(k broker.SigningKey, keys []broker.SigningKey) bool {
+	if _, r := i.openKey(k); r == nil {
+		return false
+	}
+	for _, o := range keys {
+		if o.KID != k.KID && o.State != broker.KeyRetired {
+			if _, r := i.openKey(o); r == nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// change runs plan in the store's key transaction. When checked, a stored
+// set with a refused key is left as it is (a refused next key must never
+// become current): the alarm's audit events commit instead, and the
+// refusal is the error.
+func (i *Issuer) change(ctx context.Context, checked bool, plan func([]broker.SigningKey, time.Time) (broker.KeyChange, error)) (broker.KeyChange, error) {
+	var (
+		refused refusedKeys
+		rows    [][32]byte
+	)
+	c, err := i.cfg.Keys.ChangeKeys(ctx, func(keys []broker.SigningKey, now time.Time) (broker.KeyChange, error) {
+		refused, rows = nil, nil
+		if checked {
+			if _, err := i.openAll(keys); err != nil {
+				if refused = refusals(err); len(refused) == 0 {
+					return broker.KeyChange{}, err
+				}
+				var events []broker.AuditEvent
+				events, rows = i.alarmEvents(refused, now)
+				return broker.KeyChange{Events: events}, nil
+			}
+		}
+		return plan(keys, now)
+	})
 	if err != nil {
 		return broker.KeyChange{}, err
 	}
-	if !c.Empty() {
+	if len(refused) > 0 {
+		i.markAudited(rows)
+		return broker.KeyChange{}, refused
+	}
+	if !c.Empty() && i.serving {
 		if err := i.Reload(ctx); err != nil {
 			return c, err
 		}

@@ -197,10 +197,12 @@ func scanKey(r scanner) (broker.SigningKey, error) {
 	return k, nil
 }
 
-// InsertCurrentKey stores k as the current key unless one exists.
+// InsertCurrentKey stores k as the current key unless one exists. The
+// statement inserts no row at all then: the signing_keys_no_replace
+// trigger would refuse one that takes the current key's place.
 func (s *Store) InsertCurrentKey(ctx context.Context, k broker.SigningKey) (bool, error) {
 	res, err := s.db.ExecContext(ctx, `INSERT INTO signing_keys (kid, alg, private_key, public_jwk, state, created_at, activated_at)
-		VALUES ($1,$2,$3,$4,'current',$5,$5) ON CONFLICT DO NOTHING`,
+		SELECT $1,$2,$3,$4,'current',$5,$5 WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE state = 'current')`,
 		k.KID, k.Alg, k.Private, string(k.PublicJWK), micros(k.CreatedAt))
 	if err != nil {
 		return false, translate(err)
