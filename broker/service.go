@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 )
 
 // Defaults of DESIGN.md's limits.
@@ -335,24 +334,6 @@ func (s *Service) resolveUser(obo string) (Ref, error) {
 		return Ref{Issuer: s.users[0], Subject: obo}, nil
 	}
 	return Ref{}, Errorf(ErrInvalidRequest, "several user issuers are configured: write on_behalf_of as <issuer URL>#<sub>")
-}
-
-func checkText(field, v string, max int, required bool) error {
-	if required && strings.TrimSpace(v) == "" {
-		return Errorf(ErrInvalidRequest, "%s is required", field)
-	}
-	if len(v) > max {
-		return Errorf(ErrInvalidRequest, "%s is longer than %d bytes", field, max)
-	}
-	if !utf8.ValidString(v) {
-		return Errorf(ErrInvalidRequest, "%s is not valid UTF-8", field)
-	}
-	for _, r := range v {
-		if r < 0x20 && r != '\n' && r != '\t' || r == 0x7f {
-			return Errorf(ErrInvalidRequest, "%s contains a control character", field)
-		}
-	}
-	return nil
 }
 
 // lockForIssue locks task id for an issuance by agent p: the task is p's,
