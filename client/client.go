@@ -93,6 +93,18 @@ type Task struct {
 	// MaxCredentials and MaxResources are the task's budget (0: none).
 	MaxCredentials int `json:"max_credentials,omitempty"`
 	MaxResources   int `json:"max_resources,omitempty"`
+
+	// ScopeDetails are the class and risk of each scope and approved
+	// scope, from the server's action catalog.
+	ScopeDetails []ScopeDetail `json:"scope_details"`
+}
+
+// ScopeDetail is what the action catalog says of a scope; Class and Risk
+// are empty when its action has left the catalog.
+type ScopeDetail struct {
+	Scope string `json:"scope"`
+	Class string `json:"class,omitempty"`
+	Risk  string `json:"risk,omitempty"`
 }
 
 // CreateTask is the body of POST /v1/tasks.
@@ -181,6 +193,10 @@ type Approval struct {
 	ExpiresAt  string   `json:"expires_at"`
 	DecidedAt  *string  `json:"decided_at"`
 	UsedAt     *string  `json:"used_at"`
+
+	// ScopeDetails are the class and risk of each scope, from the
+	// server's action catalog.
+	ScopeDetails []ScopeDetail `json:"scope_details"`
 }
 
 // Decision is an AuthZEN access decision.

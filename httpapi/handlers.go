@@ -461,6 +461,10 @@ type taskJSON struct {
 	// unlimited.
 	MaxCredentials int `json:"max_credentials,omitempty"`
 	MaxResources   int `json:"max_resources,omitempty"`
+
+	// ScopeDetails are the class and risk of each scope and approved
+	// scope, from the catalog (scopeDetails).
+	ScopeDetails []scopeDetailJSON `json:"scope_details"`
 }
 
 func (s *Server) renderTask(t broker.Task) taskJSON {
@@ -473,6 +477,7 @@ func (s *Server) renderTask(t broker.Task) taskJSON {
 		DenyReason: t.DenyReason, CreatedAt: t.CreatedAt.Format(time.RFC3339Nano),
 		ApprovedAt: optTime(t.ApprovedAt), ExpiresAt: t.ExpiresAt.Format(time.RFC3339Nano),
 		ClosedAt: optTime(t.ClosedAt), MaxCredentials: t.Budget.MaxCredentials, MaxResources: t.Budget.MaxResources,
+		ScopeDetails: s.scopeDetails(t.Scopes, t.ApprovedScopes),
 	}
 }
 

@@ -27,6 +27,9 @@ type approvalJSON struct {
 	ExpiresAt  string   `json:"expires_at"`
 	DecidedAt  *string  `json:"decided_at"`
 	UsedAt     *string  `json:"used_at"`
+
+	// ScopeDetails are the class and risk of each scope, from the catalog.
+	ScopeDetails []scopeDetailJSON `json:"scope_details"`
 }
 
 func (s *Server) renderApproval(u broker.StepUp) approvalJSON {
@@ -36,6 +39,7 @@ func (s *Server) renderApproval(u broker.StepUp) approvalJSON {
 		Tool: u.Tool, Dataset: u.Dataset, Policies: nonNil(u.Policies), Reasons: nonNil(u.Reasons),
 		DenyReason: u.DenyReason, CreatedAt: u.CreatedAt.Format(time.RFC3339Nano),
 		ExpiresAt: u.ExpiresAt.Format(time.RFC3339Nano), DecidedAt: optTime(u.DecidedAt), UsedAt: optTime(u.UsedAt),
+		ScopeDetails: s.scopeDetails(u.Scopes),
 	}
 }
 

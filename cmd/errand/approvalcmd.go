@@ -32,8 +32,9 @@ here, and the agent repeats the same call, which then succeeds once.`,
 			g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
 				fmt.Fprintln(w, "ID\tSTATUS\tTASK\tAGENT\tON BEHALF OF\tSCOPES\tAUDIENCE\tREASONS\tEXPIRES")
 				for _, a := range as {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Status, a.TaskID, a.Agent, a.OnBehalfOf,
-						strings.Join(a.Scopes, " "), a.Audience, reasons(a), a.ExpiresAt)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shown(a.ID), shown(a.Status), shown(a.TaskID),
+						shown(a.Agent), shown(a.OnBehalfOf), shown(strings.Join(a.Scopes, " ")), shown(a.Audience),
+						shown(reasons(a)), shown(a.ExpiresAt))
 				}
 				if next != "" {
 					fmt.Fprintf(w, "more: --cursor %s\n", next)
@@ -85,28 +86,6 @@ func reasons(a client.Approval) string {
 		return "-"
 	}
 	return strings.Join(a.Reasons, "; ")
-}
-
-func printApproval(w io.Writer, a client.Approval) {
-	fmt.Fprintf(w, "id\t%s\n", a.ID)
-	fmt.Fprintf(w, "status\t%s\n", a.Status)
-	fmt.Fprintf(w, "task\t%s\n", a.TaskID)
-	fmt.Fprintf(w, "agent\t%s\n", a.Agent)
-	fmt.Fprintf(w, "on_behalf_of\t%s\n", a.OnBehalfOf)
-	fmt.Fprintf(w, "scopes\t%s\n", orDash(a.Scopes))
-	fmt.Fprintf(w, "audience\t%s\n", a.Audience)
-	if a.Tool != "" {
-		fmt.Fprintf(w, "tool\t%s\n", a.Tool)
-	}
-	if a.Dataset != "" {
-		fmt.Fprintf(w, "dataset\t%s\n", a.Dataset)
-	}
-	fmt.Fprintf(w, "policies\t%s\n", orDash(a.Policies))
-	fmt.Fprintf(w, "reasons\t%s\n", reasons(a))
-	if a.DenyReason != "" {
-		fmt.Fprintf(w, "deny_reason\t%s\n", a.DenyReason)
-	}
-	fmt.Fprintf(w, "expires_at\t%s\n", a.ExpiresAt)
 }
 
 func newDecideCmd(g *globals) *cobra.Command {

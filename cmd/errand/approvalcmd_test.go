@@ -80,5 +80,5 @@ forbid (principal, action == Action::"github.pr.write", resource);
 	}
 	wantLines(t, d.must(t, "approval", "list", "--token", alice, "--status", "used"), apr)
 	wantLines(t, d.must(t, "approval", "deny", apr2, "--token", alice, "--reason", "one PR is enough"),
-		"status        denied", "deny_reason   one PR is enough")
+		"status        denied", `deny_reason   "one PR is enough"`)
 }

@@ -99,8 +99,8 @@ func newTaskCmd(g *globals) *cobra.Command {
 			g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
 				fmt.Fprintln(w, "ID\tSTATUS\tRISK\tAGENT\tON BEHALF OF\tSCOPES\tEXPIRES")
 				for _, t := range ts {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Status, t.Risk, t.Agent, t.OnBehalfOf,
-						strings.Join(t.Scopes, " "), t.ExpiresAt)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shown(t.ID), shown(t.Status), shown(t.Risk), shown(t.Agent),
+						shown(t.OnBehalfOf), shown(strings.Join(t.Scopes, " ")), shown(t.ExpiresAt))
 				}
 			})
 			return nil
@@ -166,31 +166,6 @@ func orDash(ss []string) string {
 		return "-"
 	}
 	return strings.Join(ss, " ")
-}
-
-func printTask(w io.Writer, t client.Task) {
-	fmt.Fprintf(w, "id\t%s\n", t.ID)
-	fmt.Fprintf(w, "status\t%s\n", t.Status)
-	fmt.Fprintf(w, "agent\t%s\n", t.Agent)
-	fmt.Fprintf(w, "on_behalf_of\t%s\n", t.OnBehalfOf)
-	fmt.Fprintf(w, "goal\t%s\n", t.Goal)
-	fmt.Fprintf(w, "risk\t%s\n", t.Risk)
-	fmt.Fprintf(w, "scopes\t%s\n", orDash(t.Scopes))
-	fmt.Fprintf(w, "approved_scopes\t%s\n", orDash(t.ApprovedScopes))
-	fmt.Fprintf(w, "audiences\t%s\n", orDash(t.Audiences))
-	fmt.Fprintf(w, "expires_at\t%s\n", t.ExpiresAt)
-	if t.TTLCapped {
-		fmt.Fprintf(w, "ttl_capped\ttrue (the requested ttl was longer than the maximum)\n")
-	}
-	if t.MaxCredentials > 0 {
-		fmt.Fprintf(w, "max_credentials\t%d\n", t.MaxCredentials)
-	}
-	if t.MaxResources > 0 {
-		fmt.Fprintf(w, "max_resources\t%d\n", t.MaxResources)
-	}
-	if t.Revoked != nil {
-		fmt.Fprintf(w, "revoked\t%d\n", *t.Revoked)
-	}
 }
 
 func newTokenCmd(g *globals) *cobra.Command {
