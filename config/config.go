@@ -3,11 +3,11 @@
 package config
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -37,6 +37,10 @@ type Config struct {
 	Audiences   []Audience `yaml:"audiences"`
 	DenyActions []string   `yaml:"deny_actions"`
 	Limits      Limits     `yaml:"limits"`
+	// TrustedProxies are the CIDRs (or addresses) of the reverse proxies
+	// in front of Errand: only from them is the client address taken from
+	// X-Forwarded-For (its rightmost hop that is not a trusted proxy).
+	TrustedProxies []string `yaml:"trusted_proxies"`
 	// Policies are glob patterns of Cedar policy files, and PolicySchema
 	// an optional Cedar schema they must validate against; relative paths
 	// are read from the config file's directory.
@@ -172,9 +176,12 @@ type Limits struct {
 	// PendingTasksPerAgent caps an agent's tasks awaiting approval (default 20).
 	PendingTasksPerAgent int `yaml:"pending_tasks_per_agent"`
 	// PrincipalRPS and AddressRPS are requests per second per principal and
-	// per peer address (defaults 50 and 200; bursts are twice that).
+	// per client address (defaults 50 and 200; bursts are twice that).
+	// AddressOff turns the address limiter off (address_rps: off), for a
+	// front proxy that limits.
 	PrincipalRPS float64 `yaml:"principal_rps"`
 	AddressRPS   float64 `yaml:"address_rps"`
+	AddressOff   bool    `yaml:"-"`
 	// CredentialsPerTask and ResourcesPerTask are every task's budget:
 	// credentials it may mint, and distinct resources they may cover
 	// (default 0, unlimited). A task request may only lower them.
@@ -221,6 +228,10 @@ func (l *Limits) UnmarshalYAML(n *yaml.Node) error {
 				l.ResourcesPerTask = n
 			}
 		case "principal_rps", "address_rps":
+			if k == "address_rps" && v == "off" {
+				l.AddressOff = true
+				continue
+			}
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f <= 0 {
 				return fmt.Errorf("limits.%s: %q is not a positive number", k, v)
@@ -250,8 +261,6 @@ func yamlError(err error) string {
 	return strings.Join(lines, "; ")
 }
 
-var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
-
 // Load reads path, expands ${VAR} references from the environment, applies
 // the ERRAND_SYSTEM_SECRET and ERRAND_DATABASE_URL overrides and validates.
 func Load(path string) (*Config, error) {
@@ -262,6 +271,27 @@ func Load(path string) (*Config, error) {
 	return parse(raw, os.Getenv, filepath.Dir(path))
 }
 
+// Proxies parses trusted_proxies: CIDRs, or single addresses.
+func (c *Config) Proxies() ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(c.TrustedProxies))
+	for i, v := range c.TrustedProxies {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			a, aerr := netip.ParseAddr(v)
+			if aerr != nil {
+				return nil, fmt.Errorf("config: trusted_proxies[%d]: %q is neither a CIDR nor an address", i, v)
+			}
+			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// catalogKeys are the top-level keys LoadCatalog needs.
+var catalogKeys = map[string]bool{"issuers": true, "grants": true, "actions": true, "audiences": true,
+	"deny_actions": true, "policies": true, "policy_schema": true, "policy_engine": true}
+
 // LoadCatalog reads only what policy decisions need from a config file:
 // the catalog (actions, audiences and their environments, grants) and the
 // policy files, for `errand policy test` in a policy author's CI, where the
@@ -271,14 +301,11 @@ func LoadCatalog(path string) (*Config, *broker.Catalog, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("config: %w", err)
 	}
-	expanded := envRef.ReplaceAllFunc(raw, func(m []byte) []byte {
-		return []byte(os.Getenv(string(envRef.FindSubmatch(m)[1])))
-	})
+	// The secrets and addresses of serve may be unset here; what the
+	// catalog and the policies are made of may not.
 	c := Config{Dir: filepath.Dir(path)}
-	dec := yaml.NewDecoder(bytes.NewReader(expanded))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		return nil, nil, fmt.Errorf("config: %s", yamlError(err))
+	if err := decodeDocument(raw, os.Getenv, func(top string) bool { return !catalogKeys[top] }, &c); err != nil {
+		return nil, nil, err
 	}
 	cat, err := c.Catalog()
 	if err != nil {
@@ -294,29 +321,20 @@ func Parse(raw []byte, getenv func(string) string) (*Config, error) {
 }
 
 func parse(raw []byte, getenv func(string) string, dir string) (*Config, error) {
-	var missing []string
-	expanded := envRef.ReplaceAllFunc(raw, func(m []byte) []byte {
-		name := string(envRef.FindSubmatch(m)[1])
-		v := getenv(name)
-		if v == "" {
-			missing = append(missing, name)
-		}
-		return []byte(v)
-	})
+	// Only a value that an override replaces may name an unset variable.
+	overridden := func(top string) bool {
+		return top == "system_secret" && getenv("ERRAND_SYSTEM_SECRET") != "" ||
+			top == "database_url" && getenv("ERRAND_DATABASE_URL") != ""
+	}
 	c := Config{Dir: dir}
-	dec := yaml.NewDecoder(bytes.NewReader(expanded))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("config: %s", yamlError(err))
+	if err := decodeDocument(raw, getenv, overridden, &c); err != nil {
+		return nil, err
 	}
 	if v := getenv("ERRAND_SYSTEM_SECRET"); v != "" {
 		c.SystemSecret = v
 	}
 	if v := getenv("ERRAND_DATABASE_URL"); v != "" {
 		c.DatabaseURL = v
-	}
-	if c.SystemSecret == "" && len(missing) > 0 {
-		return nil, fmt.Errorf("config: system_secret: environment variable %s is not set", strings.Join(missing, ", "))
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -336,6 +354,8 @@ func (c *Config) Validate() error {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:8080"
 	}
+	_, err := c.Proxies()
+	bad(err)
 	u, err := url.Parse(c.PublicURL)
 	if c.PublicURL == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		bad(errors.New("config: public_url: must be an absolute http(s) URL"))

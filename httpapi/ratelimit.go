@@ -1,9 +1,12 @@
 package httpapi
 
 import (
+	"container/list"
+	"context"
 	"errors"
-	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,11 +21,18 @@ type RateLimits struct {
 	// PerPrincipal is requests per second per (kind, issuer, subject),
 	// with a burst of twice that. Default 50.
 	PerPrincipal rate.Limit
-	// PerAddress is requests per second per peer IP address, checked
-	// before authentication, burst twice that. Default 200. The address is
-	// the TCP peer's: X-Forwarded-For and X-Real-IP are never read, so a
-	// client cannot reset its bucket by rotating a header.
+	// PerAddress is requests per second per client address, burst twice
+	// that; default 200, rate.Inf turns it off (when a front proxy limits).
+	// It is charged only by requests that present no credential or fail
+	// authentication: an authenticated principal is never refused because
+	// of anonymous traffic, wherever it comes from.
 	PerAddress rate.Limit
+	// TrustedProxies are the peers whose X-Forwarded-For is believed: from
+	// them the client is the rightmost address of the header that is not
+	// itself a trusted proxy. From any other peer the client is the TCP
+	// peer, and X-Forwarded-For and X-Real-IP are never read, so a client
+	// cannot reset its bucket by rotating a header.
+	TrustedProxies []netip.Prefix
 }
 
 func (l *RateLimits) defaults() {
@@ -35,29 +45,37 @@ func (l *RateLimits) defaults() {
 }
 
 // limiters is a set of token buckets keyed by a string, forgetting keys
-// idle for ten minutes.
+// idle for ten minutes and, when full, the least recently used: a full
+// table never refuses a key it has not seen (a flood of new addresses
+// would otherwise lock every new client out). Evicting resets only the
+// bucket of a key idle longer than every other.
 type limiters struct {
 	limit rate.Limit
 	burst int
+	max   int
 
 	mu      sync.Mutex
-	buckets map[string]*bucket
-	swept   time.Time
+	buckets map[string]*list.Element // of *bucket
+	lru     *list.List               // most recently used first
 }
 
 type bucket struct {
+	key  string
 	lim  *rate.Limiter
 	seen time.Time
 }
 
-const maxBuckets = 100_000
+const (
+	maxBuckets = 100_000
+	bucketIdle = 10 * time.Minute
+)
 
 func newLimiters(l rate.Limit) *limiters {
 	burst := int(2 * l)
 	if l == rate.Inf || burst < 1 {
 		burst = 1
 	}
-	return &limiters{limit: l, burst: burst, buckets: map[string]*bucket{}}
+	return &limiters{limit: l, burst: burst, max: maxBuckets, buckets: map[string]*list.Element{}, lru: list.New()}
 }
 
 // allow takes a token from key's bucket; when it is empty it returns how
@@ -69,23 +87,20 @@ func (ls *limiters) allow(key string) (bool, time.Duration) {
 	now := time.Now()
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
-	if now.Sub(ls.swept) > time.Minute {
-		for k, b := range ls.buckets {
-			if now.Sub(b.seen) > 10*time.Minute {
-				delete(ls.buckets, k)
-			}
-		}
-		ls.swept = now
+	// The idle, from the least recently used end: O(what is dropped).
+	for e := ls.lru.Back(); e != nil && now.Sub(e.Value.(*bucket).seen) > bucketIdle; e = ls.lru.Back() {
+		ls.drop(e)
 	}
-	b := ls.buckets[key]
-	if b == nil {
-		if len(ls.buckets) >= maxBuckets {
-			// Under a flood of new keys, refuse newcomers rather than
-			// evict (and so reset) the buckets of those already limited.
-			return false, time.Minute
+	var b *bucket
+	if e := ls.buckets[key]; e != nil {
+		b = e.Value.(*bucket)
+		ls.lru.MoveToFront(e)
+	} else {
+		if len(ls.buckets) >= ls.max {
+			ls.drop(ls.lru.Back())
 		}
-		b = &bucket{lim: rate.NewLimiter(ls.limit, ls.burst)}
-		ls.buckets[key] = b
+		b = &bucket{key: key, lim: rate.NewLimiter(ls.limit, ls.burst)}
+		ls.buckets[key] = ls.lru.PushFront(b)
 	}
 	b.seen = now
 	r := b.lim.ReserveN(now, 1)
@@ -94,6 +109,11 @@ func (ls *limiters) allow(key string) (bool, time.Duration) {
 		return false, d
 	}
 	return true, 0
+}
+
+func (ls *limiters) drop(e *list.Element) {
+	delete(ls.buckets, e.Value.(*bucket).key)
+	ls.lru.Remove(e)
 }
 
 // throttled is a refusal by a rate limiter. It is answered 429 and counted,
@@ -114,15 +134,39 @@ func (s *Server) throttle(key string, ls *limiters) error {
 	return nil
 }
 
-// limitAddress applies the per-address limit before authentication.
+// limitAddress applies the per-address limit. A request without a
+// credential is charged here, before any work; one with a credential is
+// charged only if it fails authentication (see authenticate), so that
+// anonymous traffic sharing an address (a proxy, a NAT) never locks an
+// authenticated principal out.
 func (s *Server) limitAddress(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := s.throttle(addressKey(r.RemoteAddr), s.byAddress); err != nil {
+		key := s.addressKey(r)
+		if r.Header.Get("Authorization") != "" {
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), addressCtxKey{}, key)))
+			return
+		}
+		if err := s.throttle(key, s.byAddress); err != nil {
 			s.fail(w, r, broker.Principal{}, "", err)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+type addressCtxKey struct{}
+
+// chargeFailedAuth charges the address of a request whose credential
+// failed: a refusal once the address's bucket is empty.
+func (s *Server) chargeFailedAuth(r *http.Request, authErr error) error {
+	key, ok := r.Context().Value(addressCtxKey{}).(string)
+	if code := broker.CodeOf(authErr); !ok || (code != broker.ErrInvalidToken.Code && code != broker.ErrTokenNotAccepted.Code) {
+		return authErr // an outage is not the caller's failure
+	}
+	if err := s.throttle(key, s.byAddress); err != nil {
+		return err
+	}
+	return authErr
 }
 
 func retryAfter(err error) (string, bool) {
@@ -148,19 +192,64 @@ func itoa(n int) string {
 	return string(b[i:])
 }
 
-// addressKey is the rate-limit key of a peer: its IPv4 address, or its
-// IPv6 /64 (one host commonly holds a whole /64).
-func addressKey(remote string) string {
-	host, _, err := net.SplitHostPort(remote)
-	if err != nil {
-		host = remote
+// addressKey is the rate-limit key of r's client (see clientAddr): its
+// IPv4 address, or its IPv6 /64 (one host commonly holds a whole /64).
+func (s *Server) addressKey(r *http.Request) string {
+	a := s.clientAddr(r)
+	if !a.IsValid() {
+		return r.RemoteAddr
 	}
-	ip := net.ParseIP(host)
-	if ip == nil {
-		return host
+	if a.Is4() {
+		return a.String()
 	}
-	if v4 := ip.To4(); v4 != nil {
-		return v4.String()
+	p, _ := a.Prefix(64)
+	return p.String()
+}
+
+// clientAddr is the address of r's client: the TCP peer, unless the peer
+// is a trusted proxy; then the rightmost address of X-Forwarded-For that
+// is not a trusted proxy (every proxy appends the address it received
+// from, so the entries left of the first untrusted one are the client's
+// own words). An unparseable entry ends the walk at the last trusted hop.
+func (s *Server) clientAddr(r *http.Request) netip.Addr {
+	peer := parseAddr(r.RemoteAddr)
+	if !peer.IsValid() || !s.trustedProxy(peer) {
+		return peer
 	}
-	return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
+	var hops []string
+	for _, v := range r.Header.Values("X-Forwarded-For") {
+		hops = append(hops, strings.Split(v, ",")...)
+	}
+	for i := len(hops) - 1; i >= 0; i-- {
+		a := parseAddr(strings.TrimSpace(hops[i]))
+		if !a.IsValid() {
+			return peer
+		}
+		if !s.trustedProxy(a) {
+			return a
+		}
+		peer = a
+	}
+	return peer
+}
+
+func (s *Server) trustedProxy(a netip.Addr) bool {
+	for _, p := range s.proxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseAddr reads "ip", "ip:port" or "[ipv6]:port"; IPv4-mapped IPv6
+// addresses are read as IPv4.
+func parseAddr(v string) netip.Addr {
+	if ap, err := netip.ParseAddrPort(v); err == nil {
+		return ap.Addr().Unmap()
+	}
+	if a, err := netip.ParseAddr(v); err == nil {
+		return a.Unmap()
+	}
+	return netip.Addr{}
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -69,6 +70,7 @@ type Server struct {
 	router   chi.Router
 
 	byPrincipal, byAddress *limiters
+	proxies                []netip.Prefix
 	notifier               Notifier
 	closing                chan struct{}
 	closeOnce              sync.Once
@@ -107,6 +109,7 @@ func New(cfg Config) (*Server, error) {
 		s.notifier = tick{}
 	}
 	s.byPrincipal, s.byAddress = newLimiters(cfg.RateLimits.PerPrincipal), newLimiters(cfg.RateLimits.PerAddress)
+	s.proxies = cfg.RateLimits.TrustedProxies
 	var err error
 	if s.metrics, err = newMetrics(cfg.Registry); err != nil {
 		return nil, err
@@ -152,11 +155,11 @@ func (s *Server) authenticate(r *http.Request) (broker.Principal, error) {
 	}
 	scheme, tok, ok := strings.Cut(h, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
-		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "Authorization must be a Bearer token")
+		return broker.Principal{}, s.chargeFailedAuth(r, broker.Errorf(broker.ErrInvalidToken, "Authorization must be a Bearer token"))
 	}
 	p, err := s.auth.Verify(r.Context(), strings.TrimSpace(tok))
 	if err != nil {
-		return p, err
+		return p, s.chargeFailedAuth(r, err)
 	}
 	infoOf(r.Context()).set(func(ri *reqInfo) { ri.principal = string(p.Kind) + ":" + p.Ref().String() })
 	return p, s.throttle(string(p.Kind)+"\x00"+p.Issuer+"\x00"+p.Subject, s.byPrincipal)

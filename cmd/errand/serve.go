@@ -283,6 +283,10 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	if err != nil {
 		return nil, err
 	}
+	proxies, err := cfg.Proxies()
+	if err != nil {
+		return nil, err
+	}
 	cursorKey, err := hkdf.Key(sha256.New, []byte(cfg.SystemSecret), nil, "errand cursor v1", 32)
 	if err != nil {
 		return nil, err
@@ -309,7 +313,8 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		Service: svc, Auth: verifier, PublicURL: cfg.PublicURL, JWKS: tokens.JWKS,
 		UserIssuers: cfg.UserIssuers(), CursorKey: cursorKey, Logger: log, Registry: reg, Notifier: hub,
 		RateLimits: httpapi.RateLimits{
-			PerPrincipal: rate.Limit(cfg.Limits.PrincipalRPS), PerAddress: rate.Limit(cfg.Limits.AddressRPS),
+			PerPrincipal: rate.Limit(cfg.Limits.PrincipalRPS), PerAddress: addressRPS(cfg.Limits),
+			TrustedProxies: proxies,
 		},
 	})
 	if err != nil {
@@ -392,4 +397,13 @@ func anchor(st broker.Reader, every time.Duration, log *slog.Logger) func(contex
 			}
 		}
 	}
+}
+
+// addressRPS is the per-address limit: off (a front proxy limits), the
+// configured rate, or 0 for the default.
+func addressRPS(l config.Limits) rate.Limit {
+	if l.AddressOff {
+		return rate.Inf
+	}
+	return rate.Limit(l.AddressRPS)
 }
