@@ -53,11 +53,51 @@ type SecretIssuer interface {
 	RevokeLease(ctx context.Context, leaseID string) error
 }
 
+// States of a VaultIntent.
+const (
+	// IntentPending: recorded before Vault was asked for the token; the
+	// outcome is not known yet.
+	IntentPending = "pending"
+	// IntentRecorded: the token was created and recorded.
+	IntentRecorded = "recorded"
+	// IntentAbandoned: the reconciler found no token of the intent in
+	// Vault (the call failed, or the token is gone already).
+	IntentAbandoned = "abandoned"
+	// IntentOrphaned: the reconciler found the intent's token unrecorded,
+	// recorded it and queued its revocation.
+	IntentOrphaned = "orphaned"
+)
+
+// VaultIntent is committed before Errand asks Vault for a task token
+// (intent before side effect), so that a token created just before a
+// crash is never unknown: the reconciler finds the pending intent, looks
+// for its token in Vault and revokes it.
+type VaultIntent struct {
+	ID         string
+	TaskID     string
+	State      string
+	Accessor   string // once recorded or orphaned
+	CreatedAt  time.Time
+	ResolvedAt time.Time
+}
+
 // SecretTx is what issuing secrets needs of a transaction.
 type SecretTx interface {
 	// TaskToken returns the task's Vault token; ErrNotFound if none.
 	TaskToken(ctx context.Context, taskID string) (TaskToken, error)
 	InsertTaskToken(ctx context.Context, taskID string, t TaskToken) error
+	InsertVaultIntent(ctx context.Context, in VaultIntent) error
+	// VaultIntent reads one intent; ErrNotFound.
+	VaultIntent(ctx context.Context, id string) (VaultIntent, error)
+	// ResolveVaultIntent moves a pending intent to state, with accessor,
+	// at `at`; false (and no change) when it is not pending any more.
+	ResolveVaultIntent(ctx context.Context, id, state, accessor string, at time.Time) (bool, error)
+	// StaleVaultIntents returns up to limit pending intents created
+	// before `before`, oldest first.
+	StaleVaultIntents(ctx context.Context, before time.Time, limit int) ([]VaultIntent, error)
+	// VaultTokenRecorded reports whether a vault-token credential with
+	// this accessor exists, revoked or not.
+	VaultTokenRecorded(ctx context.Context, accessor string) (bool, error)
 }
 
 // IssueSecret reads a Vault dynamic secret for an approved task's agent.

@@ -32,7 +32,7 @@ func (s *Store) CreateRoles(ctx context.Context, app, auditor string) error {
 		`GRANT CONNECT ON DATABASE ` + d + ` TO ` + a + `, ` + au,
 		`GRANT USAGE ON SCHEMA public TO ` + a + `, ` + au,
 		`REVOKE ALL ON ALL TABLES IN SCHEMA public FROM ` + a + `, ` + au,
-		`GRANT SELECT, INSERT, UPDATE ON tasks, credentials, outbox, signing_keys, vault_tokens TO ` + a,
+		`GRANT SELECT, INSERT, UPDATE ON tasks, credentials, outbox, signing_keys, vault_tokens, vault_intents TO ` + a,
 		`GRANT SELECT, INSERT, UPDATE, DELETE ON suspended_agents TO ` + a,
 		`GRANT SELECT, INSERT ON audit_events, revocations TO ` + a,
 		`GRANT SELECT, UPDATE ON audit_head TO ` + a,
