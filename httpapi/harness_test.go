@@ -93,6 +93,9 @@ type envOptions struct {
 	// task-other); vaultAddr overrides its address (a fault proxy).
 	vault     *testvault.Env
 	vaultAddr string
+	// vaultToken is Errand's own Vault token; default a token holding
+	// exactly the policy README documents (testvault.ErrandToken).
+	vaultToken string
 	// policies are Cedar policy file patterns (with schema, optional).
 	policies []string
 	schema   string
@@ -240,7 +243,11 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 			{Name: "task-ro", Action: "db.orders.read", Path: "database/creds/task-ro"},
 			{Name: "task-other", Action: "db.orders.read", Path: "database/creds/task-other"},
 		}
-		e.vault, err = vault.New(context.Background(), vault.Config{Address: addr, Auth: vault.Auth{Token: o.vault.RootToken},
+		tok := o.vaultToken
+		if tok == "" {
+			tok = o.vault.ErrandToken(t)
+		}
+		e.vault, err = vault.New(context.Background(), vault.Config{Address: addr, Auth: vault.Auth{Token: tok},
 			Roles: roles, Secret: []byte(secret)})
 		if err != nil {
 			t.Fatal(err)

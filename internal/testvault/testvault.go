@@ -25,6 +25,8 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/errandhq/errand/issuer/vault"
 )
 
 // Version is the Vault server version the tests run (see VAULT.md).
@@ -224,6 +226,36 @@ func (e *Env) configure() error {
 		}
 	}
 	return nil
+}
+
+// Token creates a token holding exactly policy (written under a fresh
+// name, returned), without Vault's default policy: renewable, 1 h, a
+// child of the root token. It is revoked, with its children, when the
+// test ends.
+func (e *Env) Token(t testing.TB, policy string) (token, policyName string) {
+	t.Helper()
+	c := e.Root()
+	policyName = "errand-test-" + random()
+	if err := c.Sys().PutPolicy(policyName, policy); err != nil {
+		t.Fatalf("testvault: policy: %v", err)
+	}
+	renewable := true
+	sec, err := c.Auth().Token().Create(&vaultapi.TokenCreateRequest{Policies: []string{policyName},
+		NoDefaultPolicy: true, TTL: "1h", Renewable: &renewable, DisplayName: "errand-test"})
+	if err != nil {
+		t.Fatalf("testvault: token: %v", err)
+	}
+	token = sec.Auth.ClientToken
+	t.Cleanup(func() { _ = e.Root().Auth().Token().RevokeTree(token) })
+	return token, policyName
+}
+
+// ErrandToken is a token for Errand's own Vault identity holding exactly
+// the policy README documents (vault.Policy), and nothing else.
+func (e *Env) ErrandToken(t testing.TB) string {
+	t.Helper()
+	tok, _ := e.Token(t, vault.Policy(""))
+	return tok
 }
 
 // PGURL is a URL of the throwaway cluster for a login.

@@ -9,6 +9,9 @@
 // token, so revoking its accessor revokes all of the task's leases; Vault's
 // own TTL is the backstop. The token is kept sealed in the database; agents
 // only ever receive a secret's data and lease metadata.
+//
+// Errand's own Vault token needs exactly Policy's capabilities; New
+// refuses to start without any of them.
 package vault
 
 import (
@@ -16,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -76,8 +80,89 @@ func CheckPath(p string) error {
 	return nil
 }
 
-// New logs in, writes one read-only policy per role, and checks that
-// Errand's token can create child tokens with them.
+// Need is a capability Errand's own Vault token must hold on a path.
+type Need struct {
+	Path         string
+	Capabilities []string
+	Why          string
+}
+
+// DefaultPolicyPrefix names the per-role policies Errand writes.
+const DefaultPolicyPrefix = "errand-role-"
+
+// Needs lists every path Errand's own Vault token uses, with the
+// capabilities it needs there; prefix is the role policies' prefix.
+func Needs(prefix string) []Need {
+	if prefix == "" {
+		prefix = DefaultPolicyPrefix
+	}
+	return []Need{
+		{"auth/token/create", []string{"update", "sudo"}, "task tokens with the role policies (sudo: policies Errand's token does not hold)"},
+		{"auth/token/revoke-accessor", []string{"update"}, "revoke a task's token, with every lease under it"},
+		{"auth/token/lookup-accessor", []string{"update"}, "confirm a revocation"},
+		{"auth/token/lookup-self", []string{"read"}, "keep Errand's own token alive"},
+		{"auth/token/renew-self", []string{"update"}, "keep Errand's own token alive"},
+		{"sys/capabilities-self", []string{"update"}, "the capability check at start"},
+		{"sys/policies/acl/" + prefix + "*", []string{"update"}, "one read-only policy per role"},
+		{"sys/leases/revoke", []string{"update"}, "revoke a lease that would outlive its task"},
+	}
+}
+
+// Policy is the Vault policy Errand's own token needs, and no more: the
+// policy README documents (a test holds the two together).
+func Policy(prefix string) string {
+	var b strings.Builder
+	for _, n := range Needs(prefix) {
+		caps := make([]string, len(n.Capabilities))
+		for i, c := range n.Capabilities {
+			caps[i] = fmt.Sprintf("%q", c)
+		}
+		fmt.Fprintf(&b, "path %q { capabilities = [%s] }  # %s\n", n.Path, strings.Join(caps, ", "), n.Why)
+	}
+	return b.String()
+}
+
+// checkCapabilities asks Vault (sys/capabilities-self) whether Errand's
+// token holds every capability of Needs, and names the first one missing.
+func (i *Issuer) checkCapabilities(ctx context.Context) error {
+	for _, n := range Needs(i.prefix) {
+		paths := []string{n.Path}
+		if strings.HasSuffix(n.Path, "*") {
+			paths = paths[:0]
+			for _, r := range i.roles {
+				paths = append(paths, strings.TrimSuffix(n.Path, "*")+r.Name)
+			}
+		}
+		for _, p := range paths {
+			caps, err := i.client.Sys().CapabilitiesSelfWithContext(ctx, p)
+			var re *vaultapi.ResponseError
+			if errors.As(err, &re) && re.StatusCode == 403 {
+				return lacks("sys/capabilities-self", "update", "the capability check at start") // the check itself is refused
+			}
+			if err != nil {
+				return fmt.Errorf("vault: cannot check Errand's capabilities on %s (sys/capabilities-self): %w", p, unavailable(err))
+			}
+			if slices.Contains(caps, "root") {
+				continue
+			}
+			for _, c := range n.Capabilities {
+				if !slices.Contains(caps, c) {
+					return lacks(p, c, n.Why)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// lacks is the one line that refuses a start: the path, the capability
+// and what Errand needs it for.
+func lacks(path, capability, why string) error {
+	return fmt.Errorf("vault: Errand's Vault token lacks %q on %s, needed for %s (README, Vault dynamic secrets, lists Errand's policy)", capability, path, why)
+}
+
+// New logs in, checks that Errand's token holds every capability of
+// Needs, and writes one read-only policy per role.
 func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	vc := vaultapi.DefaultConfig()
 	vc.Address = cfg.Address
@@ -98,39 +183,26 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	}
 	i := &Issuer{auth: cfg.Auth, client: client, seal: s, prefix: cfg.PolicyPrefix, roles: cfg.Roles}
 	if i.prefix == "" {
-		i.prefix = "errand-role-"
-	}
-	if err := i.login(ctx, cfg.Auth); err != nil {
-		return nil, err
+		i.prefix = DefaultPolicyPrefix
 	}
 	for _, r := range cfg.Roles {
 		if err := CheckPath(r.Path); err != nil {
 			return nil, err
 		}
+	}
+	if err := i.login(ctx, cfg.Auth); err != nil {
+		return nil, err
+	}
+	if err := i.checkCapabilities(ctx); err != nil {
+		return nil, err
+	}
+	for _, r := range cfg.Roles {
 		policy := fmt.Sprintf("path %q {\n  capabilities = [\"read\"]\n}\n", r.Path)
 		if err := client.Sys().PutPolicyWithContext(ctx, i.policy(r), policy); err != nil {
-			return nil, fmt.Errorf("vault: cannot write policy %s (Errand's Vault token needs create/update on sys/policy/%s*): %w", i.policy(r), i.prefix, err)
+			return nil, fmt.Errorf("vault: cannot write policy %s: %w", i.policy(r), err)
 		}
-	}
-	caps, err := client.Sys().CapabilitiesSelfWithContext(ctx, "auth/token/create")
-	if err != nil {
-		return nil, fmt.Errorf("vault: capabilities check: %w", err)
-	}
-	if !hasAny(caps, "root", "create", "update") {
-		return nil, fmt.Errorf("vault: Errand's token cannot create task tokens (capabilities on auth/token/create: %v)", caps)
 	}
 	return i, nil
-}
-
-func hasAny(caps []string, want ...string) bool {
-	for _, c := range caps {
-		for _, w := range want {
-			if c == w {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 func (i *Issuer) login(ctx context.Context, a Auth) error {
@@ -226,25 +298,42 @@ func (i *Issuer) RevokeLease(ctx context.Context, leaseID string) error {
 
 // Revoke is the outbox's revocation.Backend for kind vault-token: revoke
 // the task token by its accessor (with every lease under it), then confirm
-// that the accessor is gone. It is idempotent.
+// that the accessor is gone. It is idempotent. Only Vault's own answer
+// "invalid accessor" to the lookup confirms; a refusal (403: Errand's
+// policy lacks a capability), an outage or any other answer is an error,
+// which the outbox retries and alarms on.
 func (i *Issuer) Revoke(ctx context.Context, item broker.OutboxItem) error {
+	// An unknown accessor is not an error here (Vault answers 200 with a
+	// warning); the lookup below is what confirms.
 	if err := i.client.Auth().Token().RevokeAccessorWithContext(ctx, item.Ref); err != nil && !invalidAccessor(err) {
-		return err
+		return fmt.Errorf("vault: revoke-accessor: %w", err)
 	}
-	if _, err := i.client.Auth().Token().LookupAccessorWithContext(ctx, item.Ref); err == nil {
+	_, err := i.client.Auth().Token().LookupAccessorWithContext(ctx, item.Ref)
+	switch {
+	case err == nil:
 		return errors.New("vault: the task token is still alive after revocation")
-	} else if !invalidAccessor(err) {
-		return err
+	case invalidAccessor(err):
+		return nil
 	}
-	return nil
+	return fmt.Errorf("vault: lookup-accessor cannot confirm the revocation: %w", err)
 }
 
+// invalidAccessor reports Vault's own answer for an accessor it does not
+// know (any more): 400 with the error "invalid accessor" (alone, or as
+// the one line of a "1 error occurred" list).
 func invalidAccessor(err error) bool {
 	var re *vaultapi.ResponseError
-	if errors.As(err, &re) && (re.StatusCode == 400 || re.StatusCode == 403 || re.StatusCode == 404) {
-		return true
+	if !errors.As(err, &re) || re.StatusCode != 400 {
+		return false
 	}
-	return strings.Contains(err.Error(), "invalid accessor")
+	for _, e := range re.Errors {
+		for _, line := range strings.Split(e, "\n") {
+			if strings.TrimLeft(line, "\t *") == "invalid accessor" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // unavailable reports a Vault that cannot be reached (or answers 5xx) as
