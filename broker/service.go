@@ -1089,18 +1089,18 @@ func (s *Service) auditor(p Principal, f HistoryFilter) error {
 }
 
 // RecordRefusal writes the request.refused event for a refusal. It is
-// called once for every refused request, whatever refused it.
+// called once for every refused request of a caller with a verified
+// identity, whatever refused it; the refusals of callers with none are
+// counted and chained as summaries (RecordRefusalSummaries). The detail
+// is capped (RefusalDetail).
 func (s *Service) RecordRefusal(ctx context.Context, p Principal, taskID, op string, refusal error) error {
 	code := CodeOf(refusal)
 	if code == "" {
 		code = "internal"
 	}
-	msg := refusal.Error()
 	var e *Error
-	if errors.As(refusal, &e) && e.Detail != "" {
-		msg = e.Detail
-	}
-	d := map[string]any{"code": code, "detail": msg, "op": op}
+	errors.As(refusal, &e)
+	d := map[string]any{"code": code, "detail": RefusalDetail(refusal), "op": op}
 	if e != nil {
 		for k, v := range e.Extra {
 			if k == "task" {

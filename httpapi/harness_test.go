@@ -407,7 +407,9 @@ func (e *env) snapshot() snapshot {
 
 // refused asserts a refusal: status, problem+json with code, no change to
 // tasks or credentials, and exactly one new audit event, request.refused
-// with that code.
+// with that code. The refusal of a caller with no verified identity
+// (invalid_token, token_not_accepted) adds nothing to the log by itself
+// (H03): the event is its source's summary, chained at the next flush.
 func (e *env) refused(before snapshot, r resp, status int, code string) {
 	e.t.Helper()
 	if r.Status != status || r.str("code") != code {
@@ -431,6 +433,16 @@ func (e *env) refused(before snapshot, r resp, status int, code string) {
 	if after.stepUps != before.stepUps {
 		e.t.Errorf("a refusal changed the step_ups table")
 	}
+	anonymous := code == "invalid_token" || code == "token_not_accepted"
+	if anonymous {
+		if after.auditSeq != before.auditSeq {
+			e.t.Fatalf("an unidentified caller's refusal was chained at once (%d events)", after.auditSeq-before.auditSeq)
+		}
+		if err := e.api.FlushRefusalSummaries(context.Background()); err != nil {
+			e.t.Fatal(err)
+		}
+		after = e.snapshot()
+	}
 	if after.auditSeq != before.auditSeq+1 {
 		e.t.Fatalf("audit grew by %d events, want exactly 1", after.auditSeq-before.auditSeq)
 	}
@@ -438,10 +450,17 @@ func (e *env) refused(before snapshot, r resp, status int, code string) {
 	if err != nil || len(evs) != 1 {
 		e.t.Fatalf("audit events: %v %v", evs, err)
 	}
-	var d struct{ Code string }
+	var d struct {
+		Code    string
+		Summary bool
+		Count   int64
+	}
 	_ = json.Unmarshal(evs[0].Detail, &d)
 	if evs[0].Type != broker.EventRequestRefused || d.Code != code {
 		e.t.Fatalf("audit event %s %s, want request.refused %s", evs[0].Type, evs[0].Detail, code)
+	}
+	if anonymous && (!d.Summary || d.Count < 1) {
+		e.t.Fatalf("audit event %s, want a summary counting the refusal", evs[0].Detail)
 	}
 }
 

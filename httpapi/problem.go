@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/errandhq/errand/broker"
 )
@@ -65,7 +66,9 @@ func (e *statusError) Unwrap() error { return e.err }
 const RetryAfterSeconds = "5"
 
 // fail answers err as problem+json. Refusals are audited first; when the
-// audit event cannot be written the answer becomes 503.
+// audit event cannot be written the answer becomes 503. Refusals of
+// callers with no verified identity are counted and chained as periodic
+// summaries instead (anonRefusals).
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) {
 	code := broker.CodeOf(err)
 	infoOf(r.Context()).set(func(ri *reqInfo) {
@@ -99,19 +102,20 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal
 	// not recorded twice: one event per decision.
 	var be0 *broker.Error
 	audited := errors.As(err, &be0) && be0.Audited
-	if aerr := s.recordRefusal(r, p, taskID, err, audited); aerr != nil {
+	if p.Kind == "" {
+		// A caller with no verified identity is counted, not chained one
+		// by one: see anonRefusals (H03).
+		s.anon.note(s.anonSource(r), code, time.Now())
+	} else if aerr := s.recordRefusal(r, p, taskID, err, audited); aerr != nil {
 		s.log.ErrorContext(r.Context(), "cannot audit refusal", "op", op(r), "code", code, "err", aerr)
 		w.Header().Set("Retry-After", RetryAfterSeconds)
 		writeProblem(w, http.StatusServiceUnavailable, "unavailable", "the refusal could not be recorded; retry later")
 		return
 	}
 	s.metrics.refusals.WithLabelValues(code).Inc()
-	pr := Problem{Detail: err.Error()}
+	pr := Problem{Detail: broker.RefusalDetail(err)}
 	var be *broker.Error
 	if errors.As(err, &be) {
-		if be.Detail != "" {
-			pr.Detail = be.Detail
-		}
 		pr.Policies, _ = be.Extra["policies"].([]string)
 		pr.ApprovalID, _ = be.Extra["approval_id"].(string)
 		pr.Reasons, _ = be.Extra["reasons"].([]string)

@@ -53,6 +53,10 @@ type Config struct {
 	RateLimits RateLimits
 	// Notifier wakes the revocation streams; default a 1 s tick.
 	Notifier Notifier
+	// RefusalSummaryEvery is how often the refusals of callers with no
+	// verified identity are chained as per-source summaries (run by
+	// RunRefusalSummaries); default DefaultRefusalSummaryEvery.
+	RefusalSummaryEvery time.Duration
 }
 
 // Server is Errand's HTTP API.
@@ -72,6 +76,7 @@ type Server struct {
 	byPrincipal, byAddress *limiters
 	proxies                []netip.Prefix
 	notifier               Notifier
+	anon                   *anonRefusals
 	closing                chan struct{}
 	closeOnce              sync.Once
 }
@@ -112,6 +117,9 @@ func New(cfg Config) (*Server, error) {
 	s.proxies = cfg.RateLimits.TrustedProxies
 	var err error
 	if s.metrics, err = newMetrics(cfg.Registry); err != nil {
+		return nil, err
+	}
+	if s.anon, err = newAnonRefusals(cfg.Registry, cfg.RefusalSummaryEvery); err != nil {
 		return nil, err
 	}
 	s.router = s.routes()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"path"
@@ -206,11 +207,11 @@ func (v *Verifier) verify(ctx context.Context, raw string) (broker.Principal, ti
 		if rep.err != nil {
 			return broker.Principal{}, time.Time{}, fmt.Errorf("%w: keys of %s: %v", broker.ErrUnavailable, iss, rep.err)
 		}
-		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "%v", err)
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "%s", verifyFailure(err))
 	}
 	var claims map[string]json.RawMessage
 	if err := idt.Claims(&claims); err != nil {
-		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "claims: %v", err)
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "malformed claims")
 	}
 	now := v.now()
 	if idt.IssuedAt.IsZero() {
@@ -251,6 +252,32 @@ func (v *Verifier) verify(ctx context.Context, raw string) (broker.Principal, ti
 	return p, idt.Expiry, nil
 }
 
+// verifyFailure is the detail of a token that go-oidc refused, chosen from
+// a fixed list: go-oidc's own messages quote the token's claims (its
+// audience, its issuer), which are the unverified caller's words and never
+// reach an answer or the audit log (H03).
+func verifyFailure(err error) string {
+	var expired *oidc.TokenExpiredError
+	msg := err.Error()
+	switch {
+	case errors.As(err, &expired):
+		return "token expired"
+	case strings.Contains(msg, "expected audience"):
+		return "token not issued for Errand's audience"
+	case strings.Contains(msg, "different provider"):
+		return "token issuer does not match"
+	case strings.Contains(msg, "nbf"):
+		return "token not yet valid"
+	case strings.Contains(msg, "malformed"), strings.Contains(msg, "unmarshal"):
+		return "malformed token"
+	case strings.Contains(msg, "not signed"), strings.Contains(msg, "multiple signatures"):
+		return "token must carry exactly one signature"
+	case strings.Contains(msg, "signature"), strings.Contains(msg, "algorithm"), strings.Contains(msg, "kid"):
+		return "signature does not verify with the issuer's keys"
+	}
+	return "token refused by its issuer's verification"
+}
+
 type header struct {
 	Alg  string           `json:"alg"`
 	Typ  string           `json:"typ"`
@@ -282,7 +309,7 @@ func peek(raw string) (header, string, error) {
 	// names case-insensitively: {"sub":"alice","sub":"admin"} or "SUB" are
 	// refused before anything reads them (J12).
 	if err := strictjson.CheckKeys(pb); err != nil {
-		return h, "", broker.Errorf(broker.ErrInvalidToken, "payload: %v", err)
+		return h, "", broker.Errorf(broker.ErrInvalidToken, "malformed payload: duplicate, case-variant or non-ASCII claim names, or bad JSON")
 	}
 	if !utf8.Valid(pb) {
 		return h, "", broker.Errorf(broker.ErrInvalidToken, "payload is not UTF-8")

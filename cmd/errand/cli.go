@@ -317,7 +317,7 @@ func summary(raw json.RawMessage) string {
 		return string(raw)
 	}
 	var parts []string
-	for _, k := range []string{"code", "detail", "scopes", "approved_scopes", "audience", "revoked", "reason"} {
+	for _, k := range []string{"code", "source", "count", "detail", "scopes", "approved_scopes", "audience", "revoked", "reason"} {
 		if v, ok := m[k]; ok && v != "" {
 			if l, ok := v.([]any); ok {
 				s := make([]string, len(l))
@@ -326,7 +326,7 @@ func summary(raw json.RawMessage) string {
 				}
 				v = strings.Join(s, ",")
 			}
-			parts = append(parts, fmt.Sprintf("%s=%v", k, v))
+			parts = append(parts, k+"="+shown(fmt.Sprint(v)))
 		}
 	}
 	return strings.Join(parts, " ")

@@ -330,6 +330,9 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		return tokens.Run(ctx, cfg.KeyPolicy(), KeyReloadEvery, KeyMaintainEvery, log)
 	}
 	workers := []func(context.Context) error{sweeper.Run, outbox.Run, hub.Run, keyWorker}
+	// Refusals of callers with no verified identity are chained as a
+	// summary per source every minute, and once more at shutdown (H03).
+	workers = append(workers, api.RunRefusalSummaries)
 	if cache != nil {
 		workers = append(workers, cache.Run)
 	}
