@@ -310,14 +310,24 @@ func (s *Service) Revocations(ctx context.Context, p Principal, afterSeq int64, 
 	if err != nil {
 		return FeedPage{}, err
 	}
-	page := FeedPage{Next: afterSeq, Full: len(revs) == limit}
+	return s.VisibleFeed(p, afterSeq, revs, len(revs) == limit), nil
+}
+
+// VisibleFeed is what p may see of revs, raw feed entries read after
+// afterSeq (full when the read filled its limit): the revocations of
+// audiences p may introspect, and Next past every entry of revs, the hidden
+// ones too. Revocations and the revocation streams, which read the feed
+// from the replica's one reader in memory, both show the feed through it
+// and nothing else.
+func (s *Service) VisibleFeed(p Principal, afterSeq int64, revs []Revocation, full bool) FeedPage {
+	page := FeedPage{Next: afterSeq, Full: full}
 	for _, r := range revs {
 		page.Next = r.Seq
 		if au, ok := s.catalog.Audience(r.Audience); ok && introspector(au, p) {
 			page.Revocations = append(page.Revocations, r)
 		}
 	}
-	return page, nil
+	return page
 }
 
 // RecordBackendFailure raises backend.revoke_failed for an outbox item that
