@@ -222,7 +222,7 @@ func (s *Service) IssueSecret(ctx context.Context, p Principal, id, role string)
 		}
 		out = sec
 		return tx.AppendAudit(ctx, AuditEvent{Time: now, Type: EventCredentialIssued, Actor: ActorOf(p), TaskID: t.ID,
-			Detail: detail(map[string]any{"kind": KindVaultLease, "lease_id": sec.LeaseID, "role": r.Name,
+			Detail: detail(map[string]any{"kind": KindVaultLease, "lease_id_sha256": HashID(sec.LeaseID), "role": r.Name,
 				"lease_duration": int64(sec.LeaseDuration / time.Second), "expires_at": c.ExpiresAt, "step_up_id": stepUp})})
 	})
 	if err == nil && refusal != nil {

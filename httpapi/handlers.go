@@ -552,8 +552,8 @@ func (s *Server) renderCredentials(cs []broker.Credential) []credentialJSON {
 	out := make([]credentialJSON, 0, len(cs))
 	for _, c := range cs {
 		jti := c.JTI
-		if c.Kind == broker.KindVaultToken {
-			jti = "sha256:" + broker.HashID(c.JTI) // a Vault accessor is never shown
+		if c.Kind == broker.KindVaultToken || c.Kind == broker.KindVaultLease {
+			jti = "sha256:" + broker.HashID(c.JTI) // a Vault accessor or lease id is never shown
 		}
 		out = append(out, credentialJSON{
 			JTI: jti, Kind: c.Kind, TaskID: c.TaskID, Agent: c.Agent.String(),
