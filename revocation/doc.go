@@ -11,6 +11,10 @@
 //   - Hub tells the revocation feed's streams that something was revoked,
 //     woken by PostgreSQL LISTEN/NOTIFY where available and by polling
 //     otherwise.
+//   - Feed is the replica's one reader of the revocation feed: woken by the
+//     Hub, it reads the feed from the database once for every stream, keeps
+//     the newest entries in memory and wakes the streams only when its head
+//     moves (R03).
 //
 // A replica killed at any point loses nothing: all state is in the
 // database, and the next start resumes the sweep and the outbox.
