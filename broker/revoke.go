@@ -198,13 +198,29 @@ func ParseAgent(s string) (Ref, error) {
 	return Ref{Issuer: iss, Subject: sub}, nil
 }
 
+// configuredAgent reads "<issuer>#<sub>" naming an agent of a configured
+// agent issuer. The issuer must be exactly the URL its tokens carry as
+// iss (the verifier matches iss exactly): a trailing slash, an unknown
+// issuer or a user issuer names no agent, and a kill switch that answered
+// success for it would leave the real agent running.
+func (s *Service) configuredAgent(agent string) (Ref, error) {
+	a, err := ParseAgent(agent)
+	if err != nil {
+		return Ref{}, err
+	}
+	if !contains(s.names.Agents, a.Issuer) {
+		return Ref{}, Errorf(ErrInvalidRequest, "agent must name an issuer configured with kind agent, exactly as its tokens' iss")
+	}
+	return a, nil
+}
+
 // SuspendAgent is the kill switch: an admin revokes every task and
 // credential of one agent and refuses its new tasks until lifted.
 func (s *Service) SuspendAgent(ctx context.Context, p Principal, agent, reason string) (tasks, creds int, err error) {
 	if p.Kind != KindUser || !p.Admin {
 		return 0, 0, Errorf(ErrWrongPrincipalKind, "only admins may suspend an agent")
 	}
-	a, err := ParseAgent(agent)
+	a, err := s.configuredAgent(agent)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -265,7 +281,7 @@ func (s *Service) UnsuspendAgent(ctx context.Context, p Principal, agent string)
 	if p.Kind != KindUser || !p.Admin {
 		return Errorf(ErrWrongPrincipalKind, "only admins may lift a suspension")
 	}
-	a, err := ParseAgent(agent)
+	a, err := s.configuredAgent(agent)
 	if err != nil {
 		return err
 	}
@@ -275,7 +291,7 @@ func (s *Service) UnsuspendAgent(ctx context.Context, p Principal, agent string)
 			return err
 		}
 		if !ok {
-			return Errorf(ErrNotFound, "%s is not suspended", a)
+			return Errorf(ErrNotFound, "the agent is not suspended")
 		}
 		now, err := s.txNow(ctx, tx)
 		if err != nil {

@@ -88,9 +88,10 @@ type StepUpTx interface {
 	// OpenStepUp locks the newest pending or approved step-up of the task
 	// for the request hash that is unexpired at now; ErrNotFound.
 	OpenStepUp(ctx context.Context, taskID, hash string, now time.Time) (StepUp, error)
-	// DeniedStepUp finds a step-up of the task for the request hash that the
-	// user denied; ErrNotFound.
-	DeniedStepUp(ctx context.Context, taskID, hash string) (StepUp, error)
+	// DeniedStepUps lists the task's step-ups that the user denied and did
+	// not lift since (no later step-up of the same request was approved),
+	// newest first, at most MaxDenials.
+	DeniedStepUps(ctx context.Context, taskID string) ([]StepUp, error)
 	// PendingStepUps counts the task's pending, unexpired step-ups.
 	PendingStepUps(ctx context.Context, taskID string, now time.Time) (int, error)
 	// ReadStepUp reads a step-up, locking it when forUpdate; ErrNotFound.
@@ -232,16 +233,21 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 	case !errors.Is(err, ErrNotFound):
 		return "", nil, err
 	}
-	// A request the user denied is not asked again within the task: no
-	// approval fatigue by repetition (A07). A new need is a new task.
-	switch den, err := st.DeniedStepUp(ctx, t.ID, hash); {
-	case err == nil:
+	// What the user denied is not asked again within the task, in any
+	// form: no approval fatigue by repetition (A07). A request any of
+	// whose scopes contains, or is contained in, a denied scope is refused
+	// without asking, whatever its tool, dataset, audience or other
+	// scopes; the user may lift a denial by approving it explicitly. A new
+	// need is a new task.
+	denied, err := st.DeniedStepUps(ctx, t.ID)
+	if err != nil {
+		return "", nil, err
+	}
+	if den, ok := deniedOverlap(denied, g.Scopes); ok {
 		return "", nil, &Error{Code: ErrPolicyDenied.Code,
-			Detail: "the user denied this request (approval " + den.ID + ", asked for by policy " +
+			Detail: "the user denied a request overlapping this one (approval " + den.ID + ", asked for by policy " +
 				strings.Join(d.Policies, ", ") + "); it is not asked again within this task",
 			Extra: map[string]any{"policies": nonNilStrings(d.Policies), "approval_id": den.ID}}
-	case !errors.Is(err, ErrNotFound):
-		return "", nil, err
 	}
 	n, err := st.PendingStepUps(ctx, t.ID, now)
 	if err != nil {
@@ -278,6 +284,25 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 	refusal = approvalRequired(u, "a policy asks the user to approve this request")
 	refusal.(*Error).Audited = true
 	return "", refusal, nil
+}
+
+// MaxDenials bounds the denials a gate compares a request with; past it,
+// the oldest are not consulted (a task denied that often is better closed).
+const MaxDenials = 200
+
+// deniedOverlap finds a denial one of whose scopes contains, or is
+// contained in, one of scopes.
+func deniedOverlap(denied []StepUp, scopes Scopes) (StepUp, bool) {
+	for _, u := range denied {
+		for _, d := range u.Scopes {
+			for _, sc := range scopes {
+				if d.CoveredBy(sc) || sc.CoveredBy(d) {
+					return u, true
+				}
+			}
+		}
+	}
+	return StepUp{}, false
 }
 
 func approvalRequired(u StepUp, why string) error {
@@ -418,10 +443,18 @@ func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, appr
 		if st := t.EffectiveStatus(now); st != StatusApproved {
 			return Errorf(ErrTaskNotActive, "the task is %s", st)
 		}
-		if st := u.EffectiveStatus(now); st != StepUpPending {
+		// A pending approval is decided; a denied one may be approved
+		// explicitly, which lifts the denial: a new approval of the same
+		// request, the denial kept as history (see liftDenial).
+		lifting := approve && u.Status == StepUpDenied
+		if st := u.EffectiveStatus(now); st != StepUpPending && !lifting {
 			return Errorf(ErrTaskNotActive, "the approval is %s", st)
 		}
 		if err := s.notSuspended(ctx, tx, t.Agent); err != nil {
+			return err
+		}
+		if lifting {
+			out, err = s.liftDenial(ctx, tx, st, p, t, u, now)
 			return err
 		}
 		typ := EventApprovalDenied
@@ -447,6 +480,29 @@ func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, appr
 		return StepUp{}, aboutApproval(err, about)
 	}
 	return out, err
+}
+
+// liftDenial is the user approving a request they denied: a new approval
+// of the same request, usable once like any other. The denial stays as it
+// was (approvals only move forward); it no longer counts once a later
+// approval of its request exists (StepUpTx.DeniedStepUps).
+func (s *Service) liftDenial(ctx context.Context, tx Tx, st StepUpTx, p Principal, t Task, den StepUp, now time.Time) (StepUp, error) {
+	id, err := s.newID("apr_")
+	if err != nil {
+		return StepUp{}, err
+	}
+	u := den
+	u.ID, u.Seq, u.Status, u.DenyReason = id, 0, StepUpApproved, ""
+	u.CreatedAt, u.DecidedAt, u.UsedAt = now, now, time.Time{}
+	u.ExpiresAt = minTime(now.Add(s.stepTTL), t.ExpiresAt)
+	if err := st.InsertStepUp(ctx, &u); err != nil {
+		return StepUp{}, err
+	}
+	return u, tx.AppendAudit(ctx, AuditEvent{
+		Time: now, Type: EventApprovalApproved, Actor: ActorOf(p), TaskID: t.ID,
+		Detail: detail(map[string]any{"approval_id": u.ID, "lifts": den.ID, "scopes": u.Scopes.Strings(),
+			"audience": u.Audience, "tool": u.Tool, "dataset": u.Dataset, "expires_at": u.ExpiresAt}),
+	})
 }
 
 // aboutApproval names the approval and its task in a refusal's audit event

@@ -223,6 +223,7 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	}
 	bcfg := broker.Config{
 		Store: e.st, Tokens: e.tokens, Catalog: cat, UserIssuers: userIssuers, MaxPendingPerAgent: o.maxPending,
+		AgentIssuers: []string{e.agents.URL},
 		BackendKinds: []string{"testbackend", broker.KindVaultToken}, Now: o.replicaClock,
 		CredentialsPerTask: o.budget.MaxCredentials, ResourcesPerTask: o.budget.MaxResources,
 		StepUpTTL: o.stepUpTTL,
@@ -489,7 +490,7 @@ func (e *env) replicaWith(cached bool) (*env, *revocation.StatusCache) {
 		e.t.Fatal(err)
 	}
 	bcfg := broker.Config{Store: st, Tokens: tokens, Catalog: testCatalog(e.t),
-		UserIssuers: []string{e.users.URL}, MaxPendingPerAgent: 10000}
+		UserIssuers: []string{e.users.URL}, AgentIssuers: []string{e.agents.URL}, MaxPendingPerAgent: 10000}
 	acfg := Config{Auth: e.verifier, PublicURL: publicURL, JWKS: tokens.JWKS,
 		UserIssuers: []string{e.users.URL}, CursorKey: []byte("cursor-key-for-tests-0123456789"),
 		Logger: logger(nil), RateLimits: RateLimits{PerPrincipal: rate.Inf, PerAddress: rate.Inf}}

@@ -36,9 +36,15 @@ func (t *txn) OpenStepUp(ctx context.Context, taskID, hash string, now time.Time
 		ORDER BY (status = 'approved') DESC, seq DESC LIMIT 1 FOR UPDATE`, taskID, hash, now))
 }
 
-func (t *txn) DeniedStepUp(ctx context.Context, taskID, hash string) (broker.StepUp, error) {
-	return scanStepUp(t.tx.QueryRow(ctx, `SELECT `+stepUpColumns+` FROM step_ups
-		WHERE task_id = $1 AND request_hash = $2 AND status = 'denied' ORDER BY seq DESC LIMIT 1`, taskID, hash))
+func (t *txn) DeniedStepUps(ctx context.Context, taskID string) ([]broker.StepUp, error) {
+	rows, err := t.tx.Query(ctx, `SELECT `+stepUpColumns+` FROM step_ups
+		WHERE task_id = $1 AND status = 'denied' AND NOT EXISTS (SELECT 1 FROM step_ups l
+		WHERE l.task_id = step_ups.task_id AND l.request_hash = step_ups.request_hash AND l.seq > step_ups.seq
+			AND l.status IN ('approved', 'used')) ORDER BY seq DESC LIMIT $2`, taskID, broker.MaxDenials)
+	if err != nil {
+		return nil, translate(err)
+	}
+	return collect(rows, scanStepUp)
 }
 
 func (t *txn) PendingStepUps(ctx context.Context, taskID string, now time.Time) (int, error) {

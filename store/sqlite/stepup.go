@@ -37,9 +37,11 @@ func (t *txn) OpenStepUp(ctx context.Context, taskID, hash string, now time.Time
 		ORDER BY (status = 'approved') DESC, seq DESC LIMIT 1`, taskID, hash, micros(now)))
 }
 
-func (t *txn) DeniedStepUp(ctx context.Context, taskID, hash string) (broker.StepUp, error) {
-	return scanStepUp(t.tx.QueryRowContext(ctx, `SELECT `+stepUpColumns+` FROM step_ups
-		WHERE task_id = $1 AND request_hash = $2 AND status = 'denied' ORDER BY seq DESC LIMIT 1`, taskID, hash))
+func (t *txn) DeniedStepUps(ctx context.Context, taskID string) ([]broker.StepUp, error) {
+	return query(ctx, t.tx, `SELECT `+stepUpColumns+` FROM step_ups
+		WHERE task_id = $1 AND status = 'denied' AND NOT EXISTS (SELECT 1 FROM step_ups l
+		WHERE l.task_id = step_ups.task_id AND l.request_hash = step_ups.request_hash AND l.seq > step_ups.seq
+			AND l.status IN ('approved', 'used')) ORDER BY seq DESC LIMIT $2`, []any{taskID, broker.MaxDenials}, scanStepUp)
 }
 
 func (t *txn) PendingStepUps(ctx context.Context, taskID string, now time.Time) (int, error) {

@@ -21,7 +21,10 @@ func (noTokens) Verify(context.Context, string) (broker.AccessToken, error) {
 	return broker.AccessToken{}, broker.ErrInvalidToken
 }
 
-const usersIssuer = "https://users.example"
+const (
+	usersIssuer  = "https://users.example"
+	agentsIssuer = "https://agents.example"
+)
 
 // service is a broker.Service over s with one action, one audience and a
 // pending cap of maxPending.
@@ -33,7 +36,7 @@ func service(t *testing.T, s Store, maxPending int) *broker.Service {
 		t.Fatal(err)
 	}
 	svc, err := broker.NewService(broker.Config{Store: s, Tokens: noTokens{}, Catalog: cat,
-		UserIssuers: []string{usersIssuer}, MaxPendingPerAgent: maxPending})
+		UserIssuers: []string{usersIssuer}, AgentIssuers: []string{agentsIssuer}, MaxPendingPerAgent: maxPending})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +44,7 @@ func service(t *testing.T, s Store, maxPending int) *broker.Service {
 }
 
 func agentPrincipal(sub string) broker.Principal {
-	return broker.Principal{Issuer: "https://agents.example", Subject: sub, Kind: broker.KindAgent}
+	return broker.Principal{Issuer: agentsIssuer, Subject: sub, Kind: broker.KindAgent}
 }
 
 func createReq() broker.CreateTaskRequest {
