@@ -84,6 +84,9 @@ type Vault struct {
 	Auth         VaultAuth   `yaml:"auth"`
 	Roles        []VaultRole `yaml:"roles"`
 	PolicyPrefix string      `yaml:"policy_prefix"`
+	// ReconcileInterval is how often the reconciler looks in Vault for
+	// task tokens created but never recorded (default 1m).
+	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
 }
 
 // VaultAuth is how Errand logs in to Vault.
@@ -533,6 +536,9 @@ func (c *Config) PolicyFiles() ([]string, string) {
 
 func (c *Config) validateVault(cat *broker.Catalog) error {
 	v := c.Vault
+	if v.ReconcileInterval != 0 && v.ReconcileInterval < time.Second {
+		return errors.New("config: vault.reconcile_interval: at least 1s (default 1m)")
+	}
 	if u, err := url.Parse(v.Address); v.Address == "" || err != nil || u.Host == "" {
 		return errors.New("config: vault.address: must be an absolute URL")
 	}

@@ -8,6 +8,11 @@
 //     same transaction as the close or expiry, retrying forever with capped
 //     exponential backoff, and raises backend.revoke_failed once an item is
 //     still unconfirmed after AlarmAfter.
+//   - Reconciler finds the per-task Vault tokens Errand created but never
+//     recorded (a replica killed between the Vault call and the commit),
+//     by the intent each token names in its metadata, records them and
+//     queues their revocation, with an alarm; it resolves the intents that
+//     created nothing.
 //   - Hub tells the revocation feed's streams that something was revoked,
 //     woken by PostgreSQL LISTEN/NOTIFY where available and by polling
 //     otherwise.

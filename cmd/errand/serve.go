@@ -338,6 +338,12 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	}
 	if vi, ok := backends[broker.KindVaultToken].(*vault.Issuer); ok {
 		workers = append(workers, vi.Run)
+		rm, err := revocation.NewReconcilerMetrics(reg)
+		if err != nil {
+			return nil, err
+		}
+		rec := &revocation.Reconciler{Service: svc, Vault: vi, Interval: cfg.Vault.ReconcileInterval, Logger: log, Metrics: rm}
+		workers = append(workers, rec.Run)
 	}
 	if every := cfg.AnchorInterval(); every > 0 {
 		workers = append(workers, anchor(st, every, log))

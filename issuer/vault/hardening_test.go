@@ -104,7 +104,7 @@ func TestH01VaultRevokeConfirmsOnlyInvalidAccessor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	task, err := i.CreateTaskToken(ctx, "tsk_h01", testRoles, time.Hour)
+	task, err := i.CreateTaskToken(ctx, "tsk_h01", "vti_h01", testRoles, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

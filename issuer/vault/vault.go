@@ -10,17 +10,25 @@
 // own TTL is the backstop. The token is kept sealed in the database; agents
 // only ever receive a secret's data and lease metadata.
 //
-// Errand's own Vault token needs exactly Policy's capabilities; New
-// refuses to start without any of them.
+// Each task token carries metadata naming the task, the intent Errand
+// recorded before asking for it, and this Errand's instance (derived from
+// system_secret), so that the reconciler (TaskTokens) can find tokens
+// Errand created but never recorded. Errand's own Vault token needs
+// exactly Policy's capabilities; New refuses to start without any of them.
 package vault
 
 import (
 	"context"
+	"crypto/hkdf"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
@@ -53,11 +61,17 @@ type Config struct {
 // Issuer talks to Vault for the broker (broker.SecretIssuer) and revokes
 // task tokens for the outbox (revocation.Backend).
 type Issuer struct {
-	auth   Auth
-	client *vaultapi.Client
-	seal   *seal.Sealer
-	prefix string
-	roles  []broker.SecretRole
+	auth     Auth
+	client   *vaultapi.Client
+	seal     *seal.Sealer
+	prefix   string
+	roles    []broker.SecretRole
+	instance string
+
+	// foreign remembers accessors whose token is not one of this Errand's
+	// task tokens (metadata never changes), so that each is looked up once.
+	mu      sync.Mutex
+	foreign map[string]bool
 }
 
 var _ broker.SecretIssuer = (*Issuer)(nil)
@@ -99,7 +113,8 @@ func Needs(prefix string) []Need {
 	return []Need{
 		{"auth/token/create", []string{"update", "sudo"}, "task tokens with the role policies (sudo: policies Errand's token does not hold)"},
 		{"auth/token/revoke-accessor", []string{"update"}, "revoke a task's token, with every lease under it"},
-		{"auth/token/lookup-accessor", []string{"update"}, "confirm a revocation"},
+		{"auth/token/lookup-accessor", []string{"update"}, "confirm a revocation; the reconciler reads task tokens' metadata"},
+		{"auth/token/accessors", []string{"list", "sudo"}, "the reconciler lists tokens to find task tokens never recorded"},
 		{"auth/token/lookup-self", []string{"read"}, "keep Errand's own token alive"},
 		{"auth/token/renew-self", []string{"update"}, "keep Errand's own token alive"},
 		{"sys/capabilities-self", []string{"update"}, "the capability check at start"},
@@ -181,7 +196,12 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	if err != nil {
 		return nil, err
 	}
-	i := &Issuer{auth: cfg.Auth, client: client, seal: s, prefix: cfg.PolicyPrefix, roles: cfg.Roles}
+	instance, err := hkdf.Key(sha256.New, cfg.Secret, nil, "errand vault instance v1", 16)
+	if err != nil {
+		return nil, err
+	}
+	i := &Issuer{auth: cfg.Auth, client: client, seal: s, prefix: cfg.PolicyPrefix, roles: cfg.Roles,
+		instance: hex.EncodeToString(instance), foreign: map[string]bool{}}
 	if i.prefix == "" {
 		i.prefix = DefaultPolicyPrefix
 	}
@@ -239,8 +259,16 @@ func (i *Issuer) login(ctx context.Context, a Auth) error {
 
 func (i *Issuer) policy(r broker.SecretRole) string { return i.prefix + r.Name }
 
-// CreateTaskToken implements broker.SecretIssuer.
-func (i *Issuer) CreateTaskToken(ctx context.Context, taskID string, roles []broker.SecretRole, ttl time.Duration) (broker.TaskToken, error) {
+// Metadata keys of a task token.
+const (
+	metaTask     = "errand_task"
+	metaIntent   = "errand_intent"
+	metaInstance = "errand_instance"
+)
+
+// CreateTaskToken implements broker.SecretIssuer. The token's metadata
+// names the task, the intent and this Errand, for TaskTokens.
+func (i *Issuer) CreateTaskToken(ctx context.Context, taskID, intentID string, roles []broker.SecretRole, ttl time.Duration) (broker.TaskToken, error) {
 	if len(roles) == 0 {
 		return broker.TaskToken{}, broker.Errorf(broker.ErrScopeExceedsApproval, "no secret role is approved for this task")
 	}
@@ -252,7 +280,7 @@ func (i *Issuer) CreateTaskToken(ctx context.Context, taskID string, roles []bro
 	sec, err := i.client.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{
 		Policies: policies, NoDefaultPolicy: true, TTL: ttl.String(), ExplicitMaxTTL: ttl.String(),
 		Renewable: &renewable, DisplayName: "errand-" + taskID, Type: "service",
-		Metadata: map[string]string{"errand_task": taskID},
+		Metadata: map[string]string{metaTask: taskID, metaIntent: intentID, metaInstance: i.instance},
 	})
 	if err != nil {
 		return broker.TaskToken{}, unavailable(err)
@@ -334,6 +362,80 @@ func invalidAccessor(err error) bool {
 		}
 	}
 	return false
+}
+
+// TaskTokens lists the task tokens of this Errand (by their metadata) that
+// live in Vault now: auth/token/accessors, then lookup-accessor of every
+// accessor not known to be another token's. It fails unless the listing
+// is complete, so that the reconciler never takes a missing answer for a
+// token that is gone.
+func (i *Issuer) TaskTokens(ctx context.Context) ([]broker.VaultTaskToken, error) {
+	sec, err := i.client.Logical().ListWithContext(ctx, "auth/token/accessors")
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	if sec == nil || sec.Data == nil {
+		return nil, errors.New("vault: auth/token/accessors returned nothing")
+	}
+	keys, _ := sec.Data["keys"].([]any)
+	seen := make(map[string]bool, len(keys))
+	var out []broker.VaultTaskToken
+	for _, k := range keys {
+		acc, _ := k.(string)
+		if acc == "" {
+			continue
+		}
+		seen[acc] = true
+		i.mu.Lock()
+		skip := i.foreign[acc]
+		i.mu.Unlock()
+		if skip {
+			continue
+		}
+		look, err := i.client.Auth().Token().LookupAccessorWithContext(ctx, acc)
+		if invalidAccessor(err) {
+			continue // gone since the listing
+		}
+		if err != nil {
+			return nil, fmt.Errorf("vault: lookup-accessor during the reconciliation: %w", unavailable(err))
+		}
+		t, ours := i.taskToken(acc, look)
+		if !ours {
+			i.mu.Lock()
+			i.foreign[acc] = true
+			i.mu.Unlock()
+			continue
+		}
+		out = append(out, t)
+	}
+	i.mu.Lock()
+	for acc := range i.foreign {
+		if !seen[acc] {
+			delete(i.foreign, acc)
+		}
+	}
+	i.mu.Unlock()
+	return out, nil
+}
+
+// taskToken reads a lookup-accessor answer as one of this Errand's task
+// tokens, if it is one.
+func (i *Issuer) taskToken(accessor string, look *vaultapi.Secret) (broker.VaultTaskToken, bool) {
+	if look == nil || look.Data == nil {
+		return broker.VaultTaskToken{}, false
+	}
+	meta, _ := look.Data["meta"].(map[string]any)
+	str := func(k string) string { v, _ := meta[k].(string); return v }
+	if meta == nil || str(metaInstance) != i.instance || str(metaTask) == "" {
+		return broker.VaultTaskToken{}, false
+	}
+	t := broker.VaultTaskToken{Accessor: accessor, TaskID: str(metaTask), IntentID: str(metaIntent)}
+	if n, ok := look.Data["creation_time"].(json.Number); ok {
+		if sec, err := n.Int64(); err == nil {
+			t.CreatedAt = time.Unix(sec, 0).UTC()
+		}
+	}
+	return t, true
 }
 
 // unavailable reports a Vault that cannot be reached (or answers 5xx) as
