@@ -15,6 +15,7 @@ import (
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
 	"github.com/errandhq/errand/store/postgres"
+	"github.com/errandhq/errand/store/sqlite"
 )
 
 // addAuditOps adds the operator's audit commands, which read the database
@@ -202,15 +203,23 @@ func newDBCmd() *cobra.Command {
   the serving role (--app-role)  reads and writes tasks, credentials and the outbox, and may
                                  INSERT audit events but never UPDATE, DELETE or TRUNCATE them;
                                  it owns nothing, so it cannot disable the append-only triggers;
-  the auditor role (--auditor-role) reads the audit trail and the issuance history, nothing else.
+  the auditor role (--auditor-role) reads the audit trail, the issuance history and the
+                                 step-up approvals, nothing else (never the signing keys).
 
-Run it, like errand migrate, as the role that owns the schema; then run errand serve
---no-migrate as a login role granted the serving role.`,
+Every table of the schema is covered; a table this errand does not know (a schema migrated
+by a newer one) is refused. Run it, like errand migrate, as the role that owns the schema,
+after every errand migrate; then run errand serve --no-migrate as a login role granted the
+serving role (serve checks at start that it holds every privilege it needs). PostgreSQL
+only: SQLite has no roles.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(cfgPath)
 			if err != nil {
 				return err
+			}
+			if _, ok := sqlite.PathFromURL(cfg.DatabaseURL); ok {
+				return errors.New("errand db roles needs PostgreSQL: database_url is SQLite, which has no roles; " +
+					"keep the database file readable and writable by errand's user only")
 			}
 			st, err := postgres.Open(cmd.Context(), postgres.Config{URL: cfg.DatabaseURL})
 			if err != nil {

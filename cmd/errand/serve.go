@@ -155,7 +155,10 @@ func prepareSchema(ctx context.Context, st backend, migrate bool) error {
 		return err
 	}
 	if pg, ok := st.(postgresBackend); ok {
-		return pg.CheckSchema(ctx)
+		if err := pg.CheckSchema(ctx); err != nil {
+			return err
+		}
+		return pg.CheckPrivileges(ctx)
 	}
 	return errors.New("--no-migrate is only supported on PostgreSQL")
 }
