@@ -193,6 +193,11 @@ type Limits struct {
 	// StepUpTTL is how long a step-up approval waits, and how long an
 	// approved one may be used (default 15m).
 	StepUpTTL time.Duration `yaml:"step_up_ttl"`
+	// StreamsPerPrincipal and StreamsPerReplica cap the revocation streams
+	// open on one replica: per resource server, and in all (defaults 4 and
+	// 2000; 429 beyond).
+	StreamsPerPrincipal int `yaml:"streams_per_principal"`
+	StreamsPerReplica   int `yaml:"streams_per_replica"`
 }
 
 // UnmarshalYAML parses durations such as 5m and 8h, naming the key of a
@@ -217,7 +222,8 @@ func (l *Limits) UnmarshalYAML(n *yaml.Node) error {
 			default:
 				l.StepUpTTL = d
 			}
-		case "pending_tasks_per_agent", "credentials_per_task", "resources_per_task":
+		case "pending_tasks_per_agent", "credentials_per_task", "resources_per_task",
+			"streams_per_principal", "streams_per_replica":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 {
 				return fmt.Errorf("limits.%s: %q is not a positive whole number", k, v)
@@ -227,6 +233,10 @@ func (l *Limits) UnmarshalYAML(n *yaml.Node) error {
 				l.PendingTasksPerAgent = n
 			case "credentials_per_task":
 				l.CredentialsPerTask = n
+			case "streams_per_principal":
+				l.StreamsPerPrincipal = n
+			case "streams_per_replica":
+				l.StreamsPerReplica = n
 			default:
 				l.ResourcesPerTask = n
 			}

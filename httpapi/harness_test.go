@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,6 +65,8 @@ type env struct {
 	users2 *testoidc.Issuer
 	// engine holds the policies, with envOptions.policies.
 	engine *policy.Engine
+	// feed is the replica's revocation feed reader.
+	feed *revocation.Feed
 }
 
 type envOptions struct {
@@ -87,8 +90,16 @@ type envOptions struct {
 	closedStage bool
 	// agentSubjects restricts the agent issuer's subjects.
 	agentSubjects []string
-	// notifier wakes revocation streams (default: a 1 s tick).
-	notifier Notifier
+	// notifier wakes the feed reader of the revocation streams (default:
+	// a revocation.Hub polling every second).
+	notifier interface{ Changed() <-chan struct{} }
+	// feedWindow is how many entries the feed reader keeps (0: default).
+	feedWindow int
+	// feedReads, when set, counts every read of the revocation feed from
+	// the store, by the service and by the feed reader alike.
+	feedReads *atomic.Int64
+	// streams caps the revocation streams (zero: the defaults).
+	streams StreamLimits
 	// vault, when set, configures Vault dynamic secrets (roles task-ro and
 	// task-other); vaultAddr overrides its address (a fault proxy).
 	vault     *testvault.Env
@@ -221,8 +232,12 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	if len(o.introspectors) > 0 {
 		cat = testCatalogWith(t, e.resources.URL, o.introspectors)
 	}
+	var feedStore broker.Store = e.st
+	if o.feedReads != nil {
+		feedStore = countingFeed{Store: e.st, reads: o.feedReads}
+	}
 	bcfg := broker.Config{
-		Store: e.st, Tokens: e.tokens, Catalog: cat, UserIssuers: userIssuers, MaxPendingPerAgent: o.maxPending,
+		Store: feedStore, Tokens: e.tokens, Catalog: cat, UserIssuers: userIssuers, MaxPendingPerAgent: o.maxPending,
 		AgentIssuers: []string{e.agents.URL},
 		BackendKinds: []string{"testbackend", broker.KindVaultToken}, Now: o.replicaClock,
 		CredentialsPerTask: o.budget.MaxCredentials, ResourcesPerTask: o.budget.MaxResources,
@@ -259,12 +274,14 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.feed = e.runFeed(feedStore, o.notifier, o.feedWindow)
 	e.api, err = New(Config{
 		Service: e.svc, Auth: e.verifier, PublicURL: publicURL, JWKS: e.tokens.JWKS,
 		UserIssuers: userIssuers, CursorKey: []byte("cursor-key-for-tests-0123456789"),
 		Logger:     logger(o.logs),
 		RateLimits: o.limits,
-		Notifier:   o.notifier,
+		Feed:       e.feed,
+		Streams:    o.streams,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -494,7 +511,10 @@ func (e *env) replicaWith(cached bool) (*env, *revocation.StatusCache) {
 	acfg := Config{Auth: e.verifier, PublicURL: publicURL, JWKS: tokens.JWKS,
 		UserIssuers: []string{e.users.URL}, CursorKey: []byte("cursor-key-for-tests-0123456789"),
 		Logger: logger(nil), RateLimits: RateLimits{PerPrincipal: rate.Inf, PerAddress: rate.Inf}}
-	var cache *revocation.StatusCache
+	var (
+		cache *revocation.StatusCache
+		feed  *revocation.Feed
+	)
 	if cached {
 		ctx, cancel := context.WithCancel(context.Background())
 		hub := &revocation.Hub{Listen: st.Listen, Poll: time.Second}
@@ -505,8 +525,12 @@ func (e *env) replicaWith(cached bool) (*env, *revocation.StatusCache) {
 		go func() { _ = hub.Run(ctx); done <- struct{}{} }()
 		go func() { _ = cache.Run(ctx); done <- struct{}{} }()
 		e.t.Cleanup(func() { cancel(); <-done; <-done })
-		bcfg.Cache, acfg.Notifier = cache, hub
+		bcfg.Cache = cache
+		feed = e.runFeed(st, hub, 0)
+	} else {
+		feed = e.runFeed(st, nil, 0)
 	}
+	acfg.Feed = feed
 	svc, err := broker.NewService(bcfg)
 	if err != nil {
 		e.t.Fatal(err)
@@ -517,7 +541,7 @@ func (e *env) replicaWith(cached bool) (*env, *revocation.StatusCache) {
 		e.t.Fatal(err)
 	}
 	r := *e
-	r.st, r.svc, r.tokens, r.api = st, svc, tokens, api
+	r.st, r.svc, r.tokens, r.api, r.feed = st, svc, tokens, api, feed
 	r.srv = httptest.NewServer(api)
 	e.t.Cleanup(r.srv.Close)
 	if cached {

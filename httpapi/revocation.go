@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"mime"
 	"net/http"
@@ -12,12 +13,6 @@ import (
 
 	"github.com/errandhq/errand/broker"
 )
-
-// Notifier tells the revocation streams that something was revoked
-// (revocation.Hub).
-type Notifier interface {
-	Changed() <-chan struct{}
-}
 
 // revoke is RFC 7009 for a token's holder: 200 whether or not the token was
 // known, so the answer reveals nothing (§2.2).
@@ -124,7 +119,14 @@ func (s *Server) revocations(w http.ResponseWriter, r *http.Request) {
 }
 
 // revocationStream pushes the feed as Server-Sent Events as revocations
-// commit, resumable with Last-Event-ID (or ?since=).
+// commit, resumable with Last-Event-ID (or ?since=). Every stream of the
+// replica shares its one feed reader (R03): a stream sleeps until the
+// feed's head moves, then takes what follows its position from the
+// reader's memory and shows its resource server what that one may see
+// (VisibleFeed). A stream behind the reader's memory reads the database a
+// page at a time, a few streams at once. A resource server holds at most
+// StreamLimits.PerPrincipal streams on a replica, and the replica
+// StreamLimits.PerReplica; beyond, 429 rate_limited.
 func (s *Server) revocationStream(w http.ResponseWriter, r *http.Request) {
 	c := s.begin(w, r)
 	if c == nil {
@@ -149,6 +151,16 @@ func (s *Server) revocationStream(w http.ResponseWriter, r *http.Request) {
 		c.fail(err)
 		return
 	}
+	if s.feed == nil {
+		c.fail(broker.Errorf(broker.ErrNotFound, "this server streams no revocations; poll /v1/revocations"))
+		return
+	}
+	key := principalKey(p)
+	if err := s.streams.take(key); err != nil {
+		c.fail(err)
+		return
+	}
+	defer s.streams.give(key)
 	rc := http.NewResponseController(w)
 	// The server's ReadTimeout would otherwise end the stream; a stream
 	// lasts at most maxStream, then the client resumes (and shows a fresh
@@ -170,37 +182,90 @@ func (s *Server) revocationStream(w http.ResponseWriter, r *http.Request) {
 	if !write(": errand revocation feed from %d\n\n", cursor) {
 		return
 	}
+	send := func(v broker.Revocation) bool {
+		data, _ := json.Marshal(renderRevocation(v))
+		s.streams.delivered.Inc()
+		return write("id: %d\nevent: revocation\ndata: %s\n\n", v.Seq, data)
+	}
+	keepAlive := time.NewTimer(streamKeepAlive)
+	defer keepAlive.Stop()
 	for {
-		changed := s.notifier.Changed()
-		page, err := s.svc.Revocations(ctx, p, cursor, 500)
+		moved := s.feed.Moved()
+		next, more, err := s.streamStep(ctx, p, cursor, send)
 		if err != nil {
-			if ctx.Err() == nil {
+			if ctx.Err() == nil && !errors.Is(err, errStreamGone) && !errors.Is(err, context.Canceled) {
 				s.log.WarnContext(ctx, "revocation stream ended", "err", err)
 			}
 			return
 		}
-		for _, v := range page.Revocations {
-			data, _ := json.Marshal(renderRevocation(v))
-			if !write("id: %d\nevent: revocation\ndata: %s\n\n", v.Seq, data) {
-				return
-			}
-		}
-		cursor = page.Next
-		if page.Full {
+		cursor = next
+		if more {
 			continue
 		}
+		keepAlive.Reset(streamKeepAlive)
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.closing:
 			return
-		case <-changed:
-		case <-time.After(15 * time.Second):
+		case <-moved:
+			s.streams.wakes.Inc()
+		case <-keepAlive.C:
 			if !write(": keep-alive\n\n") {
 				return
 			}
 		}
 	}
+}
+
+// errStreamGone: the stream's client went away.
+var errStreamGone = errors.New("the stream's client went away")
+
+// streamPage is how many entries a stream takes at once.
+const streamPage = 500
+
+// streamKeepAlive is how long a stream waits without events before it
+// sends a comment.
+const streamKeepAlive = 15 * time.Second
+
+// streamStep sends p what follows cursor: from the feed reader's memory,
+// or, when cursor is older than what it holds, one page read from the
+// database. It returns the stream's new position and whether more is
+// ready at once.
+func (s *Server) streamStep(ctx context.Context, p broker.Principal, cursor int64, send func(broker.Revocation) bool) (int64, bool, error) {
+	if revs, next, ok := s.feed.After(cursor, streamPage); ok {
+		page := s.svc.VisibleFeed(p, cursor, revs, len(revs) == streamPage)
+		for _, v := range page.Revocations {
+			if !send(v) {
+				return cursor, false, errStreamGone
+			}
+		}
+		return next, page.Full, nil
+	}
+	// Everything at or below floor has committed, so once the database
+	// has nothing more after cursor, the stream may move on to floor.
+	floor, ready := s.feed.Floor()
+	var page broker.FeedPage
+	err := s.streams.readStore(ctx, s.closing, func() (err error) {
+		page, err = s.svc.Revocations(ctx, p, cursor, streamPage)
+		return err
+	})
+	if err != nil {
+		return cursor, false, err
+	}
+	for _, v := range page.Revocations {
+		if !send(v) {
+			return cursor, false, errStreamGone
+		}
+	}
+	if page.Full {
+		return page.Next, true, nil
+	}
+	if ready {
+		return max(page.Next, floor), true, nil
+	}
+	// The reader has not started: its start moves the head.
+	return page.Next, false, nil
 }
 
 // maxStream bounds one revocation stream's life.

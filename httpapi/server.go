@@ -51,8 +51,12 @@ type Config struct {
 	RequestTimeout time.Duration
 	// RateLimits bound request rates per principal and per peer address.
 	RateLimits RateLimits
-	// Notifier wakes the revocation streams; default a 1 s tick.
-	Notifier Notifier
+	// Feed is the replica's one reader of the revocation feed, which
+	// every revocation stream shares (revocation.Feed, run by its owner);
+	// without it the stream answers 404 and the feed is only polled.
+	Feed RevocationFeed
+	// Streams caps the open revocation streams.
+	Streams StreamLimits
 	// RefusalSummaryEvery is how often the refusals of callers with no
 	// verified identity are chained as per-source summaries (run by
 	// RunRefusalSummaries); default DefaultRefusalSummaryEvery.
@@ -75,7 +79,8 @@ type Server struct {
 
 	byPrincipal, byAddress *limiters
 	proxies                []netip.Prefix
-	notifier               Notifier
+	feed                   RevocationFeed
+	streams                *streams
 	anon                   *anonRefusals
 	closing                chan struct{}
 	closeOnce              sync.Once
@@ -109,14 +114,14 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg.RateLimits.defaults()
 	s.closing = make(chan struct{})
-	s.notifier = cfg.Notifier
-	if s.notifier == nil {
-		s.notifier = tick{}
-	}
+	s.feed = cfg.Feed
 	s.byPrincipal, s.byAddress = newLimiters(cfg.RateLimits.PerPrincipal), newLimiters(cfg.RateLimits.PerAddress)
 	s.proxies = cfg.RateLimits.TrustedProxies
 	var err error
 	if s.metrics, err = newMetrics(cfg.Registry); err != nil {
+		return nil, err
+	}
+	if s.streams, err = newStreams(cfg.Registry, cfg.Streams); err != nil {
 		return nil, err
 	}
 	if s.anon, err = newAnonRefusals(cfg.Registry, cfg.RefusalSummaryEvery); err != nil {
@@ -227,15 +232,6 @@ func (s *Server) cursorMAC(seq []byte, scope string) []byte {
 	m.Write([]byte{0})
 	m.Write([]byte(scope))
 	return m.Sum(nil)[:16]
-}
-
-// tick is the Notifier of a server without one: wake every second.
-type tick struct{}
-
-func (tick) Changed() <-chan struct{} {
-	c := make(chan struct{})
-	time.AfterFunc(time.Second, func() { close(c) })
-	return c
 }
 
 // call is one request being served: its principal and the task id of its

@@ -312,9 +312,17 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 			return nil, err
 		}
 	}
+	// One reader of the revocation feed for every stream of the replica (R03).
+	feed := &revocation.Feed{Store: st, Wake: hub, Logger: log}
+	if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "errand_revocation_feed_reads_total", Help: "Reads of the revocation feed from the database by the replica's feed reader.",
+	}, func() float64 { return float64(feed.Reads()) })); err != nil {
+		return nil, err
+	}
 	api, err := httpapi.New(httpapi.Config{
 		Service: svc, Auth: verifier, PublicURL: cfg.PublicURL, JWKS: tokens.JWKS,
-		UserIssuers: cfg.UserIssuers(), CursorKey: cursorKey, Logger: log, Registry: reg, Notifier: hub,
+		UserIssuers: cfg.UserIssuers(), CursorKey: cursorKey, Logger: log, Registry: reg, Feed: feed,
+		Streams: httpapi.StreamLimits{PerPrincipal: cfg.Limits.StreamsPerPrincipal, PerReplica: cfg.Limits.StreamsPerReplica},
 		RateLimits: httpapi.RateLimits{
 			PerPrincipal: rate.Limit(cfg.Limits.PrincipalRPS), PerAddress: addressRPS(cfg.Limits),
 			TrustedProxies: proxies,
@@ -332,7 +340,7 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	keyWorker := func(ctx context.Context) error {
 		return tokens.Run(ctx, cfg.KeyPolicy(), KeyReloadEvery, KeyMaintainEvery, log)
 	}
-	workers := []func(context.Context) error{sweeper.Run, outbox.Run, hub.Run, keyWorker}
+	workers := []func(context.Context) error{sweeper.Run, outbox.Run, hub.Run, feed.Run, keyWorker}
 	// Refusals of callers with no verified identity are chained as a
 	// summary per source every minute, and once more at shutdown (H03).
 	workers = append(workers, api.RunRefusalSummaries)
