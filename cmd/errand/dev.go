@@ -26,10 +26,7 @@ import (
 )
 
 func newDev(g *globals) *cobra.Command {
-	var (
-		listen, db string
-		pol        devPolicies
-	)
+	var o devOptions
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run Errand for development: SQLite, a built-in identity provider, an example config",
@@ -41,19 +38,26 @@ asks: it exists only in dev, and errand serve never exposes it.
 
 --policies loads Cedar policy files (glob patterns, relative to the working
 directory) as errand serve's "policies" setting does, and --policy-schema
-validates them against a schema.`,
+validates them against a schema.
+
+--listen must be a loopback address: anyone who reaches /dev/token gets any
+identity, an admin's and an auditor's included. A non-loopback address is
+refused unless --insecure-expose-dev-identities is given, and then warned
+about at start.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
-			return runDev(ctx, listen, db, pol, cmd.OutOrStdout(), log, nil)
+			return runDev(ctx, o, cmd.OutOrStdout(), log, nil)
 		},
 	}
-	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to listen on")
-	cmd.Flags().StringVar(&db, "db", "errand-dev.db", `SQLite database file, or ":memory:" for a throwaway one`)
-	cmd.Flags().StringArrayVar(&pol.patterns, "policies", nil, "Cedar policy files, a glob pattern such as 'policies/*.cedar' (repeat)")
-	cmd.Flags().StringVar(&pol.schema, "policy-schema", "", "a Cedar schema to validate the policies against")
+	cmd.Flags().StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (loopback only, unless --insecure-expose-dev-identities)")
+	cmd.Flags().StringVar(&o.db, "db", "errand-dev.db", `SQLite database file, or ":memory:" for a throwaway one`)
+	cmd.Flags().StringArrayVar(&o.policies.patterns, "policies", nil, "Cedar policy files, a glob pattern such as 'policies/*.cedar' (repeat)")
+	cmd.Flags().StringVar(&o.policies.schema, "policy-schema", "", "a Cedar schema to validate the policies against")
+	cmd.Flags().BoolVar(&o.exposeIdentities, "insecure-expose-dev-identities", false,
+		"allow a non-loopback --listen, handing out any identity (admins' and auditors' too) to whoever reaches it")
 
 	var (
 		kind, sub string
@@ -86,14 +90,35 @@ type devPolicies struct {
 	schema   string
 }
 
+// devOptions are errand dev's flags.
+type devOptions struct {
+	listen, db string
+	policies   devPolicies
+	// exposeIdentities allows a --listen address that is not loopback.
+	exposeIdentities bool
+}
+
 // runDev runs errand dev until ctx ends. When ready is not nil it receives
 // the base URL once serving.
-func runDev(ctx context.Context, listen, db string, pol devPolicies, out io.Writer, log *slog.Logger, ready chan<- string) error {
-	ln, err := net.Listen("tcp", listen)
+func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger, ready chan<- string) error {
+	db, pol := o.db, o.policies
+	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
 	defer ln.Close()
+	// The address bound decides, not the one written: a host name, an
+	// empty host or 0.0.0.0 may bind beyond this machine.
+	if ip := ln.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
+		if !o.exposeIdentities {
+			return fmt.Errorf("--listen %s binds %s, which is not a loopback address: errand dev's /dev/token hands out any identity "+
+				"(an admin's, an auditor's) to whoever reaches it; listen on 127.0.0.1 or [::1], or pass --insecure-expose-dev-identities",
+				o.listen, ln.Addr())
+		}
+		log.Warn("INSECURE: errand dev listens on a non-loopback address (--insecure-expose-dev-identities): "+
+			"whoever reaches it can take any identity, an admin's and an auditor's included, from /dev/token",
+			"listen", ln.Addr().String())
+	}
 	base := "http://" + ln.Addr().String()
 	secret, err := devSecret(db)
 	if err != nil {

@@ -37,7 +37,7 @@ func startDevWith(t *testing.T, addr, db string, pol devPolicies) *devServer {
 	d := &devServer{cancel: cancel, done: make(chan error, 1), out: &bytes.Buffer{}}
 	ready := make(chan string, 1)
 	go func() {
-		d.done <- runDev(ctx, addr, db, pol, d.out, slog.New(slog.NewTextHandler(io.Discard, nil)), ready)
+		d.done <- runDev(ctx, devOptions{listen: addr, db: db, policies: pol}, d.out, slog.New(slog.NewTextHandler(io.Discard, nil)), ready)
 	}()
 	select {
 	case a := <-ready:
@@ -229,5 +229,89 @@ func TestServeNeverExposesTheDevIdentityProvider(t *testing.T) {
 				t.Errorf("serve handed out an ID token on %s %s", m, p)
 			}
 		}
+	}
+}
+
+// nonLoopbackIP is an IPv4 address of this machine that is not loopback,
+// to listen on; ok is false on a machine without one.
+func nonLoopbackIP(t *testing.T) (ip string, ok bool) {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
+			return n.IP.String(), true
+		}
+	}
+	return "", false
+}
+
+// TestDevRefusesANonLoopbackListen: errand dev's /dev/token hands out any
+// identity (an admin's, an auditor's), so it listens only on a loopback
+// address unless told otherwise in so many words, and then warns.
+func TestDevRefusesANonLoopbackListen(t *testing.T) {
+	addrs := []string{":0", "0.0.0.0:0"}
+	ip, hasIP := nonLoopbackIP(t)
+	if hasIP {
+		addrs = append(addrs, ip+":0")
+	}
+	for _, addr := range addrs {
+		var logs syncBuffer
+		err := runDev(context.Background(), devOptions{listen: addr, db: sqlite.Memory}, io.Discard,
+			slog.New(slog.NewTextHandler(&logs, nil)), nil)
+		if err == nil || !strings.Contains(err.Error(), "not a loopback address") ||
+			!strings.Contains(err.Error(), "--insecure-expose-dev-identities") {
+			t.Errorf("errand dev --listen %s: %v, want a refusal naming --insecure-expose-dev-identities", addr, err)
+		}
+	}
+	// The command itself, as a user runs it: exit status 1 and one line.
+	if out, err := runErrand(t, "dev", "--listen", "0.0.0.0:0", "--db", sqlite.Memory); err == nil ||
+		!strings.Contains(err.Error(), "not a loopback address") || strings.Contains(out, "ready") {
+		t.Fatalf("errand dev --listen 0.0.0.0:0: %q, %v", out, err)
+	}
+
+	// Loopback names and addresses start as before.
+	for _, addr := range []string{"127.0.0.1:0", "localhost:0"} {
+		d := startDev(t, addr, sqlite.Memory)
+		if res, err := http.Post(d.base+"/dev/token", "application/json", strings.NewReader(`{"kind":"agent","sub":"a"}`)); err != nil || res.StatusCode != 200 {
+			t.Fatalf("dev on %s: %v %v", addr, res, err)
+		}
+		d.stop(t)
+	}
+
+	// With --insecure-expose-dev-identities it starts, and warns.
+	if !hasIP {
+		t.Skip("no non-loopback IPv4 address on this machine to listen on")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := &syncBuffer{}
+	ready, done := make(chan string, 1), make(chan error, 1)
+	go func() {
+		done <- runDev(ctx, devOptions{listen: ip + ":0", db: sqlite.Memory, exposeIdentities: true}, io.Discard,
+			slog.New(slog.NewTextHandler(logs, nil)), ready)
+	}()
+	var base string
+	select {
+	case a := <-ready:
+		base = "http://" + a
+	case err := <-done:
+		t.Fatalf("errand dev --insecure-expose-dev-identities: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("errand dev did not start")
+	}
+	if !strings.Contains(logs.String(), "level=WARN msg=\"INSECURE: errand dev listens on a non-loopback address") {
+		t.Fatalf("no warning:\n%s", logs.String())
+	}
+	res, err := http.Post(base+"/dev/token", "application/json", strings.NewReader(`{"kind":"user","sub":"x","groups":["admins"]}`))
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("dev token on %s: %v %v", base, res, err)
+	}
+	res.Body.Close()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
