@@ -37,8 +37,10 @@ const feedPage = 1000
 // (broker.Service.VisibleFeed); a stream whose position is older than
 // what the reader holds reads the store itself (After's ok is false).
 //
-// The reader starts at the audit head of its start: older entries are
-// read from the store by the streams that want them.
+// The reader starts when a stream first asks (Moved, After or Floor), so
+// that a replica no stream reads from reads nothing, at the audit head of
+// that moment: older entries are read from the store by the streams that
+// want them.
 type Feed struct {
 	Store FeedStore
 	Wake  interface{ Changed() <-chan struct{} }
@@ -48,6 +50,9 @@ type Feed struct {
 	Logger *slog.Logger
 
 	reads atomic.Int64
+
+	wantOnce, askOnce sync.Once
+	want              chan struct{} // closed when a stream first asks
 
 	mu    sync.RWMutex
 	ready bool
@@ -61,9 +66,19 @@ type Feed struct {
 // finished.
 func (f *Feed) Reads() int64 { return f.reads.Load() }
 
+// wanted is closed when a stream first asks.
+func (f *Feed) wanted() chan struct{} {
+	f.wantOnce.Do(func() { f.want = make(chan struct{}) })
+	return f.want
+}
+
+// ask starts the reader, if it is not reading yet.
+func (f *Feed) ask() { f.askOnce.Do(func() { close(f.wanted()) }) }
+
 // Moved returns a channel closed when the head next moves (or the reader
 // starts).
 func (f *Feed) Moved() <-chan struct{} {
+	f.ask()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.moved == nil {
@@ -78,6 +93,7 @@ func (f *Feed) Moved() <-chan struct{} {
 // when the reader does not hold everything after after (it has not
 // started, or after is older than its window): read the store from after.
 func (f *Feed) After(after int64, limit int) (revs []broker.Revocation, next int64, ok bool) {
+	f.ask()
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if !f.ready || after < f.floor {
@@ -97,14 +113,21 @@ func (f *Feed) After(after int64, limit int) (revs []broker.Revocation, next int
 // complete read of the store that began after Floor was asked may move on
 // to it.
 func (f *Feed) Floor() (int64, bool) {
+	f.ask()
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.floor, f.ready
 }
 
-// Run reads the feed whenever Wake fires, until ctx ends. A failed read is
-// logged and tried again at the next wake-up: the streams wait meanwhile.
+// Run reads the feed whenever Wake fires, from the first time a stream
+// asks until ctx ends. A failed read is logged and tried again at the next
+// wake-up: the streams wait meanwhile.
 func (f *Feed) Run(ctx context.Context) error {
+	select {
+	case <-f.wanted():
+	case <-ctx.Done():
+		return nil
+	}
 	for {
 		head, _, err := f.Store.AuditHead(ctx)
 		if err == nil {

@@ -65,8 +65,8 @@ func closed(ch <-chan struct{}) bool {
 	}
 }
 
-// TestR03FeedKeepsTheNewestWindow: the reader starts at the audit head,
-// reads once per wake-up, keeps only the newest Window entries, moves its
+// TestR03FeedKeepsTheNewestWindow: the reader starts when a stream first
+// asks, at the audit head, reads once per wake-up, keeps only the newest Window entries, moves its
 // floor past what it dropped (a stream behind it must read the store) and
 // closes Moved only when its head moves.
 func TestR03FeedKeepsTheNewestWindow(t *testing.T) {
@@ -83,7 +83,17 @@ func TestR03FeedKeepsTheNewestWindow(t *testing.T) {
 			t.Error(err)
 		}
 	}()
+	time.Sleep(100 * time.Millisecond)
+	hub.Notify()
+	time.Sleep(100 * time.Millisecond)
+	if n := f.Reads(); n != 0 {
+		t.Fatalf("a reader no stream asked read the feed %d times", n)
+	}
+	moved := f.Moved() // a stream asks: the reader starts
 	reads := waitReads(t, f, 0)
+	if !closed(moved) {
+		t.Fatal("Moved not closed when the reader started")
+	}
 	start, ok := f.Floor()
 	if !ok {
 		t.Fatal("the reader has read but is not ready")
@@ -95,7 +105,7 @@ func TestR03FeedKeepsTheNewestWindow(t *testing.T) {
 		t.Fatal("an entry before the start was claimed held")
 	}
 
-	moved := f.Moved()
+	moved = f.Moved()
 	hub.Notify() // nothing new
 	reads = waitReads(t, f, reads)
 	if closed(moved) {
