@@ -15,7 +15,31 @@ type Store interface {
 	Reader
 	// Ping reports whether the store can be reached (ErrUnavailable if not).
 	Ping(ctx context.Context) error
+	ReplayCache
 }
+
+// ReplayCache remembers the identifiers (jti) of JWTs Errand accepted where
+// a second use must be refused: client assertions (RFC 7523 §3, kind
+// ReplayClientAssertion) and DPoP proofs (RFC 9449 §11.1, kind
+// ReplayDPoP). It is shared by every replica (the store holds it).
+type ReplayCache interface {
+	// RememberJTI records jti under kind until expiresAt and reports
+	// whether it was fresh: false when the same kind and jti were
+	// remembered before and have not expired by the store's clock. The
+	// check and the record are one atomic step, so of two concurrent
+	// calls with the same jti exactly one is fresh. jti is compared
+	// exactly and kept only as a digest; a caller whose identifiers are
+	// unique per issuer qualifies jti with the issuer. Expired entries
+	// are deleted along the way. ErrUnavailable when the store cannot be
+	// reached: the caller then refuses, never accepts.
+	RememberJTI(ctx context.Context, kind, jti string, expiresAt time.Time) (fresh bool, err error)
+}
+
+// Kinds of remembered JWT identifiers (ReplayCache).
+const (
+	ReplayClientAssertion = "client_assertion"
+	ReplayDPoP            = "dpop"
+)
 
 // Tx is the write side, used only inside Store.InTx.
 type Tx interface {

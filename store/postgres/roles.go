@@ -44,6 +44,9 @@ var grants = []tableGrant{
 	// Intents of per-task Vault tokens (00011): written before a token is
 	// created, resolved once; the reconciler's, not history.
 	{"vault_intents", "SELECT, INSERT, UPDATE", ""},
+	// The replay cache of client-assertion and DPoP proof identifiers
+	// (00012): digests kept until their JWT expires, then deleted.
+	{"seen_jtis", "SELECT, INSERT, UPDATE, DELETE", ""},
 	// serve --no-migrate reads the schema's version.
 	{"goose_db_version", "SELECT", ""},
 }
