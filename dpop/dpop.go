@@ -1,0 +1,304 @@
+package dpop
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+)
+
+// TokenType is the typ header of a DPoP proof (RFC 9449 §4.2).
+const TokenType = "dpop+jwt"
+
+// MaxProofBytes caps the size of a proof; larger ones are refused unread.
+const MaxProofBytes = 8 << 10
+
+// DefaultWindow is how far a proof's iat may lie from the verifier's clock,
+// in either direction, by default.
+const DefaultWindow = 60 * time.Second
+
+// DefaultAlgorithms are the signature algorithms accepted by default:
+// asymmetric only (RFC 9449 §4.2: "MUST NOT be none or an identifier for
+// a symmetric algorithm").
+var DefaultAlgorithms = []string{"ES256", "EdDSA", "RS256", "PS256"}
+
+// supported are the algorithms a Config may allow, each with the key it
+// needs.
+var supported = map[string]jose.SignatureAlgorithm{
+	"ES256": jose.ES256, "ES384": jose.ES384, "EdDSA": jose.EdDSA,
+	"RS256": jose.RS256, "PS256": jose.PS256,
+}
+
+// ErrInvalidProof is every defect of a proof: it maps to the OAuth error
+// invalid_dpop_proof (RFC 9449 §5, §7.1). The wrapped detail says which.
+var ErrInvalidProof = errors.New("invalid DPoP proof")
+
+// ReplayCache remembers the proofs seen, for every replica of a server.
+type ReplayCache interface {
+	// Remember records id until expiresAt and reports whether it was not
+	// recorded already (fresh). An error is an outage, never a verdict.
+	Remember(ctx context.Context, id string, expiresAt time.Time) (fresh bool, err error)
+}
+
+// Config configures a Verifier.
+type Config struct {
+	// Algorithms is the allow-list of alg values; default
+	// DefaultAlgorithms. Only asymmetric algorithms are accepted.
+	Algorithms []string
+	// Window bounds |now - iat|; default DefaultWindow.
+	Window time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Replay remembers each proof's jti; required.
+	Replay ReplayCache
+}
+
+// Verifier checks DPoP proofs.
+type Verifier struct {
+	algs   []jose.SignatureAlgorithm
+	names  []string
+	window time.Duration
+	now    func() time.Time
+	replay ReplayCache
+}
+
+// New returns a Verifier for cfg.
+func New(cfg Config) (*Verifier, error) {
+	if cfg.Replay == nil {
+		return nil, errors.New("dpop: a ReplayCache is required")
+	}
+	if len(cfg.Algorithms) == 0 {
+		cfg.Algorithms = DefaultAlgorithms
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = DefaultWindow
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	v := &Verifier{window: cfg.Window, now: cfg.Now, replay: cfg.Replay}
+	for _, a := range cfg.Algorithms {
+		alg, ok := supported[a]
+		if !ok {
+			return nil, fmt.Errorf("dpop: algorithm %q is not an accepted asymmetric algorithm", a)
+		}
+		v.algs, v.names = append(v.algs, alg), append(v.names, a)
+	}
+	return v, nil
+}
+
+// Algorithms lists the accepted alg values, for the authorization server
+// metadata's dpop_signing_alg_values_supported (RFC 9449 §5.1).
+func (v *Verifier) Algorithms() []string { return append([]string(nil), v.names...) }
+
+// Request is the HTTP request a proof must name.
+type Request struct {
+	// Method is the request's method (htm).
+	Method string
+	// URL is the request's URL as the server is known publicly (its
+	// configured public URL and the request's path), never built from the
+	// Host header; its query and fragment are ignored (htu).
+	URL string
+	// AccessToken, when set, is the access token the proof accompanies:
+	// the proof's ath must be its hash (§4.3 step 11).
+	AccessToken string
+}
+
+// Proof is a verified proof.
+type Proof struct {
+	// JKT is the RFC 7638 SHA-256 thumbprint of the proof's key,
+	// base64url without padding: a bound token's cnf.jkt (§6.1).
+	JKT      string
+	JTI      string
+	IssuedAt time.Time
+}
+
+// claims are a proof's payload. Other claims are allowed and ignored.
+type claims struct {
+	JTI string          `json:"jti"`
+	HTM string          `json:"htm"`
+	HTU string          `json:"htu"`
+	IAT json.RawMessage `json:"iat"`
+	ATH string          `json:"ath"`
+}
+
+// Verify checks proof for req (RFC 9449 §4.3) and remembers its jti: the
+// same proof is refused the second time, by this replica or any other
+// sharing the ReplayCache. Any defect of the proof is ErrInvalidProof; an
+// error of the cache is returned as it is.
+func (v *Verifier) Verify(ctx context.Context, proof string, req Request) (Proof, error) {
+	p, err := v.Check(proof, req)
+	if err != nil {
+		return Proof{}, err
+	}
+	return v.remember(ctx, p)
+}
+
+// remember records p's jti, refusing a jti seen before.
+func (v *Verifier) remember(ctx context.Context, p Proof) (Proof, error) {
+	fresh, err := v.replay.Remember(ctx, replayID(p), p.IssuedAt.Add(v.window))
+	if err != nil {
+		return Proof{}, err
+	}
+	if !fresh {
+		return Proof{}, invalid("the proof's jti was used before")
+	}
+	return p, nil
+}
+
+// VerifyBound is Verify for a resource server (§7.1): the proof must
+// accompany req.AccessToken (ath), and its key must be the token's, jkt
+// (the token's cnf.jkt, or the jkt its introspection answered).
+func (v *Verifier) VerifyBound(ctx context.Context, proof string, req Request, jkt string) (Proof, error) {
+	if req.AccessToken == "" || jkt == "" {
+		return Proof{}, invalid("a bound token and its jkt are required")
+	}
+	p, err := v.Check(proof, req)
+	if err != nil {
+		return Proof{}, err
+	}
+	if subtle.ConstantTimeCompare([]byte(p.JKT), []byte(jkt)) != 1 {
+		return Proof{}, invalid("the proof's key is not the key the token is bound to")
+	}
+	return v.remember(ctx, p)
+}
+
+// Check is Verify without the replay cache: every check of the proof
+// itself, which alone never makes it acceptable twice.
+func (v *Verifier) Check(proof string, req Request) (Proof, error) {
+	if len(proof) > MaxProofBytes {
+		return Proof{}, invalid("the proof is larger than %d bytes", MaxProofBytes)
+	}
+	jws, err := jose.ParseSignedCompact(proof, v.algs)
+	if err != nil {
+		return Proof{}, invalid("not a JWS signed with an accepted algorithm: %v", err)
+	}
+	if len(jws.Signatures) != 1 {
+		return Proof{}, invalid("exactly one signature is required")
+	}
+	h := jws.Signatures[0].Protected
+	if typ, _ := h.ExtraHeaders[jose.HeaderType].(string); typ != TokenType {
+		return Proof{}, invalid("typ must be %s", TokenType)
+	}
+	jwk := h.JSONWebKey
+	if jwk == nil {
+		return Proof{}, invalid("the jwk header is required")
+	}
+	if !jwk.Valid() || !jwk.IsPublic() {
+		return Proof{}, invalid("the jwk header must be a public key")
+	}
+	if err := keyFits(jose.SignatureAlgorithm(h.Algorithm), jwk.Key); err != nil {
+		return Proof{}, err
+	}
+	payload, err := jws.Verify(jwk)
+	if err != nil {
+		return Proof{}, invalid("the signature does not verify with the jwk header's key")
+	}
+	var c claims
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return Proof{}, invalid("the claims are not a JSON object")
+	}
+	if c.JTI == "" || len(c.JTI) > 256 {
+		return Proof{}, invalid("jti is required, of at most 256 bytes")
+	}
+	if c.HTM != req.Method {
+		return Proof{}, invalid("htm is not this request's method")
+	}
+	want, err := normalize(req.URL)
+	if err != nil {
+		return Proof{}, fmt.Errorf("dpop: the request's URL: %w", err)
+	}
+	if got, err := normalize(c.HTU); err != nil || got != want {
+		return Proof{}, invalid("htu is not this request's URL")
+	}
+	iat, err := numericDate(c.IAT)
+	if err != nil {
+		return Proof{}, err
+	}
+	if now := v.now(); iat.Before(now.Add(-v.window)) || iat.After(now.Add(v.window)) {
+		return Proof{}, invalid("iat is not within %s of the server's clock", v.window)
+	}
+	if req.AccessToken != "" {
+		sum := sha256.Sum256([]byte(req.AccessToken))
+		ath := base64.RawURLEncoding.EncodeToString(sum[:])
+		if subtle.ConstantTimeCompare([]byte(c.ATH), []byte(ath)) != 1 {
+			return Proof{}, invalid("ath is not the hash of the access token")
+		}
+	}
+	jkt, err := Thumbprint(jwk)
+	if err != nil {
+		return Proof{}, invalid("the key has no thumbprint: %v", err)
+	}
+	return Proof{JKT: jkt, JTI: c.JTI, IssuedAt: iat}, nil
+}
+
+// Thumbprint is the RFC 7638 SHA-256 thumbprint of k, base64url without
+// padding, as RFC 9449 §6.1 writes jkt.
+func Thumbprint(k *jose.JSONWebKey) (string, error) {
+	b, err := k.Thumbprint(crypto.SHA256)
+	if err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// keyFits refuses a key that is not of alg's kind and size: ES256 is P-256
+// only (RFC 7518 §3.4), RSA keys have at least 2048 bits.
+func keyFits(alg jose.SignatureAlgorithm, key any) error {
+	switch alg {
+	case jose.ES256, jose.ES384:
+		k, ok := key.(*ecdsa.PublicKey)
+		want := elliptic.P256()
+		if alg == jose.ES384 {
+			want = elliptic.P384()
+		}
+		if !ok || k.Curve != want {
+			return invalid("alg %s needs an EC key on %s", alg, want.Params().Name)
+		}
+	case jose.RS256, jose.PS256:
+		k, ok := key.(*rsa.PublicKey)
+		if !ok || k.N.BitLen() < 2048 {
+			return invalid("alg %s needs an RSA key of at least 2048 bits", alg)
+		}
+	}
+	return nil
+}
+
+// numericDate reads iat: a JSON number of seconds (RFC 7519 §2).
+func numericDate(raw json.RawMessage) (time.Time, error) {
+	if len(raw) == 0 {
+		return time.Time{}, invalid("iat is required")
+	}
+	var f float64
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&f); err != nil || math.IsNaN(f) || f < 0 || f > 1e11 {
+		return time.Time{}, invalid("iat must be a number of seconds")
+	}
+	sec, frac := math.Modf(f)
+	return time.Unix(int64(sec), int64(frac*1e9)).UTC(), nil
+}
+
+// replayID is what the cache keeps of a proof: its jti within its key,
+// hashed to a fixed length (two clients' jtis never collide, and a long
+// jti costs the cache nothing).
+func replayID(p Proof) string {
+	sum := sha256.Sum256([]byte(p.JKT + "\x00" + p.JTI))
+	return hex.EncodeToString(sum[:])
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidProof, fmt.Sprintf(format, args...))
+}

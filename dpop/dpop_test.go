@@ -1,0 +1,387 @@
+package dpop
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+)
+
+const htu = "https://errand.example/v1/tasks/tsk_1/tokens"
+
+// memReplay is a ReplayCache in memory, for tests of the verifier alone
+// (the store's shared cache is tested by store/storetest and httpapi).
+type memReplay struct {
+	mu   sync.Mutex
+	seen map[string]time.Time
+	err  error
+}
+
+func (m *memReplay) Remember(_ context.Context, id string, exp time.Time) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.err != nil {
+		return false, m.err
+	}
+	if m.seen == nil {
+		m.seen = map[string]time.Time{}
+	}
+	if _, ok := m.seen[id]; ok {
+		return false, nil
+	}
+	m.seen[id] = exp
+	return true, nil
+}
+
+var now = time.Date(2026, 12, 6, 5, 0, 0, 0, time.UTC)
+
+func newVerifier(t testing.TB) (*Verifier, *memReplay) {
+	t.Helper()
+	r := &memReplay{}
+	v, err := New(Config{Now: func() time.Time { return now }, Replay: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, r
+}
+
+func p256(t testing.TB) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+func b64JSON(t testing.TB, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b64(b)
+}
+
+// rawProof builds a compact JWS by hand, so that a test can write any
+// header (a private jwk, alg none, HS256) the library would not.
+func rawProof(t testing.TB, header, claims map[string]any, sign func(input []byte) []byte) string {
+	t.Helper()
+	input := b64JSON(t, header) + "." + b64JSON(t, claims)
+	return input + "." + b64(sign([]byte(input)))
+}
+
+// es256 signs input with k as JWS ES256 does (r || s, 32 bytes each).
+func es256(k *ecdsa.PrivateKey) func([]byte) []byte {
+	return func(input []byte) []byte {
+		sum := sha256.Sum256(input)
+		r, s, err := ecdsa.Sign(rand.Reader, k, sum[:])
+		if err != nil {
+			panic(err)
+		}
+		out := make([]byte, 64)
+		r.FillBytes(out[:32])
+		s.FillBytes(out[32:])
+		return out
+	}
+}
+
+func publicJWK(t testing.TB, k crypto.PublicKey) map[string]any {
+	t.Helper()
+	b, err := (&jose.JSONWebKey{Key: k}).MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func goodClaims() map[string]any {
+	return map[string]any{"jti": "j-" + strings.Repeat("x", 8), "htm": "POST", "htu": htu, "iat": now.Unix()}
+}
+
+func req() Request { return Request{Method: "POST", URL: htu} }
+
+func wantInvalid(t *testing.T, err error, detail string) {
+	t.Helper()
+	if !errors.Is(err, ErrInvalidProof) {
+		t.Fatalf("err = %v, want ErrInvalidProof", err)
+	}
+	if !strings.Contains(err.Error(), detail) {
+		t.Fatalf("err = %v, want it to say %q", err, detail)
+	}
+}
+
+func TestX05ProofOfEachAlgorithmVerifies(t *testing.T) {
+	v, _ := newVerifier(t)
+	_, ed, _ := ed25519.GenerateKey(rand.Reader)
+	rk, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, k := range map[string]crypto.Signer{"ES256": p256(t), "EdDSA": ed, "PS256": rk} {
+		t.Run(name, func(t *testing.T) {
+			proof, err := NewProof(k, "POST", htu, "", now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := v.Verify(context.Background(), proof, req())
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := KeyThumbprint(k)
+			if p.JKT != want || len(p.JKT) != 43 {
+				t.Fatalf("jkt %q, want %q", p.JKT, want)
+			}
+		})
+	}
+}
+
+// RFC 7638 §3.1's example key has a known thumbprint.
+func TestThumbprintRFC7638Example(t *testing.T) {
+	raw := `{"kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB","alg":"RS256","kid":"2011-04-29"}`
+	var k jose.JSONWebKey
+	if err := k.UnmarshalJSON([]byte(raw)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Thumbprint(&k)
+	if err != nil || got != "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs" {
+		t.Fatalf("thumbprint %q, %v", got, err)
+	}
+}
+
+func TestX05ReplayedJTIRefused(t *testing.T) {
+	v, _ := newVerifier(t)
+	proof, err := NewProof(p256(t), "POST", htu, "", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(context.Background(), proof, req()); err != nil {
+		t.Fatal(err)
+	}
+	_, err = v.Verify(context.Background(), proof, req())
+	wantInvalid(t, err, "jti was used before")
+}
+
+func TestX05ReplayCacheOutageIsNotAVerdict(t *testing.T) {
+	v, r := newVerifier(t)
+	r.err = errors.New("store down")
+	proof, _ := NewProof(p256(t), "POST", htu, "", now)
+	_, err := v.Verify(context.Background(), proof, req())
+	if err == nil || errors.Is(err, ErrInvalidProof) {
+		t.Fatalf("err = %v, want the cache's error", err)
+	}
+}
+
+func TestX05WrongHTMRefused(t *testing.T) {
+	v, _ := newVerifier(t)
+	proof, _ := NewProof(p256(t), "GET", htu, "", now)
+	_, err := v.Verify(context.Background(), proof, req())
+	wantInvalid(t, err, "htm")
+}
+
+func TestX05HTU(t *testing.T) {
+	v, _ := newVerifier(t)
+	for _, tc := range []struct {
+		name, htu string
+		ok        bool
+	}{
+		{"same", htu, true},
+		{"query and fragment ignored", htu + "?a=b#c", true},
+		{"default port and case", "HTTPS://Errand.Example:443/v1/tasks/tsk_1/tokens", true},
+		{"unreserved percent-encoded", "https://errand.example/v1/tasks/tsk%5F1/tokens", true},
+		{"another host", "https://evil.example/v1/tasks/tsk_1/tokens", false},
+		{"another path", "https://errand.example/v1/tasks/tsk_2/tokens", false},
+		{"another scheme", "http://errand.example/v1/tasks/tsk_1/tokens", false},
+		{"another port", "https://errand.example:8443/v1/tasks/tsk_1/tokens", false},
+		{"relative", "/v1/tasks/tsk_1/tokens", false},
+		{"trailing slash", htu + "/", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			proof, _ := NewProof(p256(t), "POST", tc.htu, "", now)
+			_, err := v.Verify(context.Background(), proof, req())
+			if tc.ok && err != nil {
+				t.Fatal(err)
+			}
+			if !tc.ok {
+				wantInvalid(t, err, "htu")
+			}
+		})
+	}
+}
+
+func TestX05IATWindow(t *testing.T) {
+	v, _ := newVerifier(t)
+	for _, tc := range []struct {
+		name string
+		iat  time.Time
+		ok   bool
+	}{
+		{"now", now, true},
+		{"59 s old", now.Add(-59 * time.Second), true},
+		{"59 s ahead", now.Add(59 * time.Second), true},
+		{"stale", now.Add(-61 * time.Second), false},
+		{"future", now.Add(61 * time.Second), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			proof, _ := NewProof(p256(t), "POST", htu, "", tc.iat)
+			_, err := v.Verify(context.Background(), proof, req())
+			if tc.ok && err != nil {
+				t.Fatal(err)
+			}
+			if !tc.ok {
+				wantInvalid(t, err, "iat")
+			}
+		})
+	}
+}
+
+func TestX05MalformedProofsRefused(t *testing.T) {
+	v, _ := newVerifier(t)
+	k := p256(t)
+	hdr := func(typ string, jwk any) map[string]any {
+		return map[string]any{"typ": typ, "alg": "ES256", "jwk": jwk}
+	}
+	priv, err := (&jose.JSONWebKey{Key: k}).MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var privJWK map[string]any
+	_ = json.Unmarshal(priv, &privJWK)
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	hs256 := func(input []byte) []byte { m := hmac.New(sha256.New, secret); m.Write(input); return m.Sum(nil) }
+	noClaim := func(name string) map[string]any { c := goodClaims(); delete(c, name); return c }
+	other := p256(t)
+	for _, tc := range []struct {
+		name, proof, detail string
+	}{
+		{"typ jwt", rawProof(t, hdr("JWT", publicJWK(t, k.Public())), goodClaims(), es256(k)), "typ"},
+		{"typ missing", rawProof(t, map[string]any{"alg": "ES256", "jwk": publicJWK(t, k.Public())}, goodClaims(), es256(k)), "typ"},
+		{"private key in jwk", rawProof(t, hdr(TokenType, privJWK), goodClaims(), es256(k)), "private"},
+		{"no jwk", rawProof(t, map[string]any{"typ": TokenType, "alg": "ES256"}, goodClaims(), es256(k)), "jwk"},
+		{"symmetric HS256", rawProof(t, map[string]any{"typ": TokenType, "alg": "HS256",
+			"jwk": map[string]any{"kty": "oct", "k": b64(secret)}}, goodClaims(), hs256), "accepted algorithm"},
+		{"alg none", rawProof(t, map[string]any{"typ": TokenType, "alg": "none", "jwk": publicJWK(t, k.Public())},
+			goodClaims(), func([]byte) []byte { return nil }), "accepted algorithm"},
+		{"signed by another key", rawProof(t, hdr(TokenType, publicJWK(t, k.Public())), goodClaims(), es256(other)), "signature"},
+		{"no jti", rawProof(t, hdr(TokenType, publicJWK(t, k.Public())), noClaim("jti"), es256(k)), "jti"},
+		{"no iat", rawProof(t, hdr(TokenType, publicJWK(t, k.Public())), noClaim("iat"), es256(k)), "iat"},
+		{"iat a string", rawProof(t, hdr(TokenType, publicJWK(t, k.Public())),
+			func() map[string]any { c := goodClaims(); c["iat"] = "now"; return c }(), es256(k)), "iat"},
+		{"no htm", rawProof(t, hdr(TokenType, publicJWK(t, k.Public())), noClaim("htm"), es256(k)), "htm"},
+		{"not a JWS", "a.b", "JWS"},
+		{"too large", strings.Repeat("a", MaxProofBytes+1), "larger"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := v.Verify(context.Background(), tc.proof, req())
+			wantInvalid(t, err, tc.detail)
+		})
+	}
+}
+
+// A P-384 key is refused for ES256, which is P-256 only (RFC 7518 §3.4).
+func TestX05KeyMustFitAlgorithm(t *testing.T) {
+	v, _ := newVerifier(t)
+	k, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proof := rawProof(t, map[string]any{"typ": TokenType, "alg": "ES256", "jwk": publicJWK(t, k.Public())},
+		goodClaims(), func([]byte) []byte { return make([]byte, 64) })
+	_, err = v.Verify(context.Background(), proof, req())
+	wantInvalid(t, err, "P-256")
+}
+
+func TestX05BoundTokenProof(t *testing.T) {
+	v, _ := newVerifier(t)
+	k := p256(t)
+	jkt, _ := KeyThumbprint(k)
+	const token = "eyJ.the.token"
+	bound := Request{Method: "GET", URL: "https://api.example/repos", AccessToken: token}
+	t.Run("accepted", func(t *testing.T) {
+		proof, _ := NewProof(k, "GET", bound.URL, token, now)
+		if _, err := v.VerifyBound(context.Background(), proof, bound, jkt); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("another token's ath", func(t *testing.T) {
+		proof, _ := NewProof(k, "GET", bound.URL, "eyJ.another.token", now)
+		_, err := v.VerifyBound(context.Background(), proof, bound, jkt)
+		wantInvalid(t, err, "ath")
+	})
+	t.Run("no ath", func(t *testing.T) {
+		proof, _ := NewProof(k, "GET", bound.URL, "", now)
+		_, err := v.VerifyBound(context.Background(), proof, bound, jkt)
+		wantInvalid(t, err, "ath")
+	})
+	t.Run("another key", func(t *testing.T) {
+		proof, _ := NewProof(p256(t), "GET", bound.URL, token, now)
+		_, err := v.VerifyBound(context.Background(), proof, bound, jkt)
+		wantInvalid(t, err, "bound")
+	})
+	t.Run("without proof", func(t *testing.T) {
+		_, err := v.VerifyBound(context.Background(), "", bound, jkt)
+		wantInvalid(t, err, "JWS")
+	})
+}
+
+func TestNewRefusesSymmetricAlgorithms(t *testing.T) {
+	for _, alg := range []string{"HS256", "none", "RS1"} {
+		if _, err := New(Config{Algorithms: []string{alg}, Replay: &memReplay{}}); err == nil {
+			t.Errorf("New accepted %s", alg)
+		}
+	}
+}
+
+// FuzzDPoPProof: no input panics the verifier, and no change to a valid
+// proof verifies: whatever verifies has the header and claims, byte for
+// byte, of the one proof signed (only its encoding may differ). The key
+// and proof are fixed (Ed25519 signs deterministically), so that every
+// fuzzing worker holds the same proof.
+func FuzzDPoPProof(f *testing.F) {
+	k := ed25519.NewKeyFromSeed([]byte("errand-dpop-fuzz-key-seed-32byte"))
+	good := rawProof(f, map[string]any{"typ": TokenType, "alg": "EdDSA", "jwk": publicJWK(f, k.Public())},
+		goodClaims(), func(input []byte) []byte { return ed25519.Sign(k, input) })
+	segments := func(proof string) (string, string) {
+		parts := strings.Split(proof, ".")
+		if len(parts) != 3 {
+			return "", ""
+		}
+		h, _ := base64.RawURLEncoding.DecodeString(parts[0])
+		c, _ := base64.RawURLEncoding.DecodeString(parts[1])
+		return string(h), string(c)
+	}
+	gh, gc := segments(good)
+	f.Add(good)
+	f.Add("")
+	f.Add("a.b.c")
+	f.Add(strings.Replace(good, ".", "..", 1))
+	f.Fuzz(func(t *testing.T, proof string) {
+		v, _ := newVerifier(t)
+		if _, err := v.Verify(context.Background(), proof, req()); err != nil {
+			return
+		}
+		if h, c := segments(strings.TrimSpace(proof)); h != gh || c != gc {
+			t.Fatalf("a changed proof verified: %q", proof)
+		}
+	})
+}
