@@ -218,6 +218,12 @@ type CreateTaskRequest struct {
 
 // CreateTask records a pending task for the calling agent.
 func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskRequest) (Task, error) {
+	return s.createTask(ctx, p, req, nil)
+}
+
+// createTask is CreateTask; also, when set, writes what else belongs to
+// the new task (a backchannel request) in the transaction that inserts it.
+func (s *Service) createTask(ctx context.Context, p Principal, req CreateTaskRequest, also func(Tx, Task) error) (Task, error) {
 	if p.Kind != KindAgent {
 		return Task{}, Errorf(ErrWrongPrincipalKind, "only agents create tasks")
 	}
@@ -294,6 +300,11 @@ func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskReq
 		}
 		if err := tx.InsertTask(ctx, &t); err != nil {
 			return err
+		}
+		if also != nil {
+			if err := also(tx, t); err != nil {
+				return err
+			}
 		}
 		return tx.AppendAudit(ctx, AuditEvent{
 			Time: now, Type: EventTaskCreated, Actor: ActorOf(p), TaskID: t.ID,

@@ -47,6 +47,9 @@ var grants = []tableGrant{
 	// The replay cache of client-assertion and DPoP proof identifiers
 	// (00012): digests kept until their JWT expires, then deleted.
 	{"seen_jtis", "SELECT, INSERT, UPDATE, DELETE", ""},
+	// CIBA backchannel requests (00014): polling state, digests of the
+	// auth_req_id; not history (the task's events are).
+	{"backchannel_requests", "SELECT, INSERT, UPDATE", ""},
 	// serve --no-migrate reads the schema's version.
 	{"goose_db_version", "SELECT", ""},
 }

@@ -48,6 +48,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"H08PendingCapIsExactUnderConcurrency", testPendingCapExact},
 		{"R10CreateRacingSuspensionLeavesNothingPending", testCreateRacingSuspension},
 		{"ReplayCacheFreshOncePerKindUntilExpiry", testReplayCache},
+		{"BackchannelRequestsKeepPollingState", testBackchannel},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open(t)) })
