@@ -77,7 +77,7 @@ func (s *Service) Evaluate(ctx context.Context, p Principal, req EvaluationReque
 	}
 	d := s.decideAll(PolicyRequest{
 		Operation: OpEvaluate, TaskID: in.Task.ID, Agent: in.Task.Agent, User: in.Task.User,
-		Groups: in.Task.UserGroups, Tool: tool, Dataset: dataset, Time: in.Now,
+		Groups: in.Task.UserGroups, Tool: tool, Dataset: dataset, Time: in.Now, DPoP: in.Credential.JKT != "",
 	}, Scopes{sc}, []string{in.Credential.Audience})
 	switch d.Effect {
 	case EffectAllow:

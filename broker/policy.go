@@ -55,6 +55,10 @@ type PolicyRequest struct {
 	Tool        string
 	Dataset     string
 	Time        time.Time
+	// DPoP is set when the tokens the request is about are bound to a
+	// DPoP key: a mint with a proof, a task that requires one, an
+	// evaluated token that is bound (context.dpop).
+	DPoP bool
 	// SeveralUserIssuers is set when more than one user issuer is
 	// configured: a group name alone is then ambiguous (partner's "eng"
 	// is not corp's), and policies know a group only as

@@ -218,6 +218,9 @@ type AccessToken struct {
 	IssuedAt  time.Time
 	NotBefore time.Time
 	ExpiresAt time.Time
+	// JKT, when set, binds the token to a DPoP key: its cnf claim
+	// (RFC 9449 §6.1).
+	JKT string
 }
 
 // TokenIssuer signs access tokens and verifies its own tokens.

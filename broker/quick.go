@@ -11,7 +11,7 @@ import (
 // commit, with no savepoint and no round trip of its own.
 type QuickIssuer interface {
 	// IssueQuick records c (its JTI, TaskID, Kind, Agent, User, Scopes
-	// and Audience) if, under task c.TaskID's row lock, the task is still
+	// and Audience; a c with a JKT, false) if, under task c.TaskID's row lock, the task is still
 	// at version, approved, not revoking, its agent not suspended, and it
 	// lives at least a second past the database's clock truncated to the
 	// second, which becomes c.IssuedAt; c.ExpiresAt is IssuedAt + ttl,
@@ -41,7 +41,8 @@ func (s *Service) mintQuick(ctx context.Context, p Principal, id, jti string, sc
 		return Minted{}, false, nil
 	}
 	now, ok := s.dbClock.now()
-	if !ok || !p.Is(KindAgent, t.Agent) || t.Budget != (Budget{}) || s.mintable(t, now, scopes, req.Audience) != nil {
+	if !ok || !p.Is(KindAgent, t.Agent) || t.Budget != (Budget{}) || t.RequireDPoP || req.JKT != "" ||
+		s.mintable(t, now, scopes, req.Audience) != nil {
 		return Minted{}, false, nil
 	}
 	tool, dataset, err := boundLabels(t, req.Tool, req.Dataset)

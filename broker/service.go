@@ -214,6 +214,8 @@ type CreateTaskRequest struct {
 	// configured).
 	MaxCredentials int
 	MaxResources   int
+	// RequireDPoP makes every token of the task DPoP-bound.
+	RequireDPoP bool
 }
 
 // CreateTask records a pending task for the calling agent.
@@ -272,7 +274,7 @@ func (s *Service) createTask(ctx context.Context, p Principal, req CreateTaskReq
 	// A step-up outcome lets the task be asked for: the user approves the
 	// task anyway, and a step-up policy speaks again at each mint.
 	d := s.decideAll(PolicyRequest{Operation: OpCreate, TaskID: id, Agent: agent, User: user,
-		Tool: req.Tool, Dataset: req.Dataset, Time: now}, scopes, auds)
+		Tool: req.Tool, Dataset: req.Dataset, Time: now, DPoP: req.RequireDPoP}, scopes, auds)
 	if d.Effect == EffectDeny {
 		return Task{}, policyDenied(d)
 	}
@@ -282,6 +284,7 @@ func (s *Service) createTask(ctx context.Context, p Principal, req CreateTaskReq
 		Goal: req.Goal, Scopes: scopes, Audiences: auds,
 		Risk: s.catalog.Risk(scopes), Tool: req.Tool, Dataset: req.Dataset,
 		TTLCapped: capped, CreatedAt: now, ExpiresAt: now.Add(ttl), Budget: budget,
+		RequireDPoP: req.RequireDPoP,
 	}
 	err = s.store.InTx(ctx, func(tx Tx) error {
 		// The suspension and the pending cap are read under the agent's
@@ -313,7 +316,7 @@ func (s *Service) createTask(ctx context.Context, p Principal, req CreateTaskReq
 				"audiences": auds, "expires_at": t.ExpiresAt, "ttl_capped": capped,
 				"risk": t.Risk, "tool": t.Tool, "dataset": t.Dataset,
 				"max_credentials": budget.MaxCredentials, "max_resources": budget.MaxResources,
-				"step_up_policies": d.stepUpPolicies(),
+				"step_up_policies": d.stepUpPolicies(), "require_dpop": t.RequireDPoP,
 			}),
 		})
 	})
@@ -584,7 +587,7 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 			return Errorf(ErrInvalidRequest, "ttl_seconds must be positive")
 		}
 		d := s.decideAll(PolicyRequest{Operation: OpApprove, TaskID: t.ID, Agent: t.Agent, User: t.User,
-			Groups: p.Groups, Tool: t.Tool, Dataset: t.Dataset, Time: now}, approved, auds)
+			Groups: p.Groups, Tool: t.Tool, Dataset: t.Dataset, Time: now, DPoP: t.RequireDPoP}, approved, auds)
 		if d.Effect == EffectDeny {
 			return policyDenied(d)
 		}
@@ -689,6 +692,10 @@ type MintRequest struct {
 	// IdempotencyKey, when set, makes a retry with the same body return
 	// the credential minted the first time.
 	IdempotencyKey string
+	// JKT, when set, is the thumbprint of the key of the request's valid
+	// DPoP proof (checked by the caller, package dpop): the token is bound
+	// to it (RFC 9449 §6). "" asks for a bearer token.
+	JKT string
 }
 
 // Minted is an issued access token and its durable record.
@@ -755,7 +762,9 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 	if err != nil {
 		return Minted{}, err
 	}
-	if req.IdempotencyKey == "" {
+	// A bound mint takes the slow path, which records its key: the fast
+	// path's statement records bearer tokens only.
+	if req.IdempotencyKey == "" && req.JKT == "" {
 		if out, done, err := s.mintQuick(ctx, p, id, jti, scopes, req); done || err != nil {
 			return out, err
 		}
@@ -777,11 +786,14 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		if err := s.mintable(t, now, scopes, req.Audience); err != nil {
 			return err
 		}
+		if t.RequireDPoP && req.JKT == "" {
+			return Errorf(ErrDPoPRequired, "the task requires DPoP-bound tokens: send a DPoP proof")
+		}
 		if req.IdempotencyKey != "" {
 			prev, err := tx.CredentialByIdempotencyKey(ctx, t.ID, req.IdempotencyKey)
 			switch {
 			case err == nil:
-				out, claims, err = s.replay(t, prev, reqHash, now)
+				out, claims, err = s.replay(t, prev, reqHash, req.JKT, now)
 				return err
 			case !errors.Is(err, ErrNotFound):
 				return err
@@ -792,7 +804,7 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 			return err
 		}
 		stepUp, refused, err := s.gate(ctx, tx, p, t, now, gateRequest{Op: OpMint, Scopes: scopes,
-			Audience: req.Audience, Tool: tool, Dataset: dataset, Consume: true})
+			Audience: req.Audience, Tool: tool, Dataset: dataset, Consume: true, DPoP: req.JKT != ""})
 		if err != nil || refused != nil {
 			refusal = refused
 			return err
@@ -809,7 +821,7 @@ func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequ
 		c := Credential{
 			JTI: jti, TaskID: t.ID, Kind: "jwt", Agent: t.Agent, User: t.User,
 			Scopes: scopes, Audience: req.Audience, IssuedAt: iat, ExpiresAt: iat.Add(ttl),
-			IdempotencyKey: req.IdempotencyKey, StepUpID: stepUp,
+			IdempotencyKey: req.IdempotencyKey, StepUpID: stepUp, JKT: req.JKT,
 		}
 		if req.IdempotencyKey != "" {
 			c.RequestHash = reqHash
@@ -865,6 +877,7 @@ type issuedDetail struct {
 	Audience  string    `json:"audience"`
 	Dataset   string    `json:"dataset"`
 	ExpiresAt time.Time `json:"expires_at"`
+	JKT       string    `json:"jkt,omitempty"`
 	JTISHA256 string    `json:"jti_sha256"`
 	Kind      string    `json:"kind"`
 	Scopes    []string  `json:"scopes"`
@@ -875,7 +888,7 @@ type issuedDetail struct {
 // issuedEvent is the audit event of credential c, minted by p at now.
 func issuedEvent(p Principal, c Credential, now time.Time, tool, dataset string) AuditEvent {
 	d, err := json.Marshal(issuedDetail{
-		Audience: c.Audience, Dataset: dataset, ExpiresAt: c.ExpiresAt, JTISHA256: HashID(c.JTI),
+		Audience: c.Audience, Dataset: dataset, ExpiresAt: c.ExpiresAt, JKT: c.JKT, JTISHA256: HashID(c.JTI),
 		Kind: "jwt", Scopes: c.Scopes.Strings(), StepUpID: c.StepUpID, Tool: tool,
 	})
 	if err != nil {
@@ -904,10 +917,16 @@ func boundLabels(t Task, tool, dataset string) (string, string, error) {
 }
 
 // replay answers an Idempotency-Key retry with the credential recorded the
-// first time: never a second live credential for one key.
-func (s *Service) replay(t Task, prev Credential, reqHash string, now time.Time) (Minted, AccessToken, error) {
+// first time: never a second live credential for one key. A bound
+// credential is only returned to a proof of its own key (jkt), and a
+// bearer one only without a proof: a token is never handed to another
+// key, nor unbound.
+func (s *Service) replay(t Task, prev Credential, reqHash, jkt string, now time.Time) (Minted, AccessToken, error) {
 	if prev.RequestHash != reqHash {
 		return Minted{}, AccessToken{}, Errorf(ErrIdempotencyConflict, "this Idempotency-Key was used with another request")
+	}
+	if prev.JKT != jkt {
+		return Minted{}, AccessToken{}, Errorf(ErrIdempotencyConflict, "this Idempotency-Key was used with another DPoP key (or without one)")
 	}
 	left := prev.ExpiresAt.Sub(now) / time.Second
 	if !prev.RevokedAt.IsZero() || left < 1 {
@@ -1003,7 +1022,9 @@ func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Intr
 	// The record, not the token, says what was issued: a token whose
 	// claims differ from its record (signed by a stolen key for a real
 	// jti) is not active.
-	if at.Scope != strings.Join(c.Scopes.Strings(), " ") || !at.ExpiresAt.Equal(c.ExpiresAt) ||
+	// A token's cnf.jkt must be its record's too: binding is recorded at
+	// the mint, and a token that claims another key, or none, is forged.
+	if at.Scope != strings.Join(c.Scopes.Strings(), " ") || !at.ExpiresAt.Equal(c.ExpiresAt) || at.JKT != c.JKT ||
 		at.Subject != s.names.User(t.User) || at.ClientID != s.names.Agent(t.Agent) ||
 		at.Act != (Ref{Issuer: t.Agent.Issuer, Subject: s.names.Agent(t.Agent)}) {
 		return Introspection{}, nil

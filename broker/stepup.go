@@ -192,6 +192,8 @@ type gateRequest struct {
 	// Consume uses an approved step-up (the credential is being recorded
 	// in this transaction); without it the gate only checks.
 	Consume bool
+	// DPoP: the credential will be bound to a DPoP key (context.dpop).
+	DPoP bool
 }
 
 // gate applies the budget and the policies to an issuance under t's lock.
@@ -203,14 +205,20 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 	if err := s.checkBudget(ctx, tx, t, g.Scopes); err != nil {
 		return "", nil, err
 	}
-	d := s.decideAll(PolicyRequest{
+	base := PolicyRequest{
 		Operation: g.Op, TaskID: t.ID, Agent: t.Agent, User: t.User, Groups: t.UserGroups,
-		Tool: g.Tool, Dataset: g.Dataset, Time: now,
-	}, g.Scopes, []string{g.Audience})
+		Tool: g.Tool, Dataset: g.Dataset, Time: now, DPoP: g.DPoP,
+	}
+	d := s.decideAll(base, g.Scopes, []string{g.Audience})
 	switch d.Effect {
 	case EffectAllow:
 		return "", nil, nil
 	case EffectDeny:
+		if g.Op == OpMint {
+			if err := s.dpopRequiredByPolicy(base, g.Scopes, []string{g.Audience}, d); err != nil {
+				return "", nil, err
+			}
+		}
 		return "", nil, policyDenied(d)
 	}
 	st, ok := tx.(StepUpTx)

@@ -60,6 +60,9 @@ type Task struct {
 	// Revoking is set while backend revocations of an ended task are
 	// outstanding in the outbox.
 	Revoking bool
+	// RequireDPoP: every token of the task must be DPoP-bound (RFC 9449);
+	// a mint without a proof is refused. Set at creation, never changed.
+	RequireDPoP bool
 
 	CreatedAt  time.Time
 	ApprovedAt time.Time // zero until approved
@@ -105,6 +108,10 @@ type Credential struct {
 	// StepUpID names the step-up approval this credential was minted
 	// under, when a @step_up policy asked for one.
 	StepUpID string
+	// JKT is the RFC 7638 thumbprint of the key the token is bound to
+	// (RFC 9449 cnf.jkt), "" for a bearer token. Introspection answers
+	// from it, never from the token.
+	JKT string
 }
 
 // Audit event types of DESIGN.md.

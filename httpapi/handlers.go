@@ -23,6 +23,8 @@ type createTaskBody struct {
 	// MaxCredentials and MaxResources lower the configured budget.
 	MaxCredentials int `json:"max_credentials"`
 	MaxResources   int `json:"max_resources"`
+	// RequireDPoP makes every token of the task DPoP-bound.
+	RequireDPoP bool `json:"require_dpop"`
 }
 
 func (s *Server) createTask(w http.ResponseWriter, r *http.Request) {
@@ -38,7 +40,7 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) {
 	t, err := s.svc.CreateTask(r.Context(), p, broker.CreateTaskRequest{
 		OnBehalfOf: b.OnBehalfOf, Goal: b.Goal, Scopes: b.Scopes, Audiences: b.Audiences,
 		TTLSeconds: b.TTLSeconds, Tool: b.Tool, Dataset: b.Dataset,
-		MaxCredentials: b.MaxCredentials, MaxResources: b.MaxResources,
+		MaxCredentials: b.MaxCredentials, MaxResources: b.MaxResources, RequireDPoP: b.RequireDPoP,
 	})
 	if err != nil {
 		c.fail(err)
@@ -158,9 +160,15 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) {
 	if !c.body(&b, false) {
 		return
 	}
+	// A DPoP proof binds the token to its key (RFC 9449 §5).
+	jkt, _, err := s.dpopKey(r)
+	if err != nil {
+		c.fail(err)
+		return
+	}
 	m, err := s.svc.Mint(r.Context(), p, id, broker.MintRequest{
 		Scopes: b.Scopes, Audience: b.Audience, TTLSeconds: b.TTLSeconds, Tool: b.Tool, Dataset: b.Dataset,
-		IdempotencyKey: r.Header.Get("Idempotency-Key"),
+		IdempotencyKey: r.Header.Get("Idempotency-Key"), JKT: jkt,
 	})
 	if err != nil {
 		c.fail(err)
@@ -172,7 +180,7 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) {
 		s.metrics.issued.Inc()
 	}
 	writeJSON(w, http.StatusCreated, mintedJSON{
-		AccessToken: m.Token, TokenType: "Bearer", IssuedTokenType: "urn:ietf:params:oauth:token-type:jwt",
+		AccessToken: m.Token, TokenType: tokenType(m.Credential), IssuedTokenType: "urn:ietf:params:oauth:token-type:jwt",
 		ExpiresIn: m.ExpiresIn, Scope: strings.Join(m.Credential.Scopes.Strings(), " "),
 		JTI: m.Credential.JTI, TaskID: m.Credential.TaskID, Audience: m.Credential.Audience,
 	})
@@ -237,11 +245,17 @@ func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
 	t := in.Token
 	// A struct, not a map: introspection is the hottest path, and a map's
 	// keys are sorted and its values boxed at every call.
-	writeJSON(w, http.StatusOK, IntrospectionResponse{
+	out := IntrospectionResponse{
 		Active: true, Iss: s.self, Scope: t.Scope, ClientID: t.ClientID, Sub: t.Subject,
 		Act: ActClaim{Sub: t.Act.Subject, Iss: t.Act.Issuer}, Aud: t.Audience, TaskID: t.TaskID,
-		JTI: t.JTI, TokenType: "Bearer", Exp: t.ExpiresAt.Unix(), Iat: t.IssuedAt.Unix(), Nbf: t.NotBefore.Unix(),
-	})
+		JTI: t.JTI, TokenType: tokenType(in.Credential), Exp: t.ExpiresAt.Unix(), Iat: t.IssuedAt.Unix(), Nbf: t.NotBefore.Unix(),
+	}
+	// The binding is the record's (RFC 9449 §6.2), which the token's own
+	// cnf was checked against.
+	if in.Credential.JKT != "" {
+		out.Cnf = &Confirmation{JKT: in.Credential.JKT}
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // inactiveJSON is RFC 7662's answer for anything not active: exactly
@@ -256,23 +270,32 @@ type ActClaim struct {
 	Sub string `json:"sub"`
 }
 
+// Confirmation is RFC 7800's cnf with RFC 9449's jkt: the thumbprint of
+// the key whose DPoP proofs must accompany the token.
+type Confirmation struct {
+	JKT string `json:"jkt"`
+}
+
 // IntrospectionResponse is RFC 7662's answer for an active token, as
 // POST /v1/introspect writes it (the load tool's floor server writes the
 // same).
 type IntrospectionResponse struct {
-	Active    bool     `json:"active"`
-	Act       ActClaim `json:"act"`
-	Aud       string   `json:"aud"`
-	ClientID  string   `json:"client_id"`
-	Exp       int64    `json:"exp"`
-	Iat       int64    `json:"iat"`
-	Iss       string   `json:"iss"`
-	JTI       string   `json:"jti"`
-	Nbf       int64    `json:"nbf"`
-	Scope     string   `json:"scope"`
-	Sub       string   `json:"sub"`
-	TaskID    string   `json:"task_id"`
-	TokenType string   `json:"token_type"`
+	Active   bool     `json:"active"`
+	Act      ActClaim `json:"act"`
+	Aud      string   `json:"aud"`
+	ClientID string   `json:"client_id"`
+	// Cnf is the key a DPoP-bound token is bound to; absent for a bearer
+	// token.
+	Cnf       *Confirmation `json:"cnf,omitempty"`
+	Exp       int64         `json:"exp"`
+	Iat       int64         `json:"iat"`
+	Iss       string        `json:"iss"`
+	JTI       string        `json:"jti"`
+	Nbf       int64         `json:"nbf"`
+	Scope     string        `json:"scope"`
+	Sub       string        `json:"sub"`
+	TaskID    string        `json:"task_id"`
+	TokenType string        `json:"token_type"`
 }
 
 func (s *Server) auditEvents(w http.ResponseWriter, r *http.Request) {
@@ -461,6 +484,8 @@ type taskJSON struct {
 	// unlimited.
 	MaxCredentials int `json:"max_credentials,omitempty"`
 	MaxResources   int `json:"max_resources,omitempty"`
+	// RequireDPoP: every token of the task is DPoP-bound.
+	RequireDPoP bool `json:"require_dpop"`
 
 	// ScopeDetails are the class and risk of each scope and approved
 	// scope, from the catalog (scopeDetails).
@@ -477,6 +502,7 @@ func (s *Server) renderTask(t broker.Task) taskJSON {
 		DenyReason: t.DenyReason, CreatedAt: t.CreatedAt.Format(time.RFC3339Nano),
 		ApprovedAt: optTime(t.ApprovedAt), ExpiresAt: t.ExpiresAt.Format(time.RFC3339Nano),
 		ClosedAt: optTime(t.ClosedAt), MaxCredentials: t.Budget.MaxCredentials, MaxResources: t.Budget.MaxResources,
+		RequireDPoP:  t.RequireDPoP,
 		ScopeDetails: s.scopeDetails(t.Scopes, t.ApprovedScopes),
 	}
 }

@@ -341,7 +341,7 @@ func TestCheckContractRejectsWrongShape(t *testing.T) {
 		task     = `{"id":"tsk_a","status":"pending","version":1,"digest":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","agent":"https://agents#bot","on_behalf_of":"alice",` +
 			`"goal":"g","scopes":["github.repo.read:acme/**"],"approved_scopes":[],` +
 			`"scope_details":[{"scope":"github.repo.read:acme/**","class":"read","risk":"low"}],"audiences":["https://api.github.com"],` +
-			`"approved_audiences":[],"risk":"low","ttl_capped":false,"created_at":"2026-01-02T03:04:05.123456Z",` +
+			`"approved_audiences":[],"risk":"low","ttl_capped":false,"require_dpop":false,"created_at":"2026-01-02T03:04:05.123456Z",` +
 			`"approved_at":null,"expires_at":"2026-01-02T04:04:05.123456Z","closed_at":null}`
 	)
 	mintResp := func(drop string) string {

@@ -47,6 +47,8 @@ var statusOf = map[string]int{
 	"task_immutable":         http.StatusConflict,
 	"task_changed":           http.StatusConflict,
 	"idempotency_conflict":   http.StatusConflict,
+	"invalid_dpop_proof":     http.StatusBadRequest,
+	"dpop_required":          http.StatusBadRequest,
 	"rate_limited":           http.StatusTooManyRequests,
 	"body_too_large":         http.StatusRequestEntityTooLarge,
 	"unavailable":            http.StatusServiceUnavailable,

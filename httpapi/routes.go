@@ -105,5 +105,7 @@ func (s *Server) metadata(w http.ResponseWriter, _ *http.Request) {
 		"grant_types_supported":    []string{},
 		"introspection_endpoint_auth_methods_supported": []string{"bearer"},
 		"token_endpoint_auth_methods_supported":         []string{"none"},
+		// RFC 9449 §5.1: the algorithms of the DPoP proofs accepted.
+		"dpop_signing_alg_values_supported": s.dpop.Algorithms(),
 	})
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/dpop"
 	"github.com/errandhq/errand/internal/strictjson"
 )
 
@@ -84,6 +85,8 @@ type Server struct {
 	anon                   *anonRefusals
 	closing                chan struct{}
 	closeOnce              sync.Once
+	// dpop checks DPoP proofs, their identifiers remembered in the store.
+	dpop *dpop.Verifier
 }
 
 // StopStreams ends every open revocation stream (clients resume with
@@ -118,6 +121,9 @@ func New(cfg Config) (*Server, error) {
 	s.byPrincipal, s.byAddress = newLimiters(cfg.RateLimits.PerPrincipal), newLimiters(cfg.RateLimits.PerAddress)
 	s.proxies = cfg.RateLimits.TrustedProxies
 	var err error
+	if s.dpop, err = dpop.New(dpop.Config{Replay: dpopReplay{svc: cfg.Service}}); err != nil {
+		return nil, err
+	}
 	if s.metrics, err = newMetrics(cfg.Registry); err != nil {
 		return nil, err
 	}

@@ -28,7 +28,7 @@ const (
 //	           Group::"<issuer>#<name>" for each of the user's groups, and in
 //	           Group::"<name>" too when one user issuer is configured), risk,
 //	           class, audience, environment, tool, dataset, time (a datetime),
-//	           operation}
+//	           operation, dpop (a bool: the tokens are DPoP-bound)}
 //
 // Every context key is always present ("" when unknown), so a policy never
 // fails for a missing attribute; tool and dataset are "" when the request
@@ -51,6 +51,7 @@ func cedarRequest(r broker.PolicyRequest) (*lazyEntities, cedar.Request) {
 		"dataset":     types.String(r.Dataset),
 		"time":        types.NewDatetime(r.Time),
 		"operation":   types.String(r.Operation),
+		"dpop":        types.Boolean(r.DPoP),
 	})
 	return e, cedar.Request{Principal: e.agent, Action: action, Resource: e.resource, Context: ctx}
 }

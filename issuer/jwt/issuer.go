@@ -368,6 +368,14 @@ type claims struct {
 	IAT      int64    `json:"iat"`
 	NBF      int64    `json:"nbf"`
 	EXP      int64    `json:"exp"`
+	// Cnf binds a DPoP-bound token to its key (RFC 9449 §6.1); absent
+	// from bearer tokens.
+	Cnf *cnfClaim `json:"cnf,omitempty"`
+}
+
+// cnfClaim is RFC 7800's confirmation claim with RFC 9449's jkt.
+type cnfClaim struct {
+	JKT string `json:"jkt"`
 }
 
 // Sign signs t with the current key.
@@ -382,6 +390,9 @@ func (i *Issuer) Sign(_ context.Context, t broker.AccessToken) (string, error) {
 		ClientID: t.ClientID, Aud: t.Audience, Scope: t.Scope, TaskID: t.TaskID, JTI: t.JTI,
 		IAT: t.IssuedAt.Unix(), NBF: t.NotBefore.Unix(), EXP: t.ExpiresAt.Unix(),
 	}}
+	if t.JKT != "" {
+		m.Cnf = &cnfClaim{JKT: t.JKT}
+	}
 	// The compact form of a token (RFC 7515, 7.1) with the key's header
 	// encoded once; golang-jwt's method signs it.
 	body, err := json.Marshal(m)
@@ -467,11 +478,18 @@ func (i *Issuer) verify(ctx context.Context, raw string) (broker.AccessToken, st
 	if c.JTI == "" || c.TaskID == "" || c.Sub == "" || c.Aud == "" {
 		return broker.AccessToken{}, "", broker.Errorf(broker.ErrInvalidToken, "missing claims")
 	}
+	var jkt string
+	if c.Cnf != nil {
+		if c.Cnf.JKT == "" {
+			return broker.AccessToken{}, "", broker.Errorf(broker.ErrInvalidToken, "cnf without jkt")
+		}
+		jkt = c.Cnf.JKT
+	}
 	return broker.AccessToken{
 		Subject: c.Sub, Act: broker.Ref{Issuer: c.Act.Iss, Subject: c.Act.Sub},
 		ClientID: c.ClientID, Audience: c.Aud, Scope: c.Scope, TaskID: c.TaskID, JTI: c.JTI,
 		IssuedAt: time.Unix(c.IAT, 0).UTC(), NotBefore: time.Unix(c.NBF, 0).UTC(),
-		ExpiresAt: time.Unix(c.EXP, 0).UTC(),
+		ExpiresAt: time.Unix(c.EXP, 0).UTC(), JKT: jkt,
 	}, hdr.KID, nil
 }
 

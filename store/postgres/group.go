@@ -80,9 +80,14 @@ var _ broker.QuickIssuer = (*Store)(nil)
 
 // IssueQuick records a credential in one statement of a group (see
 // broker.QuickIssuer); the group sends the statements of all its quick
-// calls in one batch, ahead of its other calls.
+// calls in one batch, ahead of its other calls. quickSQL records bearer
+// credentials only: a DPoP-bound one (c.JKT) is refused here, false, and
+// takes the slow path, never recorded unbound.
 func (s *Store) IssueQuick(_ context.Context, c *broker.Credential, version int, ttl time.Duration,
 	event func(broker.Credential, time.Time) broker.AuditEvent) (bool, error) {
+	if c.JKT != "" {
+		return false, nil
+	}
 	q := &quickCall{c: c, version: version, ttl: ttl, event: event}
 	if err := s.enqueue(c.TaskID, &groupCall{quick: q, done: make(chan error, 1)}); err != nil {
 		return false, err

@@ -25,20 +25,20 @@ var _ broker.Tx = (*txn)(nil)
 const taskColumns = `id, seq, version, status, agent_iss, agent_sub, user_iss, user_sub, goal,
 	scopes, approved_scopes, audiences, approved_audiences, risk, tool, dataset, ttl_capped,
 	deny_reason, created_at, approved_at, expires_at, closed_at, revoking, user_groups,
-	max_credentials, max_resources`
+	max_credentials, max_resources, require_dpop`
 
 func (t *txn) InsertTask(ctx context.Context, k *broker.Task) error {
 	err := t.tx.QueryRow(ctx, `INSERT INTO tasks (id, version, status, agent_iss, agent_sub,
 		user_iss, user_sub, goal, scopes, approved_scopes, audiences, approved_audiences, risk,
 		tool, dataset, ttl_capped, deny_reason, created_at, approved_at, expires_at, closed_at, revoking,
-		user_groups, max_credentials, max_resources)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25)
+		user_groups, max_credentials, max_resources, require_dpop)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26)
 		RETURNING seq`,
 		k.ID, k.Version, string(k.Status), k.Agent.Issuer, k.Agent.Subject, k.User.Issuer,
 		k.User.Subject, k.Goal, k.Scopes.Strings(), k.ApprovedScopes.Strings(), nonNil(k.Audiences),
 		nonNil(k.ApprovedAudiences), string(k.Risk), k.Tool, k.Dataset, k.TTLCapped, k.DenyReason,
 		k.CreatedAt, nullTime(k.ApprovedAt), k.ExpiresAt, nullTime(k.ClosedAt), k.Revoking,
-		nonNil(k.UserGroups), k.Budget.MaxCredentials, k.Budget.MaxResources).Scan(&k.Seq)
+		nonNil(k.UserGroups), k.Budget.MaxCredentials, k.Budget.MaxResources, k.RequireDPoP).Scan(&k.Seq)
 	return translate(err)
 }
 
@@ -111,13 +111,13 @@ func (t *txn) InsertCredential(ctx context.Context, c *broker.Credential) error 
 	// The task must exist: there is no foreign key (migration 00009), and
 	// callers hold the task's row lock already.
 	err := t.tx.QueryRow(ctx, `INSERT INTO credentials (jti, task_id, kind, agent_iss, agent_sub,
-		user_iss, user_sub, scopes, audience, issued_at, expires_at, idempotency_key, request_hash, step_up_id)
+		user_iss, user_sub, scopes, audience, issued_at, expires_at, idempotency_key, request_hash, step_up_id, jkt)
 		SELECT $1::text, id, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text[], $9::text,
-			$10::timestamptz, $11::timestamptz, $12::text, $13::text, $14::text FROM tasks WHERE id = $2
+			$10::timestamptz, $11::timestamptz, $12::text, $13::text, $14::text, $15::text FROM tasks WHERE id = $2
 		RETURNING seq`,
 		c.JTI, c.TaskID, c.Kind, c.Agent.Issuer, c.Agent.Subject, c.User.Issuer, c.User.Subject,
 		c.Scopes.Strings(), c.Audience, c.IssuedAt, c.ExpiresAt, nullString(c.IdempotencyKey),
-		nullString(c.RequestHash), nullString(c.StepUpID)).Scan(&c.Seq)
+		nullString(c.RequestHash), nullString(c.StepUpID), c.JKT).Scan(&c.Seq)
 	return translate(err)
 }
 
@@ -128,7 +128,7 @@ func (t *txn) CredentialByIdempotencyKey(ctx context.Context, taskID, key string
 
 const credentialColumns = `jti, seq, task_id, kind, agent_iss, agent_sub, user_iss, user_sub,
 	scopes, audience, issued_at, expires_at, revoked_at, coalesce(idempotency_key, ''), coalesce(request_hash, ''),
-	coalesce(step_up_id, '')`
+	coalesce(step_up_id, ''), jkt`
 
 func (t *txn) RevokeCredentials(ctx context.Context, taskID string, at time.Time) ([]broker.Credential, error) {
 	rows, err := t.tx.Query(ctx, `UPDATE credentials SET revoked_at = $2
@@ -216,11 +216,11 @@ func (s *Store) ListTasks(ctx context.Context, f broker.TaskFilter) ([]broker.Ta
 // credentialAndTaskColumns are credentialColumns of c then taskColumns of t.
 const credentialAndTaskColumns = `c.jti, c.seq, c.task_id, c.kind, c.agent_iss, c.agent_sub, c.user_iss, c.user_sub,
 	c.scopes, c.audience, c.issued_at, c.expires_at, c.revoked_at, coalesce(c.idempotency_key, ''),
-	coalesce(c.request_hash, ''), coalesce(c.step_up_id, ''),
+	coalesce(c.request_hash, ''), coalesce(c.step_up_id, ''), c.jkt,
 	t.id, t.seq, t.version, t.status, t.agent_iss, t.agent_sub, t.user_iss, t.user_sub, t.goal,
 	t.scopes, t.approved_scopes, t.audiences, t.approved_audiences, t.risk, t.tool, t.dataset, t.ttl_capped,
 	t.deny_reason, t.created_at, t.approved_at, t.expires_at, t.closed_at, t.revoking, t.user_groups,
-	t.max_credentials, t.max_resources`
+	t.max_credentials, t.max_resources, t.require_dpop`
 
 // CredentialAndTask reads a credential, its task and the database's
 // clock in one round trip, for introspection.
@@ -411,7 +411,7 @@ func (s *taskScan) dest() []any {
 		&t.User.Issuer, &t.User.Subject, &t.Goal, &s.scopes, &s.approved, &t.Audiences,
 		&t.ApprovedAudiences, &s.risk, &t.Tool, &t.Dataset, &t.TTLCapped, &t.DenyReason,
 		&t.CreatedAt, &s.approvedAt, &t.ExpiresAt, &s.closedAt, &t.Revoking, &t.UserGroups,
-		&t.Budget.MaxCredentials, &t.Budget.MaxResources}
+		&t.Budget.MaxCredentials, &t.Budget.MaxResources, &t.RequireDPoP}
 }
 
 func (s *taskScan) task() (broker.Task, error) {
@@ -453,7 +453,7 @@ func (s *credentialScan) dest() []any {
 	c := &s.c
 	return []any{&c.JTI, &c.Seq, &c.TaskID, &c.Kind, &c.Agent.Issuer, &c.Agent.Subject,
 		&c.User.Issuer, &c.User.Subject, &s.scopes, &c.Audience, &c.IssuedAt, &c.ExpiresAt, &s.revoked,
-		&c.IdempotencyKey, &c.RequestHash, &c.StepUpID}
+		&c.IdempotencyKey, &c.RequestHash, &c.StepUpID, &c.JKT}
 }
 
 func (s *credentialScan) credential() (broker.Credential, error) {

@@ -16,25 +16,25 @@ var _ broker.Tx = (*txn)(nil)
 const taskColumns = `id, seq, version, status, agent_iss, agent_sub, user_iss, user_sub, goal,
 	scopes, approved_scopes, audiences, approved_audiences, risk, tool, dataset, ttl_capped,
 	deny_reason, created_at, approved_at, expires_at, closed_at, revoking, user_groups,
-	max_credentials, max_resources`
+	max_credentials, max_resources, require_dpop`
 
 const credentialColumns = `jti, seq, task_id, kind, agent_iss, agent_sub, user_iss, user_sub,
 	scopes, audience, issued_at, expires_at, revoked_at, coalesce(idempotency_key, ''), coalesce(request_hash, ''),
-	coalesce(step_up_id, '')`
+	coalesce(step_up_id, ''), jkt`
 
 func (t *txn) InsertTask(ctx context.Context, k *broker.Task) error {
 	err := t.tx.QueryRowContext(ctx, `INSERT INTO tasks (id, version, status, agent_iss, agent_sub,
 		user_iss, user_sub, goal, scopes, approved_scopes, audiences, approved_audiences, risk,
 		tool, dataset, ttl_capped, deny_reason, created_at, approved_at, expires_at, closed_at, revoking,
-		user_groups, max_credentials, max_resources)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25)
+		user_groups, max_credentials, max_resources, require_dpop)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26)
 		RETURNING seq`,
 		k.ID, k.Version, string(k.Status), k.Agent.Issuer, k.Agent.Subject, k.User.Issuer,
 		k.User.Subject, k.Goal, jsonList(k.Scopes.Strings()), jsonList(k.ApprovedScopes.Strings()),
 		jsonList(k.Audiences), jsonList(k.ApprovedAudiences), string(k.Risk), k.Tool, k.Dataset,
 		k.TTLCapped, k.DenyReason, micros(k.CreatedAt), nullMicros(k.ApprovedAt), micros(k.ExpiresAt),
 		nullMicros(k.ClosedAt), k.Revoking, jsonList(k.UserGroups), k.Budget.MaxCredentials,
-		k.Budget.MaxResources).Scan(&k.Seq)
+		k.Budget.MaxResources, k.RequireDPoP).Scan(&k.Seq)
 	return translate(err)
 }
 
@@ -62,11 +62,11 @@ func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
 
 func (t *txn) InsertCredential(ctx context.Context, c *broker.Credential) error {
 	err := t.tx.QueryRowContext(ctx, `INSERT INTO credentials (jti, task_id, kind, agent_iss, agent_sub,
-		user_iss, user_sub, scopes, audience, issued_at, expires_at, idempotency_key, request_hash, step_up_id)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) RETURNING seq`,
+		user_iss, user_sub, scopes, audience, issued_at, expires_at, idempotency_key, request_hash, step_up_id, jkt)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) RETURNING seq`,
 		c.JTI, c.TaskID, c.Kind, c.Agent.Issuer, c.Agent.Subject, c.User.Issuer, c.User.Subject,
 		jsonList(c.Scopes.Strings()), c.Audience, micros(c.IssuedAt), micros(c.ExpiresAt),
-		nullString(c.IdempotencyKey), nullString(c.RequestHash), nullString(c.StepUpID)).Scan(&c.Seq)
+		nullString(c.IdempotencyKey), nullString(c.RequestHash), nullString(c.StepUpID), c.JKT).Scan(&c.Seq)
 	return translate(err)
 }
 
@@ -294,7 +294,7 @@ func scanTask(r scanner) (broker.Task, error) {
 	err := r.Scan(&t.ID, &t.Seq, &t.Version, &status, &t.Agent.Issuer, &t.Agent.Subject,
 		&t.User.Issuer, &t.User.Subject, &t.Goal, &scopes, &approved, &auds, &approvedAuds,
 		&risk, &t.Tool, &t.Dataset, &t.TTLCapped, &t.DenyReason, &created, &approvedAt, &expires, &closedAt, &t.Revoking,
-		&groups, &t.Budget.MaxCredentials, &t.Budget.MaxResources)
+		&groups, &t.Budget.MaxCredentials, &t.Budget.MaxResources, &t.RequireDPoP)
 	if err != nil {
 		return broker.Task{}, translate(err)
 	}
@@ -328,7 +328,7 @@ func scanCredential(r scanner) (broker.Credential, error) {
 	)
 	err := r.Scan(&c.JTI, &c.Seq, &c.TaskID, &c.Kind, &c.Agent.Issuer, &c.Agent.Subject,
 		&c.User.Issuer, &c.User.Subject, &scopes, &c.Audience, &issued, &expires, &revoked,
-		&c.IdempotencyKey, &c.RequestHash, &c.StepUpID)
+		&c.IdempotencyKey, &c.RequestHash, &c.StepUpID, &c.JKT)
 	if err != nil {
 		return broker.Credential{}, translate(err)
 	}

@@ -1,0 +1,44 @@
+package broker
+
+import (
+	"context"
+	"strings"
+	"time"
+)
+
+// Refusals of DPoP (RFC 9449). A proof itself is checked at the HTTP edge
+// (package dpop), which passes the broker only the thumbprint of a valid
+// proof's key (MintRequest.JKT).
+var (
+	// ErrInvalidDPoPProof: a DPoP proof was sent and is not valid for this
+	// request (RFC 9449 §5: the OAuth error invalid_dpop_proof).
+	ErrInvalidDPoPProof = &Error{Code: "invalid_dpop_proof"}
+	// ErrDPoPRequired: the task, or a policy, requires a DPoP-bound token
+	// and the request carried no proof.
+	ErrDPoPRequired = &Error{Code: "dpop_required"}
+)
+
+// dpopRequiredByPolicy is the refusal of a request without a proof that
+// the policies denied (d) only because it has none: the same request with
+// a proof would not be denied. nil when a proof would not help.
+func (s *Service) dpopRequiredByPolicy(base PolicyRequest, scopes Scopes, audiences []string, d PolicyDecision) error {
+	if base.DPoP || d.Effect != EffectDeny {
+		return nil
+	}
+	base.DPoP = true
+	if s.decideAll(base, scopes, audiences).Effect == EffectDeny {
+		return nil
+	}
+	return &Error{Code: ErrDPoPRequired.Code,
+		Detail: "policy " + strings.Join(d.Policies, ", ") + " requires a DPoP-bound token: send a DPoP proof",
+		Extra:  map[string]any{"policies": nonNilStrings(d.Policies)}}
+}
+
+// RememberJTI is the store's ReplayCache, shared by every replica, for the
+// identifiers the HTTP edge must see only once: DPoP proofs
+// (ReplayDPoP), client assertions (ReplayClientAssertion).
+func (s *Service) RememberJTI(ctx context.Context, kind, jti string, expiresAt time.Time) (bool, error) {
+	return s.store.RememberJTI(ctx, kind, jti, expiresAt)
+}
+
+var _ ReplayCache = (*Service)(nil)
