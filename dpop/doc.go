@@ -13,7 +13,9 @@
 // the jkt that an authorization server puts in a bound token's cnf
 // claim (§6.1) and a resource server compares (VerifyBound).
 //
-// Server-provided nonces (§8, §9) are not implemented: a proof's nonce
-// claim is ignored, and freshness rests on the iat window and the jti
-// cache.
+// Server-provided nonces (§8) are optional (Config.Nonces): stateless,
+// a MAC of the current period under a key the replicas share, so that no
+// replica keeps or exchanges them. Without them a proof's nonce claim is
+// ignored, and freshness rests on the iat window and the jti cache. The
+// resource server's nonce (§9) is left to resource servers.
 package dpop

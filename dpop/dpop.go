@@ -64,6 +64,9 @@ type Config struct {
 	Now func() time.Time
 	// Replay remembers each proof's jti; required.
 	Replay ReplayCache
+	// Nonces, when set, makes a server nonce required in every proof
+	// (RFC 9449 §8): a proof without a current one is ErrUseNonce.
+	Nonces *Nonces
 }
 
 // Verifier checks DPoP proofs.
@@ -73,6 +76,7 @@ type Verifier struct {
 	window time.Duration
 	now    func() time.Time
 	replay ReplayCache
+	nonces *Nonces
 }
 
 // New returns a Verifier for cfg.
@@ -89,7 +93,7 @@ func New(cfg Config) (*Verifier, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	v := &Verifier{window: cfg.Window, now: cfg.Now, replay: cfg.Replay}
+	v := &Verifier{window: cfg.Window, now: cfg.Now, replay: cfg.Replay, nonces: cfg.Nonces}
 	for _, a := range cfg.Algorithms {
 		alg, ok := supported[a]
 		if !ok {
@@ -128,11 +132,12 @@ type Proof struct {
 
 // claims are a proof's payload. Other claims are allowed and ignored.
 type claims struct {
-	JTI string          `json:"jti"`
-	HTM string          `json:"htm"`
-	HTU string          `json:"htu"`
-	IAT json.RawMessage `json:"iat"`
-	ATH string          `json:"ath"`
+	JTI   string          `json:"jti"`
+	HTM   string          `json:"htm"`
+	HTU   string          `json:"htu"`
+	IAT   json.RawMessage `json:"iat"`
+	ATH   string          `json:"ath"`
+	Nonce string          `json:"nonce"`
 }
 
 // Verify checks proof for req (RFC 9449 §4.3) and remembers its jti: the
@@ -174,6 +179,15 @@ func (v *Verifier) VerifyBound(ctx context.Context, proof string, req Request, j
 		return Proof{}, invalid("the proof's key is not the key the token is bound to")
 	}
 	return v.remember(ctx, p)
+}
+
+// Nonce is a fresh server nonce for the DPoP-Nonce header, "" when the
+// verifier asks for none.
+func (v *Verifier) Nonce() string {
+	if v.nonces == nil {
+		return ""
+	}
+	return v.nonces.Issue()
 }
 
 // Check is Verify without the replay cache: every check of the proof
@@ -241,6 +255,11 @@ func (v *Verifier) Check(proof string, req Request) (Proof, error) {
 	jkt, err := Thumbprint(jwk)
 	if err != nil {
 		return Proof{}, invalid("the key has no thumbprint: %v", err)
+	}
+	// Last, so that only an otherwise valid proof is asked to come again
+	// with a nonce (§8), and before its jti is remembered.
+	if v.nonces != nil && !v.nonces.valid(c.Nonce) {
+		return Proof{}, ErrUseNonce
 	}
 	return Proof{JKT: jkt, JTI: c.JTI, IssuedAt: iat}, nil
 }

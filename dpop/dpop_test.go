@@ -385,3 +385,46 @@ func FuzzDPoPProof(f *testing.F) {
 		}
 	})
 }
+
+func TestX05ServerNonce(t *testing.T) {
+	clock := now
+	nonces, err := NewNonces([]byte(strings.Repeat("k", 32)), time.Minute, func() time.Time { return clock })
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := NewNonces([]byte(strings.Repeat("o", 32)), time.Minute, func() time.Time { return clock })
+	v, err := New(Config{Now: func() time.Time { return clock }, Replay: &memReplay{}, Nonces: nonces})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := p256(t)
+	issued := v.Nonce()
+	tampered := issued[:31] + "A"
+	if tampered == issued {
+		tampered = issued[:31] + "B"
+	}
+	for _, tc := range []struct {
+		name, nonce string
+		after       time.Duration
+		want        error
+	}{
+		{"current", issued, 0, nil},
+		{"from the last period", issued, time.Minute, nil},
+		{"none", "", 0, ErrUseNonce},
+		{"two periods old", issued, 2 * time.Minute, ErrUseNonce},
+		{"another key's", other.Issue(), 0, ErrUseNonce},
+		{"tampered", tampered, 0, ErrUseNonce},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock = now.Add(tc.after)
+			defer func() { clock = now }()
+			proof, err := NewProofWithNonce(k, "POST", htu, "", tc.nonce, clock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := v.Verify(context.Background(), proof, req()); !errors.Is(err, tc.want) && !(err == nil && tc.want == nil) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}

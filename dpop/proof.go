@@ -21,6 +21,12 @@ import (
 // (ES256, EdDSA, PS256), accessToken the token it accompanies ("" when
 // asking for one), now its iat. Its jti is random.
 func NewProof(key crypto.Signer, method, url, accessToken string, now time.Time) (string, error) {
+	return NewProofWithNonce(key, method, url, accessToken, "", now)
+}
+
+// NewProofWithNonce is NewProof carrying the server's nonce (the last
+// DPoP-Nonce header it answered, RFC 9449 §8); "" carries none.
+func NewProofWithNonce(key crypto.Signer, method, url, accessToken, nonce string, now time.Time) (string, error) {
 	var alg jose.SignatureAlgorithm
 	switch k := key.(type) {
 	case *ecdsa.PrivateKey:
@@ -47,6 +53,9 @@ func NewProof(key crypto.Signer, method, url, accessToken string, now time.Time)
 	c := map[string]any{
 		"jti": base64.RawURLEncoding.EncodeToString(id[:]),
 		"htm": method, "htu": url, "iat": now.Unix(),
+	}
+	if nonce != "" {
+		c["nonce"] = nonce
 	}
 	if accessToken != "" {
 		sum := sha256.Sum256([]byte(accessToken))
