@@ -16,6 +16,10 @@ var (
 	// ErrDPoPRequired: the task, or a policy, requires a DPoP-bound token
 	// and the request carried no proof.
 	ErrDPoPRequired = &Error{Code: "dpop_required"}
+	// ErrUseDPoPNonce: server nonces are required and the proof, valid
+	// otherwise, has no current one; the answer carries a fresh nonce in
+	// the DPoP-Nonce header (RFC 9449 §8).
+	ErrUseDPoPNonce = &Error{Code: "use_dpop_nonce"}
 )
 
 // dpopRequiredByPolicy is the refusal of a request without a proof that

@@ -54,8 +54,17 @@ type Config struct {
 	Vault            *Vault `yaml:"vault"`
 	Keys             Keys   `yaml:"keys"`
 	TLS              *TLS   `yaml:"tls"`
+	// DPoP configures the checking of DPoP proofs (RFC 9449).
+	DPoP DPoP `yaml:"dpop"`
 	// Dir is the directory of the config file, for relative paths.
 	Dir string `yaml:"-"`
+}
+
+// DPoP configures the checking of DPoP proofs.
+type DPoP struct {
+	// NonceEvery, when set, makes a server nonce required in every proof,
+	// a new one issued this often (RFC 9449 §8); default none.
+	NonceEvery time.Duration `yaml:"nonce_every"`
 }
 
 // TLS makes serve answer HTTPS itself (TLS 1.2 and later).
@@ -404,6 +413,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AuditAnchorEvery == "" {
 		c.AuditAnchorEvery = "10m"
+	}
+	if c.DPoP.NonceEvery != 0 && c.DPoP.NonceEvery < time.Second {
+		bad(errors.New("config: dpop.nonce_every: a duration of at least 1s, such as 5m"))
 	}
 	if c.AuditAnchorEvery != "off" {
 		if d, err := time.ParseDuration(c.AuditAnchorEvery); err != nil || d < time.Second {

@@ -105,6 +105,7 @@ func TestInvalidConfigsNameTheKey(t *testing.T) {
 		{"token ttl longer than task ttl", "token_ttl_max: 5m", "token_ttl_max: 9h", "limits.token_ttl_max", nil},
 		{"duration without unit", "task_ttl_max: 8h", "task_ttl_max: eight", "task_ttl_max", nil},
 		{"bad signing alg", "limits:", "signing_alg: RS256\nlimits:", "signing_alg", nil},
+		{"dpop nonce period under a second", "limits:", "dpop: {nonce_every: 10ms}\nlimits:", "dpop.nonce_every", nil},
 		{"any_introspector beside introspectors", `{url: "https://api.github.com", environment: prod}`,
 			`{url: "https://api.github.com", environment: prod, any_introspector: true, introspectors: ["https://oidc.eks.example.com/id/CLUSTER#gw"]}`,
 			"audiences[0]", nil},

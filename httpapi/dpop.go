@@ -2,6 +2,8 @@ package httpapi
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
 	"net/http"
 	"strings"
@@ -34,6 +36,9 @@ func (s *Server) dpopKey(r *http.Request) (jkt string, present bool, err error) 
 		return "", true, broker.Errorf(broker.ErrInvalidDPoPProof, "more than one DPoP header")
 	}
 	p, err := s.dpop.Verify(r.Context(), vals[0], dpop.Request{Method: r.Method, URL: s.self + r.URL.EscapedPath()})
+	if errors.Is(err, dpop.ErrUseNonce) {
+		return "", true, broker.Errorf(broker.ErrUseDPoPNonce, "the proof must carry the nonce of the DPoP-Nonce header")
+	}
 	if errors.Is(err, dpop.ErrInvalidProof) {
 		return "", true, broker.Errorf(broker.ErrInvalidDPoPProof, "%s",
 			strings.TrimPrefix(err.Error(), dpop.ErrInvalidProof.Error()+": "))
@@ -42,6 +47,22 @@ func (s *Server) dpopKey(r *http.Request) (jkt string, present bool, err error) 
 		return "", true, err
 	}
 	return p.JKT, true, nil
+}
+
+// offerNonce sets a fresh server nonce in the DPoP-Nonce header when
+// nonces are required (RFC 9449 §8.2: any answer may carry the next one).
+func (s *Server) offerNonce(w http.ResponseWriter) {
+	if n := s.dpop.Nonce(); n != "" {
+		w.Header().Set("DPoP-Nonce", n)
+	}
+}
+
+// dpopNonceKey is the nonce key of every replica: derived from the cursor
+// key, which every replica derives from system_secret.
+func dpopNonceKey(cursorKey []byte) []byte {
+	m := hmac.New(sha256.New, cursorKey)
+	m.Write([]byte("errand dpop nonce key v1"))
+	return m.Sum(nil)
 }
 
 // tokenType is the token_type of a credential's token: DPoP when it is

@@ -410,3 +410,33 @@ func TestX05ResourceServerChecksTheBinding(t *testing.T) {
 		t.Fatal("a proof of another key was accepted for a bound token")
 	}
 }
+
+// With server nonces required, a proof without one is refused as
+// use_dpop_nonce with a nonce in DPoP-Nonce, audited once; a proof
+// carrying it is accepted, at any replica deriving the same key.
+func TestX05ServerNonceRequired(t *testing.T) {
+	e := newEnvWith(t, envOptions{dpopNonceEvery: time.Minute})
+	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
+	key := dpopKey(t)
+	before := e.snapshot()
+	r := e.mintWith(id, nil, []string{proofFor(t, key, id)}, nil)
+	e.refused(before, r, http.StatusBadRequest, "use_dpop_nonce")
+	nonce := r.Header.Get("DPoP-Nonce")
+	if nonce == "" {
+		t.Fatalf("use_dpop_nonce without a DPoP-Nonce header: %v", r.Header)
+	}
+	withNonce := func(n string) string {
+		p, err := dpop.NewProofWithNonce(key, http.MethodPost, publicURL+mintPath(id), "", n, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ok := e.mustStatus(e.mintWith(id, nil, []string{withNonce(nonce)}, nil), http.StatusCreated)
+	if ok.str("token_type") != "DPoP" || ok.Header.Get("DPoP-Nonce") == "" {
+		t.Fatalf("mint with the nonce: %s %v", ok.Raw, ok.Header)
+	}
+	before = e.snapshot()
+	e.refused(before, e.mintWith(id, nil, []string{withNonce("bm90LWEtbm9uY2Utb2YtZXJyYW5kcy0xMjM0NTY")}, nil),
+		http.StatusBadRequest, "use_dpop_nonce")
+}

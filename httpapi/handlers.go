@@ -161,6 +161,7 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// A DPoP proof binds the token to its key (RFC 9449 §5).
+	s.offerNonce(w)
 	jkt, _, err := s.dpopKey(r)
 	if err != nil {
 		c.fail(err)

@@ -114,6 +114,8 @@ type envOptions struct {
 	budget broker.Budget
 	// stepUpTTL bounds step-up approvals (0: the default).
 	stepUpTTL time.Duration
+	// dpopNonceEvery, when set, requires DPoP server nonces.
+	dpopNonceEvery time.Duration
 }
 
 func logger(w io.Writer) *slog.Logger {
@@ -282,6 +284,8 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 		RateLimits: o.limits,
 		Feed:       e.feed,
 		Streams:    o.streams,
+		// DPoP server nonces, only when a test asks.
+		DPoPNonceEvery: o.dpopNonceEvery,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -49,6 +49,7 @@ var statusOf = map[string]int{
 	"idempotency_conflict":   http.StatusConflict,
 	"invalid_dpop_proof":     http.StatusBadRequest,
 	"dpop_required":          http.StatusBadRequest,
+	"use_dpop_nonce":         http.StatusBadRequest,
 	"rate_limited":           http.StatusTooManyRequests,
 	"body_too_large":         http.StatusRequestEntityTooLarge,
 	"unavailable":            http.StatusServiceUnavailable,

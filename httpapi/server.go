@@ -58,6 +58,9 @@ type Config struct {
 	Feed RevocationFeed
 	// Streams caps the open revocation streams.
 	Streams StreamLimits
+	// DPoPNonceEvery, when positive, makes a server nonce required in
+	// every DPoP proof, a new one issued this often (RFC 9449 §8).
+	DPoPNonceEvery time.Duration
 	// RefusalSummaryEvery is how often the refusals of callers with no
 	// verified identity are chained as per-source summaries (run by
 	// RunRefusalSummaries); default DefaultRefusalSummaryEvery.
@@ -121,7 +124,13 @@ func New(cfg Config) (*Server, error) {
 	s.byPrincipal, s.byAddress = newLimiters(cfg.RateLimits.PerPrincipal), newLimiters(cfg.RateLimits.PerAddress)
 	s.proxies = cfg.RateLimits.TrustedProxies
 	var err error
-	if s.dpop, err = dpop.New(dpop.Config{Replay: dpopReplay{svc: cfg.Service}}); err != nil {
+	dcfg := dpop.Config{Replay: dpopReplay{svc: cfg.Service}}
+	if cfg.DPoPNonceEvery > 0 {
+		if dcfg.Nonces, err = dpop.NewNonces(dpopNonceKey(cfg.CursorKey), cfg.DPoPNonceEvery, nil); err != nil {
+			return nil, err
+		}
+	}
+	if s.dpop, err = dpop.New(dcfg); err != nil {
 		return nil, err
 	}
 	if s.metrics, err = newMetrics(cfg.Registry); err != nil {

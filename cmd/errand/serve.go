@@ -322,7 +322,8 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	api, err := httpapi.New(httpapi.Config{
 		Service: svc, Auth: verifier, PublicURL: cfg.PublicURL, JWKS: tokens.JWKS,
 		UserIssuers: cfg.UserIssuers(), CursorKey: cursorKey, Logger: log, Registry: reg, Feed: feed,
-		Streams: httpapi.StreamLimits{PerPrincipal: cfg.Limits.StreamsPerPrincipal, PerReplica: cfg.Limits.StreamsPerReplica},
+		Streams:        httpapi.StreamLimits{PerPrincipal: cfg.Limits.StreamsPerPrincipal, PerReplica: cfg.Limits.StreamsPerReplica},
+		DPoPNonceEvery: cfg.DPoP.NonceEvery,
 		RateLimits: httpapi.RateLimits{
 			PerPrincipal: rate.Limit(cfg.Limits.PrincipalRPS), PerAddress: addressRPS(cfg.Limits),
 			TrustedProxies: proxies,
