@@ -49,6 +49,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"R10CreateRacingSuspensionLeavesNothingPending", testCreateRacingSuspension},
 		{"ReplayCacheFreshOncePerKindUntilExpiry", testReplayCache},
 		{"BackchannelRequestsKeepPollingState", testBackchannel},
+		{"X05DPoPBindingKept", testDPoPBindingKept},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open(t)) })
