@@ -323,6 +323,9 @@ permit (principal is Agent, action, resource);
 @id("dpop-for-writes")
 forbid (principal, action, resource)
 when { context.operation == "mint" && context.class == "write" && !context.dpop };
+@id("enforce-bound-reads")
+forbid (principal, action, resource)
+when { context.operation == "evaluate" && context.class == "read" && !context.dpop };
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -337,8 +340,16 @@ when { context.operation == "mint" && context.class == "write" && !context.dpop 
 		t.Fatalf("refusal %s, want it to name dpop-for-writes", r.Raw)
 	}
 	e.mustStatus(e.mintWith(id, write, []string{proofFor(t, dpopKey(t), id)}, nil), http.StatusCreated)
-	// Reads need no proof.
-	e.mustStatus(e.mintWith(id, nil, nil, nil), http.StatusCreated)
+	// Reads need no proof to be minted; an enforcement point asking
+	// (AuthZEN) sees context.dpop true only for a bound token.
+	bearer := e.mustStatus(e.mintWith(id, nil, nil, nil), http.StatusCreated).str("access_token")
+	bound := e.mustStatus(e.mintWith(id, nil, []string{proofFor(t, dpopKey(t), id)}, nil), http.StatusCreated).str("access_token")
+	for tok, want := range map[string]bool{bearer: false, bound: true} {
+		r := e.mustStatus(e.evaluate(e.resource("rs"), azBody(tok, "github.repo.read", "acme/app", nil)), http.StatusOK)
+		if r.JSON["decision"] != want {
+			t.Errorf("evaluation of a bound=%v token: %s", want, r.Raw)
+		}
+	}
 }
 
 // An Idempotency-Key retry of a bound mint returns its token only to a
