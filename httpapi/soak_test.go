@@ -214,7 +214,9 @@ func TestF10SoakWithFaults(t *testing.T) {
 		wctx, cancel := context.WithCancel(ctx)
 		sw := &revocation.Sweeper{Service: e.svc, Interval: 200 * time.Millisecond, Logger: logger(nil)}
 		ob := e.outbox()
-		ob.Poll, ob.Logger = 200*time.Millisecond, logger(nil)
+		// A worker restarted mid-attempt leaves its item claimed until the
+		// lease runs out, as a crashed replica would: keep it short here.
+		ob.Poll, ob.Lease, ob.Logger = 200*time.Millisecond, 2*time.Second, logger(nil)
 		workers.Add(2)
 		go func() { defer workers.Done(); _ = sw.Run(wctx) }()
 		go func() { defer workers.Done(); _ = ob.Run(wctx) }()
