@@ -57,7 +57,8 @@ func TestH01VaultForbiddenIsNotRevoked(t *testing.T) {
 			}
 			o := e.outbox()
 			o.Metrics = m
-			drainStart := time.Now() // alarmed_at is the database's time, on this machine's clock
+			// alarmed_at is the database's time, on this machine's clock.
+			drainStart := time.Now()
 			o.Now = func() time.Time { return time.Now().Add(6 * time.Minute) } // past the 5 min alarm time
 			for i := 0; i < 3; i++ {
 				if _, err := o.Drain(context.Background()); err != nil {
