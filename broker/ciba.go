@@ -64,8 +64,9 @@ func backchannelTx(tx Tx) (BackchannelTx, error) {
 
 // BackchannelStart is a backchannel authentication request: the task it
 // asks for (CreateTaskRequest; Goal from the errand_task authorization
-// details) and the binding message shown to the user, which stands for
-// the goal when none is given.
+// details, Audiences the RFC 8707 resource indicators, resolved by
+// Catalog.ResolveResource) and the binding message, which stands for the
+// goal when none is given.
 type BackchannelStart struct {
 	Task           CreateTaskRequest
 	BindingMessage string
@@ -92,6 +93,16 @@ func (s *Service) StartBackchannel(ctx context.Context, p Principal, req Backcha
 	if req.Task.Goal == "" {
 		req.Task.Goal = req.BindingMessage
 	}
+	// RFC 8707 resource indicators name configured audiences.
+	auds := make([]string, 0, len(req.Task.Audiences))
+	for _, raw := range req.Task.Audiences {
+		a, err := s.catalog.ResolveResource(raw)
+		if err != nil {
+			return BackchannelStarted{}, err
+		}
+		auds = append(auds, a)
+	}
+	req.Task.Audiences = auds
 	id, err := s.newAuthReqID()
 	if err != nil {
 		return BackchannelStarted{}, err
@@ -224,15 +235,8 @@ func (s *Service) PollBackchannel(ctx context.Context, p Principal, authReqID st
 	if outcome != nil {
 		return Minted{}, outcome
 	}
-	audience := ""
-	for _, a := range task.Audiences {
-		if contains(task.ApprovedAudiences, a) {
-			audience = a
-			break
-		}
-	}
 	m, err := s.Mint(ctx, p, task.ID, MintRequest{
-		Scopes: task.ApprovedScopes.Strings(), Audience: audience,
+		Scopes: task.ApprovedScopes.Strings(), Audience: firstApproved(task),
 		IdempotencyKey: "ciba-" + hash[:40],
 	})
 	if err != nil {

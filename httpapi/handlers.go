@@ -224,7 +224,7 @@ type closedJSON struct {
 // introspect is RFC 7662 §2: a form POST with token=, answered with the
 // token's claims when active and exactly {"active": false} otherwise.
 func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
-	c := s.begin(w, r)
+	c := s.beginClient(w, r)
 	if c == nil {
 		return
 	}

@@ -24,6 +24,9 @@ type Problem struct {
 	// waits for; Reasons are the @step_up texts the user is shown.
 	ApprovalID string   `json:"approval_id,omitempty"`
 	Reasons    []string `json:"reasons,omitempty"`
+	// Error is the OAuth error code the refusal is (oauthErrorOf), where
+	// one fits, so that OAuth libraries can read the reason.
+	Error string `json:"error,omitempty"`
 }
 
 var statusOf = map[string]int{
@@ -149,6 +152,7 @@ func writeProblemWith(w http.ResponseWriter, status int, code string, pr Problem
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	pr.Type, pr.Title, pr.Status, pr.Code = "urn:errand:problem:"+code, http.StatusText(status), status, code
+	pr.Error = oauthErrorOf[code]
 	_ = json.NewEncoder(w).Encode(pr)
 }
 

@@ -17,7 +17,7 @@ import (
 // revoke is RFC 7009 for a token's holder: 200 whether or not the token was
 // known, so the answer reveals nothing (§2.2).
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
-	c := s.begin(w, r)
+	c := s.beginClient(w, r)
 	if c == nil {
 		return
 	}

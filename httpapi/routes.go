@@ -37,6 +37,14 @@ func (s *Server) routes() chi.Router {
 		r.Post("/evaluations", s.evaluations)
 	})
 
+	// The OAuth front door (oauth.go, ciba.go): form bodies, RFC 6749 §5.2
+	// errors.
+	r.Route("/oauth", func(r chi.Router) {
+		r.Use(s.limitAddress, s.withTimeout)
+		r.Post("/token", s.token)
+		r.Post("/bc-authorize", s.backchannelAuthorize)
+	})
+
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(s.limitAddress)
 		// A stream lives longer than any request timeout.
@@ -97,15 +105,39 @@ func (s *Server) jwksHandler(w http.ResponseWriter, _ *http.Request) {
 
 // metadata is the RFC 8414 authorization server metadata.
 func (s *Server) metadata(w http.ResponseWriter, _ *http.Request) {
-	writeJSONCached(w, map[string]any{
+	md := map[string]any{
 		"issuer":                   s.self,
 		"jwks_uri":                 s.self + "/.well-known/jwks.json",
 		"introspection_endpoint":   s.self + "/v1/introspect",
 		"response_types_supported": []string{},
-		"grant_types_supported":    []string{},
-		"introspection_endpoint_auth_methods_supported": []string{"bearer"},
-		"token_endpoint_auth_methods_supported":         []string{"none"},
+		// The OAuth front door (oauth.go): clients authenticate with their
+		// workload ID token, as an RFC 7523 client assertion
+		// (private_key_jwt's wire form) or in the Authorization header.
+		"token_endpoint":                                             s.self + "/oauth/token",
+		"revocation_endpoint":                                        s.self + "/v1/revoke",
+		"backchannel_authentication_endpoint":                        s.self + "/oauth/bc-authorize",
+		"backchannel_token_delivery_modes_supported":                 []string{"poll"},
+		"backchannel_user_code_parameter_supported":                  false,
+		"grant_types_supported":                                      []string{grantTokenExchange, grantCIBA},
+		"authorization_details_types_supported":                      []string{authDetailsType},
+		"token_endpoint_auth_methods_supported":                      clientAuthMethods,
+		"backchannel_authentication_endpoint_auth_methods_supported": clientAuthMethods,
+		"introspection_endpoint_auth_methods_supported":              clientAuthMethods,
+		"revocation_endpoint_auth_methods_supported":                 clientAuthMethods,
 		// RFC 9449 §5.1: the algorithms of the DPoP proofs accepted.
 		"dpop_signing_alg_values_supported": s.dpop.Algorithms(),
-	})
+	}
+	// RFC 8414 §2: the algorithms of the client assertions accepted, those
+	// of the trusted issuers' ID tokens.
+	if len(s.assertionAlgs) > 0 {
+		for _, ep := range []string{"token_endpoint", "introspection_endpoint", "revocation_endpoint"} {
+			md[ep+"_auth_signing_alg_values_supported"] = s.assertionAlgs
+		}
+	}
+	writeJSONCached(w, md)
 }
+
+// clientAuthMethods are the client authentications of every OAuth
+// endpoint (clientAuth): the workload ID token as an RFC 7523 client
+// assertion, which is private_key_jwt's form, or as a bearer token.
+var clientAuthMethods = []string{"private_key_jwt", "bearer"}

@@ -88,6 +88,9 @@ type Server struct {
 	anon                   *anonRefusals
 	closing                chan struct{}
 	closeOnce              sync.Once
+	// assertionAlgs are the signing algorithms of the client assertions
+	// accepted, when the Authenticator can tell (RFC 8414 metadata).
+	assertionAlgs []string
 	// dpop checks DPoP proofs, their identifiers remembered in the store.
 	dpop *dpop.Verifier
 }
@@ -141,6 +144,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.anon, err = newAnonRefusals(cfg.Registry, cfg.RefusalSummaryEvery); err != nil {
 		return nil, err
+	}
+	if a, ok := cfg.Auth.(interface{ Algorithms() []string }); ok {
+		s.assertionAlgs = a.Algorithms()
 	}
 	s.router = s.routes()
 	return s, nil
