@@ -11,6 +11,8 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/errandhq/errand/internal/version"
 )
 
 type metrics struct {
@@ -41,7 +43,12 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "errand_authzen_decisions_total", Help: "AuthZEN access evaluations by decision.",
 		}, []string{"decision"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.issued, m.refusals, m.decisions,
+	v := version.Get()
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "errand_build_info", Help: "Always 1; the labels name the running build.",
+	}, []string{"version", "commit", "goversion"})
+	build.WithLabelValues(v.Version, v.Commit, v.GoVersion).Set(1)
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.issued, m.refusals, m.decisions, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

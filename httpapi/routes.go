@@ -7,6 +7,8 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/errandhq/errand/internal/version"
 )
 
 // routes is every route of the v1 contract, in one place.
@@ -85,7 +87,7 @@ func (s *Server) withTimeout(next http.Handler) http.Handler {
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": version.Get().Version})
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {

@@ -10,6 +10,8 @@ import (
 	"runtime/pprof"
 
 	"github.com/spf13/cobra"
+
+	"github.com/errandhq/errand/internal/version"
 )
 
 func main() {
@@ -58,6 +60,8 @@ func newRoot() *cobra.Command {
 	}
 	g := &globals{}
 	g.register(root)
-	root.AddCommand(newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newAuditCmd(g), newApprovalCmd(g), newDecideCmd(g), newDBCmd(), newPolicyCmd(), newKeysCmd(), newConfigCmd())
+	root.Version = version.Get().String()
+	root.SetVersionTemplate("{{.Version}}\n")
+	root.AddCommand(newVersion(), newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newAuditCmd(g), newApprovalCmd(g), newDecideCmd(g), newDBCmd(), newPolicyCmd(), newKeysCmd(), newConfigCmd())
 	return root
 }
