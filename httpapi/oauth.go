@@ -352,10 +352,18 @@ func taskDetails(raw string, exchange bool) (taskDetail, error) {
 // form (clientAuth). On failure it has answered (and audited) the refusal
 // and returns nil.
 func (s *Server) beginClient(w http.ResponseWriter, r *http.Request) *call {
-	if r.Header.Get("Authorization") != "" || !isForm(r) {
+	if !isForm(r) {
 		return s.begin(w, r)
 	}
 	c := &call{s: s, w: w, r: r}
+	if r.Header.Get("Authorization") != "" {
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		if err := r.ParseForm(); err == nil && (r.PostForm.Has("client_assertion") || r.PostForm.Has("client_assertion_type")) {
+			c.fail(broker.Errorf(broker.ErrInvalidRequest, "use one client authentication method"))
+			return nil
+		}
+		return s.begin(w, r)
+	}
 	form, err := oauthForm(w, r)
 	if err != nil {
 		c.fail(err)

@@ -794,3 +794,20 @@ func TestCIBABackchannelRefusals(t *testing.T) {
 		}
 	})
 }
+
+// TestOAuthIntrospectionRefusesTwoClientAuthentications: the bearer header
+// and a client assertion at once are invalid_request (RFC 6749 §2.3).
+func TestOAuthIntrospectionRefusesTwoClientAuthentications(t *testing.T) {
+	e := newEnv(t)
+	before := e.snapshot()
+	r := e.form("/v1/introspect", e.resource("gateway"), asClient(e.resource("gateway"), url.Values{"token": {"x"}}))
+	if r.Status != http.StatusBadRequest || r.str("code") != "invalid_request" || r.str("error") != "invalid_request" {
+		t.Fatalf("got %d %s", r.Status, r.Raw)
+	}
+	if err := e.api.FlushRefusalSummaries(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if after := e.snapshot(); after.auditSeq != before.auditSeq+1 {
+		t.Fatalf("audit grew by %d events, want the one summary", after.auditSeq-before.auditSeq)
+	}
+}

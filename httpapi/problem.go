@@ -119,7 +119,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal
 		return
 	}
 	s.metrics.refusals.WithLabelValues(code).Inc()
-	pr := Problem{Detail: broker.RefusalDetail(err)}
+	pr := Problem{Detail: broker.RefusalDetail(err), Error: oauthErrorOf[code]}
 	var be *broker.Error
 	if errors.As(err, &be) {
 		pr.Policies, _ = be.Extra["policies"].([]string)
@@ -152,7 +152,6 @@ func writeProblemWith(w http.ResponseWriter, status int, code string, pr Problem
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	pr.Type, pr.Title, pr.Status, pr.Code = "urn:errand:problem:"+code, http.StatusText(status), status, code
-	pr.Error = oauthErrorOf[code]
 	_ = json.NewEncoder(w).Encode(pr)
 }
 
