@@ -117,15 +117,15 @@ func (s *Server) verifyAssertion(r *http.Request, raw string) (broker.Principal,
 	}
 	// The signature is verified: the claims read here are the issuer's.
 	var c struct {
-		Iss string `json:"iss"`
-		JTI string `json:"jti"`
-		Exp int64  `json:"exp"`
+		Iss string  `json:"iss"`
+		JTI string  `json:"jti"`
+		Exp float64 `json:"exp"` // a NumericDate may have a fraction (RFC 7519 §2)
 	}
 	if err := jwtClaims(raw, &c); err != nil {
 		return broker.Principal{}, s.chargeFailedAuth(r, broker.Errorf(broker.ErrInvalidToken, "malformed claims"))
 	}
 	if c.JTI != "" {
-		if err := s.svc.FirstUse(r.Context(), broker.ReplayClientAssertion, c.Iss, c.JTI, time.Unix(c.Exp, 0)); err != nil {
+		if err := s.svc.FirstUse(r.Context(), broker.ReplayClientAssertion, c.Iss, c.JTI, time.Unix(int64(c.Exp)+1, 0)); err != nil {
 			return broker.Principal{}, s.chargeFailedAuth(r, err)
 		}
 	}
