@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -116,14 +115,14 @@ type VaultRole struct {
 
 // Issuer is a trusted identity provider.
 type Issuer struct {
-	URL              string        `yaml:"url"`
-	Audience         string        `yaml:"audience"`
-	Kind             string        `yaml:"kind"`
-	GroupsClaim      string        `yaml:"groups_claim"`
-	AuditorGroup     string        `yaml:"auditor_group"`
-	AdminGroup       string        `yaml:"admin_group"`
-	Algorithms       []string      `yaml:"algorithms"`
-	MaxTokenLifetime time.Duration `yaml:"max_token_lifetime"`
+	URL              string   `yaml:"url"`
+	Audience         string   `yaml:"audience"`
+	Kind             string   `yaml:"kind"`
+	GroupsClaim      string   `yaml:"groups_claim"`
+	AuditorGroup     string   `yaml:"auditor_group"`
+	AdminGroup       string   `yaml:"admin_group"`
+	Algorithms       []string `yaml:"algorithms"`
+	MaxTokenLifetime Duration `yaml:"max_token_lifetime"`
 	// Subjects restricts which subjects the issuer may vouch for.
 	Subjects []string `yaml:"subjects"`
 }
@@ -209,66 +208,91 @@ type Limits struct {
 	StreamsPerReplica   int `yaml:"streams_per_replica"`
 }
 
-// UnmarshalYAML parses durations such as 5m and 8h, naming the key of a
-// bad one.
+// UnmarshalYAML decodes each limit into its typed field: durations such
+// as 5m or 8h, whole numbers, rates. Every bad value is reported, each
+// naming its key and line, as a decoding error collected with the rest of
+// the file's problems.
 func (l *Limits) UnmarshalYAML(n *yaml.Node) error {
-	var raw map[string]string
-	if err := n.Decode(&raw); err != nil {
-		return fmt.Errorf("limits: %v", err)
+	if n.Kind != yaml.MappingNode {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: limits: a mapping of limits, such as {token_ttl_max: 5m}", n.Line)}}
 	}
-	for k, v := range raw {
-		switch k {
-		case "token_ttl_max", "task_ttl_max", "step_up_ttl":
-			d, err := time.ParseDuration(v)
-			if err != nil || d < 0 {
-				return fmt.Errorf("limits.%s: %q is not a duration such as 5m or 8h", k, v)
-			}
-			switch k {
-			case "token_ttl_max":
-				l.TokenTTLMax = d
-			case "task_ttl_max":
-				l.TaskTTLMax = d
-			default:
-				l.StepUpTTL = d
-			}
-		case "pending_tasks_per_agent", "credentials_per_task", "resources_per_task",
-			"streams_per_principal", "streams_per_replica":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 {
-				return fmt.Errorf("limits.%s: %q is not a positive whole number", k, v)
-			}
-			switch k {
-			case "pending_tasks_per_agent":
-				l.PendingTasksPerAgent = n
-			case "credentials_per_task":
-				l.CredentialsPerTask = n
-			case "streams_per_principal":
-				l.StreamsPerPrincipal = n
-			case "streams_per_replica":
-				l.StreamsPerReplica = n
-			default:
-				l.ResourcesPerTask = n
-			}
-		case "principal_rps", "address_rps":
-			if k == "address_rps" && v == "off" {
-				l.AddressOff = true
-				continue
-			}
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil || f <= 0 {
-				return fmt.Errorf("limits.%s: %q is not a positive number", k, v)
-			}
-			if k == "principal_rps" {
-				l.PrincipalRPS = f
-			} else {
-				l.AddressRPS = f
-			}
-		default:
-			return fmt.Errorf("limits.%s: unknown key", k)
+	var errs []string
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i].Value, n.Content[i+1]
+		if msg := l.decode(k, v); msg != "" {
+			errs = append(errs, fmt.Sprintf("line %d: limits.%s: %s", v.Line, k, msg))
 		}
+	}
+	if len(errs) > 0 {
+		return &yaml.TypeError{Errors: errs}
 	}
 	return nil
 }
+
+// decode sets the limit k from v; the result says what is wrong with v.
+// An unknown k is left to the unknown-key check.
+func (l *Limits) decode(k string, v *yaml.Node) string {
+	var msg string
+	switch k {
+	case "token_ttl_max":
+		l.TokenTTLMax, msg = parseDuration(v)
+	case "task_ttl_max":
+		l.TaskTTLMax, msg = parseDuration(v)
+	case "step_up_ttl":
+		l.StepUpTTL, msg = parseDuration(v)
+	case "pending_tasks_per_agent":
+		l.PendingTasksPerAgent, msg = parseWhole(v, 1)
+	case "streams_per_principal":
+		l.StreamsPerPrincipal, msg = parseWhole(v, 1)
+	case "streams_per_replica":
+		l.StreamsPerReplica, msg = parseWhole(v, 1)
+	case "credentials_per_task": // 0: unlimited
+		l.CredentialsPerTask, msg = parseWhole(v, 0)
+	case "resources_per_task":
+		l.ResourcesPerTask, msg = parseWhole(v, 0)
+	case "principal_rps":
+		l.PrincipalRPS, msg = parseRate(v)
+	case "address_rps":
+		if v.Kind == yaml.ScalarNode && v.Value == "off" {
+			l.AddressOff, l.AddressRPS = true, 0
+			return ""
+		}
+		l.AddressRPS, msg = parseRate(v)
+	}
+	return msg
+}
+
+// MarshalYAML writes the limits as they are read: durations as durations,
+// address_rps "off" when the address limiter is off.
+func (l Limits) MarshalYAML() (any, error) {
+	var address any = l.AddressRPS
+	if l.AddressOff {
+		address = "off"
+	}
+	return struct {
+		TokenTTLMax          string  `yaml:"token_ttl_max"`
+		TaskTTLMax           string  `yaml:"task_ttl_max"`
+		PendingTasksPerAgent int     `yaml:"pending_tasks_per_agent"`
+		PrincipalRPS         float64 `yaml:"principal_rps"`
+		AddressRPS           any     `yaml:"address_rps"`
+		CredentialsPerTask   int     `yaml:"credentials_per_task"`
+		ResourcesPerTask     int     `yaml:"resources_per_task"`
+		StepUpTTL            string  `yaml:"step_up_ttl"`
+		StreamsPerPrincipal  int     `yaml:"streams_per_principal"`
+		StreamsPerReplica    int     `yaml:"streams_per_replica"`
+	}{l.TokenTTLMax.String(), l.TaskTTLMax.String(), l.PendingTasksPerAgent, l.PrincipalRPS, address,
+		l.CredentialsPerTask, l.ResourcesPerTask, l.StepUpTTL.String(), l.StreamsPerPrincipal, l.StreamsPerReplica}, nil
+}
+
+// The defaults of the limits that the server applies when they are 0,
+// written out so that the effective configuration shows them.
+const (
+	defaultPrincipalRPS        = 50
+	defaultAddressRPS          = 200
+	defaultStreamsPerPrincipal = 4
+	defaultStreamsPerReplica   = 2000
+	defaultMaxTokenLifetime    = 24 * time.Hour
+)
 
 var notFound = regexp.MustCompile(`field (\S+) not found in type \S+`)
 
@@ -326,12 +350,16 @@ func LoadCatalog(path string) (*Config, *broker.Catalog, error) {
 	// The secrets and addresses of serve may be unset here; what the
 	// catalog and the policies are made of may not.
 	c := Config{Dir: filepath.Dir(path)}
-	if err := decodeDocument(raw, os.Getenv, func(top string) bool { return !catalogKeys[top] }, &c); err != nil {
+	probs, err := decodeDocument(raw, os.Getenv, func(top string) bool { return !catalogKeys[top] }, &c)
+	if err != nil {
 		return nil, nil, err
 	}
 	cat, err := c.Catalog()
 	if err != nil {
-		return nil, nil, fmt.Errorf("config: %w", err)
+		err = fmt.Errorf("config: %w", err)
+	}
+	if err := joinProblems(probs, err); err != nil {
+		return nil, nil, err
 	}
 	return &c, cat, nil
 }
@@ -349,7 +377,8 @@ func parse(raw []byte, getenv func(string) string, dir string) (*Config, error) 
 			top == "database_url" && getenv("ERRAND_DATABASE_URL") != ""
 	}
 	c := Config{Dir: dir}
-	if err := decodeDocument(raw, getenv, overridden, &c); err != nil {
+	probs, err := decodeDocument(raw, getenv, overridden, &c)
+	if err != nil {
 		return nil, err
 	}
 	if v := getenv("ERRAND_SYSTEM_SECRET"); v != "" {
@@ -358,14 +387,16 @@ func parse(raw []byte, getenv func(string) string, dir string) (*Config, error) 
 	if v := getenv("ERRAND_DATABASE_URL"); v != "" {
 		c.DatabaseURL = v
 	}
-	if err := c.Validate(); err != nil {
+	// Validated even when decoding found problems, so that every problem
+	// is reported in one pass.
+	if err := joinProblems(probs, c.Validate()); err != nil {
 		return nil, err
 	}
 	return &c, nil
 }
 
-// Validate checks the config and fills defaults. The first problem is
-// returned as "config: <key>: <what>".
+// Validate checks the config and fills defaults. Every problem is
+// returned, one a line, as "config: <key>: <what>".
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(err error) {
@@ -428,6 +459,7 @@ func (c *Config) Validate() error {
 	if c.Limits.TaskTTLMax == 0 {
 		c.Limits.TaskTTLMax = broker.DefaultTaskTTLMax
 	}
+	c.fillDefaults()
 	if c.Limits.TokenTTLMax < time.Second || c.Limits.TaskTTLMax < time.Second {
 		bad(errors.New("config: limits: token_ttl_max and task_ttl_max must be at least 1s"))
 	} else if c.Limits.TokenTTLMax > c.Limits.TaskTTLMax {
@@ -468,6 +500,39 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// fillDefaults writes out the defaults that the server would apply to a
+// zero value, so that the effective configuration shows what runs.
+func (c *Config) fillDefaults() {
+	l := &c.Limits
+	if l.PendingTasksPerAgent == 0 {
+		l.PendingTasksPerAgent = broker.DefaultMaxPendingPerAgent
+	}
+	if l.PrincipalRPS == 0 {
+		l.PrincipalRPS = defaultPrincipalRPS
+	}
+	if l.AddressRPS == 0 && !l.AddressOff {
+		l.AddressRPS = defaultAddressRPS
+	}
+	if l.StepUpTTL == 0 {
+		l.StepUpTTL = broker.DefaultStepUpTTL
+	}
+	if l.StreamsPerPrincipal == 0 {
+		l.StreamsPerPrincipal = defaultStreamsPerPrincipal
+	}
+	if l.StreamsPerReplica == 0 {
+		l.StreamsPerReplica = defaultStreamsPerReplica
+	}
+	for i := range c.Issuers {
+		is := &c.Issuers[i]
+		if len(is.Algorithms) == 0 {
+			is.Algorithms = slices.Clone(identity.DefaultAlgorithms)
+		}
+		if is.MaxTokenLifetime == 0 {
+			is.MaxTokenLifetime = Duration(defaultMaxTokenLifetime)
+		}
+	}
 }
 
 // minRotateEvery keeps a next key published long enough before it signs
@@ -622,7 +687,7 @@ func (c *Config) IdentityConfig() identity.Config {
 		out.Issuers = append(out.Issuers, identity.Issuer{
 			URL: is.URL, Audience: is.Audience, Kind: broker.Kind(is.Kind),
 			GroupsClaim: is.GroupsClaim, AuditorGroup: is.AuditorGroup, AdminGroup: is.AdminGroup,
-			Algorithms: is.Algorithms, MaxLifetime: is.MaxTokenLifetime, Subjects: is.Subjects,
+			Algorithms: is.Algorithms, MaxLifetime: time.Duration(is.MaxTokenLifetime), Subjects: is.Subjects,
 		})
 	}
 	return out

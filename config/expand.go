@@ -1,9 +1,11 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -17,50 +19,167 @@ var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}`)
 // expanding environment references in scalar values only — after parsing,
 // so that a variable's value is always one scalar and can never add keys
 // or structure — and refusing keys that out does not know, at any depth.
-// A reference to an unset variable is an error naming it and where it is,
+// A reference to an unset variable is a problem naming it and where it is,
 // unless it has a default or optional(path) holds for its top-level key.
-func decodeDocument(raw []byte, getenv func(string) string, optional func(top string) bool, out any) error {
+//
+// Every problem is collected, not only the first: unset variables,
+// unknown keys and values of the wrong type, each with its key and line,
+// while the rest of the document is decoded into out. Only a YAML syntax
+// error, after which nothing can be read, ends it (fatal).
+func decodeDocument(raw []byte, getenv func(string) string, optional func(top string) bool, out any) ([]problem, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(raw, &doc); err != nil {
-		return fmt.Errorf("config: %s", yamlError(err))
+		return nil, fmt.Errorf("config: %s", yamlError(err))
 	}
 	if len(doc.Content) == 0 {
-		return nil
+		return nil, nil
 	}
 	root := doc.Content[0]
-	if err := expandValues(root, "", getenv, optional); err != nil {
-		return err
-	}
-	if err := knownKeys(root, reflect.TypeOf(out).Elem(), ""); err != nil {
-		return err
-	}
+	var probs []problem
+	expandValues(root, "", getenv, optional, &probs)
+	idx := pathIndex{at: map[int][]string{}, all: map[string]bool{}}
+	knownKeys(root, reflect.TypeOf(out).Elem(), "", &probs, &idx)
 	if err := root.Decode(out); err != nil {
-		return fmt.Errorf("config: %s", yamlError(err))
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, fmt.Errorf("config: %s", yamlError(err))
+		}
+		for _, e := range te.Errors {
+			probs = append(probs, idx.problem(e))
+		}
 	}
-	return nil
+	return probs, nil
 }
 
-// expandValues replaces the references in every scalar value under n.
-func expandValues(n *yaml.Node, path string, getenv func(string) string, optional func(string) bool) error {
+// problem is one thing wrong in a config file: the key it is about, its
+// line (0 when unknown) and what is wrong.
+type problem struct {
+	path string
+	line int
+	msg  string
+}
+
+func (p problem) Error() string {
+	switch {
+	case p.path == "":
+		return fmt.Sprintf("config: line %d: %s", p.line, p.msg)
+	case p.line == 0:
+		return fmt.Sprintf("config: %s: %s", p.path, p.msg)
+	}
+	return fmt.Sprintf("config: %s (line %d): %s", p.path, p.line, p.msg)
+}
+
+// pathIndex maps the lines of a document to the keys written on them, so
+// that a decoding error, which yaml.v3 reports by line, names its key.
+type pathIndex struct {
+	at  map[int][]string
+	all map[string]bool
+}
+
+func (x *pathIndex) add(line int, path string) {
+	if path != "" {
+		x.at[line] = append(x.at[line], path)
+		x.all[path] = true
+	}
+}
+
+var typeErrLine = regexp.MustCompile(`^line (\d+): (.*)$`)
+
+// problem turns one of yaml.v3's "line N: what" errors into a problem
+// naming its key: the one the message starts with (the limits name
+// theirs), else the key written on that line — or, when several are (a
+// flow mapping), the one holding them all.
+func (x *pathIndex) problem(e string) problem {
+	m := typeErrLine.FindStringSubmatch(e)
+	if m == nil {
+		return problem{msg: e}
+	}
+	line, _ := strconv.Atoi(m[1])
+	msg := notFound.ReplaceAllString(m[2], `unknown key "$1"`)
+	if key, rest, ok := strings.Cut(msg, ": "); ok && x.all[key] {
+		return problem{path: key, line: line, msg: rest}
+	}
+	// The keys on that line that hold no other key on it, and the
+	// nearest key holding them all.
+	var leaves []string
+	for _, p := range x.at[line] {
+		if !slices.ContainsFunc(x.at[line], func(q string) bool { return q != p && related(p, q) && len(q) > len(p) }) {
+			leaves = append(leaves, p)
+		}
+	}
+	if len(leaves) == 0 {
+		return problem{line: line, msg: msg}
+	}
+	common := leaves[0]
+	for _, p := range leaves[1:] {
+		for !related(common, p) || len(p) < len(common) {
+			common = parent(common)
+		}
+	}
+	return problem{path: common, line: line, msg: msg}
+}
+
+// parent is the key holding path ("a.b[2]" → "a.b", "a.b" → "a").
+func parent(path string) string {
+	i := strings.LastIndexAny(path, ".[")
+	if i < 0 {
+		return ""
+	}
+	return path[:i]
+}
+
+// related reports whether one key is the other or holds it.
+func related(a, b string) bool {
+	if len(a) > len(b) {
+		a, b = b, a
+	}
+	return a == "" || a == b || strings.HasPrefix(b, a) && (b[len(a)] == '.' || b[len(a)] == '[')
+}
+
+// joinProblems reports the problems of decoding and then those of
+// validation, leaving out a validation problem about a key that decoding
+// already found wrong (an unset variable's empty value, a value of the
+// wrong type left zero): it is the same problem seen again.
+func joinProblems(probs []problem, validation error) error {
+	var errs []error
+	for _, p := range probs {
+		errs = append(errs, p)
+	}
+	if validation != nil {
+		for _, l := range strings.Split(validation.Error(), "\n") {
+			key := strings.TrimPrefix(l, "config: ")
+			if i := strings.IndexAny(key, ": ,"); i >= 0 {
+				key = key[:i]
+			}
+			seen := false
+			for _, p := range probs {
+				seen = seen || p.path != "" && related(p.path, key)
+			}
+			if !seen {
+				errs = append(errs, errors.New(l))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// expandValues replaces the references in every scalar value under n,
+// adding a problem for each unset variable without a default.
+func expandValues(n *yaml.Node, path string, getenv func(string) string, optional func(string) bool, probs *[]problem) {
 	switch n.Kind {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			if err := expandValues(n.Content[i+1], join(path, n.Content[i].Value), getenv, optional); err != nil {
-				return err
-			}
+			expandValues(n.Content[i+1], join(path, n.Content[i].Value), getenv, optional, probs)
 		}
 	case yaml.SequenceNode:
 		for i, c := range n.Content {
-			if err := expandValues(c, path+"["+strconv.Itoa(i)+"]", getenv, optional); err != nil {
-				return err
-			}
+			expandValues(c, path+"["+strconv.Itoa(i)+"]", getenv, optional, probs)
 		}
 	case yaml.ScalarNode:
 		if !envRef.MatchString(n.Value) {
-			return nil
+			return
 		}
 		whole := envRef.FindString(n.Value) == n.Value
-		var err error
 		n.Value = envRef.ReplaceAllStringFunc(n.Value, func(m string) string {
 			sub := envRef.FindStringSubmatch(m)
 			if v := getenv(sub[1]); v != "" {
@@ -71,9 +190,9 @@ func expandValues(n *yaml.Node, path string, getenv func(string) string, optiona
 			}
 			top, _, _ := strings.Cut(path, ".")
 			top, _, _ = strings.Cut(top, "[")
-			if err == nil && !optional(top) {
-				err = fmt.Errorf("config: %s (line %d): environment variable %s is not set (write ${%s:-default} where a default is meant)",
-					path, n.Line, sub[1], sub[1])
+			if !optional(top) {
+				*probs = append(*probs, problem{path: path, line: n.Line,
+					msg: fmt.Sprintf("environment variable %s is not set (write ${%s:-default} where a default is meant)", sub[1], sub[1])})
 			}
 			return ""
 		})
@@ -82,9 +201,7 @@ func expandValues(n *yaml.Node, path string, getenv func(string) string, optiona
 		} else {
 			n.Tag = "!!str"
 		}
-		return err
 	}
-	return nil
 }
 
 func join(path, key string) string {
@@ -94,20 +211,19 @@ func join(path, key string) string {
 	return path + "." + key
 }
 
-// knownKeys refuses a mapping key that the struct type t (through
-// pointers and slices) has no field for, naming it and its line: the
-// check yaml.v3 makes with KnownFields, which a node's Decode and custom
-// unmarshalers skip.
-func knownKeys(n *yaml.Node, t reflect.Type, path string) error {
+// knownKeys adds a problem for each mapping key that the struct type t
+// (through pointers and slices) has no field for, naming it and its line:
+// the check yaml.v3 makes with KnownFields, which a node's Decode and
+// custom unmarshalers skip. It indexes the keys by line on the way.
+func knownKeys(n *yaml.Node, t reflect.Type, path string, probs *[]problem, idx *pathIndex) {
+	idx.add(n.Line, path)
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
 	switch {
 	case n.Kind == yaml.SequenceNode && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array):
 		for i, c := range n.Content {
-			if err := knownKeys(c, t.Elem(), path+"["+strconv.Itoa(i)+"]"); err != nil {
-				return err
-			}
+			knownKeys(c, t.Elem(), path+"["+strconv.Itoa(i)+"]", probs, idx)
 		}
 	case n.Kind == yaml.MappingNode && t.Kind() == reflect.Struct:
 		fields := map[string]reflect.Type{}
@@ -126,12 +242,10 @@ func knownKeys(n *yaml.Node, t reflect.Type, path string) error {
 			k := n.Content[i]
 			ft, ok := fields[k.Value]
 			if !ok {
-				return fmt.Errorf("config: line %d: unknown key %q", k.Line, join(path, k.Value))
+				*probs = append(*probs, problem{path: join(path, k.Value), line: k.Line, msg: "unknown key"})
+				continue
 			}
-			if err := knownKeys(n.Content[i+1], ft, join(path, k.Value)); err != nil {
-				return err
-			}
+			knownKeys(n.Content[i+1], ft, join(path, k.Value), probs, idx)
 		}
 	}
-	return nil
 }

@@ -6,7 +6,7 @@ import (
 )
 
 // TestR03StreamLimits reads limits.streams_per_principal and
-// streams_per_replica, leaves them 0 (the server's defaults) when absent,
+// streams_per_replica, fills the server's defaults (4, 2000) when absent,
 // and refuses a value that is not a positive whole number.
 func TestR03StreamLimits(t *testing.T) {
 	const plain = "limits: {token_ttl_max: 5m, task_ttl_max: 8h}"
@@ -14,7 +14,7 @@ func TestR03StreamLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Limits.StreamsPerPrincipal != 0 || c.Limits.StreamsPerReplica != 0 {
+	if c.Limits.StreamsPerPrincipal != 4 || c.Limits.StreamsPerReplica != 2000 {
 		t.Fatalf("absent limits read as %d and %d", c.Limits.StreamsPerPrincipal, c.Limits.StreamsPerReplica)
 	}
 	raw := strings.Replace(valid, plain,

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -13,8 +14,10 @@ import (
 	"github.com/errandhq/errand/store/postgres"
 )
 
-// Masked replaces a secret in the effective config.
-const Masked = "[masked]"
+// maskedSecret stands for system_secret in the effective config: a
+// reference to the variable that overrides it, so that the printed config
+// checks again wherever ERRAND_SYSTEM_SECRET is set.
+const maskedSecret = "${ERRAND_SYSTEM_SECRET}"
 
 func newConfigCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Check a configuration"}
@@ -51,32 +54,43 @@ func newConfigCmd() *cobra.Command {
 	return cmd
 }
 
-// printEffective writes cfg with defaults filled in, durations written as
-// durations, and system_secret and the database password masked.
+// printEffective writes cfg as it runs: every default filled in (issuer
+// algorithms and lifetimes, limits, keys), durations written as durations,
+// relative paths made absolute, system_secret written as a reference to
+// ERRAND_SYSTEM_SECRET and the database password masked. What it prints
+// is itself a valid config.
 func printEffective(w io.Writer, cfg *config.Config) error {
 	c := *cfg
 	if c.SystemSecret != "" {
-		c.SystemSecret = Masked
+		c.SystemSecret = maskedSecret
 	}
 	c.DatabaseURL = postgres.MaskURL(c.DatabaseURL)
-	raw, err := yaml.Marshal(&c)
-	if err != nil {
-		return err
+	pats, schema := c.PolicyFiles()
+	c.Policies = make([]string, len(pats))
+	for i, p := range pats {
+		c.Policies[i] = absPath(p)
 	}
-	var m map[string]any
-	if err := yaml.Unmarshal(raw, &m); err != nil {
-		return err
-	}
-	m["limits"] = map[string]any{
-		"token_ttl_max": c.Limits.TokenTTLMax.String(), "task_ttl_max": c.Limits.TaskTTLMax.String(),
-		"pending_tasks_per_agent": c.Limits.PendingTasksPerAgent, "principal_rps": c.Limits.PrincipalRPS,
-		"address_rps": c.Limits.AddressRPS, "credentials_per_task": c.Limits.CredentialsPerTask,
-		"resources_per_task": c.Limits.ResourcesPerTask, "step_up_ttl": c.Limits.StepUpTTL.String(),
+	c.PolicySchema = absPath(schema)
+	if c.TLS != nil {
+		t := *c.TLS
+		t.CertFile, t.KeyFile, t.ClientCAFile = absPath(t.CertFile), absPath(t.KeyFile), absPath(t.ClientCAFile)
+		c.TLS = &t
 	}
 	enc := yaml.NewEncoder(w)
 	enc.SetIndent(2)
-	if err := enc.Encode(m); err != nil {
+	if err := enc.Encode(&c); err != nil {
 		return err
 	}
 	return enc.Close()
+}
+
+// absPath makes a path absolute, leaving "" as it is.
+func absPath(p string) string {
+	if p == "" {
+		return p
+	}
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }

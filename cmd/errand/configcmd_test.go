@@ -20,6 +20,9 @@ func runCLIErr(args ...string) (string, error) {
 	return out.String(), err
 }
 
+// TestConfigCheck: config check prints the effective config with every
+// default filled in and the secrets masked, and what it prints checks
+// again, to the same text.
 func TestConfigCheck(t *testing.T) {
 	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("s", 40))
 	path := writeConfig(t, "postgres://errand:db-pass-canary@db.example:5432/errand?sslmode=require",
@@ -28,13 +31,28 @@ func TestConfigCheck(t *testing.T) {
 	if err != nil {
 		t.Fatalf("a valid config: %v\n%s", err, out)
 	}
-	for _, want := range []string{"is valid", "system_secret: '[masked]'", "errand:xxxxx@db.example", "token_ttl_max: 5m0s", "rotate_every: 24h"} {
+	for _, want := range []string{"is valid", "system_secret: ${ERRAND_SYSTEM_SECRET}", "errand:xxxxx@db.example", "token_ttl_max: 5m0s", "rotate_every: 24h",
+		// The defaults the server applies, written out.
+		"algorithms:\n      - RS256\n      - ES256", "max_token_lifetime: 24h0m0s", "pending_tasks_per_agent: 20", "principal_rps: 50",
+		"address_rps: 200", "credentials_per_task: 0", "step_up_ttl: 15m0s", "streams_per_principal: 4", "overlap: 1h0m0s"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
 	if strings.Contains(out, "db-pass-canary") || strings.Contains(out, strings.Repeat("s", 40)) {
 		t.Fatalf("a secret is printed:\n%s", out)
+	}
+	// The printed config is a valid config, and a fixed point.
+	printed := filepath.Join(t.TempDir(), "printed.yaml")
+	if err := os.WriteFile(printed, []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	again, err := runCLIErr("config", "check", "--config", printed)
+	if err != nil {
+		t.Fatalf("config check's own output does not check: %v\n%s", err, again)
+	}
+	if _, body, _ := strings.Cut(again, "\n"); !strings.HasSuffix(out, body) {
+		t.Fatalf("the printed config changes when checked again:\n%s\n---\n%s", out, again)
 	}
 	// Keyword DSNs and passwords holding '@' are masked too.
 	for _, dsn := range []string{"host=db.example user=errand password=db-pass-canary dbname=errand",
