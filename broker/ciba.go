@@ -87,6 +87,16 @@ func (s *Service) StartBackchannel(ctx context.Context, p Principal, req Backcha
 	if p.Kind != KindAgent {
 		return BackchannelStarted{}, Errorf(ErrWrongPrincipalKind, "only agents ask for tasks")
 	}
+	// The scopes first, as CreateTask will check them again: a stock
+	// client learns of a bad scope as invalid_scope, whatever else is
+	// missing.
+	scopes, err := ParseScopes(req.Task.Scopes)
+	if err != nil {
+		return BackchannelStarted{}, err
+	}
+	if err := s.catalog.CheckGrantable(scopes); err != nil {
+		return BackchannelStarted{}, err
+	}
 	if err := checkText("binding_message", req.BindingMessage, maxBindingMessageBytes, false); err != nil {
 		return BackchannelStarted{}, err
 	}

@@ -742,6 +742,11 @@ func TestCIBABackchannelRefusals(t *testing.T) {
 		{"unknown resource", with("resource", "https://admin-service.example.com"), "invalid_target", "invalid_target"},
 		{"resource with userinfo", with("resource", "https://x@api.github.com"), "invalid_target", "invalid_target"},
 		{"unknown action", with("scope", "github.nothing.here:acme/api"), "invalid_scope", "invalid_scope"},
+		{"unknown action and no goal", func() url.Values {
+			v := with("scope", "github.nothing.here:acme/api")
+			v.Del("binding_message")
+			return v
+		}(), "invalid_scope", "invalid_scope"},
 		{"blocked action", with("scope", "aws.iam.createaccesskey"), "invalid_scope", "blocked_action"},
 		{"no login_hint", with("login_hint", ""), "invalid_request", "invalid_request"},
 		{"no scope", with("scope", ""), "invalid_request", "invalid_request"},

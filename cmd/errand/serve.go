@@ -36,8 +36,8 @@ import (
 
 func newServe() *cobra.Command {
 	var (
-		cfgPath   string
-		noMigrate bool
+		cfgPath, listenAddr string
+		noMigrate           bool
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -47,6 +47,9 @@ func newServe() *cobra.Command {
 			cfg, err := config.Load(cfgPath)
 			if err != nil {
 				return err
+			}
+			if listenAddr != "" {
+				cfg.Listen = listenAddr
 			}
 			// Lines reach stderr in batches, at most logFlush late: one
 			// write per request cost a mint measurable CPU.
@@ -60,6 +63,8 @@ func newServe() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "errand.yaml", "path to errand.yaml")
 	cmd.Flags().BoolVar(&noMigrate, "no-migrate", false, "refuse to start on a pending schema instead of migrating")
+	cmd.Flags().StringVar(&listenAddr, "listen", os.Getenv("ERRAND_LISTEN"),
+		"address to listen on, in place of the config's listen (env ERRAND_LISTEN; 0.0.0.0:8080 in the container image)")
 	return cmd
 }
 
