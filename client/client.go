@@ -39,6 +39,8 @@ type Problem struct {
 	ApprovalID string   `json:"approval_id"`
 	Policies   []string `json:"policies"`
 	Reasons    []string `json:"reasons"`
+	// Raw is the problem document as the server sent it.
+	Raw json.RawMessage `json:"-"`
 }
 
 // Error is one line: the status, the code and the detail, and, for an
@@ -246,7 +248,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) ([]by
 		if json.Unmarshal(raw, p) != nil || p.Code == "" {
 			p.Code, p.Detail = "http_error", strings.TrimSpace(string(raw))
 		}
-		p.Status = res.StatusCode
+		p.Status, p.Raw = res.StatusCode, raw
 		return raw, p
 	}
 	if out != nil {

@@ -1,10 +1,12 @@
 package main
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -21,30 +23,53 @@ approval_required and an approval id (apr_...), the user approves or denies it
 here, and the agent repeats the same call, which then succeeds once.`,
 	}
 
-	var status, cursor string
+	var (
+		status string
+		ap     paging
+	)
 	list := &cobra.Command{
 		Use: "list", Short: "List your step-up approvals (as a user: those waiting for you)", Args: cobra.NoArgs,
+		Example: `  errand approval list --status pending
+  errand approval list --all -o json | jq -r '.approvals[].id'`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			as, next, raw, err := g.client().ListApprovals(cmd.Context(), status, cursor)
+			q := url.Values{}
+			if status != "" {
+				q.Set("status", status)
+			}
+			pg, err := g.list(cmd.Context(), "/v1/approvals", q, "approvals", "cursor", ap)
 			if err != nil {
 				return err
 			}
-			g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
-				fmt.Fprintln(w, "ID\tSTATUS\tTASK\tAGENT\tON BEHALF OF\tSCOPES\tAUDIENCE\tREASONS\tEXPIRES")
+			as, err := decodeItems[client.Approval](pg.items)
+			if err != nil {
+				return err
+			}
+			if g.machine() {
+				g.emit(cmd.OutOrStdout(), pg.raw, nil)
+				return nil
+			}
+			goals := g.taskGoals(cmd.Context(), as)
+			now := time.Now()
+			g.emit(cmd.OutOrStdout(), pg.raw, func(w io.Writer) {
+				fmt.Fprintln(w, "ID\tSTATUS\tTASK\tAGENT\tON BEHALF OF\tSCOPES\tAUDIENCE\tREASONS\tCREATED\tEXPIRES\tGOAL")
 				for _, a := range as {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shown(a.ID), shown(a.Status), shown(a.TaskID),
+					goal, ok := goals[a.TaskID]
+					cell := "-"
+					if ok {
+						cell = goalCell(goal)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shown(a.ID), shown(a.Status), shown(a.TaskID),
 						shown(a.Agent), shown(a.OnBehalfOf), shown(strings.Join(a.Scopes, " ")), shown(a.Audience),
-						shown(reasons(a)), shown(a.ExpiresAt))
+						shown(reasons(a)), when(a.CreatedAt, now), when(a.ExpiresAt, now), cell)
 				}
-				if next != "" {
-					fmt.Fprintf(w, "more: --cursor %s\n", next)
-				}
+				moreNote(w, "cursor", pg.next)
 			})
 			return nil
 		},
 	}
 	list.Flags().StringVar(&status, "status", "", "pending, approved, denied, used or expired")
-	list.Flags().StringVar(&cursor, "cursor", "", "the next page, as the previous one printed it")
+	_ = list.RegisterFlagCompletionFunc("status", cobra.FixedCompletions(approvalStatuses, cobra.ShellCompDirectiveNoFileComp))
+	ap.register(list)
 
 	get := &cobra.Command{
 		Use: "get APPROVAL", Short: "Show a step-up approval", Args: cobra.ExactArgs(1),
@@ -69,8 +94,30 @@ here, and the agent repeats the same call, which then succeeds once.`,
 		},
 	}
 	deny.Flags().StringVar(&reason, "reason", "", "why")
+	get.Example = "  errand approval get apr_…"
+	approve.Example = "  errand approval approve apr_…   # then the agent repeats its call, which succeeds once"
+	deny.Example = `  errand approval deny apr_… --reason "not this repository"`
+	for _, c := range []*cobra.Command{get, approve, deny} {
+		c.ValidArgsFunction = g.completeApprovals
+	}
 	cmd.AddCommand(list, get, approve, deny)
 	return cmd
+}
+
+// taskGoals reads the goal of each task the approvals belong to, for the
+// GOAL column; a task the caller cannot read is left out.
+func (g *globals) taskGoals(ctx context.Context, as []client.Approval) map[string]string {
+	goals := map[string]string{}
+	c := g.client()
+	for _, a := range as {
+		if _, done := goals[a.TaskID]; done {
+			continue
+		}
+		if t, _, err := c.GetTask(ctx, a.TaskID); err == nil {
+			goals[a.TaskID] = t.Goal
+		}
+	}
+	return goals
 }
 
 func (g *globals) approvalResult(cmd *cobra.Command, a client.Approval, raw []byte, err error) error {
@@ -100,15 +147,16 @@ token must have been minted under a step-up approval). --token is your
 resource server's identity token.
 
 It prints the decision and the reason and exits 0 when allowed; when denied it
-prints nothing and exits 1 with "deny: <reason>" (with --json it prints the
-answer first), so that scripts can test it directly.`,
-		Args: cobra.ExactArgs(1),
+prints nothing and exits 4 (refused) with "deny: <reason>" (with -o json it
+prints the answer first), so that scripts can test it directly.`,
+		Example: `  errand decide "$AT" --token "$RS" --action github.pr.write --resource-type repository --resource acme/api`,
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d, raw, err := g.client().Evaluate(cmd.Context(), args[0], action, resType, resID, tool, dataset)
 			if err != nil {
 				return err
 			}
-			if d.Allow || g.json {
+			if d.Allow || g.machine() {
 				g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
 					fmt.Fprintln(w, "decision\tallow")
 					fmt.Fprintf(w, "reason\t%s\n", d.Reason)
@@ -118,7 +166,7 @@ answer first), so that scripts can test it directly.`,
 				})
 			}
 			if !d.Allow {
-				return errors.New("deny: " + d.Reason)
+				return refusedError{msg: "deny: " + d.Reason, reported: g.machine()}
 			}
 			return nil
 		},

@@ -1,55 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/url"
-	"os"
-	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/errandhq/errand/client"
 )
-
-// globals are the flags every client command shares.
-type globals struct {
-	server string
-	token  string
-	json   bool
-}
-
-func (g *globals) register(root *cobra.Command) {
-	server := os.Getenv("ERRAND_SERVER")
-	if server == "" {
-		server = "http://127.0.0.1:8080"
-	}
-	root.PersistentFlags().StringVar(&g.server, "server", server, "Errand server URL (env ERRAND_SERVER)")
-	root.PersistentFlags().StringVar(&g.token, "token", os.Getenv("ERRAND_TOKEN"), "your identity token (env ERRAND_TOKEN)")
-	root.PersistentFlags().BoolVar(&g.json, "json", false, "print the server's JSON answer")
-}
-
-func (g *globals) client() *client.Client { return client.New(g.server, g.token) }
-
-// emit prints the raw JSON with --json, or the human form otherwise.
-func (g *globals) emit(w io.Writer, raw []byte, human func(io.Writer)) {
-	if g.json {
-		var buf bytes.Buffer
-		if json.Indent(&buf, raw, "", "  ") == nil {
-			raw = buf.Bytes()
-		}
-		fmt.Fprintln(w, strings.TrimSpace(string(raw)))
-		return
-	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	human(tw)
-	tw.Flush()
-}
 
 func newTaskCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "task", Short: "Ask for, approve, deny, read and close tasks"}
@@ -60,6 +22,8 @@ func newTaskCmd(g *globals) *cobra.Command {
 	)
 	create := &cobra.Command{
 		Use: "create", Short: "Ask for a task (as an agent)", Args: cobra.NoArgs,
+		Example: `  TASK=$(errand task create -q --token "$AGENT" --on-behalf-of alice --goal "fix the flaky test" \
+    --scope "github.repo.read:acme/**" --audience https://api.github.com)`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c.TTLSeconds = int64(ttl / time.Second)
 			t, raw, err := g.client().CreateTask(cmd.Context(), c)
@@ -88,25 +52,43 @@ func newTaskCmd(g *globals) *cobra.Command {
 		_ = create.MarkFlagRequired(f)
 	}
 
-	var status string
+	var (
+		status string
+		tp     paging
+	)
 	list := &cobra.Command{
 		Use: "list", Short: "List your tasks (as a user: the tasks waiting for you)", Args: cobra.NoArgs,
+		Example: `  errand task list --status pending
+  errand task list --all -o json | jq -r '.tasks[].id'
+  errand task list --limit 20 --cursor "$NEXT"`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ts, raw, err := g.client().ListTasks(cmd.Context(), status)
+			q := url.Values{}
+			if status != "" {
+				q.Set("status", status)
+			}
+			pg, err := g.list(cmd.Context(), "/v1/tasks", q, "tasks", "cursor", tp)
 			if err != nil {
 				return err
 			}
-			g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
-				fmt.Fprintln(w, "ID\tSTATUS\tRISK\tAGENT\tON BEHALF OF\tSCOPES\tEXPIRES")
+			ts, err := decodeItems[client.Task](pg.items)
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			g.emit(cmd.OutOrStdout(), pg.raw, func(w io.Writer) {
+				fmt.Fprintln(w, "ID\tSTATUS\tRISK\tAGENT\tON BEHALF OF\tSCOPES\tCREATED\tEXPIRES\tGOAL")
 				for _, t := range ts {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shown(t.ID), shown(t.Status), shown(t.Risk), shown(t.Agent),
-						shown(t.OnBehalfOf), shown(strings.Join(t.Scopes, " ")), shown(t.ExpiresAt))
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shown(t.ID), shown(t.Status), shown(t.Risk), shown(t.Agent),
+						shown(t.OnBehalfOf), shown(strings.Join(t.Scopes, " ")), when(t.CreatedAt, now), when(t.ExpiresAt, now), goalCell(t.Goal))
 				}
+				moreNote(w, "cursor", pg.next)
 			})
 			return nil
 		},
 	}
 	list.Flags().StringVar(&status, "status", "", "pending, approved, denied, closed or expired")
+	_ = list.RegisterFlagCompletionFunc("status", cobra.FixedCompletions(taskStatuses, cobra.ShellCompDirectiveNoFileComp))
+	tp.register(list)
 
 	get := &cobra.Command{
 		Use: "get TASK", Short: "Show a task", Args: cobra.ExactArgs(1),
@@ -149,7 +131,18 @@ func newTaskCmd(g *globals) *cobra.Command {
 			return g.taskResult(cmd, t, raw, err)
 		},
 	}
+	get.Example = `  errand task get "$TASK"`
+	approve.Example = `  errand task approve "$TASK" --token "$ALICE"
+  errand task approve "$TASK" --scope github.repo.read:acme/api --ttl 30m   # narrower`
+	deny.Example = `  errand task deny "$TASK" --reason "not this week"`
+	closeCmd.Example = `  errand task close "$TASK" --token "$AGENT"`
 	cmd.AddCommand(create, list, get, approve, deny, closeCmd)
+	taskExtras(g, cmd)
+	for _, c := range cmd.Commands() {
+		if c.Args != nil && c.Name() != "create" && c.Name() != "list" {
+			c.ValidArgsFunction = g.completeTasks
+		}
+	}
 	return cmd
 }
 
@@ -177,6 +170,8 @@ func newTokenCmd(g *globals) *cobra.Command {
 	)
 	mint := &cobra.Command{
 		Use: "mint TASK", Short: "Mint an access token for a task (as its agent)", Args: cobra.ExactArgs(1),
+		Example:           `  AT=$(errand token mint "$TASK" -q --scope github.repo.read:acme/api --audience https://api.github.com)`,
+		ValidArgsFunction: g.completeTasks,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m.TTLSeconds = int64(ttl / time.Second)
 			tok, raw, err := g.client().Mint(cmd.Context(), args[0], m)
@@ -208,6 +203,7 @@ func newTokenCmd(g *globals) *cobra.Command {
 
 	introspect := &cobra.Command{
 		Use: "introspect ACCESS_TOKEN", Short: "Ask whether a token is active (as a resource server)", Args: cobra.ExactArgs(1),
+		Example: `  errand token introspect "$AT" --token "$RS"`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			in, raw, err := g.client().Introspect(cmd.Context(), args[0])
 			if err != nil {
@@ -232,15 +228,15 @@ func newTokenCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(mint, introspect)
+	cmd.AddCommand(mint, introspect, tokenRevoke(g))
 	return cmd
 }
 
 func newAuditCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "audit", Short: "Read the audit trail and the issuance history (as an auditor)"}
-	filters := func(c *cobra.Command) *url.Values {
+	filters := func(c *cobra.Command) (*url.Values, *paging) {
 		q := &url.Values{}
-		for _, name := range []string{"task", "actor", "type", "since", "until", "cursor"} {
+		for _, name := range []string{"task", "actor", "type", "since", "until"} {
 			name := name
 			c.Flags().Func(name, "filter: "+name, func(v string) error {
 				key := name
@@ -251,63 +247,74 @@ func newAuditCmd(g *globals) *cobra.Command {
 				return nil
 			})
 		}
-		c.Flags().Func("limit", "page size (default 100, max 1000)", func(v string) error {
-			if _, err := strconv.Atoi(v); err != nil {
-				return err
-			}
-			q.Set("limit", v)
-			return nil
-		})
-		return q
+		_ = c.RegisterFlagCompletionFunc("task", g.completeTasks)
+		p := &paging{}
+		p.register(c)
+		return q, p
 	}
-	events := &cobra.Command{Use: "events", Short: "List audit events", Args: cobra.NoArgs}
-	eq := filters(events)
+	events := &cobra.Command{
+		Use: "events", Short: "List audit events", Args: cobra.NoArgs,
+		Example: `  errand audit events --task tsk_… 
+  errand audit events --type credential.issued --since 2026-12-01T00:00:00Z --all -o json`,
+	}
+	eq, ep := filters(events)
 	events.RunE = func(cmd *cobra.Command, _ []string) error {
-		evs, next, raw, err := g.client().AuditEvents(cmd.Context(), *eq)
+		pg, err := g.list(cmd.Context(), "/v1/audit/events", *eq, "events", "cursor", *ep)
 		if err != nil {
 			return err
 		}
-		g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
+		evs, err := decodeItems[client.Event](pg.items)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		g.emit(cmd.OutOrStdout(), pg.raw, func(w io.Writer) {
 			fmt.Fprintln(w, "SEQ\tTIME\tTYPE\tACTOR\tTASK\tDETAIL")
 			for _, e := range evs {
 				actor := fmt.Sprint(e.Actor["kind"])
 				if sub, ok := e.Actor["sub"]; ok {
 					actor += ":" + fmt.Sprint(sub)
 				}
-				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time, e.Type, actor, orDash([]string{e.TaskID}), summary(e.Detail))
+				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, when(e.Time, now), shown(e.Type), shown(actor), shown(orDash([]string{e.TaskID})), summary(e.Detail))
 			}
-			if next != "" {
-				fmt.Fprintf(w, "more: --cursor %s\n", next)
-			}
+			moreNote(w, "cursor", pg.next)
 		})
 		return nil
 	}
-	creds := &cobra.Command{Use: "credentials", Short: "List issued credentials", Args: cobra.NoArgs}
-	cq := filters(creds)
+	creds := &cobra.Command{
+		Use: "credentials", Short: "List issued credentials", Args: cobra.NoArgs,
+		Example: `  errand audit credentials --task tsk_…
+  errand audit credentials --all -o yaml`,
+	}
+	cq, cp := filters(creds)
 	creds.RunE = func(cmd *cobra.Command, _ []string) error {
-		cs, next, raw, err := g.client().Credentials(cmd.Context(), *cq)
+		pg, err := g.list(cmd.Context(), "/v1/credentials", *cq, "credentials", "cursor", *cp)
 		if err != nil {
 			return err
 		}
-		g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) {
-			fmt.Fprintln(w, "JTI\tTASK\tON BEHALF OF\tSCOPES\tAUDIENCE\tISSUED\tEXPIRES\tREVOKED")
-			for _, c := range cs {
-				revoked := "-"
-				if c.RevokedAt != nil {
-					revoked = *c.RevokedAt
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.JTI, c.TaskID, c.OnBehalfOf,
-					strings.Join(c.Scopes, " "), c.Audience, c.IssuedAt, c.ExpiresAt, revoked)
-			}
-			if next != "" {
-				fmt.Fprintf(w, "more: --cursor %s\n", next)
-			}
-		})
+		cs, err := decodeItems[client.Credential](pg.items)
+		if err != nil {
+			return err
+		}
+		g.emit(cmd.OutOrStdout(), pg.raw, func(w io.Writer) { credentialTable(w, cs, time.Now()); moreNote(w, "cursor", pg.next) })
 		return nil
 	}
 	cmd.AddCommand(events, creds)
 	addAuditOps(cmd)
 	return cmd
+}
+
+// credentialTable prints issuance records, one a row.
+func credentialTable(w io.Writer, cs []client.Credential, now time.Time) {
+	fmt.Fprintln(w, "JTI\tTASK\tON BEHALF OF\tSCOPES\tAUDIENCE\tISSUED\tEXPIRES\tREVOKED")
+	for _, c := range cs {
+		revoked := "-"
+		if c.RevokedAt != nil {
+			revoked = when(*c.RevokedAt, now)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shown(c.JTI), shown(c.TaskID), shown(c.OnBehalfOf),
+			shown(strings.Join(c.Scopes, " ")), shown(c.Audience), when(c.IssuedAt, now), when(c.ExpiresAt, now), revoked)
+	}
 }
 
 // summary renders an event's detail as compact key=value pairs.

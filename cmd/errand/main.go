@@ -5,9 +5,11 @@
 package main
 
 import (
-	"fmt"
+	"context"
 	"os"
+	"os/signal"
 	"runtime/pprof"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -16,12 +18,11 @@ import (
 
 func main() {
 	stop := profile()
-	err := newRoot().Execute()
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := execute(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	cancel()
 	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "errand:", err)
-		os.Exit(1)
-	}
+	os.Exit(code)
 }
 
 // profile writes a CPU profile to $ERRAND_CPUPROFILE, and a heap profile
@@ -52,9 +53,22 @@ func profile() func() {
 }
 
 func newRoot() *cobra.Command {
+	root, _ := newRootWithGlobals()
+	return root
+}
+
+// newRootWithGlobals is the errand command and the client flags its
+// commands share.
+func newRootWithGlobals() (*cobra.Command, *globals) {
 	root := &cobra.Command{
-		Use:           "errand",
-		Short:         "Errand: just-in-time, task-scoped credentials for AI agents",
+		Use:   "errand",
+		Short: "Errand: just-in-time, task-scoped credentials for AI agents",
+		Long: `Errand: just-in-time, task-scoped credentials for AI agents.
+
+` + exitCodesHelp,
+		Example: `  errand dev                                   # everything in one process, for trying it
+  export ERRAND_TOKEN=$(errand dev token --kind user --sub alice --group eng)
+  errand task list --status pending -o json`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -62,6 +76,10 @@ func newRoot() *cobra.Command {
 	g.register(root)
 	root.Version = version.Get().String()
 	root.SetVersionTemplate("{{.Version}}\n")
-	root.AddCommand(newVersion(), newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newAuditCmd(g), newApprovalCmd(g), newDecideCmd(g), newDBCmd(), newPolicyCmd(), newKeysCmd(), newConfigCmd(), newHealthcheck())
-	return root
+	root.AddCommand(newVersion(), newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newAuditCmd(g),
+		newApprovalCmd(g), newDecideCmd(g), newDBCmd(), newPolicyCmd(), newKeysCmd(), newConfigCmd(),
+		newAgentCmd(g), newSecretCmd(g), newRevocationsCmd(g))
+	addExamples(root)
+	markUsage(root)
+	return root, g
 }
