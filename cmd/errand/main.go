@@ -78,7 +78,7 @@ func newRootWithGlobals() (*cobra.Command, *globals) {
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(newVersion(), newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newAuditCmd(g),
 		newApprovalCmd(g), newDecideCmd(g), newDBCmd(), newPolicyCmd(), newKeysCmd(), newConfigCmd(),
-		newAgentCmd(g), newSecretCmd(g), newRevocationsCmd(g))
+		newAgentCmd(g), newSecretCmd(g), newRevocationsCmd(g), newHealthcheck())
 	addExamples(root)
 	markUsage(root)
 	return root, g
