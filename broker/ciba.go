@@ -168,10 +168,11 @@ func validAuthReqID(id string) bool {
 //
 // Once approved, the token is minted by Mint (every check, policy, budget
 // and audit event of a mint) for the approved scopes and the first
-// requested audience the approval kept, under an idempotency key derived
+// requested audience the approval kept, bound to the DPoP key jkt when
+// the poll proved one, under an idempotency key derived
 // from the request, so that concurrent polls get the same credential;
 // then the request is spent.
-func (s *Service) PollBackchannel(ctx context.Context, p Principal, authReqID string) (Minted, error) {
+func (s *Service) PollBackchannel(ctx context.Context, p Principal, authReqID, jkt string) (Minted, error) {
 	if p.Kind != KindAgent {
 		return Minted{}, Errorf(ErrWrongPrincipalKind, "only agents poll backchannel requests")
 	}
@@ -247,7 +248,7 @@ func (s *Service) PollBackchannel(ctx context.Context, p Principal, authReqID st
 	}
 	m, err := s.Mint(ctx, p, task.ID, MintRequest{
 		Scopes: task.ApprovedScopes.Strings(), Audience: firstApproved(task),
-		IdempotencyKey: "ciba-" + hash[:40],
+		IdempotencyKey: "ciba-" + hash[:40], JKT: jkt,
 	})
 	if err != nil {
 		return Minted{}, err

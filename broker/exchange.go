@@ -16,6 +16,8 @@ type ExchangeRequest struct {
 	Scopes         []string
 	Targets        []string
 	IdempotencyKey string
+	// JKT binds the token to a DPoP key (MintRequest.JKT).
+	JKT string
 }
 
 // Exchange mints a token for an RFC 8693 token exchange through Mint, so
@@ -72,7 +74,7 @@ func (s *Service) Exchange(ctx context.Context, p Principal, req ExchangeRequest
 			audience = firstApproved(t)
 		}
 	}
-	m, err := s.Mint(ctx, p, req.TaskID, MintRequest{Scopes: scopes, Audience: audience, IdempotencyKey: req.IdempotencyKey})
+	m, err := s.Mint(ctx, p, req.TaskID, MintRequest{Scopes: scopes, Audience: audience, IdempotencyKey: req.IdempotencyKey, JKT: req.JKT})
 	if errors.Is(err, ErrScopeExceedsApproval) {
 		if t, rerr := readTask(); rerr == nil && !contains(t.ApprovedAudiences, audience) {
 			return Minted{}, Errorf(ErrInvalidTarget, "the task's approval does not name this audience")

@@ -92,13 +92,13 @@ func requestedExpiry(form url.Values) (int64, error) {
 // cibaGrant is the token request of CIBA §10.1 in poll mode: the agent
 // that asked polls with its auth_req_id (§11's errors until the user
 // decides).
-func (s *Server) cibaGrant(w http.ResponseWriter, r *http.Request, p broker.Principal, form url.Values) {
+func (s *Server) cibaGrant(w http.ResponseWriter, r *http.Request, p broker.Principal, form url.Values, jkt string) {
 	id := form.Get("auth_req_id")
 	if id == "" {
 		s.oauthFail(w, r, p, "", broker.Errorf(broker.ErrInvalidRequest, "auth_req_id is required"))
 		return
 	}
-	m, err := s.svc.PollBackchannel(r.Context(), p, id)
+	m, err := s.svc.PollBackchannel(r.Context(), p, id, jkt)
 	if err != nil {
 		s.oauthFail(w, r, p, "", err)
 		return

@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -450,4 +451,86 @@ func TestX05ServerNonceRequired(t *testing.T) {
 	before = e.snapshot()
 	e.refused(before, e.mintWith(id, nil, []string{withNonce("bm90LWEtbm9uY2Utb2YtZXJyYW5kcy0xMjM0NTY")}, nil),
 		http.StatusBadRequest, "use_dpop_nonce")
+}
+
+// formDPoP posts a form to the OAuth front door with DPoP headers.
+func (e *env) formDPoP(path string, v url.Values, proofs ...string) resp {
+	e.t.Helper()
+	body := v.Encode()
+	req, err := http.NewRequest(http.MethodPost, e.srv.URL+path, strings.NewReader(body))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for _, p := range proofs {
+		req.Header.Add("DPoP", p)
+	}
+	return e.send(req, []byte(body))
+}
+
+// tokenProof is a proof by key for the token endpoint.
+func tokenProof(t testing.TB, key crypto.Signer) string {
+	t.Helper()
+	p, err := dpop.NewProof(key, http.MethodPost, publicURL+"/oauth/token", "", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// The token endpoint binds as the REST mint does: an RFC 8693 exchange
+// with a proof answers token_type DPoP and a token with cnf.jkt, which
+// introspection shows; a replayed proof is invalid_dpop_proof; a task
+// requiring DPoP refuses an exchange without one.
+func TestX05TokenExchangeBindsTheToken(t *testing.T) {
+	e := newEnv(t)
+	id := e.approved("bot", "alice", readAcme)
+	key := dpopKey(t)
+	proof := tokenProof(t, key)
+	r := e.mustStatus(e.formDPoP("/oauth/token", e.exchangeForm("bot", id, url.Values{"resource": {apiGitHub}}), proof), http.StatusOK)
+	if r.str("token_type") != "DPoP" {
+		t.Fatalf("token_type %q, want DPoP: %s", r.str("token_type"), r.Raw)
+	}
+	if cnf, _ := tokenClaims(t, r.str("access_token"))["cnf"].(map[string]any); cnf["jkt"] != jktOf(t, key) {
+		t.Fatalf("cnf %v, want jkt %s", cnf, jktOf(t, key))
+	}
+	in := e.mustStatus(e.introspect(e.resource("rs"), r.str("access_token")), http.StatusOK)
+	if cnf, _ := in.JSON["cnf"].(map[string]any); in.str("token_type") != "DPoP" || cnf["jkt"] != jktOf(t, key) {
+		t.Fatalf("introspection %s", in.Raw)
+	}
+
+	before := e.snapshot()
+	e.oauthRefused(before, e.formDPoP("/oauth/token", e.exchangeForm("bot", id, url.Values{"resource": {apiGitHub}}), proof),
+		http.StatusBadRequest, "invalid_dpop_proof", "invalid_dpop_proof")
+	before = e.snapshot()
+	wrongURL, _ := dpop.NewProof(key, http.MethodPost, publicURL+"/v1/tasks/"+id+"/tokens", "", time.Now())
+	e.oauthRefused(before, e.formDPoP("/oauth/token", e.exchangeForm("bot", id, url.Values{"resource": {apiGitHub}}), wrongURL),
+		http.StatusBadRequest, "invalid_dpop_proof", "invalid_dpop_proof")
+
+	strict := e.mustStatus(e.do("POST", "/v1/tasks", e.agent("bot"), map[string]any{
+		"on_behalf_of": "alice", "goal": "triage issues", "scopes": []string{readAcme},
+		"audiences": []string{apiGitHub}, "require_dpop": true,
+	}), http.StatusCreated).str("id")
+	e.mustStatus(e.do("POST", "/v1/tasks/"+strict+"/approve", e.user("alice", "eng"), map[string]any{}), http.StatusOK)
+	before = e.snapshot()
+	e.oauthRefused(before, e.formDPoP("/oauth/token", e.exchangeForm("bot", strict, nil)),
+		http.StatusBadRequest, "invalid_dpop_proof", "dpop_required")
+	if b := e.mustStatus(e.formDPoP("/oauth/token", e.exchangeForm("bot", strict, nil), tokenProof(t, key)), http.StatusOK); b.str("token_type") != "DPoP" {
+		t.Fatalf("bound exchange of a strict task: %s", b.Raw)
+	}
+}
+
+// A CIBA poll with a proof receives the token bound to its key.
+func TestX05CIBAPollBindsTheToken(t *testing.T) {
+	e := newEnv(t)
+	ar := e.mustStatus(e.backchannel("bot", url.Values{"login_hint": {"alice"}, "scope": {readAcme},
+		"resource": {apiGitHub}, "binding_message": {"bind it"}}), http.StatusOK).str("auth_req_id")
+	id := e.pendingTask("alice")
+	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/approve", e.user("alice", "eng"), map[string]any{}), http.StatusOK)
+	key := dpopKey(t)
+	poll := asClient(e.agent("bot"), url.Values{"grant_type": {grantCIBA}, "auth_req_id": {ar}})
+	r := e.mustStatus(e.formDPoP("/oauth/token", poll, tokenProof(t, key)), http.StatusOK)
+	if cnf, _ := tokenClaims(t, r.str("access_token"))["cnf"].(map[string]any); r.str("token_type") != "DPoP" || cnf["jkt"] != jktOf(t, key) {
+		t.Fatalf("CIBA token %s, want bound to %s", r.Raw, jktOf(t, key))
+	}
 }

@@ -173,11 +173,19 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		s.oauthFail(w, r, broker.Principal{}, "", err)
 		return
 	}
+	// A DPoP proof binds the token to its key, whichever grant issues it
+	// (RFC 9449 §5); a bad one is invalid_dpop_proof.
+	s.offerNonce(w)
+	jkt, _, err := s.dpopKey(r)
+	if err != nil {
+		s.oauthFail(w, r, p, "", err)
+		return
+	}
 	switch form.Get("grant_type") {
 	case grantTokenExchange:
-		s.tokenExchange(w, r, p, form)
+		s.tokenExchange(w, r, p, form, jkt)
 	case grantCIBA:
-		s.cibaGrant(w, r, p, form)
+		s.cibaGrant(w, r, p, form, jkt)
 	case "":
 		s.oauthFail(w, r, p, "", broker.Errorf(broker.ErrInvalidRequest, "grant_type is required"))
 	default:
@@ -209,7 +217,7 @@ func (s *Server) writeToken(w http.ResponseWriter, m broker.Minted) {
 	}
 	noStore(w)
 	encodeJSON(w, http.StatusOK, tokenResponse{
-		AccessToken: m.Token, IssuedTokenType: tokenTypeAccess, TokenType: "Bearer", ExpiresIn: m.ExpiresIn,
+		AccessToken: m.Token, IssuedTokenType: tokenTypeAccess, TokenType: tokenType(m.Credential), ExpiresIn: m.ExpiresIn,
 		Scope:                strings.Join(m.Credential.Scopes.Strings(), " "),
 		AuthorizationDetails: []taskDetailResponse{{Type: authDetailsType, TaskID: m.Credential.TaskID}},
 	})
@@ -219,8 +227,9 @@ func (s *Server) writeToken(w http.ResponseWriter, m broker.Minted) {
 // agent's own workload ID token (an Errand token or any other identity is
 // invalid_request, §2.2.2); the task is named only by the errand_task
 // authorization details, never by scope or resource (X03); scope narrows;
-// resource and audience aim; only an access token is issued.
-func (s *Server) tokenExchange(w http.ResponseWriter, r *http.Request, p broker.Principal, form url.Values) {
+// resource and audience aim; only an access token is issued, bound to the
+// DPoP key jkt when the request proved one.
+func (s *Server) tokenExchange(w http.ResponseWriter, r *http.Request, p broker.Principal, form url.Values, jkt string) {
 	fail := func(err error) { s.oauthFail(w, r, p, "", err) }
 	subject, subjectType := form.Get("subject_token"), form.Get("subject_token_type")
 	if subject == "" || subjectType == "" {
@@ -264,7 +273,7 @@ func (s *Server) tokenExchange(w http.ResponseWriter, r *http.Request, p broker.
 	}
 	m, err := s.svc.Exchange(r.Context(), p, broker.ExchangeRequest{
 		TaskID: d.TaskID, Scopes: scopes, Targets: append(form["resource"], form["audience"]...),
-		IdempotencyKey: r.Header.Get("Idempotency-Key"),
+		IdempotencyKey: r.Header.Get("Idempotency-Key"), JKT: jkt,
 	})
 	if err != nil {
 		s.oauthFail(w, r, p, auditTaskID(d.TaskID), err)

@@ -50,6 +50,11 @@ var oauthErrorOf = map[string]string{
 	"slow_down":              "slow_down",
 	"expired_token":          "expired_token",
 	"access_denied":          "access_denied",
+	// RFC 9449 §5, §8. A proof the task or a policy requires and the
+	// request lacks is answered as an invalid one, as Keycloak does.
+	"invalid_dpop_proof": "invalid_dpop_proof",
+	"dpop_required":      "invalid_dpop_proof",
+	"use_dpop_nonce":     "use_dpop_nonce",
 }
 
 // oauthDescriptions are the error_description of each Errand code on the
@@ -88,6 +93,9 @@ var oauthDescriptions = map[string]string{
 	"slow_down":              "polled too fast; add 5 seconds to the interval",
 	"expired_token":          "the request expired before the user approved it",
 	"access_denied":          "the user denied the request",
+	"invalid_dpop_proof":     "the DPoP proof is malformed, not for this request, stale, reused, or signed by a key or algorithm not accepted",
+	"dpop_required":          "the task or a policy requires a DPoP-bound token: send a DPoP proof",
+	"use_dpop_nonce":         "the DPoP proof must carry the nonce of the DPoP-Nonce header",
 	"internal":               "internal error",
 }
 

@@ -40,6 +40,15 @@ asks: it exists only in dev, and errand serve never exposes it.
 directory) as errand serve's "policies" setting does, and --policy-schema
 validates them against a schema.
 
+--config reads your own catalog from an errand.yaml: its actions, audiences,
+grants, deny_actions, limits, dpop, policies (relative to the file) and vault
+block replace the example's. Its issuers are replaced by the development
+identity provider's three (agent, user, resource): a grant's issuer and an
+introspector's issuer that name one of the file's issuers are rewritten to the
+dev issuer of the same kind, so grants and introspectors keep working with
+errand dev token. listen, public_url, database_url, system_secret, tls, keys,
+signing_alg, trusted_proxies and audit_anchor_every are errand dev's own.
+
 --listen must be a loopback address: anyone who reaches /dev/token gets any
 identity, an admin's and an auditor's included. A non-loopback address is
 refused unless --insecure-expose-dev-identities is given, and then warned
@@ -54,6 +63,7 @@ about at start.`,
 	}
 	cmd.Flags().StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (loopback only, unless --insecure-expose-dev-identities)")
 	cmd.Flags().StringVar(&o.db, "db", "errand-dev.db", `SQLite database file, or ":memory:" for a throwaway one`)
+	cmd.Flags().StringVar(&o.config, "config", "", "an errand.yaml whose catalog, grants, audiences, limits and policies replace the example's (its issuers are replaced by the dev identity provider's)")
 	cmd.Flags().StringArrayVar(&o.policies.patterns, "policies", nil, "Cedar policy files, a glob pattern such as 'policies/*.cedar' (repeat)")
 	cmd.Flags().StringVar(&o.policies.schema, "policy-schema", "", "a Cedar schema to validate the policies against")
 	cmd.Flags().BoolVar(&o.exposeIdentities, "insecure-expose-dev-identities", false,
@@ -96,6 +106,9 @@ type devOptions struct {
 	policies   devPolicies
 	// exposeIdentities allows a --listen address that is not loopback.
 	exposeIdentities bool
+	// config, when set, is an errand.yaml whose catalog replaces the
+	// example's.
+	config string
 }
 
 // runDev runs errand dev until ctx ends. When ready is not nil it receives
@@ -133,9 +146,21 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger, 
 		return err
 	}
 	cfg := devConfig(base, db, string(secret), idp)
-	// Relative policy paths are read from the working directory.
-	cfg.Dir, cfg.Policies, cfg.PolicySchema = ".", pol.patterns, pol.schema
+	if o.config != "" {
+		if err := useCatalog(cfg, o.config, idp); err != nil {
+			return err
+		}
+		log.Info("errand dev: catalog, grants, audiences, limits and policies from "+o.config+"; its issuers are replaced by the dev identity provider's",
+			"config", o.config)
+	}
+	if len(pol.patterns) > 0 || pol.schema != "" {
+		// Relative policy paths are read from the working directory.
+		cfg.Dir, cfg.Policies, cfg.PolicySchema = ".", pol.patterns, pol.schema
+	}
 	if err := cfg.Validate(); err != nil {
+		if o.config != "" {
+			return fmt.Errorf("%s with the dev identity provider: %w", o.config, err)
+		}
 		if len(pol.patterns) > 0 || pol.schema != "" {
 			return err
 		}
@@ -156,7 +181,7 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger, 
 	mux := http.NewServeMux()
 	mux.Handle("/dev/", idp.Handler())
 	mux.Handle("/", a.api)
-	printQuickstart(out, base, db)
+	printQuickstart(out, base, db, o.config)
 	return run(ctx, ln, mux, a, log, ready)
 }
 
@@ -217,7 +242,7 @@ func devConfig(base, db, secret string, idp *devidp.Provider) *config.Config {
 		Audiences: []config.Audience{
 			// errand dev is a playground: any resource server it hands
 			// out tokens for may introspect. Bind introspectors in serve.
-			{URL: "https://api.github.com", Environment: "dev", AnyIntrospector: true},
+			{URL: "https://api.github.com", Environment: "prod", AnyIntrospector: true},
 			{URL: "http://localhost:9000", Environment: "local", AnyIntrospector: true},
 		},
 		Grants: []config.Grant{{Group: "eng", Scopes: []string{
@@ -226,7 +251,46 @@ func devConfig(base, db, secret string, idp *devidp.Provider) *config.Config {
 	}
 }
 
-func printQuickstart(w io.Writer, base, db string) {
+// useCatalog replaces the example catalog of cfg by the one of the config
+// file at path, with the file's issuers replaced by the dev identity
+// provider's: references to a file issuer (a grant's issuer, an
+// introspector) are rewritten to the dev issuer of its kind.
+func useCatalog(cfg *config.Config, path string, idp *devidp.Provider) error {
+	// Only what the catalog is made of must be set: the file's secrets
+	// and addresses are errand dev's own.
+	file, _, err := config.LoadCatalog(path)
+	if err != nil {
+		return err
+	}
+	kinds := map[string]string{}
+	for _, is := range file.Issuers {
+		kinds[strings.TrimSuffix(is.URL, "/")] = is.Kind
+	}
+	devIssuer := func(iss string) string {
+		if k, ok := kinds[strings.TrimSuffix(iss, "/")]; ok {
+			return idp.IssuerURL(k)
+		}
+		return iss
+	}
+	cfg.Actions, cfg.Audiences, cfg.Grants, cfg.DenyActions = file.Actions, file.Audiences, file.Grants, file.DenyActions
+	for i := range cfg.Grants {
+		if cfg.Grants[i].Issuer != "" {
+			cfg.Grants[i].Issuer = devIssuer(cfg.Grants[i].Issuer)
+		}
+	}
+	for i := range cfg.Audiences {
+		for j, ref := range cfg.Audiences[i].Introspectors {
+			if iss, sub, ok := strings.Cut(ref, "#"); ok {
+				cfg.Audiences[i].Introspectors[j] = devIssuer(iss) + "#" + sub
+			}
+		}
+	}
+	cfg.Limits, cfg.DPoP, cfg.Vault = file.Limits, file.DPoP, file.Vault
+	cfg.Dir, cfg.Policies, cfg.PolicySchema = file.Dir, file.Policies, file.PolicySchema
+	return nil
+}
+
+func printQuickstart(w io.Writer, base, db, cfgPath string) {
 	e := os.Args[0] // as invoked, so the commands work when pasted
 	if strings.Contains(e, "go-build") {
 		e = "go run ./cmd/errand"
@@ -235,11 +299,19 @@ func printQuickstart(w io.Writer, base, db string) {
 	if db == sqlite.Memory {
 		state = "memory (gone when it stops)"
 	}
+	catalog := `Example catalog: github.repo.read, github.pr.write, github.repo.delete (admin),
+github.keys.create (credential, never grantable); group "eng" may delegate acme/**;
+group "auditors" reads the history, group "admins" may suspend an agent.
+Audiences https://api.github.com (environment prod), http://localhost:9000 (local).`
+	if cfgPath != "" {
+		catalog = "Catalog, grants, audiences, limits and policies: " + cfgPath + `, with the dev identity
+provider's issuers in place of its own (dev users in group "auditors" read the
+history, in group "admins" may suspend an agent).
+The walkthrough below names the example catalog's actions: use your own.`
+	}
 	fmt.Fprintf(w, `Errand dev is ready at %[1]s (state: %[3]s).
 Identity provider for development only: POST %[1]s/dev/token
-Example catalog: github.repo.read, github.pr.write, github.repo.delete (admin),
-github.keys.create (credential, never grantable); group "eng" may delegate acme/**;
-group "auditors" reads the history.
+%[4]s
 
 Walk the flow from another shell (paste as is):
 
@@ -259,5 +331,5 @@ Walk the flow from another shell (paste as is):
   $E token introspect "$AT" --token "$RS"
   $E audit events --token "$AUDITOR" --task "$TASK"
 
-`, base, e, state)
+`, base, e, state, catalog)
 }
