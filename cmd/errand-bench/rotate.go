@@ -38,7 +38,7 @@ func (b *bench) rotateScenario(o options) (Report, error) {
 		every := o.duration / time.Duration(o.rounds+1)
 		for r := 0; r < o.rounds; r++ {
 			time.Sleep(every)
-			out, err := exec.Command(b.errandBin, "keys", "rotate", "--force", "--config", b.cfgPath).CombinedOutput()
+			out, err := exec.Command(b.errandBin, "keys", "rotate", "--force", "--yes", "--config", b.cfgPath).CombinedOutput()
 			if err != nil {
 				rotateErr.Add(1)
 				first.CompareAndSwap(nil, fmt.Sprintf("keys rotate: %v: %s", err, out))

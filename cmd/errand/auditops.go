@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"time"
 
@@ -21,13 +22,20 @@ import (
 // addAuditOps adds the operator's audit commands, which read the database
 // directly: verify and export.
 func addAuditOps(audit *cobra.Command) {
-	var cfgPath string
+	var vsrc auditSource
 	verify := &cobra.Command{
 		Use:   "verify",
 		Short: "Walk the audit hash chain; exit 1 naming the first broken seq",
-		Args:  cobra.NoArgs,
+		Long: `errand audit verify reads the audit trail from the database and walks its hash chain.
+It needs read access to the audit tables only: --database-url (or ERRAND_DATABASE_URL)
+with a login role granted the auditor role (errand db roles) is enough, without the rest
+of the serve configuration and never with system_secret; --config reads database_url
+from errand.yaml instead.`,
+		Example: `  errand audit verify --database-url "postgres://auditor@db/errand?sslmode=verify-full"
+  errand audit verify --config errand.yaml`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := openFromConfig(cmd.Context(), cfgPath)
+			st, err := vsrc.open(cmd)
 			if err != nil {
 				return err
 			}
@@ -40,19 +48,25 @@ func addAuditOps(audit *cobra.Command) {
 			return nil
 		},
 	}
-	verify.Flags().StringVar(&cfgPath, "config", "errand.yaml", "path to errand.yaml")
+	vsrc.register(verify)
 
 	var (
-		expCfg, format string
-		since, until   string
+		esrc         auditSource
+		format       string
+		since, until string
 	)
 	export := &cobra.Command{
 		Use:   "export",
 		Short: "Stream audit events as JSON lines or CSV, for a SIEM",
-		Args:  cobra.NoArgs,
+		Long: `errand audit export streams the audit trail from the database. Like audit verify it
+needs read access only: --database-url (or ERRAND_DATABASE_URL) alone, never
+system_secret; or --config to read database_url from errand.yaml.`,
+		Example: `  errand audit export --database-url "$AUDITOR_DB_URL" --since 2026-11-01T00:00:00Z > audit.jsonl
+  errand audit export --config errand.yaml --format csv`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "jsonl" && format != "csv" {
-				return errors.New("--format must be jsonl or csv")
+				return usageErrorf("--format must be jsonl or csv")
 			}
 			f := broker.HistoryFilter{Limit: 5000}
 			var err error
@@ -62,7 +76,7 @@ func addAuditOps(audit *cobra.Command) {
 			if f.Until, err = optRFC3339("--until", until); err != nil {
 				return err
 			}
-			st, err := openFromConfig(cmd.Context(), expCfg)
+			st, err := esrc.open(cmd)
 			if err != nil {
 				return err
 			}
@@ -70,8 +84,9 @@ func addAuditOps(audit *cobra.Command) {
 			return exportEvents(cmd.Context(), st, f, format, cmd.OutOrStdout())
 		},
 	}
-	export.Flags().StringVar(&expCfg, "config", "errand.yaml", "path to errand.yaml")
+	esrc.register(export)
 	export.Flags().StringVar(&format, "format", "jsonl", "jsonl or csv")
+	_ = export.RegisterFlagCompletionFunc("format", cobra.FixedCompletions([]string{"jsonl", "csv"}, cobra.ShellCompDirectiveNoFileComp))
 	export.Flags().StringVar(&since, "since", "", "only events at or after this RFC 3339 time")
 	export.Flags().StringVar(&until, "until", "", "only events before this RFC 3339 time")
 	audit.AddCommand(verify, export)
@@ -86,6 +101,29 @@ func optRFC3339(flag, v string) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("%s: %q is not an RFC 3339 time", flag, v)
 	}
 	return t, nil
+}
+
+// auditSource is where audit verify and export read: --database-url
+// alone (an auditor's read-only login; nothing else of the serve
+// configuration, never system_secret), or database_url from --config.
+type auditSource struct {
+	cfgPath, dbURL string
+}
+
+func (a *auditSource) register(c *cobra.Command) {
+	c.Flags().StringVar(&a.cfgPath, "config", "errand.yaml", "path to errand.yaml (only its database_url is used)")
+	c.Flags().StringVar(&a.dbURL, "database-url", os.Getenv("ERRAND_DATABASE_URL"),
+		"read the audit trail here, without a config file (env ERRAND_DATABASE_URL); read access is enough")
+}
+
+func (a *auditSource) open(cmd *cobra.Command) (backend, error) {
+	if a.dbURL == "" {
+		return openFromConfig(cmd.Context(), a.cfgPath)
+	}
+	if cmd.Flags().Changed("config") {
+		return nil, usageErrorf("--config and --database-url: give one")
+	}
+	return openStore(cmd.Context(), a.dbURL)
 }
 
 func openFromConfig(ctx context.Context, path string) (backend, error) {

@@ -82,7 +82,7 @@ func TestKeyRotationAcrossReplicas(t *testing.T) {
 	if out, err := runCLIErr("keys", "rotate", "--config", path); err == nil || !strings.Contains(err.Error(), "published too recently") {
 		t.Fatalf("a rotation to a key published moments ago: %v\n%s", err, out)
 	}
-	out := runCLI(t, "keys", "rotate", "--force", "--config", path)
+	out := runCLI(t, "keys", "rotate", "--force", "--yes", "--config", path)
 	if !strings.Contains(out, oldKid) || !strings.Contains(out, "previous") {
 		t.Fatalf("keys rotate output:\n%s", out)
 	}
@@ -114,7 +114,7 @@ func TestKeyRotationAcrossReplicas(t *testing.T) {
 			t.Fatalf("keys list lacks %s:\n%s", want, list)
 		}
 	}
-	runCLI(t, "keys", "retire", oldKid, "--config", path)
+	runCLI(t, "keys", "retire", oldKid, "--yes", "--config", path)
 	deadline = time.Now().Add(5 * time.Second)
 	for active(a, old) || active(b, old) {
 		if time.Now().After(deadline) {

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/user"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -26,7 +28,11 @@ func newKeysCmd() *cobra.Command {
 	var (
 		cfgPath string
 		force   bool
+		yes     bool
 	)
+	cmd.Example = `  errand keys list --config errand.yaml
+  errand keys rotate --config errand.yaml
+  errand keys retire KID --config errand.yaml --yes   # a key believed compromised`
 	cmd.PersistentFlags().StringVar(&cfgPath, "config", "", "errand.yaml")
 	open := func(ctx context.Context) (*config.Config, backend, *jwt.Issuer, error) {
 		if cfgPath == "" {
@@ -51,6 +57,7 @@ func newKeysCmd() *cobra.Command {
 	}
 	list := &cobra.Command{
 		Use: "list", Short: "List the signing keys and their states", Args: cobra.NoArgs,
+		Example: "  errand keys list --config errand.yaml",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			_, st, iss, err := open(cmd.Context())
 			if err != nil {
@@ -68,8 +75,15 @@ func newKeysCmd() *cobra.Command {
 	rotate := &cobra.Command{
 		Use:   "rotate",
 		Short: "Rotate now: next signs, current keeps verifying for the overlap, a new next is published",
-		Args:  cobra.NoArgs,
+		Example: `  errand keys rotate --config errand.yaml
+  errand keys rotate --force --yes --config errand.yaml   # now, though the next key is fresh`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if force {
+				if err := confirm(cmd, yes, "Rotate now, though caches may not have the next key yet (tokens it signs may fail to verify for a few minutes)?"); err != nil {
+					return err
+				}
+			}
 			cfg, st, iss, err := open(cmd.Context())
 			if err != nil {
 				return err
@@ -83,10 +97,14 @@ func newKeysCmd() *cobra.Command {
 		},
 	}
 	retire := &cobra.Command{
-		Use:   "retire KID",
-		Short: "Retire a key at once (believed compromised): tokens it signed stop verifying",
-		Args:  cobra.ExactArgs(1),
+		Use:     "retire KID",
+		Short:   "Retire a key at once (believed compromised): tokens it signed stop verifying",
+		Example: "  errand keys retire KID --config errand.yaml",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := confirm(cmd, yes, "Retire key "+shown(args[0])+" now? Every token it signed stops verifying."); err != nil {
+				return err
+			}
 			_, st, iss, err := open(cmd.Context())
 			if err != nil {
 				return err
@@ -99,9 +117,42 @@ func newKeysCmd() *cobra.Command {
 			return reportChange(cmd.OutOrStdout(), st, iss, c)
 		},
 	}
+	retire.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation (needed without a terminal)")
+	rotate.Flags().BoolVarP(&yes, "yes", "y", false, "with --force: do not ask for confirmation (needed without a terminal)")
 	rotate.Flags().BoolVar(&force, "force", false, "rotate even if the next key was published less than 5.5 min ago (a key believed compromised)")
 	cmd.AddCommand(list, rotate, retire)
 	return cmd
+}
+
+// stdinIsTerminal tells whether r is a terminal a person answers at.
+var stdinIsTerminal = isTerminalFile
+
+func isTerminalFile(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// confirm asks question on the terminal and goes on only on y or yes;
+// without a terminal, only --yes lets a destructive command run.
+func confirm(cmd *cobra.Command, yes bool, question string) error {
+	if yes {
+		return nil
+	}
+	in := cmd.InOrStdin()
+	if !stdinIsTerminal(in) {
+		return usageErrorf("refusing without confirmation: no terminal to ask on; pass --yes")
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "%s [y/N] ", question)
+	line, _ := bufio.NewReader(in).ReadString('\n')
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return nil
+	}
+	return refusedError{msg: "not confirmed: nothing changed"}
 }
 
 // operator is who ran a command, for the audit trail.
