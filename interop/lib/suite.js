@@ -91,7 +91,11 @@ export function defineSuite(get) {
   // exchange is an RFC 8693 token exchange by oauth4webapi's generic
   // token endpoint request, authenticated by the agent's client assertion.
   function exchangeRequest(params, { auth = clientAssertion(agentToken), ...options } = {}) {
-    const body = new URLSearchParams({ subject_token: agentToken, subject_token_type: ID_TOKEN_TYPE, ...params })
+    const body = new URLSearchParams({ subject_token: agentToken, subject_token_type: ID_TOKEN_TYPE })
+    for (const [k, v] of params instanceof URLSearchParams ? params : Object.entries(params)) {
+      if (body.has(k) && !(params instanceof URLSearchParams)) body.set(k, v)
+      else body.append(k, v)
+    }
     return oauth.genericTokenEndpointRequest(as, agentClient, auth, TOKEN_EXCHANGE, body, { ...insecure, ...options })
   }
   async function exchange(params, options) {
@@ -158,6 +162,15 @@ export function defineSuite(get) {
       // and jose refuses it for another audience
       await assert.rejects(jose.jwtVerify(minted.access_token, jwks, { issuer: as.issuer, audience: AUDIENCE_B }), { code: 'ERR_JWT_CLAIM_VALIDATION_FAILED' })
     })
+
+    it("oauth4webapi's RFC 9068 resource-server check (validateJwtAccessToken) accepts it", async () => {
+      const taskId = await approvedTask()
+      const minted = await restMint(taskId)
+      const request = new Request(`${AUDIENCE_A}/repos/acme/api`, { headers: { authorization: `Bearer ${minted.access_token}` } })
+      const claims = await oauth.validateJwtAccessToken(as, request, AUDIENCE_A, insecure)
+      assert.equal(claims.task_id, taskId)
+      assert.equal(claims.client_id, (await verify(minted.access_token, AUDIENCE_A)).client_id)
+    })
   })
 
   describe('3. CIBA with openid-client', { concurrency: true }, () => {
@@ -193,12 +206,12 @@ export function defineSuite(get) {
       assert.equal(typeof started.auth_req_id, 'string')
       assert.ok(started.expires_in > 0 && started.expires_in <= 120, `expires_in ${started.expires_in}`)
       const poll = client.pollBackchannelAuthenticationGrant(config, started, undefined, { signal: AbortSignal.timeout(30000) })
-      return { poll, seen, goal, decided: () => decided }
+      return { poll, seen, goal, started }
     }
 
     it('initiate → authorization_pending → the user approves → a token jose verifies', async () => {
       let taskId
-      const { poll, seen } = await ciba(async (task) => {
+      const { poll, seen, started } = await ciba(async (task) => {
         taskId = task.id
         assert.deepEqual(task.scopes, [READ])
         await rest(t.issuer, 'POST', `/v1/tasks/${task.id}/approve`, userToken, {})
@@ -208,6 +221,12 @@ export function defineSuite(get) {
       assert.equal(tokens.token_type, 'bearer')
       const claims = await verify(tokens.access_token, AUDIENCE_A)
       assertDelegation(claims, { taskId, scope: READ })
+      assert.deepEqual(tokens.authorization_details, [{ type: 'errand_task', task_id: taskId }])
+      // The auth_req_id is spent: one more poll, an interval later, is invalid_grant.
+      await new Promise((r) => setTimeout(r, started.interval * 1000))
+      const again = await oauth.backchannelAuthenticationGrantRequest(as, agentClient, clientAssertion(agentToken), started.auth_req_id, insecure)
+      const err = await rejectsWith(oauth.processBackchannelAuthenticationGrantResponse(as, agentClient, again))
+      assert.equal(err.error, 'invalid_grant', `${err.error}: ${err.description}`)
     })
 
     it('initiate → authorization_pending → the user denies → access_denied', async () => {
@@ -235,6 +254,19 @@ export function defineSuite(get) {
       assert.equal(codes[1], 'slow_down', `two polls at once: ${codes}`)
     })
 
+    it('a request whose window passed: expired_token (oauth4webapi)', async () => {
+      const started = await oauth.processBackchannelAuthenticationResponse(as, agentClient,
+        await oauth.backchannelAuthenticationRequest(as, agentClient, clientAssertion(agentToken), new URLSearchParams({
+          login_hint: USER, scope: READ, resource: AUDIENCE_A, requested_expiry: '1',
+          authorization_details: JSON.stringify([{ type: 'errand_task', goal: `interop expired ${randomUUID()}` }]),
+        }), insecure))
+      assert.ok(started.expires_in <= 1, `expires_in ${started.expires_in}`)
+      await new Promise((r) => setTimeout(r, Math.max(started.interval ?? 5, 2) * 1000))
+      const res = await oauth.backchannelAuthenticationGrantRequest(as, agentClient, clientAssertion(agentToken), started.auth_req_id, insecure)
+      const err = await rejectsWith(oauth.processBackchannelAuthenticationGrantResponse(as, agentClient, res))
+      assert.equal(err.error, 'expired_token', `${err.error}: ${err.description}`)
+    })
+
     it("the README's openid-client example runs as written", async () => {
       const goal = `interop readme ${randomUUID()}`
       const stop = new AbortController()
@@ -256,7 +288,9 @@ export function defineSuite(get) {
   describe('4. RFC 8693 token exchange with oauth4webapi', () => {
     it('an errand_task exchange with resource = the second audience gives a token for it', async () => {
       const taskId = await approvedTask()
-      const res = await exchange({ authorization_details: taskDetails(taskId), resource: AUDIENCE_B, scope: READ })
+      const raw = await exchangeRequest({ authorization_details: taskDetails(taskId), resource: AUDIENCE_B, scope: READ })
+      assert.match(raw.headers.get('cache-control') ?? '', /no-store/, 'RFC 6749 §5.1: Cache-Control: no-store')
+      const res = await oauth.processGenericTokenEndpointResponse(as, agentClient, raw)
       assert.equal(res.issued_token_type, ACCESS_TOKEN_TYPE)
       assert.equal(res.token_type, 'bearer')
       assert.ok(res.expires_in > 0 && res.expires_in <= 300)
@@ -286,6 +320,16 @@ export function defineSuite(get) {
       const taskId = await approvedTask()
       const res = await exchange({ authorization_details: taskDetails(taskId), resource: AUDIENCE_A }, { auth: bearer(agentToken) })
       assert.equal((await verify(res.access_token, AUDIENCE_A)).task_id, taskId)
+    })
+
+    it('requested_token_type access_token is accepted; two resources for one token are not', async () => {
+      const taskId = await approvedTask()
+      const res = await exchange({ authorization_details: taskDetails(taskId), resource: AUDIENCE_A, requested_token_type: ACCESS_TOKEN_TYPE })
+      assert.equal(res.issued_token_type, ACCESS_TOKEN_TYPE)
+      const body = new URLSearchParams({ authorization_details: taskDetails(taskId), resource: AUDIENCE_A })
+      body.append('resource', AUDIENCE_B)
+      const err = await rejectsWith(exchange(body))
+      assert.equal(err.error, 'invalid_target', `${err.error}: ${err.description}`)
     })
 
     it('subject_token_type jwt is accepted too', async () => {
@@ -324,8 +368,21 @@ export function defineSuite(get) {
       const body = await res.json()
       assert.equal(res.status, 201, JSON.stringify(body))
       assert.equal(body.token_type, 'DPoP')
+      const jkt = await jose.calculateJwkThumbprint(await jose.exportJWK(keys.publicKey))
       const claims = await verify(body.access_token, AUDIENCE_A)
-      assert.equal(claims.cnf?.jkt, await jose.calculateJwkThumbprint(await jose.exportJWK(keys.publicKey)))
+      assert.equal(claims.cnf?.jkt, jkt)
+      const info = await oauth.processIntrospectionResponse(as, rsClient,
+        await oauth.introspectionRequest(as, rsClient, bearer(rsToken), body.access_token, insecure))
+      assert.equal(info.cnf?.jkt, jkt, 'introspection shows cnf.jkt')
+      // A resource server with oauth4webapi accepts it with a proof of the same key...
+      const resource = new URL(`${AUDIENCE_A}/repos/acme/api`)
+      const withProof = new Headers({ authorization: `DPoP ${body.access_token}` })
+      await DPoP.addProof(resource, withProof, 'GET', body.access_token)
+      const rs = await oauth.validateJwtAccessToken(as, new Request(resource, { headers: withProof }), AUDIENCE_A, insecure)
+      assert.equal(rs.cnf.jkt, jkt)
+      // ...and refuses it as a plain bearer token.
+      await assert.rejects(oauth.validateJwtAccessToken(as, new Request(resource, { headers: { authorization: `Bearer ${body.access_token}` } }),
+        AUDIENCE_A, { ...insecure, requireDPoP: true }))
     })
 
     it('a replayed DPoP proof is refused: invalid_dpop_proof', async () => {
@@ -393,6 +450,22 @@ export function defineSuite(get) {
       const { access_token } = await restMint(taskId)
       await oauth.processRevocationResponse(await oauth.revocationRequest(as, agentClient, bearer(agentToken), access_token, insecure))
       assert.equal((await introspect(access_token, bearer(rsToken))).active, false)
+    })
+
+    it('revoking a token Errand never issued is answered 200 (RFC 7009 §2.2)', async () => {
+      await oauth.processRevocationResponse(
+        await oauth.revocationRequest(as, agentClient, clientAssertion(agentToken), 'not-a-token', insecure))
+    })
+
+    it("openid-client's tokenIntrospection and tokenRevocation", async () => {
+      const taskId = await approvedTask()
+      const { access_token } = await restMint(taskId)
+      const rs = await client.discovery(new URL(t.issuer), 'api-gateway', undefined, clientAssertion(rsToken), {
+        algorithm: 'oauth2', execute: [client.allowInsecureRequests],
+      })
+      assert.equal((await client.tokenIntrospection(rs, access_token)).task_id, taskId)
+      await client.tokenRevocation(await agentConfig(), access_token)
+      assert.equal((await client.tokenIntrospection(rs, access_token)).active, false)
     })
 
     it("another agent's revocation does not revoke the token", async () => {
@@ -478,6 +551,37 @@ export function defineSuite(get) {
         { authorization_details: taskDetails(taskId), resource: AUDIENCE_A, subject_token: otherAgentToken },
         { auth: clientAssertion(otherAgentToken) }))
       assert.ok(['invalid_grant', 'invalid_request', 'access_denied', 'unauthorized_client'].includes(err.error), `${err.error}: ${err.description}`)
+    })
+
+    it("Errand's own access token as a client assertion: invalid_client", async () => {
+      const taskId = await approvedTask()
+      const { access_token } = await restMint(taskId)
+      const err = await rejectsWith(exchange({ authorization_details: taskDetails(taskId), resource: AUDIENCE_A }, { auth: clientAssertion(access_token) }))
+      assert.equal(err.error, 'invalid_client', `${err.error}: ${err.description}`)
+      assert.equal(err.status, 401)
+    })
+
+    it("a client_id that is not the assertion's subject: invalid_client", async () => {
+      const taskId = await approvedTask()
+      const assertion = clientAssertion(agentToken)
+      const err = await rejectsWith(exchange({ authorization_details: taskDetails(taskId), resource: AUDIENCE_A }, {
+        auth: (as, c, body, headers) => {
+          assertion(as, c, body, headers)
+          body.set('client_id', 'agent-2')
+        },
+      }))
+      assert.equal(err.error, 'invalid_client', `${err.error}: ${err.description}`)
+    })
+
+    it('two client authentication methods at once: refused (RFC 6749 §2.3)', async () => {
+      const taskId = await approvedTask()
+      const err = await rejectsWith(exchange({ authorization_details: taskDetails(taskId), resource: AUDIENCE_A }, {
+        auth: (as, c, body, headers) => {
+          clientAssertion(agentToken)(as, c, body, headers)
+          bearer(agentToken)(as, c, body, headers)
+        },
+      }))
+      assert.ok(['invalid_request', 'invalid_client'].includes(err.error), `${err.error}: ${err.description}`)
     })
 
     it('no client authentication on the backchannel request: invalid_client', async () => {
