@@ -178,3 +178,24 @@ func problemDocument(err error, code int) []byte {
 	raw, _ := json.Marshal(map[string]any{"code": name, "detail": err.Error(), "exit_code": code})
 	return raw
 }
+
+// structuredOutput names the commands that print with -o json and yaml:
+// the client commands, which print the server's answers. The others
+// (serve, keys, audit verify and export, config check…) print text of
+// their own, and refuse -o json or yaml rather than ignore it.
+var structuredOutput = []string{"errand task", "errand token", "errand approval", "errand decide", "errand agent",
+	"errand secret", "errand revocations", "errand audit events", "errand audit credentials"}
+
+// checkOutput refuses -o json or yaml on a command that cannot honour it.
+func (g *globals) checkOutput(cmd *cobra.Command, _ []string) error {
+	if !g.machine() {
+		return nil
+	}
+	path := cmd.CommandPath()
+	for _, p := range structuredOutput {
+		if path == p || strings.HasPrefix(path, p+" ") {
+			return nil
+		}
+	}
+	return usageErrorf("%s prints text only: -o %s (or --json) applies to the client commands (task, token, approval, decide, agent, secret, revocations, audit events, audit credentials)", path, g.output)
+}

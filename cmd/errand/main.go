@@ -74,6 +74,7 @@ func newRootWithGlobals() (*cobra.Command, *globals) {
 	}
 	g := &globals{}
 	g.register(root)
+	root.PersistentPreRunE = g.checkOutput
 	root.Version = version.Get().String()
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(newVersion(), newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newAuditCmd(g),
