@@ -176,7 +176,7 @@ export function defineSuite(get) {
   describe('3. CIBA with openid-client', { concurrency: true }, () => {
     // ciba initiates a backchannel request with openid-client and polls for
     // it; decide(task) runs once the poll has seen authorization_pending.
-    async function ciba(decide) {
+    async function ciba(decide, pollOptions = () => ({})) {
       const config = await agentConfig()
       const goal = `interop ciba ${randomUUID()}`
       const seen = []
@@ -205,8 +205,8 @@ export function defineSuite(get) {
       const started = await client.initiateBackchannelAuthentication(config, params)
       assert.equal(typeof started.auth_req_id, 'string')
       assert.ok(started.expires_in > 0 && started.expires_in <= 120, `expires_in ${started.expires_in}`)
-      const poll = client.pollBackchannelAuthenticationGrant(config, started, undefined, { signal: AbortSignal.timeout(30000) })
-      return { poll, seen, goal, started }
+      const poll = client.pollBackchannelAuthenticationGrant(config, started, undefined, { signal: AbortSignal.timeout(30000), ...pollOptions(config) })
+      return { poll, seen, goal, started, config }
     }
 
     it('initiate → authorization_pending → the user approves → a token jose verifies', async () => {
@@ -227,6 +227,18 @@ export function defineSuite(get) {
       const again = await oauth.backchannelAuthenticationGrantRequest(as, agentClient, clientAssertion(agentToken), started.auth_req_id, insecure)
       const err = await rejectsWith(oauth.processBackchannelAuthenticationGrantResponse(as, agentClient, again))
       assert.equal(err.error, 'invalid_grant', `${err.error}: ${err.description}`)
+    })
+
+    it("the poll with openid-client's DPoP handle gives a DPoP-bound token", async () => {
+      const keys = await client.randomDPoPKeyPair('ES256')
+      const { poll, config } = await ciba(async (task) => {
+        await rest(t.issuer, 'POST', `/v1/tasks/${task.id}/approve`, userToken, {})
+      }, (config) => ({ DPoP: client.getDPoPHandle(config, keys) }))
+      const tokens = await poll
+      assert.equal(tokens.token_type, 'dpop')
+      const claims = await verify(tokens.access_token, AUDIENCE_A)
+      assert.equal(claims.cnf?.jkt, await jose.calculateJwkThumbprint(await jose.exportJWK(keys.publicKey)))
+      assert.ok(config)
     })
 
     it('initiate → authorization_pending → the user denies → access_denied', async () => {
@@ -383,6 +395,17 @@ export function defineSuite(get) {
       // ...and refuses it as a plain bearer token.
       await assert.rejects(oauth.validateJwtAccessToken(as, new Request(resource, { headers: { authorization: `Bearer ${body.access_token}` } }),
         AUDIENCE_A, { ...insecure, requireDPoP: true }))
+    })
+
+    it("openid-client's genericGrantRequest with its DPoP handle", async () => {
+      const taskId = await approvedTask()
+      const config = await agentConfig()
+      const keys = await client.randomDPoPKeyPair('ES256')
+      const res = await client.genericGrantRequest(config, TOKEN_EXCHANGE, {
+        subject_token: agentToken, subject_token_type: ID_TOKEN_TYPE, authorization_details: taskDetails(taskId), resource: AUDIENCE_B,
+      }, { DPoP: client.getDPoPHandle(config, keys) })
+      assert.equal(res.token_type, 'dpop')
+      assert.equal((await verify(res.access_token, AUDIENCE_B)).cnf?.jkt, await jose.calculateJwkThumbprint(await jose.exportJWK(keys.publicKey)))
     })
 
     it('a replayed DPoP proof is refused: invalid_dpop_proof', async () => {
@@ -582,6 +605,38 @@ export function defineSuite(get) {
         },
       }))
       assert.ok(['invalid_request', 'invalid_client'].includes(err.error), `${err.error}: ${err.description}`)
+    })
+
+    // Introspection and revocation are OAuth endpoints too (RFC 7662, RFC 7009):
+    // their refusals must be RFC 6749 §5.2 JSON that the library can read.
+    it('introspection by an agent (not a resource server): an OAuth error oauth4webapi parses', async () => {
+      const taskId = await approvedTask()
+      const { access_token } = await restMint(taskId)
+      const err = await rejectsWith(oauth.introspectionRequest(as, agentClient, clientAssertion(agentToken), access_token, insecure)
+        .then((res) => oauth.processIntrospectionResponse(as, agentClient, res)))
+      assert.ok(['unauthorized_client', 'invalid_client'].includes(err.error), `${err.error}: ${err.description}`)
+    })
+
+    it('revocation with two client authentication methods: invalid_request, parsed by oauth4webapi', async () => {
+      const taskId = await approvedTask()
+      const { access_token } = await restMint(taskId)
+      const err = await rejectsWith(oauth.revocationRequest(as, agentClient, (as, c, body, headers) => {
+        clientAssertion(agentToken)(as, c, body, headers)
+        bearer(agentToken)(as, c, body, headers)
+      }, access_token, insecure).then((res) => oauth.processRevocationResponse(res)))
+      assert.ok(['invalid_request', 'invalid_client'].includes(err.error), `${err.error}: ${err.description}`)
+    })
+
+    it('introspection and revocation with a broken client assertion: invalid_client', async () => {
+      const taskId = await approvedTask()
+      const { access_token } = await restMint(taskId)
+      const bad = clientAssertion(rsToken.slice(0, -6) + (rsToken.endsWith('AAAAAA') ? 'BBBBBB' : 'AAAAAA'))
+      const introspection = await rejectsWith(oauth.introspectionRequest(as, rsClient, bad, access_token, insecure)
+        .then((res) => oauth.processIntrospectionResponse(as, rsClient, res)))
+      assert.equal(introspection.error, 'invalid_client', `introspection: ${introspection.error}: ${introspection.description}`)
+      const revocation = await rejectsWith(oauth.revocationRequest(as, agentClient, bad, access_token, insecure)
+        .then((res) => oauth.processRevocationResponse(res)))
+      assert.equal(revocation.error, 'invalid_client', `revocation: ${revocation.error}: ${revocation.description}`)
     })
 
     it('no client authentication on the backchannel request: invalid_client', async () => {
