@@ -164,7 +164,8 @@ type Reader interface {
 	// AuditHead is the seq and hash of the newest audit event (0 and
 	// GenesisHash for an empty log).
 	AuditHead(ctx context.Context) (int64, string, error)
-	// Revocations lists the feed after a position, in commit order.
+	// Revocations lists the feed after a position, in commit order, each
+	// entry with its credential's audience.
 	Revocations(ctx context.Context, afterSeq int64, limit int) ([]Revocation, error)
 	Suspended(ctx context.Context, agent Ref) (bool, error)
 }
