@@ -52,7 +52,10 @@ func testBackchannel(t *testing.T, s Store) {
 	if got != r {
 		t.Fatalf("after updates read back %+v, want %+v", got, r)
 	}
-	err := in(func(b broker.BackchannelTx) error { _, err := b.LockBackchannel(ctx, broker.HashID("nope")); return err })
+	err := in(func(b broker.BackchannelTx) error {
+		_, err := b.LockBackchannel(ctx, broker.HashID("nope"))
+		return err
+	})
 	if !errors.Is(err, broker.ErrNotFound) {
 		t.Fatalf("unknown request: %v, want ErrNotFound", err)
 	}
