@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -304,6 +306,40 @@ func TestCommandsForWhatOnlyCurlDid(t *testing.T) {
 		t.Fatalf("--follow ended with %d", code)
 	}
 	_ = at2
+
+	// A stream opened again from a position (Last-Event-ID) sends only
+	// what follows it.
+	var fd struct{ Revocations []feedEntry }
+	if err := json.Unmarshal([]byte(d.must(t, "revocations", "--token", rs, "--json")), &fd); err != nil || len(fd.Revocations) != 2 {
+		t.Fatalf("revocations --json: %v %+v", err, fd)
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	var resumed bytes.Buffer
+	go func() {
+		done <- execute(ctx2, []string{"revocations", "--follow", "--since", strconv.FormatInt(fd.Revocations[0].Seq, 10), "--json",
+			"--token", rs, "--server", d.base}, lockedWriter{&mu, &resumed}, io.Discard)
+	}()
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		got := resumed.String()
+		mu.Unlock()
+		if strings.Contains(got, "\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the resumed stream printed nothing")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	cancel2()
+	<-done
+	var e feedEntry
+	if lines := strings.Split(strings.TrimSpace(resumed.String()), "\n"); len(lines) != 1 || json.Unmarshal([]byte(lines[0]), &e) != nil ||
+		e.Seq != fd.Revocations[1].Seq {
+		t.Fatalf("resumed after seq %d:\n%s", fd.Revocations[0].Seq, resumed.String())
+	}
 
 	feed := d.must(t, "revocations", "--token", rs)
 	if strings.Count(feed, task) != 2 || !strings.Contains(feed, "SEQ") {
