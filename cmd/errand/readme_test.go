@@ -1,0 +1,272 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// README's walkthroughs are executable. A fenced block whose info string
+// is "console walkthrough" is a transcript: "$ " starts a command (a line
+// ending in "\" continues it), the lines after it are what it prints
+// (stderr included), and "(exit status N)" is its exit status (0 when
+// absent). Each block runs verbatim, in one bash, against a fresh
+// `errand dev --db :memory:` built from this tree, started with the
+// block's dev-args=a,b (comma-separated) if any. A block whose info string
+// holds file=NAME is written to NAME in the walkthroughs' directory first.
+
+// mdBlock is one fenced block of a Markdown file.
+type mdBlock struct {
+	info, body string
+	line       int
+}
+
+var fence = regexp.MustCompile("(?m)^```([^\\n]*)\\n")
+
+// fencedBlocks lists the fenced blocks of md, in order.
+func fencedBlocks(md string) []mdBlock {
+	var out []mdBlock
+	for rest, off := md, 0; ; {
+		m := fence.FindStringSubmatchIndex(rest)
+		if m == nil {
+			return out
+		}
+		info := rest[m[2]:m[3]]
+		body := rest[m[1]:]
+		end := strings.Index(body, "\n```")
+		if end < 0 {
+			return out
+		}
+		if info != "" {
+			out = append(out, mdBlock{info: info, body: body[:end+1], line: 1 + strings.Count(md[:off+m[0]], "\n")})
+		}
+		next := m[1] + end + len("\n```")
+		rest, off = rest[next:], off+next
+	}
+}
+
+// attr is the value of key=value in an info string.
+func attr(info, key string) string {
+	for _, f := range strings.Fields(info) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// step is one command of a transcript and what README says it prints.
+type step struct {
+	cmd  string
+	want []string
+	exit int
+}
+
+var exitLine = regexp.MustCompile(`^\(exit status (\d+)\)$`)
+
+func parseTranscript(body string) []step {
+	var steps []step
+	lines := strings.Split(strings.TrimRight(body, "\n"), "\n")
+	for i := 0; i < len(lines); i++ {
+		l := lines[i]
+		if cmd, ok := strings.CutPrefix(l, "$ "); ok {
+			for strings.HasSuffix(cmd, "\\") && i+1 < len(lines) {
+				i++
+				cmd += "\n" + lines[i]
+			}
+			steps = append(steps, step{cmd: cmd})
+			continue
+		}
+		if len(steps) == 0 {
+			continue
+		}
+		s := &steps[len(steps)-1]
+		if m := exitLine.FindStringSubmatch(l); m != nil {
+			s.exit, _ = strconv.Atoi(m[1])
+			continue
+		}
+		s.want = append(s.want, l)
+	}
+	return steps
+}
+
+// shapeRules replace what differs from run to run (ids, tokens, times,
+// ages, the port) so that two outputs of the same shape compare equal.
+var shapeRules = []struct {
+	re   *regexp.Regexp
+	with string
+}{
+	{regexp.MustCompile(`eyJ[A-Za-z0-9_-]*(\.[A-Za-z0-9_-]*)*…?`), "JWT"},
+	{regexp.MustCompile(`\b(tsk|apr)_[a-z2-7]+…?`), "${1}_ID"},
+	{regexp.MustCompile(`\b[a-z2-7]{26}\b`), "ID"},
+	{regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z`), "TIME"},
+	{regexp.MustCompile(`\((now|in [^)]*|[^)]* ago)\)`), "(AGE)"},
+	{regexp.MustCompile(`127\.0\.0\.1:\d+`), "127.0.0.1:PORT"},
+	{regexp.MustCompile(`^\d+ `), "SEQ "}, // an audit event's sequence number
+	{regexp.MustCompile(`\s+`), " "},
+}
+
+func shape(lines []string) []string {
+	var out []string
+	for _, l := range lines {
+		l = strings.TrimSpace(l)
+		for _, r := range shapeRules {
+			l = r.re.ReplaceAllString(l, r.with)
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// errandBinary builds errand from this tree once per test binary.
+func errandBinary(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "errand")
+	goCmd := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if p, err := exec.LookPath("go"); err == nil {
+		goCmd = p
+	}
+	if out, err := exec.Command(goCmd, "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startDevBinary runs `errand dev --db :memory:` with extra arguments in
+// dir and returns its URL.
+func startDevBinary(t *testing.T, bin, dir string, extra []string) string {
+	t.Helper()
+	addr := freeAddr(t)
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, append([]string{"dev", "--db", ":memory:", "--listen", addr}, extra...)...)
+	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	base := "http://" + addr
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		select {
+		case err := <-done:
+			t.Fatalf("errand dev %v: %v\n%s", extra, err, logs.String())
+		default:
+		}
+		if resp, err := http.Get(base + "/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return base
+			}
+		}
+	}
+	t.Fatalf("errand dev %v did not start:\n%s", extra, logs.String())
+	return ""
+}
+
+// runTranscript runs the steps in one bash in dir, with errand on the
+// path and ERRAND_SERVER set, and returns each step's output and status.
+func runTranscript(t *testing.T, bin, dir, server string, steps []step) ([][]string, []int) {
+	t.Helper()
+	const mark = "@@@errand-readme-step@@@"
+	var script strings.Builder
+	script.WriteString("set -o pipefail\nexec 2>&1\n")
+	for _, s := range steps {
+		fmt.Fprintf(&script, "%s\nprintf '\\n%s %%d\\n' $?\n", s.cmd, mark)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "--noprofile", "--norc")
+	cmd.Dir, cmd.Stdin = dir, strings.NewReader(script.String())
+	cmd.Env = []string{"PATH=" + filepath.Dir(bin) + string(os.PathListSeparator) + os.Getenv("PATH"),
+		"HOME=" + dir, "ERRAND_SERVER=" + server, "LC_ALL=C.UTF-8"}
+	raw, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bash: %v\n%s", err, raw)
+	}
+	parts := regexp.MustCompile(`\n?`+mark+` (\d+)\n`).Split(string(raw), -1)
+	codes := regexp.MustCompile(mark+` (\d+)`).FindAllStringSubmatch(string(raw), -1)
+	if len(codes) != len(steps) {
+		t.Fatalf("ran %d of %d steps:\n%s", len(codes), len(steps), raw)
+	}
+	outs := make([][]string, len(steps))
+	exits := make([]int, len(steps))
+	for i := range steps {
+		if o := strings.Trim(parts[i], "\n"); o != "" {
+			outs[i] = strings.Split(o, "\n")
+		}
+		exits[i], _ = strconv.Atoi(codes[i][1])
+	}
+	return outs, exits
+}
+
+// TestREADMEWalkthroughs runs every README walkthrough verbatim against a
+// fresh errand dev and fails when a command's exit status, or its output's
+// shape (ids, tokens, times and the port aside), differs from README's.
+// ERRAND_README_SHOW=1 logs what each command printed.
+func TestREADMEWalkthroughs(t *testing.T) {
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("bash is not installed")
+	}
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := errandBinary(t)
+	dir := t.TempDir()
+	ran := 0
+	for _, b := range fencedBlocks(string(raw)) {
+		if name := attr(b.info, "file"); name != "" {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(b.body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !strings.HasPrefix(b.info, "console walkthrough") {
+			continue
+		}
+		ran++
+		t.Run(fmt.Sprintf("README.md:%d", b.line), func(t *testing.T) {
+			var extra []string
+			if a := attr(b.info, "dev-args"); a != "" {
+				extra = strings.Split(a, ",")
+			}
+			server := startDevBinary(t, bin, dir, extra)
+			steps := parseTranscript(b.body)
+			outs, exits := runTranscript(t, bin, dir, server, steps)
+			for i, s := range steps {
+				got, want := shape(outs[i]), shape(s.want)
+				if os.Getenv("ERRAND_README_SHOW") != "" {
+					t.Logf("$ %s\n%s\n(exit status %d)", s.cmd, strings.Join(outs[i], "\n"), exits[i])
+				}
+				if exits[i] != s.exit {
+					t.Errorf("$ %s\nexit status %d, README says %d; it printed:\n%s", s.cmd, exits[i], s.exit, strings.Join(outs[i], "\n"))
+				}
+				if strings.Join(got, "\n") != strings.Join(want, "\n") {
+					t.Errorf("$ %s\nprinted (shape):\n%s\nREADME shows (shape):\n%s", s.cmd, strings.Join(got, "\n"), strings.Join(want, "\n"))
+				}
+			}
+		})
+	}
+	if ran < 2 {
+		t.Fatalf("README.md has %d walkthrough blocks; the errand dev walkthrough and the step-up one are expected", ran)
+	}
+}
