@@ -121,7 +121,7 @@ export async function startDev() {
     if (res.status !== 200) throw new Error(`/dev/token: ${res.status} ${await res.text()}`)
     return (await res.json()).id_token
   }
-  return { name: 'errand dev', issuer: base, token, stop: p.stop, log: p.log, idp: (kind) => `${base}/dev/idp/${kind}` }
+  return { name: 'errand dev', issuer: base, token, stop: p.stop, log: p.log, idp: (kind) => `${base}/dev/idp/${kind}`, signingAlg: 'EdDSA', dpopNonces: false }
 }
 
 // postgresURL is the administrative database URL, as the Go tests take it.
@@ -158,6 +158,9 @@ audiences:
   - {url: "${AUDIENCE_A}", environment: prod, any_introspector: true}
   - {url: "${AUDIENCE_B}", environment: local, any_introspector: true}
 limits: {token_ttl_max: 5m, task_ttl_max: 8h}
+# The other run covers the defaults (EdDSA, no DPoP nonces); this one the options.
+signing_alg: ES256
+dpop: {nonce_every: 5m}
 system_secret: \${ERRAND_SYSTEM_SECRET}
 `
   const path = join(await work(), `serve-${db}.yaml`)
@@ -175,7 +178,7 @@ system_secret: \${ERRAND_SYSTEM_SECRET}
     await p.stop()
     await run('psql', [admin, '-qAtc', `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`]).catch(() => {})
   }
-  return { name: 'errand serve (PostgreSQL)', issuer: base, token: dev.token, stop, log: p.log, idp: dev.idp }
+  return { name: 'errand serve (PostgreSQL)', issuer: base, token: dev.token, stop, log: p.log, idp: dev.idp, signingAlg: 'ES256', dpopNonces: true }
 }
 
 // cleanup removes the work directory (the built binary and the logs) unless

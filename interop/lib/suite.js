@@ -64,6 +64,7 @@ export function defineSuite(get) {
       issuer: as.issuer, audience, typ: 'at+jwt', algorithms: ['EdDSA', 'ES256'],
     })
     assert.ok(protectedHeader.kid, 'kid in the header')
+    assert.equal(protectedHeader.alg, t.signingAlg)
     return payload
   }
 
@@ -98,10 +99,19 @@ export function defineSuite(get) {
     }
     return oauth.genericTokenEndpointRequest(as, agentClient, auth, TOKEN_EXCHANGE, body, { ...insecure, ...options })
   }
+  // With DPoP, a server nonce may be required (RFC 9449 §8): oauth4webapi
+  // reports it (isDPoPNonceError), its handle keeps the nonce, and the
+  // request is made once more, as oauth4webapi documents.
   async function exchange(params, options) {
-    const res = await exchangeRequest(params, options)
-    return oauth.processGenericTokenEndpointResponse(as, agentClient, res)
+    try {
+      return await oauth.processGenericTokenEndpointResponse(as, agentClient, await exchangeRequest(params, options))
+    } catch (err) {
+      if (!options?.DPoP || !oauth.isDPoPNonceError(err)) throw err
+      nonceRetries++
+      return oauth.processGenericTokenEndpointResponse(as, agentClient, await exchangeRequest(params, options))
+    }
   }
+  let nonceRetries = 0
   const taskDetails = (taskId) => JSON.stringify([{ type: 'errand_task', task_id: taskId }])
 
   // agentConfig is openid-client's configuration of the agent, found by
@@ -356,8 +366,10 @@ export function defineSuite(get) {
       const taskId = await approvedTask()
       const keys = await oauth.generateKeyPair('ES256')
       const DPoP = oauth.DPoP(agentClient, keys)
+      const retries = nonceRetries
       const res = await exchange({ authorization_details: taskDetails(taskId), resource: AUDIENCE_A, scope: READ }, { DPoP })
       assert.equal(res.token_type, 'dpop')
+      assert.equal(nonceRetries - retries, t.dpopNonces ? 1 : 0, t.dpopNonces ? 'a first proof without a nonce is use_dpop_nonce' : 'no nonce is asked for')
       const jkt = await jose.calculateJwkThumbprint(await jose.exportJWK(keys.publicKey))
       assert.equal(jkt, await DPoP.calculateThumbprint())
       const claims = await verify(res.access_token, AUDIENCE_A)
@@ -373,10 +385,22 @@ export function defineSuite(get) {
       const keys = await oauth.generateKeyPair('ES256')
       const DPoP = oauth.DPoP(agentClient, keys)
       const url = new URL(`${t.issuer}/v1/tasks/${taskId}/tokens`)
-      const headers = new Headers({ authorization: `Bearer ${agentToken}`, 'content-type': 'application/json' })
-      // The handle's own proof, as oauth4webapi adds it to its requests.
-      await DPoP.addProof(url, headers, 'POST')
-      const res = await fetch(url, { method: 'POST', headers, body: JSON.stringify({ scopes: [READ], audience: AUDIENCE_A }) })
+      // The handle's own proof, as oauth4webapi adds it to its requests, and
+      // its own nonce bookkeeping (a 400 use_dpop_nonce carries DPoP-Nonce).
+      const mint = async () => {
+        const headers = new Headers({ authorization: `Bearer ${agentToken}`, 'content-type': 'application/json' })
+        await DPoP.addProof(url, headers, 'POST')
+        const res = await fetch(url, { method: 'POST', headers, body: JSON.stringify({ scopes: [READ], audience: AUDIENCE_A }) })
+        DPoP.cacheNonce(res, url)
+        return res
+      }
+      let res = await mint()
+      if (t.dpopNonces) {
+        assert.equal(res.status, 400)
+        assert.equal((await res.json()).error, 'use_dpop_nonce')
+        assert.ok(res.headers.get('dpop-nonce'), 'DPoP-Nonce header')
+        res = await mint()
+      }
       const body = await res.json()
       assert.equal(res.status, 201, JSON.stringify(body))
       assert.equal(body.token_type, 'DPoP')
@@ -417,8 +441,7 @@ export function defineSuite(get) {
         return fetch(url, options)
       }
       const params = { authorization_details: taskDetails(taskId), resource: AUDIENCE_A, scope: READ }
-      const first = await exchangeRequest(params, { DPoP, [oauth.customFetch]: capture })
-      assert.equal((await oauth.processGenericTokenEndpointResponse(as, agentClient, first)).token_type, 'dpop')
+      assert.equal((await exchange(params, { DPoP, [oauth.customFetch]: capture })).token_type, 'dpop')
       // The very same request again: the proof's jti was used.
       const replay = await fetch(sent.url, sent.options)
       const err = await rejectsWith(oauth.processGenericTokenEndpointResponse(as, agentClient, replay))
