@@ -3,13 +3,13 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/user"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,7 +23,7 @@ import (
 // and changed in the database directly (with system_secret, to seal a new
 // key), audited as the operator who ran it. Running replicas pick the
 // change up within KeyReloadEvery.
-func newKeysCmd() *cobra.Command {
+func newKeysCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "keys", Short: "List, rotate and retire the token-signing keys"}
 	var (
 		cfgPath string
@@ -68,7 +68,7 @@ func newKeysCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			printKeys(cmd.OutOrStdout(), keys, iss)
+			g.printKeys(cmd.OutOrStdout(), keys, iss, false)
 			return nil
 		},
 	}
@@ -93,7 +93,7 @@ func newKeysCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return reportChange(cmd.OutOrStdout(), st, iss, c)
+			return g.reportChange(cmd.OutOrStdout(), st, iss, c)
 		},
 	}
 	retire := &cobra.Command{
@@ -114,7 +114,7 @@ func newKeysCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return reportChange(cmd.OutOrStdout(), st, iss, c)
+			return g.reportChange(cmd.OutOrStdout(), st, iss, c)
 		},
 	}
 	retire.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation (needed without a terminal)")
@@ -164,37 +164,68 @@ func operator() broker.Actor {
 	return broker.Actor{Kind: "operator", Subject: name}
 }
 
-func reportChange(w io.Writer, st backend, iss *jwt.Issuer, c broker.KeyChange) error {
-	if c.Empty() {
-		fmt.Fprintln(w, "nothing to change")
-	}
+func (g *globals) reportChange(w io.Writer, st backend, iss *jwt.Issuer, c broker.KeyChange) error {
 	keys, err := st.SigningKeys(context.Background())
 	if err != nil {
 		return err
 	}
-	printKeys(w, keys, iss)
+	g.printKeys(w, keys, iss, c.Empty())
 	return nil
 }
 
 // printKeys lists the keys and, under the table, each stored key that is
-// refused (not the key its row claims) and why: retire it.
-func printKeys(w io.Writer, keys []broker.SigningKey, iss *jwt.Issuer) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "KID\tALG\tSTATE\tCREATED\tACTIVATED\tDEACTIVATED\tRETIRED")
+// refused (not the key its row claims) and why: retire it. With -o json
+// or yaml: {"keys": [{kid, alg, state, created_at, …, refused}],
+// "unchanged": true when a change had nothing to do}.
+func (g *globals) printKeys(w io.Writer, keys []broker.SigningKey, iss *jwt.Issuer, unchanged bool) {
 	at := func(t time.Time) string {
 		if t.IsZero() {
-			return "-"
+			return ""
 		}
 		return t.UTC().Format(time.RFC3339)
 	}
-	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.KID, k.Alg, k.State, at(k.CreatedAt),
-			at(k.ActivatedAt), at(k.DeactivatedAt), at(k.RetiredAt))
+	type keyJSON struct {
+		KID           string `json:"kid"`
+		Alg           string `json:"alg"`
+		State         string `json:"state"`
+		CreatedAt     string `json:"created_at"`
+		ActivatedAt   string `json:"activated_at,omitempty"`
+		DeactivatedAt string `json:"deactivated_at,omitempty"`
+		RetiredAt     string `json:"retired_at,omitempty"`
+		Refused       string `json:"refused,omitempty"`
 	}
-	_ = tw.Flush()
+	doc := struct {
+		Keys      []keyJSON `json:"keys"`
+		Unchanged bool      `json:"unchanged,omitempty"`
+	}{Keys: []keyJSON{}, Unchanged: unchanged}
 	for _, k := range keys {
+		kj := keyJSON{KID: k.KID, Alg: k.Alg, State: string(k.State), CreatedAt: at(k.CreatedAt),
+			ActivatedAt: at(k.ActivatedAt), DeactivatedAt: at(k.DeactivatedAt), RetiredAt: at(k.RetiredAt)}
 		if err := iss.Check(k); err != nil {
-			fmt.Fprintf(w, "REFUSED: %v; retire it: errand keys retire KID\n", err)
+			kj.Refused = err.Error()
+		}
+		doc.Keys = append(doc.Keys, kj)
+	}
+	raw, _ := json.Marshal(doc)
+	dash := func(s string) string {
+		if s == "" {
+			return "-"
+		}
+		return s
+	}
+	g.emit(w, raw, func(tw io.Writer) {
+		if unchanged {
+			fmt.Fprintln(tw, "nothing to change")
+		}
+		fmt.Fprintln(tw, "KID\tALG\tSTATE\tCREATED\tACTIVATED\tDEACTIVATED\tRETIRED")
+		for _, k := range doc.Keys {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shown(k.KID), shown(k.Alg), shown(k.State), dash(k.CreatedAt),
+				dash(k.ActivatedAt), dash(k.DeactivatedAt), dash(k.RetiredAt))
+		}
+	})
+	for _, k := range doc.Keys {
+		if k.Refused != "" && !g.machine() {
+			fmt.Fprintf(w, "REFUSED: %s; retire it: errand keys retire KID\n", k.Refused)
 		}
 	}
 }

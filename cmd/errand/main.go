@@ -78,7 +78,7 @@ func newRootWithGlobals() (*cobra.Command, *globals) {
 	root.Version = version.Get().String()
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(newVersion(), newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newAuditCmd(g),
-		newApprovalCmd(g), newDecideCmd(g), newDBCmd(), newPolicyCmd(), newKeysCmd(), newConfigCmd(),
+		newApprovalCmd(g), newDecideCmd(g), newDBCmd(), newPolicyCmd(), newKeysCmd(g), newConfigCmd(),
 		newAgentCmd(g), newSecretCmd(g), newRevocationsCmd(g), newHealthcheck())
 	addExamples(root)
 	markUsage(root)

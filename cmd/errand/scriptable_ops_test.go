@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"path/filepath"
 	"regexp"
@@ -38,20 +39,28 @@ func TestDestructiveKeysCommandsConfirm(t *testing.T) {
 	path := writeConfig(t, cfg.DatabaseURL, agents, users, resources)
 	startServe(t, cfg, nil)
 	state := func(kid string) string {
-		out, errOut, code := execIn(strings.NewReader(""), "keys", "list", "--config", path)
+		out, errOut, code := execIn(strings.NewReader(""), "keys", "list", "--config", path, "-o", "json")
 		if code != 0 {
 			t.Fatalf("keys list: %s", errOut)
 		}
-		if kid == "" {
-			return out
+		var doc struct {
+			Keys []struct{ KID, State string }
 		}
-		return regexp.MustCompile(regexp.QuoteMeta(kid) + `\s+\S+\s+(\S+)`).FindStringSubmatch(out)[1]
+		if err := json.Unmarshal([]byte(out), &doc); err != nil {
+			t.Fatalf("keys list -o json: %v\n%s", err, out)
+		}
+		for _, k := range doc.Keys {
+			if k.KID == kid || kid == "" && k.State == "next" {
+				return k.KID + " " + k.State
+			}
+		}
+		t.Fatalf("no key %q in\n%s", kid, out)
+		return ""
 	}
-	next := regexp.MustCompile(`(?m)^(\S+)\s+\S+\s+next\b`).FindStringSubmatch(state(""))
-	if next == nil {
-		t.Fatalf("no next key:\n%s", state(""))
+	kid := strings.Fields(state(""))[0]
+	if table, _, _ := execIn(nil, "keys", "list", "--config", path); !strings.Contains(table, "KID") || !strings.Contains(table, kid) {
+		t.Fatalf("keys list:\n%s", table)
 	}
-	kid := next[1]
 
 	if _, errOut, code := execIn(strings.NewReader("y\n"), "keys", "retire", kid, "--config", path); code != exitUsage ||
 		!strings.Contains(errOut, "pass --yes") {
@@ -60,7 +69,7 @@ func TestDestructiveKeysCommandsConfirm(t *testing.T) {
 	if _, errOut, code := execIn(strings.NewReader(""), "keys", "rotate", "--force", "--config", path); code != exitUsage {
 		t.Fatalf("rotate --force without a terminal: exit %d %s", code, errOut)
 	}
-	if got := state(kid); got != "next" {
+	if got := state(kid); got != kid+" next" {
 		t.Fatalf("an unconfirmed retire changed the key: %s", got)
 	}
 
@@ -70,13 +79,13 @@ func TestDestructiveKeysCommandsConfirm(t *testing.T) {
 		!strings.Contains(errOut, "Retire key "+kid+" now?") || !strings.Contains(errOut, "nothing changed") {
 		t.Fatalf("retire answered n: exit %d %s", code, errOut)
 	}
-	if got := state(kid); got != "next" {
+	if got := state(kid); got != kid+" next" {
 		t.Fatalf("a retire answered n changed the key: %s", got)
 	}
 	if _, errOut, code := execIn(strings.NewReader("yes\n"), "keys", "retire", kid, "--config", path); code != 0 {
 		t.Fatalf("retire answered yes: exit %d %s", code, errOut)
 	}
-	if got := state(kid); got != "retired" {
+	if got := state(kid); got != kid+" retired" {
 		t.Fatalf("after a confirmed retire: %s", got)
 	}
 	stdinIsTerminal = isTerminalFile

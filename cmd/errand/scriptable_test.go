@@ -178,7 +178,7 @@ func TestExitCodesAndProblemDocuments(t *testing.T) {
 		{"missing required flag", []string{"token", "mint", task, "--token", agent}, exitUsage},
 		{"unknown output", []string{"task", "list", "-o", "xml"}, exitUsage},
 		{"unknown command", []string{"tsak", "list"}, exitUsage},
-		{"-o json on a text command", []string{"keys", "list", "--config", "errand.yaml", "--json"}, exitUsage},
+		{"-o json on a text command", []string{"config", "check", "--config", "errand.yaml", "--json"}, exitUsage},
 		{"no token", []string{"task", "list", "--token", ""}, exitAuth},
 		{"garbage token", []string{"task", "list", "--token", "garbage"}, exitAuth},
 		{"no such task", []string{"task", "get", "tsk_0000000000000000000000", "--token", alice}, exitNotFound},
