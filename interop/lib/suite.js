@@ -378,6 +378,32 @@ export function defineSuite(get) {
         await oauth.introspectionRequest(as, rsClient, bearer(rsToken), res.access_token, insecure))
       assert.equal(info.active, true)
       assert.equal(info.cnf?.jkt, jkt, 'introspection shows cnf.jkt')
+      assert.equal(info.token_type, 'DPoP')
+    })
+
+    it('a task that requires DPoP: a bearer exchange is refused (invalid_dpop_proof), a bound one is not', async () => {
+      const task = await rest(t.issuer, 'POST', '/v1/tasks', agentToken, {
+        on_behalf_of: USER, goal: `interop require_dpop ${randomUUID()}`, scopes: [READ], audiences: [AUDIENCE_A], ttl_seconds: 600, require_dpop: true,
+      })
+      await rest(t.issuer, 'POST', `/v1/tasks/${task.id}/approve`, userToken, {})
+      const err = await rejectsWith(exchange({ authorization_details: taskDetails(task.id), resource: AUDIENCE_A }))
+      assert.equal(err.error, 'invalid_dpop_proof', `${err.error}: ${err.description}`)
+      assert.equal(err.body?.code, 'dpop_required')
+      const DPoP = oauth.DPoP(agentClient, await oauth.generateKeyPair('ES256'))
+      const res = await exchange({ authorization_details: taskDetails(task.id), resource: AUDIENCE_A }, { DPoP })
+      assert.equal(res.token_type, 'dpop')
+      assert.equal((await verify(res.access_token, AUDIENCE_A)).cnf?.jkt, await DPoP.calculateThumbprint())
+    })
+
+    // oauth4webapi (and openid-client) sign with an Ed25519 key as alg
+    // "Ed25519", the fully-specified name of RFC 9864 that deprecates
+    // "EdDSA"; Errand advertises EdDSA for DPoP.
+    it('an Ed25519 DPoP key, as oauth4webapi signs with it (alg Ed25519, RFC 9864)', async () => {
+      const taskId = await approvedTask()
+      const DPoP = oauth.DPoP(agentClient, await oauth.generateKeyPair('Ed25519'))
+      const res = await exchange({ authorization_details: taskDetails(taskId), resource: AUDIENCE_A }, { DPoP })
+      assert.equal(res.token_type, 'dpop')
+      assert.equal((await verify(res.access_token, AUDIENCE_A)).cnf?.jkt, await DPoP.calculateThumbprint())
     })
 
     it('a DPoP proof on the REST mint binds the token too', async () => {
