@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -82,7 +83,8 @@ about at start.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), tok)
+			raw, _ := json.Marshal(map[string]string{"id_token": tok})
+			g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { fmt.Fprintln(w, tok) })
 			return nil
 		},
 	}

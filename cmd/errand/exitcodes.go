@@ -183,7 +183,7 @@ func problemDocument(err error, code int) []byte {
 // the client commands, which print the server's answers, and keys. The
 // others (serve, audit verify and export, config check…) print text of
 // their own, and refuse -o json or yaml rather than ignore it.
-var structuredOutput = []string{"errand task", "errand token", "errand approval", "errand decide", "errand agent", "errand keys",
+var structuredOutput = []string{"errand task", "errand token", "errand approval", "errand decide", "errand agent", "errand keys", "errand version", "errand dev token",
 	"errand secret", "errand revocations", "errand audit events", "errand audit credentials"}
 
 // checkOutput refuses -o json or yaml on a command that cannot honour it.
@@ -197,5 +197,5 @@ func (g *globals) checkOutput(cmd *cobra.Command, _ []string) error {
 			return nil
 		}
 	}
-	return usageErrorf("%s prints text only: -o %s (or --json) applies to task, token, approval, decide, agent, secret, revocations, audit events, audit credentials and keys", path, g.output)
+	return usageErrorf("%s prints text only: -o %s (or --json) applies to task, token, approval, decide, agent, secret, revocations, audit events, audit credentials, keys, version and dev token", path, g.output)
 }

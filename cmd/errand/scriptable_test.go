@@ -199,6 +199,21 @@ func TestExitCodesAndProblemDocuments(t *testing.T) {
 		t.Fatalf("usage error with --json: exit %d\n%s", code, out)
 	}
 
+	// -o json on the other commands that print something of their own.
+	var tok struct {
+		IDToken string `json:"id_token"`
+	}
+	if out := d.must(t, "dev", "token", "--kind", "agent", "--sub", "x", "-o", "json"); json.Unmarshal([]byte(out), &tok) != nil || strings.Count(tok.IDToken, ".") != 2 {
+		t.Fatalf("dev token -o json: %s", out)
+	}
+	var v struct{ Version, Go string }
+	if out := d.must(t, "version", "--json"); json.Unmarshal([]byte(out), &v) != nil || v.Version == "" || v.Go == "" {
+		t.Fatalf("version --json: %s", out)
+	}
+	if out := d.must(t, "version", "-o", "yaml"); !strings.Contains(out, "version: ") {
+		t.Fatalf("version -o yaml: %s", out)
+	}
+
 	help, _, _ := execCLI(context.Background(), "--help")
 	wantLines(t, help, "Exit codes:", "2  usage", "3  authentication", "4  refused", "5  approval pending", "6  not found")
 }

@@ -3,13 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 
 	"github.com/errandhq/errand/internal/version"
 )
 
-func newVersion() *cobra.Command {
+func newVersion(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "version",
@@ -22,8 +23,12 @@ func newVersion() *cobra.Command {
 			if asJSON {
 				return json.NewEncoder(cmd.OutOrStdout()).Encode(v)
 			}
-			_, err := fmt.Fprintln(cmd.OutOrStdout(), v.String())
-			return err
+			raw, err := json.Marshal(v)
+			if err != nil {
+				return err
+			}
+			g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { fmt.Fprintln(w, v.String()) })
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the build as JSON")
