@@ -19,10 +19,10 @@ after(async () => {
 })
 
 describe('interop', { concurrency: true }, () => {
-  describe('errand dev (SQLite)', { concurrency: 1 }, () => defineSuite(() => dev))
+  describe('errand dev (SQLite)', { concurrency: 1, timeout: 120000 }, () => defineSuite(() => dev))
 
   if (postgresURL()) {
-    describe('errand serve (PostgreSQL)', { concurrency: 1 }, () => defineSuite(() => serve))
+    describe('errand serve (PostgreSQL)', { concurrency: 1, timeout: 120000 }, () => defineSuite(() => serve))
   } else if (process.env.CI === 'true') {
     it('errand serve (PostgreSQL)', () => {
       throw new Error('ERRAND_TEST_DATABASE_URL is not set: under CI=true the serve run must not be skipped')
