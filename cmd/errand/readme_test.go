@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // README's walkthroughs are executable. A fenced block whose info string
@@ -268,5 +270,203 @@ func TestREADMEWalkthroughs(t *testing.T) {
 	}
 	if ran < 2 {
 		t.Fatalf("README.md has %d walkthrough blocks; the errand dev walkthrough and the step-up one are expected", ran)
+	}
+}
+
+// TestREADMEConfigReferenceChecks: the configuration reference in README
+// (the block marked "yaml config-reference") passes `errand config
+// check` as written, with what it names made real: its ${VAR}s set, its
+// files under /etc/errand/ created (a CA and a certificate it signed) in a
+// directory standing in for /etc/errand, and a policy and the schema beside
+// it. And what config check prints of it checks again, to the same text.
+func TestREADMEConfigReferenceChecks(t *testing.T) {
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ref string
+	for _, b := range fencedBlocks(string(raw)) {
+		if b.info == "yaml config-reference" {
+			ref = b.body
+		}
+	}
+	if ref == "" {
+		t.Fatal(`README.md has no "yaml config-reference" block`)
+	}
+	for _, v := range regexp.MustCompile(`\$\{([A-Z_]+)\}`).FindAllStringSubmatch(ref, -1) {
+		t.Setenv(v[1], strings.Repeat("s", 40))
+	}
+	dir := t.TempDir()
+	etc := filepath.Join(dir, "etc")
+	if err := os.MkdirAll(filepath.Join(etc, "tls"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ca, caKey := selfSigned(t, filepath.Join(etc, "ca.pem"), filepath.Join(etc, "ca.key"), 1, true, nil, nil)
+	selfSigned(t, filepath.Join(etc, "tls", "tls.crt"), filepath.Join(etc, "tls", "tls.key"), 2, false, ca, caKey)
+	if n := strings.Count(ref, "/etc/errand/"); n != 3 {
+		t.Fatalf("README's reference names %d files under /etc/errand/; this test makes tls.crt, tls.key and ca.pem", n)
+	}
+	ref = strings.ReplaceAll(ref, "/etc/errand/", etc+"/")
+	if err := os.MkdirAll(filepath.Join(dir, "policies"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	schema, err := os.ReadFile("../../policy/testdata/errand.cedarschema")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string][]byte{
+		"errand.cedarschema": schema,
+		"allow.cedar":        []byte("@id(\"allow\")\npermit (principal, action, resource);\n"),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, "policies", name), body, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(dir, "errand.yaml")
+	if err := os.WriteFile(path, []byte(ref), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runCLIErr("config", "check", "--config", path)
+	if err != nil {
+		t.Fatalf("README's configuration reference does not check: %v\n%s", err, out)
+	}
+	// What config check prints is a config that checks, to the same text.
+	printed := filepath.Join(dir, "printed.yaml")
+	if err := os.WriteFile(printed, []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	again, err := runCLIErr("config", "check", "--config", printed)
+	if err != nil {
+		t.Fatalf("config check's output of README's reference does not check: %v\n%s", err, again)
+	}
+	if _, body, _ := strings.Cut(again, "\n"); !strings.HasSuffix(out, body) {
+		t.Fatalf("the printed reference changes when checked again:\n%s\n---\n%s", out, again)
+	}
+	for _, want := range []string{"credentials_per_task: 0", "resources_per_task: 0", "max_token_lifetime: 24h0m0s", "- RS256"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the effective config lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestDocsStandAlone: README.md and docs/ link only to what is in the
+// repository (relative links resolve to a file, anchors to a heading) and
+// never point at an issue number or at documents kept elsewhere.
+func TestDocsStandAlone(t *testing.T) {
+	files := []string{"../../README.md"}
+	docs, _ := filepath.Glob("../../docs/*.md")
+	files = append(files, docs...)
+	if len(docs) == 0 {
+		t.Fatal("no docs/*.md")
+	}
+	link := regexp.MustCompile(`\]\(([^)\s]+)\)`)
+	outside := regexp.MustCompile(`(?i:\bissues? #?\d+|\bissue N\b)|\bDESIGN\.md|SECURITY-TESTS\.md|\(#\d+\)|\.\./\.\./`)
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(raw)
+		if m := outside.FindString(text); m != "" {
+			t.Errorf("%s points outside the repository: %q", f, m)
+		}
+		for _, m := range link.FindAllStringSubmatch(text, -1) {
+			target := m[1]
+			if strings.HasPrefix(target, "http://") || strings.HasPrefix(target, "https://") || strings.HasPrefix(target, "mailto:") {
+				continue
+			}
+			file, anchor, _ := strings.Cut(target, "#")
+			resolved := f
+			if file != "" {
+				resolved = filepath.Join(filepath.Dir(f), file)
+				if _, err := os.Stat(resolved); err != nil {
+					t.Errorf("%s links to %s, which is not in the repository", f, target)
+					continue
+				}
+			}
+			if anchor != "" && strings.HasSuffix(resolved, ".md") && !hasAnchor(t, resolved, anchor) {
+				t.Errorf("%s links to %s: no heading %q in %s", f, target, anchor, resolved)
+			}
+		}
+	}
+}
+
+// hasAnchor reports whether the Markdown file has a heading whose GitHub
+// anchor is anchor.
+func hasAnchor(t *testing.T, file, anchor string) bool {
+	t.Helper()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drop := regexp.MustCompile(`[^\p{L}\p{N}\- _]`)
+	for _, l := range strings.Split(string(raw), "\n") {
+		h, ok := strings.CutPrefix(strings.TrimLeft(l, "#"), " ")
+		if !strings.HasPrefix(l, "#") || !ok {
+			continue
+		}
+		a := strings.ReplaceAll(strings.ToLower(drop.ReplaceAllString(h, "")), " ", "-")
+		if a == anchor {
+			return true
+		}
+	}
+	return false
+}
+
+// TestDesignRefusalsMatchTheContract: docs/design.md's refusal table and
+// the problem responses of openapi.yaml name the same (status, code) pairs.
+func TestDesignRefusalsMatchTheContract(t *testing.T) {
+	raw, err := os.ReadFile("../../openapi.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec struct {
+		Components struct {
+			Responses map[string]struct {
+				Content map[string]struct {
+					Schema struct {
+						AllOf []struct {
+							Properties map[string]struct {
+								Enum []any `yaml:"enum"`
+							} `yaml:"properties"`
+						} `yaml:"allOf"`
+					} `yaml:"schema"`
+				} `yaml:"content"`
+			} `yaml:"responses"`
+		} `yaml:"components"`
+	}
+	if err := yaml.Unmarshal(raw, &spec); err != nil {
+		t.Fatal(err)
+	}
+	contract := map[string]bool{}
+	for _, r := range spec.Components.Responses {
+		for _, of := range r.Content["application/problem+json"].Schema.AllOf {
+			for _, st := range of.Properties["status"].Enum {
+				for _, code := range of.Properties["code"].Enum {
+					contract[fmt.Sprintf("%v %v", st, code)] = true
+				}
+			}
+		}
+	}
+	if len(contract) < 20 {
+		t.Fatalf("read only %d (status, code) pairs from openapi.yaml", len(contract))
+	}
+	design, err := os.ReadFile("../../docs/design.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| (\\d{3}) \\| `([a-z_]+)` \\|").FindAllStringSubmatch(string(design), -1) {
+		documented[m[1]+" "+m[2]] = true
+	}
+	for p := range contract {
+		if !documented[p] {
+			t.Errorf("openapi.yaml answers %s; docs/design.md's refusal table does not say when", p)
+		}
+	}
+	for p := range documented {
+		if !contract[p] {
+			t.Errorf("docs/design.md lists %s, which openapi.yaml does not answer", p)
+		}
 	}
 }
