@@ -354,6 +354,18 @@ export function defineSuite(get) {
       assert.equal(err.error, 'invalid_target', `${err.error}: ${err.description}`)
     })
 
+    it('an Idempotency-Key header (set through the library) makes a retry the same credential', async () => {
+      const taskId = await approvedTask()
+      const key = randomUUID()
+      const params = { authorization_details: taskDetails(taskId), resource: AUDIENCE_A }
+      const a = await exchange(params, { headers: new Headers({ 'idempotency-key': key }) })
+      const b = await exchange(params, { headers: new Headers({ 'idempotency-key': key }) })
+      const c = await exchange(params, { headers: new Headers({ 'idempotency-key': randomUUID() }) })
+      const [ja, jb, jc] = await Promise.all([a, b, c].map(async (x) => (await verify(x.access_token, AUDIENCE_A)).jti))
+      assert.equal(ja, jb)
+      assert.notEqual(ja, jc)
+    })
+
     it('subject_token_type jwt is accepted too', async () => {
       const taskId = await approvedTask()
       const res = await exchange({ authorization_details: taskDetails(taskId), resource: AUDIENCE_A, subject_token_type: JWT_TYPE })
@@ -574,6 +586,19 @@ export function defineSuite(get) {
       const err = await rejectsWith(exchange({ authorization_details: taskDetails(taskId), resource: 'https://unknown.example.com' }))
       assert.equal(err.error, 'invalid_target', `${err.error}: ${err.description}`)
       assert.equal(typeof err.body?.code, 'string', "Errand's code beside error")
+    })
+
+    it('a resource that is not an absolute URI, or has a fragment: invalid_target (RFC 8707 §2)', async () => {
+      const taskId = await approvedTask()
+      for (const resource of ['api.github.com', 'https://api.github.com/#frag']) {
+        const err = await rejectsWith(exchange({ authorization_details: taskDetails(taskId), resource }))
+        assert.equal(err.error, 'invalid_target', `${resource}: ${err.error}: ${err.description}`)
+      }
+    })
+
+    it('authorization_details of an unknown type: invalid_authorization_details (RFC 9396 §5)', async () => {
+      const err = await rejectsWith(exchange({ authorization_details: JSON.stringify([{ type: 'payment_initiation' }]), resource: AUDIENCE_A }))
+      assert.equal(err.error, 'invalid_authorization_details', `${err.error}: ${err.description}`)
     })
 
     it('an unknown resource on the backchannel request: invalid_target', async () => {
