@@ -97,10 +97,39 @@ here, and the agent repeats the same call, which then succeeds once.`,
 	get.Example = "  errand approval get apr_…"
 	approve.Example = "  errand approval approve apr_…   # then the agent repeats its call, which succeeds once"
 	deny.Example = `  errand approval deny apr_… --reason "not this repository"`
-	for _, c := range []*cobra.Command{get, approve, deny} {
+	var timeout, interval time.Duration
+	wait := &cobra.Command{
+		Use:   "wait APPROVAL",
+		Short: "Wait until a step-up approval is decided: exit 0 approved, 4 denied or expired, 5 still pending at --timeout",
+		Long: `errand approval wait polls the approval until it leaves pending, then prints it: the
+agent's way to wait for its user after a call refused with approval_required (exit 5),
+before repeating that call. It exits 0 when the approval is approved (or already used),
+4 when denied or expired, and 5 when --timeout passes with it still pending.`,
+		Example: `  if ! errand token mint "$TASK" -q --scope github.pr.write:acme/api --audience https://api.github.com -o json >out.json; then
+    errand approval wait "$(jq -r .approval_id out.json)" --timeout 15m
+  fi`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c := g.client()
+			return waitUntil(cmd.Context(), timeout, interval, "approval "+shown(args[0]), func(ctx context.Context) (bool, error) {
+				a, raw, err := c.GetApproval(ctx, args[0])
+				if err != nil || a.Status == "pending" {
+					return false, err
+				}
+				g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printApproval(w, a) })
+				if a.Status == "approved" || a.Status == "used" {
+					return true, nil
+				}
+				return true, refusedError{msg: "approval " + shown(a.ID) + " is " + shown(a.Status), reported: true}
+			})
+		},
+	}
+	wait.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long, exit 5 (default: wait until decided)")
+	wait.Flags().DurationVar(&interval, "interval", 2*time.Second, "how often to ask")
+	for _, c := range []*cobra.Command{get, approve, deny, wait} {
 		c.ValidArgsFunction = g.completeApprovals
 	}
-	cmd.AddCommand(list, get, approve, deny)
+	cmd.AddCommand(list, get, approve, deny, wait)
 	return cmd
 }
 

@@ -34,7 +34,7 @@ const exitCodesHelp = `Exit codes:
   4  refused: by policy, an invariant or a decision (400, 403, 409, 422; decide's deny;
      a task or approval decided against)
   5  approval pending: approval_required (a step-up approval waits for its user), or
-     task wait's --timeout passed while the task is still pending
+     task wait's or approval wait's --timeout passed while still pending
   6  not found: no such task, approval or key, or not yours to see (404)
 
 With -o json (or --json) or -o yaml, an error prints its problem document on stdout

@@ -76,43 +76,55 @@ decision), and 5 when --timeout passes with the task still pending.`,
   errand task wait "$TASK" --timeout 10m && errand token mint "$TASK" …`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if interval <= 0 {
-				return usageErrorf("--interval must be positive")
-			}
-			ctx := cmd.Context()
-			deadline := time.Now().Add(timeout)
 			c := g.client()
-			for {
+			return waitUntil(cmd.Context(), timeout, interval, "task "+shown(args[0]), func(ctx context.Context) (bool, error) {
 				t, raw, err := c.GetTask(ctx, args[0])
-				if err != nil {
-					return err
+				if err != nil || t.Status == "pending" {
+					return false, err
 				}
-				if t.Status != "pending" {
-					g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printTask(w, t) })
-					if t.Status == "approved" {
-						return nil
-					}
-					return refusedError{msg: "task " + shown(t.ID) + " is " + shown(t.Status), reported: true}
+				g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printTask(w, t) })
+				if t.Status == "approved" {
+					return true, nil
 				}
-				left := time.Until(deadline)
-				if timeout > 0 && left <= 0 {
-					return pendingError{"task " + shown(t.ID) + " is still pending after " + timeout.String()}
-				}
-				pause := interval
-				if timeout > 0 && left < pause {
-					pause = left
-				}
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(pause):
-				}
-			}
+				return true, refusedError{msg: "task " + shown(t.ID) + " is " + shown(t.Status), reported: true}
+			})
 		},
 	}
 	wait.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long, exit 5 (default: wait until decided)")
 	wait.Flags().DurationVar(&interval, "interval", 2*time.Second, "how often to ask")
 	task.AddCommand(history, wait)
+}
+
+// waitUntil calls poll every interval until it is done (or fails), and
+// fails with a pendingError (exit 5) naming what once timeout passes (0:
+// no limit).
+func waitUntil(ctx context.Context, timeout, interval time.Duration, what string, poll func(context.Context) (bool, error)) error {
+	if interval <= 0 {
+		return usageErrorf("--interval must be positive")
+	}
+	if timeout < 0 {
+		return usageErrorf("--timeout must not be negative")
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		done, err := poll(ctx)
+		if done || err != nil {
+			return err
+		}
+		left := time.Until(deadline)
+		if timeout > 0 && left <= 0 {
+			return pendingError{what + " is still pending after " + timeout.String()}
+		}
+		pause := interval
+		if timeout > 0 && left < pause {
+			pause = left
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+	}
 }
 
 // tokenRevoke is errand token revoke (RFC 7009).

@@ -397,3 +397,43 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// TestApprovalWait: the agent refused with approval_required waits with
+// approval wait: exit 5 while pending at --timeout, 0 once its user
+// approves (and its repeated mint succeeds), 4 once denied.
+func TestApprovalWait(t *testing.T) {
+	d, agent, alice, _, _, mint := stepUpDev(t)
+	out, _, code := d.exec(t, append(mint, "-o", "json")...)
+	var p struct {
+		ApprovalID string `json:"approval_id"`
+	}
+	if code != exitPending || json.Unmarshal([]byte(out), &p) != nil || p.ApprovalID == "" {
+		t.Fatalf("mint: exit %d\n%s", code, out)
+	}
+	if _, errOut, code := d.exec(t, "approval", "wait", p.ApprovalID, "--token", agent, "--timeout", "200ms", "--interval", "50ms"); code != exitPending ||
+		!strings.Contains(errOut, "still pending after 200ms") {
+		t.Fatalf("pending at the timeout: exit %d %s", code, errOut)
+	}
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		d.exec(t, "approval", "approve", p.ApprovalID, "--token", alice)
+	}()
+	if out, errOut, code := d.exec(t, "approval", "wait", p.ApprovalID, "--token", agent, "--timeout", "20s", "--interval", "50ms"); code != exitOK ||
+		!strings.Contains(out, "approved") {
+		t.Fatalf("approved while waiting: exit %d %s\n%s", code, errOut, out)
+	}
+	if at := strings.TrimSpace(d.must(t, mint...)); strings.Count(at, ".") != 2 {
+		t.Fatalf("the repeated mint: %q", at)
+	}
+	out, _, _ = d.exec(t, append(mint, "--json")...)
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		t.Fatal(err)
+	}
+	d.must(t, "approval", "deny", p.ApprovalID, "--token", alice, "--reason", "no")
+	if _, errOut, code := d.exec(t, "approval", "wait", p.ApprovalID, "--token", agent); code != exitRefused || !strings.Contains(errOut, "denied") {
+		t.Fatalf("denied: exit %d %s", code, errOut)
+	}
+	if _, errOut, code := d.exec(t, "approval", "wait", p.ApprovalID, "--token", agent, "--interval", "0s"); code != exitUsage {
+		t.Fatalf("--interval 0: exit %d %s", code, errOut)
+	}
+}
