@@ -180,6 +180,9 @@ type AuditEvent struct {
 	// Detail is a JSON object, stored and hashed byte for byte.
 	Detail []byte
 	Hash   string
+	// HashScheme is how Hash was made (HashSchemeJCS for every event
+	// appended now; HashSchemeGoJSON for events of older chains).
+	HashScheme int
 }
 
 // Digest is the SHA-256 of the task's canonical form as a person approving

@@ -70,7 +70,7 @@ func prefill(ctx context.Context, dbURL string, n int) error {
 	step := (90*24*time.Hour - time.Minute) / time.Duration(n)
 	i = 0
 	if _, err := conn.CopyFrom(ctx, pgx.Identifier{"audit_events"},
-		[]string{"seq", "time", "type", "actor_kind", "actor_iss", "actor_sub", "task_id", "detail", "hash"},
+		[]string{"seq", "time", "type", "actor_kind", "actor_iss", "actor_sub", "task_id", "detail", "hash", "hash_scheme"},
 		pgx.CopyFromFunc(func() ([]any, error) {
 			if i >= n {
 				return nil, nil
@@ -79,11 +79,13 @@ func prefill(ctx context.Context, dbURL string, n int) error {
 			seq++
 			e := broker.AuditEvent{Seq: seq, Time: start.Add(time.Duration(i) * step),
 				Type: broker.EventCredentialIssued, Actor: broker.Actor{Kind: "agent", Issuer: "https://old.example/agent", Subject: agent(t)},
-				TaskID: taskID(t), Detail: []byte(`{"kind":"jwt","scopes":["repo.read:acme/api"]}`)}
+				TaskID: taskID(t), Detail: []byte(`{"kind":"jwt","scopes":["repo.read:acme/api"]}`),
+				HashScheme: broker.HashSchemeCurrent}
 			e.Hash = broker.ChainHash(prev, e)
 			prev = e.Hash
 			i++
-			return []any{e.Seq, e.Time, e.Type, e.Actor.Kind, e.Actor.Issuer, e.Actor.Subject, e.TaskID, string(e.Detail), e.Hash}, nil
+			return []any{e.Seq, e.Time, e.Type, e.Actor.Kind, e.Actor.Issuer, e.Actor.Subject, e.TaskID, string(e.Detail), e.Hash,
+				e.HashScheme}, nil
 		})); err != nil {
 		return fmt.Errorf("audit events: %w", err)
 	}

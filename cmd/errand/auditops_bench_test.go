@@ -53,14 +53,15 @@ func millionEvents(b *testing.B) *postgres.Store {
 		for i := 1; i <= benchEvents; i++ {
 			e := broker.AuditEvent{Seq: int64(i), Time: benchStart.Add(time.Duration(i) * time.Second), Type: broker.EventCredentialIssued,
 				Actor:  broker.Actor{Kind: "agent", Issuer: "https://agents", Subject: fmt.Sprintf("agent-%d", i%50)},
-				TaskID: fmt.Sprintf("tsk_%026d", i%benchTasks), Detail: []byte(`{"kind":"jwt","scopes":["github.repo.read:acme/api"]}`)}
+				TaskID: fmt.Sprintf("tsk_%026d", i%benchTasks), Detail: []byte(`{"kind":"jwt","scopes":["github.repo.read:acme/api"]}`),
+				HashScheme: broker.HashSchemeCurrent}
 			e.Hash = broker.ChainHash(prev, e)
 			prev = e.Hash
-			rows = append(rows, []any{e.Seq, e.Time, e.Type, e.Actor.Kind, e.Actor.Issuer, e.Actor.Subject, e.TaskID, string(e.Detail), e.Hash})
+			rows = append(rows, []any{e.Seq, e.Time, e.Type, e.Actor.Kind, e.Actor.Issuer, e.Actor.Subject, e.TaskID, string(e.Detail), e.Hash, e.HashScheme})
 		}
 		ctx := context.Background()
 		if _, err := st.Pool().CopyFrom(ctx, pgx.Identifier{"audit_events"},
-			[]string{"seq", "time", "type", "actor_kind", "actor_iss", "actor_sub", "task_id", "detail", "hash"}, pgx.CopyFromRows(rows)); err != nil {
+			[]string{"seq", "time", "type", "actor_kind", "actor_iss", "actor_sub", "task_id", "detail", "hash", "hash_scheme"}, pgx.CopyFromRows(rows)); err != nil {
 			b.Fatal(err)
 		}
 		if _, err := st.Pool().Exec(ctx, `UPDATE audit_head SET seq = $1, hash = $2`, benchEvents, prev); err != nil {

@@ -162,14 +162,15 @@ const headSQL = `SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE`
 // events' columns sent as arrays: a statement per event cost PostgreSQL
 // an executor start-up each, the larger part of a small insert.
 const appendSQL = `WITH ins AS (INSERT INTO audit_events (seq, time, type, actor_kind, actor_iss,
-		actor_sub, task_id, detail, hash)
-	SELECT s, tm, ty, ak, ai, asb, ti, d::json, h
+		actor_sub, task_id, detail, hash, hash_scheme)
+	SELECT s, tm, ty, ak, ai, asb, ti, d::json, h, $12::smallint
 	FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
 		$8::text[], $9::text[]) AS e(s, tm, ty, ak, ai, asb, ti, d, h))
 	UPDATE audit_head SET seq = $10, hash = $11 WHERE id = 1`
 
-// chainArgs chains events after the head (seq, prev), assigning their Seq
-// and Hash in place, and returns appendSQL's arguments.
+// chainArgs chains events after the head (seq, prev), assigning their Seq,
+// HashScheme (the current one) and Hash in place, and returns appendSQL's
+// arguments.
 func chainArgs(seq int64, prev string, events []broker.AuditEvent) []any {
 	n := len(events)
 	var (
@@ -186,13 +187,14 @@ func chainArgs(seq int64, prev string, events []broker.AuditEvent) []any {
 		if len(e.Detail) == 0 {
 			e.Detail = []byte("{}")
 		}
+		e.HashScheme = broker.HashSchemeCurrent
 		e.Hash = broker.ChainHash(prev, *e)
 		prev = e.Hash
 		seqs[i], times[i], types[i], kinds[i], isss[i], subs[i], tasks[i] =
 			e.Seq, e.Time, e.Type, e.Actor.Kind, e.Actor.Issuer, e.Actor.Subject, e.TaskID
 		details[i], hashes[i] = string(e.Detail), e.Hash
 	}
-	return []any{seqs, times, types, kinds, isss, subs, tasks, details, hashes, seq, prev}
+	return []any{seqs, times, types, kinds, isss, subs, tasks, details, hashes, seq, prev, broker.HashSchemeCurrent}
 }
 
 // Task reads one task.
@@ -263,7 +265,7 @@ func (s *Store) Credentials(ctx context.Context, f broker.HistoryFilter) ([]brok
 func (s *Store) AuditEvents(ctx context.Context, f broker.HistoryFilter) ([]broker.AuditEvent, error) {
 	q := sqlq.Events(f, nil, `(detail->>'code')`)
 	rows, err := s.pool.Query(ctx, `SELECT seq, time, type, actor_kind, actor_iss, actor_sub,
-		task_id, detail::text, hash FROM audit_events WHERE `+q.SQL()+` ORDER BY seq`+sqlq.Limit(f.Limit), q.Args...)
+		task_id, detail::text, hash, hash_scheme FROM audit_events WHERE `+q.SQL()+` ORDER BY seq`+sqlq.Limit(f.Limit), q.Args...)
 	if err != nil {
 		return nil, translate(err)
 	}
@@ -273,7 +275,7 @@ func (s *Store) AuditEvents(ctx context.Context, f broker.HistoryFilter) ([]brok
 			detail string
 		)
 		err := r.Scan(&e.Seq, &e.Time, &e.Type, &e.Actor.Kind, &e.Actor.Issuer, &e.Actor.Subject,
-			&e.TaskID, &detail, &e.Hash)
+			&e.TaskID, &detail, &e.Hash, &e.HashScheme)
 		e.Detail = []byte(detail)
 		e.Time = e.Time.UTC()
 		return e, err

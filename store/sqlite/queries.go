@@ -110,12 +110,13 @@ func (t *txn) AppendAudit(ctx context.Context, events ...broker.AuditEvent) erro
 		if len(e.Detail) == 0 {
 			e.Detail = []byte("{}")
 		}
+		e.HashScheme = broker.HashSchemeCurrent
 		e.Hash = broker.ChainHash(prev, *e)
 		prev = e.Hash
 		if _, err := t.tx.ExecContext(ctx, `INSERT INTO audit_events (seq, time, type, actor_kind,
-			actor_iss, actor_sub, task_id, detail, hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)`,
+			actor_iss, actor_sub, task_id, detail, hash, hash_scheme) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)`,
 			e.Seq, micros(e.Time), e.Type, e.Actor.Kind, e.Actor.Issuer, e.Actor.Subject, e.TaskID,
-			string(e.Detail), e.Hash); err != nil {
+			string(e.Detail), e.Hash, e.HashScheme); err != nil {
 			return translate(err)
 		}
 	}
@@ -151,15 +152,15 @@ func (s *Store) Credentials(ctx context.Context, f broker.HistoryFilter) ([]brok
 // AuditEvents lists audit events.
 func (s *Store) AuditEvents(ctx context.Context, f broker.HistoryFilter) ([]broker.AuditEvent, error) {
 	q := sqlq.Events(f, conv, `json_extract(detail, '$.code')`)
-	return query(ctx, s.db, `SELECT seq, time, type, actor_kind, actor_iss, actor_sub, task_id, detail, hash
-		FROM audit_events WHERE `+q.SQL()+` ORDER BY seq`+sqlq.Limit(f.Limit), q.Args,
+	return query(ctx, s.db, `SELECT seq, time, type, actor_kind, actor_iss, actor_sub, task_id, detail, hash,
+		hash_scheme FROM audit_events WHERE `+q.SQL()+` ORDER BY seq`+sqlq.Limit(f.Limit), q.Args,
 		func(r scanner) (broker.AuditEvent, error) {
 			var (
 				e      broker.AuditEvent
 				at     int64
 				detail string
 			)
-			err := r.Scan(&e.Seq, &at, &e.Type, &e.Actor.Kind, &e.Actor.Issuer, &e.Actor.Subject, &e.TaskID, &detail, &e.Hash)
+			err := r.Scan(&e.Seq, &at, &e.Type, &e.Actor.Kind, &e.Actor.Issuer, &e.Actor.Subject, &e.TaskID, &detail, &e.Hash, &e.HashScheme)
 			e.Time, e.Detail = fromMicros(at), []byte(detail)
 			return e, translate(err)
 		})
