@@ -117,6 +117,7 @@ func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) {
 		c.fail(err)
 		return
 	}
+	s.metrics.decided("task", true, t.CreatedAt)
 	writeJSON(w, http.StatusOK, s.renderTask(t))
 }
 
@@ -139,6 +140,7 @@ func (s *Server) denyTask(w http.ResponseWriter, r *http.Request) {
 		c.fail(err)
 		return
 	}
+	s.metrics.decided("task", false, t.CreatedAt)
 	writeJSON(w, http.StatusOK, s.renderTask(t))
 }
 

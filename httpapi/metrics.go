@@ -22,6 +22,18 @@ type metrics struct {
 	refusals *prometheus.CounterVec
 	// decisions counts AuthZEN decisions by outcome.
 	decisions *prometheus.CounterVec
+	// approval is how long a user took to decide, by what was decided
+	// (a task or a step-up) and the decision.
+	approval *prometheus.HistogramVec
+}
+
+// decided records a user's decision on what was asked for at created.
+func (m *metrics) decided(kind string, approved bool, created time.Time) {
+	d := "denied"
+	if approved {
+		d = "approved"
+	}
+	m.approval.WithLabelValues(kind, d).Observe(max(time.Since(created), 0).Seconds())
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -42,13 +54,22 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "errand_authzen_decisions_total", Help: "AuthZEN access evaluations by decision.",
 		}, []string{"decision"}),
+		approval: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "errand_approval_seconds", Help: "Time from a task's or a step-up's request to its user's decision.",
+			Buckets: []float64{1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 8 * 3600, 24 * 3600},
+		}, []string{"kind", "decision"}),
+	}
+	for _, k := range []string{"task", "step_up"} {
+		for _, d := range []string{"approved", "denied"} {
+			m.approval.WithLabelValues(k, d)
+		}
 	}
 	v := version.Get()
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "errand_build_info", Help: "Always 1; the labels name the running build.",
 	}, []string{"version", "commit", "goversion"})
 	build.WithLabelValues(v.Version, v.Commit, v.GoVersion).Set(1)
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.issued, m.refusals, m.decisions, build,
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.issued, m.refusals, m.decisions, m.approval, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -117,6 +117,7 @@ func (s *Server) decideApproval(c *call, approve bool, reason string) {
 		c.fail(err)
 		return
 	}
+	s.metrics.decided("step_up", approve, u.CreatedAt)
 	writeJSON(c.w, http.StatusOK, s.renderApproval(u))
 }
 

@@ -194,6 +194,10 @@ func TestStepUpFlow(t *testing.T) {
 	if ok.str("status") != "approved" || ok.JSON["decided_at"] == nil {
 		t.Fatalf("approved: %s", ok.Raw)
 	}
+	// The user's decision is timed, by kind, in errand_approval_seconds.
+	if m := metricsText(t, e); !strings.Contains(m, "\nerrand_approval_seconds_count{decision=\"approved\",kind=\"step_up\"} 1\n") {
+		t.Fatalf("errand_approval_seconds does not count the step-up's approval:\n%s", m)
+	}
 	before = e.snapshot()
 	e.refused(before, e.do("POST", "/v1/approvals/"+apr+"/approve", e.user("alice", "eng"), nil), http.StatusConflict, "task_not_active")
 

@@ -58,6 +58,9 @@ type StatusCache struct {
 	Beat    time.Duration
 	Max     int
 	Logger  *slog.Logger
+	// Lag, when set, is given each revocation's delay from its commit
+	// (on the database's clock) to this cache applying it.
+	Lag func(time.Duration)
 
 	gen   atomic.Uint64
 	hits  atomic.Int64
@@ -242,6 +245,14 @@ func (sc *StatusCache) step(ctx context.Context) error {
 				jtis[i] = r.JTI
 			}
 			sc.drop(jtis)
+			if sc.Lag != nil {
+				sc.mu.RLock()
+				dbNow := time.Now().Add(sc.offset)
+				sc.mu.RUnlock()
+				for _, r := range revs {
+					sc.Lag(dbNow.Sub(r.RevokedAt))
+				}
+			}
 			seen = revs[len(revs)-1].Seq
 		}
 		if len(revs) < 1000 {

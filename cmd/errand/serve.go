@@ -300,6 +300,16 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
+	if pc, ok := st.(pendingCounter); ok {
+		if err := reg.Register(newPendingCollector(pc, log)); err != nil {
+			return nil, err
+		}
+	}
+	if cache != nil {
+		if cache.Lag, err = newRevocationLag(reg); err != nil {
+			return nil, err
+		}
+	}
 	if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "errand_quick_mints_total", Help: "Mints recorded by the fast path (a snapshot of the task re-checked by one insert).",
 	}, func() float64 { return float64(svc.QuickMints()) })); err != nil {
@@ -363,7 +373,11 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		workers = append(workers, rec.Run)
 	}
 	if every := cfg.AnchorInterval(); every > 0 {
-		workers = append(workers, anchor(st, every, log))
+		am, err := newAnchorMetrics(reg, every)
+		if err != nil {
+			return nil, err
+		}
+		workers = append(workers, anchorWith(st, every, log, am))
 	}
 	if engine != nil {
 		workers = append(workers, reloadOnHangup(engine, log))
@@ -407,12 +421,20 @@ func reloadOnHangup(e *policy.Engine, log *slog.Logger) func(context.Context) er
 // keeps these lines can later prove that no event before them was
 // rewritten, even by someone able to recompute every hash after it.
 func anchor(st broker.Reader, every time.Duration, log *slog.Logger) func(context.Context) error {
+	return anchorWith(st, every, log, nil)
+}
+
+// anchorWith is anchor that also records each anchor's time in m.
+func anchorWith(st broker.Reader, every time.Duration, log *slog.Logger, m *anchorMetrics) func(context.Context) error {
 	return func(ctx context.Context) error {
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			if seq, hash, err := st.AuditHead(ctx); err == nil {
 				log.Info("audit anchor", "seq", seq, "hash", hash)
+				if m != nil {
+					m.last.SetToCurrentTime()
+				}
 			} else if ctx.Err() == nil {
 				log.Warn("audit anchor: cannot read the chain head", "err", err)
 			}
