@@ -121,7 +121,7 @@ export async function startDev() {
     if (res.status !== 200) throw new Error(`/dev/token: ${res.status} ${await res.text()}`)
     return (await res.json()).id_token
   }
-  return { name: 'errand dev', issuer: base, token, stop: p.stop, log: p.log, idp: (kind) => `${base}/dev/idp/${kind}`, signingAlg: 'EdDSA', dpopNonces: false }
+  return { name: 'errand dev', issuer: base, token, stop: p.stop, log: p.log, idp: (kind) => `${base}/dev/idp/${kind}`, signingAlg: 'EdDSA', dpopNonces: false, stepUp: false }
 }
 
 // postgresURL is the administrative database URL, as the Go tests take it.
@@ -161,10 +161,20 @@ limits: {token_ttl_max: 5m, task_ttl_max: 8h}
 # The other run covers the defaults (EdDSA, no DPoP nonces); this one the options.
 signing_alg: ES256
 dpop: {nonce_every: 5m}
+policies: ["step-up.cedar"]
 system_secret: \${ERRAND_SYSTEM_SECRET}
 `
   const path = join(await work(), `serve-${db}.yaml`)
   await writeFile(path, cfg, { mode: 0o600 })
+  // A write to the prod audience needs the user's approval each time.
+  await writeFile(join(await work(), 'step-up.cedar'), `@id("allow-the-rest")
+permit (principal, action, resource);
+
+@id("prod-writes-step-up")
+@step_up("a write to production needs your approval each time")
+forbid (principal, action, resource)
+when { context.environment == "prod" && context.class == "write" };
+`)
   const p = await startProcess('serve', ['serve', '--config', path], {
     ERRAND_SYSTEM_SECRET: randomBytes(24).toString('hex'),
   })
@@ -178,7 +188,7 @@ system_secret: \${ERRAND_SYSTEM_SECRET}
     await p.stop()
     await run('psql', [admin, '-qAtc', `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`]).catch(() => {})
   }
-  return { name: 'errand serve (PostgreSQL)', issuer: base, token: dev.token, stop, log: p.log, idp: dev.idp, signingAlg: 'ES256', dpopNonces: true }
+  return { name: 'errand serve (PostgreSQL)', issuer: base, token: dev.token, stop, log: p.log, idp: dev.idp, signingAlg: 'ES256', dpopNonces: true, stepUp: true }
 }
 
 // cleanup removes the work directory (the built binary and the logs) unless

@@ -22,7 +22,7 @@ const USER = 'alice'
 
 // defineSuite declares the tests against the target that get() returns
 // once the outer before() hooks have run.
-export function defineSuite(get) {
+export function defineSuite(get, { stepUp = false } = {}) {
   let t // the target: {issuer, token(kind, sub, groups)}
   let as // the authorization server metadata, as oauth4webapi parsed it
   let jwks
@@ -92,7 +92,9 @@ export function defineSuite(get) {
   // exchange is an RFC 8693 token exchange by oauth4webapi's generic
   // token endpoint request, authenticated by the agent's client assertion.
   function exchangeRequest(params, { auth = clientAssertion(agentToken), ...options } = {}) {
-    const body = new URLSearchParams({ subject_token: agentToken, subject_token_type: ID_TOKEN_TYPE })
+    // scope READ unless the test says otherwise: in the serve run a write to
+    // the prod audience steps up (one test is about that).
+    const body = new URLSearchParams({ subject_token: agentToken, subject_token_type: ID_TOKEN_TYPE, scope: READ })
     for (const [k, v] of params instanceof URLSearchParams ? params : Object.entries(params)) {
       if (body.has(k) && !(params instanceof URLSearchParams)) body.set(k, v)
       else body.append(k, v)
@@ -365,6 +367,22 @@ export function defineSuite(get) {
       assert.equal(ja, jb)
       assert.notEqual(ja, jc)
     })
+
+    if (stepUp) {
+      it('a step-up policy: authorization_pending with approval_id; once the user approves, the same exchange succeeds', async () => {
+        const taskId = await approvedTask()
+        const params = { authorization_details: taskDetails(taskId), resource: AUDIENCE_A, scope: WRITE }
+        const err = await rejectsWith(exchange(params))
+        assert.equal(err.error, 'authorization_pending', `${err.error}: ${err.description}`)
+        assert.equal(err.body?.code, 'approval_required')
+        assert.match(err.body?.approval_id ?? '', /^apr_/)
+        await rest(t.issuer, 'POST', `/v1/approvals/${err.body.approval_id}/approve`, userToken, {})
+        const res = await exchange(params)
+        assert.equal((await verify(res.access_token, AUDIENCE_A)).scope, WRITE)
+        // the approval was for one request: the next one asks again
+        assert.equal((await rejectsWith(exchange(params))).error, 'authorization_pending')
+      })
+    }
 
     it('subject_token_type jwt is accepted too', async () => {
       const taskId = await approvedTask()

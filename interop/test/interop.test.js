@@ -1,5 +1,6 @@
 // The interop suite: stock OAuth clients against a real errand binary, once
-// on `errand dev` (SQLite) and once on `errand serve` (PostgreSQL).
+// on `errand dev` (SQLite; EdDSA, no policies) and once on `errand serve`
+// (PostgreSQL; ES256, DPoP server nonces, a step-up policy).
 import { describe, it, before, after } from 'node:test'
 import { startDev, startServe, postgresURL, cleanup, errandBin } from '../lib/harness.js'
 import { defineSuite } from '../lib/suite.js'
@@ -22,7 +23,7 @@ describe('interop', { concurrency: true }, () => {
   describe('errand dev (SQLite)', { concurrency: 1, timeout: 120000 }, () => defineSuite(() => dev))
 
   if (postgresURL()) {
-    describe('errand serve (PostgreSQL)', { concurrency: 1, timeout: 120000 }, () => defineSuite(() => serve))
+    describe('errand serve (PostgreSQL)', { concurrency: 1, timeout: 120000 }, () => defineSuite(() => serve, { stepUp: true }))
   } else if (process.env.CI === 'true') {
     it('errand serve (PostgreSQL)', () => {
       throw new Error('ERRAND_TEST_DATABASE_URL is not set: under CI=true the serve run must not be skipped')
