@@ -23,6 +23,10 @@ import (
 // directly: verify and export.
 func addAuditOps(audit *cobra.Command) {
 	var vsrc auditSource
+	var (
+		file        string
+		anchorFlags []string
+	)
 	verify := &cobra.Command{
 		Use:   "verify",
 		Short: "Walk the audit hash chain; exit 1 naming the first broken seq",
@@ -30,25 +34,39 @@ func addAuditOps(audit *cobra.Command) {
 It needs read access to the audit tables only: --database-url (or ERRAND_DATABASE_URL)
 with a login role granted the auditor role (errand db roles) is enough, without the rest
 of the serve configuration and never with system_secret; --config reads database_url
-from errand.yaml instead.`,
+from errand.yaml instead. --file verifies a whole export (audit export --format jsonl)
+offline, with no database; --anchor seq:hash, against either, fails unless the chain holds
+that event with that hash (docs/audit-chain.md).`,
 		Example: `  errand audit verify --database-url "postgres://auditor@db/errand?sslmode=verify-full"
-  errand audit verify --config errand.yaml`,
+  errand audit verify --config errand.yaml
+  errand audit verify --file audit.jsonl --anchor 1200:5f0c…e9`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			anchors, err := parseAnchors(anchorFlags)
+			if err != nil {
+				return err
+			}
+			if file != "" {
+				return verifyFileCmd(cmd, file, anchors)
+			}
 			st, err := vsrc.open(cmd)
 			if err != nil {
 				return err
 			}
 			defer st.Close()
-			n, seq, hash, err := verifyChain(cmd.Context(), st)
+			n, seq, hash, err := verifyChain(cmd.Context(), st, anchors...)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "audit chain intact: %d events, head seq %d, hash %s\n", n, seq, hash)
+			printAnchors(cmd, anchors)
 			return nil
 		},
 	}
 	vsrc.register(verify)
+	verify.Flags().StringVar(&file, "file", "", "verify this export (errand audit export --format jsonl) offline, without a database")
+	verify.Flags().StringArrayVar(&anchorFlags, "anchor", nil,
+		"seq:hash of an event kept from an earlier verify; the chain must hold it (repeatable)")
 
 	var (
 		esrc         auditSource
@@ -139,12 +157,12 @@ func openFromConfig(ctx context.Context, path string) (backend, error) {
 // appended by Errand always moves the head in the same transaction, so a
 // row beyond it was written around Errand. Events appended while it runs
 // are left for the next run, so a busy database never fails it.
-func verifyChain(ctx context.Context, st broker.Reader) (int64, int64, string, error) {
+func verifyChain(ctx context.Context, st broker.Reader, anchors ...broker.Anchor) (int64, int64, string, error) {
 	headSeq, headHash, err := st.AuditHead(ctx)
 	if err != nil {
 		return 0, 0, "", err
 	}
-	v := broker.NewChainVerifier()
+	v := broker.NewChainVerifier(anchors...)
 	var after int64
 	for after < headSeq {
 		evs, err := st.AuditEvents(ctx, broker.HistoryFilter{AfterSeq: after, Limit: 5000})
@@ -213,7 +231,8 @@ func exportEvents(ctx context.Context, st broker.Reader, f broker.HistoryFilter,
 					e.Actor.Kind, e.Actor.Issuer, e.Actor.Subject, e.TaskID, string(e.Detail), e.Hash})
 			} else {
 				err = enc.Encode(map[string]any{"seq": e.Seq, "time": e.Time.Format(time.RFC3339Nano), "type": e.Type,
-					"actor": e.Actor, "task_id": e.TaskID, "detail": json.RawMessage(e.Detail), "hash": e.Hash})
+					"actor": e.Actor, "task_id": e.TaskID, "detail": json.RawMessage(e.Detail), "hash": e.Hash,
+					"hash_scheme": e.HashScheme})
 			}
 			if err != nil {
 				return err
