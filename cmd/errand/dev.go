@@ -89,6 +89,7 @@ about at start.`,
 		},
 	}
 	token.Flags().StringVar(&kind, "kind", "agent", "agent, user or resource")
+	_ = token.RegisterFlagCompletionFunc("kind", cobra.FixedCompletions([]string{"agent", "user", "resource"}, cobra.ShellCompDirectiveNoFileComp))
 	token.Flags().StringVar(&sub, "sub", "", "the principal's name")
 	token.Flags().StringArrayVar(&groups, "group", nil, "a group of a user (repeat), e.g. eng or auditors")
 	_ = token.MarkFlagRequired("sub")

@@ -215,6 +215,7 @@ func TestCompletion(t *testing.T) {
 		{[]string{"approval", "list", "--status", ""}, approvalStatuses},
 		{[]string{"task", "list", "-o", ""}, outputFormats},
 		{[]string{"audit", "export", "--format", ""}, []string{"jsonl", "csv"}},
+		{[]string{"dev", "token", "--kind", ""}, []string{"agent", "user", "resource"}},
 	} {
 		out := complete(c.args...)
 		for _, w := range c.want {
