@@ -470,3 +470,73 @@ func TestDesignRefusalsMatchTheContract(t *testing.T) {
 		}
 	}
 }
+
+// TestREADMECurlWalkthrough runs README's curl walkthrough (the block
+// marked "sh curl-walkthrough") against a fresh errand dev, with the dev
+// identity provider's tokens in $AGENT, $ALICE (group eng), $RS and
+// $AUDITOR and the dev server's URL in place of 127.0.0.1:8080, and checks
+// that every literal "key":value of its "# →" lines (values holding "…"
+// aside) is in what the commands printed.
+func TestREADMECurlWalkthrough(t *testing.T) {
+	for _, tool := range []string{"bash", "curl", "jq"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed", tool)
+		}
+	}
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var block string
+	for _, b := range fencedBlocks(string(raw)) {
+		if b.info == "sh curl-walkthrough" {
+			block = b.body
+		}
+	}
+	if block == "" {
+		t.Fatal(`README.md has no "sh curl-walkthrough" block`)
+	}
+	bin := errandBinary(t)
+	dir := t.TempDir()
+	server := startDevBinary(t, bin, dir, nil)
+	token := func(args ...string) string {
+		cmd := exec.Command(bin, append([]string{"dev", "token", "--server", server}, args...)...)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("errand dev token %v: %v", args, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir,
+		"AGENT=" + token("--kind", "agent", "--sub", "agent-1"),
+		"ALICE=" + token("--kind", "user", "--sub", "alice", "--group", "eng"),
+		"RS=" + token("--kind", "resource", "--sub", "api-gateway"),
+		"AUDITOR=" + token("--kind", "user", "--sub", "carol", "--group", "auditors")}
+	script := "set -eu -o pipefail\n" + strings.ReplaceAll(block, "http://127.0.0.1:8080", server) +
+		"\necho\necho \"TASK=$TASK\"\n"
+	cmd := exec.Command("bash", "--noprofile", "--norc")
+	cmd.Dir, cmd.Env, cmd.Stdin = dir, env, strings.NewReader(script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the walkthrough failed: %v\n%s", err, out)
+	}
+	if !regexp.MustCompile(`(?m)^TASK=tsk_[a-z2-7]+$`).Match(out) {
+		t.Fatalf("$TASK was not captured:\n%s", out)
+	}
+	pair := regexp.MustCompile(`"([a-z_]+)":("[^"…]*"|true|false|-?\d+)[,}\]]`)
+	checked := 0
+	for _, l := range strings.Split(block, "\n") {
+		if !strings.HasPrefix(l, "# → ") {
+			continue
+		}
+		for _, m := range pair.FindAllStringSubmatch(l, -1) {
+			if want := `"` + m[1] + `":` + m[2]; !strings.Contains(string(out), want) {
+				t.Errorf("README shows %s (%q); the answers hold no %s:\n%s", want, l, want, out)
+			}
+			checked++
+		}
+	}
+	if checked < 10 {
+		t.Fatalf("only %d values checked: the walkthrough's # → lines lost their values", checked)
+	}
+}
