@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/internal/testvault"
 )
 
 // execIn is execCLI with stdin.
@@ -236,4 +238,57 @@ func dropRole(t *testing.T, u, role string) {
 	defer conn.Close(context.Background())
 	conn.Exec(context.Background(), "DROP OWNED BY "+role)
 	conn.Exec(context.Background(), "DROP ROLE "+role)
+}
+
+// TestSecretGetIssuesAVaultSecret: errand secret get hands the task's
+// agent a Vault dynamic secret (its data and lease, -o json for scripts)
+// through serve wired to a real Vault; another agent is refused.
+func TestSecretGetIssuesAVaultSecret(t *testing.T) {
+	v := testvault.Shared(t)
+	cfg, agents, users, _ := loadServeConfig(t)
+	cfg.Actions = append(cfg.Actions, config.Action{Name: "db.orders.read", Class: "read", Risk: "low"})
+	cfg.Grants = append(cfg.Grants, config.Grant{Group: "engineers", Scopes: []string{"db.orders.read:database/creds/**"}})
+	tokenFile := filepath.Join(t.TempDir(), "vault-token")
+	if err := os.WriteFile(tokenFile, []byte(v.ErrandToken(t)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Vault = &config.Vault{Address: v.Addr, Auth: config.VaultAuth{Method: "token", TokenFile: tokenFile},
+		Roles: []config.VaultRole{{Name: "task-ro", Action: "db.orders.read", Path: "database/creds/task-ro"}}}
+	addr, _ := startServe(t, cfg, nil)
+	server := "http://" + addr
+	agent := agents.Token(t, "ci-bot", "errand", nil)
+	alice := users.Token(t, "alice", "errand", map[string]any{"groups": []string{"engineers"}})
+	run := func(args ...string) (string, string, int) {
+		return execCLI(context.Background(), append(args, "--server", server)...)
+	}
+	task, errOut, code := run("task", "create", "-q", "--token", agent, "--on-behalf-of", "alice", "--goal", "read orders",
+		"--scope", "db.orders.read:database/creds/task-ro", "--audience", "https://api.github.com")
+	task = strings.TrimSpace(task)
+	if code != 0 {
+		t.Fatalf("task create: %s", errOut)
+	}
+	if _, errOut, code := run("task", "approve", task, "--token", alice); code != 0 {
+		t.Fatalf("approve: %s", errOut)
+	}
+
+	out, errOut, code := run("secret", "get", task, "--role", "task-ro", "--token", agent)
+	if code != 0 || !regexp.MustCompile(`lease_id\s+database/creds/task-ro/`).MatchString(out) ||
+		!regexp.MustCompile(`data\.username\s+v-`).MatchString(out) || !strings.Contains(out, "data.password") {
+		t.Fatalf("secret get: exit %d %s\n%s", code, errOut, out)
+	}
+	out, errOut, code = run("secret", "get", task, "--role", "task-ro", "--token", agent, "-o", "json")
+	var sec struct {
+		LeaseID string            `json:"lease_id"`
+		Data    map[string]string `json:"data"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &sec) != nil || sec.Data["password"] == "" || !strings.HasPrefix(sec.LeaseID, "database/creds/task-ro/") {
+		t.Fatalf("secret get -o json: exit %d %s\n%s", code, errOut, out)
+	}
+	other := agents.Token(t, "other-bot", "errand", nil)
+	if _, errOut, code := run("secret", "get", task, "--role", "task-ro", "--token", other); code == 0 || code == exitUsage || code == exitFailure {
+		t.Fatalf("another agent's secret get: exit %d %s", code, errOut)
+	}
+	if _, errOut, code := run("secret", "get", task, "--token", agent); code != exitUsage {
+		t.Fatalf("without --role: exit %d %s", code, errOut)
+	}
 }

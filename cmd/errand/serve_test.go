@@ -21,10 +21,15 @@ import (
 	"github.com/errandhq/errand/config"
 	"github.com/errandhq/errand/internal/testoidc"
 	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testvault"
 	"github.com/errandhq/errand/migrations"
 )
 
-func TestMain(m *testing.M) { os.Exit(testpg.Run(m)) }
+func TestMain(m *testing.M) {
+	code := testpg.Run(m)
+	testvault.Stop() // the tests that need Vault share one, started by the first
+	os.Exit(code)
+}
 
 func writeConfig(t *testing.T, dbURL string, agents, users, resources *testoidc.Issuer) string {
 	t.Helper()

@@ -23,7 +23,6 @@ import (
 // exactly README's policy, running the reconciler (its metric is served).
 func TestH01ServeChecksEveryVaultCapability(t *testing.T) {
 	v := testvault.Shared(t)
-	t.Cleanup(testvault.Stop) // the only test of this binary that starts Vault
 	cfg, _, _, _ := loadServeConfig(t)
 	cfg.Actions = append(cfg.Actions, config.Action{Name: "db.orders.read", Class: "read", Risk: "low"})
 	tokenFile := filepath.Join(t.TempDir(), "vault-token")
