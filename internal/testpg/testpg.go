@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/errandhq/errand/internal/testskip"
 	"github.com/errandhq/errand/store/postgres"
 )
 
@@ -31,10 +32,12 @@ var (
 	setupErr error
 )
 
-// Run is for TestMain: it runs the package's tests and drops the database
-// they created, if any.
+// Run is for TestMain: it runs the package's tests, drops the database
+// they created, if any, and says how many skipped for want of PostgreSQL
+// or Vault (testskip), even without -v.
 func Run(m *testing.M) int {
 	code := m.Run()
+	defer testskip.Report()
 	mu.Lock()
 	defer mu.Unlock()
 	if dbName != "" {
@@ -76,7 +79,7 @@ func URL(t testing.TB) string {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("%s is not set and CI=true: PostgreSQL is required", EnvURL)
 		}
-		t.Skipf("%s is not set; skipping a test that needs PostgreSQL (e.g. %s=postgres://postgres@127.0.0.1:5432/postgres)", EnvURL, EnvURL)
+		testskip.Skip(t, "PostgreSQL", fmt.Sprintf("%s is not set (e.g. %s=postgres://postgres@127.0.0.1:5432/postgres)", EnvURL, EnvURL))
 	}
 	mu.Lock()
 	defer mu.Unlock()

@@ -26,6 +26,7 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 
+	"github.com/errandhq/errand/internal/testskip"
 	"github.com/errandhq/errand/issuer/vault"
 )
 
@@ -75,7 +76,7 @@ func Shared(t testing.TB) *Env {
 		if os.Getenv("CI") == "true" {
 			t.Fatal(msg)
 		}
-		t.Skip(msg)
+		testskip.Skip(t, "Vault", msg)
 	}
 	once.Do(func() { shared, errEnv = start(bin) })
 	if errEnv != nil {
@@ -84,8 +85,10 @@ func Shared(t testing.TB) *Env {
 	return shared
 }
 
-// Stop ends the shared environment; call it from TestMain.
+// Stop ends the shared environment and says how many tests skipped for
+// want of Vault (testskip), even without -v; call it from TestMain.
 func Stop() {
+	defer testskip.Report()
 	if shared != nil {
 		shared.stop()
 	}
