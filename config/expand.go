@@ -153,7 +153,7 @@ func joinProblems(probs []problem, validation error) error {
 			}
 			seen := false
 			for _, p := range probs {
-				seen = seen || p.path != "" && related(p.path, key)
+				seen = seen || sameProblem(p.path, key, l)
 			}
 			if !seen {
 				errs = append(errs, errors.New(l))
@@ -161,6 +161,27 @@ func joinProblems(probs []problem, validation error) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// sameProblem reports whether the validation problem line, about key, is
+// the decoding problem at path seen again: key is path or within it, or
+// key holds path and line names the part of path below key ("issuers[1]:
+// url and audience are required" after issuers[1].url's variable was
+// unset), not a sibling of it.
+func sameProblem(path, key, line string) bool {
+	if path == "" || !related(path, key) {
+		return false
+	}
+	if len(key) >= len(path) {
+		return true
+	}
+	below := strings.TrimLeft(path[len(key):], ".")
+	if strings.HasPrefix(below, "[") {
+		return true // an entry of a list the problem is about
+	}
+	below, _, _ = strings.Cut(below, "[")
+	below, _, _ = strings.Cut(below, ".")
+	return strings.Contains(line, below)
 }
 
 // expandValues replaces the references in every scalar value under n,

@@ -124,3 +124,16 @@ func TestEffectiveConfigHasTheDefaults(t *testing.T) {
 		t.Fatalf("set values replaced by defaults: %v %v", c.Issuers[0], err)
 	}
 }
+
+// TestASiblingsProblemIsNotHidden: a validation problem about a mapping
+// is left out only when it is about the very key decoding found wrong; a
+// bad limits.step_up_ttl does not hide that token_ttl_max is under 1s.
+func TestASiblingsProblemIsNotHidden(t *testing.T) {
+	raw := strings.Replace(valid, "limits: {token_ttl_max: 5m, task_ttl_max: 8h}",
+		"limits:\n  token_ttl_max: 500ms\n  step_up_ttl: soon", 1)
+	_, err := Parse([]byte(raw), goodEnv)
+	if err == nil || !strings.Contains(err.Error(), "limits.step_up_ttl (line 29)") ||
+		!strings.Contains(err.Error(), "config: limits: token_ttl_max and task_ttl_max must be at least 1s") {
+		t.Fatalf("err = %v", err)
+	}
+}
