@@ -6,12 +6,11 @@ trust Errand's own code. docs/audit-chain.md defines what it checks.
     python3 scripts/verify-audit-chain.py audit.jsonl [--anchor SEQ:HASH ...]
 
 Every line is an event; its hash must be SHA-256 of the previous event's
-hash (64 zeros before the first), a newline, and the RFC 8785 (JCS) form of
-the line's object without "hash". Events of the old scheme (hash_scheme 1,
-Go's encoding/json form, written before JCS) cannot be recomputed here:
-they are counted and reported, their hashes taken as the next event's
-link, and they make the script fail unless --trust-legacy is given (or use
-errand audit verify --file, which recomputes them).
+hash (64 zeros before the first), a newline, and the event's canonical form:
+for hash_scheme 2, the RFC 8785 (JCS) form of the line's object without
+"hash"; for hash_scheme 1 (events written before JCS; also a line without
+hash_scheme), the line's own member texts, as Go's encoder wrote them, in
+the old fixed order. A chain never goes back from scheme 2 to 1.
 Exit 0 if the chain holds, 1 naming the first broken seq, 2 on bad usage.
 """
 import hashlib
@@ -66,6 +65,24 @@ def jcs(v):
     raise ValueError("not a JSON value")
 
 
+OLD_ORDER = ("seq", "time", "type", "actor", "task_id", "detail")
+
+
+def old_canon(line):
+    """Scheme 1: the line's member texts (the export writes them as Go's
+    encoder wrote them into the hash) in the old order, without hash_scheme."""
+    dec, s, raw, i = json.JSONDecoder(), line.strip(), {}, 1
+    while s[i] != "}":
+        k, i = dec.raw_decode(s, i)
+        if s[i] != ":":
+            raise ValueError("not compact JSON")
+        _, j = dec.raw_decode(s, i + 1)
+        raw[k], i = s[i + 1:j], j + (s[j] == ",")
+    if set(raw) - {"hash", "hash_scheme"} != set(OLD_ORDER):
+        raise ValueError("not an event's members")
+    return "{" + ",".join('"%s":%s' % (k, raw[k]) for k in OLD_ORDER) + "}"
+
+
 def no_duplicates(pairs):
     obj = dict(pairs)
     if len(obj) != len(pairs):
@@ -74,15 +91,13 @@ def no_duplicates(pairs):
 
 
 def main(argv):
-    args, anchors, trust_legacy = argv[1:], {}, False
+    args, anchors = argv[1:], {}
     path = None
     while args:
         a = args.pop(0)
         if a == "--anchor" and args:
             seq, _, h = args.pop(0).partition(":")
             anchors[int(seq)] = h
-        elif a == "--trust-legacy":
-            trust_legacy = True
         elif path is None:
             path = a
         else:
@@ -91,7 +106,7 @@ def main(argv):
     if path is None:
         print(__doc__, file=sys.stderr)
         return 2
-    prev, want_seq, legacy = GENESIS, 1, 0
+    prev, want_seq, last_scheme, old = GENESIS, 1, 0, 0
 
     def broken(seq, why):
         print("audit chain broken at seq %d: %s" % (seq, why))
@@ -110,28 +125,23 @@ def main(argv):
                 return broken(want_seq, "line is not an exported event: %s" % e)
             if seq != want_seq:
                 return broken(min(seq, want_seq), "expected seq %d, found %d" % (want_seq, seq))
-            if ev.get("hash_scheme", 1) == 2:
-                try:
-                    canon = jcs(ev)
-                except ValueError as e:
-                    return broken(seq, str(e))
-                if hashlib.sha256((prev + "\n" + canon).encode("utf-8")).hexdigest() != got:
-                    return broken(seq, "content or order does not match its hash")
-            elif ev.get("hash_scheme", 1) == 1 and legacy == want_seq - 1:
-                legacy += 1  # old scheme, only before any JCS event
-            else:
-                return broken(seq, "unexpected hash_scheme %r" % ev.get("hash_scheme"))
+            scheme = ev.get("hash_scheme", 1)
+            if scheme not in (1, 2) or type(scheme) is not int or scheme < last_scheme:
+                return broken(seq, "hash_scheme %r after %d" % (scheme, last_scheme))
+            try:
+                canon = jcs(ev) if scheme == 2 else old_canon(line)
+            except (ValueError, IndexError) as e:
+                return broken(seq, "not canonicalisable: %s" % e)
+            if hashlib.sha256((prev + "\n" + canon).encode("utf-8")).hexdigest() != got:
+                return broken(seq, "content or order does not match its hash")
+            old += scheme == 1
             if seq in anchors and anchors[seq] != got:
                 return broken(seq, "the anchor says hash %s, the chain has %s" % (anchors[seq], got))
-            prev, want_seq = got, want_seq + 1
+            prev, want_seq, last_scheme = got, want_seq + 1, scheme
     for seq in anchors:
         if seq >= want_seq:
             return broken(seq, "the chain ends at seq %d, before the anchor" % (want_seq - 1))
-    if legacy and not trust_legacy:
-        return broken(1, "%d events of the old scheme (hash_scheme 1) cannot be recomputed here; "
-                         "verify them with errand audit verify --file, then pass --trust-legacy" % legacy)
-    print("audit chain intact: %d events (%d of the old scheme taken on trust), head seq %d, hash %s"
-          % (want_seq - 1, legacy, want_seq - 1, prev))
+    print("audit chain intact: %d events (%d of scheme 1), head seq %d, hash %s" % (want_seq - 1, old, want_seq - 1, prev))
     return 0
 
 

@@ -154,7 +154,7 @@ func TestAuditExportVerifiesInPython(t *testing.T) {
 				t.Fatalf("export: %d lines, second %s", len(lines), lines[1])
 			}
 			out, code := pythonVerify(t, file)
-			if code != 0 || !strings.Contains(out, "audit chain intact: 10 events (0 of the old scheme taken on trust), head seq 10") {
+			if code != 0 || !strings.Contains(out, "audit chain intact: 10 events (0 of scheme 1), head seq 10") {
 				t.Fatalf("python verifier on the export: exit %d\n%s", code, out)
 			}
 			if out, err := runErrand(t, "audit", "verify", "--file", file); err != nil || !strings.Contains(out, "audit chain intact: 10 events, head seq 10") {
@@ -253,9 +253,8 @@ func TestAuditVerifyAnchors(t *testing.T) {
 // before JCS (migrated to 00014, its events hashed with the old scheme and
 // inserted as that errand inserted them) is migrated; the old events read
 // back as scheme 1 and new ones are appended as scheme 2 onto the same
-// chain, which verifies in the database and in an export; an old event
-// edited still fails; the Python verifier, which cannot recompute the old
-// scheme, says so unless told to take those events on trust.
+// chain, which verifies in the database and in an export, in Go and in
+// Python; an old event edited, or a new one passed off as old, fails.
 func TestAuditVerifyKeepsOldSchemeChains(t *testing.T) {
 	ctx := context.Background()
 	url := testpg.NewDatabase(t)
@@ -308,15 +307,28 @@ func TestAuditVerifyKeepsOldSchemeChains(t *testing.T) {
 	if out, err := runErrand(t, "audit", "verify", "--file", file); err != nil || !strings.Contains(out, "audit chain intact: 5 events") {
 		t.Fatalf("verify --file across the schemes: %q %v", out, err)
 	}
-	if out, code := pythonVerify(t, file); code != 1 || !strings.Contains(out, "3 events of the old scheme") {
-		t.Fatalf("python verifier without --trust-legacy: exit %d\n%s", code, out)
+	if out, code := pythonVerify(t, file); code != 0 || !strings.Contains(out, "audit chain intact: 5 events (3 of scheme 1), head seq 5") {
+		t.Fatalf("python verifier across the schemes: exit %d\n%s", code, out)
 	}
-	if out, code := pythonVerify(t, file, "--trust-legacy"); code != 0 || !strings.Contains(out, "5 events (3 of the old scheme taken on trust)") {
-		t.Fatalf("python verifier with --trust-legacy: exit %d\n%s", code, out)
-	}
-	lines[1] = strings.Replace(lines[1], "emoji", "emojı", 1)
-	if _, err := runErrand(t, "audit", "verify", "--file", writeLines(t, lines)); err == nil || !strings.Contains(err.Error(), "broken at seq 2:") {
-		t.Fatalf("old-scheme event edited in a file: %v", err)
+	for _, c := range []struct {
+		name, seq string
+		edit      func([]string)
+	}{
+		{"old-scheme event edited", "seq 2", func(l []string) { l[1] = strings.Replace(l[1], "emoji", "emojı", 1) }},
+		{"new event passed off as old", "seq 4", func(l []string) { l[3] = strings.Replace(l[3], `"hash_scheme":2`, `"hash_scheme":1`, 1) }},
+	} {
+		edited := append([]string(nil), lines...)
+		c.edit(edited)
+		if strings.Join(edited, "\n") == strings.Join(lines, "\n") {
+			t.Fatalf("%s: the edit changed nothing", c.name)
+		}
+		p := writeLines(t, edited)
+		if _, err := runErrand(t, "audit", "verify", "--file", p); err == nil || !strings.Contains(err.Error(), "broken at "+c.seq+":") {
+			t.Fatalf("%s, verify --file: %v", c.name, err)
+		}
+		if out, code := pythonVerify(t, p); code != 1 || !strings.Contains(out, "broken at "+c.seq+":") {
+			t.Fatalf("%s, python verifier: exit %d\n%s", c.name, code, out)
+		}
 	}
 	tamper(t, url, `UPDATE audit_events SET actor_sub = 'agent-u' WHERE seq = 1`)
 	if _, err := runErrand(t, "audit", "verify", "--config", cfg); err == nil || !strings.Contains(err.Error(), "broken at seq 1:") {
