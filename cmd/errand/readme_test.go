@@ -226,8 +226,10 @@ func runTranscript(t *testing.T, bin, dir, server string, steps []step) ([][]str
 // shape (ids, tokens, times and the port aside), differs from README's.
 // ERRAND_README_SHOW=1 logs what each command printed.
 func TestREADMEWalkthroughs(t *testing.T) {
-	if _, err := exec.LookPath("bash"); err != nil {
-		t.Skip("bash is not installed")
+	for _, tool := range []string{"bash", "jq"} { // README's walkthroughs use jq
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed", tool)
+		}
 	}
 	raw, err := os.ReadFile("../../README.md")
 	if err != nil {
