@@ -54,6 +54,13 @@ func TestHealthcheckProbesAServersReadyz(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// The pending counts come from SQLite here (PostgreSQL in
+	// TestMetricsForDashboardsAndAlerts); a failed query leaves them out.
+	if s, _ := scrape(t, base); s["errand_tasks_pending"] != 0 || s["errand_step_ups_pending"] != 0 {
+		t.Errorf("pending counts on SQLite: %v", s)
+	} else if _, names := scrape(t, base); !names["errand_tasks_pending"] || !names["errand_step_ups_pending"] {
+		t.Error("errand_tasks_pending or errand_step_ups_pending missing on SQLite")
+	}
 	if _, err := runCLIErr("healthcheck", "--url", base+"/no-such-prefix"); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("healthcheck of a URL whose /readyz is 404: %v, want a failure naming 404", err)
 	}
