@@ -226,8 +226,8 @@ func TestAuditVerifyAnchors(t *testing.T) {
 				!strings.Contains(err.Error(), "audit chain broken at seq 9: the chain ends at seq 8, before the anchor") {
 				t.Fatalf("anchor beyond the chain: %v", err)
 			}
-			if _, err := runErrand(t, append(args, "--anchor", "3-"+evs[2].Hash)...); err == nil || !strings.Contains(err.Error(), "--anchor") {
-				t.Fatalf("malformed anchor: %v", err)
+			if _, err := runErrand(t, append(args, "--anchor", "3-"+evs[2].Hash)...); err == nil || !strings.Contains(err.Error(), "--anchor") || exitCode(err) != 2 {
+				t.Fatalf("malformed anchor: %v, want a usage error (exit 2)", err)
 			}
 		})
 	}
@@ -244,8 +244,11 @@ func TestAuditVerifyAnchors(t *testing.T) {
 	if out, code := pythonVerify(t, cut, "--anchor", "8:"+evs[7].Hash); code != 1 || !strings.Contains(out, "before the anchor") {
 		t.Fatalf("python verifier, anchor beyond a cut file: exit %d\n%s", code, out)
 	}
-	if _, err := runErrand(t, "audit", "verify", "--file", file, "--config", cfg); err == nil || !strings.Contains(err.Error(), "--file and --config") {
-		t.Fatalf("--file with --config: %v", err)
+	if _, err := runErrand(t, "audit", "verify", "--file", file, "--config", cfg); err == nil || !strings.Contains(err.Error(), "--file and --config") || exitCode(err) != 2 {
+		t.Fatalf("--file with --config: %v, want a usage error (exit 2)", err)
+	}
+	if _, err := runErrand(t, "audit", "verify", "--file", file, "--anchor", wrong); exitCode(err) != 1 {
+		t.Fatalf("wrong anchor: exit %d, want 1 (a failed check)", exitCode(err))
 	}
 }
 

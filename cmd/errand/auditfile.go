@@ -34,7 +34,7 @@ func parseAnchors(ss []string) ([]broker.Anchor, error) {
 	for _, s := range ss {
 		a, err := broker.ParseAnchor(s)
 		if err != nil {
-			return nil, fmt.Errorf("--anchor: %w", err)
+			return nil, usageErrorf("--anchor: %v", err)
 		}
 		out = append(out, a)
 	}
@@ -46,7 +46,7 @@ func parseAnchors(ss []string) ([]broker.Anchor, error) {
 func verifyFileCmd(cmd *cobra.Command, path string, anchors []broker.Anchor) error {
 	for _, f := range []string{"config", "database-url"} {
 		if cmd.Flags().Changed(f) {
-			return fmt.Errorf("--file and --%s: give one (--file verifies an export without a database)", f)
+			return usageErrorf("--file and --%s: give one (--file verifies an export without a database)", f)
 		}
 	}
 	f, err := os.Open(path)
