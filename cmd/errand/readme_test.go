@@ -228,7 +228,7 @@ func runTranscript(t *testing.T, bin, dir, server string, steps []step) ([][]str
 func TestREADMEWalkthroughs(t *testing.T) {
 	for _, tool := range []string{"bash", "jq"} { // README's walkthroughs use jq
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed", tool)
+			needTool(t, tool)
 		}
 	}
 	raw, err := os.ReadFile("../../README.md")
@@ -482,7 +482,7 @@ func TestDesignRefusalsMatchTheContract(t *testing.T) {
 func TestREADMECurlWalkthrough(t *testing.T) {
 	for _, tool := range []string{"bash", "curl", "jq"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed", tool)
+			needTool(t, tool)
 		}
 	}
 	raw, err := os.ReadFile("../../README.md")
@@ -541,4 +541,14 @@ func TestREADMECurlWalkthrough(t *testing.T) {
 	if checked < 10 {
 		t.Fatalf("only %d values checked: the walkthrough's # → lines lost their values", checked)
 	}
+}
+
+// needTool skips a test whose tool is missing, except under CI=true,
+// where README's walkthroughs must run: a missing tool fails.
+func needTool(t *testing.T, tool string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s is not installed (CI=true: README's walkthroughs must run)", tool)
+	}
+	t.Skipf("%s is not installed", tool)
 }
