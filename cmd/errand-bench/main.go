@@ -78,7 +78,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.errand, "errand", "errand", "the errand binary to start")
 	flag.StringVar(&o.dbURL, "database-url", os.Getenv("ERRAND_BENCH_DATABASE_URL"), "a PostgreSQL server URL; a fresh database is created on it")
-	flag.StringVar(&o.scenario, "scenario", "mint", "mint, introspect, evaluate, close, mixed, rotate or floor (comma-separated)")
+	flag.StringVar(&o.scenario, "scenario", "mint", "mint, exchange, introspect, evaluate, close, mixed, rotate or floor (comma-separated)")
 	flag.IntVar(&o.concurrency, "c", 32, "concurrent clients")
 	flag.DurationVar(&o.duration, "d", 10*time.Second, "measured duration (mint, introspect, evaluate, mixed, floor)")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured warm-up before the measured run")
@@ -179,6 +179,7 @@ func run(o options) error {
 // by --against.
 var loopOps = map[string]func(*bench, int) error{
 	"mint":       (*bench).mintOp,
+	"exchange":   (*bench).exchangeOp,
 	"introspect": (*bench).introspectOp,
 	"evaluate":   (*bench).evaluateOp,
 	"mixed":      (*bench).mixedOp,
@@ -526,6 +527,21 @@ func (b *bench) callAt(base, method, path, token string, body any, want int, out
 func (b *bench) mintOp(w int) error {
 	k := w % len(b.tasks)
 	return b.call("POST", "/v1/tasks/"+b.tasks[k]+"/tokens", b.agents[k], mintBody, 201, nil)
+}
+
+// exchangeOp mints the same token as mintOp through the OAuth front
+// door: an RFC 8693 token exchange naming the task in errand_task
+// authorization details, the agent's ID token as subject and client.
+func (b *bench) exchangeOp(w int) error {
+	k := w % len(b.tasks)
+	return b.call("POST", "/oauth/token", b.agents[k], url.Values{
+		"grant_type":            {"urn:ietf:params:oauth:grant-type:token-exchange"},
+		"subject_token":         {b.agents[k]},
+		"subject_token_type":    {"urn:ietf:params:oauth:token-type:id_token"},
+		"authorization_details": {`[{"type":"errand_task","task_id":"` + b.tasks[k] + `"}]`},
+		"scope":                 {"repo.read:acme/api"},
+		"resource":              {audience},
+	}, 200, nil)
 }
 
 func (b *bench) nextToken() string {
