@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -15,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -33,14 +35,20 @@ const DefaultWindow = 60 * time.Second
 // DefaultAlgorithms are the signature algorithms accepted by default:
 // asymmetric only (RFC 9449 §4.2: "MUST NOT be none or an identifier for
 // a symmetric algorithm").
-var DefaultAlgorithms = []string{"ES256", "EdDSA", "RS256", "PS256"}
+var DefaultAlgorithms = []string{"ES256", "EdDSA", "Ed25519", "RS256", "PS256"}
 
 // supported are the algorithms a Config may allow, each with the key it
 // needs.
 var supported = map[string]jose.SignatureAlgorithm{
-	"ES256": jose.ES256, "ES384": jose.ES384, "EdDSA": jose.EdDSA,
+	"ES256": jose.ES256, "ES384": jose.ES384, "EdDSA": jose.EdDSA, "Ed25519": algEd25519,
 	"RS256": jose.RS256, "PS256": jose.PS256,
 }
+
+// algEd25519 is RFC 9864's fully-specified name of EdDSA over Ed25519,
+// which current clients (oauth4webapi, openid-client) write in their
+// proofs. go-jose knows only "EdDSA": a proof named Ed25519 is parsed by
+// go-jose and its signature checked here, with an Ed25519 key only.
+const algEd25519 = jose.SignatureAlgorithm("Ed25519")
 
 // ErrInvalidProof is every defect of a proof: it maps to the OAuth error
 // invalid_dpop_proof (RFC 9449 §5, §7.1). The wrapped detail says which.
@@ -217,7 +225,7 @@ func (v *Verifier) Check(proof string, req Request) (Proof, error) {
 	if err := keyFits(jose.SignatureAlgorithm(h.Algorithm), jwk.Key); err != nil {
 		return Proof{}, err
 	}
-	payload, err := jws.Verify(jwk)
+	payload, err := verifySignature(jws, proof, h.Algorithm, jwk)
 	if err != nil {
 		return Proof{}, invalid("the signature does not verify with the jwk header's key")
 	}
@@ -264,6 +272,25 @@ func (v *Verifier) Check(proof string, req Request) (Proof, error) {
 	return Proof{JKT: jkt, JTI: c.JTI, IssuedAt: iat}, nil
 }
 
+// verifySignature checks the proof's one signature with jwk: go-jose's
+// for the algorithms it knows, ed25519.Verify over the compact signing
+// input for RFC 9864's "Ed25519".
+func verifySignature(jws *jose.JSONWebSignature, compact, alg string, jwk *jose.JSONWebKey) ([]byte, error) {
+	if jose.SignatureAlgorithm(alg) != algEd25519 {
+		return jws.Verify(jwk)
+	}
+	pub, ok := jwk.Key.(ed25519.PublicKey)
+	parts := strings.Split(compact, ".")
+	if !ok || len(parts) != 3 {
+		return nil, errors.New("not an Ed25519 key")
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil || !ed25519.Verify(pub, []byte(parts[0]+"."+parts[1]), sig) {
+		return nil, errors.New("bad signature")
+	}
+	return jws.UnsafePayloadWithoutVerification(), nil
+}
+
 // Thumbprint is the RFC 7638 SHA-256 thumbprint of k, base64url without
 // padding, as RFC 9449 §6.1 writes jkt.
 func Thumbprint(k *jose.JSONWebKey) (string, error) {
@@ -286,6 +313,10 @@ func keyFits(alg jose.SignatureAlgorithm, key any) error {
 		}
 		if !ok || k.Curve != want {
 			return invalid("alg %s needs an EC key on %s", alg, want.Params().Name)
+		}
+	case jose.EdDSA, algEd25519:
+		if _, ok := key.(ed25519.PublicKey); !ok {
+			return invalid("alg %s needs an Ed25519 key", alg)
 		}
 	case jose.RS256, jose.PS256:
 		k, ok := key.(*rsa.PublicKey)

@@ -444,3 +444,29 @@ func BenchmarkCheck(b *testing.B) {
 		}
 	}
 }
+
+// TestX05Ed25519FullySpecifiedName: a proof named "Ed25519" (RFC 9864), as
+// oauth4webapi and openid-client sign with an Ed25519 key, verifies; the
+// same name with another key, or with a signature of another key, does not.
+func TestX05Ed25519FullySpecifiedName(t *testing.T) {
+	v, _ := newVerifier(t)
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	header := map[string]any{"typ": TokenType, "alg": "Ed25519", "jwk": publicJWK(t, pub)}
+	proof := rawProof(t, header, goodClaims(), func(in []byte) []byte { return ed25519.Sign(priv, in) })
+	p, err := v.Verify(context.Background(), proof, req())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := KeyThumbprint(priv); p.JKT != want {
+		t.Fatalf("jkt %q, want %q", p.JKT, want)
+	}
+	_, other, _ := ed25519.GenerateKey(rand.Reader)
+	forged := rawProof(t, header, goodClaims(), func(in []byte) []byte { return ed25519.Sign(other, in) })
+	_, err = v.Verify(context.Background(), forged, req())
+	wantInvalid(t, err, "signature")
+	ec := p256(t)
+	wrongKey := rawProof(t, map[string]any{"typ": TokenType, "alg": "Ed25519", "jwk": publicJWK(t, &ec.PublicKey)},
+		goodClaims(), es256(ec))
+	_, err = v.Verify(context.Background(), wrongKey, req())
+	wantInvalid(t, err, "Ed25519 key")
+}

@@ -120,13 +120,13 @@ func TestO06O07Introspection(t *testing.T) {
 		t.Run(name+" may not introspect", func(t *testing.T) {
 			e.t = t
 			before := e.snapshot()
-			e.refused(before, e.introspect(tok, at), 403, "wrong_principal_kind")
+			e.oauthRefused(before, e.introspect(tok, at), 400, "unauthorized_client", "wrong_principal_kind")
 		})
 	}
 	t.Run("no caller", func(t *testing.T) {
 		e.t = t
 		before := e.snapshot()
-		e.refused(before, e.introspect("", at), 401, "invalid_token")
+		e.oauthRefused(before, e.introspect("", at), 401, "invalid_client", "invalid_token")
 	})
 	t.Run("inactive answers are exactly active false", func(t *testing.T) {
 		e.t = t

@@ -257,6 +257,6 @@ func TestO01TaskTokenIsNeverIdentity(t *testing.T) {
 	t.Run("POST /v1/introspect as caller", func(t *testing.T) {
 		e.t = t
 		before := e.snapshot()
-		e.refused(before, e.introspect(at, at), 401, "token_not_accepted")
+		e.oauthRefused(before, e.introspect(at, at), 401, "invalid_client", "token_not_accepted")
 	})
 }

@@ -358,20 +358,30 @@ func taskDetails(raw string, exchange bool) (taskDetail, error) {
 // beginClient is begin for the RFC 7662 and RFC 7009 endpoints, which
 // stock OAuth clients call with a form body: the caller authenticates with
 // the Authorization header, or with an RFC 7523 client assertion in the
-// form (clientAuth). On failure it has answered (and audited) the refusal
-// and returns nil.
+// form (clientAuth). Their refusals are RFC 6749 §5.2 JSON, as stock
+// clients read them (RFC 7662 §2.3, RFC 7009 §2.2.1), with a 401's
+// challenge naming invalid_client. On failure it has answered (and
+// audited) the refusal and returns nil.
 func (s *Server) beginClient(w http.ResponseWriter, r *http.Request) *call {
+	c := &call{s: s, w: w, r: r, oauth: true}
 	if !isForm(r) {
-		return s.begin(w, r)
+		c.fail(&statusError{status: http.StatusUnsupportedMediaType,
+			err: broker.Errorf(broker.ErrInvalidRequest, "Content-Type must be application/x-www-form-urlencoded")})
+		return nil
 	}
-	c := &call{s: s, w: w, r: r}
 	if r.Header.Get("Authorization") != "" {
 		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 		if err := r.ParseForm(); err == nil && (r.PostForm.Has("client_assertion") || r.PostForm.Has("client_assertion_type")) {
 			c.fail(broker.Errorf(broker.ErrInvalidRequest, "use one client authentication method"))
 			return nil
 		}
-		return s.begin(w, r)
+		p, err := s.authenticate(r)
+		if err != nil {
+			c.fail(err)
+			return nil
+		}
+		c.p = p
+		return c
 	}
 	form, err := oauthForm(w, r)
 	if err != nil {

@@ -516,14 +516,16 @@ func TestOAuthIntrospectionAndRevocationTakeAClientAssertion(t *testing.T) {
 	}
 
 	before := e.snapshot()
+	// Refusals are RFC 6749 §5.2 JSON, with the invalid_client challenge,
+	// as stock clients read them.
 	r = e.form("/v1/introspect", "", asClient(tok, url.Values{"token": {tok}}))
-	e.refused(before, r, http.StatusUnauthorized, "token_not_accepted")
-	if r.str("error") != "invalid_client" {
-		t.Errorf("problem %s, want error invalid_client", r.Raw)
-	}
+	e.oauthRefused(before, r, http.StatusUnauthorized, "invalid_client", "token_not_accepted")
 	before = e.snapshot()
 	r = e.form("/v1/introspect", "", asClient(e.agent("bot"), url.Values{"token": {tok}}))
-	e.refused(before, r, http.StatusForbidden, "wrong_principal_kind")
+	e.oauthRefused(before, r, http.StatusBadRequest, "unauthorized_client", "wrong_principal_kind")
+	before = e.snapshot()
+	r = e.form("/v1/revoke", "", asClient(e.resource("gateway"), url.Values{"token": {tok}}))
+	e.oauthRefused(before, r, http.StatusBadRequest, "unauthorized_client", "wrong_principal_kind")
 }
 
 // backchannel posts a CIBA backchannel request as agent.

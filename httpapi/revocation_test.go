@@ -204,7 +204,7 @@ func TestO08RFC7009Revoke(t *testing.T) {
 		t.Fatal("revoking one token ended the task")
 	}
 	before = e.snapshot()
-	e.refused(before, e.revokeToken(rs, a), 403, "wrong_principal_kind")
+	e.oauthRefused(before, e.revokeToken(rs, a), 400, "unauthorized_client", "wrong_principal_kind")
 }
 
 // TestA10KillSwitch: an admin revokes everything of one agent at once and

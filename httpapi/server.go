@@ -263,6 +263,9 @@ type call struct {
 	r    *http.Request
 	p    broker.Principal
 	task string
+	// oauth answers refusals as RFC 6749 §5.2 JSON (the RFC 7662 and
+	// RFC 7009 endpoints, which stock OAuth clients call), not problem+json.
+	oauth bool
 }
 
 // begin authenticates r. On failure it has answered (and audited) the
@@ -279,7 +282,13 @@ func (s *Server) begin(w http.ResponseWriter, r *http.Request) *call {
 }
 
 // fail answers err as problem+json (see Server.fail).
-func (c *call) fail(err error) { c.s.fail(c.w, c.r, c.p, c.task, err) }
+func (c *call) fail(err error) {
+	if c.oauth {
+		c.s.oauthFail(c.w, c.r, c.p, c.task, err)
+		return
+	}
+	c.s.fail(c.w, c.r, c.p, c.task, err)
+}
 
 // body decodes the JSON body into v; on failure it has answered.
 func (c *call) body(v any, emptyOK bool) bool {
