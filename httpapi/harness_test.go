@@ -445,6 +445,15 @@ func (e *env) refused(before snapshot, r resp, status int, code string) {
 			e.t.Errorf("problem has no %s: %s", k, r.Raw)
 		}
 	}
+	e.refusalRecorded(before, code, code != "invalid_token" && code != "token_not_accepted")
+}
+
+// refusalRecorded asserts what every refusal leaves: tasks, credentials
+// and step-ups unchanged, and exactly one request.refused event with its
+// code — chained at once for a caller who proved who it is (identified),
+// else counted and chained only as its source's summary at the next flush.
+func (e *env) refusalRecorded(before snapshot, code string, identified bool) {
+	e.t.Helper()
 	after := e.snapshot()
 	if after.tasks != before.tasks {
 		e.t.Errorf("a refusal changed the tasks table")
@@ -455,8 +464,7 @@ func (e *env) refused(before snapshot, r resp, status int, code string) {
 	if after.stepUps != before.stepUps {
 		e.t.Errorf("a refusal changed the step_ups table")
 	}
-	anonymous := code == "invalid_token" || code == "token_not_accepted"
-	if anonymous {
+	if !identified {
 		if after.auditSeq != before.auditSeq {
 			e.t.Fatalf("an unidentified caller's refusal was chained at once (%d events)", after.auditSeq-before.auditSeq)
 		}
@@ -478,10 +486,10 @@ func (e *env) refused(before snapshot, r resp, status int, code string) {
 		Count   int64
 	}
 	_ = json.Unmarshal(evs[0].Detail, &d)
-	if evs[0].Type != broker.EventRequestRefused || d.Code != code {
-		e.t.Fatalf("audit event %s %s, want request.refused %s", evs[0].Type, evs[0].Detail, code)
+	if evs[0].Type != broker.EventRequestRefused || d.Code != code || d.Summary == identified {
+		e.t.Fatalf("audit event %s %s, want request.refused %s (summary: %v)", evs[0].Type, evs[0].Detail, code, !identified)
 	}
-	if anonymous && (!d.Summary || d.Count < 1) {
+	if !identified && d.Count < 1 {
 		e.t.Fatalf("audit event %s, want a summary counting the refusal", evs[0].Detail)
 	}
 }

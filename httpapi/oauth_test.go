@@ -98,34 +98,7 @@ func (e *env) oauthRefusedBy(before snapshot, r resp, status int, oauthErr, code
 	if status == http.StatusUnauthorized && !strings.Contains(r.Header.Get("WWW-Authenticate"), `error="invalid_client"`) {
 		e.t.Errorf("401 without an invalid_client challenge: %q", r.Header.Get("WWW-Authenticate"))
 	}
-	after := e.snapshot()
-	if after.tasks != before.tasks || after.credentials != before.credentials || after.stepUps != before.stepUps {
-		e.t.Errorf("a refusal changed tasks, credentials or step-ups")
-	}
-	if !identified {
-		if after.auditSeq != before.auditSeq {
-			e.t.Fatalf("an unidentified caller's refusal was chained at once (%d events)", after.auditSeq-before.auditSeq)
-		}
-		if err := e.api.FlushRefusalSummaries(context.Background()); err != nil {
-			e.t.Fatal(err)
-		}
-		after = e.snapshot()
-	}
-	if after.auditSeq != before.auditSeq+1 {
-		e.t.Fatalf("audit grew by %d events, want exactly 1", after.auditSeq-before.auditSeq)
-	}
-	evs, err := e.st.AuditEvents(context.Background(), broker.HistoryFilter{AfterSeq: before.auditSeq, Limit: 5})
-	if err != nil || len(evs) != 1 {
-		e.t.Fatalf("audit events: %v %v", evs, err)
-	}
-	var d struct {
-		Code    string
-		Summary bool
-	}
-	_ = json.Unmarshal(evs[0].Detail, &d)
-	if evs[0].Type != broker.EventRequestRefused || d.Code != code || d.Summary == identified {
-		e.t.Fatalf("audit event %s %s, want request.refused %s (summary: %v)", evs[0].Type, evs[0].Detail, code, !identified)
-	}
+	e.refusalRecorded(before, code, identified)
 }
 
 // TestOAuthMetadataAdvertisesWhatWorks: RFC 8414 metadata names every

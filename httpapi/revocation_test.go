@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -333,25 +334,7 @@ func (e *env) openStreamAs(t testing.TB, rsSub, lastEventID string) (<-chan sseE
 	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("stream: %d %s", res.StatusCode, res.Header.Get("Content-Type"))
 	}
-	ch := make(chan sseEvent, 1000)
-	go func() {
-		defer close(ch)
-		defer res.Body.Close()
-		sc := bufio.NewScanner(res.Body)
-		var ev sseEvent
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case strings.HasPrefix(line, "id: "):
-				ev.id = strings.TrimPrefix(line, "id: ")
-			case strings.HasPrefix(line, "data: "):
-				_ = json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev.data)
-			case line == "" && ev.id != "":
-				ch <- ev
-				ev = sseEvent{}
-			}
-		}
-	}()
+	ch := readEvents(res.Body)
 	return ch, cancel
 }
 
@@ -507,4 +490,29 @@ func TestOutboxRetriesUntilConfirmed(t *testing.T) {
 	if n, _ := o.Drain(context.Background()); n != 0 {
 		t.Fatal("a confirmed item was claimed again")
 	}
+}
+
+// readEvents reads a revocation stream's Server-Sent Events until body
+// ends, then closes body and the channel.
+func readEvents(body io.ReadCloser) <-chan sseEvent {
+	ch := make(chan sseEvent, 1000)
+	go func() {
+		defer close(ch)
+		defer body.Close()
+		sc := bufio.NewScanner(body)
+		var ev sseEvent
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.HasPrefix(line, "id: "):
+				ev.id = strings.TrimPrefix(line, "id: ")
+			case strings.HasPrefix(line, "data: "):
+				_ = json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev.data)
+			case line == "" && ev.id != "":
+				ch <- ev
+				ev = sseEvent{}
+			}
+		}
+	}()
+	return ch
 }

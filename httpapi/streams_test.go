@@ -73,25 +73,7 @@ func (e *env) tryStream(rsSub, lastEventID string) (resp, <-chan sseEvent, func(
 		checkContract(e.t, req, nil, res.StatusCode, res.Header, out.Raw)
 		return out, nil, nil
 	}
-	ch := make(chan sseEvent, 1000)
-	go func() {
-		defer close(ch)
-		defer res.Body.Close()
-		sc := bufio.NewScanner(res.Body)
-		var ev sseEvent
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case strings.HasPrefix(line, "id: "):
-				ev.id = strings.TrimPrefix(line, "id: ")
-			case strings.HasPrefix(line, "data: "):
-				_ = json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev.data)
-			case line == "" && ev.id != "":
-				ch <- ev
-				ev = sseEvent{}
-			}
-		}
-	}()
+	ch := readEvents(res.Body)
 	return resp{Status: res.StatusCode, Header: res.Header}, ch, cancel
 }
 

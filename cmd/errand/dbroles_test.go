@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -137,29 +136,7 @@ forbid (principal, action == Action::"github.pr.write", resource);
 
 	do := func(method, path, tok string, body any) (int, map[string]any) {
 		t.Helper()
-		var rd io.Reader
-		ct := "application/json"
-		switch v := body.(type) {
-		case url.Values:
-			rd, ct = strings.NewReader(v.Encode()), "application/x-www-form-urlencoded"
-		case nil:
-		default:
-			raw, _ := json.Marshal(v)
-			rd = bytes.NewReader(raw)
-		}
-		req, _ := http.NewRequest(method, base+path, rd)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		if rd != nil {
-			req.Header.Set("Content-Type", ct)
-		}
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		var m map[string]any
-		_ = json.NewDecoder(res.Body).Decode(&m)
-		return res.StatusCode, m
+		return callStatus(t, base, method, path, tok, body)
 	}
 	must := func(status int, method, path, tok string, body any) map[string]any {
 		t.Helper()

@@ -290,6 +290,16 @@ func TestGracefulShutdownWithAnOpenStream(t *testing.T) {
 // token and decodes the JSON answer; any status of 300 or more fails t.
 func callJSON(t *testing.T, base, method, path, tok string, body any) map[string]any {
 	t.Helper()
+	status, m := callStatus(t, base, method, path, tok, body)
+	if status >= 300 {
+		t.Fatalf("%s %s%s: %d %v", method, base, path, status, m)
+	}
+	return m
+}
+
+// callStatus is callJSON that returns the status instead of failing on it.
+func callStatus(t *testing.T, base, method, path, tok string, body any) (int, map[string]any) {
+	t.Helper()
 	var rd io.Reader
 	ct := "application/json"
 	switch v := body.(type) {
@@ -312,10 +322,7 @@ func callJSON(t *testing.T, base, method, path, tok string, body any) map[string
 	defer res.Body.Close()
 	var m map[string]any
 	_ = json.NewDecoder(res.Body).Decode(&m)
-	if res.StatusCode >= 300 {
-		t.Fatalf("%s %s%s: %d %v", method, base, path, res.StatusCode, m)
-	}
-	return m
+	return res.StatusCode, m
 }
 
 // loadServeConfig writes and loads a config in DESIGN.md's shape for a
