@@ -5,6 +5,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/errandhq/errand/client"
 )
@@ -106,7 +107,7 @@ func printTask(w io.Writer, t client.Task) {
 	scopeLines(w, "scopes", t.Scopes, t.ScopeDetails)
 	scopeLines(w, "approved_scopes", t.ApprovedScopes, t.ScopeDetails)
 	fmt.Fprintf(w, "audiences\t%s\n", audienceList(t))
-	fmt.Fprintf(w, "expires_at\t%s\n", shown(t.ExpiresAt))
+	fmt.Fprintf(w, "expires_at\t%s\n", when(t.ExpiresAt, time.Now()))
 	if t.TTLCapped {
 		fmt.Fprintf(w, "ttl_capped\ttrue (the requested ttl was longer than the maximum)\n")
 	}
@@ -133,7 +134,7 @@ func printApproval(w io.Writer, a client.Approval) {
 	fmt.Fprintf(w, "on_behalf_of\t%s\n", shown(a.OnBehalfOf))
 	scopeLines(w, "scopes", a.Scopes, a.ScopeDetails)
 	fmt.Fprintf(w, "audience\t%s\n", shown(a.Audience))
-	fmt.Fprintf(w, "expires_at\t%s\n", shown(a.ExpiresAt))
+	fmt.Fprintf(w, "expires_at\t%s\n", when(a.ExpiresAt, time.Now()))
 	fmt.Fprintf(w, "policies\t%s\n", shown(orDash(a.Policies)))
 	fmt.Fprintf(w, "reasons\t%s\n", shown(reasons(a)))
 	if a.DenyReason != "" {
