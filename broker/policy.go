@@ -12,6 +12,7 @@ const (
 	OpApprove  = "approve"  // the user approves it
 	OpMint     = "mint"     // the agent asks for an access token
 	OpSecret   = "secret"   // the agent asks for a Vault secret
+	OpIDJAG    = "id-jag"   // the agent asks for an ID-JAG
 	OpEvaluate = "evaluate" // an enforcement point asks (AuthZEN)
 )
 

@@ -64,6 +64,9 @@ type Config struct {
 	// Cache, when set, answers introspection of active tokens from memory
 	// (see StatusCache).
 	Cache StatusCache
+	// IDJAGTargets are the authorization servers Errand issues ID-JAGs
+	// for; Tokens must then be an IDJAGSigner.
+	IDJAGTargets []IDJAGTarget
 	// Now is the clock of stores that have none (see Clock); default time.Now.
 	Now func() time.Time
 	// Random is the source of identifiers; default crypto/rand.
@@ -83,6 +86,7 @@ type Service struct {
 	clock   func() time.Time
 	random  io.Reader
 	secrets SecretIssuer
+	idjag   map[string]IDJAGTarget
 	roles   map[string]SecretRole
 	backend map[string]bool
 	policy  Policy
@@ -110,6 +114,10 @@ func NewService(cfg Config) (*Service, error) {
 	}
 	if s.budget.MaxCredentials < 0 || s.budget.MaxResources < 0 {
 		return nil, errors.New("broker: budgets must not be negative")
+	}
+	var err error
+	if s.idjag, err = validIDJAGTargets(cfg.IDJAGTargets, cfg.Tokens); err != nil {
+		return nil, err
 	}
 	if s.stepTTL <= 0 {
 		s.stepTTL = DefaultStepUpTTL
@@ -706,6 +714,9 @@ type Minted struct {
 	// Replayed is set when an Idempotency-Key retry returned an existing
 	// credential.
 	Replayed bool
+	// Scope is an ID-JAG's scope as the grant writes it (the target's
+	// names); "" for an access token.
+	Scope string
 }
 
 // requestHash binds an Idempotency-Key to the canonical mint request.
@@ -880,6 +891,7 @@ type issuedDetail struct {
 	JKT       string    `json:"jkt,omitempty"`
 	JTISHA256 string    `json:"jti_sha256"`
 	Kind      string    `json:"kind"`
+	Resource  string    `json:"resource,omitempty"` // an ID-JAG's
 	Scopes    []string  `json:"scopes"`
 	StepUpID  string    `json:"step_up_id"`
 	Tool      string    `json:"tool"`
@@ -887,9 +899,14 @@ type issuedDetail struct {
 
 // issuedEvent is the audit event of credential c, minted by p at now.
 func issuedEvent(p Principal, c Credential, now time.Time, tool, dataset string) AuditEvent {
+	return issuedEventFor(p, c, now, tool, dataset, "")
+}
+
+// issuedEventFor is issuedEvent naming, for an ID-JAG, its resource.
+func issuedEventFor(p Principal, c Credential, now time.Time, tool, dataset, resource string) AuditEvent {
 	d, err := json.Marshal(issuedDetail{
 		Audience: c.Audience, Dataset: dataset, ExpiresAt: c.ExpiresAt, JKT: c.JKT, JTISHA256: HashID(c.JTI),
-		Kind: "jwt", Scopes: c.Scopes.Strings(), StepUpID: c.StepUpID, Tool: tool,
+		Kind: c.Kind, Resource: resource, Scopes: c.Scopes.Strings(), StepUpID: c.StepUpID, Tool: tool,
 	})
 	if err != nil {
 		panic("broker: audit detail not encodable: " + err.Error())
@@ -1099,7 +1116,7 @@ func (s *Service) Credentials(ctx context.Context, p Principal, f HistoryFilter)
 	if err := s.auditor(p, f); err != nil {
 		return nil, false, err
 	}
-	if f.Type != "" && f.Type != "jwt" && f.Type != KindVaultToken && f.Type != KindVaultLease {
+	if f.Type != "" && f.Type != "jwt" && f.Type != KindIDJAG && f.Type != KindVaultToken && f.Type != KindVaultLease {
 		return nil, false, Errorf(ErrInvalidRequest, "unknown credential kind %q", f.Type)
 	}
 	cs, err := s.store.Credentials(ctx, f)

@@ -134,7 +134,7 @@ func (s *Service) budgetFor(maxCreds, maxRes int) (Budget, error) {
 
 // budgetKinds are the credentials a budget counts: what an agent can use,
 // not the Vault token Errand keeps for it.
-var budgetKinds = []string{"jwt", KindVaultLease}
+var budgetKinds = []string{"jwt", KindIDJAG, KindVaultLease}
 
 // checkBudget refuses a mint of scopes that would exceed t's budget.
 func (s *Service) checkBudget(ctx context.Context, tx Tx, t Task, scopes Scopes) error {

@@ -55,6 +55,9 @@ type Config struct {
 	TLS              *TLS   `yaml:"tls"`
 	// DPoP configures the checking of DPoP proofs (RFC 9449).
 	DPoP DPoP `yaml:"dpop"`
+	// IDJAGTargets are the authorization servers Errand issues ID-JAGs
+	// for (idjag.go).
+	IDJAGTargets []IDJAGTarget `yaml:"id_jag_targets"`
 	// Dir is the directory of the config file, for relative paths.
 	Dir string `yaml:"-"`
 }
@@ -498,6 +501,7 @@ func (c *Config) Validate() error {
 		if c.Vault != nil {
 			bad(c.validateVault(cat))
 		}
+		bad(c.validateIDJAG(cat))
 	}
 	return errors.Join(errs...)
 }

@@ -246,7 +246,7 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		TokenTTLMax: cfg.Limits.TokenTTLMax, TaskTTLMax: cfg.Limits.TaskTTLMax,
 		MaxPendingPerAgent: cfg.Limits.PendingTasksPerAgent,
 		CredentialsPerTask: cfg.Limits.CredentialsPerTask, ResourcesPerTask: cfg.Limits.ResourcesPerTask,
-		StepUpTTL: cfg.Limits.StepUpTTL,
+		StepUpTTL: cfg.Limits.StepUpTTL, IDJAGTargets: cfg.BrokerIDJAGTargets(),
 	}
 	var engine *policy.Engine
 	if len(cfg.Policies) > 0 {

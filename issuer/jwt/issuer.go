@@ -593,3 +593,50 @@ func (a *claimsAdapter) GetSubject() (string, error)                    { return
 func (a *claimsAdapter) GetAudience() (gojwt.ClaimStrings, error) {
 	return gojwt.ClaimStrings{a.c.Aud}, nil
 }
+
+// IDJAGType is the typ header of an ID-JAG
+// (draft-ietf-oauth-identity-assertion-authz-grant §3): Verify refuses it,
+// as every identity verifier of Errand does.
+const IDJAGType = "oauth-id-jag+jwt"
+
+// idjagClaims are an ID-JAG's claims, in a fixed order.
+type idjagClaims struct {
+	Iss      string   `json:"iss"`
+	Sub      string   `json:"sub"`
+	Aud      string   `json:"aud"`
+	ClientID string   `json:"client_id"`
+	JTI      string   `json:"jti"`
+	IAT      int64    `json:"iat"`
+	EXP      int64    `json:"exp"`
+	Resource string   `json:"resource"`
+	Scope    string   `json:"scope,omitempty"`
+	Act      actClaim `json:"act"`
+	TaskID   string   `json:"task_id"`
+}
+
+// SignIDJAG signs g with the current key, under the typ of an ID-JAG: the
+// key of an access token, published in the same JWKS, so that a target
+// authorization server verifies it from Errand's jwks_uri.
+func (i *Issuer) SignIDJAG(_ context.Context, g broker.IDJAG) (string, error) {
+	i.mu.RLock()
+	k := i.current
+	i.mu.RUnlock()
+	head, err := json.Marshal(joseHeader{Alg: k.alg, Kid: k.kid, Typ: IDJAGType})
+	if err != nil {
+		return "", err
+	}
+	body, err := json.Marshal(idjagClaims{
+		Iss: i.cfg.Issuer, Sub: g.Subject, Aud: g.Audience, ClientID: g.ClientID, JTI: g.JTI,
+		IAT: g.IssuedAt.Unix(), EXP: g.ExpiresAt.Unix(), Resource: g.Resource, Scope: g.Scope,
+		Act: actClaim{Sub: g.Act.Subject, Iss: g.Act.Issuer}, TaskID: g.TaskID,
+	})
+	if err != nil {
+		return "", err
+	}
+	signing := base64.RawURLEncoding.EncodeToString(head) + "." + base64.RawURLEncoding.EncodeToString(body)
+	sig, err := method(k.alg).Sign(signing, k.signer)
+	if err != nil {
+		return "", err
+	}
+	return signing + "." + base64.RawURLEncoding.EncodeToString(sig), nil
+}
