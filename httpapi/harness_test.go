@@ -116,6 +116,8 @@ type envOptions struct {
 	stepUpTTL time.Duration
 	// dpopNonceEvery, when set, requires DPoP server nonces.
 	dpopNonceEvery time.Duration
+	// idjagTargets are the ID-JAG targets (none by default).
+	idjagTargets []broker.IDJAGTarget
 }
 
 func logger(w io.Writer) *slog.Logger {
@@ -243,7 +245,7 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 		AgentIssuers: []string{e.agents.URL},
 		BackendKinds: []string{"testbackend", broker.KindVaultToken}, Now: o.replicaClock,
 		CredentialsPerTask: o.budget.MaxCredentials, ResourcesPerTask: o.budget.MaxResources,
-		StepUpTTL: o.stepUpTTL,
+		StepUpTTL: o.stepUpTTL, IDJAGTargets: o.idjagTargets,
 	}
 	if len(o.policies) > 0 {
 		known := func(a string) bool { _, ok := cat.Action(a); return ok }

@@ -27,6 +27,9 @@ const (
 	tokenTypeAccess    = "urn:ietf:params:oauth:token-type:access_token"
 	tokenTypeIDToken   = "urn:ietf:params:oauth:token-type:id_token"
 	tokenTypeJWT       = "urn:ietf:params:oauth:token-type:jwt"
+	// tokenTypeIDJAG is an Identity Assertion JWT Authorization Grant
+	// (draft-ietf-oauth-identity-assertion-authz-grant §4.3).
+	tokenTypeIDJAG     = "urn:ietf:params:oauth:token-type:id-jag"
 	assertionJWTBearer = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 	// typIDJAG is the typ of an Identity Assertion JWT Authorization Grant:
 	// an authorization grant, never a client's identity.
@@ -257,8 +260,13 @@ func (s *Server) tokenExchange(w http.ResponseWriter, r *http.Request, p broker.
 		fail(broker.Errorf(broker.ErrInvalidRequest, "actor_token is not accepted: the subject is the actor"))
 		return
 	}
-	if rt := form.Get("requested_token_type"); rt != "" && rt != tokenTypeAccess {
-		fail(broker.Errorf(broker.ErrUnsupportedTokenType, "only access tokens are issued"))
+	switch form.Get("requested_token_type") {
+	case "", tokenTypeAccess:
+	case tokenTypeIDJAG:
+		s.idjagExchange(w, r, p, form, jkt)
+		return
+	default:
+		fail(broker.Errorf(broker.ErrUnsupportedTokenType, "only access tokens and ID-JAGs are issued"))
 		return
 	}
 	d, err := taskDetails(form.Get("authorization_details"), true)
@@ -280,6 +288,55 @@ func (s *Server) tokenExchange(w http.ResponseWriter, r *http.Request, p broker.
 		return
 	}
 	s.writeToken(w, m)
+}
+
+// idjagExchange is the token exchange for an ID-JAG
+// (draft-ietf-oauth-identity-assertion-authz-grant §4.3), for the already
+// authenticated agent whose subject token was checked: audience is the
+// target authorization server's issuer (one, configured: invalid_target
+// otherwise), resource one of its resources, scope the Errand scopes
+// within the task's approval (absent: all of them). The grant is bound to
+// no key, so a DPoP proof is refused rather than ignored. The answer is
+// the draft's, with the task named as on every token answer.
+func (s *Server) idjagExchange(w http.ResponseWriter, r *http.Request, p broker.Principal, form url.Values, jkt string) {
+	d, err := taskDetails(form.Get("authorization_details"), true)
+	if err != nil {
+		s.oauthFail(w, r, p, "", err)
+		return
+	}
+	fail := func(err error) { s.oauthFail(w, r, p, auditTaskID(d.TaskID), err) }
+	switch {
+	case jkt != "":
+		fail(broker.Errorf(broker.ErrInvalidRequest, "an ID-JAG is bound to no key: send no DPoP proof"))
+		return
+	case len(form["audience"]) != 1:
+		fail(broker.Errorf(broker.ErrInvalidTarget, "audience must name one ID-JAG target's issuer"))
+		return
+	case len(form["resource"]) > 1:
+		fail(broker.Errorf(broker.ErrInvalidTarget, "an ID-JAG names one resource"))
+		return
+	}
+	scopes, err := formScopes(form, false)
+	if err != nil {
+		fail(err)
+		return
+	}
+	m, err := s.svc.IDJAG(r.Context(), p, broker.IDJAGRequest{
+		TaskID: d.TaskID, Audience: form.Get("audience"), Resource: form.Get("resource"), Scopes: scopes,
+		IdempotencyKey: r.Header.Get("Idempotency-Key"),
+	})
+	if err != nil {
+		fail(err)
+		return
+	}
+	if !m.Replayed {
+		s.metrics.issued.Inc()
+	}
+	noStore(w)
+	encodeJSON(w, http.StatusOK, tokenResponse{
+		AccessToken: m.Token, IssuedTokenType: tokenTypeIDJAG, TokenType: "N_A", ExpiresIn: m.ExpiresIn, Scope: m.Scope,
+		AuthorizationDetails: []taskDetailResponse{{Type: authDetailsType, TaskID: m.Credential.TaskID}},
+	})
 }
 
 // subjectTokenError makes a subject or actor token that fails

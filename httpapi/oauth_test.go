@@ -253,16 +253,16 @@ func TestO04UnapprovedOrUnknownTarget(t *testing.T) {
 	e.oauthRefused(before, r, http.StatusBadRequest, "invalid_target", "invalid_target")
 }
 
-// TestO03TokenTypeConfusion: refresh, ID or ID-JAG tokens are never
-// issued, and a subject token of another type is refused; all
-// invalid_request (RFC 8693 §2.2.2).
+// TestO03TokenTypeConfusion: refresh or ID tokens are never issued (an
+// ID-JAG is, to a configured target only: TestX07IDJAGRefusals), and a
+// subject token of another type is refused; all invalid_request
+// (RFC 8693 §2.2.2).
 func TestO03TokenTypeConfusion(t *testing.T) {
 	e := newEnv(t)
 	id := e.approved("bot", "alice", readAcme)
 	for name, extra := range map[string]url.Values{
 		"refresh token requested": {"requested_token_type": {"urn:ietf:params:oauth:token-type:refresh_token"}},
 		"ID token requested":      {"requested_token_type": {tokenTypeIDToken}},
-		"ID-JAG requested":        {"requested_token_type": {"urn:ietf:params:oauth:token-type:id-jag"}},
 		"SAML subject type":       {"subject_token_type": {"urn:ietf:params:oauth:token-type:saml2"}},
 		"access token subject":    {"subject_token_type": {tokenTypeAccess}},
 	} {

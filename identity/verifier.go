@@ -193,6 +193,12 @@ func (v *Verifier) verify(ctx context.Context, raw string) (broker.Principal, ti
 		(v.self != "" && SameURL(iss, v.self)) {
 		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrTokenNotAccepted, "an access token is not an identity")
 	}
+	// An ID-JAG (draft-ietf-oauth-identity-assertion-authz-grant) is an
+	// authorization grant for another server, whoever issued it: never a
+	// bearer's, a subject's or a client's identity here.
+	if strings.EqualFold(hdr.Typ, "oauth-id-jag+jwt") || strings.EqualFold(hdr.Typ, "application/oauth-id-jag+jwt") {
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrTokenNotAccepted, "an ID-JAG is not an identity")
+	}
 	t, ok := v.issuers[iss]
 	if !ok {
 		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "untrusted issuer")
