@@ -28,7 +28,7 @@ const (
 	tokenTypeIDToken   = "urn:ietf:params:oauth:token-type:id_token"
 	tokenTypeJWT       = "urn:ietf:params:oauth:token-type:jwt"
 	// tokenTypeIDJAG is an Identity Assertion JWT Authorization Grant
-	// (draft-ietf-oauth-identity-assertion-authz-grant §4.3).
+	// (draft-ietf-oauth-identity-assertion-authz-grant).
 	tokenTypeIDJAG     = "urn:ietf:params:oauth:token-type:id-jag"
 	assertionJWTBearer = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 	// typIDJAG is the typ of an Identity Assertion JWT Authorization Grant:
@@ -291,7 +291,7 @@ func (s *Server) tokenExchange(w http.ResponseWriter, r *http.Request, p broker.
 }
 
 // idjagExchange is the token exchange for an ID-JAG
-// (draft-ietf-oauth-identity-assertion-authz-grant §4.3), for the already
+// (draft-ietf-oauth-identity-assertion-authz-grant), for the already
 // authenticated agent whose subject token was checked: audience is the
 // target authorization server's issuer (one, configured: invalid_target
 // otherwise), resource one of its resources, scope the Errand scopes

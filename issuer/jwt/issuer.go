@@ -595,7 +595,7 @@ func (a *claimsAdapter) GetAudience() (gojwt.ClaimStrings, error) {
 }
 
 // IDJAGType is the typ header of an ID-JAG
-// (draft-ietf-oauth-identity-assertion-authz-grant §3): Verify refuses it,
+// (draft-ietf-oauth-identity-assertion-authz-grant): Verify refuses it,
 // as every identity verifier of Errand does.
 const IDJAGType = "oauth-id-jag+jwt"
 
