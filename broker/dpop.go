@@ -38,11 +38,20 @@ func (s *Service) dpopRequiredByPolicy(base PolicyRequest, scopes Scopes, audien
 		Extra:  map[string]any{"policies": nonNilStrings(d.Policies)}}
 }
 
+// ReplaySkew is how much longer than its caller asks the replay cache
+// keeps an identifier. The caller computes the expiry on its replica's
+// clock, and the store expires entries on the database's: a replica
+// whose clock lags the database's by d still accepts a proof (or an
+// assertion) for d after the database would have forgotten it. Replicas'
+// clocks must stay within ReplaySkew of the database's (NTP does).
+const ReplaySkew = 5 * time.Minute
+
 // RememberJTI is the store's ReplayCache, shared by every replica, for the
 // identifiers the HTTP edge must see only once: DPoP proofs
-// (ReplayDPoP), client assertions (ReplayClientAssertion).
+// (ReplayDPoP), client assertions (ReplayClientAssertion). It keeps each
+// ReplaySkew past expiresAt.
 func (s *Service) RememberJTI(ctx context.Context, kind, jti string, expiresAt time.Time) (bool, error) {
-	return s.store.RememberJTI(ctx, kind, jti, expiresAt)
+	return s.store.RememberJTI(ctx, kind, jti, expiresAt.Add(ReplaySkew))
 }
 
 var _ ReplayCache = (*Service)(nil)

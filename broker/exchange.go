@@ -96,10 +96,11 @@ func firstApproved(t Task) string {
 
 // FirstUse records the identifier of a JWT whose reuse is refused
 // (RFC 7523 §3, RFC 9449 §11.1), qualified by the JWT's issuer, until the
-// JWT expires: ErrInvalidToken when the same kind, issuer and jti were
-// recorded before and have not expired. Shared by replicas (ReplayCache).
+// JWT expires (and ReplaySkew more): ErrInvalidToken when the same kind,
+// issuer and jti were recorded before and have not expired. Shared by
+// replicas (ReplayCache).
 func (s *Service) FirstUse(ctx context.Context, kind, issuer, jti string, exp time.Time) error {
-	fresh, err := s.store.RememberJTI(ctx, kind, issuer+"\x00"+jti, exp)
+	fresh, err := s.RememberJTI(ctx, kind, issuer+"\x00"+jti, exp)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/url"
 	"os"
@@ -532,5 +533,32 @@ func TestX05CIBAPollBindsTheToken(t *testing.T) {
 	r := e.mustStatus(e.formDPoP("/oauth/token", poll, tokenProof(t, key)), http.StatusOK)
 	if cnf, _ := tokenClaims(t, r.str("access_token"))["cnf"].(map[string]any); r.str("token_type") != "DPoP" || cnf["jkt"] != jktOf(t, key) {
 		t.Fatalf("CIBA token %s, want bound to %s", r.Raw, jktOf(t, key))
+	}
+}
+
+// TestX05ReplayRefusedOnAReplicaWhoseClockLags: a replica whose clock is
+// 90 s behind the database's still finds a proof fresh after the proof's
+// window has passed by the database's clock. The replay cache keeps each
+// identifier ReplaySkew past the expiry the replica asked for, so the
+// second use is refused there too. Before, the entry was written already
+// expired (by the database's clock) and the same proof was accepted twice.
+func TestX05ReplayRefusedOnAReplicaWhoseClockLags(t *testing.T) {
+	e := newEnv(t)
+	lag := 90 * time.Second
+	v, err := dpop.New(dpop.Config{Replay: dpopReplay{svc: e.svc}, Now: func() time.Time { return time.Now().Add(-lag) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := publicURL + "/oauth/token"
+	proof, err := dpop.NewProof(dpopKey(t), http.MethodPost, url, "", time.Now().Add(-lag))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := dpop.Request{Method: http.MethodPost, URL: url}
+	if _, err := v.Verify(context.Background(), proof, req); err != nil {
+		t.Fatalf("first use: %v", err)
+	}
+	if _, err := v.Verify(context.Background(), proof, req); !errors.Is(err, dpop.ErrInvalidProof) {
+		t.Fatalf("second use on the lagging replica: %v, want a refusal", err)
 	}
 }
