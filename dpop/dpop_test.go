@@ -470,3 +470,17 @@ func TestX05Ed25519FullySpecifiedName(t *testing.T) {
 	_, err = v.Verify(context.Background(), wrongKey, req())
 	wantInvalid(t, err, "Ed25519 key")
 }
+
+// TestX05Ed25519NameRefusesCrit: the Ed25519 path, which verifies the
+// signature itself, refuses a crit header as go-jose does for EdDSA.
+func TestX05Ed25519NameRefusesCrit(t *testing.T) {
+	v, _ := newVerifier(t)
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	for _, alg := range []string{"EdDSA", "Ed25519"} {
+		header := map[string]any{"typ": TokenType, "alg": alg, "jwk": publicJWK(t, pub), "crit": []string{"urn:x-unknown"}, "urn:x-unknown": true}
+		proof := rawProof(t, header, goodClaims(), func(in []byte) []byte { return ed25519.Sign(priv, in) })
+		if _, err := v.Verify(context.Background(), proof, req()); !errors.Is(err, ErrInvalidProof) {
+			t.Fatalf("alg %s with crit: %v, want a refusal", alg, err)
+		}
+	}
+}

@@ -427,17 +427,24 @@ func (s *Server) beginClient(w http.ResponseWriter, r *http.Request) *call {
 		return nil
 	}
 	if r.Header.Get("Authorization") != "" {
-		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
-		if err := r.ParseForm(); err == nil && (r.PostForm.Has("client_assertion") || r.PostForm.Has("client_assertion_type")) {
-			c.fail(broker.Errorf(broker.ErrInvalidRequest, "use one client authentication method"))
-			return nil
-		}
 		p, err := s.authenticate(r)
 		if err != nil {
 			c.fail(err)
 			return nil
 		}
 		c.p = p
+		// The form is read as strictly as without the header: a malformed
+		// body or a repeated parameter (token=A&token=B, of which only A
+		// would be revoked) is refused, never half-honoured.
+		form, err := oauthForm(w, r)
+		if err != nil {
+			c.fail(err)
+			return nil
+		}
+		if form.Has("client_assertion") || form.Has("client_assertion_type") {
+			c.fail(broker.Errorf(broker.ErrInvalidRequest, "use one client authentication method"))
+			return nil
+		}
 		return c
 	}
 	form, err := oauthForm(w, r)

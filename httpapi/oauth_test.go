@@ -791,3 +791,29 @@ func TestOAuthIntrospectionRefusesTwoClientAuthentications(t *testing.T) {
 		t.Fatalf("audit grew by %d events, want the one summary", after.auditSeq-before.auditSeq)
 	}
 }
+
+// TestX08RepeatedOrMalformedFormIsRefusedWithBearer: with the bearer
+// header, as with a client assertion, introspection and revocation refuse
+// a repeated token (token=A&token=B used to revoke A alone and answer 200)
+// and a malformed body, changing nothing.
+func TestX08RepeatedOrMalformedFormIsRefusedWithBearer(t *testing.T) {
+	e := newEnv(t)
+	id := e.approved("bot", "alice", readAcme)
+	a := e.mustStatus(e.mint("bot", id, readAcme), http.StatusCreated).str("access_token")
+	b := e.mustStatus(e.mint("bot", id, readAcme), http.StatusCreated).str("access_token")
+	before := e.snapshot()
+	e.oauthRefused(before, e.form("/v1/revoke", e.agent("bot"), url.Values{"token": {a, b}}), http.StatusBadRequest, "invalid_request", "invalid_request")
+	before = e.snapshot()
+	e.oauthRefused(before, e.form("/v1/introspect", e.resource("gateway"), url.Values{"token": {a, b}}), http.StatusBadRequest, "invalid_request", "invalid_request")
+	raw := "token=" + b + "&%zz"
+	req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/v1/introspect", strings.NewReader(raw))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "Bearer "+e.resource("gateway"))
+	before = e.snapshot()
+	e.oauthRefused(before, e.send(req, []byte(raw)), http.StatusBadRequest, "invalid_request", "invalid_request")
+	for _, tok := range []string{a, b} {
+		if r := e.introspect(e.resource("gateway"), tok); r.JSON["active"] != true {
+			t.Fatalf("a refused revocation revoked a token: %s", r.Raw)
+		}
+	}
+}
