@@ -42,8 +42,8 @@ directory) as errand serve's "policies" setting does, and --policy-schema
 validates them against a schema.
 
 --config reads your own catalog from an errand.yaml: its actions, audiences,
-grants, deny_actions, limits, dpop, policies (relative to the file) and vault
-block replace the example's. Its issuers are replaced by the development
+grants, deny_actions, limits, dpop, policies (relative to the file), vault
+block and id_jag_targets replace the example's. Its issuers are replaced by the development
 identity provider's three (agent, user, resource): a grant's issuer and an
 introspector's issuer that name one of the file's issuers are rewritten to the
 dev issuer of the same kind, so grants and introspectors keep working with
@@ -64,7 +64,7 @@ about at start.`,
 	}
 	cmd.Flags().StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (loopback only, unless --insecure-expose-dev-identities)")
 	cmd.Flags().StringVar(&o.db, "db", "errand-dev.db", `SQLite database file, or ":memory:" for a throwaway one`)
-	cmd.Flags().StringVar(&o.config, "config", "", "an errand.yaml whose catalog, grants, audiences, limits and policies replace the example's (its issuers are replaced by the dev identity provider's)")
+	cmd.Flags().StringVar(&o.config, "config", "", "an errand.yaml whose catalog, grants, audiences, limits, policies and id_jag_targets replace the example's (its issuers are replaced by the dev identity provider's)")
 	cmd.Flags().StringArrayVar(&o.policies.patterns, "policies", nil, "Cedar policy files, a glob pattern such as 'policies/*.cedar' (repeat)")
 	cmd.Flags().StringVar(&o.policies.schema, "policy-schema", "", "a Cedar schema to validate the policies against")
 	cmd.Flags().BoolVar(&o.exposeIdentities, "insecure-expose-dev-identities", false,
@@ -288,7 +288,7 @@ func useCatalog(cfg *config.Config, path string, idp *devidp.Provider) error {
 			}
 		}
 	}
-	cfg.Limits, cfg.DPoP, cfg.Vault = file.Limits, file.DPoP, file.Vault
+	cfg.Limits, cfg.DPoP, cfg.Vault, cfg.IDJAGTargets = file.Limits, file.DPoP, file.Vault, file.IDJAGTargets
 	cfg.Dir, cfg.Policies, cfg.PolicySchema = file.Dir, file.Policies, file.PolicySchema
 	return nil
 }

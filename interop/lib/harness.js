@@ -24,7 +24,7 @@ export const READ = 'github.repo.read:acme/api'
 export const WRITE = 'github.pr.write:acme/api'
 
 let workdir
-async function work() {
+export async function work() {
   workdir ||= await mkdtemp(join(tmpdir(), 'errand-interop-'))
   return workdir
 }
@@ -98,10 +98,11 @@ async function startProcess(name, args, env = {}) {
   return { child, log, stop, stdout: () => stdout }
 }
 
-// startDev starts `errand dev --listen 127.0.0.1:0 --db :memory:` and returns
+// startDev starts `errand dev --listen 127.0.0.1:0 --db :memory:` (with
+// extra arguments, such as --config) and returns
 // {name, issuer, token(kind, sub, groups), stop, log}.
-export async function startDev() {
-  const p = await startProcess('dev', ['dev', '--listen', '127.0.0.1:0', '--db', ':memory:'])
+export async function startDev(...extra) {
+  const p = await startProcess('dev', ['dev', '--listen', '127.0.0.1:0', '--db', ':memory:', ...extra])
   let base
   const deadline = Date.now() + 30000
   while (!base) {
