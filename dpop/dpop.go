@@ -204,9 +204,13 @@ func (v *Verifier) Check(proof string, req Request) (Proof, error) {
 	if len(proof) > MaxProofBytes {
 		return Proof{}, invalid("the proof is larger than %d bytes", MaxProofBytes)
 	}
+	if privateJWK(proof) {
+		return Proof{}, invalid("the jwk header holds a private key")
+	}
 	jws, err := jose.ParseSignedCompact(proof, v.algs)
 	if err != nil {
-		return Proof{}, invalid("not a JWS signed with an accepted algorithm: %v", err)
+		// The library's text would quote the header's own bytes.
+		return Proof{}, invalid("not a JWS signed with an accepted algorithm")
 	}
 	if len(jws.Signatures) != 1 {
 		return Proof{}, invalid("exactly one signature is required")
@@ -262,7 +266,7 @@ func (v *Verifier) Check(proof string, req Request) (Proof, error) {
 	}
 	jkt, err := Thumbprint(jwk)
 	if err != nil {
-		return Proof{}, invalid("the key has no thumbprint: %v", err)
+		return Proof{}, invalid("the key has no thumbprint")
 	}
 	// Last, so that only an otherwise valid proof is asked to come again
 	// with a nonce (§8), and before its jti is remembered.
@@ -270,6 +274,29 @@ func (v *Verifier) Check(proof string, req Request) (Proof, error) {
 		return Proof{}, ErrUseNonce
 	}
 	return Proof{JKT: jkt, JTI: c.JTI, IssuedAt: iat}, nil
+}
+
+// privateJWK reports whether the proof's jwk header carries private key
+// material (RFC 7518 §6.2.2, §6.3.2, §6.4.1; RFC 8037 §2): such a proof
+// is refused whatever else is wrong with it, and says so.
+func privateJWK(compact string) bool {
+	head, _, _ := strings.Cut(compact, ".")
+	raw, err := base64.RawURLEncoding.DecodeString(head)
+	if err != nil {
+		return false
+	}
+	var h struct {
+		JWK map[string]json.RawMessage `json:"jwk"`
+	}
+	if json.Unmarshal(raw, &h) != nil {
+		return false
+	}
+	for _, k := range []string{"d", "p", "q", "dp", "dq", "qi"} {
+		if _, ok := h.JWK[k]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // verifySignature checks the proof's one signature with jwk: go-jose's

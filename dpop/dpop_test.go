@@ -484,3 +484,16 @@ func TestX05Ed25519NameRefusesCrit(t *testing.T) {
 		}
 	}
 }
+
+// TestX08ProofErrorsQuoteNoHeader: a refusal's detail never carries the
+// proof's own bytes (an alg of the attacker's choosing, markup, length).
+func TestX08ProofErrorsQuoteNoHeader(t *testing.T) {
+	v, _ := newVerifier(t)
+	k := p256(t)
+	evil := `HS256<img src=x onerror=alert(1)>` + strings.Repeat("A", 4000)
+	proof := rawProof(t, map[string]any{"typ": TokenType, "alg": evil, "jwk": publicJWK(t, &k.PublicKey)}, goodClaims(), es256(k))
+	_, err := v.Verify(context.Background(), proof, req())
+	if !errors.Is(err, ErrInvalidProof) || strings.Contains(err.Error(), "img") || len(err.Error()) > 200 {
+		t.Fatalf("refusal %q", err)
+	}
+}
