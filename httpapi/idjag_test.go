@@ -293,3 +293,59 @@ forbid (principal, action, resource) when { context.operation == "id-jag" };
 	e.oauthRefused(before, r, http.StatusBadRequest, "access_denied", "policy_denied")
 	e.mustStatus(e.mint("bot", id, readAcme), http.StatusCreated)
 }
+
+// TestX07IDJAGStepUpBudgetIdempotency: an ID-JAG exchange is a mint: a
+// @step_up policy on operation id-jag answers authorization_pending until
+// the user approves that exact request; an Idempotency-Key retry is the
+// same grant (same jti, one credential), the key with another request is
+// idempotency_conflict; the grant counts against the task's budget.
+func TestX07IDJAGStepUpBudgetIdempotency(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "idjag.cedar"), []byte(`
+@id("allow-agents")
+permit (principal is Agent, action, resource);
+@id("ask-for-mcp")
+@step_up("an MCP server's grant needs your approval")
+forbid (principal, action, resource) when { context.operation == "id-jag" && context.audience == "`+mcpOther+`" };
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvWith(t, envOptions{idjagTargets: idjagTargets(), policies: []string{filepath.Join(dir, "*.cedar")},
+		schema: "testdata/schema.cedarschema", budget: broker.Budget{MaxCredentials: 3}})
+	id := e.approved("bot", "alice", readAcme)
+	other := e.idjagForm("bot", id, url.Values{"resource": {mcpOther}, "scope": {readAcme}})
+	r := e.form("/oauth/token", "", other)
+	if r.Status != http.StatusBadRequest || r.str("error") != "authorization_pending" || r.str("code") != "approval_required" {
+		t.Fatalf("step-up: %d %s", r.Status, r.Raw)
+	}
+	e.mustStatus(e.do("POST", "/v1/approvals/"+r.str("approval_id")+"/approve", e.user("alice", "eng"), nil), http.StatusOK)
+	e.mustStatus(e.form("/oauth/token", "", e.idjagForm("bot", id, url.Values{"resource": {mcpOther}, "scope": {readAcme}})), http.StatusOK)
+
+	send := func(v url.Values, key string) resp {
+		body := v.Encode()
+		req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/oauth/token", stringsReader(body))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Idempotency-Key", key)
+		return e.send(req, []byte(body))
+	}
+	first := e.mustStatus(send(e.idjagForm("bot", id, url.Values{"scope": {readAcme}}), "jag-"+id), http.StatusOK)
+	before := e.snapshot()
+	again := e.mustStatus(send(e.idjagForm("bot", id, url.Values{"scope": {readAcme}}), "jag-"+id), http.StatusOK)
+	_, a := e.verifyIDJAG(first.str("access_token"))
+	_, b := e.verifyIDJAG(again.str("access_token"))
+	if a["jti"] != b["jti"] || again.str("scope") != "repo:read" {
+		t.Fatalf("retry: jti %v then %v, scope %q", a["jti"], b["jti"], again.str("scope"))
+	}
+	if after := e.snapshot(); after.credentials != before.credentials {
+		t.Fatal("an Idempotency-Key retry recorded another credential")
+	}
+	before = e.snapshot()
+	e.oauthRefused(before, send(e.idjagForm("bot", id, url.Values{"resource": {mcpOther}, "scope": {readAcme}}), "jag-"+id),
+		http.StatusBadRequest, "invalid_request", "idempotency_conflict")
+
+	// Two grants and one access token of three: the budget is spent.
+	e.mustStatus(e.mint("bot", id, readAcme), http.StatusCreated)
+	before = e.snapshot()
+	e.oauthRefused(before, e.form("/oauth/token", "", e.idjagForm("bot", id, url.Values{"scope": {readAcme}})),
+		http.StatusBadRequest, "access_denied", "budget_exhausted")
+}
