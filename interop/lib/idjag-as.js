@@ -1,5 +1,5 @@
-// A small authorization server for the ID-JAG tests, and the MCP server's
-// resource it protects. No maintained npm package implements the resource
+// A small authorization server for the ID-JAG tests, and the MCP server
+// (built with the MCP TypeScript SDK) that trusts it. No maintained npm package implements the resource
 // authorization server's side of draft-ietf-oauth-identity-assertion-authz-grant
 // (the MCP TypeScript SDK 1.32.2 has no cross-app-access code, client or
 // server), so this one is written here; every check of the grant is jose's:
@@ -9,6 +9,9 @@
 // RFC 7523 JWT bearer grant for its own access token (typ at+jwt, ES256).
 import { createServer } from 'node:http'
 import * as jose from 'jose'
+import { z } from 'zod'
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
 
 export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
 
@@ -74,19 +77,33 @@ export async function startTestAS({ clientId, requiredScope }) {
     send(res, 200, { access_token: accessToken, token_type: 'Bearer', expires_in: 60, scope: payload.scope })
   }
 
-  // The MCP server's endpoint, which trusts only this server's tokens.
+  // The MCP server (the MCP TypeScript SDK's, stateless Streamable HTTP),
+  // which accepts only this server's tokens, for its resource, with the
+  // scope its tool needs; the tool answers with the user the token names.
   async function mcp(req, res) {
     const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')
+    let payload
     try {
       if (!m) throw new Error('no bearer token')
-      const { payload } = await jose.jwtVerify(m[1], keys.publicKey, { issuer, audience: resource, typ: 'at+jwt' })
-      if (!String(payload.scope ?? '').split(' ').includes(requiredScope)) {
-        return send(res, 403, { error: 'insufficient_scope' }, { 'www-authenticate': `Bearer error="insufficient_scope", scope="${requiredScope}"` })
-      }
-      return send(res, 200, { result: 'the tool ran', sub: payload.sub })
+      ;({ payload } = await jose.jwtVerify(m[1], keys.publicKey, { issuer, audience: resource, typ: 'at+jwt' }))
     } catch {
       return send(res, 401, { error: 'invalid_token' }, { 'www-authenticate': 'Bearer error="invalid_token"' })
     }
+    const scopes = String(payload.scope ?? '').split(' ')
+    if (!scopes.includes(requiredScope)) {
+      return send(res, 403, { error: 'insufficient_scope' }, { 'www-authenticate': `Bearer error="insufficient_scope", scope="${requiredScope}"` })
+    }
+    req.auth = { token: m[1], clientId: payload.client_id, scopes, extra: { sub: payload.sub } }
+    const server = new McpServer({ name: 'issues', version: '1.0.0' })
+    server.registerTool('list_issues', { description: 'Lists the open issues of a repository', inputSchema: { repo: z.string() } },
+      async ({ repo }, extra) => ({ content: [{ type: 'text', text: `2 open issues in ${repo}, for ${extra.authInfo?.extra?.sub}` }] }))
+    const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined })
+    res.on('close', () => {
+      transport.close()
+      server.close()
+    })
+    await server.connect(transport)
+    await transport.handleRequest(req, res)
   }
 
   return {

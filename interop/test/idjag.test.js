@@ -2,8 +2,10 @@
 // agent gets an ID-JAG from Errand for an approved task with oauth4webapi's
 // token exchange, redeems it with the RFC 7523 JWT bearer grant (again
 // oauth4webapi) at a test authorization server whose every check of the
-// grant is jose's (lib/idjag-as.js), and calls the MCP server's endpoint
-// that trusts that server. Errand is `errand dev --config` with an
+// grant is jose's (lib/idjag-as.js), and calls a tool, with the MCP
+// TypeScript SDK's client, on an MCP server built with the same SDK that
+// trusts that authorization server. The SDK (1.32.2) has no cross-app-access
+// support of its own, so the grant and its redemption are oauth4webapi's. Errand is `errand dev --config` with an
 // id_jag_targets entry naming the test server.
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
@@ -16,6 +18,8 @@ import * as jose from 'jose'
 import { startDev, cleanup, errandBin, rest, work, READ, WRITE, AUDIENCE_A } from '../lib/harness.js'
 import { clientAssertion, rejectsWith, TOKEN_EXCHANGE, ID_TOKEN_TYPE } from '../lib/oauth.js'
 import { startTestAS, JWT_BEARER_GRANT } from '../lib/idjag-as.js'
+import { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 
 const ID_JAG = 'urn:ietf:params:oauth:token-type:id-jag'
 const CLIENT_ID = 'errand-agents'
@@ -93,7 +97,7 @@ async function redeem(idjag) {
 }
 
 describe('MCP Enterprise-Managed Authorization (ID-JAG)', { concurrency: 1, timeout: 120000 }, () => {
-  it('an approved task gets an ID-JAG, redeemed at the target for a token the MCP server accepts', async () => {
+  it('an approved task gets an ID-JAG, redeemed at the target for a token with which an MCP client calls a tool', async () => {
     const taskId = await approvedTask()
     const grant = await getIDJAG(taskId)
     assert.equal(grant.issued_token_type, ID_JAG)
@@ -112,9 +116,21 @@ describe('MCP Enterprise-Managed Authorization (ID-JAG)', { concurrency: 1, time
 
     const token = await redeem(grant.access_token)
     assert.equal(token.token_type, 'bearer')
-    const call = await fetch(target.resource, { headers: { authorization: `Bearer ${token.access_token}` } })
-    assert.equal(call.status, 200)
-    assert.deepEqual(await call.json(), { result: 'the tool ran', sub: 'alice' })
+    // An MCP client (the SDK's) calls the MCP server's tool with it.
+    const mcp = new Client({ name: 'agent-1', version: '1.0.0' })
+    await mcp.connect(new StreamableHTTPClientTransport(new URL(target.resource), {
+      requestInit: { headers: { authorization: `Bearer ${token.access_token}` } },
+    }))
+    try {
+      const result = await mcp.callTool({ name: 'list_issues', arguments: { repo: 'acme/api' } })
+      assert.deepEqual(result.content, [{ type: 'text', text: '2 open issues in acme/api, for alice' }])
+    } finally {
+      await mcp.close()
+    }
+    // Without the token, the MCP server refuses.
+    const bare = await fetch(target.resource, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+    assert.equal(bare.status, 401)
+    await bare.body?.cancel()
 
     // The same grant again: the target refuses the replayed jti.
     const replay = await rejectsWith(redeem(grant.access_token))
