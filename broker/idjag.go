@@ -28,7 +28,8 @@ type IDJAGTarget struct {
 	// its ID-JAGs, and the audience a token exchange names it by.
 	Issuer string
 	// Resources are the resources (RFC 8707) of the target an ID-JAG may
-	// name.
+	// name; each is a configured audience, so that a task's approval names
+	// it as it names any audience (and a grant's audiences bound it).
 	Resources []string
 	// ClientID is the agents' client id at the target (client_id claim).
 	ClientID string
@@ -76,8 +77,9 @@ type IDJAGRequest struct {
 }
 
 // validIDJAGTargets checks targets as NewService receives them (package
-// config has checked their URLs).
-func validIDJAGTargets(targets []IDJAGTarget, tokens TokenIssuer) (map[string]IDJAGTarget, error) {
+// config has checked their URLs), their resources written as the catalog
+// writes its audiences.
+func validIDJAGTargets(targets []IDJAGTarget, tokens TokenIssuer, cat *Catalog) (map[string]IDJAGTarget, error) {
 	out := map[string]IDJAGTarget{}
 	if len(targets) == 0 {
 		return out, nil
@@ -98,6 +100,15 @@ func validIDJAGTargets(targets []IDJAGTarget, tokens TokenIssuer) (map[string]ID
 		if t.MaxLifetime == 0 {
 			t.MaxLifetime = DefaultIDJAGLifetime
 		}
+		resources := make([]string, len(t.Resources))
+		for i, r := range t.Resources {
+			aud, err := cat.ResolveResource(r)
+			if err != nil {
+				return nil, errors.New("broker: ID-JAG target " + t.Issuer + ": resource " + r + " is not a configured audience")
+			}
+			resources[i] = aud
+		}
+		t.Resources = resources
 		out[t.Issuer] = t
 	}
 	return out, nil
@@ -137,11 +148,13 @@ func idjagHash(scopes Scopes, audience, resource string) string {
 }
 
 // IDJAG issues an ID-JAG for an approved task to the task's agent, as
-// Mint issues an access token: under the task's lock, within its approval,
-// through the budget, the policies (operation "id-jag") and step-up, the
-// credential and its credential.issued event committed before the grant
-// is signed and returned. An unknown target, or a resource not of it, is
-// ErrInvalidTarget. Minted.Scope is the scope as the grant writes it.
+// Mint issues an access token: under the task's lock, within its approval
+// (its scopes, and its resource among the approved audiences, as a token's
+// audience must be), through the budget, the policies (operation "id-jag")
+// and step-up, the credential and its credential.issued event committed
+// before the grant is signed and returned. An unknown target, a resource
+// not of it or not approved, is ErrInvalidTarget. Minted.Scope is the
+// scope as the grant writes it.
 func (s *Service) IDJAG(ctx context.Context, p Principal, req IDJAGRequest) (Minted, error) {
 	if p.Kind != KindAgent {
 		return Minted{}, Errorf(ErrWrongPrincipalKind, "only agents exchange tokens")
@@ -156,6 +169,8 @@ func (s *Service) IDJAG(ctx context.Context, p Principal, req IDJAGRequest) (Min
 	resource := req.Resource
 	if resource == "" && len(target.Resources) == 1 {
 		resource = target.Resources[0]
+	} else if aud, err := s.catalog.ResolveResource(resource); err == nil {
+		resource = aud
 	}
 	if !contains(target.Resources, resource) {
 		return Minted{}, Errorf(ErrInvalidTarget, "resource must be one of the target's resources")
@@ -189,6 +204,11 @@ func (s *Service) IDJAG(ctx context.Context, p Principal, req IDJAGRequest) (Min
 		s.dbClock.observe(now, time.Now())
 		if st := t.EffectiveStatus(now); st != StatusApproved {
 			return Errorf(ErrTaskNotActive, "the task is %s", st)
+		}
+		// The user approved where the task's credentials may go; an
+		// ID-JAG's resource is one of those places, never a new one.
+		if !contains(t.ApprovedAudiences, resource) {
+			return Errorf(ErrInvalidTarget, "the task's approval does not name this resource")
 		}
 		want := scopes
 		if want == nil {

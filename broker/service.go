@@ -116,7 +116,7 @@ func NewService(cfg Config) (*Service, error) {
 		return nil, errors.New("broker: budgets must not be negative")
 	}
 	var err error
-	if s.idjag, err = validIDJAGTargets(cfg.IDJAGTargets, cfg.Tokens); err != nil {
+	if s.idjag, err = validIDJAGTargets(cfg.IDJAGTargets, cfg.Tokens, cfg.Catalog); err != nil {
 		return nil, err
 	}
 	if s.stepTTL <= 0 {

@@ -19,7 +19,8 @@ type IDJAGTarget struct {
 	// of its grants: an absolute https URL (http only on a loopback host).
 	Issuer string `yaml:"issuer"`
 	// AudienceResources are the resources (RFC 8707) a grant may name,
-	// such as an MCP server's URL.
+	// such as an MCP server's URL; each is one of audiences, so that a
+	// task's approval names it.
 	AudienceResources []string `yaml:"audience_resources"`
 	// ClientID is the agents' client id at the target.
 	ClientID string `yaml:"client_id"`
@@ -52,6 +53,9 @@ func (c *Config) validateIDJAG(cat *broker.Catalog) error {
 		for j, r := range t.AudienceResources {
 			if u, err := url.Parse(r); err != nil || !u.IsAbs() || u.Host == "" || u.Fragment != "" {
 				bad("audience_resources[%d]: an absolute URL without fragment", j)
+			} else if _, err := cat.ResolveResource(r); err != nil {
+				// A task's approval names it as it names any audience.
+				bad("audience_resources[%d]: %q is not one of audiences", j, r)
 			}
 		}
 		if t.ClientID == "" {

@@ -8,6 +8,10 @@ import (
 	"github.com/errandhq/errand/broker"
 )
 
+// withMCP is the valid config with the MCP server among the audiences.
+var withMCP = strings.Replace(valid, "  - https://staging-api.example.com\n",
+	"  - https://staging-api.example.com\n  - https://mcp.example.com/mcp\n", 1)
+
 const idjagBlock = `
 id_jag_targets:
   - issuer: https://auth.mcp.example.com
@@ -20,10 +24,11 @@ id_jag_targets:
 
 // TestIDJAGTargets: a valid target gets the 5m default and reaches the
 // broker as written; each defect is refused naming its key, among them a
-// map value of several names (which would widen one scope into two) and a
-// key that is no Errand scope or action.
+// resource that is not a configured audience (no approval could name it),
+// a map value of several names (which would widen one scope into two) and
+// a key that is no Errand scope or action.
 func TestIDJAGTargets(t *testing.T) {
-	c, err := Parse([]byte(valid+idjagBlock), goodEnv)
+	c, err := Parse([]byte(withMCP+idjagBlock), goodEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +39,7 @@ func TestIDJAGTargets(t *testing.T) {
 		t.Fatalf("targets: %+v", got)
 	}
 	loop := strings.Replace(idjagBlock, "https://auth.mcp.example.com", "http://127.0.0.1:9000", 1)
-	if c, err := Parse([]byte(valid+strings.Replace(loop, "client_id:", "max_lifetime: 90s\n    client_id:", 1)), goodEnv); err != nil ||
+	if c, err := Parse([]byte(withMCP+strings.Replace(loop, "client_id:", "max_lifetime: 90s\n    client_id:", 1)), goodEnv); err != nil ||
 		c.BrokerIDJAGTargets()[0].MaxLifetime != 90*time.Second {
 		t.Fatalf("a loopback http issuer with max_lifetime 90s: %v", err)
 	}
@@ -43,6 +48,7 @@ func TestIDJAGTargets(t *testing.T) {
 		{"relative issuer", "https://auth.mcp.example.com", "auth.mcp.example.com", "id_jag_targets[0].issuer"},
 		{"issuer with query", "https://auth.mcp.example.com", "https://auth.mcp.example.com?x=1", "id_jag_targets[0].issuer"},
 		{"relative resource", "[https://mcp.example.com/mcp]", "[/mcp]", "id_jag_targets[0].audience_resources[0]"},
+		{"resource not an audience", "[https://mcp.example.com/mcp]", "[https://other.example.com/mcp]", "id_jag_targets[0].audience_resources[0]"},
 		{"no resources", "[https://mcp.example.com/mcp]", "[]", "id_jag_targets[0].audience_resources"},
 		{"no client id", "client_id: errand-agents", "client_id: ''", "id_jag_targets[0].client_id"},
 		{"lifetime over 5m", "client_id: errand-agents", "client_id: errand-agents\n    max_lifetime: 6m", "id_jag_targets[0].max_lifetime"},
@@ -52,14 +58,14 @@ func TestIDJAGTargets(t *testing.T) {
 	}
 	for _, b := range bad {
 		t.Run(b.name, func(t *testing.T) {
-			_, err := Parse([]byte(valid+strings.Replace(idjagBlock, b.old, b.new, 1)), goodEnv)
+			_, err := Parse([]byte(withMCP+strings.Replace(idjagBlock, b.old, b.new, 1)), goodEnv)
 			if err == nil || !strings.Contains(err.Error(), b.key) {
 				t.Fatalf("err = %v, want one naming %s", err, b.key)
 			}
 		})
 	}
 	twice := idjagBlock + strings.TrimPrefix(idjagBlock, "\nid_jag_targets:\n")
-	if _, err := Parse([]byte(valid+twice), goodEnv); err == nil || !strings.Contains(err.Error(), "id_jag_targets[1].issuer") {
+	if _, err := Parse([]byte(withMCP+twice), goodEnv); err == nil || !strings.Contains(err.Error(), "id_jag_targets[1].issuer") {
 		t.Fatalf("a target given twice: %v", err)
 	}
 }

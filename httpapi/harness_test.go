@@ -135,7 +135,7 @@ func testCatalogClosedStage(t testing.TB) *broker.Catalog { return testCatalogWi
 
 // testCatalogWith binds apiStage's introspection to the given resource
 // servers of issuer rsIssuer.
-func testCatalogWith(t testing.TB, rsIssuer string, introspectors []string) *broker.Catalog {
+func testCatalogWith(t testing.TB, rsIssuer string, introspectors []string, extra ...broker.Audience) *broker.Catalog {
 	t.Helper()
 	// Unbound audiences are closed to introspection unless they opt in:
 	// the tests' audiences opt in, except apiStage when it is bound.
@@ -159,7 +159,7 @@ func testCatalogWith(t testing.TB, rsIssuer string, introspectors []string) *bro
 			{Name: "errand.token.mint", Class: broker.ClassToken, Risk: broker.RiskHigh},
 			{Name: "db.orders.read", Class: broker.ClassRead, Risk: broker.RiskMedium},
 		},
-		[]broker.Audience{{URL: apiGitHub, Environment: "prod", AnyIntrospector: true}, stage},
+		append([]broker.Audience{{URL: apiGitHub, Environment: "prod", AnyIntrospector: true}, stage}, extra...),
 		[]broker.Grant{
 			// People may hold blocked actions; they stay ungrantable to agents.
 			{Group: "eng", Scopes: sc("github.repo.read:acme/**", "github.pr.write:acme/**",
@@ -235,6 +235,16 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	}
 	if len(o.introspectors) > 0 {
 		cat = testCatalogWith(t, e.resources.URL, o.introspectors)
+	}
+	if len(o.idjagTargets) > 0 {
+		// The targets' resources are audiences, as config requires.
+		var extra []broker.Audience
+		for _, tg := range o.idjagTargets {
+			for _, r := range tg.Resources {
+				extra = append(extra, broker.Audience{URL: r})
+			}
+		}
+		cat = testCatalogWith(t, "", nil, extra...)
 	}
 	var feedStore broker.Store = e.st
 	if o.feedReads != nil {

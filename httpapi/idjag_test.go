@@ -42,6 +42,29 @@ func newIDJAGEnv(t *testing.T, policies ...string) *env {
 	return newEnvWith(t, o)
 }
 
+// idjagTask creates a pending task for agent on behalf of user with
+// scopes, whose audiences are an API and the targets' resources.
+func (e *env) idjagTask(agentSub, userSub string, scopes ...string) string {
+	e.t.Helper()
+	r := e.mustStatus(e.do("POST", "/v1/tasks", e.agent(agentSub), map[string]any{
+		"on_behalf_of": userSub, "goal": "triage issues", "scopes": scopes,
+		"audiences": []string{apiGitHub, mcpServer, mcpOther, plainServer}, "ttl_seconds": 3600,
+	}), http.StatusCreated)
+	return r.str("id")
+}
+
+// idjagApproved is idjagTask approved by the user (group eng), with the
+// approval's body (nil: everything asked for).
+func (e *env) idjagApproved(agentSub, userSub string, approval map[string]any, scopes ...string) string {
+	e.t.Helper()
+	id := e.idjagTask(agentSub, userSub, scopes...)
+	if approval == nil {
+		approval = map[string]any{}
+	}
+	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/approve", e.user(userSub, "eng"), approval), http.StatusOK)
+	return id
+}
+
 // idjagForm is a token exchange of agent's ID token for an ID-JAG of task.
 func (e *env) idjagForm(agent, task string, extra url.Values) url.Values {
 	v := url.Values{"requested_token_type": {tokenTypeIDJAG}, "audience": {mcpAS}, "resource": {mcpServer}}
@@ -91,7 +114,7 @@ func (e *env) verifyIDJAG(raw string) (string, map[string]any) {
 // closing the task revokes it and ends the issuing.
 func TestX07IDJAGExchange(t *testing.T) {
 	e := newIDJAGEnv(t)
-	id := e.approved("bot", "alice", readAcme)
+	id := e.idjagApproved("bot", "alice", nil, readAcme)
 	before := e.snapshot()
 	r := e.mustStatus(e.form("/oauth/token", "", e.idjagForm("bot", id, url.Values{"scope": {readAcme}})), http.StatusOK)
 	if r.str("issued_token_type") != tokenTypeIDJAG || r.str("token_type") != "N_A" ||
@@ -188,16 +211,18 @@ func TestX07IDJAGExchange(t *testing.T) {
 
 // TestX07IDJAGRefusals: each refusal is RFC 6749 JSON with Errand's code,
 // changes nothing and is audited once: an unknown target, a resource not
-// of the target, two audiences, a scope beyond the approval, an approved
+// of the target or not among the audiences the user approved, two audiences, a scope beyond the approval, an approved
 // scope the target's map does not name (it never widens: a mapped scope
 // is emitted only for an approved scope it maps from), a target's own
 // scope name, another agent's task, a DPoP proof, a closed task.
 func TestX07IDJAGRefusals(t *testing.T) {
 	e := newIDJAGEnv(t)
-	id := e.approved("bot", "alice", readAcme, "github.pr.write:acme/web")
+	id := e.idjagApproved("bot", "alice", nil, readAcme, "github.pr.write:acme/web")
+	// The user kept one of the MCP server's two resources.
+	narrow := e.idjagApproved("bot", "alice", map[string]any{"audiences": []string{apiGitHub, mcpServer}}, readAcme)
 	cases := []struct {
 		name             string
-		agent            string
+		agent, task      string
 		extra            url.Values
 		oauthErr, code   string
 		status           int
@@ -208,6 +233,7 @@ func TestX07IDJAGRefusals(t *testing.T) {
 		{name: "no audience", extra: url.Values{"audience": nil}, oauthErr: "invalid_target", code: "invalid_target"},
 		{name: "two audiences", extra: url.Values{"audience": {mcpAS, plainAS}}, oauthErr: "invalid_target", code: "invalid_target"},
 		{name: "resource of another target", extra: url.Values{"resource": {plainServer}}, oauthErr: "invalid_target", code: "invalid_target"},
+		{name: "a resource the approval does not name", task: narrow, extra: url.Values{"resource": {mcpOther}, "scope": {readAcme}}, oauthErr: "invalid_target", code: "invalid_target"},
 		{name: "resource left out of a target of two", extra: url.Values{"resource": nil}, oauthErr: "invalid_target", code: "invalid_target"},
 		{name: "scope beyond the approval", extra: url.Values{"scope": {writeAPI}}, oauthErr: "invalid_scope", code: "scope_exceeds_approval"},
 		{name: "approved scope the map does not name", extra: url.Values{"scope": {"github.pr.write:acme/web"}}, oauthErr: "invalid_scope", code: "invalid_scope"},
@@ -223,8 +249,12 @@ func TestX07IDJAGRefusals(t *testing.T) {
 			if agent == "" {
 				agent = "bot"
 			}
+			task := c.task
+			if task == "" {
+				task = id
+			}
 			before := e.snapshot()
-			v := e.idjagForm(agent, id, nil)
+			v := e.idjagForm(agent, task, nil)
 			for k, vs := range c.extra {
 				if vs == nil {
 					v.Del(k)
@@ -242,6 +272,7 @@ func TestX07IDJAGRefusals(t *testing.T) {
 		})
 	}
 	e.t = t
+	e.mustStatus(e.form("/oauth/token", "", e.idjagForm("bot", narrow, url.Values{"scope": {readAcme}})), http.StatusOK)
 	// What the map names is issued; the approval's other scope stays out.
 	r := e.mustStatus(e.form("/oauth/token", "", e.idjagForm("bot", id, url.Values{"scope": {"github.repo.read:acme/api"}})), http.StatusOK)
 	if r.str("scope") != "repo:read" {
@@ -257,8 +288,7 @@ func TestX07IDJAGRefusals(t *testing.T) {
 // approved for 90 s gets one of at most 90 s, not the target's 5 minutes.
 func TestX07IDJAGCappedByTheTask(t *testing.T) {
 	e := newIDJAGEnv(t)
-	id := e.task("bot", "alice", readAcme)
-	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/approve", e.user("alice", "eng"), map[string]any{"ttl_seconds": 90}), http.StatusOK)
+	id := e.idjagApproved("bot", "alice", map[string]any{"ttl_seconds": 90}, readAcme)
 	task := e.mustStatus(e.do("GET", "/v1/tasks/"+id, e.agent("bot"), nil), http.StatusOK)
 	expires, err := time.Parse(time.RFC3339Nano, task.str("expires_at"))
 	if err != nil {
@@ -287,7 +317,7 @@ forbid (principal, action, resource) when { context.operation == "id-jag" };
 		t.Fatal(err)
 	}
 	e := newIDJAGEnv(t, filepath.Join(dir, "*.cedar"))
-	id := e.approved("bot", "alice", readAcme)
+	id := e.idjagApproved("bot", "alice", nil, readAcme)
 	before := e.snapshot()
 	r := e.form("/oauth/token", "", e.idjagForm("bot", id, url.Values{"scope": {readAcme}}))
 	e.oauthRefused(before, r, http.StatusBadRequest, "access_denied", "policy_denied")
@@ -312,7 +342,7 @@ forbid (principal, action, resource) when { context.operation == "id-jag" && con
 	}
 	e := newEnvWith(t, envOptions{idjagTargets: idjagTargets(), policies: []string{filepath.Join(dir, "*.cedar")},
 		schema: "testdata/schema.cedarschema", budget: broker.Budget{MaxCredentials: 3}})
-	id := e.approved("bot", "alice", readAcme)
+	id := e.idjagApproved("bot", "alice", nil, readAcme)
 	other := e.idjagForm("bot", id, url.Values{"resource": {mcpOther}, "scope": {readAcme}})
 	r := e.form("/oauth/token", "", other)
 	if r.Status != http.StatusBadRequest || r.str("error") != "authorization_pending" || r.str("code") != "approval_required" {
@@ -357,7 +387,7 @@ forbid (principal, action, resource) when { context.operation == "id-jag" && con
 func BenchmarkIDJAGExchange(b *testing.B) {
 	e := newEnvWith(b, envOptions{idjagTargets: idjagTargets()})
 	e.bench = true
-	id := e.approved("agent-1", "alice", readAcme)
+	id := e.idjagApproved("agent-1", "alice", nil, readAcme)
 	tok := e.agent("agent-1")
 	post := func(v url.Values) int {
 		req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/oauth/token", stringsReader(v.Encode()))

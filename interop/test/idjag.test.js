@@ -44,6 +44,7 @@ actions:
   - {name: github.pr.write, class: write, risk: medium}
 audiences:
   - {url: "${AUDIENCE_A}", environment: prod}
+  - ${target.resource}
 id_jag_targets:
   - issuer: "${target.issuer}"
     audience_resources: ["${target.resource}"]
@@ -66,11 +67,12 @@ after(async () => {
   await cleanup()
 })
 
-async function approvedTask(scopes = [READ, WRITE]) {
+// approvedTask is a task naming the MCP server among its audiences, approved.
+async function approvedTask(scopes = [READ, WRITE], approval = {}) {
   const task = await rest(dev.issuer, 'POST', '/v1/tasks', agentToken, {
-    on_behalf_of: 'alice', goal: `id-jag ${randomUUID()}`, scopes, audiences: [AUDIENCE_A], ttl_seconds: 600,
+    on_behalf_of: 'alice', goal: `id-jag ${randomUUID()}`, scopes, audiences: [AUDIENCE_A, target.resource], ttl_seconds: 600,
   })
-  await rest(dev.issuer, 'POST', `/v1/tasks/${task.id}/approve`, userToken, {})
+  await rest(dev.issuer, 'POST', `/v1/tasks/${task.id}/approve`, userToken, approval)
   return task.id
 }
 
@@ -147,7 +149,10 @@ describe('MCP Enterprise-Managed Authorization (ID-JAG)', { concurrency: 1, time
     assert.match(err.description, /ERR_JWT_CLAIM_VALIDATION_FAILED/)
   })
 
-  it('refusals at Errand: unknown target, scope beyond the approval, another agent, a closed task', async () => {
+  it('refusals at Errand: unknown target, the MCP server not approved, scope beyond the approval, another agent, a closed task', async () => {
+    const notThere = await approvedTask([READ], { audiences: [AUDIENCE_A] })
+    let refused = await rejectsWith(getIDJAG(notThere))
+    assert.equal(refused.error, 'invalid_target', refused.description)
     const taskId = await approvedTask([READ])
     let err = await rejectsWith(getIDJAG(taskId, { audience: 'https://unknown.example.com' }))
     assert.equal(err.error, 'invalid_target', err.description)
