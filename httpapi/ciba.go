@@ -16,14 +16,8 @@ import (
 // POST /v1/tasks creates one; the answer is §7.3's {auth_req_id,
 // expires_in, interval}.
 func (s *Server) backchannelAuthorize(w http.ResponseWriter, r *http.Request) {
-	form, err := oauthForm(w, r)
-	if err != nil {
-		s.oauthFail(w, r, broker.Principal{}, "", err)
-		return
-	}
-	p, err := s.clientAuth(r, form)
-	if err != nil {
-		s.oauthFail(w, r, broker.Principal{}, "", err)
+	form, p, ok := s.beginOAuth(w, r)
+	if !ok {
 		return
 	}
 	fail := func(err error) { s.oauthFail(w, r, p, "", err) }

@@ -163,17 +163,25 @@ func jwtClaims(raw string, v any) error {
 	return json.Unmarshal(b, v)
 }
 
+// beginOAuth reads an OAuth endpoint's form and authenticates its client;
+// on failure it has answered (RFC 6749 §5.2) and ok is false.
+func (s *Server) beginOAuth(w http.ResponseWriter, r *http.Request) (form url.Values, p broker.Principal, ok bool) {
+	form, err := oauthForm(w, r)
+	if err == nil {
+		p, err = s.clientAuth(r, form)
+	}
+	if err != nil {
+		s.oauthFail(w, r, broker.Principal{}, "", err)
+		return nil, broker.Principal{}, false
+	}
+	return form, p, true
+}
+
 // token is the token endpoint (RFC 6749 §3.2): the client authenticates,
 // then the grant decides.
 func (s *Server) token(w http.ResponseWriter, r *http.Request) {
-	form, err := oauthForm(w, r)
-	if err != nil {
-		s.oauthFail(w, r, broker.Principal{}, "", err)
-		return
-	}
-	p, err := s.clientAuth(r, form)
-	if err != nil {
-		s.oauthFail(w, r, broker.Principal{}, "", err)
+	form, p, ok := s.beginOAuth(w, r)
+	if !ok {
 		return
 	}
 	// A DPoP proof binds the token to its key, whichever grant issues it
