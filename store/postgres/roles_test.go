@@ -21,15 +21,7 @@ import (
 // migration that adds a table without adding it to roles.go fails here.
 func TestH07RolesCoverEveryTable(t *testing.T) {
 	ctx := context.Background()
-	u := testpg.NewDatabase(t)
-	st, err := postgres.Open(ctx, postgres.Config{URL: u})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if _, err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := migratedStore(t)
 	rows, err := st.Pool().Query(ctx, `SELECT table_name FROM information_schema.tables
 		WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1`)
 	if err != nil {
@@ -93,15 +85,7 @@ func TestH07RolesCoverEveryTable(t *testing.T) {
 // left unreachable to both roles.
 func TestH07CreateRolesRefusesAnUnknownTable(t *testing.T) {
 	ctx := context.Background()
-	u := testpg.NewDatabase(t)
-	st, err := postgres.Open(ctx, postgres.Config{URL: u})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if _, err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := migratedStore(t)
 	if _, err := st.Pool().Exec(ctx, `CREATE TABLE future_feature (id bigint PRIMARY KEY)`); err != nil {
 		t.Fatal(err)
 	}
@@ -121,4 +105,19 @@ func TestH07CreateRolesRefusesAnUnknownTable(t *testing.T) {
 	if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_roles WHERE rolname IN ($1, $2)`, app, aud).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("%d roles created by a refused db roles (%v)", n, err)
 	}
+}
+
+// migratedStore opens a fresh database of its own, migrated.
+func migratedStore(t *testing.T) *postgres.Store {
+	t.Helper()
+	u := testpg.NewDatabase(t)
+	st, err := postgres.Open(context.Background(), postgres.Config{URL: u})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	if _, err := st.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
