@@ -19,6 +19,8 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/errandhq/errand/dpop/dpoptest"
 )
 
 const htu = "https://errand.example/v1/tasks/tsk_1/tokens"
@@ -77,42 +79,6 @@ func b64JSON(t testing.TB, v any) string {
 		t.Fatal(err)
 	}
 	return b64(b)
-}
-
-// rawProof builds a compact JWS by hand, so that a test can write any
-// header (a private jwk, alg none, HS256) the library would not.
-func rawProof(t testing.TB, header, claims map[string]any, sign func(input []byte) []byte) string {
-	t.Helper()
-	input := b64JSON(t, header) + "." + b64JSON(t, claims)
-	return input + "." + b64(sign([]byte(input)))
-}
-
-// es256 signs input with k as JWS ES256 does (r || s, 32 bytes each).
-func es256(k *ecdsa.PrivateKey) func([]byte) []byte {
-	return func(input []byte) []byte {
-		sum := sha256.Sum256(input)
-		r, s, err := ecdsa.Sign(rand.Reader, k, sum[:])
-		if err != nil {
-			panic(err)
-		}
-		out := make([]byte, 64)
-		r.FillBytes(out[:32])
-		s.FillBytes(out[32:])
-		return out
-	}
-}
-
-func publicJWK(t testing.TB, k crypto.PublicKey) map[string]any {
-	t.Helper()
-	b, err := (&jose.JSONWebKey{Key: k}).MarshalJSON()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatal(err)
-	}
-	return m
 }
 
 func goodClaims() map[string]any {
@@ -274,20 +240,20 @@ func TestX05MalformedProofsRefused(t *testing.T) {
 	for _, tc := range []struct {
 		name, proof, detail string
 	}{
-		{"typ jwt", rawProof(t, hdr("JWT", publicJWK(t, k.Public())), goodClaims(), es256(k)), "typ"},
-		{"typ missing", rawProof(t, map[string]any{"alg": "ES256", "jwk": publicJWK(t, k.Public())}, goodClaims(), es256(k)), "typ"},
-		{"private key in jwk", rawProof(t, hdr(TokenType, privJWK), goodClaims(), es256(k)), "private"},
-		{"no jwk", rawProof(t, map[string]any{"typ": TokenType, "alg": "ES256"}, goodClaims(), es256(k)), "jwk"},
-		{"symmetric HS256", rawProof(t, map[string]any{"typ": TokenType, "alg": "HS256",
+		{"typ jwt", dpoptest.Compact(t, hdr("JWT", dpoptest.JWK(t, k.Public())), goodClaims(), dpoptest.ES256(k)), "typ"},
+		{"typ missing", dpoptest.Compact(t, map[string]any{"alg": "ES256", "jwk": dpoptest.JWK(t, k.Public())}, goodClaims(), dpoptest.ES256(k)), "typ"},
+		{"private key in jwk", dpoptest.Compact(t, hdr(TokenType, privJWK), goodClaims(), dpoptest.ES256(k)), "private"},
+		{"no jwk", dpoptest.Compact(t, map[string]any{"typ": TokenType, "alg": "ES256"}, goodClaims(), dpoptest.ES256(k)), "jwk"},
+		{"symmetric HS256", dpoptest.Compact(t, map[string]any{"typ": TokenType, "alg": "HS256",
 			"jwk": map[string]any{"kty": "oct", "k": b64(secret)}}, goodClaims(), hs256), "accepted algorithm"},
-		{"alg none", rawProof(t, map[string]any{"typ": TokenType, "alg": "none", "jwk": publicJWK(t, k.Public())},
+		{"alg none", dpoptest.Compact(t, map[string]any{"typ": TokenType, "alg": "none", "jwk": dpoptest.JWK(t, k.Public())},
 			goodClaims(), func([]byte) []byte { return nil }), "accepted algorithm"},
-		{"signed by another key", rawProof(t, hdr(TokenType, publicJWK(t, k.Public())), goodClaims(), es256(other)), "signature"},
-		{"no jti", rawProof(t, hdr(TokenType, publicJWK(t, k.Public())), noClaim("jti"), es256(k)), "jti"},
-		{"no iat", rawProof(t, hdr(TokenType, publicJWK(t, k.Public())), noClaim("iat"), es256(k)), "iat"},
-		{"iat a string", rawProof(t, hdr(TokenType, publicJWK(t, k.Public())),
-			func() map[string]any { c := goodClaims(); c["iat"] = "now"; return c }(), es256(k)), "iat"},
-		{"no htm", rawProof(t, hdr(TokenType, publicJWK(t, k.Public())), noClaim("htm"), es256(k)), "htm"},
+		{"signed by another key", dpoptest.Compact(t, hdr(TokenType, dpoptest.JWK(t, k.Public())), goodClaims(), dpoptest.ES256(other)), "signature"},
+		{"no jti", dpoptest.Compact(t, hdr(TokenType, dpoptest.JWK(t, k.Public())), noClaim("jti"), dpoptest.ES256(k)), "jti"},
+		{"no iat", dpoptest.Compact(t, hdr(TokenType, dpoptest.JWK(t, k.Public())), noClaim("iat"), dpoptest.ES256(k)), "iat"},
+		{"iat a string", dpoptest.Compact(t, hdr(TokenType, dpoptest.JWK(t, k.Public())),
+			func() map[string]any { c := goodClaims(); c["iat"] = "now"; return c }(), dpoptest.ES256(k)), "iat"},
+		{"no htm", dpoptest.Compact(t, hdr(TokenType, dpoptest.JWK(t, k.Public())), noClaim("htm"), dpoptest.ES256(k)), "htm"},
 		{"not a JWS", "a.b", "JWS"},
 		{"too large", strings.Repeat("a", MaxProofBytes+1), "larger"},
 	} {
@@ -305,7 +271,7 @@ func TestX05KeyMustFitAlgorithm(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proof := rawProof(t, map[string]any{"typ": TokenType, "alg": "ES256", "jwk": publicJWK(t, k.Public())},
+	proof := dpoptest.Compact(t, map[string]any{"typ": TokenType, "alg": "ES256", "jwk": dpoptest.JWK(t, k.Public())},
 		goodClaims(), func([]byte) []byte { return make([]byte, 64) })
 	_, err = v.Verify(context.Background(), proof, req())
 	wantInvalid(t, err, "P-256")
@@ -359,7 +325,7 @@ func TestNewRefusesSymmetricAlgorithms(t *testing.T) {
 // fuzzing worker holds the same proof.
 func FuzzDPoPProof(f *testing.F) {
 	k := ed25519.NewKeyFromSeed([]byte("errand-dpop-fuzz-key-seed-32byte"))
-	good := rawProof(f, map[string]any{"typ": TokenType, "alg": "EdDSA", "jwk": publicJWK(f, k.Public())},
+	good := dpoptest.Compact(f, map[string]any{"typ": TokenType, "alg": "EdDSA", "jwk": dpoptest.JWK(f, k.Public())},
 		goodClaims(), func(input []byte) []byte { return ed25519.Sign(k, input) })
 	segments := func(proof string) (string, string) {
 		parts := strings.Split(proof, ".")
@@ -451,8 +417,8 @@ func BenchmarkCheck(b *testing.B) {
 func TestX05Ed25519FullySpecifiedName(t *testing.T) {
 	v, _ := newVerifier(t)
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	header := map[string]any{"typ": TokenType, "alg": "Ed25519", "jwk": publicJWK(t, pub)}
-	proof := rawProof(t, header, goodClaims(), func(in []byte) []byte { return ed25519.Sign(priv, in) })
+	header := map[string]any{"typ": TokenType, "alg": "Ed25519", "jwk": dpoptest.JWK(t, pub)}
+	proof := dpoptest.Compact(t, header, goodClaims(), func(in []byte) []byte { return ed25519.Sign(priv, in) })
 	p, err := v.Verify(context.Background(), proof, req())
 	if err != nil {
 		t.Fatal(err)
@@ -461,12 +427,12 @@ func TestX05Ed25519FullySpecifiedName(t *testing.T) {
 		t.Fatalf("jkt %q, want %q", p.JKT, want)
 	}
 	_, other, _ := ed25519.GenerateKey(rand.Reader)
-	forged := rawProof(t, header, goodClaims(), func(in []byte) []byte { return ed25519.Sign(other, in) })
+	forged := dpoptest.Compact(t, header, goodClaims(), func(in []byte) []byte { return ed25519.Sign(other, in) })
 	_, err = v.Verify(context.Background(), forged, req())
 	wantInvalid(t, err, "signature")
 	ec := p256(t)
-	wrongKey := rawProof(t, map[string]any{"typ": TokenType, "alg": "Ed25519", "jwk": publicJWK(t, &ec.PublicKey)},
-		goodClaims(), es256(ec))
+	wrongKey := dpoptest.Compact(t, map[string]any{"typ": TokenType, "alg": "Ed25519", "jwk": dpoptest.JWK(t, &ec.PublicKey)},
+		goodClaims(), dpoptest.ES256(ec))
 	_, err = v.Verify(context.Background(), wrongKey, req())
 	wantInvalid(t, err, "Ed25519 key")
 }
@@ -477,8 +443,8 @@ func TestX05Ed25519NameRefusesCrit(t *testing.T) {
 	v, _ := newVerifier(t)
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	for _, alg := range []string{"EdDSA", "Ed25519"} {
-		header := map[string]any{"typ": TokenType, "alg": alg, "jwk": publicJWK(t, pub), "crit": []string{"urn:x-unknown"}, "urn:x-unknown": true}
-		proof := rawProof(t, header, goodClaims(), func(in []byte) []byte { return ed25519.Sign(priv, in) })
+		header := map[string]any{"typ": TokenType, "alg": alg, "jwk": dpoptest.JWK(t, pub), "crit": []string{"urn:x-unknown"}, "urn:x-unknown": true}
+		proof := dpoptest.Compact(t, header, goodClaims(), func(in []byte) []byte { return ed25519.Sign(priv, in) })
 		if _, err := v.Verify(context.Background(), proof, req()); !errors.Is(err, ErrInvalidProof) {
 			t.Fatalf("alg %s with crit: %v, want a refusal", alg, err)
 		}
@@ -491,7 +457,7 @@ func TestX08ProofErrorsQuoteNoHeader(t *testing.T) {
 	v, _ := newVerifier(t)
 	k := p256(t)
 	evil := `HS256<img src=x onerror=alert(1)>` + strings.Repeat("A", 4000)
-	proof := rawProof(t, map[string]any{"typ": TokenType, "alg": evil, "jwk": publicJWK(t, &k.PublicKey)}, goodClaims(), es256(k))
+	proof := dpoptest.Compact(t, map[string]any{"typ": TokenType, "alg": evil, "jwk": dpoptest.JWK(t, &k.PublicKey)}, goodClaims(), dpoptest.ES256(k))
 	_, err := v.Verify(context.Background(), proof, req())
 	if !errors.Is(err, ErrInvalidProof) || strings.Contains(err.Error(), "img") || len(err.Error()) > 200 {
 		t.Fatalf("refusal %q", err)

@@ -20,10 +20,9 @@ import (
 	"testing"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
-
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/dpop"
+	"github.com/errandhq/errand/dpop/dpoptest"
 )
 
 func dpopKey(t testing.TB) *ecdsa.PrivateKey {
@@ -92,48 +91,6 @@ func tokenClaims(t testing.TB, tok string) map[string]any {
 		t.Fatalf("not a JWT: %q", tok)
 	}
 	b, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-// handProof is a compact JWS with any header, for the proofs no library
-// would write (a private jwk, HS256, alg none); sign signs its input.
-func handProof(t testing.TB, header, claims map[string]any, sign func([]byte) []byte) string {
-	t.Helper()
-	enc := func(v any) string {
-		b, err := json.Marshal(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return base64.RawURLEncoding.EncodeToString(b)
-	}
-	input := enc(header) + "." + enc(claims)
-	return input + "." + base64.RawURLEncoding.EncodeToString(sign([]byte(input)))
-}
-
-func es256Sign(k *ecdsa.PrivateKey) func([]byte) []byte {
-	return func(input []byte) []byte {
-		sum := sha256.Sum256(input)
-		r, s, err := ecdsa.Sign(rand.Reader, k, sum[:])
-		if err != nil {
-			panic(err)
-		}
-		out := make([]byte, 64)
-		r.FillBytes(out[:32])
-		s.FillBytes(out[32:])
-		return out
-	}
-}
-
-func jwkMap(t testing.TB, key any) map[string]any {
-	t.Helper()
-	b, err := (&jose.JSONWebKey{Key: key}).MarshalJSON()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +208,7 @@ func TestX05InvalidProofsRefused(t *testing.T) {
 		return map[string]any{"jti": "x05-" + strings.Repeat("z", 8), "htm": "POST",
 			"htu": publicURL + mintPath(id), "iat": time.Now().Unix()}
 	}
-	pub := jwkMap(t, key.Public())
+	pub := dpoptest.JWK(t, key.Public())
 	secret := []byte("0123456789abcdef0123456789abcdef")
 	for _, tc := range []struct {
 		name   string
@@ -263,14 +220,14 @@ func TestX05InvalidProofsRefused(t *testing.T) {
 		{"wrong htu: the Host header's", []string{sign(http.MethodPost, e.srv.URL+mintPath(id), time.Now())}},
 		{"stale iat", []string{sign(http.MethodPost, publicURL+mintPath(id), time.Now().Add(-5*time.Minute))}},
 		{"future iat", []string{sign(http.MethodPost, publicURL+mintPath(id), time.Now().Add(5*time.Minute))}},
-		{"typ not dpop+jwt", []string{handProof(t, map[string]any{"typ": "JWT", "alg": "ES256", "jwk": pub}, claims(), es256Sign(key))}},
-		{"private key in jwk", []string{handProof(t, map[string]any{"typ": "dpop+jwt", "alg": "ES256", "jwk": jwkMap(t, key)}, claims(), es256Sign(key))}},
-		{"symmetric alg HS256", []string{handProof(t, map[string]any{"typ": "dpop+jwt", "alg": "HS256",
+		{"typ not dpop+jwt", []string{dpoptest.Compact(t, map[string]any{"typ": "JWT", "alg": "ES256", "jwk": pub}, claims(), dpoptest.ES256(key))}},
+		{"private key in jwk", []string{dpoptest.Compact(t, map[string]any{"typ": "dpop+jwt", "alg": "ES256", "jwk": dpoptest.JWK(t, key)}, claims(), dpoptest.ES256(key))}},
+		{"symmetric alg HS256", []string{dpoptest.Compact(t, map[string]any{"typ": "dpop+jwt", "alg": "HS256",
 			"jwk": map[string]any{"kty": "oct", "k": base64.RawURLEncoding.EncodeToString(secret)}}, claims(),
 			func(in []byte) []byte { m := hmac.New(sha256.New, secret); m.Write(in); return m.Sum(nil) })}},
-		{"alg none", []string{handProof(t, map[string]any{"typ": "dpop+jwt", "alg": "none", "jwk": pub}, claims(),
+		{"alg none", []string{dpoptest.Compact(t, map[string]any{"typ": "dpop+jwt", "alg": "none", "jwk": pub}, claims(),
 			func([]byte) []byte { return nil })}},
-		{"signed by another key", []string{handProof(t, map[string]any{"typ": "dpop+jwt", "alg": "ES256", "jwk": pub}, claims(), es256Sign(dpopKey(t)))}},
+		{"signed by another key", []string{dpoptest.Compact(t, map[string]any{"typ": "dpop+jwt", "alg": "ES256", "jwk": pub}, claims(), dpoptest.ES256(dpopKey(t)))}},
 		{"two DPoP headers", []string{sign(http.MethodPost, publicURL+mintPath(id), time.Now()), sign(http.MethodPost, publicURL+mintPath(id), time.Now())}},
 		{"empty", []string{""}},
 	} {
