@@ -458,8 +458,9 @@ func unavailable(err error) error {
 // tokens are children of this token, so letting it lapse would revoke every
 // task's secrets early — failing closed, but needlessly.
 func (i *Issuer) Run(ctx context.Context) error {
+	var lastTTL time.Duration // what the token had left at the last good look
 	for {
-		wait := i.keepAlive(ctx)
+		wait := i.keepAlive(ctx, &lastTTL)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -468,33 +469,41 @@ func (i *Issuer) Run(ctx context.Context) error {
 	}
 }
 
-func (i *Issuer) keepAlive(ctx context.Context) time.Duration {
+func (i *Issuer) keepAlive(ctx context.Context, lastTTL *time.Duration) time.Duration {
 	self, err := i.client.Auth().Token().LookupSelfWithContext(ctx)
 	if err != nil {
-		return i.relogin(ctx)
+		return i.relogin(ctx, *lastTTL)
 	}
 	ttl, _ := self.TokenTTL()
+	*lastTTL = ttl
 	if ttl == 0 {
 		return 10 * time.Minute // does not expire
 	}
 	if renewable, _ := self.TokenIsRenewable(); renewable {
 		sec, err := i.client.Auth().Token().RenewSelfWithContext(ctx, 0)
 		if err == nil && sec != nil && sec.Auth != nil && sec.Auth.LeaseDuration > 0 {
+			*lastTTL = time.Duration(sec.Auth.LeaseDuration) * time.Second
 			return max(time.Duration(sec.Auth.LeaseDuration)*time.Second/2, time.Second)
 		}
 	}
 	if ttl > 2*time.Minute {
 		return ttl / 2
 	}
-	return i.relogin(ctx)
+	return i.relogin(ctx, ttl)
 }
 
 // relogin logs in again with AppRole; a token identity cannot, and is
-// retried soon (the operator must replace the token file).
-func (i *Issuer) relogin(ctx context.Context) time.Duration {
+// retried soon (the operator must replace the token file). ttl is what the
+// current token has left (0 when unknown): a renewal that failed on a
+// transient error is tried again well before the token lapses, never only
+// after a fixed 30 s that a short-lived token would not survive.
+func (i *Issuer) relogin(ctx context.Context, ttl time.Duration) time.Duration {
 	if i.auth.Method != "approle" {
 		if i.auth.TokenFile != "" {
 			_ = i.login(ctx, i.auth) // the file may hold a new token
+		}
+		if ttl > 0 {
+			return min(max(ttl/4, 250*time.Millisecond), 30*time.Second)
 		}
 		return 30 * time.Second
 	}
