@@ -3,6 +3,7 @@ package jwt
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -68,5 +69,71 @@ func TestIDJAGSign(t *testing.T) {
 				t.Fatal("an ID-JAG passes for an access token")
 			}
 		})
+	}
+}
+
+// TestIDJAGOf: an ID-JAG this issuer signed is recognised for revocation,
+// expired or not, and nothing else is: an access token of the same keys,
+// an ID-JAG of another issuer, a tampered one.
+func TestIDJAGOf(t *testing.T) {
+	now := time.Now().Truncate(time.Second)
+	clock := now
+	i := newIssuer(t, &memKeys{}, AlgEdDSA, func() time.Time { return clock })
+	other := newIssuer(t, &memKeys{}, AlgEdDSA, func() time.Time { return clock })
+	g := broker.IDJAG{Subject: "alice", Audience: "https://as.example", ClientID: "c", Resource: "https://mcp.example/mcp",
+		TaskID: "tsk_1", JTI: "jti-1", IssuedAt: now, ExpiresAt: now.Add(time.Minute)}
+	raw, err := i.SignIDJAG(context.Background(), g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock = now.Add(time.Hour) // long expired
+	if jti, err := i.IDJAGOf(context.Background(), raw); err != nil || jti != "jti-1" {
+		t.Fatalf("IDJAGOf(own, expired) = %q, %v", jti, err)
+	}
+	foreign, err := other.SignIDJAG(context.Background(), g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at, err := i.Sign(context.Background(), sample(now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tampered := raw[:len(raw)-4] + "AAAA"
+	for name, tok := range map[string]string{"another issuer's keys": foreign, "an access token": at, "tampered": tampered, "garbage": "a.b.c"} {
+		if jti, err := i.IDJAGOf(context.Background(), tok); broker.CodeOf(err) != broker.ErrInvalidToken.Code {
+			t.Errorf("IDJAGOf(%s) = %q, %v; want invalid_token", name, jti, err)
+		}
+	}
+}
+
+// TestSignSET: a Security Event Token verifies with the JWKS, has typ
+// secevent+jwt and the claims it was given, with iss the issuer.
+func TestSignSET(t *testing.T) {
+	i := newIssuer(t, &memKeys{}, AlgES256, time.Now)
+	now := time.Now().Truncate(time.Second)
+	raw, err := i.SignSET(context.Background(), broker.SecurityEvent{Audience: "https://as.example", JTI: "rev-1", IssuedAt: now,
+		Txn: "tsk_1", SubID: map[string]any{"format": "opaque", "id": "jti-1"}, Events: map[string]any{"urn:e": map[string]any{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(i.JWKS(), &set); err != nil {
+		t.Fatal(err)
+	}
+	jws, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := jws.Signatures[0].Protected
+	payload, err := jws.Verify(set.Key(h.KeyID)[0])
+	if err != nil || h.ExtraHeaders["typ"] != SETType {
+		t.Fatalf("verify: %v, typ %v", err, h.ExtraHeaders["typ"])
+	}
+	want := fmt.Sprintf(`{"iss":%q,"aud":"https://as.example","jti":"rev-1","iat":%d,"txn":"tsk_1","sub_id":{"format":"opaque","id":"jti-1"},"events":{"urn:e":{}}}`, iss, now.Unix())
+	if string(payload) != want {
+		t.Fatalf("claims\n got %s\nwant %s", payload, want)
+	}
+	if _, err := i.IDJAGOf(context.Background(), raw); err == nil {
+		t.Fatal("a SET passes for an ID-JAG")
 	}
 }

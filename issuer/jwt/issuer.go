@@ -450,7 +450,7 @@ func (i *Issuer) Verify(ctx context.Context, raw string) (broker.AccessToken, er
 }
 
 func (i *Issuer) verify(ctx context.Context, raw string) (broker.AccessToken, string, error) {
-	hdr, err := header(raw)
+	hdr, err := header(raw, TokenType)
 	if err != nil {
 		return broker.AccessToken{}, "", err
 	}
@@ -500,8 +500,9 @@ type jwsHeader struct {
 	Crit json.RawMessage `json:"crit"`
 }
 
-// header decodes and checks the JOSE header before any key is touched.
-func header(raw string) (jwsHeader, error) {
+// header decodes and checks the JOSE header, whose typ must be typ,
+// before any key is touched.
+func header(raw, typ string) (jwsHeader, error) {
 	var h jwsHeader
 	if strings.Count(raw, ".") != 2 {
 		return h, broker.Errorf(broker.ErrInvalidToken, "not a compact JWS")
@@ -517,8 +518,8 @@ func header(raw string) (jwsHeader, error) {
 	if h.Crit != nil {
 		return h, broker.Errorf(broker.ErrInvalidToken, "crit header not supported")
 	}
-	if h.Typ != TokenType {
-		return h, broker.Errorf(broker.ErrInvalidToken, "typ must be %s", TokenType)
+	if h.Typ != typ {
+		return h, broker.Errorf(broker.ErrInvalidToken, "typ must be %s", typ)
 	}
 	return h, nil
 }
@@ -526,7 +527,7 @@ func header(raw string) (jwsHeader, error) {
 // IsOwnToken reports whether raw looks like one of Errand's access tokens
 // (its typ header is at+jwt), without verifying it.
 func IsOwnToken(raw string) bool {
-	_, err := header(raw)
+	_, err := header(raw, TokenType)
 	return err == nil
 }
 
@@ -618,18 +619,23 @@ type idjagClaims struct {
 // key of an access token, published in the same JWKS, so that a target
 // authorization server verifies it from Errand's jwks_uri.
 func (i *Issuer) SignIDJAG(_ context.Context, g broker.IDJAG) (string, error) {
-	i.mu.RLock()
-	k := i.current
-	i.mu.RUnlock()
-	head, err := json.Marshal(joseHeader{Alg: k.alg, Kid: k.kid, Typ: IDJAGType})
-	if err != nil {
-		return "", err
-	}
-	body, err := json.Marshal(idjagClaims{
+	return i.signAs(IDJAGType, idjagClaims{
 		Iss: i.cfg.Issuer, Sub: g.Subject, Aud: g.Audience, ClientID: g.ClientID, JTI: g.JTI,
 		IAT: g.IssuedAt.Unix(), EXP: g.ExpiresAt.Unix(), Resource: g.Resource, Scope: g.Scope,
 		Act: actClaim{Sub: g.Act.Subject, Iss: g.Act.Issuer}, TaskID: g.TaskID,
 	})
+}
+
+// signAs signs claims with the current key under header typ typ.
+func (i *Issuer) signAs(typ string, claims any) (string, error) {
+	i.mu.RLock()
+	k := i.current
+	i.mu.RUnlock()
+	head, err := json.Marshal(joseHeader{Alg: k.alg, Kid: k.kid, Typ: typ})
+	if err != nil {
+		return "", err
+	}
+	body, err := json.Marshal(claims)
 	if err != nil {
 		return "", err
 	}
@@ -639,4 +645,58 @@ func (i *Issuer) SignIDJAG(_ context.Context, g broker.IDJAG) (string, error) {
 		return "", err
 	}
 	return signing + "." + base64.RawURLEncoding.EncodeToString(sig), nil
+}
+
+// IDJAGOf verifies that raw is an ID-JAG this Errand signed, with a key it
+// still holds, and returns its jti. Expiry is not checked: an ID-JAG's
+// holder may revoke it after its exp, so that the target drops what it
+// issued from it (see revocation.EventPush).
+func (i *Issuer) IDJAGOf(ctx context.Context, raw string) (string, error) {
+	if len(raw) > MaxTokenBytes {
+		return "", broker.Errorf(broker.ErrInvalidToken, "token too large")
+	}
+	hdr, err := header(raw, IDJAGType)
+	if err != nil {
+		return "", err
+	}
+	k := i.keyFor(ctx, hdr.KID)
+	if k == nil || hdr.Alg != k.alg {
+		return "", broker.Errorf(broker.ErrInvalidToken, "unknown key or algorithm")
+	}
+	var c gojwt.MapClaims
+	p := gojwt.NewParser(gojwt.WithValidMethods([]string{k.alg}), gojwt.WithoutClaimsValidation())
+	if _, err := p.ParseWithClaims(raw, &c, func(*gojwt.Token) (any, error) {
+		return k.public, nil
+	}); err != nil {
+		return "", broker.Errorf(broker.ErrInvalidToken, "%v", err)
+	}
+	iss, _ := c["iss"].(string)
+	jti, _ := c["jti"].(string)
+	if iss != i.cfg.Issuer || jti == "" {
+		return "", broker.Errorf(broker.ErrInvalidToken, "not an ID-JAG of this issuer")
+	}
+	return jti, nil
+}
+
+// SETType is the typ header of a Security Event Token (RFC 8417 §2.3).
+const SETType = "secevent+jwt"
+
+// SignSET signs a Security Event Token (RFC 8417) for aud: jti, iat, the
+// subject sub_id (RFC 9493) and events, with iss Errand.
+func (i *Issuer) SignSET(_ context.Context, set broker.SecurityEvent) (string, error) {
+	return i.signAs(SETType, setClaims{
+		Iss: i.cfg.Issuer, Aud: set.Audience, JTI: set.JTI, IAT: set.IssuedAt.Unix(),
+		TxN: set.Txn, SubID: set.SubID, Events: set.Events,
+	})
+}
+
+// setClaims are a SET's claims, in a fixed order.
+type setClaims struct {
+	Iss    string         `json:"iss"`
+	Aud    string         `json:"aud"`
+	JTI    string         `json:"jti"`
+	IAT    int64          `json:"iat"`
+	TxN    string         `json:"txn,omitempty"`
+	SubID  map[string]any `json:"sub_id"`
+	Events map[string]any `json:"events"`
 }

@@ -80,7 +80,7 @@ func TestKeyLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if hdr, _ := header(newTok); hdr.KID != next {
+	if hdr, _ := header(newTok, TokenType); hdr.KID != next {
 		t.Fatalf("signed with %s, want the promoted key %s", hdr.KID, next)
 	}
 	if got := jwksKIDs(t, i); strings.Count(got, ",") != 2 || !strings.Contains(got, first) {
