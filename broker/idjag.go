@@ -41,6 +41,22 @@ type IDJAGTarget struct {
 	// MaxLifetime bounds an ID-JAG's life (at most, and by default,
 	// DefaultIDJAGLifetime).
 	MaxLifetime time.Duration
+	// EventsEndpoint, when set, is the target's Security Event Token push
+	// endpoint (RFC 8935): a revoked ID-JAG of it (its task ended, or its
+	// holder revoked it) is queued in the outbox and announced there, so
+	// that the target drops the grant and what it issued from it.
+	EventsEndpoint string
+}
+
+// SecurityEvent is a Security Event Token (RFC 8417) as a token issuer
+// signs it; the issuer adds iss.
+type SecurityEvent struct {
+	Audience string
+	JTI      string
+	IssuedAt time.Time
+	Txn      string
+	SubID    map[string]any // RFC 9493 subject identifier
+	Events   map[string]any
 }
 
 // IDJAG is what a token issuer signs as an ID-JAG: the draft's claims,
@@ -60,9 +76,23 @@ type IDJAG struct {
 }
 
 // IDJAGSigner is the ability of a TokenIssuer to sign ID-JAGs (typ
-// oauth-id-jag+jwt) with the keys its JWKS publishes.
+// oauth-id-jag+jwt) with the keys its JWKS publishes, and to recognise
+// one it signed (for RFC 7009 revocation by its holder).
 type IDJAGSigner interface {
 	SignIDJAG(ctx context.Context, g IDJAG) (string, error)
+	// IDJAGOf returns the jti of raw, an ID-JAG this issuer signed with a
+	// key it still holds, expired or not; anything else is ErrInvalidToken.
+	IDJAGOf(ctx context.Context, raw string) (string, error)
+}
+
+// queuesBackend reports whether revoking c leaves work for a backend:
+// a Vault credential always; an ID-JAG when its target takes pushed
+// revocation events.
+func (s *Service) queuesBackend(c Credential) bool {
+	if c.Kind == KindIDJAG {
+		return s.idjag[c.Audience].EventsEndpoint != ""
+	}
+	return s.backend[c.Kind]
 }
 
 // IDJAGRequest is a token exchange for an ID-JAG: the task, the target's

@@ -21,7 +21,7 @@ func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, no
 	}
 	var outbox []OutboxItem
 	for _, c := range creds {
-		if s.backend[c.Kind] {
+		if s.queuesBackend(c) {
 			outbox = append(outbox, OutboxItem{TaskID: t.ID, Kind: c.Kind, Ref: c.JTI, CreatedAt: now, NextAttemptAt: now})
 		}
 	}
@@ -114,14 +114,14 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) erro
 	if p.Kind != KindAgent && p.Kind != KindUser {
 		return Errorf(ErrWrongPrincipalKind, "only a token's agent or user may revoke it")
 	}
-	at, err := s.tokens.Verify(ctx, raw)
+	jti, err := s.revocableJTI(ctx, raw)
 	if CodeOf(err) == ErrInvalidToken.Code {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	c, err := s.store.Credential(ctx, at.JTI)
+	c, err := s.store.Credential(ctx, jti)
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
@@ -152,7 +152,7 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) erro
 		reason := "revoked_by_" + string(p.Kind)
 		evs := []AuditEvent{{Time: now, Type: EventCredentialRevoked, Actor: ActorOf(p), TaskID: t.ID,
 			Detail: detail(map[string]any{"kind": c.Kind, "jti_sha256": HashID(c.JTI), "reason": reason})}}
-		if s.backend[c.Kind] {
+		if s.queuesBackend(c) {
 			t.Revoking = true
 			if err := tx.UpdateTask(ctx, t); err != nil {
 				return err
@@ -171,6 +171,19 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) erro
 		return err
 	}
 	return s.revoked(ctx, revs)
+}
+
+// revocableJTI is the jti of raw, an access token or an ID-JAG that
+// Errand signed.
+func (s *Service) revocableJTI(ctx context.Context, raw string) (string, error) {
+	at, err := s.tokens.Verify(ctx, raw)
+	if err == nil {
+		return at.JTI, nil
+	}
+	if g, ok := s.tokens.(IDJAGSigner); ok && len(s.idjag) > 0 && CodeOf(err) == ErrInvalidToken.Code {
+		return g.IDJAGOf(ctx, raw)
+	}
+	return "", err
 }
 
 // revoked returns once every replica answering from memory has applied

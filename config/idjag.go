@@ -29,6 +29,9 @@ type IDJAGTarget struct {
 	ScopesMap map[string]string `yaml:"scopes_map"`
 	// MaxLifetime bounds a grant's life: at most, and by default, 5m.
 	MaxLifetime Duration `yaml:"max_lifetime"`
+	// EventsEndpoint is the target's Security Event Token push endpoint
+	// (RFC 8935), told of every revoked grant; empty: none.
+	EventsEndpoint string `yaml:"events_endpoint"`
 }
 
 // validateIDJAG checks id_jag_targets against the catalog and writes out
@@ -60,6 +63,9 @@ func (c *Config) validateIDJAG(cat *broker.Catalog) error {
 		}
 		if t.ClientID == "" {
 			bad("client_id: required: the agents' client id at the target")
+		}
+		if t.EventsEndpoint != "" && !pushURL(t.EventsEndpoint) {
+			bad("events_endpoint: an absolute https URL (http only on a loopback host), without fragment")
 		}
 		if t.MaxLifetime == 0 {
 			t.MaxLifetime = Duration(broker.DefaultIDJAGLifetime)
@@ -96,6 +102,17 @@ func mapsFrom(cat *broker.Catalog, k string) bool {
 	return cat.CheckGrantable(broker.Scopes{sc}) == nil
 }
 
+// pushURL reports whether raw is an absolute https URL, or http on a
+// loopback host, without userinfo or fragment: an endpoint Errand posts to.
+func pushURL(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || u.Fragment != "" {
+		return false
+	}
+	u.RawQuery = ""
+	return secureURL(u.String())
+}
+
 // secureURL reports whether raw is an absolute https URL, or http on a
 // loopback host, with no query or fragment: an issuer identifier.
 func secureURL(raw string) bool {
@@ -123,7 +140,7 @@ func (c *Config) BrokerIDJAGTargets() []broker.IDJAGTarget {
 	for i, t := range c.IDJAGTargets {
 		out[i] = broker.IDJAGTarget{
 			Issuer: t.Issuer, Resources: t.AudienceResources, ClientID: t.ClientID,
-			ScopesMap: t.ScopesMap, MaxLifetime: time.Duration(t.MaxLifetime),
+			ScopesMap: t.ScopesMap, MaxLifetime: time.Duration(t.MaxLifetime), EventsEndpoint: t.EventsEndpoint,
 		}
 	}
 	return out

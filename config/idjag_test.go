@@ -43,6 +43,11 @@ func TestIDJAGTargets(t *testing.T) {
 		c.BrokerIDJAGTargets()[0].MaxLifetime != 90*time.Second {
 		t.Fatalf("a loopback http issuer with max_lifetime 90s: %v", err)
 	}
+	withEvents := strings.Replace(idjagBlock, "client_id:", "events_endpoint: https://auth.mcp.example.com/ssf/events?stream=1\n    client_id:", 1)
+	if c, err := Parse([]byte(withMCP+withEvents), goodEnv); err != nil ||
+		c.BrokerIDJAGTargets()[0].EventsEndpoint != "https://auth.mcp.example.com/ssf/events?stream=1" {
+		t.Fatalf("an https events endpoint: %v", err)
+	}
 	bad := []struct{ name, old, new, key string }{
 		{"http issuer", "https://auth.mcp.example.com", "http://auth.mcp.example.com", "id_jag_targets[0].issuer"},
 		{"relative issuer", "https://auth.mcp.example.com", "auth.mcp.example.com", "id_jag_targets[0].issuer"},
@@ -55,6 +60,9 @@ func TestIDJAGTargets(t *testing.T) {
 		{"widening map value", ": repo.read", `: "repo.read repo.admin"`, `scopes_map["github.repo.read"]`},
 		{"unknown action key", "github.repo.read: repo.read", "github.repo.admin: repo.read", "id_jag_targets[0].scopes_map"},
 		{"malformed scope key", `"github.pr.write:acme/api"`, `"github.pr.write:"`, "id_jag_targets[0].scopes_map"},
+		{"http events endpoint", "client_id: errand-agents", "client_id: errand-agents\n    events_endpoint: http://auth.mcp.example.com/events", "id_jag_targets[0].events_endpoint"},
+		{"relative events endpoint", "client_id: errand-agents", "client_id: errand-agents\n    events_endpoint: /events", "id_jag_targets[0].events_endpoint"},
+		{"events endpoint with userinfo", "client_id: errand-agents", "client_id: errand-agents\n    events_endpoint: https://u:p@auth.mcp.example.com/events", "id_jag_targets[0].events_endpoint"},
 	}
 	for _, b := range bad {
 		t.Run(b.name, func(t *testing.T) {

@@ -63,7 +63,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	// The counters exist at 0 from the start, so that an alert on their
 	// increase sees the first alarm (a series born at 1 shows none).
-	for _, kind := range []string{broker.KindVaultToken, broker.KindVaultLease} {
+	for _, kind := range []string{broker.KindVaultToken, broker.KindVaultLease, broker.KindIDJAG} {
 		m.Alarms.WithLabelValues(kind)
 		m.Attempts.WithLabelValues(kind, "ok")
 		m.Attempts.WithLabelValues(kind, "error")

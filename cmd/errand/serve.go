@@ -268,6 +268,10 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		bcfg.Secrets, bcfg.SecretRoles, bcfg.BackendKinds = vi, cfg.SecretRoles(), []string{broker.KindVaultToken}
 		backends[broker.KindVaultToken] = vi
 	}
+	// ID-JAG targets with a push endpoint hear of each revoked grant (SET).
+	if push := revocation.NewEventPush(st, tokens, bcfg.IDJAGTargets); push != nil {
+		backends[broker.KindIDJAG] = push
+	}
 	hub := &revocation.Hub{Poll: time.Second}
 	if l, ok := st.(interface {
 		Listen(context.Context, func()) error
