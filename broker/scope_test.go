@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"encoding/json"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -208,5 +210,46 @@ func TestParseScopesDeduplicatesAndSorts(t *testing.T) {
 	}
 	if _, err := ParseScopes([]string{"a.x:1", "bad scope"}); CodeOf(err) != "invalid_scope" {
 		t.Fatalf("one bad scope must refuse the whole list: %v", err)
+	}
+}
+
+// TestScopeVectors runs the containment vectors that the SDKs share
+// (testdata/scope_vectors.json) through ParseScope and CoveredBy: the file
+// is Errand's own answer, so an SDK that passes it contains as Errand does.
+func TestScopeVectors(t *testing.T) {
+	b, err := os.ReadFile("testdata/scope_vectors.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		Covered []struct {
+			Name, Requested, Granted string
+			Covered                  bool
+		}
+		Invalid []string
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Covered) < 20 || len(v.Invalid) < 10 {
+		t.Fatalf("%d containment and %d invalid vectors: the file lost cases", len(v.Covered), len(v.Invalid))
+	}
+	for _, c := range v.Covered {
+		a, err := ParseScope(c.Requested)
+		if err != nil {
+			t.Fatalf("%s: %v", c.Name, err)
+		}
+		g, err := ParseScope(c.Granted)
+		if err != nil {
+			t.Fatalf("%s: %v", c.Name, err)
+		}
+		if got := a.CoveredBy(g); got != c.Covered {
+			t.Errorf("%s: %s ⊆ %s = %v, the vectors say %v", c.Name, c.Requested, c.Granted, got, c.Covered)
+		}
+	}
+	for _, s := range v.Invalid {
+		if _, err := ParseScope(s); err == nil {
+			t.Errorf("ParseScope(%q) accepted a scope the vectors call invalid", s)
+		}
 	}
 }
