@@ -164,6 +164,9 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) erro
 		if err := tx.AppendAudit(ctx, evs...); err != nil {
 			return err
 		}
+		if c.Kind != "jwt" {
+			return nil // the feed is for resource servers, which see access tokens only
+		}
 		revs = []Revocation{{Seq: evs[0].Seq, JTI: c.JTI, TaskID: t.ID, RevokedAt: now, Reason: reason}}
 		return tx.InsertRevocations(ctx, revs)
 	})

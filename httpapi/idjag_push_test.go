@@ -129,6 +129,11 @@ func TestX07IDJAGRevocationPush(t *testing.T) {
 	if n := pending(id); n != 1 {
 		t.Fatalf("%d outbox items after one revocation, want 1", n)
 	}
+	// The resource servers' feed lists access tokens only.
+	var onFeed int
+	if err := e.st.Pool().QueryRow(context.Background(), `SELECT count(*) FROM revocations WHERE jti = $1`, jti1).Scan(&onFeed); err != nil || onFeed != 0 {
+		t.Fatalf("the ID-JAG is on the revocation feed (%d rows, %v)", onFeed, err)
+	}
 	drain() // refused by the receiver
 	if len(recv.events()) != 0 || pending(id) != 1 {
 		t.Fatalf("a refused push was confirmed: %d events, %d pending", len(recv.events()), pending(id))
