@@ -85,6 +85,10 @@ type IDJAGSigner interface {
 	IDJAGOf(ctx context.Context, raw string) (string, error)
 }
 
+// IssuesIDJAGs reports whether an ID-JAG target is configured, so that
+// the metadata advertises the token type only where an exchange can work.
+func (s *Service) IssuesIDJAGs() bool { return len(s.idjag) > 0 }
+
 // queuesBackend reports whether revoking c leaves work for a backend:
 // a Vault credential always; an ID-JAG when its target takes pushed
 // revocation events.

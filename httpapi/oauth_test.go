@@ -136,6 +136,16 @@ func TestOAuthMetadataAdvertisesWhatWorks(t *testing.T) {
 			t.Errorf("%s = %s, want %s", k, got, want)
 		}
 	}
+	// ID-JAGs are advertised (the draft's identity-chaining property) only
+	// where a target is configured.
+	if _, ok := r.JSON["identity_chaining_requested_token_types_supported"]; ok {
+		t.Error("identity_chaining_requested_token_types_supported without an ID-JAG target")
+	}
+	ie := newIDJAGEnv(t)
+	r = ie.mustStatus(ie.do("GET", "/.well-known/oauth-authorization-server", "", nil), http.StatusOK)
+	if got, _ := json.Marshal(r.JSON["identity_chaining_requested_token_types_supported"]); string(got) != `["`+tokenTypeIDJAG+`"]` {
+		t.Errorf("identity_chaining_requested_token_types_supported = %s with a target", got)
+	}
 }
 
 // TestOAuthTokenExchangeMintsLikeREST: an RFC 8693 exchange gives a token

@@ -129,6 +129,11 @@ func (s *Server) metadata(w http.ResponseWriter, _ *http.Request) {
 		// RFC 9449 §5.1: the algorithms of the DPoP proofs accepted.
 		"dpop_signing_alg_values_supported": s.dpop.Algorithms(),
 	}
+	// draft-ietf-oauth-identity-assertion-authz-grant §5 (IdP metadata),
+	// through the identity-chaining property, where a target is configured.
+	if s.svc.IssuesIDJAGs() {
+		md["identity_chaining_requested_token_types_supported"] = []string{tokenTypeIDJAG}
+	}
 	// RFC 8414 §2: the algorithms of the client assertions accepted, those
 	// of the trusted issuers' ID tokens.
 	if len(s.assertionAlgs) > 0 {

@@ -130,6 +130,8 @@ describe('MCP Enterprise-Managed Authorization (ID-JAG)', { concurrency: 1, time
   it('an approved task gets an ID-JAG, redeemed at the target for a token with which an MCP client calls a tool', async () => {
     const taskId = await approvedTask()
     const grant = await getIDJAG(taskId)
+    // Errand's metadata says it issues ID-JAGs (the draft's IdP metadata).
+    assert.deepEqual(errandAS.identity_chaining_requested_token_types_supported, [ID_JAG])
     assert.equal(grant.issued_token_type, ID_JAG)
     assert.equal(grant.token_type, 'n_a')
     assert.equal(grant.scope, 'repo:read')
