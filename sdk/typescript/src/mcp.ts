@@ -12,6 +12,7 @@ import type { OAuthClientProvider } from '@modelcontextprotocol/sdk/client/auth.
 import type {
   OAuthClientInformationMixed, OAuthClientMetadata, OAuthMetadata, OAuthTokens,
 } from '@modelcontextprotocol/sdk/shared/auth.js'
+import type { OAuthDiscoveryState } from '@modelcontextprotocol/sdk/client/auth.js'
 import { InvalidTokenError, InsufficientScopeError, ServerError } from '@modelcontextprotocol/sdk/server/auth/errors.js'
 import { mcpAuthMetadataRouter } from '@modelcontextprotocol/sdk/server/auth/router.js'
 import { VerifyError } from './errors.js'
@@ -55,7 +56,12 @@ export function mcpTokenVerifier(verifier: ErrandVerifier): OAuthTokenVerifier {
  * requiredScopes compares strings exactly, which is not containment.
  */
 export function hasScope(authInfo: AuthInfo | undefined, scope: string): boolean {
-  return !!authInfo && scopesCover(authInfo.scopes, scope)
+  if (!authInfo) return false
+  try {
+    return scopesCover(authInfo.scopes, scope)
+  } catch {
+    return false // a malformed scope (say, a tool argument "acme/../x") is covered by nothing
+  }
 }
 
 /** fetchErrandMetadata reads Errand's RFC 8414 metadata. */
@@ -97,6 +103,11 @@ const ID_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id_token'
 const JWT_BEARER = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'
 
 export interface TaskTokenProviderOptions {
+  /**
+   * Errand's URL. The provider sends the agent's identity token to this
+   * authorization server only, whatever the MCP server's metadata names.
+   */
+  errandUrl: string
   /** The agent's workload identity token (a TokenSource, or a string). */
   agentToken: TokenInput
   /** The approved task whose token the MCP server is to receive. */
@@ -105,6 +116,7 @@ export interface TaskTokenProviderOptions {
   scopes: string[]
   /** The agent's client_id as Errand knows it (its `sub`); informative. */
   clientId?: string
+  fetch?: typeof fetch
 }
 
 /**
@@ -120,12 +132,33 @@ export interface TaskTokenProviderOptions {
  */
 export class ErrandTaskAuthProvider implements OAuthClientProvider {
   private saved?: OAuthTokens
+  private metadata?: Promise<OAuthMetadata>
+  private discovery: Partial<OAuthDiscoveryState> = {}
   private readonly agentToken: () => Promise<string>
   private readonly o: TaskTokenProviderOptions
 
   constructor(o: TaskTokenProviderOptions) {
     this.o = o
     this.agentToken = toTokenSource(o.agentToken)
+  }
+
+  /**
+   * discoveryState pins the authorization server to Errand, with Errand's
+   * metadata read by this provider: the SDK then skips its own discovery
+   * of the authorization server (whose 1.32 schema also insists on an
+   * authorization_endpoint, which Errand, having no browser flow for
+   * agents, does not advertise). The MCP server's RFC 9728 metadata is
+   * still read by the SDK, for the resource indicator.
+   */
+  async discoveryState(): Promise<OAuthDiscoveryState> {
+    this.metadata ??= fetchErrandMetadata(this.o.errandUrl, this.o.fetch)
+    const authorizationServerMetadata = await this.metadata
+    return { ...this.discovery, authorizationServerUrl: authorizationServerMetadata.issuer, authorizationServerMetadata }
+  }
+
+  saveDiscoveryState(state: OAuthDiscoveryState): void {
+    // Keep what the SDK learnt of the MCP server; never another authorization server.
+    this.discovery = { resourceMetadataUrl: state.resourceMetadataUrl, resourceMetadata: state.resourceMetadata }
   }
 
   get redirectUrl(): undefined {
@@ -165,7 +198,8 @@ export class ErrandTaskAuthProvider implements OAuthClientProvider {
     })
   }
 
-  async addClientAuthentication(_headers: Headers, params: URLSearchParams): Promise<void> {
+  // A property, not a method: the SDK calls it detached from the provider.
+  addClientAuthentication = async (_headers: Headers, params: URLSearchParams): Promise<void> => {
     params.set('client_assertion_type', JWT_BEARER)
     params.set('client_assertion', await this.agentToken())
   }
