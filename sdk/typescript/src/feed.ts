@@ -95,6 +95,11 @@ export class RevocationFollower {
     return this.mode === 'stopped' ? Infinity : performance.now() - this.heard
   }
 
+  /** How long a revoked jti is remembered (ms). */
+  get retentionMs(): number {
+    return this.o.retentionMs
+  }
+
   /** The feed position read up to. */
   position(): number {
     return this.cursor

@@ -157,7 +157,17 @@ export class ErrandVerifier {
         throw new VerifyError('invalid_token', 'the token carries a malformed scope')
       }
     }
-    if (this.feed) await this.checkRevocation(token, claims.jti)
+    if (this.feed) {
+      // A revoked jti is remembered for retentionMs after its revocation,
+      // and a token is revoked after it was issued: so a token that lives
+      // longer than that (leeway included) could outlive the memory of its
+      // revocation. Such a token is refused rather than guessed about.
+      const life = (claims.exp - claims.iat + (this.o.clockToleranceSec ?? 5)) * 1000
+      if (!(life <= this.feed.retentionMs)) {
+        throw new VerifyError('invalid_token', 'the token lives longer than this verifier remembers revocations (revocation.retentionMs)')
+      }
+      await this.checkRevocation(token, claims.jti)
+    }
     return {
       token, claims, scopes, subject: claims.sub, agent: claims.act, clientId: claims.client_id,
       taskId: claims.task_id, jti: claims.jti, expiresAt: claims.exp,

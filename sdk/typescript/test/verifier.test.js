@@ -157,6 +157,19 @@ describe('S02 the revocation feed', () => {
     }
   })
 
+  it('a token living longer than the verifier remembers revocations is refused', async () => {
+    const task = await approved()
+    const { access_token } = await agent.mint(task.id, { scopes: [READ], audience: AUDIENCE, ttl_seconds: 60 })
+    const forgetful = new ErrandVerifier({ issuer: dev.issuer, audience: AUDIENCE, revocation: { token: rsToken(), retentionMs: 30_000 } })
+    try {
+      await forgetful.start()
+      await assert.rejects(forgetful.verify(access_token), (e) => refusedWith('invalid_token')(e) && /retentionMs/.test(e.message))
+      await verifier.verify(access_token) // the default, 1 h, covers it
+    } finally {
+      await forgetful.close()
+    }
+  })
+
   it('a cut stream is resumed with Last-Event-ID, and what was revoked meanwhile is seen', async () => {
     const proxy = await startProxy(dev.issuer)
     const v = new ErrandVerifier({ issuer: proxy.url, audience: AUDIENCE, jwksUri: `${dev.issuer}/.well-known/jwks.json`, revocation: { token: rsToken() } })
