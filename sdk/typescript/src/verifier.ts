@@ -47,7 +47,13 @@ export interface VerifierOptions {
   issuer: string
   /** This resource server's audience, exactly as configured in Errand. */
   audience: string
-  /** Default `${issuer}/.well-known/jwks.json`. */
+  /**
+   * Where to reach Errand when not at its issuer URL (say, an internal
+   * address): the JWKS, the revocation feed and introspection are fetched
+   * there. Default: the issuer.
+   */
+  baseUrl?: string
+  /** Default `${baseUrl}/.well-known/jwks.json`. */
   jwksUri?: string
   /** Accepted signing algorithms. Default EdDSA and ES256, Errand's two. */
   algorithms?: string[]
@@ -83,6 +89,8 @@ const DEFAULT_ALGS = ['EdDSA', 'ES256']
 export class ErrandVerifier {
   readonly issuer: string
   readonly audience: string
+  /** Where Errand is reached (baseUrl, or the issuer). */
+  readonly baseUrl: string
   readonly maxFeedSilenceMs: number
   /** The feed follower; undefined when revocation is false. */
   readonly feed?: RevocationFollower
@@ -96,9 +104,10 @@ export class ErrandVerifier {
     this.o = opts
     this.issuer = opts.issuer.replace(/\/+$/, '')
     this.audience = opts.audience
+    this.baseUrl = (opts.baseUrl ?? opts.issuer).replace(/\/+$/, '')
     this.fetchFn = opts.fetch ?? globalThis.fetch
     this.maxFeedSilenceMs = opts.maxFeedSilenceMs ?? 30000
-    this.jwks = createRemoteJWKSet(new URL(opts.jwksUri ?? `${this.issuer}/.well-known/jwks.json`), {
+    this.jwks = createRemoteJWKSet(new URL(opts.jwksUri ?? `${this.baseUrl}/.well-known/jwks.json`), {
       cooldownDuration: opts.jwksCooldownMs ?? 30000,
       cacheMaxAge: 10 * 60 * 1000,
       timeoutDuration: 5000,
@@ -106,7 +115,7 @@ export class ErrandVerifier {
     if (opts.revocation) {
       const { token, ...feed } = opts.revocation
       this.rsToken = toTokenSource(token)
-      this.feed = new RevocationFollower({ ...feed, baseUrl: this.issuer, token: this.rsToken, fetch: feed.fetch ?? opts.fetch })
+      this.feed = new RevocationFollower({ ...feed, baseUrl: this.baseUrl, token: this.rsToken, fetch: feed.fetch ?? opts.fetch })
     }
   }
 
@@ -194,7 +203,7 @@ export class ErrandVerifier {
   }
 
   private async introspect(token: string): Promise<boolean> {
-    const res = await this.fetchFn(`${this.issuer}/v1/introspect`, {
+    const res = await this.fetchFn(`${this.baseUrl}/v1/introspect`, {
       method: 'POST',
       headers: { authorization: `Bearer ${await this.rsToken!()}`, 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
       body: new URLSearchParams({ token }),

@@ -4,7 +4,10 @@
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import { ErrandClient, ErrandError, functionToken } from '../dist/index.js'
+import { mkdtemp, writeFile, rename, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { ErrandClient, ErrandError, functionToken, fileToken } from '../dist/index.js'
 import { startDev, cleanup, startProxy, AUDIENCE, READ, WRITE } from './helpers.js'
 
 let dev, agent, user, auditor
@@ -90,6 +93,25 @@ describe('ErrandClient against errand dev', () => {
     await agent.revoke(m.access_token)
     const h = await auditor.history(task.id)
     assert.ok(h.credentials.find((c) => c.jti === m.jti).revoked_at, 'the credential is revoked')
+  })
+})
+
+describe('token sources against errand dev', () => {
+  it('fileToken: a renewed token file is what the next call shows', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'errand-sdk-'))
+    try {
+      const path = join(dir, 'token')
+      await writeFile(path, await dev.token('agent', 'pod-a'))
+      const c = new ErrandClient({ baseUrl: dev.issuer, token: fileToken(path) })
+      const a = await c.createTask({ on_behalf_of: 'alice', goal: `file ${randomUUID()}`, scopes: [READ], audiences: [AUDIENCE], ttl_seconds: 60 })
+      await writeFile(join(dir, 'next'), await dev.token('agent', 'pod-b'))
+      await rename(join(dir, 'next'), path)
+      const b = await c.createTask({ on_behalf_of: 'alice', goal: `file ${randomUUID()}`, scopes: [READ], audiences: [AUDIENCE], ttl_seconds: 60 })
+      assert.match(a.agent, /pod-a$/)
+      assert.match(b.agent, /pod-b$/)
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
   })
 })
 

@@ -157,6 +157,37 @@ describe('S02 the revocation feed', () => {
     }
   })
 
+  it("onFeedDown 'introspect': while the feed is refused, each token is asked of /v1/introspect", async () => {
+    let feedDown = false
+    const proxy = await startProxy(dev.issuer, (req, res) => {
+      if (!feedDown || !req.url.startsWith('/v1/revocations')) return false
+      res.writeHead(503, { 'content-type': 'application/problem+json', 'retry-after': '1' })
+      res.end(JSON.stringify({ status: 503, code: 'unavailable' }))
+      return true
+    })
+    const v = new ErrandVerifier({
+      issuer: dev.issuer, baseUrl: proxy.url, audience: AUDIENCE, maxFeedSilenceMs: 300, onFeedDown: 'introspect',
+      revocation: { token: rsToken(), pollIntervalMs: 50, streamIdleMs: 200 },
+    })
+    try {
+      await v.start()
+      const task = await approved()
+      const { access_token } = await agent.mint(task.id, { scopes: [READ], audience: AUDIENCE })
+      feedDown = true
+      proxy.cut()
+      assert.ok(await until(() => v.feed.sinceHeardMs() > 300, 3000), 'the feed went silent')
+      const introspections = () => proxy.seen.filter((s) => s.url === '/v1/introspect').length
+      await v.verify(access_token)
+      assert.equal(introspections(), 1, 'the token was introspected')
+      await agent.close(task.id)
+      await assert.rejects(v.verify(access_token), refusedWith('revoked'))
+      assert.equal(introspections(), 2)
+    } finally {
+      await v.close()
+      await proxy.stop()
+    }
+  })
+
   it('a token living longer than the verifier remembers revocations is refused', async () => {
     const task = await approved()
     const { access_token } = await agent.mint(task.id, { scopes: [READ], audience: AUDIENCE, ttl_seconds: 60 })
@@ -172,9 +203,7 @@ describe('S02 the revocation feed', () => {
 
   it('a cut stream is resumed with Last-Event-ID, and what was revoked meanwhile is seen', async () => {
     const proxy = await startProxy(dev.issuer)
-    const v = new ErrandVerifier({ issuer: proxy.url, audience: AUDIENCE, jwksUri: `${dev.issuer}/.well-known/jwks.json`, revocation: { token: rsToken() } })
-    // The proxy's URL is not the tokens' issuer: verify through dev's own, follow the feed through the proxy.
-    Object.defineProperty(v, 'issuer', { value: dev.issuer })
+    const v = new ErrandVerifier({ issuer: dev.issuer, baseUrl: proxy.url, audience: AUDIENCE, revocation: { token: rsToken() } })
     try {
       await v.start()
       const streams = () => proxy.seen.filter((s) => s.url.startsWith('/v1/revocations/stream'))
