@@ -5,6 +5,8 @@
 // the client generates, so that its retries never mint twice.
 import { ErrandError } from './errors.js'
 import { type TokenInput, type TokenSource, toTokenSource } from './tokens.js'
+import { createDPoPProof } from './dpop.js'
+import type { CryptoKey } from 'jose'
 
 /** A task, as Errand renders it. */
 export interface Task {
@@ -68,6 +70,11 @@ export interface MintRequest {
 export interface MintOptions {
   /** Defaults to a fresh random key per mint() call, reused by its retries. */
   idempotencyKey?: string
+  /**
+   * Binds the token to this key (RFC 9449): each attempt carries a fresh
+   * DPoP proof, with Errand's nonce when it asks for one.
+   */
+  dpopKey?: { privateKey: CryptoKey; publicKey: CryptoKey }
   signal?: AbortSignal
 }
 
@@ -168,6 +175,7 @@ export async function errorFrom(res: Response): Promise<ErrandError> {
     detail: body?.detail ?? body?.error_description,
     retryAfter: ra === undefined ? undefined : ra / 1000,
     body,
+    dpopNonce: res.headers.get('dpop-nonce') ?? undefined,
   })
 }
 
@@ -178,6 +186,7 @@ export class ErrandClient {
   private readonly retry: RetryPolicy
   private readonly fetchFn: typeof fetch
   private readonly userAgent: string
+  private dpopNonce?: string
 
   constructor(opts: ErrandClientOptions) {
     this.baseUrl = String(opts.baseUrl).replace(/\/+$/, '')
@@ -193,7 +202,7 @@ export class ErrandClient {
    * Retry-After (a 429 without it, such as budget_exhausted, does not
    * come back with time); others are tried once.
    */
-  async request<T>(method: string, path: string, init: { body?: unknown; form?: URLSearchParams; headers?: Record<string, string>; idempotent?: boolean; signal?: AbortSignal } = {}): Promise<{ body: T; res: Response }> {
+  async request<T>(method: string, path: string, init: { body?: unknown; form?: URLSearchParams; headers?: Record<string, string> | (() => Promise<Record<string, string>>); idempotent?: boolean; signal?: AbortSignal } = {}): Promise<{ body: T; res: Response }> {
     const idempotent = init.idempotent ?? (method === 'GET' || method === 'HEAD')
     const attempts = idempotent ? Math.max(1, this.retry.attempts) : 1
     for (let attempt = 1; ; attempt++) {
@@ -203,7 +212,7 @@ export class ErrandClient {
           authorization: `Bearer ${await this.token()}`,
           accept: 'application/json, application/problem+json',
           'user-agent': this.userAgent,
-          ...init.headers,
+          ...(typeof init.headers === 'function' ? await init.headers() : init.headers),
         }
         let body: string | URLSearchParams | undefined
         if (init.form) {
@@ -289,10 +298,26 @@ export class ErrandClient {
    */
   async mint(id: string, req: MintRequest, opts: MintOptions = {}): Promise<MintedToken> {
     const key = opts.idempotencyKey ?? crypto.randomUUID()
-    const { body, res } = await this.request<Omit<MintedToken, 'replayed'>>('POST', `/v1/tasks/${encodeURIComponent(id)}/tokens`, {
-      body: req, headers: { 'idempotency-key': key }, idempotent: true, signal: opts.signal,
-    })
-    return { ...body, replayed: res.headers.get('idempotent-replayed') === 'true' }
+    const path = `/v1/tasks/${encodeURIComponent(id)}/tokens`
+    const headers = async (): Promise<Record<string, string>> => {
+      if (!opts.dpopKey) return { 'idempotency-key': key }
+      const proof = await createDPoPProof({ keyPair: opts.dpopKey, method: 'POST', url: this.baseUrl + path, nonce: this.dpopNonce })
+      return { 'idempotency-key': key, dpop: proof }
+    }
+    for (let tries = 0; ; tries++) {
+      try {
+        const { body, res } = await this.request<Omit<MintedToken, 'replayed'>>('POST', path, { body: req, headers, idempotent: true, signal: opts.signal })
+        this.dpopNonce = res.headers.get('dpop-nonce') ?? this.dpopNonce
+        return { ...body, replayed: res.headers.get('idempotent-replayed') === 'true' }
+      } catch (err) {
+        // RFC 9449 §8: sign the nonce Errand gave into the retry, once.
+        if (opts.dpopKey && tries === 0 && err instanceof ErrandError && err.code === 'use_dpop_nonce' && err.dpopNonce) {
+          this.dpopNonce = err.dpopNonce
+          continue
+        }
+        throw err
+      }
+    }
   }
 
   /** POST /v1/tasks/{id}/secrets: a Vault dynamic secret for a configured role. */

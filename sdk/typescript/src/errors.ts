@@ -14,8 +14,10 @@ export class ErrandError extends Error {
   readonly retryAfter?: number
   /** The whole answer body, parsed. */
   readonly body: unknown
+  /** The DPoP-Nonce header, when the answer had one (RFC 9449 §8). */
+  readonly dpopNonce?: string
 
-  constructor(init: { status: number; code: string; title?: string; detail?: string; retryAfter?: number; body?: unknown; message?: string }) {
+  constructor(init: { status: number; code: string; title?: string; detail?: string; retryAfter?: number; body?: unknown; message?: string; dpopNonce?: string }) {
     super(init.message ?? `errand: ${init.status} ${init.code}${init.detail ? `: ${init.detail}` : ''}`)
     this.name = 'ErrandError'
     this.status = init.status
@@ -24,6 +26,7 @@ export class ErrandError extends Error {
     this.detail = init.detail
     this.retryAfter = init.retryAfter
     this.body = init.body
+    this.dpopNonce = init.dpopNonce
   }
 }
 

@@ -9,6 +9,7 @@ import { VerifyError } from './errors.js'
 import { RevocationFollower, type FeedOptions } from './feed.js'
 import { parseScope, scopesCover, type Scope } from './scope.js'
 import { type TokenInput, toTokenSource } from './tokens.js'
+import { DPoPReplayCache, verifyDPoPProof, type DPoPRequest } from './dpop.js'
 
 /** The claims of an Errand access token. */
 export interface ErrandClaims extends JWTPayload {
@@ -98,6 +99,7 @@ export class ErrandVerifier {
   private readonly o: VerifierOptions
   private readonly fetchFn: typeof fetch
   private readonly rsToken?: () => Promise<string>
+  private readonly replay = new DPoPReplayCache()
 
   constructor(opts: VerifierOptions) {
     if (!opts.issuer || !opts.audience) throw new TypeError('ErrandVerifier: issuer and audience are required')
@@ -132,10 +134,11 @@ export class ErrandVerifier {
   /**
    * verify checks a token offline and against the revocation feed, and
    * returns it parsed; it throws VerifyError (`invalid_token`, `revoked`,
-   * `feed_unavailable`). A DPoP-bound token (cnf.jkt) is refused: this
-   * verifier checks no DPoP proofs.
+   * `feed_unavailable`). A DPoP-bound token (cnf.jkt) is accepted only
+   * with `dpop`, a proof of its key for this request (RFC 9449); a proof
+   * with an unbound token is refused too.
    */
-  async verify(token: string): Promise<VerifiedToken> {
+  async verify(token: string, opts: { dpop?: DPoPRequest } = {}): Promise<VerifiedToken> {
     let claims: ErrandClaims
     try {
       const r = await jwtVerify<ErrandClaims>(token, this.jwks, {
@@ -154,7 +157,11 @@ export class ErrandVerifier {
       throw new VerifyError('invalid_token', 'the token has malformed claims')
     }
     if (claims.cnf !== undefined) {
-      throw new VerifyError('invalid_token', 'the token is DPoP-bound; this verifier checks no DPoP proofs')
+      if (typeof claims.cnf?.jkt !== 'string') throw new VerifyError('invalid_token', 'the token has a malformed cnf claim')
+      if (!opts.dpop) throw new VerifyError('invalid_token', 'the token is DPoP-bound and came without a DPoP proof')
+      await verifyDPoPProof(opts.dpop, { accessToken: token, jkt: claims.cnf.jkt, replay: this.replay })
+    } else if (opts.dpop) {
+      throw new VerifyError('invalid_token', 'a DPoP proof came with a token that is not DPoP-bound')
     }
     const scopes: string[] = []
     for (const s of claims.scope.split(' ')) {
@@ -220,6 +227,13 @@ export class ErrandVerifier {
    */
   async authorize(token: string, ...need: (string | Scope)[]): Promise<VerifiedToken> {
     const v = await this.verify(token)
+    requireScopes(v, ...need)
+    return v
+  }
+
+  /** authorizeDPoP is authorize for a DPoP-bound token and its proof. */
+  async authorizeDPoP(token: string, dpop: DPoPRequest, ...need: (string | Scope)[]): Promise<VerifiedToken> {
+    const v = await this.verify(token, { dpop })
     requireScopes(v, ...need)
     return v
   }
