@@ -1,0 +1,7 @@
+export * from './scope.js'
+export * from './errors.js'
+export * from './tokens.js'
+export * from './client.js'
+export { RevocationFollower, type Revocation, type FeedOptions } from './feed.js'
+export * from './verifier.js'
+export { createDPoPProof, verifyDPoPProof, DPoPReplayCache, type DPoPRequest } from './dpop.js'
