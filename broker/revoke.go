@@ -366,14 +366,19 @@ func (s *Service) RecordBackendFailure(ctx context.Context, item OutboxItem, cau
 		if err != nil {
 			return err
 		}
+		// The task is locked before the outbox row, in the order that
+		// CompleteOutbox takes them, so that the two never deadlock.
+		var t Task
+		notifying := s.Notifies(EventBackendRevokeFail)
+		if notifying {
+			if t, err = tx.LockTask(ctx, item.TaskID); err != nil {
+				return err
+			}
+		}
 		if err := tx.MarkAlarmed(ctx, item.ID, now); err != nil {
 			return err
 		}
-		if s.Notifies(EventBackendRevokeFail) {
-			t, err := tx.LockTask(ctx, item.TaskID)
-			if err != nil {
-				return err
-			}
+		if notifying {
 			n := s.taskNotice(EventBackendRevokeFail, t, now, SystemActor)
 			n.BackendKind, n.BackendAttempts, n.BackendSince = item.Kind, item.Attempts, item.CreatedAt
 			if err := s.notify(ctx, tx, n); err != nil {

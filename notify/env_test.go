@@ -160,7 +160,7 @@ func (e *env) createTask(goal string) broker.Task {
 	e.t.Helper()
 	k, err := e.svc.CreateTask(ctx, e.agent, broker.CreateTaskRequest{OnBehalfOf: e.user.Subject, Goal: goal,
 		Scopes: []string{"github.repo.read:acme/api", "github.pr.write:acme/api"}, Audiences: []string{apiGitHub},
-		TTLSeconds: 600, Tool: "gh", Dataset: "acme/api"})
+		TTLSeconds: 600, Tool: "tool.gh.v2", Dataset: "acme/api"})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -92,12 +92,12 @@ func TestW02SignedNoticesVerifyWithTheStandardWebhooksLibrary(t *testing.T) {
 		if p.Data.TaskID == k.ID && p.Data.AgentGoal != goal {
 			t.Errorf("%s: agent_goal %q", p.Type, p.Data.AgentGoal)
 		}
-		if strings.Contains(p.Data.Summary, "goal") || strings.Contains(p.Data.Summary, "flaky") || strings.Contains(p.Data.Summary, "gh") {
+		if strings.Contains(p.Data.Summary, "goal") || strings.Contains(p.Data.Summary, "flaky") || strings.Contains(p.Data.Summary, "tool.gh.v2") {
 			t.Errorf("%s: Errand's summary quotes the agent: %q", p.Type, p.Data.Summary)
 		}
 		switch p.Type {
 		case broker.EventTaskCreated:
-			if p.Data.Status != "pending" || p.Data.AgentTool != "gh" || p.Data.AgentDataset != "acme/api" || len(p.Data.Scopes) != 2 {
+			if p.Data.Status != "pending" || p.Data.AgentTool != "tool.gh.v2" || p.Data.AgentDataset != "acme/api" || len(p.Data.Scopes) != 2 {
 				t.Errorf("task.created data %+v", p.Data)
 			}
 		case broker.EventTaskApproved:
@@ -135,7 +135,7 @@ func TestApprovalRequestedLinksTheApprovalPage(t *testing.T) {
 	if _, err := e.svc.Approve(ctx, e.user, k.ID, broker.ApproveRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := e.svc.Mint(ctx, e.agent, k.ID, broker.MintRequest{Scopes: []string{"github.pr.write:acme/api"}, Audience: apiGitHub, Tool: "gh"})
+	_, err := e.svc.Mint(ctx, e.agent, k.ID, broker.MintRequest{Scopes: []string{"github.pr.write:acme/api"}, Audience: apiGitHub, Tool: "tool.gh.v2"})
 	var be *broker.Error
 	if !errors.As(err, &be) || be.Code != broker.ErrApprovalRequired.Code {
 		t.Fatalf("mint = %v, want approval_required", err)
@@ -152,7 +152,7 @@ func TestApprovalRequestedLinksTheApprovalPage(t *testing.T) {
 	}
 	a := p.Data.Approval
 	if p.Type != broker.EventApprovalRequested || a == nil || !strings.HasPrefix(a.ID, "apr_") ||
-		p.Data.URL != publicURL+"/ui/approvals/"+a.ID || a.AgentTool != "gh" || a.Audience != apiGitHub {
+		p.Data.URL != publicURL+"/ui/approvals/"+a.ID || a.AgentTool != "tool.gh.v2" || a.Audience != apiGitHub {
 		t.Fatalf("approval.requested: %+v (approval %+v)", p, a)
 	}
 }
@@ -544,5 +544,71 @@ func TestW03SlowReceiverBlocksNothing(t *testing.T) {
 	}
 	if n := len(fast.deliveries()); n != 10 {
 		t.Fatalf("the other webhook got %d of 10 while one receiver hangs", n)
+	}
+}
+
+// TestBackendRevokeFailedNotifiesWithoutTheReference: an unconfirmed
+// backend revocation reaches the webhook with its kind, attempts and age,
+// and never the reference the backend revokes (a Vault accessor or lease
+// id) nor the backend's error text.
+func TestBackendRevokeFailedNotifiesWithoutTheReference(t *testing.T) {
+	r := newReceiver(t)
+	tg := target(t, r.URL, notify.FormatStandard, broker.EventBackendRevokeFail)
+	e := newEnv(t, nil, tg)
+	k := e.createTask("vault work")
+	since := time.Now().Add(-10 * time.Minute).UTC().Truncate(time.Second)
+	item := broker.OutboxItem{ID: -1, TaskID: k.ID, Kind: broker.KindVaultToken, Ref: "accessor-SECRET-ref",
+		CreatedAt: since, Attempts: 7}
+	if err := e.svc.RecordBackendFailure(ctx, item, errors.New("vault: permission denied on accessor-SECRET-ref")); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.drain(tg); n != 1 {
+		t.Fatalf("drained %d", n)
+	}
+	body := r.deliveries()[0].Body
+	if strings.Contains(string(body), "SECRET") {
+		t.Fatalf("the notification carries the backend reference or error: %s", body)
+	}
+	var p notify.Payload
+	if err := json.Unmarshal(body, &p); err != nil {
+		t.Fatal(err)
+	}
+	b := p.Data.Backend
+	if p.Type != broker.EventBackendRevokeFail || b == nil || b.Kind != broker.KindVaultToken || b.Attempts != 7 ||
+		!b.Since.Equal(since) || p.Data.URL != publicURL+"/ui/tasks/"+k.ID {
+		t.Fatalf("backend.revoke_failed: %+v", p)
+	}
+}
+
+// TestW02KeyRotationSignsWithEveryKey: a secret_file of two secrets signs
+// each request twice, so a receiver holding either key verifies it; the
+// file's parser refuses what is not a Standard Webhooks secret of 24 to
+// 64 bytes, without repeating it.
+func TestW02KeyRotationSignsWithEveryKey(t *testing.T) {
+	old, next := newSecret(t), newSecret(t)
+	secrets, err := notify.ParseSecrets([]byte("# rotating\n" + old + "\n\n" + next + "\n"))
+	if err != nil || len(secrets) != 2 {
+		t.Fatalf("ParseSecrets = %v, %v", secrets, err)
+	}
+	r := newReceiver(t)
+	tg := target(t, r.URL, notify.FormatStandard, broker.EventTaskCreated)
+	tg.Secrets = secrets
+	e := newEnv(t, nil, tg)
+	e.createTask("rotate")
+	e.drain(tg)
+	d := r.deliveries()[0]
+	if sigs := strings.Fields(d.Header.Get("webhook-signature")); len(sigs) != 2 {
+		t.Fatalf("webhook-signature %q, want two v1 signatures", d.Header.Get("webhook-signature"))
+	}
+	for _, s := range []string{old, next} {
+		wh, _ := standardwebhooks.NewWebhook(s)
+		if err := wh.Verify(d.Body, d.Header); err != nil {
+			t.Fatalf("a receiver with one of the keys: %v", err)
+		}
+	}
+	for _, bad := range []string{"", "secret", "whsec_!!!", "whsec_" + strings.Repeat("QUJD", 4), "whsec_" + strings.Repeat("QUJD", 30)} {
+		if _, err := notify.ParseSecrets([]byte(bad)); err == nil || (len(bad) > 6 && strings.Contains(err.Error(), bad[6:])) {
+			t.Errorf("ParseSecrets(%q) = %v", bad, err)
+		}
 	}
 }
