@@ -102,6 +102,10 @@ type Deliveries interface {
 	// RetryDelivery records a failed attempt and when to try again,
 	// unless it was claimed again since or is done.
 	RetryDelivery(ctx context.Context, d Delivery, next time.Time, errMsg string) error
+	// PruneDeliveries deletes up to limit deliveries done or given up
+	// before `before` (they are not history: the audit log is), and
+	// returns how many.
+	PruneDeliveries(ctx context.Context, before time.Time, limit int) (int, error)
 }
 
 // Notifies reports whether any webhook subscribes to the event type.

@@ -46,6 +46,9 @@ type Worker struct {
 	// GiveUpAfter is how long after its event a delivery is still tried;
 	// then it is given up and audited (notification.failed). Default 24 h.
 	GiveUpAfter time.Duration
+	// Keep is how long finished deliveries stay in the outbox before they
+	// are pruned (hourly); default 7 days.
+	Keep time.Duration
 	// Resolver resolves webhook host names (nil: the system's).
 	Resolver *net.Resolver
 	Now      func() time.Time
@@ -108,6 +111,9 @@ func (w *Worker) init() error {
 		if w.GiveUpAfter <= 0 {
 			w.GiveUpAfter = 24 * time.Hour
 		}
+		if w.Keep <= 0 {
+			w.Keep = 7 * 24 * time.Hour
+		}
 		if w.Now == nil {
 			w.Now = time.Now
 		}
@@ -133,6 +139,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w.prune(ctx)
+	}()
 	for _, t := range w.Targets {
 		wg.Add(1)
 		go func() {
@@ -154,6 +165,28 @@ func (w *Worker) loop(ctx context.Context, t Target) {
 				w.Logger.Warn("webhook queue read failed", "webhook", t.Key(), "err", err)
 			}
 			if n == 0 || err != nil {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// prune deletes finished deliveries older than Keep, every hour.
+func (w *Worker) prune(ctx context.Context) {
+	tick := time.NewTicker(time.Hour)
+	defer tick.Stop()
+	for {
+		for {
+			n, err := w.Store.PruneDeliveries(ctx, w.Now().Add(-w.Keep), 1000)
+			if err != nil && ctx.Err() == nil {
+				w.Logger.Warn("webhook outbox: cannot prune finished deliveries", "err", err)
+			}
+			if n < 1000 || err != nil {
 				break
 			}
 		}

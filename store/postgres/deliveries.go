@@ -80,3 +80,14 @@ func (s *Store) RetryDelivery(ctx context.Context, d broker.Delivery, next time.
 		d.MsgID, d.Webhook, next, errMsg, d.Attempts)
 	return translate(err)
 }
+
+// PruneDeliveries deletes finished deliveries.
+func (s *Store) PruneDeliveries(ctx context.Context, before time.Time, limit int) (int, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM webhook_deliveries WHERE (msg_id, webhook) IN (
+		SELECT msg_id, webhook FROM webhook_deliveries
+		WHERE coalesce(done_at, failed_at) < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`, before, limit)
+	if err != nil {
+		return 0, translate(err)
+	}
+	return int(tag.RowsAffected()), nil
+}

@@ -51,8 +51,9 @@ var grants = []tableGrant{
 	// auth_req_id; not history (the task's events are).
 	{"backchannel_requests", "SELECT, INSERT, UPDATE", ""},
 	// Notifications on their way to webhooks (00017): an outbox, not
-	// history (a delivery given up is audited as notification.failed).
-	{"webhook_deliveries", "SELECT, INSERT, UPDATE", ""},
+	// history (a delivery given up is audited as notification.failed);
+	// finished ones are pruned after a week.
+	{"webhook_deliveries", "SELECT, INSERT, UPDATE, DELETE", ""},
 	// serve --no-migrate reads the schema's version.
 	{"goose_db_version", "SELECT", ""},
 }

@@ -72,3 +72,15 @@ func (s *Store) RetryDelivery(ctx context.Context, d broker.Delivery, next time.
 		d.MsgID, d.Webhook, micros(next), errMsg, d.Attempts)
 	return translate(err)
 }
+
+// PruneDeliveries deletes finished deliveries.
+func (s *Store) PruneDeliveries(ctx context.Context, before time.Time, limit int) (int, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM webhook_deliveries WHERE (msg_id, webhook) IN (
+		SELECT msg_id, webhook FROM webhook_deliveries
+		WHERE coalesce(done_at, failed_at) < $1 LIMIT $2)`, micros(before), limit)
+	if err != nil {
+		return 0, translate(err)
+	}
+	n, err := res.RowsAffected()
+	return int(n), translate(err)
+}

@@ -122,4 +122,22 @@ func testDeliveries(t *testing.T, s Store) {
 	if got, err = ds.ClaimDeliveries(ctx, hookB, at.Add(time.Hour), time.Minute, 10); err != nil || len(got) != 0 {
 		t.Fatalf("a delivery given up was claimed again: %+v, %v", got, err)
 	}
+	// Pruning deletes finished deliveries only, and only older ones.
+	pending := id("msg_")
+	if err := enqueue(pending, hookA); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ds.PruneDeliveries(ctx, at, 1000); err != nil || n != 0 {
+		t.Fatalf("pruned %d (%v) before anything finished", n, err)
+	}
+	n, err := ds.PruneDeliveries(ctx, at.Add(11*time.Minute), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 2 {
+		t.Fatalf("pruned %d, want the delivered and the given-up one", n)
+	}
+	if got, err = ds.ClaimDeliveries(ctx, hookA, at.Add(time.Hour), time.Minute, 10); err != nil || len(got) != 1 || got[0].MsgID != pending {
+		t.Fatalf("the pending delivery did not survive pruning: %+v, %v", got, err)
+	}
 }
