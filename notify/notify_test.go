@@ -328,15 +328,18 @@ func TestW01RebindingIsRefusedAtDial(t *testing.T) {
 	}()
 	port := ln.Addr().(*net.TCPAddr).Port
 	for _, tc := range []struct {
-		name string
-		addr [4]byte
-		want string
+		name, url string
+		addr      [4]byte
+		want      string
 	}{
-		{"loopback", [4]byte{127, 0, 0, 1}, "is loopback, but the webhook's host is not"},
-		{"metadata", [4]byte{169, 254, 169, 254}, "link-local"},
+		{"loopback", "https://hooks.rebind.test", [4]byte{127, 0, 0, 1}, "is loopback, but the webhook's host is not"},
+		{"metadata", "https://hooks.rebind.test", [4]byte{169, 254, 169, 254}, "link-local"},
+		// A .localhost name may use http; it still never leaves loopback
+		// (TEST-NET-3: the check runs before connect, nothing is sent).
+		{"http off loopback", "http://sidecar.localhost", [4]byte{203, 0, 113, 7}, "http to 203.0.113.7, which is not loopback"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tg := target(t, "https://hooks.rebind.test:"+strconv.Itoa(port)+"/hook", notify.FormatStandard)
+			tg := target(t, tc.url+":"+strconv.Itoa(port)+"/hook", notify.FormatStandard)
 			e := newEnv(t, nil, tg)
 			e.worker.Resolver = fakeDNS(t, tc.addr)
 			e.createTask("rebind")

@@ -146,9 +146,11 @@ var errRefusedAddr = errors.New("refused address")
 // request has timeout to finish.
 func newClient(t Target, resolver *net.Resolver, timeout time.Duration) *http.Client {
 	loop := isLoopbackHost(t.URL.Hostname())
+	plain := t.URL.Scheme == "http"
 	d := &net.Dialer{
 		Timeout:  timeout,
 		Resolver: resolver,
+		// Called once the socket exists and before it connects.
 		Control: func(network, address string, _ syscall.RawConn) error {
 			ap, err := netip.ParseAddrPort(address)
 			if err != nil {
@@ -156,6 +158,11 @@ func newClient(t Target, resolver *net.Resolver, timeout time.Duration) *http.Cl
 			}
 			if err := allowedAddr(ap.Addr(), loop, t.AllowPrivate); err != nil {
 				return fmt.Errorf("%w: %v", errRefusedAddr, err)
+			}
+			// Plain http only ever reaches loopback, whatever a name
+			// resolved to.
+			if plain && !ap.Addr().Unmap().IsLoopback() {
+				return fmt.Errorf("%w: http to %s, which is not loopback", errRefusedAddr, ap.Addr())
 			}
 			return nil
 		},
