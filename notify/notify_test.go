@@ -615,3 +615,41 @@ func TestW02KeyRotationSignsWithEveryKey(t *testing.T) {
 		}
 	}
 }
+
+// TestApprovalWindowElapsedNotifiesTheDenial: a pending task whose time
+// runs out is denied by Errand's sweeper, and the webhook is told so, in
+// Errand's words.
+func TestApprovalWindowElapsedNotifiesTheDenial(t *testing.T) {
+	r := newReceiver(t)
+	tg := target(t, r.URL, notify.FormatStandard, broker.EventTaskDenied)
+	e := newEnv(t, nil, tg)
+	k, err := e.svc.CreateTask(ctx, e.agent, broker.CreateTaskRequest{OnBehalfOf: e.user.Subject, Goal: "quick",
+		Scopes: []string{"github.repo.read:acme/api"}, Audiences: []string{apiGitHub}, TTLSeconds: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if _, err := e.svc.ExpireDue(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Add(5 * time.Second)
+	e.drain(tg)
+	var found bool
+	for _, d := range r.deliveries() {
+		var p notify.Payload
+		if err := json.Unmarshal(d.Body, &p); err != nil {
+			t.Fatal(err)
+		}
+		if p.Data.TaskID != k.ID {
+			continue // another test's task, expired by this sweep
+		}
+		found = true
+		if p.Type != broker.EventTaskDenied || p.Data.Actor.Kind != "system" || p.Data.DenyReason != "approval window elapsed" ||
+			!strings.Contains(p.Data.Summary, "denied by Errand") {
+			t.Fatalf("%+v", p)
+		}
+	}
+	if !found {
+		t.Fatal("no task.denied for the elapsed task")
+	}
+}
