@@ -537,8 +537,11 @@ func TestW03SlowReceiverBlocksNothing(t *testing.T) {
 		if _, err := e.svc.Approve(ctx, e.user, k.ID, broker.ApproveRequest{}); err != nil {
 			t.Fatal(err)
 		}
+		if _, err := e.svc.Mint(ctx, e.agent, k.ID, broker.MintRequest{Scopes: []string{"github.repo.read:acme/api"}, Audience: apiGitHub}); err != nil {
+			t.Fatal(err)
+		}
 		if d := time.Since(start); d > 2*time.Second {
-			t.Fatalf("create and approve took %v while a receiver hangs", d)
+			t.Fatalf("create, approve and mint took %v while a receiver hangs", d)
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -651,5 +654,45 @@ func TestApprovalWindowElapsedNotifiesTheDenial(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("no task.denied for the elapsed task")
+	}
+}
+
+// TestW03ReplicasShareTheOutbox: two workers (two replicas) draining the
+// same outbox at once deliver every notification exactly once while their
+// leases hold: a claim hides what it took from the other.
+func TestW03ReplicasShareTheOutbox(t *testing.T) {
+	r := newReceiver(t)
+	tg := target(t, r.URL, notify.FormatStandard, broker.EventTaskCreated)
+	e := newEnv(t, nil, tg)
+	const tasks = 30
+	for i := 0; i < tasks; i++ {
+		e.createTask("shared")
+	}
+	other := &notify.Worker{Store: e.st, Failures: e.svc, Targets: []notify.Target{tg}, PublicURL: publicURL, Now: e.clock.Now}
+	done := make(chan struct{})
+	for _, w := range []*notify.Worker{e.worker, other} {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for {
+				n, err := w.Drain(ctx, tg)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if n == 0 {
+					return
+				}
+			}
+		}()
+	}
+	<-done
+	<-done
+	got := r.deliveries()
+	ids := map[string]int{}
+	for _, d := range got {
+		ids[d.Header.Get("webhook-id")]++
+	}
+	if len(got) != tasks || len(ids) != tasks {
+		t.Fatalf("%d deliveries of %d notifications, want %d of %d", len(got), len(ids), tasks, tasks)
 	}
 }
