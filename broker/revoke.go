@@ -58,14 +58,26 @@ func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, no
 	if err := tx.Enqueue(ctx, outbox); err != nil {
 		return 0, nil, err
 	}
+	if status == StatusClosed {
+		n := s.taskNotice(EventTaskClosed, *t, now, actor)
+		n.Revoked, n.Reason = len(creds), reason
+		if err := s.notify(ctx, tx, n); err != nil {
+			return 0, nil, err
+		}
+	}
 	return len(creds), revs, nil
 }
 
 // denyPending ends a pending task that may no longer be approved.
-func denyPending(ctx context.Context, tx Tx, t *Task, now time.Time, actor Actor, reason string) error {
+func (s *Service) denyPending(ctx context.Context, tx Tx, t *Task, now time.Time, actor Actor, reason string) error {
 	t.Status, t.DenyReason, t.ClosedAt = StatusDenied, reason, now
 	t.Version++
 	if err := tx.UpdateTask(ctx, *t); err != nil {
+		return err
+	}
+	n := s.taskNotice(EventTaskDenied, *t, now, actor)
+	n.Reason = reason
+	if err := s.notify(ctx, tx, n); err != nil {
 		return err
 	}
 	return tx.AppendAudit(ctx, AuditEvent{
@@ -93,7 +105,7 @@ func (s *Service) ExpireDue(ctx context.Context, limit int) (int, error) {
 			t := &due[i]
 			switch t.Status {
 			case StatusPending:
-				err = denyPending(ctx, tx, t, now, SystemActor, "approval window elapsed")
+				err = s.denyPending(ctx, tx, t, now, SystemActor, "approval window elapsed")
 			case StatusApproved:
 				_, _, err = s.endTask(ctx, tx, t, StatusExpired, now, SystemActor, "task_expired")
 			}
@@ -267,7 +279,7 @@ func (s *Service) SuspendAgent(ctx context.Context, p Principal, agent, reason s
 			t := &open[i]
 			switch t.EffectiveStatus(now) {
 			case StatusPending:
-				err = denyPending(ctx, tx, t, now, ActorOf(p), "agent suspended")
+				err = s.denyPending(ctx, tx, t, now, ActorOf(p), "agent suspended")
 			case StatusApproved, StatusExpired:
 				status, actor, why := StatusRevoked, ActorOf(p), "agent_suspended"
 				if t.EffectiveStatus(now) == StatusExpired {
@@ -276,7 +288,7 @@ func (s *Service) SuspendAgent(ctx context.Context, p Principal, agent, reason s
 				n, r, e := s.endTask(ctx, tx, t, status, now, actor, why)
 				creds, revs, err = creds+n, append(revs, r...), e
 			case StatusDenied:
-				err = denyPending(ctx, tx, t, now, SystemActor, "approval window elapsed")
+				err = s.denyPending(ctx, tx, t, now, SystemActor, "approval window elapsed")
 			}
 			if err != nil {
 				return err
@@ -370,8 +382,24 @@ func (s *Service) RecordBackendFailure(ctx context.Context, item OutboxItem, cau
 		if err != nil {
 			return err
 		}
+		// The task is locked before the outbox row, in the order that
+		// CompleteOutbox takes them, so that the two never deadlock.
+		var t Task
+		notifying := s.Notifies(EventBackendRevokeFail)
+		if notifying {
+			if t, err = tx.LockTask(ctx, item.TaskID); err != nil {
+				return err
+			}
+		}
 		if err := tx.MarkAlarmed(ctx, item.ID, now); err != nil {
 			return err
+		}
+		if notifying {
+			n := s.taskNotice(EventBackendRevokeFail, t, now, SystemActor)
+			n.BackendKind, n.BackendAttempts, n.BackendSince = item.Kind, item.Attempts, item.CreatedAt
+			if err := s.notify(ctx, tx, n); err != nil {
+				return err
+			}
 		}
 		return tx.AppendAudit(ctx, AuditEvent{Time: now, Type: EventBackendRevokeFail, Actor: SystemActor, TaskID: item.TaskID,
 			Detail: detail(map[string]any{"kind": item.Kind, "ref_sha256": HashID(item.Ref), "attempts": item.Attempts,

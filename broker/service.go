@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,10 @@ type Config struct {
 	// IDJAGTargets are the authorization servers Errand issues ID-JAGs
 	// for; Tokens must then be an IDJAGSigner.
 	IDJAGTargets []IDJAGTarget
+	// Webhooks receive notices of the events they subscribe to (NoticeTypes),
+	// queued in the transaction of each change; the store's Tx must then be
+	// a NoticeTx.
+	Webhooks []Webhook
 	// Now is the clock of stores that have none (see Clock); default time.Now.
 	Now func() time.Time
 	// Random is the source of identifiers; default crypto/rand.
@@ -93,8 +98,10 @@ type Service struct {
 	budget  Budget
 	stepTTL time.Duration
 	cache   StatusCache
-	snaps   taskSnaps
-	dbClock dbClock
+	// webhooks subscribe to notices (notice.go).
+	webhooks []Webhook
+	snaps    taskSnaps
+	dbClock  dbClock
 	// quickMints counts the fast path's mints.
 	quickMints atomic.Uint64
 }
@@ -111,6 +118,17 @@ func NewService(cfg Config) (*Service, error) {
 		clock: cfg.Now, random: cfg.Random, pending: cfg.MaxPendingPerAgent,
 		policy: cfg.Policy, stepTTL: cfg.StepUpTTL, cache: cfg.Cache,
 		budget: Budget{MaxCredentials: cfg.CredentialsPerTask, MaxResources: cfg.ResourcesPerTask},
+	}
+	for _, w := range cfg.Webhooks {
+		if w.Key == "" {
+			return nil, errors.New("broker: a webhook needs a key")
+		}
+		for _, e := range w.Events {
+			if !slices.Contains(NoticeTypes, e) {
+				return nil, fmt.Errorf("broker: webhook event %q is not one of %v", e, NoticeTypes)
+			}
+		}
+		s.webhooks = append(s.webhooks, Webhook{Key: w.Key, Events: slices.Clone(w.Events)})
 	}
 	if s.budget.MaxCredentials < 0 || s.budget.MaxResources < 0 {
 		return nil, errors.New("broker: budgets must not be negative")
@@ -316,6 +334,9 @@ func (s *Service) createTask(ctx context.Context, p Principal, req CreateTaskReq
 			if err := also(tx, t); err != nil {
 				return err
 			}
+		}
+		if err := s.notify(ctx, tx, s.taskNotice(EventTaskCreated, t, now, ActorOf(p))); err != nil {
+			return err
 		}
 		return tx.AppendAudit(ctx, AuditEvent{
 			Time: now, Type: EventTaskCreated, Actor: ActorOf(p), TaskID: t.ID,
@@ -611,6 +632,9 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 			return err
 		}
 		out = t
+		if err := s.notify(ctx, tx, s.taskNotice(EventTaskApproved, t, now, ActorOf(p))); err != nil {
+			return err
+		}
 		return tx.AppendAudit(ctx, AuditEvent{
 			Time: now, Type: EventTaskApproved, Actor: ActorOf(p), TaskID: t.ID,
 			Detail: detail(map[string]any{
@@ -682,6 +706,11 @@ func (s *Service) Deny(ctx context.Context, p Principal, id string, req DenyRequ
 			return err
 		}
 		out = t
+		n := s.taskNotice(EventTaskDenied, t, now, ActorOf(p))
+		n.Reason = reason
+		if err := s.notify(ctx, tx, n); err != nil {
+			return err
+		}
 		return tx.AppendAudit(ctx, AuditEvent{
 			Time: now, Type: EventTaskDenied, Actor: ActorOf(p), TaskID: t.ID,
 			Detail: detail(map[string]any{"reason": reason, "version": t.Version}),

@@ -277,6 +277,12 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 	if err := st.InsertStepUp(ctx, &u); err != nil {
 		return "", nil, err
 	}
+	ask := s.taskNotice(EventApprovalRequested, t, now, ActorOf(p))
+	ask.ApprovalID, ask.ApprovalScopes, ask.ApprovalAudience = u.ID, u.Scopes.Strings(), u.Audience
+	ask.ApprovalTool, ask.ApprovalDataset, ask.ApprovalExpiresAt = u.Tool, u.Dataset, u.ExpiresAt
+	if err := s.notify(ctx, tx, ask); err != nil {
+		return "", nil, err
+	}
 	// This event is the refusal's one event: it carries the code, and the
 	// refusal is not recorded again.
 	if err := tx.AppendAudit(ctx, AuditEvent{

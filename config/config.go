@@ -58,6 +58,9 @@ type Config struct {
 	// IDJAGTargets are the authorization servers Errand issues ID-JAGs
 	// for (idjag.go).
 	IDJAGTargets []IDJAGTarget `yaml:"id_jag_targets"`
+	// Notifications are the webhooks told of tasks and approvals
+	// (notifications.go).
+	Notifications Notifications `yaml:"notifications"`
 	// Dir is the directory of the config file, for relative paths.
 	Dir string `yaml:"-"`
 }
@@ -339,7 +342,7 @@ func (c *Config) Proxies() ([]netip.Prefix, error) {
 
 // catalogKeys are the top-level keys LoadCatalog needs.
 var catalogKeys = map[string]bool{"issuers": true, "grants": true, "actions": true, "audiences": true,
-	"deny_actions": true, "policies": true, "policy_schema": true, "policy_engine": true}
+	"deny_actions": true, "policies": true, "policy_schema": true, "policy_engine": true, "notifications": true}
 
 // LoadCatalog reads only what policy decisions need from a config file:
 // the catalog (actions, audiences and their environments, grants) and the
@@ -503,6 +506,7 @@ func (c *Config) Validate() error {
 		}
 		bad(c.validateIDJAG(cat))
 	}
+	bad(c.validateNotifications())
 	return errors.Join(errs...)
 }
 

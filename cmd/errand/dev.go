@@ -290,6 +290,8 @@ func useCatalog(cfg *config.Config, path string, idp *devidp.Provider) error {
 	}
 	cfg.Limits, cfg.DPoP, cfg.Vault, cfg.IDJAGTargets = file.Limits, file.DPoP, file.Vault, file.IDJAGTargets
 	cfg.Dir, cfg.Policies, cfg.PolicySchema = file.Dir, file.Policies, file.PolicySchema
+	// Webhooks too, so that notifications can be tried on errand dev.
+	cfg.Notifications = file.Notifications
 	return nil
 }
 

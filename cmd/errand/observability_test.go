@@ -2,20 +2,27 @@ package main
 
 import (
 	"bufio"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/notify"
 )
 
 // scrape reads a server's /metrics into sample name (with its labels) →
@@ -70,7 +77,32 @@ func waitMetric(t *testing.T, base, sample string, ok func(float64) bool) {
 // Then every metric the rules and the dashboard name must be one the
 // server exports.
 func TestMetricsForDashboardsAndAlerts(t *testing.T) {
-	cfg, agents, users, _ := loadServeConfig(t)
+	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("k", 32))
+	agents, users, resources := testoidc.New(t), testoidc.New(t), testoidc.New(t)
+	// A webhook, whose receiver accepts one notification and refuses the
+	// rest: its metrics count both.
+	var calls atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if calls.Add(1) > 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	defer hook.Close()
+	path := writeConfig(t, testpg.NewDatabase(t), agents, users, resources)
+	secret := filepath.Join(filepath.Dir(path), "hook.secret")
+	if err := os.WriteFile(secret, []byte("whsec_"+base64.StdEncoding.EncodeToString([]byte(strings.Repeat("w", 32)))+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "notifications:\n  webhooks:\n    - {url: %q, secret_file: %q, events: [task.created]}\n", hook.URL, secret)
+	f.Close()
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	addr, _ := startServe(t, cfg, nil)
 	base := "http://" + addr
 	agent := agents.Token(t, "ci-bot", "errand", nil)
@@ -136,6 +168,12 @@ func TestMetricsForDashboardsAndAlerts(t *testing.T) {
 	}
 	if every := s["errand_audit_anchor_interval_seconds"]; every != cfg.AnchorInterval().Seconds() {
 		t.Errorf("errand_audit_anchor_interval_seconds = %v, want %v", every, cfg.AnchorInterval().Seconds())
+	}
+	key := notify.KeyOf(hook.URL)
+	waitMetric(t, base, `errand_webhook_attempts_total{result="error",webhook="`+key+`"}`, func(v float64) bool { return v >= 1 })
+	s, names = scrape(t, base)
+	if s[`errand_webhook_attempts_total{result="ok",webhook="`+key+`"}`] != 1 || !names["errand_webhook_failed_total"] {
+		t.Errorf("webhook metrics: ok %v, failed exported %v", s[`errand_webhook_attempts_total{result="ok",webhook="`+key+`"}`], names["errand_webhook_failed_total"])
 	}
 	if s[`errand_backend_revoke_failed_total{kind="vault"}`] != 0 || !names["errand_backend_revoke_failed_total"] {
 		t.Error("errand_backend_revoke_failed_total should be exported at 0 from the start")

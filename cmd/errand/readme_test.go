@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"os"
@@ -323,6 +324,13 @@ func TestREADMEConfigReferenceChecks(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "policies", name), body, 0o600); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The webhooks' Standard Webhooks secret.
+	if err := os.MkdirAll(filepath.Join(dir, "webhooks"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "webhooks", "ops.secret"), []byte("whsec_"+base64.StdEncoding.EncodeToString([]byte(strings.Repeat("k", 32)))+"\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "errand.yaml")
 	if err := os.WriteFile(path, []byte(ref), 0o600); err != nil {

@@ -28,6 +28,7 @@ import (
 	"github.com/errandhq/errand/internal/logbuf"
 	"github.com/errandhq/errand/issuer/jwt"
 	"github.com/errandhq/errand/issuer/vault"
+	"github.com/errandhq/errand/notify"
 	"github.com/errandhq/errand/policy"
 	"github.com/errandhq/errand/revocation"
 	"github.com/errandhq/errand/store/postgres"
@@ -105,6 +106,7 @@ type backend interface {
 	broker.Store
 	broker.KeyStore
 	broker.Outbox
+	broker.Deliveries
 	Migrate(ctx context.Context) (int, error)
 	Close()
 }
@@ -247,6 +249,7 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		MaxPendingPerAgent: cfg.Limits.PendingTasksPerAgent,
 		CredentialsPerTask: cfg.Limits.CredentialsPerTask, ResourcesPerTask: cfg.Limits.ResourcesPerTask,
 		StepUpTTL: cfg.Limits.StepUpTTL, IDJAGTargets: cfg.BrokerIDJAGTargets(),
+		Webhooks: cfg.BrokerWebhooks(),
 	}
 	var engine *policy.Engine
 	if len(cfg.Policies) > 0 {
@@ -385,6 +388,21 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	}
 	if engine != nil {
 		workers = append(workers, reloadOnHangup(engine, log))
+	}
+	// Notifications: one loop per webhook, off the request path.
+	if targets, err := cfg.WebhookTargets(); err != nil {
+		return nil, err
+	} else if len(targets) > 0 {
+		nm, err := notify.NewMetrics(reg, targets)
+		if err != nil {
+			return nil, err
+		}
+		nw := &notify.Worker{Store: st, Failures: svc, Targets: targets, PublicURL: cfg.PublicURL,
+			GiveUpAfter: time.Duration(cfg.Notifications.GiveUpAfter), Logger: log, Metrics: nm}
+		workers = append(workers, nw.Run)
+		for _, t := range targets {
+			log.Info("webhook configured", "webhook", t.Key(), "host", t.URL.Host, "format", t.Format, "events", t.Events)
+		}
 	}
 	return &app{api: api, svc: svc, workers: workers}, nil
 }

@@ -94,8 +94,16 @@ async function startProcess(name, args, env = {}) {
     }
     await fh.close().catch(() => {})
   }
+  // kill ends it at once (SIGKILL), as a crash would: no shutdown runs.
+  const kill = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL')
+      await exited
+    }
+    await fh.close().catch(() => {})
+  }
   process.once('exit', () => child.exitCode === null && child.kill('SIGKILL'))
-  return { child, log, stop, stdout: () => stdout }
+  return { child, log, stop, kill, stdout: () => stdout }
 }
 
 // startDev starts `errand dev --listen 127.0.0.1:0 --db :memory:` (with
@@ -132,8 +140,11 @@ export function postgresURL() {
 }
 
 // startServe creates a fresh PostgreSQL database and runs `errand serve` on
-// it (serve migrates at start), trusting dev's identity provider.
-export async function startServe(dev) {
+// it (serve migrates at start), trusting dev's identity provider. extra is
+// YAML appended to the config (top-level keys). The result's kill() ends
+// the process with SIGKILL, and restart() starts it again on the same
+// database, port and secrets.
+export async function startServe(dev, { extra = '' } = {}) {
   const admin = postgresURL()
   const db = 'errand_interop_' + randomBytes(6).toString('hex')
   await run('psql', [admin, '-v', 'ON_ERROR_STOP=1', '-qAtc', `CREATE DATABASE ${db}`])
@@ -164,7 +175,7 @@ signing_alg: ES256
 dpop: {nonce_every: 5m}
 policies: ["step-up.cedar"]
 system_secret: \${ERRAND_SYSTEM_SECRET}
-`
+${extra}`
   const path = join(await work(), `serve-${db}.yaml`)
   await writeFile(path, cfg, { mode: 0o600 })
   // A write to the prod audience needs the user's approval each time.
@@ -176,20 +187,27 @@ permit (principal, action, resource);
 forbid (principal, action, resource)
 when { context.environment == "prod" && context.class == "write" };
 `)
-  const p = await startProcess('serve', ['serve', '--config', path], {
-    ERRAND_SYSTEM_SECRET: randomBytes(24).toString('hex'),
-  })
-  try {
-    await waitReady(base, p.child, p.log)
-  } catch (err) {
-    await p.stop()
-    throw err
+  const secret = randomBytes(24).toString('hex')
+  let p
+  let starts = 0
+  const launch = async () => {
+    p = await startProcess(starts++ ? `serve-${starts}` : 'serve', ['serve', '--config', path], { ERRAND_SYSTEM_SECRET: secret })
+    try {
+      await waitReady(base, p.child, p.log)
+    } catch (err) {
+      await p.stop()
+      throw err
+    }
   }
+  await launch()
   const stop = async () => {
     await p.stop()
     await run('psql', [admin, '-qAtc', `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`]).catch(() => {})
   }
-  return { name: 'errand serve (PostgreSQL)', issuer: base, token: dev.token, stop, log: p.log, idp: dev.idp, signingAlg: 'ES256', dpopNonces: true, stepUp: true }
+  return {
+    name: 'errand serve (PostgreSQL)', issuer: base, token: dev.token, stop, log: p.log, idp: dev.idp, signingAlg: 'ES256', dpopNonces: true, stepUp: true,
+    kill: () => p.kill(), restart: launch, logs: () => p.log,
+  }
 }
 
 // cleanup removes the work directory (the built binary and the logs) unless

@@ -50,6 +50,10 @@ var grants = []tableGrant{
 	// CIBA backchannel requests (00014): polling state, digests of the
 	// auth_req_id; not history (the task's events are).
 	{"backchannel_requests", "SELECT, INSERT, UPDATE", ""},
+	// Notifications on their way to webhooks (00016): an outbox, not
+	// history (a delivery given up is audited as notification.failed);
+	// finished ones are pruned after a week.
+	{"webhook_deliveries", "SELECT, INSERT, UPDATE, DELETE", ""},
 	// serve --no-migrate reads the schema's version.
 	{"goose_db_version", "SELECT", ""},
 }

@@ -50,6 +50,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"ReplayCacheFreshOncePerKindUntilExpiry", testReplayCache},
 		{"BackchannelRequestsKeepPollingState", testBackchannel},
 		{"X05DPoPBindingKept", testDPoPBindingKept},
+		{"W03WebhookDeliveriesLeaseRetryComplete", testDeliveries},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open(t)) })
