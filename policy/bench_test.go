@@ -14,7 +14,7 @@ import (
 // permits, many forbids on tools, datasets, resources, environments and
 // groups, some step-ups), none of which forbids the benchmark's request,
 // so that every policy is evaluated on every decision.
-func benchSet(b *testing.B, n int) *Set {
+func benchSet(b *testing.B, n int) *CedarSet {
 	b.Helper()
 	var sb strings.Builder
 	for i := 0; i < n; i++ {
