@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -95,4 +97,59 @@ func compact(t *testing.T, raw []byte) string {
 		t.Fatalf("%v: %s", err, raw)
 	}
 	return fmt.Sprint(b.String())
+}
+
+// TestInvariantsHoldWhateverTheRegoSays: with Rego that allows everything
+// and names the blocked actions, the grants and the approvals in its
+// rules, the hard blocks still refuse (blocked_action, scope_exceeds_grant,
+// scope_exceeds_approval, approval_forbidden, token_not_accepted), each
+// leaving the store unchanged and audited: the engine is asked only about
+// what the invariants let through, and can only narrow it.
+func TestInvariantsHoldWhateverTheRegoSays(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "open.rego"), []byte(`package errand
+
+# Everything, by every name a policy could give it.
+allow contains "everything"
+
+allow contains "self-escalation" if input.action == "aws.iam.createaccesskey"
+
+allow contains "any-grant" if input.context.operation in {"create", "approve", "mint", "evaluate"}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvWith(t, envOptions{policyEngine: policy.EngineOPA, policies: []string{filepath.Join(dir, "*.rego")}})
+
+	// A blocked action (credential changes, token minting) is never
+	// grantable, whatever the policy allows.
+	before := e.snapshot()
+	e.refused(before, e.do("POST", "/v1/tasks", e.agent("agent-1"), map[string]any{
+		"on_behalf_of": "alice", "goal": "x", "scopes": []string{"aws.iam.createaccesskey"}, "audiences": []string{apiStage},
+	}), http.StatusForbidden, "blocked_action")
+
+	// An approval beyond the user's grants.
+	id := e.task("agent-1", "alice", "github.pr.write:acme/**")
+	before = e.snapshot()
+	e.refused(before, e.do("POST", "/v1/tasks/"+id+"/approve", e.user("alice", "interns"), map[string]any{}),
+		http.StatusForbidden, "scope_exceeds_grant")
+
+	// An agent approving.
+	before = e.snapshot()
+	e.refused(before, e.do("POST", "/v1/tasks/"+id+"/approve", e.agent("agent-1"), map[string]any{}),
+		http.StatusForbidden, "approval_forbidden")
+
+	// A mint beyond the approval, and to an audience nobody configured.
+	id = e.approved("agent-1", "alice", "github.repo.read:acme/api")
+	before = e.snapshot()
+	e.refused(before, mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/**"}, "audience": apiGitHub}),
+		http.StatusForbidden, "scope_exceeds_approval")
+	before = e.snapshot()
+	e.refused(before, mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": "https://other.example"}),
+		http.StatusBadRequest, "invalid_request") // an unknown audience is denied
+
+	// A task credential cannot buy another: Errand's token is no identity.
+	tok := e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": apiGitHub}), 201).str("access_token")
+	before = e.snapshot()
+	e.refused(before, e.do("POST", "/v1/tasks/"+id+"/tokens", tok, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": apiGitHub}),
+		http.StatusUnauthorized, "token_not_accepted")
 }
