@@ -50,7 +50,7 @@ type Config struct {
 	PolicySchema string   `yaml:"policy_schema"`
 	// PolicyData is a JSON object Rego policies read as data (opa only),
 	// and PolicyTimeout one Rego decision's time budget (opa only,
-	// default 100ms).
+	// default 1s, wall-clock).
 	PolicyData    string   `yaml:"policy_data,omitempty"`
 	PolicyTimeout Duration `yaml:"policy_timeout,omitempty"`
 	SystemSecret  string   `yaml:"system_secret"`

@@ -45,7 +45,7 @@ policy_schema: ` + td + `/errand.cedarschema
 policy_schema: `+td+`/errand.cedarschema
 `, `policy_engine: opa
 policies: ["`+td+`/conformance/guardrails/*.rego"]
-policy_timeout: 50ms
+policy_timeout: 2s
 `, 1)
 	}
 	path := filepath.Join(dir, "errand.yaml")
