@@ -42,7 +42,7 @@ type Config struct {
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	// PolicyEngine is the language of the policies: cedar (the default)
 	// or opa (Rego, evaluated in process).
-	PolicyEngine string `yaml:"policy_engine"`
+	PolicyEngine string `yaml:"policy_engine,omitempty"`
 	// Policies are glob patterns of policy files (.cedar, or .rego with
 	// opa), and PolicySchema an optional Cedar schema they must validate
 	// against; relative paths are read from the config file's directory.
@@ -520,6 +520,9 @@ func (c *Config) Validate() error {
 // fillDefaults writes out the defaults that the server would apply to a
 // zero value, so that the effective configuration shows what runs.
 func (c *Config) fillDefaults() {
+	if c.PolicyEngine == "" && len(c.Policies) > 0 {
+		c.PolicyEngine = policy.EngineCedar
+	}
 	if c.PolicyEngine == policy.EngineOPA && len(c.Policies) > 0 && c.PolicyTimeout == 0 {
 		c.PolicyTimeout = Duration(policy.DefaultTimeout)
 	}

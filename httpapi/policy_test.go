@@ -527,9 +527,18 @@ func TestAuthZENBatch(t *testing.T) {
 // under the user's step-up approval gets a true decision for what the
 // policy guards. The policy is added to a running server (a reload).
 func TestAuthZENStepUp(t *testing.T) {
+	bothEngines(t, authZENStepUp)
+}
+
+func authZENStepUp(t *testing.T, engine string) {
 	dir := t.TempDir()
+	src, ext, broken := "testdata/policies", ".cedar", "forbid (principal,"
+	if engine == policy.EngineOPA {
+		src, ext, broken = "testdata/policies-rego", ".rego", "package errand\n\ndeny contains \"x\" if {"
+	}
 	copyFile := func(name string) {
-		raw, err := os.ReadFile(filepath.Join("testdata/policies", name))
+		name += ext
+		raw, err := os.ReadFile(filepath.Join(src, name))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -537,14 +546,14 @@ func TestAuthZENStepUp(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	copyFile("base.cedar")
-	e := newEnvWith(t, envOptions{policies: []string{filepath.Join(dir, "*.cedar")}})
+	copyFile("base")
+	e := newEnvWith(t, envOptions{policyEngine: engine, policies: []string{filepath.Join(dir, "*"+ext)}})
 	rs := e.resource("gateway")
 	id := e.approved("agent-1", "alice", "github.pr.write:acme/**")
 	write := map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiGitHub}
 	plain := e.mustStatus(mintWith(e, "agent-1", id, write), 201).str("access_token")
 
-	copyFile("stepup.cedar")
+	copyFile("stepup")
 	if _, err := e.engine.Reload(); err != nil {
 		t.Fatal(err)
 	}
@@ -560,10 +569,10 @@ func TestAuthZENStepUp(t *testing.T) {
 	}
 
 	// A reload that fails keeps the policies in force.
-	if err := os.WriteFile(filepath.Join(dir, "broken.cedar"), []byte("forbid (principal,"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "broken"+ext), []byte(broken), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.engine.Reload(); err == nil || !strings.Contains(err.Error(), "broken.cedar:1") {
+	if _, err := e.engine.Reload(); err == nil || !strings.Contains(err.Error(), "broken"+ext+":") {
 		t.Fatalf("a broken reload: %v", err)
 	}
 	if r := mintWith(e, "agent-1", id, write); r.str("code") != "approval_required" {

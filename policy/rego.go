@@ -174,7 +174,7 @@ func LoadRego(patterns []string, dataPath string, timeout time.Duration) (*RegoS
 		if len(d.Policies) > 0 {
 			at = d.Policies[0] + ": "
 		}
-		return nil, fmt.Errorf("policies: %sa probe request (a mint with every key empty): %s", at, strings.Join(d.Reasons, "; "))
+		return nil, fmt.Errorf("policies: %sa probe request (a low-risk read, nothing in particular) does not evaluate: %s", at, strings.Join(d.Reasons, "; "))
 	}
 	return s, nil
 }
@@ -194,8 +194,11 @@ func readData(path string) (map[string]any, error) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	var data map[string]any
-	if err := dec.Decode(&data); err != nil || data == nil {
+	if err := dec.Decode(&data); err != nil {
 		return nil, fmt.Errorf("policy_data: %s: a JSON object: %v", path, err)
+	}
+	if data == nil {
+		return nil, fmt.Errorf("policy_data: %s: a JSON object, not null", path)
 	}
 	if _, ok := data[RegoPackage]; ok {
 		return nil, fmt.Errorf("policy_data: %s: the key %q is the policies' package; name the data otherwise", path, RegoPackage)
@@ -209,9 +212,19 @@ func readData(path string) (map[string]any, error) {
 // be an error at every decision.
 func (s *RegoSet) checkShapes() error {
 	found := false
+	root := ast.Ref{ast.DefaultRootDocument, ast.StringTerm(RegoPackage)}
 	for _, f := range s.files {
 		m := s.modules[f]
-		if !m.Package.Path.Equal(ast.Ref{ast.DefaultRootDocument, ast.StringTerm(RegoPackage)}) {
+		if !m.Package.Path.Equal(root) {
+			// A package inside a deciding rule (package errand.deny)
+			// would add to it unseen, or be silently left out.
+			p := m.Package.Path
+			if len(p) > 2 && p.HasPrefix(root) {
+				if name, ok := p[2].Value.(ast.String); ok && (name == ruleAllow || name == ruleDeny || name == ruleStepUp) {
+					return fmt.Errorf("policies: %s:%d: package %s is inside the deciding rule %s; write its rules in package %s",
+						f, m.Package.Location.Row, p, string(name), RegoPackage)
+				}
+			}
 			continue
 		}
 		found = true

@@ -35,6 +35,7 @@ func TestRegoLoadErrorsNameFileAndLine(t *testing.T) {
 		{"a boolean deny", "package errand\n\nallow contains \"a\"\n\ndeny if true\n", `bad.rego:5: rule deny of package errand must be a set`},
 		{"a step-up set", "package errand\n\nallow contains \"a\"\n\nstep_up contains \"x\"\n", `bad.rego:5: rule step_up of package errand must be an object of rule id to the reason`},
 		{"no package errand", "package other\n\nallow contains \"a\"\n", "no file declares package errand"},
+		{"a package inside deny", "package errand.deny\n\nx := true\n", "bad.rego:1: package data.errand.deny is inside the deciding rule deny"},
 		{"a conflict any request meets", "package errand\n\nallow contains \"a\"\n\nstep_up[\"x\"] := \"one\"\n\nstep_up[\"x\"] := \"two\"\n", "bad.rego:"},
 		{"a loop any request meets", "package errand\n\nallow contains \"a\" if {\n\tsome i in numbers.range(1, 100000)\n\tsome j in numbers.range(1, 100000)\n\ti * j < 0\n}\n", "did not decide within 500ms"},
 		{"a built-in error any request meets", "package errand\n\nallow contains \"a\" if to_number(input.context.risk) > 1\n", "bad.rego:3"},
@@ -155,6 +156,10 @@ deny contains "protected-repo" if input.resource.head in data.protected
 	write(t, dir, "data.json", `{"errand": {"allow": ["x"]}}`)
 	if _, err := LoadRego([]string{filepath.Join(dir, "*.rego")}, filepath.Join(dir, "data.json"), 0); err == nil || !strings.Contains(err.Error(), "policies' package") {
 		t.Fatalf("data under errand: %v", err)
+	}
+	write(t, dir, "data.json", `null`)
+	if _, err := LoadRego([]string{filepath.Join(dir, "*.rego")}, filepath.Join(dir, "data.json"), 0); err == nil || !strings.Contains(err.Error(), "not null") {
+		t.Fatalf("null data: %v", err)
 	}
 	write(t, dir, "data.json", `[1, 2]`)
 	if _, err := LoadRego([]string{filepath.Join(dir, "*.rego")}, filepath.Join(dir, "data.json"), 0); err == nil || !strings.Contains(err.Error(), "a JSON object") {

@@ -37,7 +37,7 @@ development identity provider that hands out agent, user and resource-server ID
 tokens for any name (POST /dev/token). That identity provider trusts whoever
 asks: it exists only in dev, and errand serve never exposes it.
 
---policies loads Cedar policy files (glob patterns, relative to the working
+--policies loads policy files (glob patterns, relative to the working
 directory) as errand serve's "policies" setting does, and --policy-schema
 validates them against a schema; with --policy-engine opa they are Rego files.
 
@@ -65,7 +65,7 @@ about at start.`,
 	cmd.Flags().StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (loopback only, unless --insecure-expose-dev-identities)")
 	cmd.Flags().StringVar(&o.db, "db", "errand-dev.db", `SQLite database file, or ":memory:" for a throwaway one`)
 	cmd.Flags().StringVar(&o.config, "config", "", "an errand.yaml whose catalog, grants, audiences, limits, policies and id_jag_targets replace the example's (its issuers are replaced by the dev identity provider's)")
-	cmd.Flags().StringArrayVar(&o.policies.patterns, "policies", nil, "Cedar policy files, a glob pattern such as 'policies/*.cedar' (repeat)")
+	cmd.Flags().StringArrayVar(&o.policies.patterns, "policies", nil, "policy files, a glob pattern such as 'policies/*.cedar' (or *.rego with --policy-engine opa) (repeat)")
 	cmd.Flags().StringVar(&o.policies.schema, "policy-schema", "", "a Cedar schema to validate the policies against")
 	cmd.Flags().StringVar(&o.policies.engine, "policy-engine", "", "the language of --policies: cedar (default) or opa (Rego files such as 'policies/*.rego')")
 	cmd.Flags().BoolVar(&o.exposeIdentities, "insecure-expose-dev-identities", false,
