@@ -407,46 +407,27 @@ func idSet(b rego.Vars, name string) ([]string, error) {
 //
 // Every key is always present ("" when unknown), as in Cedar.
 func regoInput(r broker.PolicyRequest) ast.Value {
-	str := ast.StringTerm
-	strs := func(l []string) *ast.Term {
-		ts := make([]*ast.Term, len(l))
-		for i, v := range l {
-			ts[i] = str(v)
-		}
-		return ast.ArrayTerm(ts...)
-	}
 	head, wildcard, ancestors := shapeOf(r.Resource)
-	return ast.NewObject(
-		ast.Item(str("principal"), ast.ObjectTerm(
-			ast.Item(str("type"), str("agent")),
-			ast.Item(str("id"), str(r.Agent.String())),
-			ast.Item(str("issuer"), str(r.Agent.Issuer)),
-			ast.Item(str("sub"), str(r.Agent.Subject)),
-		)),
-		ast.Item(str("user"), ast.ObjectTerm(
-			ast.Item(str("id"), str(r.User.String())),
-			ast.Item(str("issuer"), str(r.User.Issuer)),
-			ast.Item(str("sub"), str(r.User.Subject)),
-			ast.Item(str("groups"), strs(groupNames(r))),
-		)),
-		ast.Item(str("action"), str(r.Action)),
-		ast.Item(str("resource"), ast.ObjectTerm(
-			ast.Item(str("path"), str(r.Resource)),
-			ast.Item(str("wildcard"), ast.BooleanTerm(wildcard)),
-			ast.Item(str("head"), str(head)),
-			ast.Item(str("ancestors"), strs(ancestors)),
-		)),
-		ast.Item(str("context"), ast.ObjectTerm(
-			ast.Item(str("task_id"), str(r.TaskID)),
-			ast.Item(str("risk"), str(string(r.Risk))),
-			ast.Item(str("class"), str(string(r.Class))),
-			ast.Item(str("audience"), str(r.Audience)),
-			ast.Item(str("environment"), str(r.Environment)),
-			ast.Item(str("tool"), str(r.Tool)),
-			ast.Item(str("dataset"), str(r.Dataset)),
-			ast.Item(str("time"), str(r.Time.UTC().Format(time.RFC3339Nano))),
-			ast.Item(str("operation"), str(r.Operation)),
-			ast.Item(str("dpop"), ast.BooleanTerm(r.DPoP)),
-		)),
-	)
+	anc := make([]any, len(ancestors))
+	for i, a := range ancestors {
+		anc[i] = a
+	}
+	names := groupNames(r)
+	groups := make([]any, len(names))
+	for i, g := range names {
+		groups[i] = g
+	}
+	// A lazy object: OPA converts a key to a value only when a rule
+	// reads it, and most rules read a few keys of context.
+	return ast.LazyObject(map[string]any{
+		"principal": map[string]any{"type": "agent", "id": r.Agent.String(), "issuer": r.Agent.Issuer, "sub": r.Agent.Subject},
+		"user":      map[string]any{"id": r.User.String(), "issuer": r.User.Issuer, "sub": r.User.Subject, "groups": groups},
+		"action":    r.Action,
+		"resource":  map[string]any{"path": r.Resource, "wildcard": wildcard, "head": head, "ancestors": anc},
+		"context": map[string]any{
+			"task_id": r.TaskID, "risk": string(r.Risk), "class": string(r.Class), "audience": r.Audience,
+			"environment": r.Environment, "tool": r.Tool, "dataset": r.Dataset,
+			"time": r.Time.UTC().Format(time.RFC3339Nano), "operation": r.Operation, "dpop": r.DPoP,
+		},
+	})
 }
