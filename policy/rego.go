@@ -395,7 +395,7 @@ func idSet(b rego.Vars, name string) ([]string, error) {
 }
 
 // regoInput is the input document of one request (README, "Policies";
-// rego_input.schema.json), built as an OPA value directly:
+// rego_input.schema.json), as a lazy OPA object:
 //
 //	principal  {type: "agent", id: "<issuer>#<sub>", issuer, sub}
 //	user       {id: "<issuer>#<sub>", issuer, sub, groups: ["<issuer>#<name>", …
