@@ -58,7 +58,8 @@ var (
 	// ErrIdempotencyConflict: an Idempotency-Key reused with another body.
 	ErrIdempotencyConflict = &Error{Code: "idempotency_conflict"}
 	ErrBodyTooLarge        = &Error{Code: "body_too_large"}
-	// ErrPolicyDenied: a Cedar policy forbids the request, or none permits it.
+	// ErrPolicyDenied: a policy forbids the request, or none permits it, or
+	// the policies could not be evaluated.
 	ErrPolicyDenied = &Error{Code: "policy_denied"}
 	// ErrApprovalRequired: a @step_up policy needs the user to approve this
 	// exact request; the refusal names the pending approval.

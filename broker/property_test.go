@@ -145,26 +145,51 @@ func TestPropertyIssuedWithinApprovedWithinRequestedAndGrants(t *testing.T) {
 	t.Logf("%d approvals, %d mints checked", approvals, mints)
 }
 
-// TestPropertyPolicyProtectsAPathAgainstEveryScope: with a Cedar policy
-// that protects the path a/c as the README says, no token is ever minted
-// whose scope reaches a/c, whatever was requested, granted and approved;
-// and, with an independent matcher, everything minted stays within
-// requested ∩ grants (A02: minted ⊆ approved ⊆ grants ∩ policy). At an
-// audience that compares resources case-insensitively, A/C and a/C are
-// a/c and never minted either (H06); at one that does not, they are other
-// resources, which the rule leaves alone.
+// TestPropertyPolicyProtectsAPathAgainstEveryScope: with a policy that
+// protects the path a/c as the README says, in Cedar and in Rego, no token
+// is ever minted whose scope reaches a/c, whatever was requested, granted
+// and approved; and, with an independent matcher, everything minted stays
+// within requested ∩ grants (A02: minted ⊆ approved ⊆ grants ∩ policy).
+// At an audience that compares resources case-insensitively, A/C and a/C
+// are a/c and never minted either (H06); at one that does not, they are
+// other resources, which the rule leaves alone.
 func TestPropertyPolicyProtectsAPathAgainstEveryScope(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "p.cedar"), []byte(`@id("allow") permit (principal, action, resource);
+	for _, c := range []struct{ engine, file, text string }{
+		{policy.EngineCedar, "p.cedar", `@id("allow") permit (principal, action, resource);
 @id("protect-a-c") forbid (principal, action, resource)
 when { context.operation == "mint" }
-when { resource.head == "a/c" || resource in Resource::"a/c/**" || (resource.wildcard && ["", "a"].contains(resource.head)) };`), 0o600); err != nil {
-		t.Fatal(err)
+when { resource.head == "a/c" || resource in Resource::"a/c/**" || (resource.wildcard && ["", "a"].contains(resource.head)) };`},
+		{policy.EngineOPA, "p.rego", `package errand
+
+allow contains "allow"
+
+deny contains "protect-a-c" if {
+	input.context.operation == "mint"
+	reaches_a_c
+}
+
+reaches_a_c if input.resource.head == "a/c"
+reaches_a_c if "a/c/**" in input.resource.ancestors
+reaches_a_c if {
+	input.resource.wildcard
+	input.resource.head in {"", "a"}
+}`},
+	} {
+		t.Run(c.engine, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, c.file), []byte(c.text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			pol, err := policy.Source{Engine: c.engine, Patterns: []string{filepath.Join(dir, c.file)}}.Load()
+			if err != nil {
+				t.Fatal(err)
+			}
+			propertyPolicyProtectsAPath(t, pol)
+		})
 	}
-	pol, err := policy.Load([]string{filepath.Join(dir, "p.cedar")}, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+}
+
+func propertyPolicyProtectsAPath(t *testing.T, pol broker.Policy) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	ctx := context.Background()
 	agent := broker.Principal{Issuer: "https://agents", Subject: "bot", Kind: broker.KindAgent}

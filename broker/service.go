@@ -52,7 +52,7 @@ type Config struct {
 	// must carry out (through the outbox) when their task ends.
 	BackendKinds []string
 	// Policy, when set, decides every task, approval, mint, secret and
-	// evaluation on top of the invariants (package policy, Cedar).
+	// evaluation on top of the invariants (package policy: Cedar or Rego).
 	Policy Policy
 	// CredentialsPerTask and ResourcesPerTask are the default budgets of a
 	// task: how many credentials it may mint, and over how many distinct

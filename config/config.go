@@ -40,13 +40,21 @@ type Config struct {
 	// in front of Errand: only from them is the client address taken from
 	// X-Forwarded-For (its rightmost hop that is not a trusted proxy).
 	TrustedProxies []string `yaml:"trusted_proxies"`
-	// Policies are glob patterns of Cedar policy files, and PolicySchema
-	// an optional Cedar schema they must validate against; relative paths
-	// are read from the config file's directory.
+	// PolicyEngine is the language of the policies: cedar (the default)
+	// or opa (Rego, evaluated in process).
+	PolicyEngine string `yaml:"policy_engine,omitempty"`
+	// Policies are glob patterns of policy files (.cedar, or .rego with
+	// opa), and PolicySchema an optional Cedar schema they must validate
+	// against; relative paths are read from the config file's directory.
 	Policies     []string `yaml:"policies"`
 	PolicySchema string   `yaml:"policy_schema"`
-	SystemSecret string   `yaml:"system_secret"`
-	SigningAlg   string   `yaml:"signing_alg"`
+	// PolicyData is a JSON object Rego policies read as data (opa only),
+	// and PolicyTimeout one Rego decision's time budget (opa only,
+	// default 1s, wall-clock).
+	PolicyData    string   `yaml:"policy_data,omitempty"`
+	PolicyTimeout Duration `yaml:"policy_timeout,omitempty"`
+	SystemSecret  string   `yaml:"system_secret"`
+	SigningAlg    string   `yaml:"signing_alg"`
 	// AuditAnchorEvery logs the audit chain's head (seq and hash) this
 	// often, for an external system to keep; default 10m, "off" never.
 	AuditAnchorEvery string `yaml:"audit_anchor_every"`
@@ -342,7 +350,8 @@ func (c *Config) Proxies() ([]netip.Prefix, error) {
 
 // catalogKeys are the top-level keys LoadCatalog needs.
 var catalogKeys = map[string]bool{"issuers": true, "grants": true, "actions": true, "audiences": true,
-	"deny_actions": true, "policies": true, "policy_schema": true, "policy_engine": true, "notifications": true}
+	"deny_actions": true, "policies": true, "policy_schema": true, "policy_engine": true,
+	"policy_data": true, "policy_timeout": true, "notifications": true}
 
 // LoadCatalog reads only what policy decisions need from a config file:
 // the catalog (actions, audiences and their environments, grants) and the
@@ -486,14 +495,16 @@ func (c *Config) Validate() error {
 	if c.PolicySchema != "" && len(c.Policies) == 0 {
 		bad(errors.New("config: policy_schema: set, but no policies to validate"))
 	}
+	engineErr := c.validatePolicyEngine()
+	bad(engineErr)
 	cat, err := c.Catalog()
 	if err != nil {
 		bad(fmt.Errorf("config: %w", err))
 	} else {
-		if len(c.Policies) > 0 {
+		if len(c.Policies) > 0 && engineErr == nil {
 			// Validated here so that a bad policy stops start-up (and
 			// config check) with its file and line.
-			set, err := policy.Load(c.PolicyFiles())
+			set, err := c.PolicySource().Load()
 			if err == nil {
 				err = c.PolicyCheck(cat)(set)
 			}
@@ -513,6 +524,12 @@ func (c *Config) Validate() error {
 // fillDefaults writes out the defaults that the server would apply to a
 // zero value, so that the effective configuration shows what runs.
 func (c *Config) fillDefaults() {
+	if c.PolicyEngine == "" && len(c.Policies) > 0 {
+		c.PolicyEngine = policy.EngineCedar
+	}
+	if c.PolicyEngine == policy.EngineOPA && len(c.Policies) > 0 && c.PolicyTimeout == 0 {
+		c.PolicyTimeout = Duration(policy.DefaultTimeout)
+	}
 	l := &c.Limits
 	if l.PendingTasksPerAgent == 0 {
 		l.PendingTasksPerAgent = broker.DefaultMaxPendingPerAgent
@@ -586,13 +603,13 @@ func (c *Config) KeyPolicy() jwt.KeyPolicy {
 // as policies are shown them (issuer-qualified with several user
 // issuers), and its resources are in lower case when an audience compares
 // them case-insensitively.
-func (c *Config) PolicyCheck(cat *broker.Catalog) func(*policy.Set) error {
+func (c *Config) PolicyCheck(cat *broker.Catalog) func(policy.Set) error {
 	known, users := KnownAction(cat), c.UserIssuers()
 	lower := false
 	for _, a := range c.Audiences {
 		lower = lower || a.CaseInsensitive
 	}
-	return func(s *policy.Set) error {
+	return func(s policy.Set) error {
 		if err := s.CheckActions(known); err != nil {
 			return err
 		}
@@ -627,6 +644,38 @@ func (c *Config) PolicyFiles() ([]string, string) {
 		pats[i] = c.path(p)
 	}
 	return pats, c.path(c.PolicySchema)
+}
+
+// PolicySource is what policy.Engine loads: the engine, and the files
+// resolved against the config file's directory.
+func (c *Config) PolicySource() policy.Source {
+	pats, schema := c.PolicyFiles()
+	return policy.Source{Engine: c.PolicyEngine, Patterns: pats, Schema: schema,
+		Data: c.path(c.PolicyData), Timeout: time.Duration(c.PolicyTimeout)}
+}
+
+// validatePolicyEngine refuses an unknown engine, and the keys of one
+// engine set with the other.
+func (c *Config) validatePolicyEngine() error {
+	switch c.PolicyEngine {
+	case "", policy.EngineCedar:
+		if c.PolicyData != "" {
+			return errors.New("config: policy_data: Rego data, but policy_engine is cedar")
+		}
+		if c.PolicyTimeout != 0 {
+			return errors.New("config: policy_timeout: a Rego decision's budget, but policy_engine is cedar")
+		}
+	case policy.EngineOPA:
+		if c.PolicySchema != "" {
+			return errors.New("config: policy_schema: a Cedar schema, but policy_engine is opa")
+		}
+		if (c.PolicyData != "" || c.PolicyTimeout != 0) && len(c.Policies) == 0 {
+			return errors.New("config: policy_data, policy_timeout: set, but no policies")
+		}
+	default:
+		return fmt.Errorf("config: policy_engine: cedar or opa, not %q", c.PolicyEngine)
+	}
+	return nil
 }
 
 func (c *Config) validateVault(cat *broker.Catalog) error {

@@ -107,9 +107,11 @@ type envOptions struct {
 	// vaultToken is Errand's own Vault token; default a token holding
 	// exactly the policy README documents (testvault.ErrandToken).
 	vaultToken string
-	// policies are Cedar policy file patterns (with schema, optional).
-	policies []string
-	schema   string
+	// policies are policy file patterns (Cedar, with schema, optional;
+	// Rego with policyEngine opa).
+	policies     []string
+	schema       string
+	policyEngine string
 	// budget is the configured per-task budget.
 	budget broker.Budget
 	// stepUpTTL bounds step-up approvals (0: the default).
@@ -259,7 +261,8 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	}
 	if len(o.policies) > 0 {
 		known := func(a string) bool { _, ok := cat.Action(a); return ok }
-		if e.engine, err = policy.NewEngine(o.policies, o.schema, func(s *policy.Set) error { return s.CheckActions(known) }); err != nil {
+		src := policy.Source{Engine: o.policyEngine, Patterns: o.policies, Schema: o.schema}
+		if e.engine, err = policy.NewEngine(src, func(s policy.Set) error { return s.CheckActions(known) }); err != nil {
 			t.Fatal(err)
 		}
 		bcfg.Policy = e.engine

@@ -64,8 +64,7 @@ func configEnv(t *testing.T, text string, idps map[string]*testoidc.Issuer, poli
 	bcfg := broker.Config{Store: e.st, Tokens: e.tokens, Catalog: cat, UserIssuers: cfg.UserIssuers(),
 		AgentIssuers: cfg.AgentIssuers(), MaxPendingPerAgent: 10000}
 	if len(cfg.Policies) > 0 {
-		pats, schema := cfg.PolicyFiles()
-		if e.engine, err = policy.NewEngine(pats, schema, cfg.PolicyCheck(cat)); err != nil {
+		if e.engine, err = policy.NewEngine(cfg.PolicySource(), cfg.PolicyCheck(cat)); err != nil {
 			t.Fatal(err)
 		}
 		bcfg.Policy = e.engine

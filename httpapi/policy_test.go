@@ -11,14 +11,27 @@ import (
 	"time"
 
 	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/policy"
 )
 
 // policyEnv serves the policies of testdata/policies, validated against
-// testdata/schema.cedarschema.
+// testdata/schema.cedarschema; with o.policyEngine opa, their Rego
+// translation in testdata/policies-rego.
 func policyEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
 	o.policies, o.schema = []string{"testdata/policies/*.cedar"}, "testdata/schema.cedarschema"
+	if o.policyEngine == policy.EngineOPA {
+		o.policies, o.schema = []string{"testdata/policies-rego/*.rego"}, ""
+	}
 	return newEnvWith(t, o)
+}
+
+// bothEngines runs test once with each policy engine, the same
+// expectations for both.
+func bothEngines(t *testing.T, test func(t *testing.T, engine string)) {
+	for _, engine := range []string{policy.EngineCedar, policy.EngineOPA} {
+		t.Run(engine, func(t *testing.T) { test(t, engine) })
+	}
 }
 
 func mintWith(e *env, agentSub, id string, body map[string]any) resp {
@@ -71,186 +84,196 @@ func (e *env) policyDenied(before snapshot, r resp, policies ...string) {
 }
 
 func TestPolicyDeniesTaskByRisk(t *testing.T) {
-	e := policyEnv(t, envOptions{})
-	before := e.snapshot()
-	r := e.do("POST", "/v1/tasks", e.agent("agent-1"), map[string]any{
-		"on_behalf_of": "alice", "goal": "read orders", "scopes": []string{"db.orders.read:database/creds/task-ro"},
-		"audiences": []string{apiStage},
+	bothEngines(t, func(t *testing.T, engine string) {
+		e := policyEnv(t, envOptions{policyEngine: engine})
+		before := e.snapshot()
+		r := e.do("POST", "/v1/tasks", e.agent("agent-1"), map[string]any{
+			"on_behalf_of": "alice", "goal": "read orders", "scopes": []string{"db.orders.read:database/creds/task-ro"},
+			"audiences": []string{apiStage},
+		})
+		e.policyDenied(before, r, "deny-medium-risk-reads")
+		// A low-risk read is allowed by the same policies.
+		e.task("agent-1", "alice", "github.repo.read:acme/**")
 	})
-	e.policyDenied(before, r, "deny-medium-risk-reads")
-	// A low-risk read is allowed by the same policies.
-	e.task("agent-1", "alice", "github.repo.read:acme/**")
 }
 
 func TestPolicyDeniesMintByEnvironment(t *testing.T) {
-	e := policyEnv(t, envOptions{})
-	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
-	before := e.snapshot()
-	r := mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/infra"}, "audience": apiGitHub})
-	e.policyDenied(before, r, "deny-prod-infra")
-	// Nor through a pattern that covers it.
-	for _, sc := range []string{"github.repo.read:acme/*", "github.repo.read:acme/**", "github.repo.read:acme/infra/**"} {
-		before = e.snapshot()
-		e.policyDenied(before, mintWith(e, "agent-1", id, map[string]any{"scopes": []string{sc}, "audience": apiGitHub}), "deny-prod-infra")
-	}
-	e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/*"}, "audience": apiStage}), 201)
-	// The same read outside production, and another repository in it, pass.
-	e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/infra"}, "audience": apiStage}), 201)
-	e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": apiGitHub}), 201)
+	bothEngines(t, func(t *testing.T, engine string) {
+		e := policyEnv(t, envOptions{policyEngine: engine})
+		id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
+		before := e.snapshot()
+		r := mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/infra"}, "audience": apiGitHub})
+		e.policyDenied(before, r, "deny-prod-infra")
+		// Nor through a pattern that covers it.
+		for _, sc := range []string{"github.repo.read:acme/*", "github.repo.read:acme/**", "github.repo.read:acme/infra/**"} {
+			before = e.snapshot()
+			e.policyDenied(before, mintWith(e, "agent-1", id, map[string]any{"scopes": []string{sc}, "audience": apiGitHub}), "deny-prod-infra")
+		}
+		e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/*"}, "audience": apiStage}), 201)
+		// The same read outside production, and another repository in it, pass.
+		e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/infra"}, "audience": apiStage}), 201)
+		e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": apiGitHub}), 201)
+	})
 }
 
 func TestPolicyDeniesByToolAndDataset(t *testing.T) {
-	e := policyEnv(t, envOptions{})
-	before := e.snapshot()
-	r := e.do("POST", "/v1/tasks", e.agent("agent-1"), map[string]any{
-		"on_behalf_of": "alice", "goal": "x", "scopes": []string{"github.repo.read:acme/**"},
-		"audiences": []string{apiStage}, "tool": "shell",
-	})
-	e.policyDenied(before, r, "deny-shell-tool")
+	bothEngines(t, func(t *testing.T, engine string) {
+		e := policyEnv(t, envOptions{policyEngine: engine})
+		before := e.snapshot()
+		r := e.do("POST", "/v1/tasks", e.agent("agent-1"), map[string]any{
+			"on_behalf_of": "alice", "goal": "x", "scopes": []string{"github.repo.read:acme/**"},
+			"audiences": []string{apiStage}, "tool": "shell",
+		})
+		e.policyDenied(before, r, "deny-shell-tool")
 
-	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
-	read := []string{"github.repo.read:acme/api"}
-	before = e.snapshot()
-	e.policyDenied(before, mintWith(e, "agent-1", id, map[string]any{"scopes": read, "audience": apiStage, "tool": "shell"}), "deny-shell-tool")
-	before = e.snapshot()
-	e.policyDenied(before, mintWith(e, "agent-1", id, map[string]any{"scopes": read, "audience": apiStage, "dataset": "pii/customers"}), "deny-pii-datasets")
-	before = e.snapshot()
-	e.policyDenied(before, mintWith(e, "agent-1", id, map[string]any{"scopes": read, "audience": apiStage, "tool": "shell", "dataset": "pii/x"}),
-		"deny-pii-datasets", "deny-shell-tool")
-	e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": read, "audience": apiStage, "tool": "git", "dataset": "public/docs"}), 201)
+		id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
+		read := []string{"github.repo.read:acme/api"}
+		before = e.snapshot()
+		e.policyDenied(before, mintWith(e, "agent-1", id, map[string]any{"scopes": read, "audience": apiStage, "tool": "shell"}), "deny-shell-tool")
+		before = e.snapshot()
+		e.policyDenied(before, mintWith(e, "agent-1", id, map[string]any{"scopes": read, "audience": apiStage, "dataset": "pii/customers"}), "deny-pii-datasets")
+		before = e.snapshot()
+		e.policyDenied(before, mintWith(e, "agent-1", id, map[string]any{"scopes": read, "audience": apiStage, "tool": "shell", "dataset": "pii/x"}),
+			"deny-pii-datasets", "deny-shell-tool")
+		e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": read, "audience": apiStage, "tool": "git", "dataset": "public/docs"}), 201)
+	})
 }
 
 // Policies never loosen the invariants: an approval beyond the user's
 // grants is refused whatever the policies permit.
 func TestPoliciesCannotLoosenInvariants(t *testing.T) {
-	e := policyEnv(t, envOptions{})
-	id := e.task("agent-1", "alice", "github.pr.write:acme/**")
-	before := e.snapshot()
-	e.refused(before, e.do("POST", "/v1/tasks/"+id+"/approve", e.user("alice", "interns"), map[string]any{}),
-		http.StatusForbidden, "scope_exceeds_grant")
-	before = e.snapshot()
-	e.refused(before, e.do("POST", "/v1/tasks", e.agent("agent-1"), map[string]any{
-		"on_behalf_of": "alice", "goal": "x", "scopes": []string{"aws.iam.createaccesskey"}, "audiences": []string{apiStage},
-	}), http.StatusForbidden, "blocked_action")
+	bothEngines(t, func(t *testing.T, engine string) {
+		e := policyEnv(t, envOptions{policyEngine: engine})
+		id := e.task("agent-1", "alice", "github.pr.write:acme/**")
+		before := e.snapshot()
+		e.refused(before, e.do("POST", "/v1/tasks/"+id+"/approve", e.user("alice", "interns"), map[string]any{}),
+			http.StatusForbidden, "scope_exceeds_grant")
+		before = e.snapshot()
+		e.refused(before, e.do("POST", "/v1/tasks", e.agent("agent-1"), map[string]any{
+			"on_behalf_of": "alice", "goal": "x", "scopes": []string{"aws.iam.createaccesskey"}, "audiences": []string{apiStage},
+		}), http.StatusForbidden, "blocked_action")
+	})
 }
 
 // TestStepUpFlow: a @step_up policy turns a prod write into a request for
 // the user's approval, bound to that exact request and good for one mint.
 func TestStepUpFlow(t *testing.T) {
-	e := policyEnv(t, envOptions{})
-	id := e.approved("agent-1", "alice", "github.pr.write:acme/**")
-	write := map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiGitHub, "tool": "gh"}
+	bothEngines(t, func(t *testing.T, engine string) {
+		e := policyEnv(t, envOptions{policyEngine: engine})
+		id := e.approved("agent-1", "alice", "github.pr.write:acme/**")
+		write := map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiGitHub, "tool": "gh"}
 
-	before := e.snapshot()
-	r := mintWith(e, "agent-1", id, write)
-	if r.Status != http.StatusForbidden || r.str("code") != "approval_required" {
-		t.Fatalf("first prod write: %d %s", r.Status, r.Raw)
-	}
-	// One event for this decision: approval.requested, with the code.
-	if after := e.snapshot(); after.auditSeq != before.auditSeq+1 || after.tasks != before.tasks || after.credentials != before.credentials {
-		t.Fatalf("approval_required wrote %d events, or changed tasks or credentials", after.auditSeq-before.auditSeq)
-	}
-	if evs, _ := e.st.AuditEvents(context.Background(), broker.HistoryFilter{AfterSeq: before.auditSeq, Limit: 5}); len(evs) != 1 ||
-		evs[0].Type != broker.EventApprovalRequested || !strings.Contains(string(evs[0].Detail), `"code":"approval_required"`) {
-		t.Fatalf("the decision's event: %+v", evs)
-	}
-	apr := r.str("approval_id")
-	if !broker.ValidStepUpID(apr) || strings.Join(strList(r.JSON["policies"]), ",") != "prod-writes-step-up" ||
-		!strings.Contains(strings.Join(strList(r.JSON["reasons"]), ""), "production") {
-		t.Fatalf("approval_required problem: %s", r.Raw)
-	}
-	// Asking again while it waits points at the same approval, adds none.
-	before = e.snapshot()
-	again := mintWith(e, "agent-1", id, write)
-	e.refused(before, again, http.StatusForbidden, "approval_required")
-	if again.str("approval_id") != apr {
-		t.Fatalf("a retry opened another approval: %s", again.Raw)
-	}
+		before := e.snapshot()
+		r := mintWith(e, "agent-1", id, write)
+		if r.Status != http.StatusForbidden || r.str("code") != "approval_required" {
+			t.Fatalf("first prod write: %d %s", r.Status, r.Raw)
+		}
+		// One event for this decision: approval.requested, with the code.
+		if after := e.snapshot(); after.auditSeq != before.auditSeq+1 || after.tasks != before.tasks || after.credentials != before.credentials {
+			t.Fatalf("approval_required wrote %d events, or changed tasks or credentials", after.auditSeq-before.auditSeq)
+		}
+		if evs, _ := e.st.AuditEvents(context.Background(), broker.HistoryFilter{AfterSeq: before.auditSeq, Limit: 5}); len(evs) != 1 ||
+			evs[0].Type != broker.EventApprovalRequested || !strings.Contains(string(evs[0].Detail), `"code":"approval_required"`) {
+			t.Fatalf("the decision's event: %+v", evs)
+		}
+		apr := r.str("approval_id")
+		if !broker.ValidStepUpID(apr) || strings.Join(strList(r.JSON["policies"]), ",") != "prod-writes-step-up" ||
+			!strings.Contains(strings.Join(strList(r.JSON["reasons"]), ""), "production") {
+			t.Fatalf("approval_required problem: %s", r.Raw)
+		}
+		// Asking again while it waits points at the same approval, adds none.
+		before = e.snapshot()
+		again := mintWith(e, "agent-1", id, write)
+		e.refused(before, again, http.StatusForbidden, "approval_required")
+		if again.str("approval_id") != apr {
+			t.Fatalf("a retry opened another approval: %s", again.Raw)
+		}
 
-	// The agent sees it waiting; the user finds it in their list.
-	got := e.mustStatus(e.do("GET", "/v1/approvals/"+apr, e.agent("agent-1"), nil), 200)
-	if got.str("status") != "pending" || got.str("task_id") != id || got.str("tool") != "gh" {
-		t.Fatalf("approval: %s", got.Raw)
-	}
-	list := e.mustStatus(e.do("GET", "/v1/approvals?status=pending", e.user("alice", "eng"), nil), 200)
-	if l := list.JSON["approvals"].([]any); len(l) != 1 || l[0].(map[string]any)["id"] != apr {
-		t.Fatalf("alice's pending approvals: %s", list.Raw)
-	}
-	before = e.snapshot()
-	e.refused(before, e.do("GET", "/v1/approvals/"+apr, e.agent("agent-2"), nil), http.StatusForbidden, "not_task_party")
+		// The agent sees it waiting; the user finds it in their list.
+		got := e.mustStatus(e.do("GET", "/v1/approvals/"+apr, e.agent("agent-1"), nil), 200)
+		if got.str("status") != "pending" || got.str("task_id") != id || got.str("tool") != "gh" {
+			t.Fatalf("approval: %s", got.Raw)
+		}
+		list := e.mustStatus(e.do("GET", "/v1/approvals?status=pending", e.user("alice", "eng"), nil), 200)
+		if l := list.JSON["approvals"].([]any); len(l) != 1 || l[0].(map[string]any)["id"] != apr {
+			t.Fatalf("alice's pending approvals: %s", list.Raw)
+		}
+		before = e.snapshot()
+		e.refused(before, e.do("GET", "/v1/approvals/"+apr, e.agent("agent-2"), nil), http.StatusForbidden, "not_task_party")
 
-	// Nobody but the task's user decides it: not the agent, not a colleague.
-	before = e.snapshot()
-	e.refused(before, e.do("POST", "/v1/approvals/"+apr+"/approve", e.agent("agent-1"), nil), http.StatusForbidden, "approval_forbidden")
-	before = e.snapshot()
-	e.refused(before, e.do("POST", "/v1/approvals/"+apr+"/approve", e.user("mallory", "eng"), nil), http.StatusForbidden, "approval_forbidden")
-	// The refusal names the approval and its task, which the URL does not.
-	if evs, _ := e.st.AuditEvents(context.Background(), broker.HistoryFilter{AfterSeq: before.auditSeq, Limit: 5}); len(evs) != 1 ||
-		evs[0].TaskID != id || !strings.Contains(string(evs[0].Detail), `"approval":"`+apr+`"`) {
-		t.Fatalf("the refusal's event: %+v", evs)
-	}
+		// Nobody but the task's user decides it: not the agent, not a colleague.
+		before = e.snapshot()
+		e.refused(before, e.do("POST", "/v1/approvals/"+apr+"/approve", e.agent("agent-1"), nil), http.StatusForbidden, "approval_forbidden")
+		before = e.snapshot()
+		e.refused(before, e.do("POST", "/v1/approvals/"+apr+"/approve", e.user("mallory", "eng"), nil), http.StatusForbidden, "approval_forbidden")
+		// The refusal names the approval and its task, which the URL does not.
+		if evs, _ := e.st.AuditEvents(context.Background(), broker.HistoryFilter{AfterSeq: before.auditSeq, Limit: 5}); len(evs) != 1 ||
+			evs[0].TaskID != id || !strings.Contains(string(evs[0].Detail), `"approval":"`+apr+`"`) {
+			t.Fatalf("the refusal's event: %+v", evs)
+		}
 
-	ok := e.mustStatus(e.do("POST", "/v1/approvals/"+apr+"/approve", e.user("alice", "eng"), nil), 200)
-	if ok.str("status") != "approved" || ok.JSON["decided_at"] == nil {
-		t.Fatalf("approved: %s", ok.Raw)
-	}
-	// The user's decision is timed, by kind, in errand_approval_seconds.
-	if m := metricsText(t, e); !strings.Contains(m, "\nerrand_approval_seconds_count{decision=\"approved\",kind=\"step_up\"} 1\n") {
-		t.Fatalf("errand_approval_seconds does not count the step-up's approval:\n%s", m)
-	}
-	before = e.snapshot()
-	e.refused(before, e.do("POST", "/v1/approvals/"+apr+"/approve", e.user("alice", "eng"), nil), http.StatusConflict, "task_not_active")
+		ok := e.mustStatus(e.do("POST", "/v1/approvals/"+apr+"/approve", e.user("alice", "eng"), nil), 200)
+		if ok.str("status") != "approved" || ok.JSON["decided_at"] == nil {
+			t.Fatalf("approved: %s", ok.Raw)
+		}
+		// The user's decision is timed, by kind, in errand_approval_seconds.
+		if m := metricsText(t, e); !strings.Contains(m, "\nerrand_approval_seconds_count{decision=\"approved\",kind=\"step_up\"} 1\n") {
+			t.Fatalf("errand_approval_seconds does not count the step-up's approval:\n%s", m)
+		}
+		before = e.snapshot()
+		e.refused(before, e.do("POST", "/v1/approvals/"+apr+"/approve", e.user("alice", "eng"), nil), http.StatusConflict, "task_not_active")
 
-	// It covers that request only: another resource, or another tool, asks anew.
-	other := mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.pr.write:acme/web"}, "audience": apiGitHub, "tool": "gh"})
-	if other.str("code") != "approval_required" || other.str("approval_id") == apr {
-		t.Fatalf("another resource used the approval: %s", other.Raw)
-	}
-	otherTool := mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiGitHub, "tool": "curl"})
-	if otherTool.str("code") != "approval_required" || otherTool.str("approval_id") == apr {
-		t.Fatalf("another tool used the approval: %s", otherTool.Raw)
-	}
+		// It covers that request only: another resource, or another tool, asks anew.
+		other := mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.pr.write:acme/web"}, "audience": apiGitHub, "tool": "gh"})
+		if other.str("code") != "approval_required" || other.str("approval_id") == apr {
+			t.Fatalf("another resource used the approval: %s", other.Raw)
+		}
+		otherTool := mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiGitHub, "tool": "curl"})
+		if otherTool.str("code") != "approval_required" || otherTool.str("approval_id") == apr {
+			t.Fatalf("another tool used the approval: %s", otherTool.Raw)
+		}
 
-	// The approved request succeeds once.
-	minted := e.mustStatus(mintWith(e, "agent-1", id, write), 201)
-	c, err := e.st.Credential(context.Background(), minted.str("jti"))
-	if err != nil || c.StepUpID != apr {
-		t.Fatalf("credential %+v %v: not recorded under the approval", c, err)
-	}
-	if used := e.mustStatus(e.do("GET", "/v1/approvals/"+apr, e.user("alice", "eng"), nil), 200); used.str("status") != "used" {
-		t.Fatalf("after the mint: %s", used.Raw)
-	}
-	third := mintWith(e, "agent-1", id, write)
-	if third.str("code") != "approval_required" || third.str("approval_id") == apr {
-		t.Fatalf("the approval was used twice: %s", third.Raw)
-	}
+		// The approved request succeeds once.
+		minted := e.mustStatus(mintWith(e, "agent-1", id, write), 201)
+		c, err := e.st.Credential(context.Background(), minted.str("jti"))
+		if err != nil || c.StepUpID != apr {
+			t.Fatalf("credential %+v %v: not recorded under the approval", c, err)
+		}
+		if used := e.mustStatus(e.do("GET", "/v1/approvals/"+apr, e.user("alice", "eng"), nil), 200); used.str("status") != "used" {
+			t.Fatalf("after the mint: %s", used.Raw)
+		}
+		third := mintWith(e, "agent-1", id, write)
+		if third.str("code") != "approval_required" || third.str("approval_id") == apr {
+			t.Fatalf("the approval was used twice: %s", third.Raw)
+		}
 
-	// A denial is final for that approval; the request stays refused.
-	den := e.mustStatus(e.do("POST", "/v1/approvals/"+third.str("approval_id")+"/deny", e.user("alice", "eng"),
-		map[string]any{"reason": "not today"}), 200)
-	if den.str("status") != "denied" || den.str("deny_reason") != "not today" {
-		t.Fatalf("denied: %s", den.Raw)
-	}
-	// A denied request is not asked again within the task (A07).
-	before = e.snapshot()
-	e.policyDenied(before, mintWith(e, "agent-1", id, write), "prod-writes-step-up")
-	// Outside production the write needs no step-up.
-	e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiStage}), 201)
+		// A denial is final for that approval; the request stays refused.
+		den := e.mustStatus(e.do("POST", "/v1/approvals/"+third.str("approval_id")+"/deny", e.user("alice", "eng"),
+			map[string]any{"reason": "not today"}), 200)
+		if den.str("status") != "denied" || den.str("deny_reason") != "not today" {
+			t.Fatalf("denied: %s", den.Raw)
+		}
+		// A denied request is not asked again within the task (A07).
+		before = e.snapshot()
+		e.policyDenied(before, mintWith(e, "agent-1", id, write), "prod-writes-step-up")
+		// Outside production the write needs no step-up.
+		e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiStage}), 201)
 
-	// Every step of it is in the audit trail, as auditors read it.
-	e.mustStatus(e.do("GET", "/v1/audit/events?task_id="+id, e.user("carol", "auditors"), nil), 200)
-	e.mustStatus(e.do("GET", "/v1/tasks/"+id+"/history", e.user("carol", "auditors"), nil), 200)
-	evs, err := e.st.AuditEvents(context.Background(), broker.HistoryFilter{TaskID: id, Limit: 1000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	count := map[string]int{}
-	for _, ev := range evs {
-		count[ev.Type]++
-	}
-	if count[broker.EventApprovalRequested] != 4 || count[broker.EventApprovalApproved] != 1 || count[broker.EventApprovalDenied] != 1 {
-		t.Fatalf("audit trail: %v", count)
-	}
+		// Every step of it is in the audit trail, as auditors read it.
+		e.mustStatus(e.do("GET", "/v1/audit/events?task_id="+id, e.user("carol", "auditors"), nil), 200)
+		e.mustStatus(e.do("GET", "/v1/tasks/"+id+"/history", e.user("carol", "auditors"), nil), 200)
+		evs, err := e.st.AuditEvents(context.Background(), broker.HistoryFilter{TaskID: id, Limit: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		count := map[string]int{}
+		for _, ev := range evs {
+			count[ev.Type]++
+		}
+		if count[broker.EventApprovalRequested] != 4 || count[broker.EventApprovalApproved] != 1 || count[broker.EventApprovalDenied] != 1 {
+			t.Fatalf("audit trail: %v", count)
+		}
+	})
 }
 
 // A closed task's step-up approvals cannot be decided, and a step-up never
@@ -367,65 +390,67 @@ func decision(t *testing.T, r resp) bool {
 }
 
 func TestAuthZENEvaluation(t *testing.T) {
-	e := policyEnv(t, envOptions{})
-	rs := e.resource("gateway")
-	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
-	staging := e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/**"}, "audience": apiStage}), 201).str("access_token")
-	prod := e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": apiGitHub}), 201).str("access_token")
+	bothEngines(t, func(t *testing.T, engine string) {
+		e := policyEnv(t, envOptions{policyEngine: engine})
+		rs := e.resource("gateway")
+		id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
+		staging := e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/**"}, "audience": apiStage}), 201).str("access_token")
+		prod := e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": apiGitHub}), 201).str("access_token")
 
-	cases := []struct {
-		name   string
-		body   map[string]any
-		allow  bool
-		reason string
-	}{
-		{"active, in scope, allowed", azBody(staging, "github.repo.read", "acme/api", nil), true, "allowed"},
-		{"action name is case-folded", azBody(staging, "GitHub.Repo.Read", "acme/api", nil), true, "allowed"},
-		{"a prod token on its own resource", azBody(prod, "github.repo.read", "acme/api", nil), true, "allowed"},
-		{"a prod token beyond its scope", azBody(prod, "github.repo.read", "acme/infra", nil), false, "does not cover"},
-		{"acme/infra outside prod", azBody(staging, "github.repo.read", "acme/infra", nil), true, "allowed"},
-		{"out of scope: another action", azBody(staging, "github.pr.write", "acme/api", nil), false, "does not cover"},
-		{"out of scope: another owner", azBody(staging, "github.repo.read", "evil/api", nil), false, "does not cover"},
-		{"a pattern is not a resource", azBody(staging, "github.repo.read", "acme/*", nil), false, "concrete"},
-		{"a blocked action", azBody(staging, "aws.iam.createaccesskey", "x", nil), false, "not grantable"},
-		{"an unknown action", azBody(staging, "nope.nope", "acme/api", nil), false, "not grantable"},
-		{"tool from the context", azBody(staging, "github.repo.read", "acme/api", map[string]any{"tool": "shell"}), false, "deny-shell-tool"},
-		{"dataset from the context", azBody(staging, "github.repo.read", "acme/api", map[string]any{"dataset": "pii/x", "trace": 1}), false, "deny-pii-datasets"},
-		{"garbage token", azBody("not-a-token", "github.repo.read", "acme/api", nil), false, "not active"},
-		{"an identity token is no Errand token", azBody(e.agent("agent-1"), "github.repo.read", "acme/api", nil), false, "not active"},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			r := e.evaluate(rs, c.body)
-			if got := decision(t, r); got != c.allow || !strings.Contains(string(r.Raw), c.reason) {
-				t.Fatalf("decision %v, want %v with %q: %s", got, c.allow, c.reason, r.Raw)
-			}
-		})
-	}
-
-	// Revoked: closing the task turns every decision to false at once, on
-	// this replica and on another.
-	other := e.replica()
-	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/close", e.agent("agent-1"), nil), 200)
-	for _, srv := range []*env{e, other} {
-		r := srv.evaluate(rs, azBody(staging, "github.repo.read", "acme/api", nil))
-		if decision(t, r) || !strings.Contains(string(r.Raw), "not active") {
-			t.Fatalf("a revoked token: %s", r.Raw)
+		cases := []struct {
+			name   string
+			body   map[string]any
+			allow  bool
+			reason string
+		}{
+			{"active, in scope, allowed", azBody(staging, "github.repo.read", "acme/api", nil), true, "allowed"},
+			{"action name is case-folded", azBody(staging, "GitHub.Repo.Read", "acme/api", nil), true, "allowed"},
+			{"a prod token on its own resource", azBody(prod, "github.repo.read", "acme/api", nil), true, "allowed"},
+			{"a prod token beyond its scope", azBody(prod, "github.repo.read", "acme/infra", nil), false, "does not cover"},
+			{"acme/infra outside prod", azBody(staging, "github.repo.read", "acme/infra", nil), true, "allowed"},
+			{"out of scope: another action", azBody(staging, "github.pr.write", "acme/api", nil), false, "does not cover"},
+			{"out of scope: another owner", azBody(staging, "github.repo.read", "evil/api", nil), false, "does not cover"},
+			{"a pattern is not a resource", azBody(staging, "github.repo.read", "acme/*", nil), false, "concrete"},
+			{"a blocked action", azBody(staging, "aws.iam.createaccesskey", "x", nil), false, "not grantable"},
+			{"an unknown action", azBody(staging, "nope.nope", "acme/api", nil), false, "not grantable"},
+			{"tool from the context", azBody(staging, "github.repo.read", "acme/api", map[string]any{"tool": "shell"}), false, "deny-shell-tool"},
+			{"dataset from the context", azBody(staging, "github.repo.read", "acme/api", map[string]any{"dataset": "pii/x", "trace": 1}), false, "deny-pii-datasets"},
+			{"garbage token", azBody("not-a-token", "github.repo.read", "acme/api", nil), false, "not active"},
+			{"an identity token is no Errand token", azBody(e.agent("agent-1"), "github.repo.read", "acme/api", nil), false, "not active"},
 		}
-	}
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				r := e.evaluate(rs, c.body)
+				if got := decision(t, r); got != c.allow || !strings.Contains(string(r.Raw), c.reason) {
+					t.Fatalf("decision %v, want %v with %q: %s", got, c.allow, c.reason, r.Raw)
+				}
+			})
+		}
 
-	// Refusals of the request itself are problems, audited.
-	before := e.snapshot()
-	e.refused(before, e.evaluate(e.agent("agent-1"), azBody(staging, "github.repo.read", "acme/api", nil)), http.StatusForbidden, "wrong_principal_kind")
-	before = e.snapshot()
-	bad := azBody(staging, "github.repo.read", "acme/api", nil)
-	bad["subject"] = map[string]any{"type": "user", "id": "alice"}
-	e.refused(before, e.evaluate(rs, bad), http.StatusBadRequest, "invalid_request")
-	before = e.snapshot()
-	bad = azBody(staging, "github.repo.read", "acme/api", map[string]any{"tool": 7})
-	e.refused(before, e.evaluate(rs, bad), http.StatusBadRequest, "invalid_request")
-	before = e.snapshot()
-	e.refused(before, e.evaluate("", azBody(staging, "github.repo.read", "acme/api", nil)), http.StatusUnauthorized, "invalid_token")
+		// Revoked: closing the task turns every decision to false at once, on
+		// this replica and on another.
+		other := e.replica()
+		e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/close", e.agent("agent-1"), nil), 200)
+		for _, srv := range []*env{e, other} {
+			r := srv.evaluate(rs, azBody(staging, "github.repo.read", "acme/api", nil))
+			if decision(t, r) || !strings.Contains(string(r.Raw), "not active") {
+				t.Fatalf("a revoked token: %s", r.Raw)
+			}
+		}
+
+		// Refusals of the request itself are problems, audited.
+		before := e.snapshot()
+		e.refused(before, e.evaluate(e.agent("agent-1"), azBody(staging, "github.repo.read", "acme/api", nil)), http.StatusForbidden, "wrong_principal_kind")
+		before = e.snapshot()
+		bad := azBody(staging, "github.repo.read", "acme/api", nil)
+		bad["subject"] = map[string]any{"type": "user", "id": "alice"}
+		e.refused(before, e.evaluate(rs, bad), http.StatusBadRequest, "invalid_request")
+		before = e.snapshot()
+		bad = azBody(staging, "github.repo.read", "acme/api", map[string]any{"tool": 7})
+		e.refused(before, e.evaluate(rs, bad), http.StatusBadRequest, "invalid_request")
+		before = e.snapshot()
+		e.refused(before, e.evaluate("", azBody(staging, "github.repo.read", "acme/api", nil)), http.StatusUnauthorized, "invalid_token")
+	})
 }
 
 // The introspection binding of an audience applies to decisions too: a
@@ -444,65 +469,76 @@ func TestAuthZENHonoursIntrospectors(t *testing.T) {
 }
 
 func TestAuthZENBatch(t *testing.T) {
-	e := policyEnv(t, envOptions{})
-	rs := e.resource("gateway")
-	id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
-	tok := e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/**"}, "audience": apiStage}), 201).str("access_token")
-	body := func(semantic string) map[string]any {
-		b := map[string]any{
-			"subject": map[string]any{"type": "errand_token", "id": tok},
-			"action":  map[string]any{"name": "github.repo.read"},
-			"evaluations": []any{
-				map[string]any{"resource": map[string]any{"type": "repo", "id": "acme/api"}},
-				map[string]any{"resource": map[string]any{"type": "repo", "id": "evil/api"}},
-				map[string]any{"resource": map[string]any{"type": "repo", "id": "acme/web"}, "context": map[string]any{"tool": "git"}},
-			},
+	bothEngines(t, func(t *testing.T, engine string) {
+		e := policyEnv(t, envOptions{policyEngine: engine})
+		rs := e.resource("gateway")
+		id := e.approved("agent-1", "alice", "github.repo.read:acme/**")
+		tok := e.mustStatus(mintWith(e, "agent-1", id, map[string]any{"scopes": []string{"github.repo.read:acme/**"}, "audience": apiStage}), 201).str("access_token")
+		body := func(semantic string) map[string]any {
+			b := map[string]any{
+				"subject": map[string]any{"type": "errand_token", "id": tok},
+				"action":  map[string]any{"name": "github.repo.read"},
+				"evaluations": []any{
+					map[string]any{"resource": map[string]any{"type": "repo", "id": "acme/api"}},
+					map[string]any{"resource": map[string]any{"type": "repo", "id": "evil/api"}},
+					map[string]any{"resource": map[string]any{"type": "repo", "id": "acme/web"}, "context": map[string]any{"tool": "git"}},
+				},
+			}
+			if semantic != "" {
+				b["options"] = map[string]any{"evaluations_semantic": semantic}
+			}
+			return b
 		}
-		if semantic != "" {
-			b["options"] = map[string]any{"evaluations_semantic": semantic}
+		got := func(r resp) string {
+			t.Helper()
+			if r.Status != 200 {
+				t.Fatalf("batch: %d %s", r.Status, r.Raw)
+			}
+			var out []string
+			for _, ev := range r.JSON["evaluations"].([]any) {
+				if ev.(map[string]any)["decision"].(bool) {
+					out = append(out, "T")
+				} else {
+					out = append(out, "F")
+				}
+			}
+			return strings.Join(out, "")
 		}
-		return b
-	}
-	got := func(r resp) string {
-		t.Helper()
-		if r.Status != 200 {
-			t.Fatalf("batch: %d %s", r.Status, r.Raw)
-		}
-		var out []string
-		for _, ev := range r.JSON["evaluations"].([]any) {
-			if ev.(map[string]any)["decision"].(bool) {
-				out = append(out, "T")
-			} else {
-				out = append(out, "F")
+		for semantic, want := range map[string]string{"": "TFT", "execute_all": "TFT", "deny_on_first_deny": "TF", "permit_on_first_permit": "T"} {
+			if g := got(e.do("POST", "/access/v1/evaluations", rs, body(semantic))); g != want {
+				t.Errorf("%q: %s, want %s", semantic, g, want)
 			}
 		}
-		return strings.Join(out, "")
-	}
-	for semantic, want := range map[string]string{"": "TFT", "execute_all": "TFT", "deny_on_first_deny": "TF", "permit_on_first_permit": "T"} {
-		if g := got(e.do("POST", "/access/v1/evaluations", rs, body(semantic))); g != want {
-			t.Errorf("%q: %s, want %s", semantic, g, want)
-		}
-	}
-	before := e.snapshot()
-	bad := body("")
-	bad["evaluations"] = append(bad["evaluations"].([]any), map[string]any{"resource": map[string]any{"type": "repo"}})
-	e.refused(before, e.do("POST", "/access/v1/evaluations", rs, bad), http.StatusBadRequest, "invalid_request")
-	before = e.snapshot()
-	e.refused(before, e.do("POST", "/access/v1/evaluations", rs, body("first_one_wins")), http.StatusBadRequest, "invalid_request")
+		before := e.snapshot()
+		bad := body("")
+		bad["evaluations"] = append(bad["evaluations"].([]any), map[string]any{"resource": map[string]any{"type": "repo"}})
+		e.refused(before, e.do("POST", "/access/v1/evaluations", rs, bad), http.StatusBadRequest, "invalid_request")
+		before = e.snapshot()
+		e.refused(before, e.do("POST", "/access/v1/evaluations", rs, body("first_one_wins")), http.StatusBadRequest, "invalid_request")
 
-	meta := e.mustStatus(e.do("GET", "/.well-known/authzen-configuration", "", nil), 200)
-	if meta.str("access_evaluation_endpoint") != publicURL+"/access/v1/evaluation" {
-		t.Fatalf("metadata: %s", meta.Raw)
-	}
+		meta := e.mustStatus(e.do("GET", "/.well-known/authzen-configuration", "", nil), 200)
+		if meta.str("access_evaluation_endpoint") != publicURL+"/access/v1/evaluation" {
+			t.Fatalf("metadata: %s", meta.Raw)
+		}
+	})
 }
 
 // A step-up policy holds at the enforcement point too: only a token minted
 // under the user's step-up approval gets a true decision for what the
 // policy guards. The policy is added to a running server (a reload).
 func TestAuthZENStepUp(t *testing.T) {
+	bothEngines(t, authZENStepUp)
+}
+
+func authZENStepUp(t *testing.T, engine string) {
 	dir := t.TempDir()
+	src, ext, broken := "testdata/policies", ".cedar", "forbid (principal,"
+	if engine == policy.EngineOPA {
+		src, ext, broken = "testdata/policies-rego", ".rego", "package errand\n\ndeny contains \"x\" if {"
+	}
 	copyFile := func(name string) {
-		raw, err := os.ReadFile(filepath.Join("testdata/policies", name))
+		name += ext
+		raw, err := os.ReadFile(filepath.Join(src, name))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -510,14 +546,14 @@ func TestAuthZENStepUp(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	copyFile("base.cedar")
-	e := newEnvWith(t, envOptions{policies: []string{filepath.Join(dir, "*.cedar")}})
+	copyFile("base")
+	e := newEnvWith(t, envOptions{policyEngine: engine, policies: []string{filepath.Join(dir, "*"+ext)}})
 	rs := e.resource("gateway")
 	id := e.approved("agent-1", "alice", "github.pr.write:acme/**")
 	write := map[string]any{"scopes": []string{"github.pr.write:acme/api"}, "audience": apiGitHub}
 	plain := e.mustStatus(mintWith(e, "agent-1", id, write), 201).str("access_token")
 
-	copyFile("stepup.cedar")
+	copyFile("stepup")
 	if _, err := e.engine.Reload(); err != nil {
 		t.Fatal(err)
 	}
@@ -533,10 +569,10 @@ func TestAuthZENStepUp(t *testing.T) {
 	}
 
 	// A reload that fails keeps the policies in force.
-	if err := os.WriteFile(filepath.Join(dir, "broken.cedar"), []byte("forbid (principal,"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "broken"+ext), []byte(broken), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.engine.Reload(); err == nil || !strings.Contains(err.Error(), "broken.cedar:1") {
+	if _, err := e.engine.Reload(); err == nil || !strings.Contains(err.Error(), "broken"+ext+":") {
 		t.Fatalf("a broken reload: %v", err)
 	}
 	if r := mintWith(e, "agent-1", id, write); r.str("code") != "approval_required" {

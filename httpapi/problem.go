@@ -17,7 +17,7 @@ type Problem struct {
 	Status int    `json:"status"`
 	Detail string `json:"detail,omitempty"`
 	Code   string `json:"code"`
-	// Policies are the ids of the Cedar policies behind a policy_denied or
+	// Policies are the ids of the policies (Cedar or Rego) behind a policy_denied or
 	// approval_required refusal.
 	Policies []string `json:"policies,omitempty"`
 	// ApprovalID names the step-up approval an approval_required refusal

@@ -111,15 +111,27 @@ func (e *lazyEntities) Get(uid types.EntityUID) (types.Entity, bool) {
 // configured; with several it would let partner's "eng" pass for corp's,
 // and config refuses policies that name one (Set.CheckGroups).
 func groupsOf(r broker.PolicyRequest) []types.EntityUID {
+	names := groupNames(r)
+	out := make([]types.EntityUID, len(names))
+	for i, g := range names {
+		out[i] = types.NewEntityUID(TypeGroup, types.String(g))
+	}
+	return out
+}
+
+// groupNames are the names of the user's groups policies see, in either
+// engine: "<issuer>#<name>" for each, and "<name>" too while one user
+// issuer is configured.
+func groupNames(r broker.PolicyRequest) []string {
 	n := len(r.Groups)
 	if !r.SeveralUserIssuers {
 		n *= 2
 	}
-	out := make([]types.EntityUID, 0, n)
+	out := make([]string, 0, n)
 	for _, g := range r.Groups {
-		out = append(out, types.NewEntityUID(TypeGroup, types.String(r.User.Issuer+"#"+g)))
+		out = append(out, r.User.Issuer+"#"+g)
 		if !r.SeveralUserIssuers {
-			out = append(out, types.NewEntityUID(TypeGroup, types.String(g)))
+			out = append(out, g)
 		}
 	}
 	return out
@@ -136,6 +148,18 @@ func groupsOf(r broker.PolicyRequest) []types.EntityUID {
 // that protects a path must also forbid wildcards whose head is that path
 // or one of its ancestors (README, "Policies").
 func resourceShape(path string) (head string, wildcard bool, parents []types.EntityUID) {
+	head, wildcard, anc := shapeOf(path)
+	parents = make([]types.EntityUID, len(anc))
+	for i, a := range anc {
+		parents[i] = types.NewEntityUID(TypeResource, types.String(a))
+	}
+	return head, wildcard, parents
+}
+
+// shapeOf is resourceShape in strings, for either engine: ancestors are
+// "<p>/**" for each literal prefix p of head (of each proper prefix, for a
+// concrete path).
+func shapeOf(path string) (head string, wildcard bool, ancestors []string) {
 	segs := strings.Split(path, "/")
 	lit := segs
 	for i, s := range segs {
@@ -150,7 +174,7 @@ func resourceShape(path string) (head string, wildcard bool, parents []types.Ent
 		n-- // a concrete path is under its ancestors, not under itself
 	}
 	for i := 1; i <= n; i++ {
-		parents = append(parents, types.NewEntityUID(TypeResource, types.String(strings.Join(lit[:i], "/")+"/**")))
+		ancestors = append(ancestors, strings.Join(lit[:i], "/")+"/**")
 	}
-	return head, wildcard, parents
+	return head, wildcard, ancestors
 }

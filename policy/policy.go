@@ -1,15 +1,19 @@
-// Package policy is Errand's request-time policy-as-code: Cedar policies
-// (github.com/cedar-policy/cedar-go) decide on the action, resource,
-// audience, environment, tool, dataset and risk of every task, approval,
-// mint and AuthZEN evaluation. Policies add each organisation's rules on top
-// of the invariants, which stay in package broker and which no policy can
-// loosen.
+// Package policy is Errand's request-time policy-as-code, in one of two
+// engines: Cedar policies (github.com/cedar-policy/cedar-go) or Rego
+// policies evaluated in process by Open Policy Agent
+// (github.com/open-policy-agent/opa/v1/rego). Either decides on the action,
+// resource, audience, environment, tool, dataset and risk of every task,
+// approval, mint and AuthZEN evaluation. Policies add each organisation's
+// rules on top of the invariants, which stay in package broker and which no
+// policy can loosen: the broker asks only about requests the invariants
+// already allow, and a policy can only answer deny or step-up to them.
 //
-// Outcomes: deny when a forbid matches or no permit does (default deny);
-// step-up when a permit matches and the only matching forbids carry the
-// annotation @step_up("why"); allow otherwise. A forbid that cannot be
-// evaluated (a type error, a missing attribute) denies: a broken rule
-// never opens a door.
+// Outcomes, the same for both engines: deny when a forbid (Rego: a deny
+// rule) matches or no permit (an allow rule) does (default deny); step-up
+// when a permit matches and the only matching forbids carry the annotation
+// @step_up("why") (Rego: step_up rules); allow otherwise. A rule that
+// cannot be evaluated (a type error, a conflict, a timeout) denies: a
+// broken rule never opens a door.
 package policy
 
 import (
@@ -23,6 +27,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/cedar-policy/cedar-go"
 	"github.com/cedar-policy/cedar-go/types"
@@ -37,31 +42,100 @@ import (
 // approve the request instead of denying it.
 const StepUpAnnotation = "step_up"
 
-// Set is a loaded, validated set of policies, split by how they decide.
-type Set struct {
-	permits cedar.PolicyMap // permit policies
-	forbids cedar.PolicyMap // forbid policies without @step_up
-	stepUps cedar.PolicyMap // forbid policies with @step_up
-	reasons map[cedar.PolicyID]string
-	files   []string
-	count   int
+// The engines a Source may name.
+const (
+	EngineCedar = "cedar"
+	EngineOPA   = "opa"
+)
+
+// Set is a loaded, validated set of policies of one engine. Decide is a
+// pure function of its request (no I/O, the time is the request's) that
+// explains itself; the Check methods refuse a set naming what policies are
+// never shown (README, "Policies"), so that a rule never silently stops
+// matching.
+type Set interface {
+	broker.Policy
+	// Engine is EngineCedar or EngineOPA.
+	Engine() string
+	// Len is the number of rules that decide: Cedar policies, or Rego
+	// allow, deny and step_up rules.
+	Len() int
+	// Files are the files the set was read from.
+	Files() []string
+	// CheckActions refuses a set that names an action for which known is
+	// false.
+	CheckActions(known func(string) bool) error
+	// CheckGroups refuses a set that names a group policies are never
+	// shown.
+	CheckGroups(userIssuers []string) error
+	// CheckLowerCaseResources refuses a set that names a resource with an
+	// upper-case letter.
+	CheckLowerCaseResources() error
 }
 
-// Len is the number of policies in the set.
-func (s *Set) Len() int { return s.count }
+var (
+	_ Set = (*CedarSet)(nil)
+	_ Set = (*RegoSet)(nil)
+)
 
-// Files are the files the set was read from.
-func (s *Set) Files() []string { return s.files }
+// Source names a set of policies: the engine and its files.
+type Source struct {
+	// Engine is EngineCedar (the default when empty) or EngineOPA.
+	Engine string
+	// Patterns are glob patterns of policy files: .cedar files for
+	// Cedar, .rego files for OPA.
+	Patterns []string
+	// Schema is a Cedar schema the policies must validate against
+	// (Cedar only; optional).
+	Schema string
+	// Data is a JSON file whose object Rego policies read under data
+	// (OPA only; optional).
+	Data string
+	// Timeout is the time budget of one Rego decision (OPA only; default
+	// DefaultTimeout). A decision that does not finish in time denies.
+	Timeout time.Duration
+}
 
-// Load reads every file matched by the glob patterns (a pattern matching
-// nothing is an error: a typo must not silently drop a rule), parses each
-// as Cedar and, when schemaPath is set, validates every policy against that
-// schema (Cedar schema syntax, or JSON when the name ends in .json). Errors
-// name the file and line.
-//
-// A policy's id is its @id annotation or, without one, "<file>#<n>" with n
-// counting the file's policies from 0. Ids must be unique across files.
-func Load(patterns []string, schemaPath string) (*Set, error) {
+// Load reads and validates the source's policies.
+func (src Source) Load() (Set, error) {
+	switch src.Engine {
+	case "", EngineCedar:
+		if src.Data != "" {
+			return nil, errors.New("policy_data: Rego data, but the policy engine is cedar")
+		}
+		if err := extensions(src.Patterns, ".cedar", EngineCedar); err != nil {
+			return nil, err
+		}
+		return Load(src.Patterns, src.Schema)
+	case EngineOPA:
+		if src.Schema != "" {
+			return nil, errors.New("policy_schema: a Cedar schema, but the policy engine is opa (Rego is checked against Errand's own input schema)")
+		}
+		if err := extensions(src.Patterns, ".rego", EngineOPA); err != nil {
+			return nil, err
+		}
+		return LoadRego(src.Patterns, src.Data, src.Timeout)
+	}
+	return nil, fmt.Errorf("policy_engine: cedar or opa, not %q", src.Engine)
+}
+
+// extensions refuses a pattern for another engine's files, so that a
+// config switched from one engine to the other without its policies fails
+// with a reason rather than with a parse error.
+func extensions(patterns []string, ext, engine string) error {
+	for _, p := range patterns {
+		for _, other := range []string{".cedar", ".rego"} {
+			if other != ext && strings.HasSuffix(p, other) {
+				return fmt.Errorf("policies: %q names %s files, but the policy engine is %s (policy_engine)", p, other, engine)
+			}
+		}
+	}
+	return nil
+}
+
+// globs expands the patterns, sorted and without repeats; a pattern
+// matching nothing is an error: a typo must not silently drop a rule.
+func globs(patterns []string) ([]string, error) {
 	var files []string
 	for _, p := range patterns {
 		m, err := filepath.Glob(p)
@@ -74,7 +148,42 @@ func Load(patterns []string, schemaPath string) (*Set, error) {
 		files = append(files, m...)
 	}
 	sort.Strings(files)
-	files = dedupe(files)
+	return dedupe(files), nil
+}
+
+// CedarSet is a loaded, validated set of Cedar policies, split by how
+// they decide.
+type CedarSet struct {
+	permits cedar.PolicyMap // permit policies
+	forbids cedar.PolicyMap // forbid policies without @step_up
+	stepUps cedar.PolicyMap // forbid policies with @step_up
+	reasons map[cedar.PolicyID]string
+	files   []string
+	count   int
+}
+
+// Engine is EngineCedar.
+func (s *CedarSet) Engine() string { return EngineCedar }
+
+// Len is the number of policies in the set.
+func (s *CedarSet) Len() int { return s.count }
+
+// Files are the files the set was read from.
+func (s *CedarSet) Files() []string { return s.files }
+
+// Load reads every file matched by the glob patterns (a pattern matching
+// nothing is an error: a typo must not silently drop a rule), parses each
+// as Cedar and, when schemaPath is set, validates every policy against that
+// schema (Cedar schema syntax, or JSON when the name ends in .json). Errors
+// name the file and line.
+//
+// A policy's id is its @id annotation or, without one, "<file>#<n>" with n
+// counting the file's policies from 0. Ids must be unique across files.
+func Load(patterns []string, schemaPath string) (*CedarSet, error) {
+	files, err := globs(patterns)
+	if err != nil {
+		return nil, err
+	}
 	var v *validate.Validator
 	if schemaPath != "" {
 		var err error
@@ -82,7 +191,7 @@ func Load(patterns []string, schemaPath string) (*Set, error) {
 			return nil, err
 		}
 	}
-	s := &Set{
+	s := &CedarSet{
 		permits: cedar.PolicyMap{}, forbids: cedar.PolicyMap{}, stepUps: cedar.PolicyMap{},
 		reasons: map[cedar.PolicyID]string{}, files: files,
 	}
@@ -187,13 +296,17 @@ func dedupe(sorted []string) []string {
 // CheckActions refuses a set whose policies name an action for which
 // known is false: without a schema, a misspelt Action::"…" would silently
 // never match, and a forbid on it would never forbid.
-func (s *Set) CheckActions(known func(string) bool) error {
-	return s.checkRefs(TypeAction, func(a string) string {
+func (s *CedarSet) CheckActions(known func(string) bool) error {
+	return s.checkRefs(TypeAction, unknownAction(known))
+}
+
+func unknownAction(known func(string) bool) func(string) string {
+	return func(a string) string {
 		if known(a) {
 			return ""
 		}
 		return "which is not in the catalog (actions are lower case)"
-	})
+	}
 }
 
 // CheckGroups refuses a set that names a group policies are never shown,
@@ -201,8 +314,14 @@ func (s *Set) CheckActions(known func(string) bool) error {
 // Group::"<issuer>#<name>" must name one of userIssuers, and a bare
 // Group::"<name>" is refused when there are several of them, since any of
 // them could assert that name (partner's "eng" is not corp's).
-func (s *Set) CheckGroups(userIssuers []string) error {
-	return s.checkRefs(TypeGroup, func(g string) string {
+func (s *CedarSet) CheckGroups(userIssuers []string) error {
+	return s.checkRefs(TypeGroup, unshownGroup(userIssuers, `Group::`))
+}
+
+// unshownGroup says why policies are never shown the group g, or "";
+// prefix is how the engine's language writes a group (Group:: in Cedar).
+func unshownGroup(userIssuers []string, prefix string) func(string) string {
+	return func(g string) string {
 		if iss, _, ok := strings.Cut(g, "#"); ok && strings.Contains(iss, "://") {
 			for _, u := range userIssuers {
 				if u == iss {
@@ -212,29 +331,31 @@ func (s *Set) CheckGroups(userIssuers []string) error {
 			return "and " + iss + " is not a configured issuer of kind user"
 		}
 		if len(userIssuers) > 1 {
-			return `without its issuer, while several user issuers are configured: write Group::"<issuer URL>#` + g + `"`
+			return `without its issuer, while several user issuers are configured: write ` + prefix + `"<issuer URL>#` + g + `"`
 		}
 		return ""
-	})
+	}
 }
 
 // CheckLowerCaseResources refuses a set that names a Resource with an
 // upper-case letter: when an audience compares resources
 // case-insensitively, policies are shown its resources in lower case
 // only, and a rule on Resource::"acme/Infra/**" would never match.
-func (s *Set) CheckLowerCaseResources() error {
-	return s.checkRefs(TypeResource, func(r string) string {
-		if strings.ToLower(r) != r {
-			return "with upper-case letters, while an audience compares resources case-insensitively (policies see them in lower case): write it in lower case"
-		}
-		return ""
-	})
+func (s *CedarSet) CheckLowerCaseResources() error {
+	return s.checkRefs(TypeResource, upperCaseResource)
+}
+
+func upperCaseResource(r string) string {
+	if strings.ToLower(r) != r {
+		return "with upper-case letters, while an audience compares resources case-insensitively (policies see them in lower case): write it in lower case"
+	}
+	return ""
 }
 
 // checkRefs calls bad on the id of every entity reference of type typ in
 // the set's policies, and returns the first complaint, naming the file,
 // line and policy.
-func (s *Set) checkRefs(typ types.EntityType, bad func(id string) string) error {
+func (s *CedarSet) checkRefs(typ types.EntityType, bad func(id string) string) error {
 	for _, m := range []cedar.PolicyMap{s.permits, s.forbids, s.stepUps} {
 		for _, id := range sortedIDs(m) {
 			p := m[id]
@@ -288,7 +409,7 @@ func entityRefs(v any, typ types.EntityType, out []string) []string {
 }
 
 // Decide evaluates the set on r.
-func (s *Set) Decide(r broker.PolicyRequest) broker.PolicyDecision {
+func (s *CedarSet) Decide(r broker.PolicyRequest) broker.PolicyDecision {
 	entities, req := cedarRequest(r)
 	// Permits and the plain forbids decide as Cedar does, except that a
 	// forbid which fails to evaluate denies.
@@ -359,31 +480,36 @@ func (j joined) All() iter.Seq2[cedar.PolicyID, *cedar.Policy] {
 }
 
 // Engine holds the live set; Reload swaps it atomically, so decisions in
-// flight finish on the set they started with.
+// flight finish on the set they started with. Either engine's set is held
+// the same way: the broker sees only broker.Policy.
 type Engine struct {
-	patterns []string
-	schema   string
-	check    func(*Set) error
-	set      atomic.Pointer[Set]
+	src   Source
+	check func(Set) error
+	set   atomic.Pointer[setBox]
 }
 
+type setBox struct{ Set }
+
+var _ broker.Policy = (*Engine)(nil)
+
 // NewEngine loads the policies once; an error stops start-up. check, when
-// not nil, vets every set loaded (see CheckActions) at start and reload.
-func NewEngine(patterns []string, schemaPath string, check func(*Set) error) (*Engine, error) {
-	if len(patterns) == 0 {
+// not nil, vets every set loaded (see Set.CheckActions) at start and
+// reload.
+func NewEngine(src Source, check func(Set) error) (*Engine, error) {
+	if len(src.Patterns) == 0 {
 		return nil, errors.New("policies: no file given")
 	}
-	e := &Engine{patterns: patterns, schema: schemaPath, check: check}
+	e := &Engine{src: src, check: check}
 	s, err := e.load()
 	if err != nil {
 		return nil, err
 	}
-	e.set.Store(s)
+	e.set.Store(&setBox{s})
 	return e, nil
 }
 
-func (e *Engine) load() (*Set, error) {
-	s, err := Load(e.patterns, e.schema)
+func (e *Engine) load() (Set, error) {
+	s, err := e.src.Load()
 	if err != nil {
 		return nil, err
 	}
@@ -395,19 +521,19 @@ func (e *Engine) load() (*Set, error) {
 	return s, nil
 }
 
-// Reload reads the files again. On any error the running set stays and
-// the error says why.
-func (e *Engine) Reload() (*Set, error) {
+// Reload reads the files again (and prepares Rego again). On any error
+// the running set stays and the error says why.
+func (e *Engine) Reload() (Set, error) {
 	s, err := e.load()
 	if err != nil {
 		return nil, err
 	}
-	e.set.Store(s)
+	e.set.Store(&setBox{s})
 	return s, nil
 }
 
 // Current is the set in force.
-func (e *Engine) Current() *Set { return e.set.Load() }
+func (e *Engine) Current() Set { return e.set.Load().Set }
 
 // Decide evaluates the set in force.
 func (e *Engine) Decide(r broker.PolicyRequest) broker.PolicyDecision {

@@ -16,7 +16,7 @@ var (
 	alice = broker.Ref{Issuer: "https://login.example", Subject: "alice"}
 )
 
-func testdata(t *testing.T) *Set {
+func testdata(t *testing.T) *CedarSet {
 	t.Helper()
 	s, err := Load([]string{"testdata/*.cedar"}, "testdata/errand.cedarschema")
 	if err != nil {
@@ -174,7 +174,7 @@ func TestLoadErrorsNameFileAndLine(t *testing.T) {
 func TestReloadKeepsTheOldSetOnError(t *testing.T) {
 	dir := t.TempDir()
 	write(t, dir, "p.cedar", `@id("allow") permit (principal, action, resource);`)
-	e, err := NewEngine([]string{filepath.Join(dir, "*.cedar")}, "", nil)
+	e, err := NewEngine(Source{Patterns: []string{filepath.Join(dir, "*.cedar")}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,15 +290,15 @@ when { resource.head == "acme/infra" || resource in Resource::"acme/infra/**" ||
 func TestCheckActionsRefusesUnknownActions(t *testing.T) {
 	dir := t.TempDir()
 	known := func(a string) bool { return a == "github.pr.write" || a == "github.repo.read" }
-	check := func(s *Set) error { return s.CheckActions(known) }
+	check := func(s Set) error { return s.CheckActions(known) }
 	write(t, dir, "p.cedar", `@id("ok") permit (principal, action in [Action::"github.repo.read", Action::"github.pr.write"], resource);
 @id("typo") forbid (principal, action, resource) when { action == Action::"github.pr.writ" };`)
-	if _, err := NewEngine([]string{filepath.Join(dir, "*.cedar")}, "", check); err == nil ||
+	if _, err := NewEngine(Source{Patterns: []string{filepath.Join(dir, "*.cedar")}}, check); err == nil ||
 		!strings.Contains(err.Error(), `p.cedar:2: policy "typo" names Action::"github.pr.writ"`) {
 		t.Fatalf("a misspelt action loaded: %v", err)
 	}
 	write(t, dir, "p.cedar", `@id("ok") permit (principal, action == Action::"github.repo.read", resource);`)
-	e, err := NewEngine([]string{filepath.Join(dir, "*.cedar")}, "", check)
+	e, err := NewEngine(Source{Patterns: []string{filepath.Join(dir, "*.cedar")}}, check)
 	if err != nil {
 		t.Fatal(err)
 	}

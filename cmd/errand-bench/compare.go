@@ -20,6 +20,12 @@ import (
 func compare(ctx context.Context, o options, a *bench) ([]Report, error) {
 	ob := o
 	ob.errand = o.against
+	if o.againstEngine != "" {
+		ob.engine = o.againstEngine
+		if o.policies != "" {
+			return nil, fmt.Errorf("--against-policy-engine: with the built-in policies only (--policies is of one engine)")
+		}
+	}
 	b, err := start(ctx, ob)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.against, err)
@@ -77,15 +83,15 @@ func compare(ctx context.Context, o options, a *bench) ([]Report, error) {
 			rep.Binary = x.errandBin
 			rep.perOp(len(t.lat), t.elapsed, t.errand, t.pg)
 			rep.ErrandPeakRSS = peakRSS(x.cmd.Process.Pid)
-			fmt.Fprintf(os.Stdout, "%s:\n", x.errandBin)
+			fmt.Fprintf(os.Stdout, "%s (policy_engine %s):\n", x.errandBin, x.engine)
 			printReport(os.Stdout, rep)
 			reports = append(reports, rep)
 		}
 		if len(ratios) > 0 {
 			sort.Float64s(ratios)
 			q := func(p float64) float64 { return ratios[int(p*float64(len(ratios)-1))] }
-			fmt.Fprintf(os.Stdout, "%s total µs/op, %s over %s, per pair of %s slices (%d pairs): median %.3f, quartiles %.3f–%.3f\n",
-				sc, o.against, o.errand, o.slice, len(ratios), q(0.5), q(0.25), q(0.75))
+			fmt.Fprintf(os.Stdout, "%s total µs/op, %s (%s) over %s (%s), per pair of %s slices (%d pairs): median %.3f, quartiles %.3f–%.3f\n",
+				sc, o.against, b.engine, o.errand, a.engine, o.slice, len(ratios), q(0.5), q(0.25), q(0.75))
 		}
 	}
 	return reports, nil

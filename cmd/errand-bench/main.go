@@ -12,7 +12,8 @@
 // Scenarios: mint (approved tasks, one per agent, many agents), rotate
 // (mint while `errand keys rotate` runs --rounds times; every token is
 // verified against the JWKS served right after it was minted), introspect
-// (active tokens), evaluate (AuthZEN decisions with Cedar policies), close
+// (active tokens), evaluate (AuthZEN decisions with the policies, Cedar or,
+// with --policy-engine opa, Rego), close
 // (a task with --creds live credentials closed, then every one introspected
 // inactive; repeated --rounds times) and mixed (per iteration: one mint, ten
 // introspections, one evaluation). floor serves the introspect
@@ -59,12 +60,15 @@ import (
 
 type options struct {
 	errand, dbURL, scenario, jsonOut, policies string
-	against                                    string
-	concurrency, agents, creds, rounds         int
-	duration, warmup, hold, slice              time.Duration
-	keep                                       bool
-	maxErrors                                  int64
-	prefill                                    int
+	// engine is the server's policy_engine: cedar or opa; againstEngine
+	// the --against server's (default engine).
+	engine, againstEngine              string
+	against                            string
+	concurrency, agents, creds, rounds int
+	duration, warmup, hold, slice      time.Duration
+	keep                               bool
+	maxErrors                          int64
+	prefill                            int
 }
 
 func main() {
@@ -85,7 +89,9 @@ func main() {
 	flag.IntVar(&o.agents, "agents", 32, "agents, each with its own approved task")
 	flag.IntVar(&o.creds, "creds", 1000, "close: live credentials of the task closed")
 	flag.IntVar(&o.rounds, "rounds", 5, "close: tasks closed; rotate: key rotations during the run")
-	flag.StringVar(&o.policies, "policies", "", "Cedar policy files (glob) for the server; evaluate and mixed default to a built-in set")
+	flag.StringVar(&o.policies, "policies", "", "policy files (glob) for the server, of --policy-engine; default a built-in set of 4")
+	flag.StringVar(&o.engine, "policy-engine", "cedar", "the server's policy_engine: cedar, or opa (the built-in set in Rego)")
+	flag.StringVar(&o.againstEngine, "against-policy-engine", "", "--against: that server's policy_engine (default --policy-engine); --against may name the same binary, to compare the engines")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the report as JSON to this file (- for stdout)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the database and the server's log")
 	flag.StringVar(&o.against, "against", "", "a second errand binary: run the scenarios on both, in alternating slices, and compare")
@@ -249,6 +255,7 @@ func printReport(w io.Writer, r Report) {
 // bench is a running Errand with its identity provider and the fixtures of
 // a scenario.
 type bench struct {
+	engine  string // the server's policy_engine
 	base    string
 	idp     *devidp.Provider
 	idpSrv  *http.Server
@@ -278,10 +285,24 @@ const (
 @id("no-pii") forbid (principal, action, resource) when { context.dataset like "pii/*" };
 @id("prod-admin") forbid (principal, action, resource) when { context.environment == "prod" && context.class == "admin" };
 `
+	// benchRego is benchPolw in Rego, rule for rule.
+	benchRego = `package errand
+
+allow contains "allow"
+
+deny contains "no-shell" if input.context.tool == "shell"
+
+deny contains "no-pii" if startswith(input.context.dataset, "pii/")
+
+deny contains "prod-admin" if {
+	input.context.environment == "prod"
+	input.context.class == "admin"
+}
+`
 )
 
 func start(ctx context.Context, o options) (*bench, error) {
-	b := &bench{keep: o.keep, adminDB: o.dbURL}
+	b := &bench{keep: o.keep, adminDB: o.dbURL, engine: o.engine}
 	var err error
 	if b.dir, err = os.MkdirTemp("", "errand-bench-"); err != nil {
 		return nil, err
@@ -309,9 +330,16 @@ func start(ctx context.Context, o options) (*bench, error) {
 	}
 	b.base = "http://127.0.0.1:" + port
 	policies := o.policies
+	if o.engine != "cedar" && o.engine != "opa" {
+		return nil, fmt.Errorf("--policy-engine: cedar or opa, not %q", o.engine)
+	}
 	if policies == "" {
-		policies = filepath.Join(b.dir, "*.cedar")
-		if err := os.WriteFile(filepath.Join(b.dir, "bench.cedar"), []byte(benchPolw), 0o600); err != nil {
+		name, text := "bench.cedar", benchPolw
+		if o.engine == "opa" {
+			name, text = "bench.rego", benchRego
+		}
+		policies = filepath.Join(b.dir, "*"+filepath.Ext(name))
+		if err := os.WriteFile(filepath.Join(b.dir, name), []byte(text), 0o600); err != nil {
 			return nil, err
 		}
 	}
@@ -332,9 +360,10 @@ grants:
 audiences:
   - {url: %q, environment: staging, any_introspector: true}
 limits: {token_ttl_max: 5m, task_ttl_max: 8h, principal_rps: 1000000, address_rps: 1000000, pending_tasks_per_agent: 100000}
+policy_engine: %s
 policies: [%q]
 `, port, b.base, dbURL, hex.EncodeToString(seed), b.idp.IssuerURL("agent"), b.idp.IssuerURL("user"),
-		b.idp.IssuerURL("resource"), audience, policies)
+		b.idp.IssuerURL("resource"), audience, o.engine, policies)
 	cfgPath := filepath.Join(b.dir, "errand.yaml")
 	b.cfgPath, b.errandBin = cfgPath, o.errand
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {

@@ -71,6 +71,7 @@ func printEffective(w io.Writer, cfg *config.Config) error {
 		c.Policies[i] = absPath(p)
 	}
 	c.PolicySchema = absPath(schema)
+	c.PolicyData = absPath(c.PolicySource().Data)
 	if c.TLS != nil {
 		t := *c.TLS
 		t.CertFile, t.KeyFile, t.ClientCAFile = absPath(t.CertFile), absPath(t.KeyFile), absPath(t.ClientCAFile)

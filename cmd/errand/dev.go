@@ -37,9 +37,9 @@ development identity provider that hands out agent, user and resource-server ID
 tokens for any name (POST /dev/token). That identity provider trusts whoever
 asks: it exists only in dev, and errand serve never exposes it.
 
---policies loads Cedar policy files (glob patterns, relative to the working
+--policies loads policy files (glob patterns, relative to the working
 directory) as errand serve's "policies" setting does, and --policy-schema
-validates them against a schema.
+validates them against a schema; with --policy-engine opa they are Rego files.
 
 --config reads your own catalog from an errand.yaml: its actions, audiences,
 grants, deny_actions, limits, dpop, policies (relative to the file), vault
@@ -65,8 +65,9 @@ about at start.`,
 	cmd.Flags().StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (loopback only, unless --insecure-expose-dev-identities)")
 	cmd.Flags().StringVar(&o.db, "db", "errand-dev.db", `SQLite database file, or ":memory:" for a throwaway one`)
 	cmd.Flags().StringVar(&o.config, "config", "", "an errand.yaml whose catalog, grants, audiences, limits, policies and id_jag_targets replace the example's (its issuers are replaced by the dev identity provider's)")
-	cmd.Flags().StringArrayVar(&o.policies.patterns, "policies", nil, "Cedar policy files, a glob pattern such as 'policies/*.cedar' (repeat)")
+	cmd.Flags().StringArrayVar(&o.policies.patterns, "policies", nil, "policy files, a glob pattern such as 'policies/*.cedar' (or *.rego with --policy-engine opa) (repeat)")
 	cmd.Flags().StringVar(&o.policies.schema, "policy-schema", "", "a Cedar schema to validate the policies against")
+	cmd.Flags().StringVar(&o.policies.engine, "policy-engine", "", "the language of --policies: cedar (default) or opa (Rego files such as 'policies/*.rego')")
 	cmd.Flags().BoolVar(&o.exposeIdentities, "insecure-expose-dev-identities", false,
 		"allow a non-loopback --listen, handing out any identity (admins' and auditors' too) to whoever reaches it")
 
@@ -97,10 +98,12 @@ about at start.`,
 	return cmd
 }
 
-// devPolicies are errand dev's --policies and --policy-schema.
+// devPolicies are errand dev's --policies, --policy-schema and
+// --policy-engine.
 type devPolicies struct {
 	patterns []string
 	schema   string
+	engine   string
 }
 
 // devOptions are errand dev's flags.
@@ -159,6 +162,7 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger, 
 	if len(pol.patterns) > 0 || pol.schema != "" {
 		// Relative policy paths are read from the working directory.
 		cfg.Dir, cfg.Policies, cfg.PolicySchema = ".", pol.patterns, pol.schema
+		cfg.PolicyEngine, cfg.PolicyData, cfg.PolicyTimeout = pol.engine, "", 0
 	}
 	if err := cfg.Validate(); err != nil {
 		if o.config != "" {
@@ -292,6 +296,7 @@ func useCatalog(cfg *config.Config, path string, idp *devidp.Provider) error {
 	cfg.Dir, cfg.Policies, cfg.PolicySchema = file.Dir, file.Policies, file.PolicySchema
 	// Webhooks too, so that notifications can be tried on errand dev.
 	cfg.Notifications = file.Notifications
+	cfg.PolicyEngine, cfg.PolicyData, cfg.PolicyTimeout = file.PolicyEngine, file.PolicyData, file.PolicyTimeout
 	return nil
 }
 

@@ -13,7 +13,6 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
-	"github.com/errandhq/errand/policy"
 )
 
 // policyCase is one request of a cases file for `errand policy test`.
@@ -35,15 +34,16 @@ type policyCase struct {
 func newPolicyCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "policy",
-		Short: "Work with Cedar policies",
+		Short: "Work with policies (Cedar or Rego)",
 	}
 	var cfgPath string
 	test := &cobra.Command{
 		Use:   "test --config errand.yaml cases.yaml",
 		Short: "Evaluate the requests of a cases file against the config's policies",
 		Long: `Evaluates every case of cases.yaml against the policies (and schema) named by the
-config, with the config's catalog (class, risk) and audiences (environment),
-and prints allow, deny or step-up with the deciding policies. A case with
+config, in its policy_engine (cedar or opa), with the config's catalog (class,
+risk) and audiences (environment), and prints allow, deny or step-up with the
+deciding policies. The cases file is the same for both engines. A case with
 "expect" that decides otherwise fails the run (exit 1), for policy CI.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -66,7 +66,7 @@ func policyTest(out io.Writer, cfgPath, casesPath string) error {
 	if len(cfg.Policies) == 0 {
 		return errors.New("config: policies: none configured")
 	}
-	set, err := policy.Load(cfg.PolicyFiles())
+	set, err := cfg.PolicySource().Load()
 	if err == nil {
 		err = cfg.PolicyCheck(cat)(set)
 	}

@@ -13,6 +13,13 @@ import (
 // secret and no database: policy test needs neither.
 func policyConfig(t *testing.T) string {
 	t.Helper()
+	return policyConfigFor(t, "cedar")
+}
+
+// policyConfigFor is policyConfig for an engine: with opa, the Rego
+// translation of the same policies (policy/testdata/conformance/guardrails).
+func policyConfigFor(t *testing.T, engine string) string {
+	t.Helper()
 	td, err := filepath.Abs("../../policy/testdata")
 	if err != nil {
 		t.Fatal(err)
@@ -33,6 +40,14 @@ audiences:
 policies: ["` + td + `/*.cedar"]
 policy_schema: ` + td + `/errand.cedarschema
 `
+	if engine == "opa" {
+		cfg = strings.Replace(cfg, `policies: ["`+td+`/*.cedar"]
+policy_schema: `+td+`/errand.cedarschema
+`, `policy_engine: opa
+policies: ["`+td+`/conformance/guardrails/*.rego"]
+policy_timeout: 2s
+`, 1)
+	}
 	path := filepath.Join(dir, "errand.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -84,12 +99,24 @@ const policyCases = `cases:
     audience: https://staging.example
 `
 
+// TestPolicyTestCommand runs one cases file against the Cedar policies
+// and against their Rego translation: the same output for both.
 func TestPolicyTestCommand(t *testing.T) {
-	cfg := policyConfig(t)
+	outs := map[string]string{}
+	for _, engine := range []string{"cedar", "opa"} {
+		t.Run(engine, func(t *testing.T) { outs[engine] = policyTestCommand(t, policyConfigFor(t, engine)) })
+	}
+	if outs["cedar"] != outs["opa"] {
+		t.Fatalf("the engines' outputs differ:\ncedar:\n%s\nopa:\n%s", outs["cedar"], outs["opa"])
+	}
+}
+
+func policyTestCommand(t *testing.T, cfg string) string {
 	out, err := runPolicyTest(t, cfg, policyCases)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
+	first := out
 	for _, want := range []string{
 		"PASS allow   a read in staging (allow-agents)",
 		"PASS step-up a write to production (prod-writes-step-up: writes to production need the user's approval each time)",
@@ -119,4 +146,5 @@ func TestPolicyTestCommand(t *testing.T) {
 			t.Errorf("a bad cases file passed:\n%s\n%s", bad, out)
 		}
 	}
+	return first
 }

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/errandhq/errand/config"
 )
 
 // README's walkthroughs are executable. A fenced block whose info string
@@ -559,4 +561,85 @@ func needTool(t *testing.T, tool string) {
 		t.Fatalf("%s is not installed (CI=true: README's walkthroughs must run)", tool)
 	}
 	t.Skipf("%s is not installed", tool)
+}
+
+// TestREADMEPolicyEngineConfigs loads the two configurations of README's
+// policy section (Cedar, and OPA with its data and budget), each with the
+// section's examples in its language as the policy files: both start.
+func TestREADMEPolicyEngineConfigs(t *testing.T) {
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(raw)
+	start := strings.Index(text, "## Policies (Cedar or Rego)")
+	if start < 0 {
+		t.Fatal("README.md has no section \"Policies (Cedar or Rego)\"")
+	}
+	section := text[start:]
+	section = section[:strings.Index(section[3:], "\n## ")+3]
+	blocks := fencedBlocks(section)
+	schema, err := os.ReadFile("../../policy/testdata/errand.cedarschema")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("k", 32))
+	engines := 0
+	for _, b := range blocks {
+		if b.info != "yaml" || !strings.Contains(b.body, "policy_engine:") {
+			continue
+		}
+		engine := "cedar"
+		if strings.Contains(b.body, "policy_engine: opa") {
+			engine = "opa"
+		}
+		engines++
+		t.Run(engine, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.MkdirAll(filepath.Join(dir, "policies"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			ext, n := map[string]string{"cedar": "cedar", "opa": "rego"}[engine], 0
+			for _, p := range blocks {
+				if p.info == ext {
+					n++
+					if err := os.WriteFile(filepath.Join(dir, "policies", fmt.Sprintf("readme-%d.%s", n, ext)), []byte(p.body), 0o600); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			for name, body := range map[string][]byte{"errand.cedarschema": schema, "data.json": []byte(`{"protected": []}`)} {
+				if err := os.WriteFile(filepath.Join(dir, "policies", name), body, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cfg := `public_url: https://errand.example.com
+database_url: postgres://unused
+system_secret: ${ERRAND_SYSTEM_SECRET}
+issuers:
+  - {url: "https://agents.example", audience: errand, kind: agent}
+  - {url: "https://login.example", audience: errand, kind: user, groups_claim: groups}
+actions:
+  - {name: github.repo.read, class: read, risk: low}
+  - {name: github.pr.write, class: write, risk: medium}
+  - {name: payments.refund, class: write, risk: medium}
+audiences: ["https://api.github.com"]
+` + b.body
+			path := filepath.Join(dir, "errand.yaml")
+			if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c, err := config.Load(path)
+			if err != nil {
+				t.Fatalf("README's %s configuration:\n%s\n%v", engine, b.body, err)
+			}
+			set, err := c.PolicySource().Load()
+			if err != nil || set.Engine() != engine || set.Len() < 5 || n < 2 {
+				t.Fatalf("%s: %v, %d files", engine, err, n)
+			}
+		})
+	}
+	if engines != 2 {
+		t.Fatalf("README's policy section shows %d configurations naming policy_engine, want one per engine", engines)
+	}
 }

@@ -253,12 +253,11 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	}
 	var engine *policy.Engine
 	if len(cfg.Policies) > 0 {
-		pats, schema := cfg.PolicyFiles()
-		if engine, err = policy.NewEngine(pats, schema, cfg.PolicyCheck(catalog)); err != nil {
+		if engine, err = policy.NewEngine(cfg.PolicySource(), cfg.PolicyCheck(catalog)); err != nil {
 			return nil, err
 		}
 		bcfg.Policy = engine
-		log.Info("policies loaded", "policies", engine.Current().Len(), "files", len(engine.Current().Files()))
+		log.Info("policies loaded", "engine", engine.Current().Engine(), "policies", engine.Current().Len(), "files", len(engine.Current().Files()))
 	}
 	if v := cfg.Vault; v != nil {
 		vi, err := vault.New(ctx, vault.Config{
@@ -432,7 +431,7 @@ func reloadOnHangup(e *policy.Engine, log *slog.Logger) func(context.Context) er
 				if set, err := e.Reload(); err != nil {
 					log.Error("policy reload refused; the running policies stay in force", "err", err)
 				} else {
-					log.Info("policies reloaded", "policies", set.Len(), "files", len(set.Files()))
+					log.Info("policies reloaded", "engine", set.Engine(), "policies", set.Len(), "files", len(set.Files()))
 				}
 			}
 		}
