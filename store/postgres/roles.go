@@ -50,6 +50,10 @@ var grants = []tableGrant{
 	// CIBA backchannel requests (00014): polling state, digests of the
 	// auth_req_id; not history (the task's events are).
 	{"backchannel_requests", "SELECT, INSERT, UPDATE", ""},
+	// Sign-in (00018): people's browser sessions and the sign-in flows in
+	// progress, digests of their ids; deleted at sign-out and expiry.
+	{"signin_sessions", "SELECT, INSERT, UPDATE, DELETE", ""},
+	{"signin_flows", "SELECT, INSERT, DELETE", ""},
 	// serve --no-migrate reads the schema's version.
 	{"goose_db_version", "SELECT", ""},
 }
