@@ -58,6 +58,8 @@ type Config struct {
 	// IDJAGTargets are the authorization servers Errand issues ID-JAGs
 	// for (idjag.go).
 	IDJAGTargets []IDJAGTarget `yaml:"id_jag_targets"`
+	// Sessions are the timeouts of people's browser sessions (signin.go).
+	Sessions Sessions `yaml:"sessions"`
 	// Dir is the directory of the config file, for relative paths.
 	Dir string `yaml:"-"`
 }
@@ -128,6 +130,15 @@ type Issuer struct {
 	MaxTokenLifetime Duration `yaml:"max_token_lifetime"`
 	// Subjects restricts which subjects the issuer may vouch for.
 	Subjects []string `yaml:"subjects"`
+	// ClientID, on a user issuer, lets people sign in with it (signin.go):
+	// Errand's client there, which must be the issuer's audience.
+	ClientID string `yaml:"client_id"`
+	// ClientSecretFile holds the client's secret; none for a public client.
+	ClientSecretFile string `yaml:"client_secret_file"`
+	// RedirectPath is the sign-in callback path (default /ui/callback).
+	RedirectPath string `yaml:"redirect_path"`
+	// Scopes asked at sign-in (default openid profile email).
+	Scopes []string `yaml:"scopes"`
 }
 
 // Grant is what members of a group of one user issuer may delegate.
@@ -503,6 +514,7 @@ func (c *Config) Validate() error {
 		}
 		bad(c.validateIDJAG(cat))
 	}
+	bad(c.validateSignin())
 	return errors.Join(errs...)
 }
 

@@ -148,12 +148,13 @@ func (m *Manager) Handler() http.Handler {
 	return m.Middleware(mux)
 }
 
-// Paths are the paths Handler serves, for a router that mounts it.
-func (m *Manager) Paths() []string {
-	out := []string{"/ui/login", "/ui/logout", LoginConfigPath}
+// Routes are the method and path patterns Handler serves (http.ServeMux
+// syntax), for a router that mounts it beside the pages' own routes.
+func (m *Manager) Routes() []string {
+	out := []string{"GET /ui/login", "POST /ui/logout", "GET " + LoginConfigPath}
 	for _, p := range m.providers {
-		if !slices.Contains(out, p.cfg.RedirectPath) {
-			out = append(out, p.cfg.RedirectPath)
+		if r := "GET " + p.cfg.RedirectPath; !slices.Contains(out, r) {
+			out = append(out, r)
 		}
 	}
 	return out

@@ -183,7 +183,7 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger, 
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/dev/", idp.Handler())
-	mux.Handle("/", a.api)
+	mux.Handle("/", a.handler())
 	printQuickstart(out, base, db, o.config)
 	return run(ctx, ln, mux, a, log, ready)
 }
@@ -228,6 +228,8 @@ func devConfig(base, db, secret string, idp *devidp.Provider) *config.Config {
 		is := config.Issuer{URL: idp.IssuerURL(kind), Audience: devidp.Audience, Kind: kind, Algorithms: []string{"EdDSA"}}
 		if kind == "user" {
 			is.GroupsClaim, is.AuditorGroup, is.AdminGroup = "groups", "auditors", "admins"
+			// People sign in to the pages with the dev provider's picker.
+			is.ClientID = devidp.Audience
 		}
 		return is
 	}

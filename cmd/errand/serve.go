@@ -30,6 +30,7 @@ import (
 	"github.com/errandhq/errand/issuer/vault"
 	"github.com/errandhq/errand/policy"
 	"github.com/errandhq/errand/revocation"
+	"github.com/errandhq/errand/signin"
 	"github.com/errandhq/errand/store/postgres"
 	"github.com/errandhq/errand/store/sqlite"
 )
@@ -151,7 +152,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, migrate bo
 		ln.Close()
 		return err
 	}
-	return run(ctx, ln, a.api, a, log, ready)
+	return run(ctx, ln, a.handler(), a, log, ready)
 }
 
 func prepareSchema(ctx context.Context, st backend, migrate bool) error {
@@ -211,6 +212,8 @@ type app struct {
 	api     *httpapi.Server
 	svc     *broker.Service
 	workers []func(context.Context) error
+	// signin signs people in to the pages (signin.go).
+	signin *signin.Manager
 }
 
 // build assembles the broker, its adapters and its workers over a store.
@@ -382,7 +385,12 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	if engine != nil {
 		workers = append(workers, reloadOnHangup(engine, log))
 	}
-	return &app{api: api, svc: svc, workers: workers}, nil
+	sm, err := newSignin(cfg, st, verifier, svc, log)
+	if err != nil {
+		return nil, err
+	}
+	workers = append(workers, sm.Run)
+	return &app{api: api, svc: svc, workers: workers, signin: sm}, nil
 }
 
 // KeyReloadEvery is how soon a replica picks up another's key change (and
