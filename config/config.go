@@ -155,7 +155,9 @@ type Action struct {
 	Name  string `yaml:"name"`
 	Class string `yaml:"class"`
 	Risk  string `yaml:"risk"`
-	line  int
+	// Description is shown to approvers beside each scope of the action.
+	Description string `yaml:"description"`
+	line        int
 }
 
 // UnmarshalYAML records the entry's line, so errors can name it.
@@ -729,7 +731,7 @@ func (c *Config) issuersOf(k broker.Kind) []string {
 func (c *Config) Catalog() (*broker.Catalog, error) {
 	actions := make([]broker.Action, len(c.Actions))
 	for i, a := range c.Actions {
-		actions[i] = broker.Action{Name: a.Name, Class: broker.Class(a.Class), Risk: broker.Risk(a.Risk)}
+		actions[i] = broker.Action{Name: a.Name, Class: broker.Class(a.Class), Risk: broker.Risk(a.Risk), Description: a.Description}
 	}
 	auds := make([]broker.Audience, len(c.Audiences))
 	known := map[string]bool{}
