@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/zitadel/oidc/v3/example/server/exampleop"
+	"github.com/zitadel/oidc/v3/example/server/storage"
+
+	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/internal/testoidc"
+)
+
+// useBrowser makes errand login's "browser" sign in with drive, and
+// keeps logins in a fresh config directory.
+func useBrowser(t *testing.T, drive func(*http.Client, string) error) {
+	t.Helper()
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	t.Setenv("HOME", t.TempDir())
+	prev := openBrowser
+	t.Cleanup(func() { openBrowser = prev })
+	openBrowser = func(u string) error {
+		jar, _ := cookiejar.New(nil)
+		if err := drive(&http.Client{Jar: jar, Timeout: 10 * time.Second}, u); err != nil {
+			t.Errorf("browser: %v", err)
+		}
+		return nil
+	}
+}
+
+// pickDev answers the dev provider's picker as sub: the provider
+// redirects to errand login's loopback address, which the client follows.
+func pickDev(sub, groups string) func(*http.Client, string) error {
+	return func(c *http.Client, u string) error {
+		authz, err := url.Parse(u)
+		if err != nil {
+			return err
+		}
+		res, err := c.Get(u)
+		if err != nil {
+			return err
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			return fmt.Errorf("picker: %d", res.StatusCode)
+		}
+		form := authz.Query()
+		form.Set("sub", sub)
+		form.Set("groups", groups)
+		res, err = c.PostForm(authz.Scheme+"://"+authz.Host+authz.Path, form)
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if !strings.Contains(string(body), "Signed in") {
+			return fmt.Errorf("loopback answer: %d %s", res.StatusCode, body)
+		}
+		return nil
+	}
+}
+
+// loginFile is the one file errand login keeps.
+func loginFile(t *testing.T) (string, cachedLogin) {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(os.Getenv("XDG_CONFIG_HOME"), "errand", "logins", "*.json"))
+	if len(files) != 1 {
+		t.Fatalf("login files: %v", files)
+	}
+	b, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c cachedLogin
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	return files[0], c
+}
+
+// TestLoginDevProvider: errand login against errand dev's provider (the
+// loopback redirect with PKCE), the commands using the kept token,
+// refreshed when it has expired, --token-file, and errand logout.
+func TestLoginDevProvider(t *testing.T) {
+	useBrowser(t, pickDev("alice", "eng"))
+	d := startDev(t, "127.0.0.1:0", filepath.Join(t.TempDir(), "dev.db"))
+	if _, errLine := d.cli(t, "task", "list"); !strings.Contains(errLine, "invalid_token") {
+		t.Fatalf("before login: %q", errLine)
+	}
+	out := d.must(t, "login")
+	if !strings.Contains(out, "Signed in to "+d.base+" as "+d.base+"/dev/idp/user#alice") {
+		t.Fatalf("login said %q", out)
+	}
+	path, c := loginFile(t)
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("login file mode %v", fi.Mode())
+	}
+	if fi, _ := os.Stat(filepath.Dir(path)); fi.Mode().Perm() != 0o700 {
+		t.Fatalf("login directory mode %v", fi.Mode())
+	}
+	if c.RefreshToken == "" || c.IDToken == "" || c.Server != d.base {
+		t.Fatalf("kept %+v", c)
+	}
+	d.must(t, "task", "list", "-o", "json")
+
+	// Expired: the next command refreshes it first.
+	c.Expiry = time.Now().Add(-time.Minute)
+	if err := writeLogin(&c); err != nil {
+		t.Fatal(err)
+	}
+	d.must(t, "task", "list", "-o", "json")
+	_, c2 := loginFile(t)
+	if c2.RefreshToken == c.RefreshToken || !c2.Expiry.After(time.Now()) {
+		t.Fatalf("not refreshed: %+v", c2)
+	}
+	// The refresh token rotated: the old one is dead at the provider.
+	c2.Expiry, c2.RefreshToken = time.Now().Add(-time.Minute), c.RefreshToken
+	if err := writeLogin(&c2); err != nil {
+		t.Fatal(err)
+	}
+	if _, errLine := d.cli(t, "task", "list"); !strings.Contains(errLine, "401 invalid_token") || !strings.Contains(errLine, "run errand login") {
+		t.Fatalf("an old refresh token: %q", errLine)
+	}
+	if code := execute(context.Background(), []string{"task", "list", "--server", d.base}, io.Discard, io.Discard); code != exitAuth {
+		t.Fatalf("exit %d, want %d", code, exitAuth)
+	}
+
+	out = d.must(t, "logout")
+	if !strings.Contains(out, "Signed out of "+d.base) {
+		t.Fatalf("logout said %q", out)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("login file after logout: %v", err)
+	}
+	if _, errLine := d.cli(t, "task", "list"); !strings.Contains(errLine, "invalid_token") {
+		t.Fatalf("after logout: %q", errLine)
+	}
+	// --token-file and ERRAND_TOKEN_FILE, for scripts.
+	tok := strings.TrimSpace(d.must(t, "dev", "token", "--kind", "user", "--sub", "bob", "--group", "eng"))
+	f := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(f, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.must(t, "task", "list", "--token-file", f)
+	t.Setenv("ERRAND_TOKEN_FILE", f)
+	d.must(t, "task", "list")
+}
+
+// TestLoginZitadel: errand login against an OpenID Provider built from
+// zitadel/oidc's op package and example storage, with its own login form,
+// then a command with the kept token on an errand serve that trusts it.
+func TestLoginZitadel(t *testing.T) {
+	srv, set := lateHandler(t)
+	storage.RegisterClients(storage.NativeClient("errand", "http://127.0.0.1/callback"))
+	set(exampleop.SetupServer(srv, storage.NewStorage(storage.NewUserStore(srv)), nil, false))
+	useBrowser(t, func(c *http.Client, u string) error {
+		res, err := c.Get(u)
+		if err != nil {
+			return err
+		}
+		res.Body.Close()
+		id := res.Request.URL.Query().Get("authRequestID")
+		if id == "" {
+			return fmt.Errorf("no login form at %s", res.Request.URL)
+		}
+		h, _ := url.Parse(srv)
+		res, err = c.PostForm(srv+"/login/username", url.Values{"id": {id}, "username": {"test-user@" + h.Hostname()}, "password": {"verysecure"}})
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if !strings.Contains(string(body), "Signed in") {
+			return fmt.Errorf("loopback answer: %d %s", res.StatusCode, body)
+		}
+		return nil
+	})
+	agents := testoidc.New(t)
+	addr := freeAddr(t)
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`
+listen: %[1]s
+public_url: http://%[1]s
+database_url: sqlite://%[2]s
+system_secret: %[3]s
+issuers:
+  - {url: %[4]s, audience: errand, kind: agent}
+  - {url: %[5]s, audience: errand, kind: user, client_id: errand, algorithms: [RS256]}
+actions: [{name: github.repo.read, class: read, risk: low}]
+audiences: ["https://api.github.com"]
+grants: [{group: eng, scopes: ["github.repo.read:acme/**"]}]
+`, addr, filepath.Join(t.TempDir(), "e.db"), strings.Repeat("k", 32), agents.URL, srv)), os.Getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := startServe(t, cfg, nil)
+	d := &devServer{base: "http://" + a}
+	out := d.must(t, "login")
+	if !strings.Contains(out, "as "+srv+"#id1") {
+		t.Fatalf("login said %q", out)
+	}
+	if _, c := loginFile(t); c.Issuer != srv || c.ClientID != "errand" {
+		t.Fatalf("kept %+v", c)
+	}
+	d.must(t, "task", "list", "-o", "json")
+	d.must(t, "logout")
+}
+
+// lateHandler is a test server whose handler is set once its URL is
+// known (an issuer's URL is part of its config).
+func lateHandler(t *testing.T) (string, func(http.Handler)) {
+	var h atomicHandler
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.get().ServeHTTP(w, r) }))
+	t.Cleanup(srv.Close)
+	return srv.URL, h.set
+}
+
+type atomicHandler struct{ v atomic.Value }
+
+func (a *atomicHandler) set(h http.Handler) { a.v.Store(&h) }
+func (a *atomicHandler) get() http.Handler {
+	if p, ok := a.v.Load().(*http.Handler); ok {
+		return *p
+	}
+	return http.NotFoundHandler()
+}
