@@ -181,7 +181,7 @@ func nextPage(q url.Values, after int64) string {
 func (p *Pages) eventRows(evs []broker.AuditEvent) []eventRow {
 	out := make([]eventRow, 0, len(evs))
 	for _, e := range evs {
-		row := eventRow{Seq: e.Seq, Time: e.Time, Type: e.Type, TaskID: e.TaskID, Detail: visible(string(e.Detail)),
+		row := eventRow{Seq: e.Seq, Time: e.Time, Type: e.Type, TaskID: e.TaskID, Detail: visibleJSON(string(e.Detail)),
 			Refused: e.Type == broker.EventRequestRefused, Actor: e.Actor.Kind}
 		if e.Actor.Subject != "" {
 			row.Actor = e.Actor.Kind + " " + visible(p.actorName(e.Actor))

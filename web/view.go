@@ -26,7 +26,14 @@ var funcs = template.FuncMap{
 // around it is shown (a newline, a bidirectional override or isolate, a
 // control or format character) is written as its escape, \n or \u202e,
 // instead of acting (P04). html/template escapes the markup after.
-func visible(s string) string {
+func visible(s string) string { return escapeUnsafe(s, true) }
+
+// visibleJSON renders recorded JSON (an audit event's detail), whose
+// backslashes are its own escapes: only the characters JSON leaves as
+// they are and that act on the text around them are escaped.
+func visibleJSON(s string) string { return escapeUnsafe(s, false) }
+
+func escapeUnsafe(s string, backslash bool) string {
 	var b strings.Builder
 	for _, r := range s {
 		switch {
@@ -36,7 +43,7 @@ func visible(s string) string {
 			b.WriteString(`\r`)
 		case r == '\t':
 			b.WriteString(`\t`)
-		case r == '\\':
+		case r == '\\' && backslash:
 			b.WriteString(`\\`)
 		case broker.DisplayUnsafe(r) || unicode.Is(unicode.Cf, r) || !unicode.IsPrint(r) && r != ' ':
 			if r > 0xffff {

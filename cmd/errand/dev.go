@@ -238,11 +238,11 @@ func devConfig(base, db, secret string, idp *devidp.Provider) *config.Config {
 		SystemSecret: secret,
 		Issuers:      []config.Issuer{issuer("agent"), issuer("user"), issuer("resource")},
 		Actions: []config.Action{
-			{Name: "github.repo.read", Class: "read", Risk: "low"},
-			{Name: "github.pr.write", Class: "write", Risk: "medium"},
-			{Name: "github.repo.delete", Class: "admin", Risk: "high"},
-			{Name: "github.keys.create", Class: "credential", Risk: "high"},
-			{Name: "okta.user.update", Class: "identity", Risk: "high"},
+			{Name: "github.repo.read", Class: "read", Risk: "low", Description: "Read code, issues and pull requests"},
+			{Name: "github.pr.write", Class: "write", Risk: "medium", Description: "Open, update and comment on pull requests"},
+			{Name: "github.repo.delete", Class: "admin", Risk: "high", Description: "Delete a repository"},
+			{Name: "github.keys.create", Class: "credential", Risk: "high", Description: "Create deploy keys (never grantable to an agent)"},
+			{Name: "okta.user.update", Class: "identity", Risk: "high", Description: "Change a person's account (never grantable to an agent)"},
 		},
 		Audiences: []config.Audience{
 			// errand dev is a playground: any resource server it hands

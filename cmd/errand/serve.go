@@ -214,6 +214,8 @@ type app struct {
 	workers []func(context.Context) error
 	// signin signs people in to the pages (signin.go).
 	signin *signin.Manager
+	// pages are the approval pages under /ui/ (webpages.go).
+	pages http.Handler
 }
 
 // build assembles the broker, its adapters and its workers over a store.
@@ -390,7 +392,11 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		return nil, err
 	}
 	workers = append(workers, sm.Run)
-	return &app{api: api, svc: svc, workers: workers, signin: sm}, nil
+	pages, err := newPages(cfg, svc, api, sm, log)
+	if err != nil {
+		return nil, err
+	}
+	return &app{api: api, svc: svc, workers: workers, signin: sm, pages: pages}, nil
 }
 
 // KeyReloadEvery is how soon a replica picks up another's key change (and

@@ -48,6 +48,9 @@ func (a *app) handler() http.Handler {
 	for _, p := range a.signin.Routes() {
 		mux.Handle(p, h)
 	}
+	if a.pages != nil {
+		mux.Handle("/ui/", a.pages)
+	}
 	mux.Handle("/", a.api)
 	return mux
 }
