@@ -197,7 +197,7 @@ var pages = template.Must(template.New("").Parse(`
 a.button,button{display:inline-block;padding:.5rem 1rem;margin:.25rem 0;border:1px solid #333;border-radius:4px;background:#fff;color:#000;text-decoration:none;font:inherit;cursor:pointer}</style></head><body>{{end}}
 {{define "choose"}}{{template "head" "Sign in"}}<h1>Sign in to Errand</h1><p>Choose your identity provider:</p><ul>
 {{range .}}<li><a class="button" href="{{.Href}}">{{.Issuer}}</a></li>{{end}}</ul></body></html>{{end}}
-{{define "error"}}{{template "head" "Sign-in failed"}}<h1>Sign-in failed</h1><p>{{.Detail}}</p>
+{{define "error"}}{{template "head" "Sign-in failed"}}<h1>Sign-in failed</h1><p>{{.Detail}}</p><p><small>code: {{.Code}}</small></p>
 <p><a class="button" href="/ui/login">Sign in again</a></p></body></html>{{end}}
 {{define "signedout"}}{{template "head" "Signed out"}}<h1>You are signed out</h1>
 <p><a class="button" href="/ui/login">Sign in again</a></p></body></html>{{end}}
@@ -213,33 +213,35 @@ func render(w http.ResponseWriter, status int, name string, data any) {
 	_ = pages.ExecuteTemplate(w, name, data)
 }
 
-// refuse answers a refused sign-in step as a page, audits it, and leaves
+// refuse answers a refused sign-in step as a page, after auditing it:
+// a verified person's refusal as one request.refused event, a caller's
+// with no verified identity through the Refuser (summaries). It leaves
 // the store as it was (a flow taken is spent either way).
 func (m *Manager) refuse(w http.ResponseWriter, r *http.Request, p broker.Principal, op string, err error) {
-	status := http.StatusBadRequest
-	var code string
+	status, code, detail := http.StatusBadRequest, broker.CodeOf(err), broker.RefusalDetail(err)
 	switch {
 	case errors.Is(err, broker.ErrUnavailable):
-		status, code = http.StatusServiceUnavailable, "unavailable"
-		w.Header().Set("Retry-After", "5")
+		status = http.StatusServiceUnavailable
 	case errors.Is(err, broker.ErrInvalidToken), errors.Is(err, broker.ErrTokenNotAccepted):
 		status = http.StatusUnauthorized
 	case errors.Is(err, broker.ErrWrongPrincipalKind), errors.Is(err, ErrCSRF):
 		status = http.StatusForbidden
+	case code == "":
+		status, code, detail = http.StatusInternalServerError, "internal", "internal error"
 	}
-	if code = broker.CodeOf(err); code == "" {
-		code, status = "internal", http.StatusInternalServerError
-	}
-	if m.audit != nil {
+	switch {
+	case p.Kind == "" && m.refuser != nil:
+		status, code, detail = m.refuser.Refuse(w, r, p, "", err)
+	case m.audit != nil:
 		if aerr := m.audit.RecordRefusal(r.Context(), p, "", op, err); aerr != nil {
 			m.log.ErrorContext(r.Context(), "audit of a sign-in refusal failed", "err", aerr)
+			status, code, detail = http.StatusServiceUnavailable, "unavailable", "the refusal could not be recorded; try again shortly"
 		}
 	}
-	m.log.WarnContext(r.Context(), "sign-in refused", "op", op, "code", code, "detail", broker.RefusalDetail(err))
-	detail := broker.RefusalDetail(err)
-	if status == http.StatusInternalServerError {
-		detail = "internal error"
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "5")
 	}
+	m.log.WarnContext(r.Context(), "sign-in refused", "op", op, "code", code, "detail", detail)
 	render(w, status, "error", struct{ Code, Detail string }{code, detail})
 }
 

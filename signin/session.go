@@ -55,6 +55,12 @@ type Auditor interface {
 	RecordRefusal(ctx context.Context, p broker.Principal, taskID, op string, refusal error) error
 }
 
+// Refuser audits and counts a refusal as the REST API does, and says
+// the status, code and detail to answer (httpapi.Server).
+type Refuser interface {
+	Refuse(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) (status int, code, detail string)
+}
+
 // Config configures a Manager.
 type Config struct {
 	Store Store
@@ -68,8 +74,15 @@ type Config struct {
 	// IdleTimeout ends a session unused this long (default 30m);
 	// AbsoluteTimeout ends it this long after sign-in (default 8h).
 	IdleTimeout, AbsoluteTimeout time.Duration
-	// Audit records refusals; optional.
-	Audit      Auditor
+	// Audit records the refusals of a verified person (a sign-out
+	// without its CSRF token, a token of the wrong kind); optional.
+	Audit Auditor
+	// Refuser, when set, handles the refusals of callers with no verified
+	// identity as the REST API does (httpapi.Server.Refuse: counted and
+	// chained as periodic per-source summaries, never one audit event
+	// each, so a flood of bad callbacks cannot flood the audit log);
+	// without it they go to Audit too.
+	Refuser    Refuser
 	HTTPClient *http.Client
 	Logger     *slog.Logger
 	Now        func() time.Time
@@ -92,6 +105,7 @@ type Manager struct {
 	verifier  TokenVerifier
 	providers []*provider
 	audit     Auditor
+	refuser   Refuser
 	client    *http.Client
 	log       *slog.Logger
 	now       func() time.Time
@@ -127,7 +141,7 @@ func New(cfg Config) (*Manager, error) {
 	m := &Manager{
 		store: cfg.Store, origin: u.Scheme + "://" + u.Host, public: strings.TrimSuffix(cfg.PublicURL, "/"),
 		secure: u.Scheme == "https", idle: cfg.IdleTimeout, abs: cfg.AbsoluteTimeout,
-		verifier: cfg.Verifier, audit: cfg.Audit, client: cfg.HTTPClient, log: cfg.Logger, now: cfg.Now,
+		verifier: cfg.Verifier, audit: cfg.Audit, refuser: cfg.Refuser, client: cfg.HTTPClient, log: cfg.Logger, now: cfg.Now,
 	}
 	// Browsers refuse a __Host- cookie without Secure, and Secure needs
 	// https: over plain http (errand dev on loopback) the prefix is left off.

@@ -387,7 +387,7 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 	if engine != nil {
 		workers = append(workers, reloadOnHangup(engine, log))
 	}
-	sm, err := newSignin(cfg, st, verifier, svc, log)
+	sm, err := newSignin(cfg, st, verifier, svc, api, log)
 	if err != nil {
 		return nil, err
 	}

@@ -15,8 +15,10 @@ import (
 
 // newSignin is the sign-in of people to the pages: sessions in the
 // store's database, the user issuers with a client_id as providers, ID
-// tokens verified by verifier (the bearer tokens' verifier).
-func newSignin(cfg *config.Config, st backend, verifier signin.TokenVerifier, svc *broker.Service, log *slog.Logger) (*signin.Manager, error) {
+// tokens verified by verifier (the bearer tokens' verifier), refusals
+// audited as the API's are (svc for a verified person, api's summaries
+// for callers with no verified identity).
+func newSignin(cfg *config.Config, st backend, verifier signin.TokenVerifier, svc *broker.Service, api signin.Refuser, log *slog.Logger) (*signin.Manager, error) {
 	providers, err := cfg.SigninProviders()
 	if err != nil {
 		return nil, err
@@ -31,7 +33,7 @@ func newSignin(cfg *config.Config, st backend, verifier signin.TokenVerifier, sv
 	return signin.New(signin.Config{
 		Store: &signin.SQLStore{DB: db}, PublicURL: cfg.PublicURL, Verifier: verifier, Providers: providers,
 		IdleTimeout: sessionsDuration(cfg.Sessions.IdleTimeout), AbsoluteTimeout: sessionsDuration(cfg.Sessions.AbsoluteTimeout),
-		Audit: svc, Logger: log,
+		Audit: svc, Refuser: api, Logger: log,
 	})
 }
 
