@@ -307,3 +307,40 @@ func TestJ14Nonce(t *testing.T) {
 		})
 	}
 }
+
+// TestSessionsSharedByReplicas: two replicas behind one public URL on
+// one PostgreSQL database: a sign-in started on one finishes on the
+// other, the session opens pages on both, and a sign-out on one ends it
+// on the other.
+func TestSessionsSharedByReplicas(t *testing.T) {
+	pg := testpg.Store(t)
+	db := stdlib.OpenDBFromPool(pg.Pool())
+	t.Cleanup(func() { db.Close() })
+	st := &signin.SQLStore{DB: db}
+	_, iss := devIdP(t, nil)
+	const public = "http://127.0.0.1:1"
+	specs := func(string) []issuerSpec { return []issuerSpec{devSpec(iss, "")} }
+	a, b := newErrandAt(t, st, public, specs), newErrandAt(t, st, public, specs)
+	br := newBrowser(t) // cookies are per host, not port: one site, as behind the balancer
+	res, _ := br.get(a.URL + "/ui/login?return_to=/ui/queue")
+	back := br.pick(location(t, res), "alice", "eng")
+	if back.Scheme+"://"+back.Host != public {
+		t.Fatalf("redirect_uri %s is not under the public URL", back)
+	}
+	res, body := br.get(b.URL + back.Path + "?" + back.RawQuery)
+	if res.StatusCode != http.StatusSeeOther || location(t, res).Path != "/ui/queue" {
+		t.Fatalf("callback on the other replica: %d %s", res.StatusCode, body)
+	}
+	for _, e := range []*errand{a, b} {
+		if res, page := br.get(e.URL + "/ui/queue"); res.StatusCode != http.StatusOK || !strings.Contains(page, "#alice ") {
+			t.Fatalf("replica %s: %d %q", e.URL, res.StatusCode, page)
+		}
+	}
+	_, page := br.get(a.URL + "/ui/")
+	if res, _ := br.post(a.URL+"/ui/logout", url.Values{"csrf": {csrfOf(t, page)}}, nil); res.StatusCode != http.StatusOK {
+		t.Fatalf("logout: %d", res.StatusCode)
+	}
+	if res, _ := br.get(b.URL + "/ui/queue"); res.StatusCode != http.StatusSeeOther {
+		t.Fatalf("the other replica still opens the session: %d", res.StatusCode)
+	}
+}

@@ -141,7 +141,17 @@ type issuerSpec struct {
 
 func newErrand(t *testing.T, st signin.Store, specs func(base string) []issuerSpec) *errand {
 	t.Helper()
+	return newErrandAt(t, st, "", specs)
+}
+
+// newErrandAt is newErrand answering for the public URL public (a load
+// balancer's, in front of several replicas), or its own when empty.
+func newErrandAt(t *testing.T, st signin.Store, public string, specs func(base string) []issuerSpec) *errand {
+	t.Helper()
 	srv, set := lateServer(t)
+	if public == "" {
+		public = srv.URL
+	}
 	if st == nil {
 		lite, err := sqlite.Open(context.Background(), sqlite.Memory)
 		if err != nil {
@@ -157,8 +167,8 @@ func newErrand(t *testing.T, st signin.Store, specs func(base string) []issuerSp
 		icfg  identity.Config
 		provs []signin.Provider
 	)
-	icfg.Self = srv.URL
-	for _, s := range specs(srv.URL) {
+	icfg.Self = public
+	for _, s := range specs(public) {
 		icfg.Issuers = append(icfg.Issuers, s.prov)
 		provs = append(provs, s.sign)
 	}
@@ -168,7 +178,7 @@ func newErrand(t *testing.T, st signin.Store, specs func(base string) []issuerSp
 	}
 	e := &errand{URL: srv.URL, Audit: &audit{}, Clock: &clock{t: time.Now()}, Store: st}
 	e.M, err = signin.New(signin.Config{
-		Store: st, PublicURL: srv.URL, Verifier: v, Providers: provs, Audit: e.Audit, Now: e.Clock.Now,
+		Store: st, PublicURL: public, Verifier: v, Providers: provs, Audit: e.Audit, Now: e.Clock.Now,
 		IdleTimeout: 10 * time.Minute, AbsoluteTimeout: time.Hour,
 	})
 	if err != nil {
