@@ -240,7 +240,7 @@ and refreshes the ID token when it has expired.`,
 				if md.Device == "" {
 					return usageErrorf("--device: %s offers no device authorization endpoint; leave --device out", li.Issuer)
 				}
-				tok, err = deviceLogin(ctx, oc, cmd.ErrOrStderr())
+				tok, err = deviceLogin(ctx, oc, noBrowser, cmd.ErrOrStderr())
 			} else {
 				if len(md.Methods) > 0 && !slices.Contains(md.Methods, "S256") {
 					return fmt.Errorf("%s does not support PKCE with S256", li.Issuer)
@@ -371,16 +371,25 @@ func loopbackLogin(ctx context.Context, oc *oauth2.Config, issuer string, noBrow
 	}
 }
 
-// deviceLogin runs the device authorization grant (RFC 8628).
-func deviceLogin(ctx context.Context, oc *oauth2.Config, msg io.Writer) (*oauth2.Token, error) {
+// deviceLogin runs the device authorization grant (RFC 8628): it shows
+// the code and where to enter it (on this machine's browser too, unless
+// noBrowser), then polls the token endpoint.
+func deviceLogin(ctx context.Context, oc *oauth2.Config, noBrowser bool, msg io.Writer) (*oauth2.Token, error) {
 	da, err := oc.DeviceAuth(ctx)
 	if err != nil {
 		return nil, err
 	}
+	open := da.VerificationURI
 	if da.VerificationURIComplete != "" {
+		open = da.VerificationURIComplete
 		fmt.Fprintf(msg, "Open %s\n(or %s and enter the code %s)\n", da.VerificationURIComplete, da.VerificationURI, da.UserCode)
 	} else {
 		fmt.Fprintf(msg, "Open %s and enter the code %s\n", da.VerificationURI, da.UserCode)
+	}
+	if !noBrowser {
+		if err := openBrowser(open); err != nil {
+			fmt.Fprintf(msg, "(could not open a browser: %v)\n", err)
+		}
 	}
 	return oc.DeviceAccessToken(ctx, da)
 }

@@ -239,3 +239,36 @@ func (a *atomicHandler) get() http.Handler {
 	}
 	return http.NotFoundHandler()
 }
+
+// TestLoginDevice: errand login --device (RFC 8628) against errand dev's
+// provider: the person enters the code on the provider's page and picks
+// who they are while the CLI polls.
+func TestLoginDevice(t *testing.T) {
+	useBrowser(t, func(c *http.Client, u string) error {
+		v, err := url.Parse(u)
+		if err != nil {
+			return err
+		}
+		code := v.Query().Get("user_code")
+		if code == "" {
+			return fmt.Errorf("no user_code in %s", u)
+		}
+		res, err := c.PostForm(v.Scheme+"://"+v.Host+v.Path, url.Values{"user_code": {code}, "sub": {"carol"}, "groups": {"auditors"}})
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if !strings.Contains(string(body), "Signed in") {
+			return fmt.Errorf("verify: %d %s", res.StatusCode, body)
+		}
+		return nil
+	})
+	d := startDev(t, "127.0.0.1:0", filepath.Join(t.TempDir(), "dev.db"))
+	out := d.must(t, "login", "--device")
+	if !strings.Contains(out, "as "+d.base+"/dev/idp/user#carol") {
+		t.Fatalf("login said %q", out)
+	}
+	// carol is an auditor: the kept token reads the audit trail.
+	d.must(t, "audit", "events", "-o", "json")
+}

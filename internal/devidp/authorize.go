@@ -44,6 +44,13 @@ type flows struct {
 	mu      sync.Mutex
 	codes   map[string]codeGrant
 	refresh map[string]refreshGrant
+	devices map[string]*deviceGrantState
+}
+
+func (f *flows) init() {
+	if f.codes == nil {
+		f.codes, f.refresh, f.devices = map[string]codeGrant{}, map[string]refreshGrant{}, map[string]*deviceGrantState{}
+	}
 }
 
 func (f *flows) sweep(now time.Time) {
@@ -57,6 +64,11 @@ func (f *flows) sweep(now time.Time) {
 			delete(f.refresh, k)
 		}
 	}
+	for k, d := range f.devices {
+		if now.After(d.expires) {
+			delete(f.devices, k)
+		}
+	}
 }
 
 func (p *Provider) authorizeRoutes(mux *http.ServeMux) {
@@ -64,6 +76,7 @@ func (p *Provider) authorizeRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+iss+"/authorize", p.authorizePage)
 	mux.HandleFunc("POST "+iss+"/authorize", p.authorize)
 	mux.HandleFunc("POST "+iss+"/token", p.codeToken)
+	p.deviceRoutes(mux)
 }
 
 // authRequest is what the authorization endpoint was asked.
@@ -180,9 +193,7 @@ func (p *Provider) authorize(w http.ResponseWriter, r *http.Request) {
 	code := random()
 	now := p.now()
 	p.flows.mu.Lock()
-	if p.flows.codes == nil {
-		p.flows.codes, p.flows.refresh = map[string]codeGrant{}, map[string]refreshGrant{}
-	}
+	p.flows.init()
 	p.flows.sweep(now)
 	if len(p.flows.codes) >= maxFlows {
 		p.flows.mu.Unlock()
@@ -246,9 +257,15 @@ func (p *Provider) codeToken(w http.ResponseWriter, r *http.Request) {
 		}
 		req = g.req
 		req.Nonce = ""
+	case deviceGrant:
+		var code, desc string
+		if req, code, desc = p.deviceToken(f.Get("device_code"), now); code != "" {
+			oauthError(w, code, desc)
+			return
+		}
 	default:
 		p.flows.mu.Unlock()
-		oauthError(w, "unsupported_grant_type", "authorization_code or refresh_token")
+		oauthError(w, "unsupported_grant_type", "authorization_code, refresh_token or "+deviceGrant)
 		return
 	}
 	tok, err := p.Issue(req)
@@ -259,9 +276,7 @@ func (p *Provider) codeToken(w http.ResponseWriter, r *http.Request) {
 	// The refresh token rotates at each use (RFC 9700 §4.14.2).
 	rt := random()
 	p.flows.mu.Lock()
-	if p.flows.refresh == nil {
-		p.flows.codes, p.flows.refresh = map[string]codeGrant{}, map[string]refreshGrant{}
-	}
+	p.flows.init()
 	if len(p.flows.refresh) < maxFlows {
 		p.flows.refresh[rt] = refreshGrant{req: TokenRequest{Kind: req.Kind, Sub: req.Sub, Groups: req.Groups}, expires: now.Add(refreshTTL)}
 	} else {

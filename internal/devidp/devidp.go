@@ -72,7 +72,8 @@ func (p *Provider) Handler() http.Handler {
 				md["authorization_endpoint"] = iss + "/authorize"
 				md["token_endpoint"] = iss + "/token"
 				md["response_types_supported"] = []string{"code"}
-				md["grant_types_supported"] = []string{"authorization_code", "refresh_token"}
+				md["grant_types_supported"] = []string{"authorization_code", "refresh_token", deviceGrant}
+				md["device_authorization_endpoint"] = iss + "/device"
 				md["code_challenge_methods_supported"] = []string{"S256"}
 				md["token_endpoint_auth_methods_supported"] = []string{"none"}
 				md["authorization_response_iss_parameter_supported"] = true
