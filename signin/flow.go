@@ -226,6 +226,8 @@ func (m *Manager) refuse(w http.ResponseWriter, r *http.Request, p broker.Princi
 		status = http.StatusUnauthorized
 	case errors.Is(err, broker.ErrWrongPrincipalKind), errors.Is(err, ErrCSRF):
 		status = http.StatusForbidden
+	case errors.Is(err, broker.ErrRateLimited):
+		status = http.StatusTooManyRequests
 	case code == "":
 		status, code, detail = http.StatusInternalServerError, "internal", "internal error"
 	}
@@ -289,6 +291,11 @@ func (m *Manager) login(w http.ResponseWriter, r *http.Request) {
 			cs = append(cs, choice{p.cfg.Issuer, "/ui/login?" + q.Encode()})
 		}
 		render(w, http.StatusOK, "choose", cs)
+		return
+	}
+	if !m.starts.Allow() {
+		w.Header().Set("Retry-After", "1")
+		m.refuse(w, r, broker.Principal{}, op, broker.Errorf(broker.ErrRateLimited, "too many sign-ins being started; try again in a moment"))
 		return
 	}
 	d, err := p.discover(r.Context(), m.client, m.now())

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/errandhq/errand/broker"
 )
 
@@ -82,10 +84,16 @@ type Config struct {
 	// chained as periodic per-source summaries, never one audit event
 	// each, so a flood of bad callbacks cannot flood the audit log);
 	// without it they go to Audit too.
-	Refuser    Refuser
-	HTTPClient *http.Client
-	Logger     *slog.Logger
-	Now        func() time.Time
+	Refuser Refuser
+	// FlowsPerSecond and FlowBurst bound how fast sign-ins may be
+	// started (each stores a flow until its callback or expiry), so a
+	// flood of GET /ui/login cannot grow the flows table without bound;
+	// default 50 a second, bursts of 500.
+	FlowsPerSecond float64
+	FlowBurst      int
+	HTTPClient     *http.Client
+	Logger         *slog.Logger
+	Now            func() time.Time
 }
 
 // TokenVerifier verifies an ID token (identity.Verifier).
@@ -106,6 +114,7 @@ type Manager struct {
 	providers []*provider
 	audit     Auditor
 	refuser   Refuser
+	starts    *rate.Limiter
 	client    *http.Client
 	log       *slog.Logger
 	now       func() time.Time
@@ -138,8 +147,15 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.FlowsPerSecond <= 0 {
+		cfg.FlowsPerSecond = 50
+	}
+	if cfg.FlowBurst <= 0 {
+		cfg.FlowBurst = 500
+	}
 	m := &Manager{
-		store: cfg.Store, origin: u.Scheme + "://" + u.Host, public: strings.TrimSuffix(cfg.PublicURL, "/"),
+		starts: rate.NewLimiter(rate.Limit(cfg.FlowsPerSecond), cfg.FlowBurst),
+		store:  cfg.Store, origin: u.Scheme + "://" + u.Host, public: strings.TrimSuffix(cfg.PublicURL, "/"),
 		secure: u.Scheme == "https", idle: cfg.IdleTimeout, abs: cfg.AbsoluteTimeout,
 		verifier: cfg.Verifier, audit: cfg.Audit, refuser: cfg.Refuser, client: cfg.HTTPClient, log: cfg.Logger, now: cfg.Now,
 	}

@@ -202,3 +202,31 @@ func TestSafeReturnTo(t *testing.T) {
 		}
 	}
 }
+
+// TestSigninStartsAreRateLimited: starting sign-ins stores flows; their
+// rate is bounded, so a flood cannot grow the table without bound.
+func TestSigninStartsAreRateLimited(t *testing.T) {
+	_, iss := devIdP(t, nil)
+	e := newErrand(t, nil, func(string) []issuerSpec { return []issuerSpec{devSpec(iss, "")} })
+	m, err := signin.New(signin.Config{Store: e.Store, PublicURL: e.URL, Verifier: nopVerifier{},
+		Providers: []signin.Provider{{Issuer: iss, ClientID: "errand"}}, FlowsPerSecond: 0.001, FlowBurst: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := m.Handler()
+	codes := []int{}
+	for i := 0; i < 5; i++ {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/ui/login", nil))
+		codes = append(codes, rec.Code)
+	}
+	if codes[2] != http.StatusSeeOther || codes[3] != http.StatusTooManyRequests || codes[4] != http.StatusTooManyRequests {
+		t.Fatalf("statuses %v", codes)
+	}
+}
+
+type nopVerifier struct{}
+
+func (nopVerifier) Verify(context.Context, string) (broker.Principal, error) {
+	return broker.Principal{}, broker.ErrInvalidToken
+}
