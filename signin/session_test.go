@@ -12,6 +12,7 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/signin"
+	"github.com/errandhq/errand/store/sqlite"
 )
 
 // TestP03 covers the session: fixation, idle and absolute timeouts, the
@@ -229,4 +230,30 @@ type nopVerifier struct{}
 
 func (nopVerifier) Verify(context.Context, string) (broker.Principal, error) {
 	return broker.Principal{}, broker.ErrInvalidToken
+}
+
+// TestSessionStoreOutageIs503: with the database unreachable, a request
+// with a session cookie is answered 503 with Retry-After, never sent to
+// sign in again as if the session were gone, and a sign-in start too.
+func TestSessionStoreOutageIs503(t *testing.T) {
+	lite, err := sqlite.Open(context.Background(), sqlite.Memory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lite.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, iss := devIdP(t, nil)
+	e := newErrand(t, &signin.SQLStore{DB: lite.DB()}, func(string) []issuerSpec { return []issuerSpec{devSpec(iss, "")} })
+	b := newBrowser(t)
+	signInDev(t, b, e, "", "alice", "eng")
+	lite.Close()
+	res, _ := b.get(e.URL + "/ui/")
+	if res.StatusCode != http.StatusServiceUnavailable || res.Header.Get("Retry-After") == "" {
+		t.Fatalf("page during an outage: %d", res.StatusCode)
+	}
+	res, _ = newBrowser(t).get(e.URL + "/ui/login")
+	if res.StatusCode != http.StatusServiceUnavailable || res.Header.Get("Retry-After") == "" {
+		t.Fatalf("sign-in start during an outage: %d", res.StatusCode)
+	}
 }

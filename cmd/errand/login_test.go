@@ -20,8 +20,10 @@ import (
 	"github.com/zitadel/oidc/v3/example/server/exampleop"
 	"github.com/zitadel/oidc/v3/example/server/storage"
 
+	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
 	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/signin"
 )
 
 // useBrowser makes errand login's "browser" sign in with drive, and
@@ -271,4 +273,41 @@ func TestLoginDevice(t *testing.T) {
 	}
 	// carol is an auditor: the kept token reads the audit trail.
 	d.must(t, "audit", "events", "-o", "json")
+}
+
+// TestLoginChoosesTheIssuer: with several user issuers errand login
+// needs --issuer (a usage error naming them), and refuses a confidential
+// client, whose secret a CLI cannot keep.
+func TestLoginChoosesTheIssuer(t *testing.T) {
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	m, err := signin.New(signin.Config{Store: &signin.SQLStore{}, PublicURL: "http://127.0.0.1:1", Verifier: testoidcVerifier{},
+		Providers: []signin.Provider{
+			{Issuer: "https://login.example.com", ClientID: "errand"},
+			{Issuer: "https://partners.example.com", ClientID: "errand-web", ClientSecret: "s", RedirectPath: "/ui/callback/partners"},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	var stderr strings.Builder
+	if code := execute(context.Background(), []string{"login", "--server", srv.URL, "--no-browser"}, io.Discard, &stderr); code != exitUsage ||
+		!strings.Contains(stderr.String(), "https://login.example.com, https://partners.example.com") {
+		t.Fatalf("several issuers: exit %d, %s", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := execute(context.Background(), []string{"login", "--server", srv.URL, "--issuer", "https://partners.example.com"}, io.Discard, &stderr); code != exitFailure ||
+		!strings.Contains(stderr.String(), "needs a public client") {
+		t.Fatalf("confidential client: exit %d, %s", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := execute(context.Background(), []string{"login", "--server", srv.URL, "--issuer", "https://nope.example.com"}, io.Discard, &stderr); code != exitUsage {
+		t.Fatalf("unknown issuer: exit %d, %s", code, stderr.String())
+	}
+}
+
+type testoidcVerifier struct{}
+
+func (testoidcVerifier) Verify(context.Context, string) (broker.Principal, error) {
+	return broker.Principal{}, broker.ErrInvalidToken
 }
