@@ -22,6 +22,7 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/internal/devidp"
 	"github.com/errandhq/errand/internal/testoidc"
 	"github.com/errandhq/errand/signin"
 )
@@ -310,4 +311,80 @@ type testoidcVerifier struct{}
 
 func (testoidcVerifier) Verify(context.Context, string) (broker.Principal, error) {
 	return broker.Principal{}, broker.ErrInvalidToken
+}
+
+// TestSessionsRevoke: a person signed in to the pages of errand serve is
+// signed out everywhere by `errand sessions revoke`.
+func TestSessionsRevoke(t *testing.T) {
+	idpURL, set := lateHandler(t)
+	idp, err := devidp.New(idpURL, make([]byte, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set(idp.Handler())
+	agents := testoidc.New(t)
+	addr := freeAddr(t)
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "errand.yaml")
+	users := idp.IssuerURL("user")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+listen: %[1]s
+public_url: http://%[1]s
+database_url: sqlite://%[2]s
+system_secret: %[3]s
+issuers:
+  - {url: %[4]s, audience: errand, kind: agent}
+  - {url: %[5]s, audience: errand, kind: user, client_id: errand, algorithms: [EdDSA], groups_claim: groups}
+actions: [{name: github.repo.read, class: read, risk: low}]
+audiences: ["https://api.github.com"]
+grants: [{group: eng, scopes: ["github.repo.read:acme/**"]}]
+`, addr, filepath.Join(dir, "e.db"), strings.Repeat("k", 32), agents.URL, users)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := startServe(t, cfg, nil)
+	base := "http://" + a
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Timeout: 10 * time.Second}
+	res, err := c.Get(base + "/ui/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	form := res.Request.URL.Query()
+	form.Set("sub", "alice")
+	form.Set("groups", "eng")
+	if res, err = c.PostForm(users+"/authorize", form); err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || res.Request.URL.Path != "/ui/" {
+		t.Fatalf("after sign-in: %d at %s", res.StatusCode, res.Request.URL)
+	}
+	noFollow := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	page := func() int {
+		res, err := noFollow.Get(base + "/ui/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if page() != http.StatusOK {
+		t.Fatal("not signed in")
+	}
+	out := runCLI(t, "sessions", "revoke", "--config", cfgPath, users+"#alice")
+	if !strings.Contains(out, "Ended 1 session(s) of "+users+"#alice") {
+		t.Fatalf("revoke said %q", out)
+	}
+	if got := page(); got != http.StatusSeeOther {
+		t.Fatalf("after revoke: %d", got)
+	}
+	var stderr strings.Builder
+	if code := execute(context.Background(), []string{"sessions", "revoke", "--config", cfgPath, "https://other.example#alice"}, io.Discard, &stderr); code != exitUsage {
+		t.Fatalf("an issuer not configured: exit %d %s", code, stderr.String())
+	}
 }
