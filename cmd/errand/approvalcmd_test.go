@@ -36,7 +36,7 @@ forbid (principal, action == Action::"github.pr.write", resource);
 		"--max-credentials", "3", "--max-resources", "1")
 	wantLines(t, created, "max_credentials  3", "max_resources    1")
 	id := regexp.MustCompile(`tsk_\w+`).FindString(created)
-	d.must(t, "task", "approve", id, "--token", alice)
+	d.must(t, "task", "approve", "--yes", id, "--token", alice)
 
 	mint := []string{"token", "mint", id, "-q", "--token", agent, "--scope", "github.pr.write:acme/api", "--audience", "https://api.github.com"}
 	out, errLine := d.cli(t, mint...)
