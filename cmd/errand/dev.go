@@ -318,7 +318,13 @@ The walkthrough below names the example catalog's actions: use your own.`
 Identity provider for development only: POST %[1]s/dev/token
 %[4]s
 
-Walk the flow from another shell (paste as is):
+Approve in a browser: %[1]s/ui/ (sign in by picking alice; carol audits at
+%[1]s/ui/history). An agent's task for alice appears there once it asks:
+
+  %[2]s task create --server %[1]s --token "$(%[2]s dev token --server %[1]s --kind agent --sub agent-1)" \
+      --on-behalf-of alice --goal "fix the flaky test" --scope 'github.repo.read:acme/**' --audience https://api.github.com
+
+Or walk the whole flow from another shell with the CLI (paste as is):
 
   E="%[2]s"; export ERRAND_SERVER=%[1]s
   AGENT=$($E dev token --kind agent --sub agent-1)
@@ -328,7 +334,7 @@ Walk the flow from another shell (paste as is):
   TASK=$($E task create -q --token "$AGENT" --on-behalf-of alice --goal "fix the flaky test" \
       --scope 'github.repo.read:acme/**' --scope github.pr.write:acme/api --audience https://api.github.com)
   $E task list --token "$ALICE" --status pending
-  $E task approve "$TASK" --token "$ALICE" --scope github.repo.read:acme/api
+  $E task approve "$TASK" --yes --token "$ALICE" --scope github.repo.read:acme/api
   AT=$($E token mint "$TASK" -q --token "$AGENT" --scope github.repo.read:acme/api --audience https://api.github.com)
   $E token introspect "$AT" --token "$RS"
   $E token mint "$TASK" --token "$AGENT" --scope 'github.repo.read:acme/**' --audience https://api.github.com
