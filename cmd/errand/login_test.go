@@ -364,6 +364,16 @@ grants: [{group: eng, scopes: ["github.repo.read:acme/**"]}]
 	if res.StatusCode != http.StatusOK || res.Request.URL.Path != "/ui/" {
 		t.Fatalf("after sign-in: %d at %s", res.StatusCode, res.Request.URL)
 	}
+	// An anonymous refusal goes through the API's Refuse (summarised,
+	// not chained one by one) and is answered as a page.
+	if res, err = http.Get(base + "/ui/callback?code=x"); err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "invalid_request") {
+		t.Fatalf("callback without state: %d %s", res.StatusCode, body)
+	}
 	noFollow := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	page := func() int {
 		res, err := noFollow.Get(base + "/ui/")
