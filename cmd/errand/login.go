@@ -141,6 +141,19 @@ func (g *globals) identityToken(ctx context.Context) (string, error) {
 	if time.Until(c.Expiry) > 30*time.Second {
 		return c.IDToken, nil
 	}
+	// A refresh token that rotates works once: commands running side by
+	// side take turns, and the ones that wait find the new token.
+	unlock, err := lockLogin(ctx, g.server)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if c, err = readLogin(g.server); err != nil {
+		return "", err
+	}
+	if time.Until(c.Expiry) > 30*time.Second {
+		return c.IDToken, nil
+	}
 	if c.RefreshToken == "" {
 		return "", fmt.Errorf("your sign-in to %s has expired: run errand login", g.server)
 	}
@@ -148,6 +161,40 @@ func (g *globals) identityToken(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("your sign-in to %s could not be refreshed (%v): run errand login", g.server, err)
 	}
 	return c.IDToken, nil
+}
+
+// lockLogin takes the lock of server's login file between errand
+// processes (a lock file created exclusively; one older than 30 s is
+// left over from a killed process and broken).
+func lockLogin(ctx context.Context, server string) (func(), error) {
+	p, err := loginPath(server)
+	if err != nil {
+		return nil, err
+	}
+	lock := p + ".lock"
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		f, err := os.OpenFile(lock, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err == nil {
+			f.Close()
+			return func() { _ = os.Remove(lock) }, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return nil, err
+		}
+		if fi, err := os.Stat(lock); err == nil && time.Since(fi.ModTime()) > 30*time.Second {
+			_ = os.Remove(lock)
+			continue
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("another errand command holds %s", lock)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // refreshLogin trades c's refresh token for a new ID token, verified as

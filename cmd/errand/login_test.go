@@ -129,6 +129,22 @@ func TestLoginDevProvider(t *testing.T) {
 	if c2.RefreshToken == c.RefreshToken || !c2.Expiry.After(time.Now()) {
 		t.Fatalf("not refreshed: %+v", c2)
 	}
+	// Commands side by side after expiry: one refreshes (the refresh token
+	// works once), the others wait and use the new token.
+	c2.Expiry = time.Now().Add(-time.Minute)
+	if err := writeLogin(&c2); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan string, 4)
+	for i := 0; i < 4; i++ {
+		go func() { _, e := d.cli(t, "task", "list", "-o", "json"); errs <- e }()
+	}
+	for i := 0; i < 4; i++ {
+		if e := <-errs; e != "" {
+			t.Fatalf("a command beside others: %s", e)
+		}
+	}
+	_, c2 = loginFile(t)
 	// The refresh token rotated: the old one is dead at the provider.
 	c2.Expiry, c2.RefreshToken = time.Now().Add(-time.Minute), c.RefreshToken
 	if err := writeLogin(&c2); err != nil {
