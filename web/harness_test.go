@@ -17,6 +17,8 @@ import (
 	"sync"
 	"testing"
 
+	"golang.org/x/time/rate"
+
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/httpapi"
 	"github.com/errandhq/errand/identity"
@@ -51,7 +53,7 @@ type env struct {
 	sessions *testSessions
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB, opts ...func(*httpapi.Config)) *env {
 	t.Helper()
 	e := &env{t: t, st: testpg.Store(t), agents: testoidc.New(t), users: testoidc.New(t)}
 	var err error
@@ -106,10 +108,16 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	api, err := httpapi.New(httpapi.Config{
+	acfg := httpapi.Config{
 		Service: e.svc, Auth: e.verifier, PublicURL: e.srv.URL, JWKS: tokens.JWKS, UserIssuers: []string{e.users.URL},
 		CursorKey: []byte("cursor-key-for-tests-0123456789"), Logger: log,
-	})
+		// No limit unless a test sets one.
+		RateLimits: httpapi.RateLimits{PerPrincipal: rate.Inf, PerAddress: rate.Inf},
+	}
+	for _, o := range opts {
+		o(&acfg)
+	}
+	api, err := httpapi.New(acfg)
 	if err != nil {
 		t.Fatal(err)
 	}

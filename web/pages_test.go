@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/httpapi"
 )
 
 // shown reads the version and digest a task's page put in its forms.
@@ -469,5 +470,25 @@ func TestHistoryForAuditors(t *testing.T) {
 	apiStatus, apiOut := e.rest("GET", "/v1/audit/events", e.userToken("alice", "eng"), nil)
 	if r := alice.get("/ui/history"); r.Status != apiStatus || !strings.Contains(r.Body, apiOut["code"].(string)) {
 		t.Fatalf("a non-auditor: page %d, API %d %v", r.Status, apiStatus, apiOut)
+	}
+}
+
+// The pages hold a person to the API's per-principal rate limit, one
+// bucket for their pages and their API calls alike.
+func TestPagesShareTheAPIsRateLimit(t *testing.T) {
+	e := newEnv(t, func(c *httpapi.Config) { c.RateLimits.PerPrincipal = 0.01 }) // a burst of one request
+	alice := e.signIn("alice", "eng")
+	if r := alice.get("/ui/"); r.Status != http.StatusOK {
+		t.Fatalf("first page: %d", r.Status)
+	}
+	r := alice.get("/ui/")
+	if r.Status != http.StatusTooManyRequests || !strings.Contains(r.Body, "rate_limited") || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("second page: %d %q\n%s", r.Status, r.Header.Get("Retry-After"), r.Body)
+	}
+	if st, out := e.rest("GET", "/v1/tasks", e.userToken("alice", "eng"), nil); st != http.StatusTooManyRequests {
+		t.Fatalf("the API after the pages spent the bucket: %d %v", st, out)
+	}
+	if r := e.signIn("bob", "eng").get("/ui/"); r.Status != http.StatusOK {
+		t.Fatalf("another person: %d", r.Status)
 	}
 }

@@ -60,6 +60,9 @@ type API interface {
 	Refuse(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) (status int, code, detail string)
 	// Decided counts a decision: kind "task" or "step_up".
 	Decided(kind string, approved bool, created time.Time)
+	// Throttle charges the person's per-principal rate limit, shared with
+	// their API requests (rate_limited once spent).
+	Throttle(p broker.Principal) error
 }
 
 // Config configures the pages.
@@ -145,7 +148,7 @@ func (p *Pages) routes() chi.Router {
 	})
 	r.Get("/ui/static/*", p.static.ServeHTTP)
 	r.Group(func(r chi.Router) {
-		r.Use(p.sessions.Middleware, p.sessions.Require)
+		r.Use(p.sessions.Middleware, p.sessions.Require, p.throttle)
 		r.Get("/ui/", p.queue)
 		r.Get("/ui/tasks", p.queue)
 		r.Get("/ui/tasks/{id}", p.task)
@@ -177,6 +180,18 @@ func secureHeaders(next http.Handler) http.Handler {
 		h.Set("Cross-Origin-Opener-Policy", "same-origin")
 		h.Set("Cross-Origin-Resource-Policy", "same-origin")
 		h.Set("Cache-Control", "no-store")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// throttle holds a signed-in person to the per-principal rate limit of
+// the REST API, the same bucket as their bearer-token requests.
+func (p *Pages) throttle(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := p.api.Throttle(p.viewerOf(r).Principal); err != nil {
+			p.refuse(w, r, "", err)
+			return
+		}
 		next.ServeHTTP(w, r)
 	})
 }
