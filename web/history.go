@@ -86,7 +86,8 @@ func (p *Pages) history(w http.ResponseWriter, r *http.Request) {
 			page.Next = nextPage(q, evs[len(evs)-1].Seq)
 		}
 	case "credentials":
-		f.Code, f.AfterSeq = "", after
+		// The event type and refusal code filter events, not credentials.
+		f.Code, f.Type, f.AfterSeq = "", "", after
 		cs, more, err := p.svc.Credentials(r.Context(), v.Principal, f)
 		if err != nil {
 			p.refuse(w, r, "", err)

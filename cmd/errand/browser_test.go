@@ -186,6 +186,12 @@ func TestBrowserApprovalLoop(t *testing.T) {
 		t.Fatalf("alice's history: %q", c)
 	}
 
+	// Signing out ends the session: the pages ask to sign in again.
+	testbrowser.Do(t, alice, "sign out", chromedp.Navigate(d.base+"/ui/"), chromedp.WaitVisible(chromedp.CSS(".signout button")),
+		chromedp.Click(chromedp.CSS(".signout button")), chromedp.WaitNotPresent(chromedp.CSS(".signout button")))
+	testbrowser.Do(t, alice, "after sign-out", chromedp.Navigate(d.base+"/ui/tasks/"+fix),
+		chromedp.WaitVisible(chromedp.CSS(`button[name="pick"][value="alice"]`)))
+
 	// carol audits: the history, the refusals, the task's timeline.
 	carol := browser.Person()
 	testbrowser.Do(t, carol, "sign in as carol",
