@@ -69,6 +69,9 @@ func (p *Problem) Error() string {
 	case len(missing) > 0:
 		msg += " (" + strings.Join(missing, "; ") + ")"
 	}
+	if p.ApprovalURL != "" {
+		msg += "; the user decides at " + p.ApprovalURL
+	}
 	return msg
 }
 

@@ -42,7 +42,8 @@ forbid (principal, action == Action::"github.pr.write", resource);
 	out, errLine := d.cli(t, mint...)
 	apr := regexp.MustCompile(`apr_\w+`).FindString(errLine)
 	if out != "" || apr == "" || !strings.HasPrefix(errLine, "errand: 403 approval_required:") ||
-		!strings.Contains(errLine, "pull requests need your approval") || strings.Contains(errLine, "\n") {
+		!strings.Contains(errLine, "pull requests need your approval") || strings.Contains(errLine, "\n") ||
+		!strings.HasSuffix(errLine, "; the user decides at "+d.base+"/ui/approvals/"+apr) {
 		t.Fatalf("mint under a step-up policy: out %q, error line %q", out, errLine)
 	}
 
