@@ -108,8 +108,8 @@ func (p *Pages) history(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		page.Timeline = &timeline{
-			ID: h.Task.ID, Status: string(h.Task.EffectiveStatus(p.now())), Agent: p.naming.Agent(h.Task.Agent),
-			User: p.naming.User(h.Task.User), Goal: visible(h.Task.Goal),
+			ID: h.Task.ID, Status: string(h.Task.EffectiveStatus(p.now())), Agent: visible(p.naming.Agent(h.Task.Agent)),
+			User: visible(p.naming.User(h.Task.User)), Goal: visible(h.Task.Goal),
 			Events: p.eventRows(h.Events), Credentials: p.credentialRows(h.Credentials), Truncated: h.Truncated,
 		}
 	}
@@ -185,7 +185,7 @@ func (p *Pages) eventRows(evs []broker.AuditEvent) []eventRow {
 		row := eventRow{Seq: e.Seq, Time: e.Time, Type: e.Type, TaskID: e.TaskID, Detail: visibleJSON(string(e.Detail)),
 			Refused: e.Type == broker.EventRequestRefused, Actor: e.Actor.Kind}
 		if e.Actor.Subject != "" {
-			row.Actor = e.Actor.Kind + " " + visible(p.actorName(e.Actor))
+			row.Actor = e.Actor.Kind + " " + p.actorName(e.Actor)
 		}
 		var d struct {
 			Code string `json:"code"`
@@ -202,11 +202,11 @@ func (p *Pages) actorName(a broker.Actor) string {
 	ref := broker.Ref{Issuer: a.Issuer, Subject: a.Subject}
 	switch broker.Kind(a.Kind) {
 	case broker.KindUser:
-		return p.naming.User(ref)
+		return visible(p.naming.User(ref))
 	case broker.KindAgent:
-		return p.naming.Agent(ref)
+		return visible(p.naming.Agent(ref))
 	}
-	return ref.String()
+	return visible(ref.String())
 }
 
 func (p *Pages) credentialRows(cs []broker.Credential) []credentialRow {
@@ -217,7 +217,7 @@ func (p *Pages) credentialRows(cs []broker.Credential) []credentialRow {
 			jti = "sha256:" + broker.HashID(c.JTI) // a Vault accessor or lease id is never shown
 		}
 		out = append(out, credentialRow{
-			JTI: jti, Kind: c.Kind, TaskID: c.TaskID, Agent: p.naming.Agent(c.Agent), User: p.naming.User(c.User),
+			JTI: jti, Kind: c.Kind, TaskID: c.TaskID, Agent: visible(p.naming.Agent(c.Agent)), User: visible(p.naming.User(c.User)),
 			Scopes: c.Scopes.Strings(), Audience: c.Audience, Issued: c.IssuedAt, Expires: c.ExpiresAt, Revoked: c.RevokedAt,
 		})
 	}

@@ -51,13 +51,13 @@ func (p *Pages) queue(w http.ResponseWriter, r *http.Request) {
 	page := queuePage{chrome: p.chrome(v), MoreTasks: more, MoreApprovals: moreU}
 	for _, t := range ts {
 		page.Tasks = append(page.Tasks, queueRow{
-			ID: t.ID, Goal: visible(t.Goal), Agent: p.naming.Agent(t.Agent), User: p.naming.User(t.User),
+			ID: t.ID, Goal: visible(t.Goal), Agent: visible(p.naming.Agent(t.Agent)), User: visible(p.naming.User(t.User)),
 			Risk: string(t.Risk), Age: relative(t.CreatedAt, now), Scopes: len(t.Scopes),
 		})
 	}
 	for _, u := range us {
 		page.Approvals = append(page.Approvals, approvalRow{
-			ID: u.ID, TaskID: u.TaskID, Agent: p.naming.Agent(u.Agent), Audience: u.Audience,
+			ID: u.ID, TaskID: u.TaskID, Agent: visible(p.naming.Agent(u.Agent)), Audience: u.Audience,
 			Age: relative(u.CreatedAt, now), Scopes: u.Scopes.Strings(),
 		})
 	}
@@ -110,7 +110,7 @@ func (p *Pages) task(w http.ResponseWriter, r *http.Request) {
 	auds := t.Audiences
 	page := taskPage{
 		chrome: p.chrome(v), ID: t.ID, Status: string(st), Version: t.Version, Digest: t.Digest(),
-		Agent: p.naming.Agent(t.Agent), User: p.naming.User(t.User), Risk: string(t.Risk),
+		Agent: visible(p.naming.Agent(t.Agent)), User: visible(p.naming.User(t.User)), Risk: string(t.Risk),
 		Created: t.CreatedAt, Age: relative(t.CreatedAt, now), Expires: t.ExpiresAt, ExpiresIn: relative(t.ExpiresAt, now),
 		Scopes:    p.scopeRows(v.Principal, t.Scopes, t.ApprovedScopes, auds),
 		Audiences: p.audienceRows(t.Audiences, t.ApprovedAudiences),
@@ -261,7 +261,7 @@ func (p *Pages) approval(w http.ResponseWriter, r *http.Request) {
 	st := u.EffectiveStatus(now)
 	page := approvalPage{
 		chrome: p.chrome(v), ID: u.ID, TaskID: u.TaskID, Status: string(st),
-		Agent: p.naming.Agent(u.Agent), User: p.naming.User(u.User),
+		Agent: visible(p.naming.Agent(u.Agent)), User: visible(p.naming.User(u.User)),
 		Scopes:   p.scopeRows(v.Principal, u.Scopes, nil, []string{u.Audience}),
 		Audience: p.audienceRows([]string{u.Audience}, nil)[0],
 		Tool:     visible(u.Tool), Dataset: visible(u.Dataset), HasTool: u.Tool != "", HasDataset: u.Dataset != "",

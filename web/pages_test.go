@@ -274,6 +274,11 @@ func TestP04AgentTextIsEscapedQuotedAndLast(t *testing.T) {
 	if !strings.Contains(p.Body, `"gh\u2066cli"`) {
 		t.Fatalf("the tool label is not shown quoted with its escape:\n%s", p.Body)
 	}
+	// A name an identity provider vouches for is shown as escapes too.
+	odd := e.signIn("eve\u202egnirts", "eng")
+	if q := odd.get("/ui/"); !strings.Contains(q.Body, `eve\u202egnirts`) || strings.Contains(q.Body, "\u202e") {
+		t.Fatalf("a name with a bidi override:\n%s", q.Body)
+	}
 }
 
 // P05: no page may be framed.

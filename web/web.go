@@ -297,7 +297,7 @@ func (p *Pages) who(v Viewer) string {
 	if v.Principal.Kind == "" {
 		return ""
 	}
-	return p.naming.User(v.Principal.Ref())
+	return visible(p.naming.User(v.Principal.Ref()))
 }
 
 func parseTemplates() (map[string]*template.Template, error) {
