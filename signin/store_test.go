@@ -20,6 +20,11 @@ func TestMain(m *testing.M) { os.Exit(testpg.Run(m)) }
 // stores opens the session store on each real backend, migrated.
 func stores(t *testing.T) map[string]signin.Store {
 	t.Helper()
+	return storesTB(t)
+}
+
+func storesTB(t testing.TB) map[string]signin.Store {
+	t.Helper()
 	out := map[string]signin.Store{}
 	lite, err := sqlite.Open(context.Background(), sqlite.Memory)
 	if err != nil {
