@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/httpapi"
@@ -81,8 +82,9 @@ func TestApproveNarrowerThroughThePage(t *testing.T) {
 	id := e.createTask("fix the flaky test", "github.repo.read:acme/**", "github.pr.write:acme/api")
 	alice := e.signIn("alice", "eng")
 	f := shown(t, alice.get("/ui/tasks/"+id).Body)
+	before := e.task(id).ExpiresAt
 	r := alice.post("/ui/tasks/"+id+"/approve", with(f, "mode", "selected", "scope", "github.repo.read:acme/**",
-		"resource:github.repo.read:acme/**", "acme/api", "audience", apiGitHub), nil)
+		"resource:github.repo.read:acme/**", "acme/api", "audience", apiGitHub, "ttl_minutes", "30"), nil)
 	if r.Status != http.StatusSeeOther || r.Header.Get("Location") != "/ui/tasks/"+id {
 		t.Fatalf("approve: %d %s", r.Status, r.Body)
 	}
@@ -90,6 +92,9 @@ func TestApproveNarrowerThroughThePage(t *testing.T) {
 	if tk.Status != broker.StatusApproved || strings.Join(tk.ApprovedScopes.Strings(), " ") != "github.repo.read:acme/api" ||
 		strings.Join(tk.ApprovedAudiences, " ") != apiGitHub {
 		t.Fatalf("approved %v for %v", tk.ApprovedScopes.Strings(), tk.ApprovedAudiences)
+	}
+	if left := time.Until(tk.ExpiresAt); !tk.ExpiresAt.Before(before) || left > 30*time.Minute || left < 29*time.Minute {
+		t.Fatalf("a 30-minute life: expires %v (was %v)", tk.ExpiresAt, before)
 	}
 	if ev := e.lastEvent(); ev.Type != broker.EventTaskApproved || ev.Actor.Subject != "alice" {
 		t.Fatalf("the approval's event: %+v", ev)
