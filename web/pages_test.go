@@ -14,7 +14,7 @@ import (
 )
 
 // shown reads the version and digest a task's page put in its forms.
-func shown(t *testing.T, body string) url.Values {
+func shown(t testing.TB, body string) url.Values {
 	t.Helper()
 	v := regexp.MustCompile(`name="version" value="(\d+)"`).FindStringSubmatch(body)
 	d := regexp.MustCompile(`name="digest" value="([0-9a-f]+)"`).FindStringSubmatch(body)
