@@ -28,6 +28,8 @@ type historyPage struct {
 	Timeline    *timeline
 	Chart       chart
 	Next        string
+	// From is the start of the lists when the filters named none.
+	From time.Time
 }
 
 type eventRow struct {
@@ -70,6 +72,12 @@ func (p *Pages) history(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	page := historyPage{chrome: p.chrome(v), Form: form, Types: broker.EventTypes}
+	// Without a window or a task, the lists start a day ago, as the chart
+	// does: the first page is the recent past, not the log's beginning.
+	if f.Since.IsZero() && f.TaskID == "" {
+		f.Since = p.now().UTC().Add(-24 * time.Hour)
+		page.From = f.Since
+	}
 	switch form.View {
 	case "", "events", "refusals":
 		if form.View == "refusals" {

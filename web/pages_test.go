@@ -474,6 +474,12 @@ func TestHistoryForAuditors(t *testing.T) {
 	if !strings.Contains(tl.Body, `id="timeline"`) || !strings.Contains(tl.Body, "task.created") || !strings.Contains(tl.Body, "credential.issued") {
 		t.Fatalf("timeline:\n%s", tl.Body)
 	}
+	if r := carol.get("/ui/history"); !strings.Contains(r.Body, "(the last 24 hours)") || strings.Contains(tl.Body, "(the last 24 hours)") {
+		t.Fatalf("the lists' default window (none with a task) is not said:\n%s", r.Body)
+	}
+	if r := carol.get("/ui/history?since=2000-01-01T00:00"); strings.Contains(r.Body, "(the last 24 hours)") || !strings.Contains(r.Body, "task.created") {
+		t.Fatalf("an explicit since:\n%s", r.Body)
+	}
 	if r := carol.get("/ui/history?bogus=1"); r.Status != http.StatusBadRequest {
 		t.Fatalf("unknown filter: %d", r.Status)
 	}
