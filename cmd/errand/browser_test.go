@@ -193,13 +193,19 @@ func TestBrowserApprovalLoop(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`button[name="pick"][value="alice"]`)))
 
 	// carol audits: the history, the refusals, the task's timeline.
+	// A deep link opened before signing in lands on its page after the
+	// sign-in; carol may read the approval, not decide it.
 	carol := browser.Person()
-	testbrowser.Do(t, carol, "sign in as carol",
-		chromedp.Navigate(d.base+"/ui/history"),
+	testbrowser.Do(t, carol, "sign in as carol through the deep link",
+		chromedp.Navigate(p.ApprovalURL),
 		chromedp.WaitVisible(chromedp.CSS(`button[name="pick"][value="carol"]`)),
 		chromedp.Click(chromedp.CSS(`button[name="pick"][value="carol"]`)),
-		chromedp.WaitVisible(chromedp.ID("chart-svg")),
+		chromedp.WaitVisible(chromedp.ID("approval-id")),
 	)
+	if n := testbrowser.Eval[int](t, carol, `document.querySelectorAll("form[action*='/approve'], form[action*='/deny']").length`); n != 0 {
+		t.Fatalf("an auditor is offered %d decision forms", n)
+	}
+	testbrowser.Do(t, carol, "history", chromedp.Navigate(d.base+"/ui/history"), chromedp.WaitVisible(chromedp.ID("chart-svg")))
 	screenshot(t, carol, "ui-history.png")
 	if n := testbrowser.Eval[int](t, carol, `document.querySelectorAll("#chart-svg rect.bar-issued").length`); n != 24 {
 		t.Fatalf("chart bars: %d", n)
