@@ -76,7 +76,7 @@ func (b *Browser) Person() context.Context {
 // Do runs steps in ctx within a time limit, failing t on error.
 func Do(t testing.TB, ctx context.Context, what string, steps ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
-	c, cancel := context.WithTimeout(ctx, 30*time.Second)
+	c, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	if err := chromedp.Do(c, steps...); err != nil {
 		t.Fatalf("%s: %v", what, err)
@@ -86,7 +86,7 @@ func Do(t testing.TB, ctx context.Context, what string, steps ...chromedp.Action
 // Text is the text of the first element selector matches.
 func Text(t testing.TB, ctx context.Context, selector string) string {
 	t.Helper()
-	c, cancel := context.WithTimeout(ctx, 30*time.Second)
+	c, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	s, err := chromedp.Run(c, chromedp.Text(chromedp.CSS(selector)))
 	if err != nil {
@@ -99,7 +99,7 @@ func Text(t testing.TB, ctx context.Context, selector string) string {
 // own scripts, which the pages' CSP forbids) and returns its value.
 func Eval[T any](t testing.TB, ctx context.Context, expr string) T {
 	t.Helper()
-	c, cancel := context.WithTimeout(ctx, 30*time.Second)
+	c, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	v, err := chromedp.Run(c, chromedp.Evaluate[T](expr))
 	if err != nil {
