@@ -235,3 +235,56 @@ func screenshot(t *testing.T, ctx context.Context, name string) {
 		t.Fatal(err)
 	}
 }
+
+// TestBrowserApprovalWithoutJavaScript: with the page's scripts turned
+// off, bob signs in, narrows and approves a task, and denies another: the
+// pages need no JavaScript.
+func TestBrowserApprovalWithoutJavaScript(t *testing.T) {
+	browser := testbrowser.New(t)
+	d := startDev(t, "127.0.0.1:0", sqlite.Memory)
+	ctx := context.Background()
+	agentTok, err := client.New(d.base, "").DevToken(ctx, "agent", "agent-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := client.New(d.base, agentTok)
+	create := func(goal string) string {
+		tk, _, err := agent.CreateTask(ctx, client.CreateTask{OnBehalfOf: "bob", Goal: goal,
+			Scopes: []string{"github.repo.read:acme/**", "github.pr.write:acme/api"}, Audiences: []string{"https://api.github.com"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tk.ID
+	}
+	one, two := create("first"), create("second")
+	bob := browser.Person()
+	testbrowser.NoScript(t, bob)
+	// Scripts are off in this tab indeed.
+	scripted := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `<!doctype html><title>off</title><script>document.title="ran"</script><p id="p">x</p>`)
+	}))
+	defer scripted.Close()
+	testbrowser.Do(t, bob, "a scripted page", chromedp.Navigate(scripted.URL), chromedp.WaitVisible(chromedp.ID("p")))
+	if title := testbrowser.Eval[string](t, bob, "document.title"); title != "off" {
+		t.Fatalf("scripts still run: title %q", title)
+	}
+	testbrowser.Do(t, bob, "sign in and narrow",
+		chromedp.Navigate(d.base+"/ui/tasks/"+one),
+		chromedp.WaitVisible(chromedp.CSS(`button[name="pick"][value="bob"]`)),
+		chromedp.Click(chromedp.CSS(`button[name="pick"][value="bob"]`)),
+		chromedp.WaitVisible(chromedp.ID("approve-selected")),
+		chromedp.Click(chromedp.CSS(`input[name="scope"][value="github.pr.write:acme/api"]`)),
+		chromedp.SetValue(chromedp.CSS(`input[name="resource:github.repo.read:acme/**"]`), "acme/docs"),
+		chromedp.Click(chromedp.ID("approve-selected")),
+		chromedp.WaitVisible(chromedp.ID("approved-scopes")),
+	)
+	tk, _, err := agent.GetTask(ctx, one)
+	if err != nil || tk.Status != "approved" || strings.Join(tk.ApprovedScopes, " ") != "github.repo.read:acme/docs" {
+		t.Fatalf("approved without JavaScript: %+v %v", tk, err)
+	}
+	testbrowser.Do(t, bob, "deny", chromedp.Navigate(d.base+"/ui/tasks/"+two), chromedp.WaitVisible(chromedp.ID("deny")),
+		chromedp.Click(chromedp.ID("deny")), chromedp.WaitVisible(chromedp.CSS(".status-denied")))
+	if tk, _, _ := agent.GetTask(ctx, two); tk.Status != "denied" {
+		t.Fatalf("denied without JavaScript: %s", tk.Status)
+	}
+}
