@@ -58,7 +58,13 @@ type Action struct {
 	Name  string
 	Class Class
 	Risk  Risk
+	// Description says in a few words what the action lets an agent do,
+	// for the people who approve it (one line, at most 200 bytes).
+	Description string
 }
+
+// maxDescriptionBytes caps an action's description.
+const maxDescriptionBytes = 200
 
 // Audience is a resource server that tokens may be minted for.
 type Audience struct {
@@ -154,6 +160,9 @@ func NewCatalog(actions []Action, audiences []Audience, grants []Grant, extraDen
 		}
 		if a.Risk.rank() == 0 {
 			return nil, fmt.Errorf("actions[%d] %s: unknown risk %q", i, a.Name, a.Risk)
+		}
+		if err := checkText("description", a.Description, maxDescriptionBytes, false); err != nil {
+			return nil, fmt.Errorf("actions[%d] %s: %w", i, a.Name, err)
 		}
 		if _, dup := c.actions[name]; dup {
 			return nil, fmt.Errorf("actions[%d]: duplicate action %q", i, a.Name)

@@ -124,3 +124,31 @@ func TestC02DenyListEvasion(t *testing.T) {
 		}
 	}
 }
+
+// An action's description is shown to approvers beside each scope: one
+// short line that no character can turn into several, or reorder.
+func TestActionDescriptionIsOneDisplaySafeLine(t *testing.T) {
+	tests := []struct {
+		name, desc string
+		ok         bool
+	}{
+		{"plain", "Read the repository's code and issues", true},
+		{"empty", "", true},
+		{"newline", "Read code\nApproved by security", false},
+		{"bidi override", "Read \u202ecode", false},
+		{"too long", strings.Repeat("x", 201), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := NewCatalog([]Action{{Name: "github.repo.read", Class: ClassRead, Risk: RiskLow, Description: tc.desc}}, nil, nil, nil)
+			if (err == nil) != tc.ok {
+				t.Fatalf("NewCatalog: %v, want ok=%v", err, tc.ok)
+			}
+			if tc.ok {
+				if a, _ := c.Action("github.repo.read"); a.Description != tc.desc {
+					t.Fatalf("description %q, want %q", a.Description, tc.desc)
+				}
+			}
+		})
+	}
+}

@@ -39,6 +39,8 @@ type Problem struct {
 	ApprovalID string   `json:"approval_id"`
 	Policies   []string `json:"policies"`
 	Reasons    []string `json:"reasons"`
+	// ApprovalURL is the page where the user decides ApprovalID.
+	ApprovalURL string `json:"approval_url"`
 	// Raw is the problem document as the server sent it.
 	Raw json.RawMessage `json:"-"`
 }
@@ -67,6 +69,9 @@ func (p *Problem) Error() string {
 	case len(missing) > 0:
 		msg += " (" + strings.Join(missing, "; ") + ")"
 	}
+	if p.ApprovalURL != "" {
+		msg += "; the user decides at " + p.ApprovalURL
+	}
 	return msg
 }
 
@@ -75,6 +80,7 @@ type Task struct {
 	ID                string   `json:"id"`
 	Status            string   `json:"status"`
 	Version           int      `json:"version"`
+	Digest            string   `json:"digest"`
 	Agent             string   `json:"agent"`
 	OnBehalfOf        string   `json:"on_behalf_of"`
 	Goal              string   `json:"goal"`
@@ -107,6 +113,8 @@ type ScopeDetail struct {
 	Scope string `json:"scope"`
 	Class string `json:"class,omitempty"`
 	Risk  string `json:"risk,omitempty"`
+	// Description is the action's, from the catalog.
+	Description string `json:"description,omitempty"`
 }
 
 // CreateTask is the body of POST /v1/tasks.
@@ -129,6 +137,10 @@ type Approve struct {
 	Scopes     []string `json:"scopes,omitempty"`
 	Audiences  []string `json:"audiences,omitempty"`
 	TTLSeconds int64    `json:"ttl_seconds,omitempty"`
+	// Version and Digest bind the approval to the task as shown: the
+	// server refuses it (task_changed) if the task is no longer so.
+	Version int    `json:"version,omitempty"`
+	Digest  string `json:"digest,omitempty"`
 }
 
 // Mint is the body of POST /v1/tasks/{id}/tokens.

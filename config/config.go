@@ -69,6 +69,8 @@ type Config struct {
 	// Notifications are the webhooks told of tasks and approvals
 	// (notifications.go).
 	Notifications Notifications `yaml:"notifications"`
+	// Sessions are the timeouts of people's browser sessions (signin.go).
+	Sessions Sessions `yaml:"sessions"`
 	// Dir is the directory of the config file, for relative paths.
 	Dir string `yaml:"-"`
 }
@@ -139,6 +141,15 @@ type Issuer struct {
 	MaxTokenLifetime Duration `yaml:"max_token_lifetime"`
 	// Subjects restricts which subjects the issuer may vouch for.
 	Subjects []string `yaml:"subjects"`
+	// ClientID, on a user issuer, lets people sign in with it (signin.go):
+	// Errand's client there, which must be the issuer's audience.
+	ClientID string `yaml:"client_id"`
+	// ClientSecretFile holds the client's secret; none for a public client.
+	ClientSecretFile string `yaml:"client_secret_file"`
+	// RedirectPath is the sign-in callback path (default /ui/callback).
+	RedirectPath string `yaml:"redirect_path"`
+	// Scopes asked at sign-in (default openid profile email).
+	Scopes []string `yaml:"scopes"`
 }
 
 // Grant is what members of a group of one user issuer may delegate.
@@ -155,7 +166,9 @@ type Action struct {
 	Name  string `yaml:"name"`
 	Class string `yaml:"class"`
 	Risk  string `yaml:"risk"`
-	line  int
+	// Description is shown to approvers beside each scope of the action.
+	Description string `yaml:"description"`
+	line        int
 }
 
 // UnmarshalYAML records the entry's line, so errors can name it.
@@ -518,6 +531,7 @@ func (c *Config) Validate() error {
 		bad(c.validateIDJAG(cat))
 	}
 	bad(c.validateNotifications())
+	bad(c.validateSignin())
 	return errors.Join(errs...)
 }
 
@@ -770,7 +784,7 @@ func (c *Config) issuersOf(k broker.Kind) []string {
 func (c *Config) Catalog() (*broker.Catalog, error) {
 	actions := make([]broker.Action, len(c.Actions))
 	for i, a := range c.Actions {
-		actions[i] = broker.Action{Name: a.Name, Class: broker.Class(a.Class), Risk: broker.Risk(a.Risk)}
+		actions[i] = broker.Action{Name: a.Name, Class: broker.Class(a.Class), Risk: broker.Risk(a.Risk), Description: a.Description}
 	}
 	auds := make([]broker.Audience, len(c.Audiences))
 	known := map[string]bool{}

@@ -122,6 +122,8 @@ type OAuthError struct {
 	// ApprovalID names the step-up approval an approval_required refusal
 	// waits for.
 	ApprovalID string `json:"approval_id,omitempty"`
+	// ApprovalURL is the page where the user decides it.
+	ApprovalURL string `json:"approval_url,omitempty"`
 }
 
 // noStore marks a token endpoint answer uncacheable (RFC 6749 §5.1).
@@ -189,6 +191,7 @@ func (s *Server) oauthFail(w http.ResponseWriter, r *http.Request, p broker.Prin
 	out := OAuthError{Error: oe, Code: code}
 	if be != nil {
 		out.ApprovalID, _ = be.Extra["approval_id"].(string)
+		out.ApprovalURL = s.approvalURL(out.ApprovalID)
 	}
 	writeOAuthError(w, status, out)
 }

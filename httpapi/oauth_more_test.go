@@ -26,7 +26,7 @@ func TestOAuthExchangeStepUpBudgetIdempotency(t *testing.T) {
 	before := e.snapshot()
 	r := e.form("/oauth/token", "", e.exchangeForm("agent-1", id, write))
 	if r.Status != http.StatusBadRequest || r.str("error") != "authorization_pending" || r.str("code") != "approval_required" ||
-		!broker.ValidStepUpID(r.str("approval_id")) {
+		!broker.ValidStepUpID(r.str("approval_id")) || r.str("approval_url") != publicURL+"/ui/approvals/"+r.str("approval_id") {
 		t.Fatalf("step-up: %d %s", r.Status, r.Raw)
 	}
 	evs, err := e.st.AuditEvents(context.Background(), broker.HistoryFilter{AfterSeq: before.auditSeq, Limit: 5})

@@ -181,6 +181,10 @@ func TestStepUpFlow(t *testing.T) {
 			!strings.Contains(strings.Join(strList(r.JSON["reasons"]), ""), "production") {
 			t.Fatalf("approval_required problem: %s", r.Raw)
 		}
+		// The deep link: the page where alice decides it.
+		if got := r.str("approval_url"); got != publicURL+"/ui/approvals/"+apr {
+			t.Fatalf("approval_url = %q, want the approval's page", got)
+		}
 		// Asking again while it waits points at the same approval, adds none.
 		before = e.snapshot()
 		again := mintWith(e, "agent-1", id, write)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/errandhq/errand/broker"
@@ -24,6 +25,9 @@ type Problem struct {
 	// waits for; Reasons are the @step_up texts the user is shown.
 	ApprovalID string   `json:"approval_id,omitempty"`
 	Reasons    []string `json:"reasons,omitempty"`
+	// ApprovalURL is the page where the task's user decides the
+	// approval_id (a deep link for the agent to hand on).
+	ApprovalURL string `json:"approval_url,omitempty"`
 	// Error is the OAuth error code the refusal is (oauthErrorOf), where
 	// one fits, so that OAuth libraries can read the reason.
 	Error string `json:"error,omitempty"`
@@ -71,11 +75,26 @@ func (e *statusError) Unwrap() error { return e.err }
 // RetryAfterSeconds is the Retry-After of every 503.
 const RetryAfterSeconds = "5"
 
-// fail answers err as problem+json. Refusals are audited first; when the
-// audit event cannot be written the answer becomes 503. Refusals of
-// callers with no verified identity are counted and chained as periodic
-// summaries instead (anonRefusals).
+// fail answers err as problem+json (see Refuse).
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) {
+	status, pr := s.refuse(w, r, p, taskID, err)
+	writeProblemWith(w, status, pr.Code, pr)
+}
+
+// Refuse does for a refusal everything the REST API does before it
+// answers, so that other faces of Errand (the approval pages) refuse
+// exactly as it does: it audits the refusal (once; callers with no
+// verified identity are counted and chained as periodic summaries), counts
+// it, sets the headers the answer needs (Retry-After, WWW-Authenticate) on
+// w, and returns the status, code and detail the API answers. When the
+// refusal cannot be audited the answer is 503 unavailable; an unexpected
+// error is 500 internal with no detail.
+func (s *Server) Refuse(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) (status int, code, detail string) {
+	status, pr := s.refuse(w, r, p, taskID, err)
+	return status, pr.Code, pr.Detail
+}
+
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) (int, Problem) {
 	code := broker.CodeOf(err)
 	infoOf(r.Context()).set(func(ri *reqInfo) {
 		if ri.code = code; code == "" {
@@ -90,19 +109,16 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal
 	switch {
 	case !known:
 		s.log.ErrorContext(r.Context(), "internal error", "op", op(r), "err", err)
-		writeProblem(w, http.StatusInternalServerError, "internal", "")
-		return
+		return http.StatusInternalServerError, Problem{Code: "internal"}
 	case errors.As(err, new(*throttled)):
 		ra, _ := retryAfter(err)
 		s.metrics.refusals.WithLabelValues(code).Inc()
 		w.Header().Set("Retry-After", ra)
-		writeProblem(w, status, code, "too many requests; retry later")
-		return
+		return status, Problem{Code: code, Detail: "too many requests; retry later"}
 	case status == http.StatusServiceUnavailable:
 		s.log.WarnContext(r.Context(), "dependency unavailable", "op", op(r), "err", err)
 		w.Header().Set("Retry-After", RetryAfterSeconds)
-		writeProblem(w, status, code, "a dependency is unavailable; retry later")
-		return
+		return status, Problem{Code: code, Detail: "a dependency is unavailable; retry later"}
 	}
 	// A refusal whose event is in the log already (approval.requested) is
 	// not recorded twice: one event per decision.
@@ -115,16 +131,16 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal
 	} else if aerr := s.recordRefusal(r, p, taskID, err, audited); aerr != nil {
 		s.log.ErrorContext(r.Context(), "cannot audit refusal", "op", op(r), "code", code, "err", aerr)
 		w.Header().Set("Retry-After", RetryAfterSeconds)
-		writeProblem(w, http.StatusServiceUnavailable, "unavailable", "the refusal could not be recorded; retry later")
-		return
+		return http.StatusServiceUnavailable, Problem{Code: "unavailable", Detail: "the refusal could not be recorded; retry later"}
 	}
 	s.metrics.refusals.WithLabelValues(code).Inc()
-	pr := Problem{Detail: broker.RefusalDetail(err), Error: oauthErrorOf[code]}
+	pr := Problem{Code: code, Detail: broker.RefusalDetail(err), Error: oauthErrorOf[code]}
 	var be *broker.Error
 	if errors.As(err, &be) {
 		pr.Policies, _ = be.Extra["policies"].([]string)
 		pr.ApprovalID, _ = be.Extra["approval_id"].(string)
 		pr.Reasons, _ = be.Extra["reasons"].([]string)
+		pr.ApprovalURL = s.approvalURL(pr.ApprovalID)
 	}
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
@@ -133,7 +149,30 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal
 		// A spent budget does not come back with time: no Retry-After.
 		w.Header().Set("Retry-After", "60")
 	}
-	writeProblemWith(w, status, code, pr)
+	return status, pr
+}
+
+// ApprovalPath is where the approval page of a step-up approval lives,
+// under Errand's public URL; TaskPath the page of a task.
+const (
+	ApprovalPath = "/ui/approvals/"
+	TaskPath     = "/ui/tasks/"
+)
+
+// approvalURL is the deep link of an approval_required refusal: the page
+// where the task's user decides the approval ("" for no approval).
+func (s *Server) approvalURL(id string) string {
+	if id == "" {
+		return ""
+	}
+	return s.self + ApprovalPath + url.PathEscape(id)
+}
+
+// Decided counts a decision taken elsewhere than the REST API (the
+// approval pages) as the API counts its own: kind "task" or "step_up",
+// and how long the request waited since created.
+func (s *Server) Decided(kind string, approved bool, created time.Time) {
+	s.metrics.decided(kind, approved, created)
 }
 
 func (s *Server) recordRefusal(r *http.Request, p broker.Principal, taskID string, err error, audited bool) error {

@@ -134,6 +134,14 @@ func (s *Server) throttle(key string, ls *limiters) error {
 	return nil
 }
 
+// Throttle charges p's per-principal bucket as an authenticated API
+// request does, for requests that authenticate otherwise (the approval
+// pages' sessions): a rate_limited refusal (429, answered by Refuse with
+// its Retry-After) once the bucket is empty.
+func (s *Server) Throttle(p broker.Principal) error {
+	return s.throttle(string(p.Kind)+"\x00"+p.Issuer+"\x00"+p.Subject, s.byPrincipal)
+}
+
 // limitAddress applies the per-address limit. A request without a
 // credential is charged here, before any work; one with a credential is
 // charged only if it fails authentication (see authenticate), so that

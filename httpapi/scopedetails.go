@@ -10,6 +10,8 @@ type scopeDetailJSON struct {
 	Scope string `json:"scope"`
 	Class string `json:"class,omitempty"`
 	Risk  string `json:"risk,omitempty"`
+	// Description is the action's, from the catalog.
+	Description string `json:"description,omitempty"`
 }
 
 // scopeDetails describes every distinct scope of sets, in order.
@@ -25,7 +27,7 @@ func (s *Server) scopeDetails(sets ...broker.Scopes) []scopeDetailJSON {
 			seen[name] = true
 			d := scopeDetailJSON{Scope: name}
 			if a, ok := s.svc.Catalog().Action(sc.Action); ok {
-				d.Class, d.Risk = string(a.Class), string(a.Risk)
+				d.Class, d.Risk, d.Description = string(a.Class), string(a.Risk), a.Description
 			}
 			out = append(out, d)
 		}

@@ -14,7 +14,7 @@ for i in 1 2 3 4 5; do
     export ERRAND_SERVER=http://127.0.0.1:$PORT E=$BIN
     A=$($E dev token --kind agent --sub a); U=$($E dev token --kind user --sub alice --group eng); R=$($E dev token --kind resource --sub r)
     T=$($E task create -q --token $A --on-behalf-of alice --goal g --scope 'github.repo.read:acme/**' --audience https://api.github.com)
-    $E task approve $T --token $U >/dev/null
+    $E task approve $T --yes --token $U >/dev/null
     for j in $(seq 1 90); do $E token mint $T -q --token $A --scope github.repo.read:acme/x --audience https://api.github.com >/dev/null; done
     echo "after 90 mints through the CLI: RSS $(grep VmRSS /proc/$pid/status | awk '{print $2}') kB, peak $(grep VmHWM /proc/$pid/status | awk '{print $2}') kB"
   fi

@@ -36,13 +36,14 @@ forbid (principal, action == Action::"github.pr.write", resource);
 		"--max-credentials", "3", "--max-resources", "1")
 	wantLines(t, created, "max_credentials  3", "max_resources    1")
 	id := regexp.MustCompile(`tsk_\w+`).FindString(created)
-	d.must(t, "task", "approve", id, "--token", alice)
+	d.must(t, "task", "approve", "--yes", id, "--token", alice)
 
 	mint := []string{"token", "mint", id, "-q", "--token", agent, "--scope", "github.pr.write:acme/api", "--audience", "https://api.github.com"}
 	out, errLine := d.cli(t, mint...)
 	apr := regexp.MustCompile(`apr_\w+`).FindString(errLine)
 	if out != "" || apr == "" || !strings.HasPrefix(errLine, "errand: 403 approval_required:") ||
-		!strings.Contains(errLine, "pull requests need your approval") || strings.Contains(errLine, "\n") {
+		!strings.Contains(errLine, "pull requests need your approval") || strings.Contains(errLine, "\n") ||
+		!strings.HasSuffix(errLine, "; the user decides at "+d.base+"/ui/approvals/"+apr) {
 		t.Fatalf("mint under a step-up policy: out %q, error line %q", out, errLine)
 	}
 

@@ -102,14 +102,21 @@ func newTaskCmd(g *globals) *cobra.Command {
 		a    client.Approve
 		attl time.Duration
 	)
+	var yes bool
 	approve := &cobra.Command{
-		Use: "approve TASK", Short: "Approve a task, optionally narrower (as its user)", Args: cobra.ExactArgs(1),
+		Use: "approve TASK", Short: "Approve a task, optionally narrower (as its user), after showing it", Args: cobra.ExactArgs(1),
+		Long: `Approve shows the task first as the approval page does — what is decided (each
+scope with its action's class, risk and description from the catalog, the
+audiences, the expiry), then the agent's own words, quoted — and asks for
+confirmation. The approval names the task's version and digest as shown: if
+the task changed in between, Errand refuses it (task_changed) and nothing is
+approved. Without a terminal to ask on, --yes is required (exit 2 otherwise).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			a.TTLSeconds = int64(attl / time.Second)
-			t, raw, err := g.client().Approve(cmd.Context(), args[0], a)
-			return g.taskResult(cmd, t, raw, err)
+			return g.approveTask(cmd, args[0], a, yes)
 		},
 	}
+	approve.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation (needed without a terminal)")
 	approve.Flags().StringArrayVar(&a.Scopes, "scope", nil, "approve only these scopes (repeat; default as requested)")
 	approve.Flags().StringArrayVar(&a.Audiences, "audience", nil, "approve only these audiences (repeat)")
 	approve.Flags().DurationVar(&attl, "ttl", 0, "shorten the task's life, e.g. 30m")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -23,7 +24,9 @@ import (
 type globals struct {
 	server string
 	token  string
-	output outputFormat
+	// tokenFile holds the identity token (--token-file), for scripts.
+	tokenFile string
+	output    outputFormat
 	// cacert, cert and key reach a server over TLS: the CA bundle that
 	// verifies it, and a client certificate for mutual TLS.
 	cacert, cert, key string
@@ -82,7 +85,8 @@ func (g *globals) register(root *cobra.Command) {
 	g.output = outputTable
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.server, "server", envOr("ERRAND_SERVER", "http://127.0.0.1:8080"), "Errand server URL (env ERRAND_SERVER)")
-	pf.StringVar(&g.token, "token", os.Getenv("ERRAND_TOKEN"), "your identity token (env ERRAND_TOKEN)")
+	pf.StringVar(&g.token, "token", os.Getenv("ERRAND_TOKEN"), "your identity token (env ERRAND_TOKEN); default the one errand login keeps for --server")
+	pf.StringVar(&g.tokenFile, "token-file", os.Getenv("ERRAND_TOKEN_FILE"), "a file holding your identity token (env ERRAND_TOKEN_FILE), read at each command")
 	pf.VarP(&g.output, "output", "o", "output format: table, json or yaml (json and yaml print errors' problem documents on stdout too)")
 	pf.Var(jsonAlias{&g.output}, "json", "the same as -o json")
 	pf.Lookup("json").NoOptDefVal = "true"
@@ -98,7 +102,18 @@ func (g *globals) machine() bool { return g.output == outputJSON || g.output == 
 // applied. A TLS file that cannot be read is a usage error, reported by
 // the first call.
 func (g *globals) client() *client.Client {
-	c := client.New(g.server, g.token)
+	// The token: --token, --token-file, or errand login's (login.go).
+	tok, err := g.identityToken(context.Background())
+	c := g.clientWith(tok)
+	if err != nil {
+		c.HTTP.Transport = loginFailed{err}
+	}
+	return c
+}
+
+// clientWith is client with the identity token tok.
+func (g *globals) clientWith(tok string) *client.Client {
+	c := client.New(g.server, tok)
 	if g.cacert == "" && g.cert == "" && g.key == "" {
 		return c
 	}

@@ -187,7 +187,7 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger, 
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/dev/", idp.Handler())
-	mux.Handle("/", a.api)
+	mux.Handle("/", a.handler())
 	printQuickstart(out, base, db, o.config)
 	return run(ctx, ln, mux, a, log, ready)
 }
@@ -232,6 +232,8 @@ func devConfig(base, db, secret string, idp *devidp.Provider) *config.Config {
 		is := config.Issuer{URL: idp.IssuerURL(kind), Audience: devidp.Audience, Kind: kind, Algorithms: []string{"EdDSA"}}
 		if kind == "user" {
 			is.GroupsClaim, is.AuditorGroup, is.AdminGroup = "groups", "auditors", "admins"
+			// People sign in to the pages with the dev provider's picker.
+			is.ClientID = devidp.Audience
 		}
 		return is
 	}
@@ -240,11 +242,11 @@ func devConfig(base, db, secret string, idp *devidp.Provider) *config.Config {
 		SystemSecret: secret,
 		Issuers:      []config.Issuer{issuer("agent"), issuer("user"), issuer("resource")},
 		Actions: []config.Action{
-			{Name: "github.repo.read", Class: "read", Risk: "low"},
-			{Name: "github.pr.write", Class: "write", Risk: "medium"},
-			{Name: "github.repo.delete", Class: "admin", Risk: "high"},
-			{Name: "github.keys.create", Class: "credential", Risk: "high"},
-			{Name: "okta.user.update", Class: "identity", Risk: "high"},
+			{Name: "github.repo.read", Class: "read", Risk: "low", Description: "Read code, issues and pull requests"},
+			{Name: "github.pr.write", Class: "write", Risk: "medium", Description: "Open, update and comment on pull requests"},
+			{Name: "github.repo.delete", Class: "admin", Risk: "high", Description: "Delete a repository"},
+			{Name: "github.keys.create", Class: "credential", Risk: "high", Description: "Create deploy keys (never grantable to an agent)"},
+			{Name: "okta.user.update", Class: "identity", Risk: "high", Description: "Change a person's account (never grantable to an agent)"},
 		},
 		Audiences: []config.Audience{
 			// errand dev is a playground: any resource server it hands
@@ -323,7 +325,13 @@ The walkthrough below names the example catalog's actions: use your own.`
 Identity provider for development only: POST %[1]s/dev/token
 %[4]s
 
-Walk the flow from another shell (paste as is):
+Approve in a browser: %[1]s/ui/ (sign in by picking alice; carol audits at
+%[1]s/ui/history). An agent's task for alice appears there once it asks:
+
+  %[2]s task create --server %[1]s --token "$(%[2]s dev token --server %[1]s --kind agent --sub agent-1)" \
+      --on-behalf-of alice --goal "fix the flaky test" --scope 'github.repo.read:acme/**' --audience https://api.github.com
+
+Or walk the whole flow from another shell with the CLI (paste as is):
 
   E="%[2]s"; export ERRAND_SERVER=%[1]s
   AGENT=$($E dev token --kind agent --sub agent-1)
@@ -333,7 +341,7 @@ Walk the flow from another shell (paste as is):
   TASK=$($E task create -q --token "$AGENT" --on-behalf-of alice --goal "fix the flaky test" \
       --scope 'github.repo.read:acme/**' --scope github.pr.write:acme/api --audience https://api.github.com)
   $E task list --token "$ALICE" --status pending
-  $E task approve "$TASK" --token "$ALICE" --scope github.repo.read:acme/api
+  $E task approve "$TASK" --yes --token "$ALICE" --scope github.repo.read:acme/api
   AT=$($E token mint "$TASK" -q --token "$AGENT" --scope github.repo.read:acme/api --audience https://api.github.com)
   $E token introspect "$AT" --token "$RS"
   $E token mint "$TASK" --token "$AGENT" --scope 'github.repo.read:acme/**' --audience https://api.github.com

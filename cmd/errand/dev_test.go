@@ -130,7 +130,7 @@ func TestDevWalkthroughThroughTheCLI(t *testing.T) {
 		t.Fatalf("task create -q printed %q", id)
 	}
 	wantLines(t, d.must(t, "task", "list", "--token", alice, "--status", "pending"), "ID", "STATUS", id, "pending", "alice")
-	wantLines(t, d.must(t, "task", "approve", id, "--token", alice, "--scope", "github.repo.read:acme/api"),
+	wantLines(t, d.must(t, "task", "approve", "--yes", id, "--token", alice, "--scope", "github.repo.read:acme/api"),
 		"status           approved", "approved_scopes  github.repo.read:acme/api")
 	at := strings.TrimSpace(d.must(t, "token", "mint", id, "-q", "--token", agent, "--scope", "github.repo.read:acme/api",
 		"--audience", "https://api.github.com"))
@@ -145,7 +145,7 @@ func TestDevWalkthroughThroughTheCLI(t *testing.T) {
 	if !strings.HasPrefix(errLine, "errand: 403 blocked_action:") || strings.Contains(errLine, "\n") {
 		t.Fatalf("credential action: %q", errLine)
 	}
-	_, errLine = d.cli(t, "task", "approve", id, "--token", agent)
+	_, errLine = d.cli(t, "task", "approve", "--yes", id, "--token", agent)
 	if !strings.HasPrefix(errLine, "errand: 403 approval_forbidden") {
 		t.Fatalf("agent approving: %q", errLine)
 	}
@@ -178,7 +178,7 @@ func TestDevStateSurvivesRestart(t *testing.T) {
 	alice := strings.TrimSpace(d.must(t, "dev", "token", "--kind", "user", "--sub", "alice", "--group", "eng"))
 	id := strings.TrimSpace(d.must(t, "task", "create", "-q", "--token", agent, "--on-behalf-of", "alice", "--goal", "g",
 		"--scope", "github.repo.read:acme/**", "--audience", "https://api.github.com"))
-	d.must(t, "task", "approve", id, "--token", alice)
+	d.must(t, "task", "approve", "--yes", id, "--token", alice)
 	at := strings.TrimSpace(d.must(t, "token", "mint", id, "-q", "--token", agent, "--scope", "github.repo.read:acme/x", "--audience", "https://api.github.com"))
 	d.stop(t)
 

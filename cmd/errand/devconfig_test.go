@@ -107,8 +107,8 @@ func TestDevConfigUsesYourCatalog(t *testing.T) {
 	}
 	// The grant, bound to the file's user issuer, is the dev user issuer's.
 	id := create("alice")
-	d.must(t, "task", "approve", id, "--token", alice, "--scope", "payments.refund:acct/42")
-	if _, errLine := d.cli(t, "task", "approve", create("bob"), "--token", bob); !strings.Contains(errLine, "scope_exceeds_grant") {
+	d.must(t, "task", "approve", "--yes", id, "--token", alice, "--scope", "payments.refund:acct/42")
+	if _, errLine := d.cli(t, "task", "approve", "--yes", create("bob"), "--token", bob); !strings.Contains(errLine, "scope_exceeds_grant") {
 		t.Fatalf("a user outside the grant's group approved: %q", errLine)
 	}
 	// The policy file, relative to the config file, is in force.

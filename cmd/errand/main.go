@@ -77,7 +77,7 @@ func newRootWithGlobals() (*cobra.Command, *globals) {
 	root.PersistentPreRunE = g.checkOutput
 	root.Version = version.Get().String()
 	root.SetVersionTemplate("{{.Version}}\n")
-	root.AddCommand(newVersion(g), newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newAuditCmd(g),
+	root.AddCommand(newVersion(g), newServe(), newMigrate(), newDev(g), newTaskCmd(g), newTokenCmd(g), newLoginCmd(g), newLogoutCmd(g), newSessionsCmd(), newAuditCmd(g),
 		newApprovalCmd(g), newDecideCmd(g), newDBCmd(), newPolicyCmd(), newKeysCmd(g), newConfigCmd(),
 		newAgentCmd(g), newSecretCmd(g), newRevocationsCmd(g), newHealthcheck())
 	addExamples(root)

@@ -16,9 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/internal/testbrowser"
 )
 
 // README's walkthroughs are executable. A fenced block whose info string
@@ -29,6 +31,9 @@ import (
 // `errand dev --db :memory:` built from this tree, started with the
 // block's dev-args=a,b (comma-separated) if any. A block whose info string
 // holds file=NAME is written to NAME in the walkthroughs' directory first.
+// A block with browser=NAME has a person click through the pages, in
+// headless Chromium, as README's text around it says (readmeClicks[NAME]),
+// while its commands run.
 
 // mdBlock is one fenced block of a Markdown file.
 type mdBlock struct {
@@ -258,7 +263,37 @@ func TestREADMEWalkthroughs(t *testing.T) {
 			}
 			server := startDevBinary(t, bin, dir, extra)
 			steps := parseTranscript(b.body)
+			// browser=NAME: a person does README's clicks in headless
+			// Chromium while the transcript runs (its errand task wait
+			// waits for them).
+			var clicked chan error
+			if name := attr(b.info, "browser"); name != "" {
+				clicks, ok := readmeClicks[name]
+				if !ok {
+					t.Fatalf("README.md:%d: no clicks named %q", b.line, name)
+				}
+				person := testbrowser.New(t).Person()
+				clicked = make(chan error, 1)
+				go func() { clicked <- clicks(person, server) }()
+				// When the transcript fails first (its errand task wait
+				// outlives the clicks), say what the clicks met.
+				t.Cleanup(func() {
+					select {
+					case err := <-clicked:
+						if err != nil {
+							t.Errorf("README's clicks in the browser: %v", err)
+						}
+					default:
+					}
+				})
+			}
 			outs, exits := runTranscript(t, bin, dir, server, steps)
+			if clicked != nil {
+				if err := <-clicked; err != nil {
+					t.Errorf("README's clicks in the browser: %v", err)
+				}
+				clicked <- nil // read once: the cleanup finds nothing to say
+			}
 			for i, s := range steps {
 				got, want := shape(outs[i]), shape(s.want)
 				if os.Getenv("ERRAND_README_SHOW") != "" {
@@ -642,4 +677,44 @@ audiences: ["https://api.github.com"]
 	if engines != 2 {
 		t.Fatalf("README's policy section shows %d configurations naming policy_engine, want one per engine", engines)
 	}
+}
+
+// readmeClicks are what README's browser walkthroughs tell a person to do
+// in the approval pages, done in headless Chromium against the dev server
+// at base. Each returns once done, or with what went wrong.
+var readmeClicks = map[string]func(ctx context.Context, base string) error{
+	// alice signs in with the dev provider's picker, opens the task that
+	// waits for her, leaves github.pr.write:acme/api out, narrows
+	// github.repo.read:acme/** to acme/api, and approves.
+	"approve-narrowed": func(ctx context.Context, base string) error {
+		ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		defer cancel()
+		alice := chromedp.CSS(`button[name="pick"][value="alice"]`)
+		if err := chromedp.Do(ctx, chromedp.Navigate(base+"/ui/"), chromedp.WaitVisible(alice), chromedp.Click(alice),
+			chromedp.WaitVisible(chromedp.CSS("h1"))); err != nil {
+			return fmt.Errorf("sign in: %w", err)
+		}
+		// The queue shows the task once the agent has asked for it.
+		for {
+			n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("a.task-link").length`))
+			if err != nil {
+				return fmt.Errorf("the queue: %w", err)
+			}
+			if n > 0 {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+			if err := chromedp.Do(ctx, chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS("h1"))); err != nil {
+				return fmt.Errorf("reload the queue: %w", err)
+			}
+		}
+		return chromedp.Do(ctx,
+			chromedp.Click(chromedp.CSS("a.task-link")),
+			chromedp.WaitVisible(chromedp.ID("approve-selected")),
+			chromedp.Click(chromedp.CSS(`input[name="scope"][value="github.pr.write:acme/api"]`)),
+			chromedp.SetValue(chromedp.CSS(`input[name="resource:github.repo.read:acme/**"]`), "acme/api"),
+			chromedp.Click(chromedp.ID("approve-selected")),
+			chromedp.WaitVisible(chromedp.ID("approved-scopes")),
+		)
+	},
 }

@@ -267,7 +267,7 @@ func TestSecretGetIssuesAVaultSecret(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("task create: %s", errOut)
 	}
-	if _, errOut, code := run("task", "approve", task, "--token", alice); code != 0 {
+	if _, errOut, code := run("task", "approve", "--yes", task, "--token", alice); code != 0 {
 		t.Fatalf("approve: %s", errOut)
 	}
 

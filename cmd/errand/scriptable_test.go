@@ -103,7 +103,7 @@ func TestListsPaginate(t *testing.T) {
 		t.Fatalf("audit events --all: %v\n%s", err, raw)
 	}
 	for _, id := range ids {
-		d.must(t, "task", "approve", id, "--token", alice)
+		d.must(t, "task", "approve", "--yes", id, "--token", alice)
 		d.must(t, "token", "mint", id, "-q", "--token", agent, "--scope", "github.repo.read:acme/api", "--audience", "https://api.github.com")
 	}
 	creds := d.must(t, "audit", "credentials", "--token", auditor, "--limit", "2")
@@ -133,7 +133,7 @@ forbid (principal, action == Action::"github.pr.write", resource);
 	agent, alice, rs, _, _ = devTokens(t, d)
 	task = strings.TrimSpace(d.must(t, "task", "create", "-q", "--token", agent, "--on-behalf-of", "alice",
 		"--goal", "open a PR \"now\"", "--scope", "github.pr.write:acme/api", "--audience", "https://api.github.com"))
-	d.must(t, "task", "approve", task, "--token", alice)
+	d.must(t, "task", "approve", "--yes", task, "--token", alice)
 	mint = []string{"token", "mint", task, "-q", "--token", agent, "--scope", "github.pr.write:acme/api", "--audience", "https://api.github.com"}
 	return d, agent, alice, rs, task, mint
 }
@@ -182,7 +182,7 @@ func TestExitCodesAndProblemDocuments(t *testing.T) {
 		{"no token", []string{"task", "list", "--token", ""}, exitAuth},
 		{"garbage token", []string{"task", "list", "--token", "garbage"}, exitAuth},
 		{"no such task", []string{"task", "get", "tsk_0000000000000000000000", "--token", alice}, exitNotFound},
-		{"agent approving", []string{"task", "approve", task, "--token", agent}, exitRefused},
+		{"agent approving", []string{"task", "approve", "--yes", task, "--token", agent}, exitRefused},
 		{"bad request", []string{"task", "list", "--status", "bogus", "--token", alice}, exitRefused},
 		{"escalation", []string{"token", "mint", task, "--token", agent, "--scope", "github.pr.write:acme/**", "--audience", "https://api.github.com"}, exitRefused},
 	} {
@@ -234,7 +234,7 @@ func TestTaskWait(t *testing.T) {
 	}
 	go func() {
 		time.Sleep(200 * time.Millisecond)
-		d.exec(t, "task", "approve", task, "--token", alice)
+		d.exec(t, "task", "approve", "--yes", task, "--token", alice)
 	}()
 	out, errOut, code := d.exec(t, "task", "wait", task, "--token", agent, "--timeout", "20s", "--interval", "50ms")
 	if code != exitOK || !strings.Contains(out, "status           approved") {
@@ -255,7 +255,7 @@ func TestCommandsForWhatOnlyCurlDid(t *testing.T) {
 	d := startDev(t, "127.0.0.1:0", sqlite.Memory)
 	agent, alice, rs, auditor, admin := devTokens(t, d)
 	task := createTask(t, d, agent, "history")
-	d.must(t, "task", "approve", task, "--token", alice)
+	d.must(t, "task", "approve", "--yes", task, "--token", alice)
 	mint := []string{"token", "mint", task, "-q", "--token", agent, "--scope", "github.repo.read:acme/api", "--audience", "https://api.github.com"}
 	at := strings.TrimSpace(d.must(t, mint...))
 

@@ -31,6 +31,7 @@ import (
 	"github.com/errandhq/errand/notify"
 	"github.com/errandhq/errand/policy"
 	"github.com/errandhq/errand/revocation"
+	"github.com/errandhq/errand/signin"
 	"github.com/errandhq/errand/store/postgres"
 	"github.com/errandhq/errand/store/sqlite"
 )
@@ -153,7 +154,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, migrate bo
 		ln.Close()
 		return err
 	}
-	return run(ctx, ln, a.api, a, log, ready)
+	return run(ctx, ln, a.handler(), a, log, ready)
 }
 
 func prepareSchema(ctx context.Context, st backend, migrate bool) error {
@@ -213,6 +214,10 @@ type app struct {
 	api     *httpapi.Server
 	svc     *broker.Service
 	workers []func(context.Context) error
+	// signin signs people in to the pages (signin.go).
+	signin *signin.Manager
+	// pages are the approval pages under /ui/ (webpages.go).
+	pages http.Handler
 }
 
 // build assembles the broker, its adapters and its workers over a store.
@@ -403,7 +408,16 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 			log.Info("webhook configured", "webhook", t.Key(), "host", t.URL.Host, "format", t.Format, "events", t.Events)
 		}
 	}
-	return &app{api: api, svc: svc, workers: workers}, nil
+	sm, err := newSignin(cfg, st, verifier, svc, api, log)
+	if err != nil {
+		return nil, err
+	}
+	workers = append(workers, sm.Run)
+	pages, err := newPages(cfg, svc, api, sm, log)
+	if err != nil {
+		return nil, err
+	}
+	return &app{api: api, svc: svc, workers: workers, signin: sm, pages: pages}, nil
 }
 
 // KeyReloadEvery is how soon a replica picks up another's key change (and

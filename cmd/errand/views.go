@@ -56,7 +56,11 @@ func scopeLines(w io.Writer, label string, scopes []string, details []client.Sco
 func catalogNote(scope string, details []client.ScopeDetail) string {
 	for _, d := range details {
 		if d.Scope == scope && d.Class != "" {
-			return "(" + shown(d.Class) + ", risk " + shown(d.Risk) + ")"
+			note := "(" + shown(d.Class) + ", risk " + shown(d.Risk) + ")"
+			if d.Description != "" {
+				note += " " + shown(d.Description)
+			}
+			return note
 		}
 	}
 	return "(not in the catalog)"

@@ -88,7 +88,7 @@ func TestH09TaskGetShowsTheDecisionBeforeTheAgentsWords(t *testing.T) {
 		}
 	}
 
-	d.must(t, "task", "approve", id, "--token", alice, "--scope", "github.repo.read:acme/api")
+	d.must(t, "task", "approve", "--yes", id, "--token", alice, "--scope", "github.repo.read:acme/api")
 	out = d.must(t, "task", "get", id, "--token", alice)
 	inOrder(t, out, "status approved", "scopes github.pr.write:acme/api (write, risk medium)",
 		"approved_scopes github.repo.read:acme/api (read, risk low)", "audiences https://api.github.com (approved)",
@@ -137,7 +137,7 @@ forbid (principal, action == Action::"github.pr.write", resource);
 	alice := strings.TrimSpace(d.must(t, "dev", "token", "--kind", "user", "--sub", "alice", "--group", "eng"))
 	id := regexp.MustCompile(`tsk_\w+`).FindString(d.must(t, "task", "create", "--token", agent, "--on-behalf-of", "alice",
 		"--goal", "open a PR", "--scope", "github.pr.write:acme/**", "--audience", "https://api.github.com"))
-	d.must(t, "task", "approve", id, "--token", alice)
+	d.must(t, "task", "approve", "--yes", id, "--token", alice)
 
 	mint := func(tool, dataset string) string {
 		_, errLine := d.cli(t, "token", "mint", id, "-q", "--token", agent, "--scope", "github.pr.write:acme/api",

@@ -1,6 +1,9 @@
 // Package devidp is the development identity provider of `errand dev`: one
 // OIDC issuer per principal kind (discovery and JWKS) and POST /dev/token,
-// which hands out ID tokens for any name you choose. It trusts whoever asks,
+// which hands out ID tokens for any name you choose. The user issuer also
+// runs the authorization code flow with PKCE (authorize.go): a page where
+// you pick who you are, and a token endpoint with refresh, so that signing
+// in to the pages and `errand login` work without any setup. It trusts whoever asks,
 // so it exists only in `errand dev`; `errand serve` never mounts it.
 package devidp
 
@@ -29,6 +32,8 @@ type Provider struct {
 	kid  string
 	ttl  time.Duration
 	now  func() time.Time
+	// flows are the codes and refresh tokens of the code flow.
+	flows flows
 }
 
 // New returns a provider whose issuers live under base + "/dev/idp/<kind>",
@@ -56,13 +61,25 @@ func (p *Provider) Handler() http.Handler {
 	for _, k := range Kinds {
 		iss := p.IssuerURL(k)
 		mux.HandleFunc("GET /dev/idp/"+k+"/.well-known/openid-configuration", func(w http.ResponseWriter, _ *http.Request) {
-			write(w, http.StatusOK, map[string]any{
+			md := map[string]any{
 				"issuer": iss, "jwks_uri": iss + "/jwks",
-				"authorization_endpoint":                iss + "/authorize",
 				"response_types_supported":              []string{"id_token"},
 				"subject_types_supported":               []string{"public"},
 				"id_token_signing_alg_values_supported": []string{"EdDSA"},
-			})
+			}
+			if k == "user" {
+				// People sign in with the code flow (authorize.go).
+				md["authorization_endpoint"] = iss + "/authorize"
+				md["token_endpoint"] = iss + "/token"
+				md["response_types_supported"] = []string{"code"}
+				md["grant_types_supported"] = []string{"authorization_code", "refresh_token", deviceGrant}
+				md["device_authorization_endpoint"] = iss + "/device"
+				md["code_challenge_methods_supported"] = []string{"S256"}
+				md["token_endpoint_auth_methods_supported"] = []string{"none"}
+				md["authorization_response_iss_parameter_supported"] = true
+				md["scopes_supported"] = []string{"openid", "profile", "email", "groups"}
+			}
+			write(w, http.StatusOK, md)
 		})
 		mux.HandleFunc("GET /dev/idp/"+k+"/jwks", func(w http.ResponseWriter, _ *http.Request) {
 			write(w, http.StatusOK, jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{
@@ -71,6 +88,7 @@ func (p *Provider) Handler() http.Handler {
 		})
 	}
 	mux.HandleFunc("POST /dev/token", p.token)
+	p.authorizeRoutes(mux)
 	return mux
 }
 
@@ -79,6 +97,8 @@ type TokenRequest struct {
 	Kind   string   `json:"kind"`
 	Sub    string   `json:"sub"`
 	Groups []string `json:"groups,omitempty"`
+	// Nonce is the sign-in's nonce, for a token of the code flow.
+	Nonce string `json:"-"`
 }
 
 func (p *Provider) token(w http.ResponseWriter, r *http.Request) {
@@ -121,6 +141,9 @@ func (p *Provider) Issue(req TokenRequest) (string, error) {
 	}
 	if len(req.Groups) > 0 {
 		claims["groups"] = req.Groups
+	}
+	if req.Nonce != "" {
+		claims["nonce"] = req.Nonce
 	}
 	payload, err := json.Marshal(claims)
 	if err != nil {

@@ -54,6 +54,10 @@ var grants = []tableGrant{
 	// history (a delivery given up is audited as notification.failed);
 	// finished ones are pruned after a week.
 	{"webhook_deliveries", "SELECT, INSERT, UPDATE, DELETE", ""},
+	// Sign-in (00017): people's browser sessions and the sign-in flows in
+	// progress, digests of their ids; deleted at sign-out and expiry.
+	{"signin_sessions", "SELECT, INSERT, UPDATE, DELETE", ""},
+	{"signin_flows", "SELECT, INSERT, DELETE", ""},
 	// serve --no-migrate reads the schema's version.
 	{"goose_db_version", "SELECT", ""},
 }
