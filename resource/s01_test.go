@@ -210,7 +210,7 @@ func TestS01ExpiryLeeway(t *testing.T) {
 		return v
 	}
 	inLeeway := at(2 * time.Second) // expired 2 s ago, leeway 5 s
-	beyond := at(7 * time.Second) // expired 7 s ago
+	beyond := at(7 * time.Second)   // expired 7 s ago
 	if rec := serve(inLeeway.Middleware(ok), "GET", "/", "Bearer "+tok); rec.Code != 200 {
 		t.Fatalf("expired within the leeway: %d %s", rec.Code, rec.Body)
 	}
