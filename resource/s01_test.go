@@ -223,6 +223,20 @@ func TestS01ExpiryLeeway(t *testing.T) {
 			t.Errorf("a leeway of %s was accepted", l)
 		}
 	}
+	// A token remembered as verified is refused once past the leeway too.
+	var skew atomic.Int64
+	clock := newVerifier(t, e, func(c *Config) {
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+		c.StreamIdle = 10 * time.Minute // the clock jump must not stale the feed
+	})
+	ready(t, clock)
+	if rec := serve(clock.Middleware(ok), "GET", "/", "Bearer "+tok); rec.Code != 200 {
+		t.Fatalf("before expiry: %d", rec.Code)
+	}
+	skew.Store(int64(time.Until(exp) + 7*time.Second))
+	if rec := serve(clock.Middleware(ok), "GET", "/", "Bearer "+tok); rec.Code != 401 || !strings.Contains(challenge(rec), "expired") {
+		t.Fatalf("a remembered token past the leeway: %d %q", rec.Code, challenge(rec))
+	}
 	// Revoked, then presented within the leeway after its expiry.
 	closeTask(t, e, task)
 	if _, refused := within(3*time.Second, func() bool { return serve(inLeeway.Middleware(ok), "GET", "/", "Bearer "+tok).Code == 401 }); !refused {

@@ -3,6 +3,7 @@ package resource
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -132,7 +133,22 @@ type Verifier struct {
 	mu      sync.RWMutex
 	revoked map[string]time.Time // jti → revoked_at
 	cursor  int64
+
+	// verified remembers the tokens whose signature and claims were
+	// checked, by their SHA-256, so that a token used again costs a hash;
+	// revocation, binding and expiry are still checked at every use.
+	vmu      sync.RWMutex
+	verified map[[32]byte]verifiedToken
+	noCache  bool // benchmarks of the first sight only
 }
+
+type verifiedToken struct {
+	kid string
+	tok *Token
+}
+
+// maxVerified bounds the verified-token memory; when full it is emptied.
+const maxVerified = 10000
 
 // New returns a Verifier for cfg. It does no I/O: call Run to follow the
 // feed; until the feed is first read every token is refused (or
@@ -227,6 +243,7 @@ type Token struct {
 	Introspected bool
 
 	scopes broker.Scopes
+	kid    string
 }
 
 // Actor is the agent acting for the user.
@@ -359,6 +376,34 @@ func (v *Verifier) verifyToken(ctx context.Context, raw string) (*Token, error) 
 	if len(raw) > MaxTokenBytes {
 		return nil, invalidToken("token too large")
 	}
+	sum := sha256.Sum256([]byte(raw))
+	if !v.noCache {
+		v.vmu.RLock()
+		c, ok := v.verified[sum]
+		v.vmu.RUnlock()
+		if ok && v.cfg.Now().Before(c.tok.ExpiresAt.Add(v.cfg.Leeway)) {
+			if _, held := v.keys.lookup(c.kid); held {
+				t := *c.tok
+				return &t, nil
+			}
+		}
+	}
+	t, err := v.checkToken(ctx, raw)
+	if err != nil {
+		return nil, err
+	}
+	v.vmu.Lock()
+	if len(v.verified) >= maxVerified || v.verified == nil {
+		v.verified = make(map[[32]byte]verifiedToken)
+	}
+	v.verified[sum] = verifiedToken{kid: t.kid, tok: t}
+	v.vmu.Unlock()
+	c := *t
+	return &c, nil
+}
+
+// checkToken verifies raw's header, signature and claims.
+func (v *Verifier) checkToken(ctx context.Context, raw string) (*Token, error) {
 	h, err := parseHeader(raw)
 	if err != nil {
 		return nil, err
@@ -392,7 +437,7 @@ func (v *Verifier) verifyToken(ctx context.Context, raw string) (*Token, error) 
 	t := &Token{
 		Raw: raw, Issuer: c.Iss, Subject: c.Sub, ClientID: c.ClientID, Actor: c.Act, Audience: c.Aud,
 		TaskID: c.TaskID, JTI: c.JTI, IssuedAt: time.Unix(c.IAT, 0).UTC(), NotBefore: time.Unix(c.NBF, 0).UTC(),
-		ExpiresAt: time.Unix(c.EXP, 0).UTC(),
+		ExpiresAt: time.Unix(c.EXP, 0).UTC(), kid: h.KID,
 	}
 	if c.Cnf != nil {
 		if c.Cnf.JKT == "" {
