@@ -12,16 +12,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/errandhq/errand/api"
 )
 
-// revocation is one entry of the feed (GET /v1/revocations).
-type revocation struct {
-	Seq       int64  `json:"seq"`
-	JTI       string `json:"jti"`
-	TaskID    string `json:"task_id"`
-	RevokedAt string `json:"revoked_at"`
-	Reason    string `json:"reason"`
-}
+// revocation is one entry of the feed, in the server's own shape.
+type revocation = api.Revocation
 
 // feedPage is how many entries a poll asks for.
 const feedPage = 1000
@@ -121,10 +117,7 @@ func (v *Verifier) catchUp(ctx context.Context) error {
 		v.mu.RLock()
 		since := v.cursor
 		v.mu.RUnlock()
-		var page struct {
-			Revocations []revocation `json:"revocations"`
-			NextCursor  string       `json:"next_cursor"`
-		}
+		var page api.RevocationPage
 		q := url.Values{"since": {strconv.FormatInt(since, 10)}, "limit": {strconv.Itoa(feedPage)}}
 		if err := v.getJSON(ctx, "/v1/revocations?"+q.Encode(), &page); err != nil {
 			return err
@@ -293,11 +286,7 @@ func (v *Verifier) introspect(ctx context.Context, t *Token) error {
 	if res.StatusCode != http.StatusOK {
 		return unavailable("the revocation feed and introspection are unavailable")
 	}
-	var in struct {
-		Active bool   `json:"active"`
-		JTI    string `json:"jti"`
-		Aud    string `json:"aud"`
-	}
+	var in api.Introspection
 	if err := json.NewDecoder(io.LimitReader(res.Body, 1<<20)).Decode(&in); err != nil {
 		return unavailable("introspection answered badly")
 	}
