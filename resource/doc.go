@@ -23,6 +23,11 @@
 //     Errand's own containment (broker.Scope.CoveredBy): acme/** never
 //     covers acme-evil/api, and resources compare case-sensitively.
 //
+// A token whose signature and claims were checked is remembered by its
+// SHA-256 (at most 10,000): used again it costs a hash, while its expiry,
+// its key still being published, its revocation, its DPoP proof and its
+// scope are checked at every use.
+//
 // # The revocation feed and its bound
 //
 // Run keeps a Verifier current: it catches up with GET /v1/revocations,
