@@ -1,29 +1,97 @@
-// Package client is a small Go client of Errand's v1 REST API, used by the
-// errand CLI. Refusals come back as *Problem errors carrying the stable code.
+// Package client is Errand's Go client for agents, users and auditors,
+// used by the errand CLI. Refusals come back as *Problem errors carrying
+// the stable code.
+//
+// A Client authenticates every call with a workload (or user) ID token
+// from its Source: StaticToken, FileToken (re-read when the file changes,
+// as Kubernetes rotates projected service-account tokens),
+// GitHubActionsToken (the Actions OIDC endpoint) or CommandToken. Calls
+// that are safe to repeat (reads, RFC 7009 revocation, and mints, which
+// carry an automatic Idempotency-Key) are retried on 429 and 503 and on
+// network errors, waiting as Retry-After says, else with capped
+// exponential backoff and jitter. Other calls are sent once.
 package client
 
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/errandhq/errand/api"
+	"github.com/errandhq/errand/dpop"
 )
 
-// Client calls one Errand server with one identity token.
+// Client calls one Errand server as one identity.
 type Client struct {
 	Server string
-	Token  string
+	// Token is a fixed identity token, used when Source is nil.
+	Token string
+	// Source yields the identity token of each call.
+	Source TokenSource
 	HTTP   *http.Client
+	// Retry bounds the retries of calls safe to repeat.
+	Retry Retry
+	// DPoPKey, when set, binds every minted token to this key (RFC 9449):
+	// each mint carries a fresh DPoP proof of it.
+	DPoPKey crypto.Signer
+
+	mu    sync.Mutex
+	nonce string // the last DPoP-Nonce the server sent
 }
 
-// New returns a client with a 30 s timeout.
+// Retry bounds the retries of a call safe to repeat.
+type Retry struct {
+	// Attempts is how many times a call is sent at most; default 4, 1
+	// turns retries off.
+	Attempts int
+	// Base and Max bound the backoff between attempts when the server
+	// names no Retry-After: Base·2ⁿ with full jitter, at most Max;
+	// defaults 200 ms and 5 s.
+	Base, Max time.Duration
+	// MaxRetryAfter is the longest Retry-After waited for; a longer one
+	// returns the refusal at once. Default 30 s.
+	MaxRetryAfter time.Duration
+}
+
+func (r Retry) withDefaults() Retry {
+	if r.Attempts <= 0 {
+		r.Attempts = 4
+	}
+	if r.Base <= 0 {
+		r.Base = 200 * time.Millisecond
+	}
+	if r.Max <= 0 {
+		r.Max = 5 * time.Second
+	}
+	if r.MaxRetryAfter <= 0 {
+		r.MaxRetryAfter = 30 * time.Second
+	}
+	return r
+}
+
+// New returns a client with a fixed token and a 30 s timeout per attempt.
 func New(server, token string) *Client {
 	return &Client{Server: strings.TrimSuffix(server, "/"), Token: token, HTTP: &http.Client{Timeout: 30 * time.Second}}
+}
+
+// NewWithSource returns a client whose calls take their token from src.
+func NewWithSource(server string, src TokenSource) *Client {
+	c := New(server, "")
+	c.Source = src
+	return c
 }
 
 // Problem is an RFC 9457 refusal.
@@ -75,143 +143,25 @@ func (p *Problem) Error() string {
 	return msg
 }
 
-// Task is a task as the API renders it.
-type Task struct {
-	ID                string   `json:"id"`
-	Status            string   `json:"status"`
-	Version           int      `json:"version"`
-	Digest            string   `json:"digest"`
-	Agent             string   `json:"agent"`
-	OnBehalfOf        string   `json:"on_behalf_of"`
-	Goal              string   `json:"goal"`
-	Scopes            []string `json:"scopes"`
-	ApprovedScopes    []string `json:"approved_scopes"`
-	Audiences         []string `json:"audiences"`
-	ApprovedAudiences []string `json:"approved_audiences"`
-	Risk              string   `json:"risk"`
-	Tool              string   `json:"tool,omitempty"`
-	Dataset           string   `json:"dataset,omitempty"`
-	TTLCapped         bool     `json:"ttl_capped"`
-	DenyReason        string   `json:"deny_reason,omitempty"`
-	CreatedAt         string   `json:"created_at"`
-	ApprovedAt        *string  `json:"approved_at"`
-	ExpiresAt         string   `json:"expires_at"`
-	ClosedAt          *string  `json:"closed_at"`
-	Revoked           *int     `json:"revoked,omitempty"`
-	// MaxCredentials and MaxResources are the task's budget (0: none).
-	MaxCredentials int `json:"max_credentials,omitempty"`
-	MaxResources   int `json:"max_resources,omitempty"`
-
-	// ScopeDetails are the class and risk of each scope and approved
-	// scope, from the server's action catalog.
-	ScopeDetails []ScopeDetail `json:"scope_details"`
-}
-
-// ScopeDetail is what the action catalog says of a scope; Class and Risk
-// are empty when its action has left the catalog.
-type ScopeDetail struct {
-	Scope string `json:"scope"`
-	Class string `json:"class,omitempty"`
-	Risk  string `json:"risk,omitempty"`
-	// Description is the action's, from the catalog.
-	Description string `json:"description,omitempty"`
-}
-
-// CreateTask is the body of POST /v1/tasks.
-type CreateTask struct {
-	OnBehalfOf string   `json:"on_behalf_of"`
-	Goal       string   `json:"goal"`
-	Scopes     []string `json:"scopes"`
-	Audiences  []string `json:"audiences"`
-	TTLSeconds int64    `json:"ttl_seconds,omitempty"`
-	Tool       string   `json:"tool,omitempty"`
-	Dataset    string   `json:"dataset,omitempty"`
-	// MaxCredentials and MaxResources lower the configured budget: how
-	// many credentials the task may mint, over how many distinct resources.
-	MaxCredentials int `json:"max_credentials,omitempty"`
-	MaxResources   int `json:"max_resources,omitempty"`
-}
-
-// Approve is the body of POST /v1/tasks/{id}/approve.
-type Approve struct {
-	Scopes     []string `json:"scopes,omitempty"`
-	Audiences  []string `json:"audiences,omitempty"`
-	TTLSeconds int64    `json:"ttl_seconds,omitempty"`
-	// Version and Digest bind the approval to the task as shown: the
-	// server refuses it (task_changed) if the task is no longer so.
-	Version int    `json:"version,omitempty"`
-	Digest  string `json:"digest,omitempty"`
-}
-
-// Mint is the body of POST /v1/tasks/{id}/tokens.
-type Mint struct {
-	Scopes     []string `json:"scopes"`
-	Audience   string   `json:"audience"`
-	TTLSeconds int64    `json:"ttl_seconds,omitempty"`
-	Tool       string   `json:"tool,omitempty"`
-	Dataset    string   `json:"dataset,omitempty"`
-}
-
-// Token is a minted access token.
-type Token struct {
-	AccessToken string `json:"access_token"`
-	TokenType   string `json:"token_type"`
-	ExpiresIn   int64  `json:"expires_in"`
-	Scope       string `json:"scope"`
-	JTI         string `json:"jti"`
-	TaskID      string `json:"task_id"`
-	Audience    string `json:"audience"`
-}
-
-// Event is an audit event.
-type Event struct {
-	Seq    int64           `json:"seq"`
-	Time   string          `json:"time"`
-	Type   string          `json:"type"`
-	Actor  map[string]any  `json:"actor"`
-	TaskID string          `json:"task_id,omitempty"`
-	Detail json.RawMessage `json:"detail"`
-	Hash   string          `json:"hash"`
-}
-
-// Credential is an issuance record.
-type Credential struct {
-	JTI        string   `json:"jti"`
-	Kind       string   `json:"kind"`
-	TaskID     string   `json:"task_id"`
-	Agent      string   `json:"agent"`
-	OnBehalfOf string   `json:"on_behalf_of"`
-	Scopes     []string `json:"scopes"`
-	Audience   string   `json:"audience"`
-	IssuedAt   string   `json:"issued_at"`
-	ExpiresAt  string   `json:"expires_at"`
-	RevokedAt  *string  `json:"revoked_at"`
-}
-
-// Approval is a step-up approval: one exact request of an approved task
-// that a @step_up policy asks the user to approve first.
-type Approval struct {
-	ID         string   `json:"id"`
-	TaskID     string   `json:"task_id"`
-	Status     string   `json:"status"`
-	Agent      string   `json:"agent"`
-	OnBehalfOf string   `json:"on_behalf_of"`
-	Scopes     []string `json:"scopes"`
-	Audience   string   `json:"audience"`
-	Tool       string   `json:"tool,omitempty"`
-	Dataset    string   `json:"dataset,omitempty"`
-	Policies   []string `json:"policies"`
-	Reasons    []string `json:"reasons"`
-	DenyReason string   `json:"deny_reason,omitempty"`
-	CreatedAt  string   `json:"created_at"`
-	ExpiresAt  string   `json:"expires_at"`
-	DecidedAt  *string  `json:"decided_at"`
-	UsedAt     *string  `json:"used_at"`
-
-	// ScopeDetails are the class and risk of each scope, from the
-	// server's action catalog.
-	ScopeDetails []ScopeDetail `json:"scope_details"`
-}
+// The wire types are package api's, which the server writes and reads
+// too: the client cannot drift from it.
+type (
+	Task           = api.Task
+	ClosedTask     = api.ClosedTask
+	ScopeDetail    = api.ScopeDetail
+	CreateTask     = api.CreateTask
+	Approve        = api.Approve
+	Deny           = api.Deny
+	Mint           = api.Mint
+	Token          = api.Token
+	Secret         = api.Secret
+	Event          = api.Event
+	Credential     = api.Credential
+	History        = api.History
+	Approval       = api.Approval
+	Introspection  = api.Introspection
+	RevocationPage = api.RevocationPage
+)
 
 // Decision is an AuthZEN access decision.
 type Decision struct {
@@ -221,54 +171,193 @@ type Decision struct {
 }
 
 // Do sends a request with a JSON body (or form values) and decodes a JSON
-// answer into out; the raw answer is returned too.
+// answer into out; the raw answer is returned too. A GET is retried as
+// Retry allows; any other method is sent once.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) ([]byte, error) {
-	var body io.Reader
+	return c.do(ctx, call{method: method, path: path, in: in, out: out, idempotent: method == http.MethodGet})
+}
+
+// call is one API call.
+type call struct {
+	method, path string
+	in, out      any
+	// idempotent calls are retried.
+	idempotent bool
+	header     http.Header
+	// dpop signs a proof for each attempt.
+	dpop bool
+}
+
+func (c *Client) do(ctx context.Context, k call) ([]byte, error) {
+	var body []byte
 	ctype := ""
-	switch v := in.(type) {
+	switch v := k.in.(type) {
 	case nil:
 	case url.Values:
-		body, ctype = strings.NewReader(v.Encode()), "application/x-www-form-urlencoded"
+		body, ctype = []byte(v.Encode()), "application/x-www-form-urlencoded"
 	default:
 		b, err := json.Marshal(v)
 		if err != nil {
 			return nil, err
 		}
-		body, ctype = bytes.NewReader(b), "application/json"
+		body, ctype = b, "application/json"
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.Server+path, body)
+	r := c.Retry.withDefaults()
+	attempts := r.Attempts
+	if !k.idempotent {
+		attempts = 1
+	}
+	nonceRetried := false
+	for attempt := 0; ; attempt++ {
+		raw, res, err := c.once(ctx, k, body, ctype)
+		if err == nil {
+			return raw, nil
+		}
+		var p *Problem
+		if errors.As(err, &p) && p.Code == "use_dpop_nonce" && k.dpop && !nonceRetried {
+			nonceRetried, attempt = true, attempt-1 // RFC 9449 §8: once more, with the nonce
+			continue
+		}
+		if attempt+1 >= attempts || ctx.Err() != nil {
+			return raw, err
+		}
+		wait, retry := r.wait(attempt, res, err)
+		if !retry {
+			return raw, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return raw, err
+		case <-t.C:
+		}
+	}
+}
+
+// wait says whether an attempt that failed with err (res, when the server
+// answered) is retried, and after how long.
+func (r Retry) wait(attempt int, res *http.Response, err error) (time.Duration, bool) {
+	if res == nil {
+		var p *Problem
+		if errors.As(err, &p) {
+			return 0, false
+		}
+		return r.backoff(attempt), true // the server was not reached
+	}
+	if res.StatusCode != http.StatusTooManyRequests && res.StatusCode != http.StatusServiceUnavailable {
+		return 0, false
+	}
+	if d, ok := retryAfter(res.Header.Get("Retry-After"), time.Now()); ok {
+		if d > r.MaxRetryAfter {
+			return 0, false
+		}
+		return d, true
+	}
+	return r.backoff(attempt), true
+}
+
+func (r Retry) backoff(attempt int) time.Duration {
+	d := r.Base << min(attempt, 20)
+	if d <= 0 || d > r.Max {
+		d = r.Max
+	}
+	n, err := rand.Int(rand.Reader, big.NewInt(int64(d)+1))
 	if err != nil {
-		return nil, err
+		return d
+	}
+	return time.Duration(n.Int64())
+}
+
+// retryAfter reads RFC 9110 §10.2.3: delay-seconds or an HTTP-date.
+func retryAfter(v string, now time.Time) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && n >= 0 {
+		return time.Duration(n) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), 0), true
+	}
+	return 0, false
+}
+
+// once sends one attempt. res is set when the server answered.
+func (c *Client) once(ctx context.Context, k call, body []byte, ctype string) ([]byte, *http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, k.method, c.Server+k.path, bytes.NewReader(body))
+	if err != nil {
+		return nil, nil, err
+	}
+	if body == nil {
+		req.Body, req.ContentLength = nil, 0
 	}
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
 	}
-	if c.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.Token)
+	for name, vs := range k.header {
+		req.Header[name] = vs
 	}
-	res, err := c.HTTP.Do(req)
+	tok := c.Token
+	if c.Source != nil {
+		if tok, err = c.Source.Token(ctx); err != nil {
+			return nil, nil, fmt.Errorf("identity token: %w", err)
+		}
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	if k.dpop && c.DPoPKey != nil {
+		c.mu.Lock()
+		nonce := c.nonce
+		c.mu.Unlock()
+		proof, err := dpop.NewProofWithNonce(c.DPoPKey, k.method, c.Server+k.path, "", nonce, time.Now())
+		if err != nil {
+			return nil, nil, err
+		}
+		req.Header.Set("DPoP", proof)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	res, err := hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach %s: %w", c.Server, err)
+		return nil, nil, fmt.Errorf("cannot reach %s: %w", c.Server, err)
 	}
 	defer res.Body.Close()
+	if n := res.Header.Get("DPoP-Nonce"); n != "" {
+		c.mu.Lock()
+		c.nonce = n
+		c.mu.Unlock()
+	}
 	raw, err := io.ReadAll(io.LimitReader(res.Body, 16<<20))
 	if err != nil {
-		return nil, err
+		return nil, res, err
 	}
 	if res.StatusCode >= 300 {
 		p := &Problem{Status: res.StatusCode}
 		if json.Unmarshal(raw, p) != nil || p.Code == "" {
-			p.Code, p.Detail = "http_error", strings.TrimSpace(string(raw))
+			// The OAuth endpoints answer RFC 6749 §5.2 errors.
+			var oe struct {
+				Error       string `json:"error"`
+				Description string `json:"error_description"`
+			}
+			if json.Unmarshal(raw, &oe) == nil && oe.Error != "" {
+				p.Code, p.Detail = oe.Error, oe.Description
+			} else {
+				p.Code, p.Detail = "http_error", strings.TrimSpace(string(raw))
+			}
 		}
 		p.Status, p.Raw = res.StatusCode, raw
-		return raw, p
+		return raw, res, p
 	}
-	if out != nil {
-		if err := json.Unmarshal(raw, out); err != nil {
-			return raw, fmt.Errorf("unexpected answer from %s: %w", path, err)
+	if k.out != nil {
+		if err := json.Unmarshal(raw, k.out); err != nil {
+			return raw, res, fmt.Errorf("unexpected answer from %s: %w", k.path, err)
 		}
 	}
-	return raw, nil
+	return raw, res, nil
 }
 
 func taskPath(id string, action string) string {
@@ -279,16 +368,17 @@ func taskPath(id string, action string) string {
 	return p
 }
 
-// CreateTask asks for a task (agent).
+// CreateTask asks for a task (agent). It is sent once: a retry would ask
+// twice.
 func (c *Client) CreateTask(ctx context.Context, req CreateTask) (Task, []byte, error) {
 	var t Task
-	raw, err := c.Do(ctx, http.MethodPost, "/v1/tasks", req, &t)
+	raw, err := c.do(ctx, call{method: http.MethodPost, path: "/v1/tasks", in: req, out: &t})
 	return t, raw, err
 }
 
 // ListTasks lists the caller's tasks, optionally by status.
 func (c *Client) ListTasks(ctx context.Context, status string) ([]Task, []byte, error) {
-	var out struct{ Tasks []Task }
+	var out api.TaskList
 	path := "/v1/tasks"
 	if status != "" {
 		path += "?status=" + url.QueryEscape(status)
@@ -304,38 +394,94 @@ func (c *Client) GetTask(ctx context.Context, id string) (Task, []byte, error) {
 	return t, raw, err
 }
 
-// Approve approves a task (its user).
+// Approve approves a task (its user). Set req.Version and req.Digest from
+// the task the user was shown (Seen) so that an approval of a task that
+// changed since is refused (409 task_changed).
 func (c *Client) Approve(ctx context.Context, id string, req Approve) (Task, []byte, error) {
 	var t Task
-	raw, err := c.Do(ctx, http.MethodPost, taskPath(id, "approve"), req, &t)
+	raw, err := c.do(ctx, call{method: http.MethodPost, path: taskPath(id, "approve"), in: req, out: &t})
 	return t, raw, err
 }
+
+// Seen is an approval of exactly the task t the user was shown: its
+// version and digest, nothing narrowed.
+func Seen(t Task) Approve { return Approve{Version: t.Version, Digest: t.Digest} }
 
 // Deny denies a task (its user).
 func (c *Client) Deny(ctx context.Context, id, reason string) (Task, []byte, error) {
+	return c.DenySeen(ctx, id, Deny{Reason: reason})
+}
+
+// DenySeen denies a task with the version and digest the user saw.
+func (c *Client) DenySeen(ctx context.Context, id string, req Deny) (Task, []byte, error) {
 	var t Task
-	raw, err := c.Do(ctx, http.MethodPost, taskPath(id, "deny"), map[string]string{"reason": reason}, &t)
+	raw, err := c.do(ctx, call{method: http.MethodPost, path: taskPath(id, "deny"), in: req, out: &t})
 	return t, raw, err
 }
 
-// Close closes a task (its agent or user).
-func (c *Client) Close(ctx context.Context, id string) (Task, []byte, error) {
-	var t Task
-	raw, err := c.Do(ctx, http.MethodPost, taskPath(id, "close"), map[string]string{}, &t)
+// Close closes a task (its agent or user): every credential of the task
+// is revoked.
+func (c *Client) Close(ctx context.Context, id string) (ClosedTask, []byte, error) {
+	var t ClosedTask
+	raw, err := c.do(ctx, call{method: http.MethodPost, path: taskPath(id, "close"), in: map[string]string{}, out: &t})
 	return t, raw, err
 }
 
-// Mint mints an access token (the task's agent).
+// Mint mints an access token (the task's agent), DPoP-bound when DPoPKey
+// is set. It carries a fresh Idempotency-Key, the same on every retry, so
+// that a retried mint returns the one credential recorded.
 func (c *Client) Mint(ctx context.Context, id string, req Mint) (Token, []byte, error) {
+	key, err := idempotencyKey()
+	if err != nil {
+		return Token{}, nil, err
+	}
+	return c.MintWithKey(ctx, id, req, key)
+}
+
+// MintWithKey is Mint with the caller's Idempotency-Key: a mint repeated
+// with the same key (after a crash, say) returns the same credential.
+func (c *Client) MintWithKey(ctx context.Context, id string, req Mint, idempotencyKey string) (Token, []byte, error) {
 	var t Token
-	raw, err := c.Do(ctx, http.MethodPost, taskPath(id, "tokens"), req, &t)
+	raw, err := c.do(ctx, call{method: http.MethodPost, path: taskPath(id, "tokens"), in: req, out: &t, idempotent: true,
+		header: http.Header{"Idempotency-Key": {idempotencyKey}}, dpop: c.DPoPKey != nil})
 	return t, raw, err
+}
+
+func idempotencyKey() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// IssueSecret asks for a Vault dynamic secret of role (the task's agent).
+// It is sent once: each call creates a lease.
+func (c *Client) IssueSecret(ctx context.Context, id, role string) (Secret, []byte, error) {
+	var s Secret
+	raw, err := c.do(ctx, call{method: http.MethodPost, path: taskPath(id, "secrets"), in: api.SecretRequest{Role: role}, out: &s})
+	return s, raw, err
+}
+
+// History reads a task's timeline: the task, its audit events and its
+// credentials.
+func (c *Client) History(ctx context.Context, id string) (History, []byte, error) {
+	var h History
+	raw, err := c.Do(ctx, http.MethodGet, taskPath(id, "history"), nil, &h)
+	return h, raw, err
+}
+
+// Revoke revokes one token (RFC 7009) as its agent or user. Revoking
+// twice changes nothing, so it is retried.
+func (c *Client) Revoke(ctx context.Context, token string) error {
+	_, err := c.do(ctx, call{method: http.MethodPost, path: "/v1/revoke", in: url.Values{"token": {token}}, idempotent: true})
+	return err
 }
 
 // Introspect asks whether token is active (a resource server).
 func (c *Client) Introspect(ctx context.Context, token string) (map[string]any, []byte, error) {
 	var out map[string]any
-	raw, err := c.Do(ctx, http.MethodPost, "/v1/introspect", url.Values{"token": {token}}, &out)
+	raw, err := c.do(ctx, call{method: http.MethodPost, path: "/v1/introspect", in: url.Values{"token": {token}}, out: &out, idempotent: true})
 	return out, raw, err
 }
 
@@ -351,10 +497,7 @@ func approvalPath(id, action string) string {
 // an agent's to wait for), optionally by status, from cursor on; it
 // returns the next page's cursor when there is one.
 func (c *Client) ListApprovals(ctx context.Context, status, cursor string) ([]Approval, string, []byte, error) {
-	var out struct {
-		Approvals  []Approval
-		NextCursor string `json:"next_cursor"`
-	}
+	var out api.ApprovalList
 	q := url.Values{}
 	if status != "" {
 		q.Set("status", status)
@@ -380,14 +523,14 @@ func (c *Client) GetApproval(ctx context.Context, id string) (Approval, []byte, 
 // ApproveApproval approves a step-up approval (the task's user).
 func (c *Client) ApproveApproval(ctx context.Context, id string) (Approval, []byte, error) {
 	var a Approval
-	raw, err := c.Do(ctx, http.MethodPost, approvalPath(id, "approve"), map[string]string{}, &a)
+	raw, err := c.do(ctx, call{method: http.MethodPost, path: approvalPath(id, "approve"), in: map[string]string{}, out: &a})
 	return a, raw, err
 }
 
 // DenyApproval denies a step-up approval (the task's user).
 func (c *Client) DenyApproval(ctx context.Context, id, reason string) (Approval, []byte, error) {
 	var a Approval
-	raw, err := c.Do(ctx, http.MethodPost, approvalPath(id, "deny"), map[string]string{"reason": reason}, &a)
+	raw, err := c.do(ctx, call{method: http.MethodPost, path: approvalPath(id, "deny"), in: map[string]string{"reason": reason}, out: &a})
 	return a, raw, err
 }
 
@@ -425,20 +568,14 @@ func (c *Client) Evaluate(ctx context.Context, token, action, resourceType, reso
 
 // AuditEvents reads audit events (an auditor).
 func (c *Client) AuditEvents(ctx context.Context, q url.Values) ([]Event, string, []byte, error) {
-	var out struct {
-		Events     []Event
-		NextCursor string `json:"next_cursor"`
-	}
+	var out api.EventList
 	raw, err := c.Do(ctx, http.MethodGet, "/v1/audit/events?"+q.Encode(), nil, &out)
 	return out.Events, out.NextCursor, raw, err
 }
 
 // Credentials reads the issuance history (an auditor).
 func (c *Client) Credentials(ctx context.Context, q url.Values) ([]Credential, string, []byte, error) {
-	var out struct {
-		Credentials []Credential
-		NextCursor  string `json:"next_cursor"`
-	}
+	var out api.CredentialList
 	raw, err := c.Do(ctx, http.MethodGet, "/v1/credentials?"+q.Encode(), nil, &out)
 	return out.Credentials, out.NextCursor, raw, err
 }

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -9,23 +10,11 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/errandhq/errand/api"
 	"github.com/errandhq/errand/broker"
 )
 
-type createTaskBody struct {
-	OnBehalfOf string   `json:"on_behalf_of"`
-	Goal       string   `json:"goal"`
-	Scopes     []string `json:"scopes"`
-	Audiences  []string `json:"audiences"`
-	TTLSeconds int64    `json:"ttl_seconds"`
-	Tool       string   `json:"tool"`
-	Dataset    string   `json:"dataset"`
-	// MaxCredentials and MaxResources lower the configured budget.
-	MaxCredentials int `json:"max_credentials"`
-	MaxResources   int `json:"max_resources"`
-	// RequireDPoP makes every token of the task DPoP-bound.
-	RequireDPoP bool `json:"require_dpop"`
-}
+type createTaskBody = api.CreateTask
 
 func (s *Server) createTask(w http.ResponseWriter, r *http.Request) {
 	c := s.begin(w, r)
@@ -79,10 +68,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 		c.fail(err)
 		return
 	}
-	out := struct {
-		Tasks      []taskJSON `json:"tasks"`
-		NextCursor string     `json:"next_cursor,omitempty"`
-	}{Tasks: make([]taskJSON, 0, len(ts))}
+	out := api.TaskList{Tasks: make([]taskJSON, 0, len(ts))}
 	for _, t := range ts {
 		out.Tasks = append(out.Tasks, s.renderTask(t))
 	}
@@ -92,13 +78,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-type approveBody struct {
-	Scopes     []string `json:"scopes"`
-	Audiences  []string `json:"audiences"`
-	TTLSeconds int64    `json:"ttl_seconds"`
-	Version    int      `json:"version"`
-	Digest     string   `json:"digest"`
-}
+type approveBody = api.Approve
 
 func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) {
 	c := s.begin(w, r)
@@ -127,11 +107,7 @@ func (s *Server) denyTask(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, id := c.p, c.task
-	var b struct {
-		Reason  string `json:"reason"`
-		Version int    `json:"version"`
-		Digest  string `json:"digest"`
-	}
+	var b api.Deny
 	if !c.body(&b, true) {
 		return
 	}
@@ -144,13 +120,7 @@ func (s *Server) denyTask(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.renderTask(t))
 }
 
-type mintBody struct {
-	Scopes     []string `json:"scopes"`
-	Audience   string   `json:"audience"`
-	TTLSeconds int64    `json:"ttl_seconds"`
-	Tool       string   `json:"tool"`
-	Dataset    string   `json:"dataset"`
-}
+type mintBody = api.Mint
 
 func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) {
 	c := s.begin(w, r)
@@ -189,16 +159,7 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-type mintedJSON struct {
-	AccessToken     string `json:"access_token"`
-	Audience        string `json:"audience"`
-	ExpiresIn       int64  `json:"expires_in"`
-	IssuedTokenType string `json:"issued_token_type"`
-	JTI             string `json:"jti"`
-	Scope           string `json:"scope"`
-	TaskID          string `json:"task_id"`
-	TokenType       string `json:"token_type"`
-}
+type mintedJSON = api.Token
 
 func (s *Server) closeTask(w http.ResponseWriter, r *http.Request) {
 	c := s.begin(w, r)
@@ -215,12 +176,7 @@ func (s *Server) closeTask(w http.ResponseWriter, r *http.Request) {
 		c.fail(err)
 		return
 	}
-	writeJSON(w, http.StatusOK, closedJSON{taskJSON: s.renderTask(t), Revoked: n})
-}
-
-type closedJSON struct {
-	taskJSON
-	Revoked int `json:"revoked"`
+	writeJSON(w, http.StatusOK, api.ClosedTask{Task: s.renderTask(t), Revoked: n})
 }
 
 // introspect is RFC 7662 §2: a form POST with token=, answered with the
@@ -268,38 +224,16 @@ type inactiveJSON struct {
 }
 
 // ActClaim is RFC 8693's act claim: the agent acting for the user.
-type ActClaim struct {
-	Iss string `json:"iss"`
-	Sub string `json:"sub"`
-}
+type ActClaim = api.Act
 
 // Confirmation is RFC 7800's cnf with RFC 9449's jkt: the thumbprint of
 // the key whose DPoP proofs must accompany the token.
-type Confirmation struct {
-	JKT string `json:"jkt"`
-}
+type Confirmation = api.Confirmation
 
 // IntrospectionResponse is RFC 7662's answer for an active token, as
 // POST /v1/introspect writes it (the load tool's floor server writes the
 // same).
-type IntrospectionResponse struct {
-	Active   bool     `json:"active"`
-	Act      ActClaim `json:"act"`
-	Aud      string   `json:"aud"`
-	ClientID string   `json:"client_id"`
-	// Cnf is the key a DPoP-bound token is bound to; absent for a bearer
-	// token.
-	Cnf       *Confirmation `json:"cnf,omitempty"`
-	Exp       int64         `json:"exp"`
-	Iat       int64         `json:"iat"`
-	Iss       string        `json:"iss"`
-	JTI       string        `json:"jti"`
-	Nbf       int64         `json:"nbf"`
-	Scope     string        `json:"scope"`
-	Sub       string        `json:"sub"`
-	TaskID    string        `json:"task_id"`
-	TokenType string        `json:"token_type"`
-}
+type IntrospectionResponse = api.Introspection
 
 func (s *Server) auditEvents(w http.ResponseWriter, r *http.Request) {
 	c := s.begin(w, r)
@@ -317,10 +251,7 @@ func (s *Server) auditEvents(w http.ResponseWriter, r *http.Request) {
 		c.fail(err)
 		return
 	}
-	out := struct {
-		Events     []eventJSON `json:"events"`
-		NextCursor string      `json:"next_cursor,omitempty"`
-	}{Events: renderEvents(evs)}
+	out := api.EventList{Events: renderEvents(evs)}
 	if more {
 		out.NextCursor = s.cursor(evs[len(evs)-1].Seq, scope)
 	}
@@ -343,10 +274,7 @@ func (s *Server) credentials(w http.ResponseWriter, r *http.Request) {
 		c.fail(err)
 		return
 	}
-	out := struct {
-		Credentials []credentialJSON `json:"credentials"`
-		NextCursor  string           `json:"next_cursor,omitempty"`
-	}{Credentials: s.renderCredentials(cs)}
+	out := api.CredentialList{Credentials: s.renderCredentials(cs)}
 	if more {
 		out.NextCursor = s.cursor(cs[len(cs)-1].Seq, scope)
 	}
@@ -462,38 +390,7 @@ func parseTime(name, v string) (time.Time, error) {
 	return t, nil
 }
 
-type taskJSON struct {
-	ID                string   `json:"id"`
-	Status            string   `json:"status"`
-	Version           int      `json:"version"`
-	Digest            string   `json:"digest"`
-	Agent             string   `json:"agent"`
-	OnBehalfOf        string   `json:"on_behalf_of"`
-	Goal              string   `json:"goal"`
-	Scopes            []string `json:"scopes"`
-	ApprovedScopes    []string `json:"approved_scopes"`
-	Audiences         []string `json:"audiences"`
-	ApprovedAudiences []string `json:"approved_audiences"`
-	Risk              string   `json:"risk"`
-	Tool              string   `json:"tool,omitempty"`
-	Dataset           string   `json:"dataset,omitempty"`
-	TTLCapped         bool     `json:"ttl_capped"`
-	DenyReason        string   `json:"deny_reason,omitempty"`
-	CreatedAt         string   `json:"created_at"`
-	ApprovedAt        *string  `json:"approved_at"`
-	ExpiresAt         string   `json:"expires_at"`
-	ClosedAt          *string  `json:"closed_at"`
-	// MaxCredentials and MaxResources are the task's budget; absent when
-	// unlimited.
-	MaxCredentials int `json:"max_credentials,omitempty"`
-	MaxResources   int `json:"max_resources,omitempty"`
-	// RequireDPoP: every token of the task is DPoP-bound.
-	RequireDPoP bool `json:"require_dpop"`
-
-	// ScopeDetails are the class and risk of each scope and approved
-	// scope, from the catalog (scopeDetails).
-	ScopeDetails []scopeDetailJSON `json:"scope_details"`
-}
+type taskJSON = api.Task
 
 func (s *Server) renderTask(t broker.Task) taskJSON {
 	return taskJSON{
@@ -519,37 +416,7 @@ func (s *Server) userName(u broker.Ref) string {
 	return u.String()
 }
 
-type eventJSON struct {
-	Seq    int64        `json:"seq"`
-	Time   string       `json:"time"`
-	Type   string       `json:"type"`
-	Actor  broker.Actor `json:"actor"`
-	TaskID string       `json:"task_id,omitempty"`
-	Detail rawJSON      `json:"detail"`
-	Hash   string       `json:"hash"`
-}
-
-type rawJSON []byte
-
-func (r rawJSON) MarshalJSON() ([]byte, error) {
-	if len(r) == 0 {
-		return []byte("{}"), nil
-	}
-	return r, nil
-}
-
-type credentialJSON struct {
-	JTI        string   `json:"jti"`
-	Kind       string   `json:"kind"`
-	TaskID     string   `json:"task_id"`
-	Agent      string   `json:"agent"`
-	OnBehalfOf string   `json:"on_behalf_of"`
-	Scopes     []string `json:"scopes"`
-	Audience   string   `json:"audience"`
-	IssuedAt   string   `json:"issued_at"`
-	ExpiresAt  string   `json:"expires_at"`
-	RevokedAt  *string  `json:"revoked_at"`
-}
+type credentialJSON = api.Credential
 
 func optTime(t time.Time) *string {
 	if t.IsZero() {
@@ -566,12 +433,17 @@ func nonNil(s []string) []string {
 	return s
 }
 
-func renderEvents(evs []broker.AuditEvent) []eventJSON {
-	out := make([]eventJSON, 0, len(evs))
+func renderEvents(evs []broker.AuditEvent) []api.Event {
+	out := make([]api.Event, 0, len(evs))
 	for _, e := range evs {
-		out = append(out, eventJSON{
-			Seq: e.Seq, Time: e.Time.Format(time.RFC3339Nano), Type: e.Type, Actor: e.Actor,
-			TaskID: e.TaskID, Detail: e.Detail, Hash: e.Hash,
+		detail := json.RawMessage(e.Detail)
+		if len(detail) == 0 {
+			detail = json.RawMessage("{}")
+		}
+		out = append(out, api.Event{
+			Seq: e.Seq, Time: e.Time.Format(time.RFC3339Nano), Type: e.Type,
+			Actor:  api.Actor{Kind: e.Actor.Kind, Issuer: e.Actor.Issuer, Subject: e.Actor.Subject},
+			TaskID: e.TaskID, Detail: detail, Hash: e.Hash,
 		})
 	}
 	return out
@@ -609,9 +481,9 @@ func (s *Server) taskHistory(w http.ResponseWriter, r *http.Request) {
 		c.fail(err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"task": s.renderTask(h.Task), "events": renderEvents(h.Events),
-		"credentials": s.renderCredentials(h.Credentials), "truncated": h.Truncated,
+	writeJSON(w, http.StatusOK, api.History{
+		Task: s.renderTask(h.Task), Events: renderEvents(h.Events),
+		Credentials: s.renderCredentials(h.Credentials), Truncated: h.Truncated,
 	})
 }
 
@@ -622,9 +494,7 @@ func (s *Server) issueSecret(w http.ResponseWriter, r *http.Request) {
 	if c == nil {
 		return
 	}
-	var b struct {
-		Role string `json:"role"`
-	}
+	var b api.SecretRequest
 	if !c.body(&b, false) {
 		return
 	}
@@ -634,8 +504,8 @@ func (s *Server) issueSecret(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.metrics.issued.Inc()
-	writeJSON(w, http.StatusCreated, map[string]any{
-		"lease_id": sec.LeaseID, "lease_duration": int64(sec.LeaseDuration / time.Second),
-		"renewable": false, "data": sec.Data,
+	writeJSON(w, http.StatusCreated, api.Secret{
+		LeaseID: sec.LeaseID, LeaseDuration: int64(sec.LeaseDuration / time.Second),
+		Renewable: false, Data: sec.Data,
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/errandhq/errand/api"
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/internal/strictjson"
 )
@@ -208,19 +209,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 // issued_token_type and RFC 9396 §7's authorization_details naming the
 // task, so that a client learns the task id it exchanges for further
 // tokens.
-type tokenResponse struct {
-	AccessToken          string               `json:"access_token"`
-	IssuedTokenType      string               `json:"issued_token_type"`
-	TokenType            string               `json:"token_type"`
-	ExpiresIn            int64                `json:"expires_in"`
-	Scope                string               `json:"scope"`
-	AuthorizationDetails []taskDetailResponse `json:"authorization_details"`
-}
+type tokenResponse = api.TokenResponse
 
-type taskDetailResponse struct {
-	Type   string `json:"type"`
-	TaskID string `json:"task_id"`
-}
+type taskDetailResponse = api.TaskDetail
 
 func (s *Server) writeToken(w http.ResponseWriter, m broker.Minted) {
 	if !m.Replayed {

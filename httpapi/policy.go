@@ -6,31 +6,12 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/errandhq/errand/api"
 	"github.com/errandhq/errand/broker"
 )
 
 // approvalJSON is a step-up approval as agents, users and auditors see it.
-type approvalJSON struct {
-	ID         string   `json:"id"`
-	TaskID     string   `json:"task_id"`
-	Status     string   `json:"status"`
-	Agent      string   `json:"agent"`
-	OnBehalfOf string   `json:"on_behalf_of"`
-	Scopes     []string `json:"scopes"`
-	Audience   string   `json:"audience"`
-	Tool       string   `json:"tool,omitempty"`
-	Dataset    string   `json:"dataset,omitempty"`
-	Policies   []string `json:"policies"`
-	Reasons    []string `json:"reasons"`
-	DenyReason string   `json:"deny_reason,omitempty"`
-	CreatedAt  string   `json:"created_at"`
-	ExpiresAt  string   `json:"expires_at"`
-	DecidedAt  *string  `json:"decided_at"`
-	UsedAt     *string  `json:"used_at"`
-
-	// ScopeDetails are the class and risk of each scope, from the catalog.
-	ScopeDetails []scopeDetailJSON `json:"scope_details"`
-}
+type approvalJSON = api.Approval
 
 func (s *Server) renderApproval(u broker.StepUp) approvalJSON {
 	return approvalJSON{
@@ -59,10 +40,7 @@ func (s *Server) listApprovals(w http.ResponseWriter, r *http.Request) {
 		c.fail(err)
 		return
 	}
-	out := struct {
-		Approvals  []approvalJSON `json:"approvals"`
-		NextCursor string         `json:"next_cursor,omitempty"`
-	}{Approvals: make([]approvalJSON, 0, len(us))}
+	out := api.ApprovalList{Approvals: make([]approvalJSON, 0, len(us))}
 	for _, u := range us {
 		out.Approvals = append(out.Approvals, s.renderApproval(u))
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/errandhq/errand/api"
 	"github.com/errandhq/errand/broker"
 )
 
@@ -55,13 +56,7 @@ func formToken(w http.ResponseWriter, r *http.Request) (string, error) {
 	return tok, nil
 }
 
-type revocationJSON struct {
-	Seq       int64  `json:"seq"`
-	JTI       string `json:"jti"`
-	TaskID    string `json:"task_id"`
-	RevokedAt string `json:"revoked_at"`
-	Reason    string `json:"reason"`
-}
+type revocationJSON = api.Revocation
 
 func renderRevocation(v broker.Revocation) revocationJSON {
 	return revocationJSON{Seq: v.Seq, JTI: v.JTI, TaskID: v.TaskID, RevokedAt: v.RevokedAt.Format(time.RFC3339Nano), Reason: v.Reason}
@@ -108,10 +103,7 @@ func (s *Server) revocations(w http.ResponseWriter, r *http.Request) {
 	}
 	// next_cursor moves past the entries of other audiences too, so that
 	// a caller never reads them again.
-	out := struct {
-		Revocations []revocationJSON `json:"revocations"`
-		NextCursor  string           `json:"next_cursor"`
-	}{Revocations: make([]revocationJSON, 0, len(page.Revocations)), NextCursor: strconv.FormatInt(page.Next, 10)}
+	out := api.RevocationPage{Revocations: make([]revocationJSON, 0, len(page.Revocations)), NextCursor: strconv.FormatInt(page.Next, 10)}
 	for _, v := range page.Revocations {
 		out.Revocations = append(out.Revocations, renderRevocation(v))
 	}

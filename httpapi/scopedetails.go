@@ -1,18 +1,15 @@
 package httpapi
 
-import "github.com/errandhq/errand/broker"
+import (
+	"github.com/errandhq/errand/api"
+	"github.com/errandhq/errand/broker"
+)
 
 // scopeDetailJSON is what the catalog says of a scope: its action's class
 // and risk. Views for approvers show it beside each scope, so that what a
 // decision grants is read from the catalog, never from the agent's words
 // (H09). Class and risk are absent when the action has left the catalog.
-type scopeDetailJSON struct {
-	Scope string `json:"scope"`
-	Class string `json:"class,omitempty"`
-	Risk  string `json:"risk,omitempty"`
-	// Description is the action's, from the catalog.
-	Description string `json:"description,omitempty"`
-}
+type scopeDetailJSON = api.ScopeDetail
 
 // scopeDetails describes every distinct scope of sets, in order.
 func (s *Server) scopeDetails(sets ...broker.Scopes) []scopeDetailJSON {

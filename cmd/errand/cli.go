@@ -135,7 +135,11 @@ approved. Without a terminal to ask on, --yes is required (exit 2 otherwise).`,
 		Use: "close TASK", Short: "Close a task and revoke everything issued for it", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			t, raw, err := g.client().Close(cmd.Context(), args[0])
-			return g.taskResult(cmd, t, raw, err)
+			if err != nil {
+				return err
+			}
+			g.emit(cmd.OutOrStdout(), raw, func(w io.Writer) { printClosed(w, t) })
+			return nil
 		},
 	}
 	get.Example = `  errand task get "$TASK"`
@@ -278,9 +282,9 @@ func newAuditCmd(g *globals) *cobra.Command {
 		g.emit(cmd.OutOrStdout(), pg.raw, func(w io.Writer) {
 			fmt.Fprintln(w, "SEQ\tTIME\tTYPE\tACTOR\tTASK\tDETAIL")
 			for _, e := range evs {
-				actor := fmt.Sprint(e.Actor["kind"])
-				if sub, ok := e.Actor["sub"]; ok {
-					actor += ":" + fmt.Sprint(sub)
+				actor := e.Actor.Kind
+				if e.Actor.Subject != "" {
+					actor += ":" + e.Actor.Subject
 				}
 				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, when(e.Time, now), shown(e.Type), shown(actor), shown(orDash([]string{e.TaskID})), summary(e.Detail))
 			}

@@ -49,9 +49,9 @@ func taskExtras(g *globals, task *cobra.Command) {
 				fmt.Fprintln(w)
 				fmt.Fprintln(w, "SEQ\tTIME\tTYPE\tACTOR\tDETAIL")
 				for _, e := range h.Events {
-					actor := fmt.Sprint(e.Actor["kind"])
-					if sub, ok := e.Actor["sub"]; ok {
-						actor += ":" + fmt.Sprint(sub)
+					actor := e.Actor.Kind
+					if e.Actor.Subject != "" {
+						actor += ":" + e.Actor.Subject
 					}
 					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", e.Seq, when(e.Time, now), shown(e.Type), shown(actor), summary(e.Detail))
 				}

@@ -102,7 +102,13 @@ func agentWords(w io.Writer, words ...[2]string) {
 	}
 }
 
-func printTask(w io.Writer, t client.Task) {
+func printTask(w io.Writer, t client.Task) { printTaskRevoked(w, t, nil) }
+
+// printClosed is a closed task with how many credentials the close
+// revoked.
+func printClosed(w io.Writer, t client.ClosedTask) { printTaskRevoked(w, t.Task, &t.Revoked) }
+
+func printTaskRevoked(w io.Writer, t client.Task, revoked *int) {
 	fmt.Fprintf(w, "id\t%s\n", shown(t.ID))
 	fmt.Fprintf(w, "status\t%s\n", shown(t.Status))
 	fmt.Fprintf(w, "agent\t%s\n", shown(t.Agent))
@@ -121,8 +127,8 @@ func printTask(w io.Writer, t client.Task) {
 	if t.MaxResources > 0 {
 		fmt.Fprintf(w, "max_resources\t%d\n", t.MaxResources)
 	}
-	if t.Revoked != nil {
-		fmt.Fprintf(w, "revoked\t%d\n", *t.Revoked)
+	if revoked != nil {
+		fmt.Fprintf(w, "revoked\t%d\n", *revoked)
 	}
 	if t.DenyReason != "" {
 		fmt.Fprintf(w, "deny_reason\t%s\n", quoted(t.DenyReason))
