@@ -1,0 +1,561 @@
+package identity
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/federation"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/errandhq/errand/broker"
+)
+
+// SPIFFE makes an issuer a SPIFFE trust domain: its tokens are JWT-SVIDs,
+// verified with go-spiffe against the trust domain's JWT bundle. Exactly
+// one bundle source is set.
+type SPIFFE struct {
+	TrustDomain string
+	// EndpointURL is a SPIFFE bundle endpoint. With EndpointSPIFFEID set it
+	// is authenticated with the https_spiffe profile (the endpoint's
+	// X.509-SVID, checked against the trust domain's own X.509 authorities:
+	// first those of BootstrapFile, then those of the last bundle fetched);
+	// otherwise with https_web (Web PKI; EndpointRoots replaces the system
+	// roots).
+	EndpointURL      string
+	EndpointSPIFFEID string
+	EndpointRoots    *x509.CertPool
+	BootstrapFile    string
+	// OIDCDiscoveryURL is SPIRE's OIDC discovery provider (its base URL or
+	// its /.well-known/openid-configuration); its JWKS is the JWT bundle.
+	OIDCDiscoveryURL string
+	// File is a SPIFFE bundle (JWKS with jwt-svid keys) on disk, read again
+	// whenever it changes (spire-server bundle show -format spiffe).
+	File string
+	// WorkloadAPISocket is the SPIFFE Workload API's unix socket path; the
+	// bundle is pushed by the agent as it rotates.
+	WorkloadAPISocket string
+	// RefreshEvery bounds how long a fetched HTTP bundle is used before it
+	// is fetched again (the bundle's refresh_hint when shorter); default 5 min.
+	RefreshEvery time.Duration
+}
+
+// DefaultBundleRefresh is how often an HTTP bundle source is fetched again
+// when the bundle names no shorter refresh_hint.
+const DefaultBundleRefresh = 5 * time.Minute
+
+// SPIFFEIssuerURL is the issuer URL of a SPIFFE trust domain: the
+// principal of a JWT-SVID is (SPIFFEIssuerURL(td), SPIFFE ID, kind).
+func SPIFFEIssuerURL(td string) string { return "spiffe://" + td }
+
+// bundleSource yields a trust domain's current JWT bundle.
+type bundleSource interface {
+	// current is the bundle to verify with now.
+	current(ctx context.Context) (*jwtbundle.Bundle, error)
+	// unknownKey is called when a token names a key the current bundle
+	// lacks: the source may fetch again (bounded by a cool-down).
+	unknownKey(ctx context.Context) (*jwtbundle.Bundle, error)
+	close()
+}
+
+type spiffeTrust struct {
+	td       spiffeid.TrustDomain
+	src      bundleSource
+	subjects []spiffePattern
+}
+
+// newSPIFFE validates an issuer's SPIFFE settings and builds its source.
+func newSPIFFE(s *SPIFFE, client *http.Client, now func() time.Time, cool time.Duration) (*spiffeTrust, error) {
+	td, err := spiffeid.TrustDomainFromString(s.TrustDomain)
+	if err != nil || s.TrustDomain != td.Name() {
+		return nil, fmt.Errorf("spiffe.trust_domain: %q is not a trust domain name (lower case, no scheme, no path)", s.TrustDomain)
+	}
+	n := 0
+	for _, v := range []string{s.EndpointURL, s.OIDCDiscoveryURL, s.File, s.WorkloadAPISocket} {
+		if v != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, errors.New("spiffe.bundle: exactly one of endpoint_url, oidc_discovery_url, file, workload_api_socket")
+	}
+	every := s.RefreshEvery
+	if every <= 0 {
+		every = DefaultBundleRefresh
+	}
+	t := &spiffeTrust{td: td}
+	switch {
+	case s.File != "":
+		t.src = &fileSource{td: td, path: s.File}
+	case s.WorkloadAPISocket != "":
+		t.src = &workloadSource{td: td, addr: "unix://" + s.WorkloadAPISocket, now: now}
+	case s.OIDCDiscoveryURL != "":
+		if !strings.HasPrefix(s.OIDCDiscoveryURL, "https://") && !strings.HasPrefix(s.OIDCDiscoveryURL, "http://") {
+			return nil, errors.New("spiffe.bundle.oidc_discovery_url: must be an http(s) URL")
+		}
+		u := s.OIDCDiscoveryURL
+		if !strings.HasSuffix(u, "/.well-known/openid-configuration") {
+			u = strings.TrimSuffix(u, "/") + "/.well-known/openid-configuration"
+		}
+		t.src = &httpSource{every: every, cool: cool, now: now, fetch: func(ctx context.Context) (*jwtbundle.Bundle, time.Duration, error) {
+			return fetchOIDCBundle(ctx, client, td, u)
+		}}
+	case s.EndpointURL != "":
+		if !strings.HasPrefix(s.EndpointURL, "https://") {
+			return nil, errors.New("spiffe.bundle.endpoint_url: must be an https URL (https_web or https_spiffe profile)")
+		}
+		ep := &endpointSource{td: td, url: s.EndpointURL, roots: s.EndpointRoots}
+		if s.EndpointSPIFFEID != "" {
+			id, err := spiffeid.FromString(s.EndpointSPIFFEID)
+			if err != nil {
+				return nil, fmt.Errorf("spiffe.bundle.endpoint_spiffe_id: %v", err)
+			}
+			if s.BootstrapFile == "" {
+				return nil, errors.New("spiffe.bundle: endpoint_spiffe_id (https_spiffe) needs bootstrap_file, the trust domain's bundle to authenticate the endpoint with first")
+			}
+			ep.spiffeID, ep.bootstrap = id, s.BootstrapFile
+		}
+		t.src = &httpSource{every: every, cool: cool, now: now, fetch: ep.fetch}
+	}
+	return t, nil
+}
+
+// verifySPIFFE verifies a JWT-SVID of trust domain t with go-spiffe's
+// jwtsvid.ParseAndValidate: signature by a key of the trust domain's
+// current bundle, exp, nbf, the audience, and the sub a SPIFFE ID of this
+// trust domain. Errand adds its own rules: one audience, a pinned
+// algorithm, a bounded lifetime, and the issuer's subject patterns.
+func (v *Verifier) verifySPIFFE(ctx context.Context, t *trusted, hdr header, raw string) (broker.Principal, time.Time, error) {
+	fail := func(format string, a ...any) (broker.Principal, time.Time, error) {
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, format, a...)
+	}
+	if !pinned(t.cfg.Algorithms, hdr.Alg) {
+		return fail("signing algorithm not accepted for this issuer")
+	}
+	if hdr.Kid == "" {
+		return fail("a JWT-SVID must name its key (kid)")
+	}
+	b, err := t.spiffe.src.current(ctx)
+	if err != nil {
+		return broker.Principal{}, time.Time{}, fmt.Errorf("%w: bundle of trust domain %s: %v", broker.ErrUnavailable, t.spiffe.td.Name(), err)
+	}
+	if !b.HasJWTAuthority(hdr.Kid) {
+		if b, err = t.spiffe.src.unknownKey(ctx); err != nil {
+			return broker.Principal{}, time.Time{}, fmt.Errorf("%w: bundle of trust domain %s: %v", broker.ErrUnavailable, t.spiffe.td.Name(), err)
+		}
+	}
+	svid, err := jwtsvid.ParseAndValidate(raw, b, []string{t.cfg.Audience})
+	if err != nil {
+		return fail("%s", svidFailure(err))
+	}
+	if svid.ID.TrustDomain() != t.spiffe.td {
+		return fail("SPIFFE ID not of the issuer's trust domain")
+	}
+	// A token for several audiences could be replayed by each of them at
+	// Errand: a JWT-SVID presented here names Errand alone.
+	if len(svid.Audience) != 1 {
+		return fail("a JWT-SVID presented to Errand must name one audience, %q", t.cfg.Audience)
+	}
+	now := v.now()
+	iat, hasIat := numericClaim(svid.Claims["iat"])
+	if hasIat && iat.After(now.Add(time.Minute)) {
+		return fail("iat is in the future")
+	}
+	start := now
+	if hasIat {
+		start = iat
+	}
+	if svid.Expiry.Sub(start) > t.cfg.MaxLifetime {
+		return fail("token lifetime longer than %s", t.cfg.MaxLifetime)
+	}
+	id := svid.ID.String()
+	if len(id) > 255 {
+		return fail("SPIFFE ID longer than 255 bytes")
+	}
+	if !spiffeSubjectAllowed(t.spiffe.subjects, svid.ID) {
+		return fail("subject not allowed for this issuer")
+	}
+	return broker.Principal{Issuer: t.cfg.URL, Subject: id, Kind: t.cfg.Kind}, svid.Expiry, nil
+}
+
+func pinned(algs []string, alg string) bool {
+	for _, a := range algs {
+		if a == alg {
+			return true
+		}
+	}
+	return false
+}
+
+func numericClaim(v any) (time.Time, bool) {
+	switch n := v.(type) {
+	case float64:
+		return time.Unix(int64(n), 0), true
+	case json.Number:
+		f, err := n.Float64()
+		return time.Unix(int64(f), 0), err == nil
+	}
+	return time.Time{}, false
+}
+
+// svidFailure is the detail of a JWT-SVID that go-spiffe refused, from a
+// fixed list: go-spiffe's messages quote the token's audience and trust
+// domain, the unverified caller's words (H03).
+func svidFailure(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "expired"):
+		return "token expired"
+	case strings.Contains(msg, "expected audience"):
+		return "token not issued for Errand's audience"
+	case strings.Contains(msg, "nbf"), strings.Contains(msg, "not valid yet"):
+		return "token not yet valid"
+	case strings.Contains(msg, "issued in the future"), strings.Contains(msg, "iat"):
+		return "iat is in the future"
+	case strings.Contains(msg, "no bundle found"):
+		return "SPIFFE ID not of the issuer's trust domain"
+	case strings.Contains(msg, "invalid subject"), strings.Contains(msg, "missing subject"):
+		return "sub is not a valid SPIFFE ID"
+	case strings.Contains(msg, "missing exp"):
+		return "exp is required"
+	case strings.Contains(msg, "header type"):
+		return "token type not accepted for a JWT-SVID"
+	case strings.Contains(msg, "no JWT authority"), strings.Contains(msg, "unable to get claims"), strings.Contains(msg, "key id"):
+		return "signature does not verify with the trust domain's bundle"
+	case strings.Contains(msg, "unable to parse"):
+		return "malformed token"
+	}
+	return "JWT-SVID refused by its trust domain's verification"
+}
+
+// spiffePattern is a SPIFFE ID pattern of an issuer's subjects: the path's
+// segments are literals, `*` (exactly one segment) or a final `**` (one or
+// more further segments), as in Errand's scopes.
+type spiffePattern []string
+
+// parseSPIFFEPattern parses p, a pattern of trust domain td.
+func parseSPIFFEPattern(td spiffeid.TrustDomain, p string) (spiffePattern, error) {
+	prefix := SPIFFEIssuerURL(td.Name()) + "/"
+	if !strings.HasPrefix(p, prefix) {
+		return nil, fmt.Errorf("%q is not a SPIFFE ID pattern of trust domain %s (spiffe://%s/...)", p, td.Name(), td.Name())
+	}
+	segs := strings.Split(strings.TrimPrefix(p, prefix), "/")
+	for i, s := range segs {
+		switch {
+		case s == "**":
+			if i != len(segs)-1 {
+				return nil, fmt.Errorf("%q: ** may only be the last segment", p)
+			}
+		case s == "*":
+		default:
+			// A literal segment must be a valid SPIFFE ID path segment.
+			if err := spiffeid.ValidatePathSegment(s); err != nil {
+				return nil, fmt.Errorf("%q: segment %q: %v", p, s, err)
+			}
+		}
+	}
+	return segs, nil
+}
+
+func (p spiffePattern) match(id spiffeid.ID) bool {
+	segs := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
+	if id.Path() == "" {
+		segs = nil
+	}
+	for i, s := range p {
+		if s == "**" {
+			return len(segs) > i
+		}
+		if i >= len(segs) || (s != "*" && s != segs[i]) {
+			return false
+		}
+	}
+	return len(segs) == len(p)
+}
+
+func spiffeSubjectAllowed(patterns []spiffePattern, id spiffeid.ID) bool {
+	if len(patterns) == 0 {
+		return true
+	}
+	for _, p := range patterns {
+		if p.match(id) {
+			return true
+		}
+	}
+	return false
+}
+
+// fileSource reads a SPIFFE bundle file again whenever its size or
+// modification time changes, so that a rotation written to it (a new key
+// added, an old one removed) takes effect on the next verification.
+type fileSource struct {
+	td   spiffeid.TrustDomain
+	path string
+
+	mu    sync.Mutex
+	stamp string
+	b     *jwtbundle.Bundle
+}
+
+func (f *fileSource) current(context.Context) (*jwtbundle.Bundle, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, err := os.Stat(f.path)
+	if err != nil {
+		return nil, fmt.Errorf("bundle file: %w", err)
+	}
+	stamp := fmt.Sprintf("%d/%d", st.Size(), st.ModTime().UnixNano())
+	if f.b != nil && stamp == f.stamp {
+		return f.b, nil
+	}
+	data, err := os.ReadFile(f.path)
+	if err != nil {
+		return nil, fmt.Errorf("bundle file: %w", err)
+	}
+	sb, err := spiffebundle.Parse(f.td, data)
+	if err != nil {
+		// A file caught half-written is read again on the next call; a
+		// broken file never leaves the old keys in force.
+		return nil, fmt.Errorf("bundle file %s: %v", f.path, err)
+	}
+	f.b, f.stamp = sb.JWTBundle(), stamp
+	return f.b, nil
+}
+
+func (f *fileSource) unknownKey(ctx context.Context) (*jwtbundle.Bundle, error) {
+	return f.current(ctx)
+}
+
+func (f *fileSource) close() {}
+
+// httpSource caches a bundle fetched over HTTP: fetched again when older
+// than its refresh period, and on an unknown key at most once per
+// cool-down, so a flood of random kids cannot hammer the endpoint.
+type httpSource struct {
+	fetch func(ctx context.Context) (*jwtbundle.Bundle, time.Duration, error)
+	every time.Duration
+	cool  time.Duration
+	now   func() time.Time
+
+	fetchMu sync.Mutex
+	mu      sync.Mutex
+	b       *jwtbundle.Bundle
+	hint    time.Duration
+	last    time.Time
+	lastErr error
+	fetches int
+}
+
+func (h *httpSource) current(ctx context.Context) (*jwtbundle.Bundle, error) {
+	h.mu.Lock()
+	b, last, every := h.b, h.last, h.every
+	if h.hint > 0 && h.hint < every {
+		every = h.hint
+	}
+	h.mu.Unlock()
+	if b != nil && h.now().Sub(last) < every {
+		return b, nil
+	}
+	return h.refetch(ctx, every)
+}
+
+func (h *httpSource) unknownKey(ctx context.Context) (*jwtbundle.Bundle, error) {
+	return h.refetch(ctx, h.cool)
+}
+
+// refetch fetches unless the last fetch is younger than wait (failRetry
+// after a failure). On failure the last good bundle stays in use until
+// its refresh period has passed three times.
+func (h *httpSource) refetch(ctx context.Context, wait time.Duration) (*jwtbundle.Bundle, error) {
+	h.fetchMu.Lock()
+	defer h.fetchMu.Unlock()
+	h.mu.Lock()
+	if h.lastErr != nil {
+		wait = min(wait, failRetry)
+	}
+	if !h.last.IsZero() && h.now().Sub(h.last) < wait {
+		b, err := h.b, h.lastErr
+		h.mu.Unlock()
+		if b == nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	h.last = h.now()
+	h.fetches++
+	h.mu.Unlock()
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	b, hint, err := h.fetch(fctx)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lastErr = err
+	if err != nil {
+		if h.b == nil {
+			return nil, err
+		}
+		return h.b, nil
+	}
+	h.b, h.hint = b, hint
+	return b, nil
+}
+
+// Fetches counts fetches, for tests.
+func (h *httpSource) Fetches() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.fetches
+}
+
+func (h *httpSource) close() {}
+
+// endpointSource fetches a SPIFFE bundle endpoint with go-spiffe's
+// federation client.
+type endpointSource struct {
+	td        spiffeid.TrustDomain
+	url       string
+	roots     *x509.CertPool
+	spiffeID  spiffeid.ID
+	bootstrap string
+
+	mu   sync.Mutex
+	x509 *x509bundle.Bundle // https_spiffe: the trust anchors to authenticate the endpoint
+}
+
+func (e *endpointSource) fetch(ctx context.Context) (*jwtbundle.Bundle, time.Duration, error) {
+	var opts []federation.FetchOption
+	if !e.spiffeID.IsZero() {
+		e.mu.Lock()
+		anchors := e.x509
+		e.mu.Unlock()
+		if anchors == nil {
+			sb, err := spiffebundle.Load(e.td, e.bootstrap)
+			if err != nil {
+				return nil, 0, fmt.Errorf("bootstrap bundle: %v", err)
+			}
+			anchors = sb.X509Bundle()
+		}
+		opts = append(opts, federation.WithSPIFFEAuth(anchors, e.spiffeID))
+	} else if e.roots != nil {
+		opts = append(opts, federation.WithWebPKIRoots(e.roots))
+	}
+	sb, err := federation.FetchBundle(ctx, e.td, e.url, opts...)
+	if err != nil {
+		return nil, 0, err
+	}
+	if !e.spiffeID.IsZero() && len(sb.X509Authorities()) > 0 {
+		e.mu.Lock()
+		e.x509 = sb.X509Bundle()
+		e.mu.Unlock()
+	}
+	hint, _ := sb.RefreshHint()
+	return sb.JWTBundle(), hint, nil
+}
+
+// fetchOIDCBundle reads an OIDC discovery document and its JWKS (SPIRE's
+// OIDC discovery provider) into a JWT bundle of td.
+func fetchOIDCBundle(ctx context.Context, c *http.Client, td spiffeid.TrustDomain, discovery string) (*jwtbundle.Bundle, time.Duration, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, discovery, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("discovery: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, 0, fmt.Errorf("discovery: %s answered %s", discovery, resp.Status)
+	}
+	var meta struct {
+		JWKSURI string `json:"jwks_uri"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&meta); err != nil || meta.JWKSURI == "" {
+		return nil, 0, fmt.Errorf("discovery: %s has no jwks_uri", discovery)
+	}
+	keys, err := fetchJWKS(ctx, c, meta.JWKSURI)
+	if err != nil {
+		return nil, 0, err
+	}
+	auth := map[string]crypto.PublicKey{}
+	for _, k := range keys {
+		if k.KeyID != "" && k.Algorithm != string(jose.HS256) {
+			auth[k.KeyID] = k.Key
+		}
+	}
+	return jwtbundle.FromJWTAuthorities(td, auth), 0, nil
+}
+
+// workloadSource follows the trust domain's JWT bundle over the SPIFFE
+// Workload API: the agent pushes every change, so a key removed from the
+// bundle is refused as soon as the agent has sent the new bundle. The
+// stream is opened on first use (retried at most every 5 s), so Errand
+// starts while the agent is down.
+type workloadSource struct {
+	td   spiffeid.TrustDomain
+	addr string
+	now  func() time.Time
+
+	mu      sync.Mutex
+	src     *workloadapi.JWTSource
+	lastTry time.Time
+	lastErr error
+}
+
+func (w *workloadSource) current(ctx context.Context) (*jwtbundle.Bundle, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.src == nil {
+		if !w.lastTry.IsZero() && w.now().Sub(w.lastTry) < 5*time.Second {
+			return nil, w.lastErr
+		}
+		w.lastTry = w.now()
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		src, err := workloadapi.NewJWTSource(wctx, workloadapi.WithClientOptions(workloadapi.WithAddr(w.addr)))
+		if err != nil {
+			w.lastErr = fmt.Errorf("workload API %s: %v", w.addr, err)
+			return nil, w.lastErr
+		}
+		w.src = src
+	}
+	return w.src.GetJWTBundleForTrustDomain(w.td)
+}
+
+func (w *workloadSource) unknownKey(ctx context.Context) (*jwtbundle.Bundle, error) {
+	return w.current(ctx)
+}
+
+func (w *workloadSource) close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.src != nil {
+		_ = w.src.Close()
+		w.src = nil
+	}
+}
+
+// Close stops the background work of the verifier's bundle sources (the
+// Workload API streams).
+func (v *Verifier) Close() {
+	for _, t := range v.issuers {
+		if t.spiffe != nil {
+			t.spiffe.src.close()
+		}
+	}
+}
