@@ -41,8 +41,37 @@ type Ref struct {
 // Ref returns p's issuer and subject.
 func (p Principal) Ref() Ref { return Ref{Issuer: p.Issuer, Subject: p.Subject} }
 
-// String is "<issuer>#<subject>", the form DESIGN.md uses for on_behalf_of.
-func (r Ref) String() string { return r.Issuer + "#" + r.Subject }
+// String is "<issuer>#<subject>", the form DESIGN.md uses for on_behalf_of;
+// a principal of a SPIFFE trust domain is its bare SPIFFE ID, which names
+// its trust domain already.
+func (r Ref) String() string {
+	if r.IsSPIFFE() {
+		return r.Subject
+	}
+	return r.Issuer + "#" + r.Subject
+}
+
+// IsSPIFFE reports whether r is a workload of a SPIFFE trust domain: its
+// issuer is spiffe://<trust domain> and its subject a SPIFFE ID in it.
+func (r Ref) IsSPIFFE() bool {
+	return strings.HasPrefix(r.Issuer, "spiffe://") && !strings.Contains(r.Issuer[len("spiffe://"):], "/") &&
+		strings.HasPrefix(r.Subject, r.Issuer+"/")
+}
+
+// SPIFFERef reads a bare SPIFFE ID as the principal it names:
+// (spiffe://<trust domain>, the ID).
+func SPIFFERef(s string) (Ref, bool) {
+	rest, ok := strings.CutPrefix(s, "spiffe://")
+	if !ok || strings.Contains(s, "#") {
+		return Ref{}, false
+	}
+	td, _, ok := strings.Cut(rest, "/")
+	if !ok || td == "" {
+		return Ref{}, false
+	}
+	r := Ref{Issuer: "spiffe://" + td, Subject: s}
+	return r, r.IsSPIFFE()
+}
 
 // Is reports whether p is the principal of kind k named by r.
 func (p Principal) Is(k Kind, r Ref) bool {
