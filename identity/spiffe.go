@@ -40,7 +40,10 @@ type SPIFFE struct {
 	EndpointURL      string
 	EndpointSPIFFEID string
 	EndpointRoots    *x509.CertPool
-	BootstrapFile    string
+	// EndpointCAFile is a PEM file of roots for an https_web endpoint
+	// (added to EndpointRoots).
+	EndpointCAFile string
+	BootstrapFile  string
 	// OIDCDiscoveryURL is SPIRE's OIDC discovery provider (its base URL or
 	// its /.well-known/openid-configuration); its JWKS is the JWT bundle.
 	OIDCDiscoveryURL string
@@ -120,6 +123,18 @@ func newSPIFFE(s *SPIFFE, client *http.Client, now func() time.Time, cool time.D
 			return nil, errors.New("spiffe.bundle.endpoint_url: must be an https URL (https_web or https_spiffe profile)")
 		}
 		ep := &endpointSource{td: td, url: s.EndpointURL, roots: s.EndpointRoots}
+		if s.EndpointCAFile != "" {
+			pem, err := os.ReadFile(s.EndpointCAFile)
+			if err != nil {
+				return nil, fmt.Errorf("spiffe.bundle.ca_file: %v", err)
+			}
+			if ep.roots == nil {
+				ep.roots = x509.NewCertPool()
+			}
+			if !ep.roots.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("spiffe.bundle.ca_file: %s holds no PEM certificate", s.EndpointCAFile)
+			}
+		}
 		if s.EndpointSPIFFEID != "" {
 			id, err := spiffeid.FromString(s.EndpointSPIFFEID)
 			if err != nil {
