@@ -1,0 +1,194 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/client"
+	"github.com/errandhq/errand/identity"
+	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testspire"
+)
+
+// TestSPIFFEWithSPIRE runs Errand against a real SPIRE v1.13.3: a server
+// and an agent on loopback (join_token node attestation, the unix
+// workload attestor), the test process registered by its uid. The agent
+// fetches its JWT-SVID over the Workload API with go-spiffe (the Go
+// client's token source) and runs the whole flow with it; Errand follows
+// the trust domain's bundle over the same Workload API. Then SVIDs that
+// must be refused, minted by SPIRE itself: another trust domain's, one for
+// another audience, one whose SPIFFE ID is outside subjects; the bundle
+// from SPIRE's bundle endpoint (https_spiffe) and from a `bundle show`
+// file; and a rotation of SPIRE's JWT authority (prepare, activate, taint,
+// revoke): the new key accepted, the revoked one refused. An expired SVID
+// is tested with go-spiffe's helpers in identity (TestSPIFFEJWTSVID):
+// SPIRE mints none, and waiting out go-jose's minute of leeway would
+// double this test's time.
+func TestSPIFFEWithSPIRE(t *testing.T) {
+	testspire.Require(t)
+	ctx := context.Background()
+	srv := testspire.StartServer(t, "example.org", testpg.NewDatabase(t))
+	agent := srv.StartAgent(t)
+	agentID := srv.ID("/ns/agents/sa/agent-7")
+	srv.RegisterUID(t, agentID, os.Getuid())
+	agent.FetchJWTSVID(t, audience) // waits for the entry to reach the agent
+
+	e := newEnvWith(t, envOptions{
+		spiffe:         &identity.SPIFFE{TrustDomain: "example.org", WorkloadAPISocket: agent.Socket},
+		spiffeSubjects: []string{"spiffe://example.org/ns/agents/**"},
+	})
+
+	token, closeSource, err := client.SPIFFETokenSource(ctx, agent.Addr(), audience)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeSource()
+	svid, err := token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The whole flow with the JWT-SVID: create, approve, mint, close.
+	r := e.mustStatus(e.do("POST", "/v1/tasks", svid, map[string]any{
+		"on_behalf_of": "alice", "goal": "triage issues", "scopes": []string{"github.repo.read:acme/api"},
+		"audiences": []string{apiGitHub}, "ttl_seconds": 600,
+	}), http.StatusCreated)
+	id := r.str("id")
+	if r.str("agent") != agentID {
+		t.Fatalf("the task's agent is written as its SPIFFE ID: %s", r.Raw)
+	}
+	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/approve", e.user("alice", "eng"), map[string]any{}), http.StatusOK)
+	minted := e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/tokens", svid, map[string]any{
+		"scopes": []string{"github.repo.read:acme/api"}, "audience": apiGitHub,
+	}), http.StatusCreated)
+	claims := accessClaims(t, minted.str("access_token"))
+	act, _ := claims["act"].(map[string]any)
+	if claims["client_id"] != agentID || act["sub"] != agentID || act["iss"] != "spiffe://example.org" || claims["sub"] != "alice" {
+		t.Fatalf("the access token names the agent by its SPIFFE ID: %v", claims)
+	}
+	closed := e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/close", svid, nil), http.StatusOK)
+	if closed.str("status") != "closed" || closed.JSON["revoked"].(float64) != 1 {
+		t.Fatalf("close: %s", closed.Raw)
+	}
+
+	newTask := map[string]any{"on_behalf_of": "alice", "goal": "g", "scopes": []string{"github.repo.read:acme/api"},
+		"audiences": []string{apiGitHub}, "ttl_seconds": 600}
+	refuse := func(tok, why string) {
+		t.Helper()
+		before := e.snapshot()
+		r := e.do("POST", "/v1/tasks", tok, newTask)
+		if r.Status != http.StatusUnauthorized {
+			t.Fatalf("%s: %d %s", why, r.Status, r.Raw)
+		}
+		e.refused(before, r, http.StatusUnauthorized, "invalid_token")
+	}
+	// Another trust domain: a second SPIRE server of other.org.
+	other := testspire.StartServer(t, "other.org", testpg.NewDatabase(t))
+	refuse(other.Mint(t, other.ID("/ns/agents/sa/agent-7"), audience), "another trust domain's SVID")
+	refuse(srv.Mint(t, agentID, "other-service"), "an SVID for another audience")
+	refuse(srv.Mint(t, srv.ID("/ns/payments/sa/agent-7"), audience), "a SPIFFE ID outside subjects")
+	// A minted SVID of a SPIFFE ID inside subjects is accepted: the
+	// refusals above are for their reason alone.
+	e.mustStatus(e.do("POST", "/v1/tasks", srv.Mint(t, srv.ID("/ns/agents/sa/agent-8"), audience), newTask), http.StatusCreated)
+
+	// The same trust domain's bundle from SPIRE's bundle endpoint
+	// (https_spiffe, authenticated with a bundle shown by the server) and
+	// from a `bundle show -format spiffe` file.
+	bootstrap := srv.BundleFile(t, "bootstrap.json")
+	for name, s := range map[string]*identity.SPIFFE{
+		"bundle endpoint": {TrustDomain: "example.org", EndpointURL: srv.BundleEndpoint,
+			EndpointSPIFFEID: srv.ID("/spire/server"), BootstrapFile: bootstrap},
+		"bundle file": {TrustDomain: "example.org", File: bootstrap},
+	} {
+		v, err := identity.New(identity.Config{Self: publicURL, Issuers: []identity.Issuer{{Audience: audience, Kind: broker.KindAgent, SPIFFE: s}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := v.Verify(ctx, svid)
+		if err != nil || p.Subject != agentID {
+			t.Fatalf("%s: %+v %v", name, p, err)
+		}
+		if _, err := v.Verify(ctx, other.Mint(t, other.ID("/x"), audience)); !errors.Is(err, broker.ErrInvalidToken) {
+			t.Fatalf("%s: another trust domain's SVID: %v", name, err)
+		}
+	}
+
+	// Rotation of SPIRE's JWT authority.
+	old := authority(t, srv, "active")
+	srv.LocalAuthority(t, "prepare")
+	next := authority(t, srv, "prepared")
+	srv.LocalAuthority(t, "activate", "-authorityID", next)
+	fresh := srv.Mint(t, agentID, audience)
+	if kid(t, fresh) != next || kid(t, svid) != old {
+		t.Fatalf("kids: old SVID %s (authority %s), new SVID %s (authority %s)", kid(t, svid), old, kid(t, fresh), next)
+	}
+	eventually(t, "the new key accepted", func() bool {
+		return e.do("POST", "/v1/tasks", fresh, newTask).Status == http.StatusCreated
+	})
+	e.mustStatus(e.do("POST", "/v1/tasks", svid, newTask), http.StatusCreated) // the old key stays until revoked
+	srv.LocalAuthority(t, "taint", "-authorityID", old)
+	srv.LocalAuthority(t, "revoke", "-authorityID", old)
+	eventually(t, "the revoked key refused", func() bool {
+		return e.do("POST", "/v1/tasks", svid, newTask).Status == http.StatusUnauthorized
+	})
+	refuse(svid, "an SVID of the revoked key")
+	e.mustStatus(e.do("POST", "/v1/tasks", fresh, newTask), http.StatusCreated)
+}
+
+// authority is the ID of SPIRE's JWT authority in state (active,
+// prepared, old), from `localauthority jwt show -output json`.
+func authority(t *testing.T, srv *testspire.Server, state string) string {
+	t.Helper()
+	var out map[string]map[string]any
+	if err := json.Unmarshal([]byte(srv.LocalAuthority(t, "show", "-output", "json")), &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"authority_id", "authorityId"} {
+		if id, ok := out[state][k].(string); ok && id != "" {
+			return id
+		}
+	}
+	t.Fatalf("no %s JWT authority: %v", state, out)
+	return ""
+}
+
+func kid(t *testing.T, tok string) string {
+	t.Helper()
+	jws, err := jose.ParseSigned(tok, []jose.SignatureAlgorithm{jose.ES256, jose.RS256, jose.ES384, jose.PS256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return jws.Signatures[0].Header.KeyID
+}
+
+func accessClaims(t *testing.T, at string) map[string]any {
+	t.Helper()
+	jws, err := jose.ParseSigned(at, []jose.SignatureAlgorithm{jose.EdDSA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c map[string]any
+	if err := json.Unmarshal(jws.UnsafePayloadWithoutVerification(), &c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func eventually(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 90 s", what)
+		}
+		time.Sleep(time.Second)
+	}
+}
