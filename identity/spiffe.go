@@ -106,7 +106,7 @@ func newSPIFFE(s *SPIFFE, client *http.Client, now func() time.Time, cool time.D
 	case s.File != "":
 		t.src = &fileSource{td: td, path: s.File}
 	case s.WorkloadAPISocket != "":
-		t.src = &workloadSource{td: td, addr: "unix://" + s.WorkloadAPISocket, now: now}
+		t.src = &workloadSource{td: td, addr: "unix://" + s.WorkloadAPISocket}
 	case s.OIDCDiscoveryURL != "":
 		if !strings.HasPrefix(s.OIDCDiscoveryURL, "https://") && !strings.HasPrefix(s.OIDCDiscoveryURL, "http://") {
 			return nil, errors.New("spiffe.bundle.oidc_discovery_url: must be an http(s) URL")
@@ -371,7 +371,8 @@ type httpSource struct {
 	mu      sync.Mutex
 	b       *jwtbundle.Bundle
 	hint    time.Duration
-	last    time.Time
+	last    time.Time // of the last attempt
+	good    time.Time // of the last success
 	lastErr error
 	fetches int
 }
@@ -389,13 +390,18 @@ func (h *httpSource) current(ctx context.Context) (*jwtbundle.Bundle, error) {
 	return h.refetch(ctx, every)
 }
 
+// staleLimit is how many refresh periods a bundle stays in use while its
+// source cannot be reached: keys removed meanwhile could not be learnt of.
+const staleLimit = 3
+
 func (h *httpSource) unknownKey(ctx context.Context) (*jwtbundle.Bundle, error) {
 	return h.refetch(ctx, h.cool)
 }
 
 // refetch fetches unless the last fetch is younger than wait (failRetry
 // after a failure). On failure the last good bundle stays in use until
-// its refresh period has passed three times.
+// its refresh period has passed staleLimit times, then the source is
+// unavailable.
 func (h *httpSource) refetch(ctx context.Context, wait time.Duration) (*jwtbundle.Bundle, error) {
 	h.fetchMu.Lock()
 	defer h.fetchMu.Unlock()
@@ -404,12 +410,9 @@ func (h *httpSource) refetch(ctx context.Context, wait time.Duration) (*jwtbundl
 		wait = min(wait, failRetry)
 	}
 	if !h.last.IsZero() && h.now().Sub(h.last) < wait {
-		b, err := h.b, h.lastErr
+		b, err := h.usable()
 		h.mu.Unlock()
-		if b == nil {
-			return nil, err
-		}
-		return b, nil
+		return b, err
 	}
 	h.last = h.now()
 	h.fetches++
@@ -421,13 +424,22 @@ func (h *httpSource) refetch(ctx context.Context, wait time.Duration) (*jwtbundl
 	defer h.mu.Unlock()
 	h.lastErr = err
 	if err != nil {
-		if h.b == nil {
-			return nil, err
-		}
+		return h.usable()
+	}
+	h.b, h.hint, h.good = b, hint, h.now()
+	return b, nil
+}
+
+// usable is the last good bundle while it is younger than staleLimit
+// refresh periods, else the last fetch's error. h.mu is held.
+func (h *httpSource) usable() (*jwtbundle.Bundle, error) {
+	if h.b != nil && h.now().Sub(h.good) < staleLimit*h.every {
 		return h.b, nil
 	}
-	h.b, h.hint = b, hint
-	return b, nil
+	if h.lastErr == nil {
+		return h.b, nil
+	}
+	return nil, h.lastErr
 }
 
 // Fetches counts fetches, for tests.
@@ -519,37 +531,69 @@ func fetchOIDCBundle(ctx context.Context, c *http.Client, td spiffeid.TrustDomai
 // workloadSource follows the trust domain's JWT bundle over the SPIFFE
 // Workload API: the agent pushes every change, so a key removed from the
 // bundle is refused as soon as the agent has sent the new bundle. The
-// stream is opened on first use (retried at most every 5 s), so Errand
-// starts while the agent is down.
+// stream is opened in the background on first use, so Errand starts, and
+// answers 503 at once rather than hang, while the agent is down.
 type workloadSource struct {
 	td   spiffeid.TrustDomain
 	addr string
-	now  func() time.Time
+	// wait bounds how long a verification waits for the first bundle.
+	wait time.Duration
 
-	mu      sync.Mutex
-	src     *workloadapi.JWTSource
-	lastTry time.Time
-	lastErr error
+	once   sync.Once
+	ready  chan struct{}
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	src    *workloadapi.JWTSource
+	closed bool
+}
+
+func (w *workloadSource) start() {
+	w.once.Do(func() {
+		w.ready = make(chan struct{})
+		w.ctx, w.cancel = context.WithCancel(context.Background())
+		go func() {
+			// Blocks until the agent has sent the first bundles, retrying
+			// the connection with go-spiffe's backoff, or until close.
+			src, err := workloadapi.NewJWTSource(w.ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(w.addr)))
+			if err != nil {
+				return
+			}
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			if w.closed {
+				_ = src.Close()
+				return
+			}
+			w.src = src
+			close(w.ready)
+		}()
+	})
 }
 
 func (w *workloadSource) current(ctx context.Context) (*jwtbundle.Bundle, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.src == nil {
-		if !w.lastTry.IsZero() && w.now().Sub(w.lastTry) < 5*time.Second {
-			return nil, w.lastErr
-		}
-		w.lastTry = w.now()
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		src, err := workloadapi.NewJWTSource(wctx, workloadapi.WithClientOptions(workloadapi.WithAddr(w.addr)))
-		if err != nil {
-			w.lastErr = fmt.Errorf("workload API %s: %v", w.addr, err)
-			return nil, w.lastErr
-		}
-		w.src = src
+	w.start()
+	wait := w.wait
+	if wait <= 0 {
+		wait = 3 * time.Second
 	}
-	return w.src.GetJWTBundleForTrustDomain(w.td)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-w.ready:
+	case <-t.C:
+		return nil, fmt.Errorf("workload API %s: no bundle received yet", w.addr)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	w.mu.Lock()
+	src := w.src
+	w.mu.Unlock()
+	if src == nil {
+		return nil, fmt.Errorf("workload API %s: closed", w.addr)
+	}
+	return src.GetJWTBundleForTrustDomain(w.td)
 }
 
 func (w *workloadSource) unknownKey(ctx context.Context) (*jwtbundle.Bundle, error) {
@@ -559,6 +603,10 @@ func (w *workloadSource) unknownKey(ctx context.Context) (*jwtbundle.Bundle, err
 func (w *workloadSource) close() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.closed = true
+	if w.cancel != nil {
+		w.cancel()
+	}
 	if w.src != nil {
 		_ = w.src.Close()
 		w.src = nil

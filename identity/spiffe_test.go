@@ -373,3 +373,65 @@ func TestSPIFFEIssuerConfig(t *testing.T) {
 		}
 	}
 }
+
+// An unreachable bundle endpoint: the last bundle stays in use for three
+// refresh periods, then the trust domain is unavailable (503), not
+// trusted on keys that may have been removed meanwhile.
+func TestSPIFFEBundleEndpointOutage(t *testing.T) {
+	td := newTD(t, "example.org", "k1")
+	h, err := federation.NewHandler(td.td, td.bundle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(h)
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	now := time.Now()
+	var clockMu sync.Mutex
+	clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
+	advance := func(d time.Duration) { clockMu.Lock(); now = now.Add(d); clockMu.Unlock() }
+	v, err := New(Config{Self: "https://errand.test", Now: clock, Issuers: []Issuer{{
+		Audience: "errand", Kind: broker.KindAgent,
+		SPIFFE: &SPIFFE{TrustDomain: "example.org", EndpointURL: srv.URL, EndpointRoots: roots, RefreshEvery: time.Minute},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	tok := svid(t, td.keys["k1"], agent7, nil)
+	if _, err := v.Verify(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	advance(2 * time.Minute)
+	if _, err := v.Verify(ctx, tok); err != nil {
+		t.Fatalf("within three refresh periods of the last fetch: %v", err)
+	}
+	advance(2 * time.Minute)
+	if _, err := v.Verify(ctx, tok); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("past three refresh periods: %v", err)
+	}
+}
+
+// A Workload API that is not there answers 503 within the wait, never
+// hangs the request, and never passes for an invalid token.
+func TestSPIFFEWorkloadAPIDown(t *testing.T) {
+	td := newTD(t, "example.org", "k1")
+	v, err := New(Config{Self: "https://errand.test", Issuers: []Issuer{{
+		Audience: "errand", Kind: broker.KindAgent,
+		SPIFFE: &SPIFFE{TrustDomain: "example.org", WorkloadAPISocket: filepath.Join(t.TempDir(), "agent.sock")},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	start := time.Now()
+	for range 2 {
+		if _, err := v.Verify(context.Background(), svid(t, td.keys["k1"], agent7, nil)); !errors.Is(err, broker.ErrUnavailable) {
+			t.Fatalf("no agent: %v", err)
+		}
+	}
+	if d := time.Since(start); d > 8*time.Second {
+		t.Fatalf("two verifications took %s", d)
+	}
+}
