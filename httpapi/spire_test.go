@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,16 +29,16 @@ import (
 // another audience, one whose SPIFFE ID is outside subjects; the bundle
 // from SPIRE's bundle endpoint (https_spiffe) and from a `bundle show`
 // file; and a rotation of SPIRE's JWT authority (prepare, activate, taint,
-// revoke): the new key accepted, the revoked one refused. An expired SVID
-// is tested with go-spiffe's helpers in identity (TestSPIFFEJWTSVID):
-// SPIRE mints none, and waiting out go-jose's minute of leeway would
-// double this test's time.
+// revoke): the new key accepted, the revoked one refused; and an SVID
+// minted to live 1 s, refused once it has expired (go-spiffe allows go-jose's
+// one minute of leeway, so the test waits that out at its end).
 func TestSPIFFEWithSPIRE(t *testing.T) {
 	testspire.Require(t)
 	ctx := context.Background()
 	srv := testspire.StartServer(t, "example.org", testpg.NewDatabase(t))
-	agent := srv.StartAgent(t)
 	agentID := srv.ID("/ns/agents/sa/agent-7")
+	shortLived, shortExp := srv.MintTTL(t, agentID, audience, time.Second), time.Now().Add(time.Second)
+	agent := srv.StartAgent(t)
 	srv.RegisterUID(t, agentID, os.Getuid())
 	agent.FetchJWTSVID(t, audience) // waits for the entry to reach the agent
 
@@ -141,6 +142,22 @@ func TestSPIFFEWithSPIRE(t *testing.T) {
 	})
 	refuse(svid, "an SVID of the revoked key")
 	e.mustStatus(e.do("POST", "/v1/tasks", fresh, newTask), http.StatusCreated)
+
+	// The 1 s SVID (of the revoked key too, so refused either way until
+	// the agent's bundle holds the key again: checked with a bundle file
+	// of the key's time, saved before the rotation, so only expiry refuses it).
+	time.Sleep(time.Until(shortExp.Add(time.Minute + 2*time.Second)))
+	v, err := identity.New(identity.Config{Self: publicURL, Issuers: []identity.Issuer{{Audience: audience, Kind: broker.KindAgent,
+		SPIFFE: &identity.SPIFFE{TrustDomain: "example.org", File: bootstrap}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(ctx, svid); err != nil {
+		t.Fatalf("the bundle file of the old key: %v", err)
+	}
+	if _, err := v.Verify(ctx, shortLived); !errors.Is(err, broker.ErrInvalidToken) || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("an expired SVID of SPIRE: %v", err)
+	}
 }
 
 // authority is the ID of SPIRE's JWT authority in state (active,

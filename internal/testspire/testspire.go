@@ -287,6 +287,13 @@ func (s *Server) Mint(t testing.TB, spiffeID, audience string) string {
 	return strings.TrimSpace(out)
 }
 
+// MintTTL is Mint with a lifetime (jwt mint -ttl).
+func (s *Server) MintTTL(t testing.TB, spiffeID, audience string, ttl time.Duration) string {
+	t.Helper()
+	out := s.MustRun(t, "jwt", "mint", "-spiffeID", spiffeID, "-audience", audience, "-ttl", ttl.String())
+	return strings.TrimSpace(out)
+}
+
 // BundleFile writes the trust domain's SPIFFE bundle (bundle show
 // -format spiffe) to a file and returns its path.
 func (s *Server) BundleFile(t testing.TB, name string) string {
