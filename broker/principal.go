@@ -1,6 +1,10 @@
 package broker
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
 
 // Kind is the kind of a principal, fixed by the issuer that vouched for it.
 // Kinds never compare equal to each other: an agent and a user with the same
@@ -61,16 +65,11 @@ func (r Ref) IsSPIFFE() bool {
 // SPIFFERef reads a bare SPIFFE ID as the principal it names:
 // (spiffe://<trust domain>, the ID).
 func SPIFFERef(s string) (Ref, bool) {
-	rest, ok := strings.CutPrefix(s, "spiffe://")
-	if !ok || strings.Contains(s, "#") {
+	id, err := spiffeid.FromString(s)
+	if err != nil || id.Path() == "" {
 		return Ref{}, false
 	}
-	td, _, ok := strings.Cut(rest, "/")
-	if !ok || td == "" {
-		return Ref{}, false
-	}
-	r := Ref{Issuer: "spiffe://" + td, Subject: s}
-	return r, r.IsSPIFFE()
+	return Ref{Issuer: id.TrustDomain().IDString(), Subject: s}, true
 }
 
 // Is reports whether p is the principal of kind k named by r.
