@@ -138,6 +138,19 @@ type Issuer struct {
 type SPIFFE struct {
 	TrustDomain string       `yaml:"trust_domain"`
 	Bundle      SPIFFEBundle `yaml:"bundle"`
+	// X509SVID accepts the trust domain's X.509-SVIDs as mutual-TLS
+	// client certificates (with tls configured, Errand asks for one).
+	X509SVID bool `yaml:"x509_svid"`
+}
+
+// AcceptsX509SVIDs reports whether an issuer takes X.509-SVIDs.
+func (c *Config) AcceptsX509SVIDs() bool {
+	for _, is := range c.Issuers {
+		if is.SPIFFE != nil && is.SPIFFE.X509SVID {
+			return true
+		}
+	}
+	return false
 }
 
 // SPIFFEBundle is the source of a trust domain's bundle.
@@ -727,7 +740,8 @@ func (c *Config) IdentityConfig() identity.Config {
 			id.SPIFFE = &identity.SPIFFE{TrustDomain: s.TrustDomain,
 				EndpointURL: b.EndpointURL, EndpointSPIFFEID: b.EndpointSPIFFEID,
 				BootstrapFile: c.path(b.BootstrapFile), EndpointCAFile: c.path(b.CAFile),
-				OIDCDiscoveryURL: b.OIDCDiscoveryURL, File: c.path(b.File), WorkloadAPISocket: c.path(b.WorkloadAPISocket)}
+				OIDCDiscoveryURL: b.OIDCDiscoveryURL, File: c.path(b.File), WorkloadAPISocket: c.path(b.WorkloadAPISocket),
+				X509SVID: s.X509SVID}
 		}
 		out.Issuers = append(out.Issuers, id)
 	}

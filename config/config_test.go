@@ -357,6 +357,13 @@ func TestSPIFFEIssuer(t *testing.T) {
 	if a := c.AgentIssuers(); len(a) != 2 || a[1] != "spiffe://prod.example.org" {
 		t.Fatalf("agent issuers: %v", a)
 	}
+	if c.AcceptsX509SVIDs() {
+		t.Fatal("X.509-SVIDs accepted without x509_svid")
+	}
+	if x, err := Parse([]byte(strings.Replace(spiffe, "trust_domain: prod.example.org", "trust_domain: prod.example.org\n      x509_svid: true", 1)), goodEnv); err != nil ||
+		!x.AcceptsX509SVIDs() || !x.IdentityConfig().Issuers[2].SPIFFE.X509SVID {
+		t.Fatalf("x509_svid: true: %v", err)
+	}
 	ic := c.IdentityConfig()
 	s := ic.Issuers[2].SPIFFE
 	if s == nil || s.TrustDomain != "prod.example.org" || s.File != "bundle.json" || ic.Issuers[2].URL != "spiffe://prod.example.org" {

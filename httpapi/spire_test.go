@@ -1,16 +1,27 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"io"
+	"math/big"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/client"
@@ -39,11 +50,12 @@ func TestSPIFFEWithSPIRE(t *testing.T) {
 	agentID := srv.ID("/ns/agents/sa/agent-7")
 	shortLived, shortExp := srv.MintTTL(t, agentID, audience, time.Second), time.Now().Add(time.Second)
 	agent := srv.StartAgent(t)
+	other := testspire.StartServer(t, "other.org", testpg.NewDatabase(t))
 	srv.RegisterUID(t, agentID, os.Getuid())
 	agent.FetchJWTSVID(t, audience) // waits for the entry to reach the agent
 
 	e := newEnvWith(t, envOptions{
-		spiffe:         &identity.SPIFFE{TrustDomain: "example.org", WorkloadAPISocket: agent.Socket},
+		spiffe:         &identity.SPIFFE{TrustDomain: "example.org", WorkloadAPISocket: agent.Socket, X509SVID: true},
 		spiffeSubjects: []string{"spiffe://example.org/ns/agents/**"},
 	})
 
@@ -82,6 +94,33 @@ func TestSPIFFEWithSPIRE(t *testing.T) {
 
 	newTask := map[string]any{"on_behalf_of": "alice", "goal": "g", "scopes": []string{"github.repo.read:acme/api"},
 		"audiences": []string{apiGitHub}, "ttl_seconds": 600}
+
+	// X.509-SVID: mutual TLS with the agent's X.509-SVID (from the
+	// Workload API) as client certificate and no Authorization header is
+	// the same agent; a self-signed certificate naming the same SPIFFE ID
+	// is refused.
+	xsvid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(agent.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := xsvid.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = mtls(t, e, pair, newTask)
+	if r.Status != http.StatusCreated || r.str("agent") != agentID {
+		t.Fatalf("an X.509-SVID over mutual TLS: %d %s", r.Status, r.Raw)
+	}
+	before := e.snapshot()
+	r = mtls(t, e, selfSignedSVID(t, agentID), newTask)
+	e.refused(before, r, http.StatusUnauthorized, "invalid_token")
+	before = e.snapshot()
+	r = mtls(t, e, selfSignedSVID(t, other.ID("/ns/agents/sa/agent-7")), newTask)
+	e.refused(before, r, http.StatusUnauthorized, "invalid_token")
 	refuse := func(tok, why string) {
 		t.Helper()
 		before := e.snapshot()
@@ -92,7 +131,6 @@ func TestSPIFFEWithSPIRE(t *testing.T) {
 		e.refused(before, r, http.StatusUnauthorized, "invalid_token")
 	}
 	// Another trust domain: a second SPIRE server of other.org.
-	other := testspire.StartServer(t, "other.org", testpg.NewDatabase(t))
 	refuse(other.Mint(t, other.ID("/ns/agents/sa/agent-7"), audience), "another trust domain's SVID")
 	refuse(srv.Mint(t, agentID, "other-service"), "an SVID for another audience")
 	refuse(srv.Mint(t, srv.ID("/ns/payments/sa/agent-7"), audience), "a SPIFFE ID outside subjects")
@@ -116,6 +154,17 @@ func TestSPIFFEWithSPIRE(t *testing.T) {
 		p, err := v.Verify(ctx, svid)
 		if err != nil || p.Subject != agentID {
 			t.Fatalf("%s: %+v %v", name, p, err)
+		}
+		// X.509-SVIDs only where the issuer takes them.
+		if _, err := v.VerifyX509SVID(ctx, xsvid.Certificates); !errors.Is(err, broker.ErrInvalidToken) {
+			t.Fatalf("%s: an X.509-SVID without x509_svid: %v", name, err)
+		}
+		s.X509SVID = true
+		if v, err = identity.New(identity.Config{Self: publicURL, Issuers: []identity.Issuer{{Audience: audience, Kind: broker.KindAgent, SPIFFE: s}}}); err != nil {
+			t.Fatal(err)
+		}
+		if p, err := v.VerifyX509SVID(ctx, xsvid.Certificates); err != nil || p.Subject != agentID {
+			t.Fatalf("%s: an X.509-SVID: %+v %v", name, p, err)
 		}
 		if _, err := v.Verify(ctx, other.Mint(t, other.ID("/x"), audience)); !errors.Is(err, broker.ErrInvalidToken) {
 			t.Fatalf("%s: another trust domain's SVID: %v", name, err)
@@ -208,4 +257,58 @@ func eventually(t *testing.T, what string, ok func() bool) {
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// mtls posts body to /v1/tasks over mutual TLS with cert as the client
+// certificate and no Authorization header.
+func mtls(t *testing.T, e *env, cert tls.Certificate, body any) resp {
+	t.Helper()
+	ts := httptest.NewUnstartedServer(e.api)
+	ts.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
+	ts.StartTLS()
+	defer ts.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(ts.Certificate())
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}}}
+	raw, err := json.Marshal(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest("POST", ts.URL+"/v1/tasks", bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	out := resp{Status: res.StatusCode, Header: res.Header}
+	out.Raw, _ = io.ReadAll(res.Body)
+	_ = json.Unmarshal(out.Raw, &out.JSON)
+	checkContract(t, req, raw, res.StatusCode, res.Header, out.Raw)
+	return out
+}
+
+// selfSignedSVID is a certificate shaped as an X.509-SVID of id (URI SAN,
+// digital-signature leaf) that no trust domain's authority signed.
+func selfSignedSVID(t *testing.T, id string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		URIs: []*url.URL{u}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/errandhq/errand/broker"
@@ -56,6 +57,10 @@ type SPIFFE struct {
 	// RefreshEvery bounds how long a fetched HTTP bundle is used before it
 	// is fetched again (the bundle's refresh_hint when shorter); default 5 min.
 	RefreshEvery time.Duration
+	// X509SVID accepts the trust domain's X.509-SVIDs as client
+	// certificates of mutual TLS (VerifyX509SVID), checked against the
+	// bundle's X.509 authorities.
+	X509SVID bool
 }
 
 // DefaultBundleRefresh is how often an HTTP bundle source is fetched again
@@ -73,6 +78,8 @@ type bundleSource interface {
 	// unknownKey is called when a token names a key the current bundle
 	// lacks: the source may fetch again (bounded by a cool-down).
 	unknownKey(ctx context.Context) (*jwtbundle.Bundle, error)
+	// x509 is the trust domain's current X.509 authorities.
+	x509(ctx context.Context) (*x509bundle.Bundle, error)
 	close()
 }
 
@@ -80,6 +87,7 @@ type spiffeTrust struct {
 	td       spiffeid.TrustDomain
 	src      bundleSource
 	subjects []spiffePattern
+	x509     bool
 }
 
 // newSPIFFE validates an issuer's SPIFFE settings and builds its source.
@@ -101,12 +109,12 @@ func newSPIFFE(s *SPIFFE, client *http.Client, now func() time.Time, cool time.D
 	if every <= 0 {
 		every = DefaultBundleRefresh
 	}
-	t := &spiffeTrust{td: td}
+	t := &spiffeTrust{td: td, x509: s.X509SVID}
 	switch {
 	case s.File != "":
 		t.src = &fileSource{td: td, path: s.File}
 	case s.WorkloadAPISocket != "":
-		t.src = &workloadSource{td: td, addr: "unix://" + s.WorkloadAPISocket}
+		t.src = &workloadSource{td: td, addr: "unix://" + s.WorkloadAPISocket, x: &workloadX509{td: td, addr: "unix://" + s.WorkloadAPISocket}}
 	case s.OIDCDiscoveryURL != "":
 		if !strings.HasPrefix(s.OIDCDiscoveryURL, "https://") && !strings.HasPrefix(s.OIDCDiscoveryURL, "http://") {
 			return nil, errors.New("spiffe.bundle.oidc_discovery_url: must be an http(s) URL")
@@ -115,7 +123,7 @@ func newSPIFFE(s *SPIFFE, client *http.Client, now func() time.Time, cool time.D
 		if !strings.HasSuffix(u, "/.well-known/openid-configuration") {
 			u = strings.TrimSuffix(u, "/") + "/.well-known/openid-configuration"
 		}
-		t.src = &httpSource{every: every, cool: cool, now: now, fetch: func(ctx context.Context) (*jwtbundle.Bundle, time.Duration, error) {
+		t.src = &httpSource{every: every, cool: cool, now: now, fetch: func(ctx context.Context) (*spiffebundle.Bundle, time.Duration, error) {
 			return fetchOIDCBundle(ctx, client, td, u)
 		}}
 	case s.EndpointURL != "":
@@ -206,6 +214,46 @@ func (v *Verifier) verifySPIFFE(ctx context.Context, t *trusted, hdr header, raw
 		return fail("subject not allowed for this issuer")
 	}
 	return broker.Principal{Issuer: t.cfg.URL, Subject: id, Kind: t.cfg.Kind}, svid.Expiry, nil
+}
+
+// VerifyX509SVID authenticates the client certificate chain of a mutual
+// TLS connection (leaf first, as presented: not verified by TLS) as an
+// X.509-SVID of a trust domain configured with X509SVID, with go-spiffe's
+// x509svid.Verify against the trust domain's X.509 authorities. The
+// principal is the same as the workload's JWT-SVID would give.
+func (v *Verifier) VerifyX509SVID(ctx context.Context, chain []*x509.Certificate) (broker.Principal, error) {
+	fail := func(format string, a ...any) (broker.Principal, error) {
+		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, format, a...)
+	}
+	if len(chain) == 0 || len(chain) > 8 {
+		return fail("a client certificate chain of 1 to 8 certificates is required")
+	}
+	id, err := x509svid.IDFromCert(chain[0])
+	if err != nil {
+		return fail("the client certificate is not an X.509-SVID")
+	}
+	t, ok := v.byTD[id.TrustDomain().Name()]
+	if !ok || !t.spiffe.x509 {
+		return fail("untrusted trust domain for X.509-SVIDs")
+	}
+	b, err := t.spiffe.src.x509(ctx)
+	if err != nil {
+		return broker.Principal{}, fmt.Errorf("%w: X.509 bundle of trust domain %s: %v", broker.ErrUnavailable, t.spiffe.td.Name(), err)
+	}
+	if len(b.X509Authorities()) == 0 {
+		return fail("the trust domain's bundle holds no X.509 authorities")
+	}
+	got, _, err := x509svid.Verify(chain, b, x509svid.WithTime(v.now()))
+	if err != nil || got != id {
+		return fail("the client certificate does not verify with the trust domain's X.509 authorities")
+	}
+	if len(id.String()) > 255 {
+		return fail("SPIFFE ID longer than 255 bytes")
+	}
+	if !spiffeSubjectAllowed(t.spiffe.subjects, id) {
+		return fail("subject not allowed for this issuer")
+	}
+	return broker.Principal{Issuer: t.cfg.URL, Subject: id.String(), Kind: t.cfg.Kind}, nil
 }
 
 func pinned(algs []string, alg string) bool {
@@ -324,10 +372,26 @@ type fileSource struct {
 
 	mu    sync.Mutex
 	stamp string
-	b     *jwtbundle.Bundle
+	b     *spiffebundle.Bundle
 }
 
-func (f *fileSource) current(context.Context) (*jwtbundle.Bundle, error) {
+func (f *fileSource) current(ctx context.Context) (*jwtbundle.Bundle, error) {
+	b, err := f.bundle()
+	if err != nil {
+		return nil, err
+	}
+	return b.JWTBundle(), nil
+}
+
+func (f *fileSource) x509(context.Context) (*x509bundle.Bundle, error) {
+	b, err := f.bundle()
+	if err != nil {
+		return nil, err
+	}
+	return b.X509Bundle(), nil
+}
+
+func (f *fileSource) bundle() (*spiffebundle.Bundle, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	st, err := os.Stat(f.path)
@@ -348,7 +412,7 @@ func (f *fileSource) current(context.Context) (*jwtbundle.Bundle, error) {
 		// broken file never leaves the old keys in force.
 		return nil, fmt.Errorf("bundle file %s: %v", f.path, err)
 	}
-	f.b, f.stamp = sb.JWTBundle(), stamp
+	f.b, f.stamp = sb, stamp
 	return f.b, nil
 }
 
@@ -362,14 +426,14 @@ func (f *fileSource) close() {}
 // than its refresh period, and on an unknown key at most once per
 // cool-down, so a flood of random kids cannot hammer the endpoint.
 type httpSource struct {
-	fetch func(ctx context.Context) (*jwtbundle.Bundle, time.Duration, error)
+	fetch func(ctx context.Context) (*spiffebundle.Bundle, time.Duration, error)
 	every time.Duration
 	cool  time.Duration
 	now   func() time.Time
 
 	fetchMu sync.Mutex
 	mu      sync.Mutex
-	b       *jwtbundle.Bundle
+	b       *spiffebundle.Bundle
 	hint    time.Duration
 	last    time.Time // of the last attempt
 	good    time.Time // of the last success
@@ -378,6 +442,22 @@ type httpSource struct {
 }
 
 func (h *httpSource) current(ctx context.Context) (*jwtbundle.Bundle, error) {
+	b, err := h.bundle(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return b.JWTBundle(), nil
+}
+
+func (h *httpSource) x509(ctx context.Context) (*x509bundle.Bundle, error) {
+	b, err := h.bundle(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return b.X509Bundle(), nil
+}
+
+func (h *httpSource) bundle(ctx context.Context) (*spiffebundle.Bundle, error) {
 	h.mu.Lock()
 	b, last, every := h.b, h.last, h.every
 	if h.hint > 0 && h.hint < every {
@@ -395,14 +475,18 @@ func (h *httpSource) current(ctx context.Context) (*jwtbundle.Bundle, error) {
 const staleLimit = 3
 
 func (h *httpSource) unknownKey(ctx context.Context) (*jwtbundle.Bundle, error) {
-	return h.refetch(ctx, h.cool)
+	b, err := h.refetch(ctx, h.cool)
+	if err != nil {
+		return nil, err
+	}
+	return b.JWTBundle(), nil
 }
 
 // refetch fetches unless the last fetch is younger than wait (failRetry
 // after a failure). On failure the last good bundle stays in use until
 // its refresh period has passed staleLimit times, then the source is
 // unavailable.
-func (h *httpSource) refetch(ctx context.Context, wait time.Duration) (*jwtbundle.Bundle, error) {
+func (h *httpSource) refetch(ctx context.Context, wait time.Duration) (*spiffebundle.Bundle, error) {
 	h.fetchMu.Lock()
 	defer h.fetchMu.Unlock()
 	h.mu.Lock()
@@ -432,7 +516,7 @@ func (h *httpSource) refetch(ctx context.Context, wait time.Duration) (*jwtbundl
 
 // usable is the last good bundle while it is younger than staleLimit
 // refresh periods, else the last fetch's error. h.mu is held.
-func (h *httpSource) usable() (*jwtbundle.Bundle, error) {
+func (h *httpSource) usable() (*spiffebundle.Bundle, error) {
 	if h.b != nil && h.now().Sub(h.good) < staleLimit*h.every {
 		return h.b, nil
 	}
@@ -464,7 +548,7 @@ type endpointSource struct {
 	x509 *x509bundle.Bundle // https_spiffe: the trust anchors to authenticate the endpoint
 }
 
-func (e *endpointSource) fetch(ctx context.Context) (*jwtbundle.Bundle, time.Duration, error) {
+func (e *endpointSource) fetch(ctx context.Context) (*spiffebundle.Bundle, time.Duration, error) {
 	var opts []federation.FetchOption
 	if !e.spiffeID.IsZero() {
 		e.mu.Lock()
@@ -491,12 +575,12 @@ func (e *endpointSource) fetch(ctx context.Context) (*jwtbundle.Bundle, time.Dur
 		e.mu.Unlock()
 	}
 	hint, _ := sb.RefreshHint()
-	return sb.JWTBundle(), hint, nil
+	return sb, hint, nil
 }
 
 // fetchOIDCBundle reads an OIDC discovery document and its JWKS (SPIRE's
 // OIDC discovery provider) into a JWT bundle of td.
-func fetchOIDCBundle(ctx context.Context, c *http.Client, td spiffeid.TrustDomain, discovery string) (*jwtbundle.Bundle, time.Duration, error) {
+func fetchOIDCBundle(ctx context.Context, c *http.Client, td spiffeid.TrustDomain, discovery string) (*spiffebundle.Bundle, time.Duration, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, discovery, nil)
 	if err != nil {
 		return nil, 0, err
@@ -525,7 +609,8 @@ func fetchOIDCBundle(ctx context.Context, c *http.Client, td spiffeid.TrustDomai
 			auth[k.KeyID] = k.Key
 		}
 	}
-	return jwtbundle.FromJWTAuthorities(td, auth), 0, nil
+	// An OIDC JWKS has JWT keys only: no X.509 authorities.
+	return spiffebundle.FromJWTAuthorities(td, auth), 0, nil
 }
 
 // workloadSource follows the trust domain's JWT bundle over the SPIFFE
@@ -536,6 +621,7 @@ func fetchOIDCBundle(ctx context.Context, c *http.Client, td spiffeid.TrustDomai
 type workloadSource struct {
 	td   spiffeid.TrustDomain
 	addr string
+	x    *workloadX509
 	// wait bounds how long a verification waits for the first bundle.
 	wait time.Duration
 
@@ -600,7 +686,82 @@ func (w *workloadSource) unknownKey(ctx context.Context) (*jwtbundle.Bundle, err
 	return w.current(ctx)
 }
 
+func (w *workloadSource) x509(ctx context.Context) (*x509bundle.Bundle, error) {
+	return w.x.get(ctx)
+}
+
+// workloadX509 follows the trust domain's X.509 authorities over the
+// Workload API (FetchX509Bundles), opened on the first X.509-SVID
+// presented.
+type workloadX509 struct {
+	td   spiffeid.TrustDomain
+	addr string
+
+	once   sync.Once
+	ready  chan struct{}
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	set    *x509bundle.Set
+	closed bool
+}
+
+func (x *workloadX509) OnX509BundlesUpdate(s *x509bundle.Set) {
+	x.mu.Lock()
+	first := x.set == nil
+	x.set = s
+	x.mu.Unlock()
+	if first {
+		close(x.ready)
+	}
+}
+
+func (x *workloadX509) OnX509BundlesWatchError(error) {}
+
+func (x *workloadX509) get(ctx context.Context) (*x509bundle.Bundle, error) {
+	x.once.Do(func() {
+		x.ready = make(chan struct{})
+		var wctx context.Context
+		wctx, x.cancel = context.WithCancel(context.Background())
+		x.mu.Lock()
+		closed := x.closed
+		x.mu.Unlock()
+		if closed {
+			return
+		}
+		go func() {
+			c, err := workloadapi.New(wctx, workloadapi.WithAddr(x.addr))
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			_ = c.WatchX509Bundles(wctx, x)
+		}()
+	})
+	t := time.NewTimer(3 * time.Second)
+	defer t.Stop()
+	select {
+	case <-x.ready:
+	case <-t.C:
+		return nil, fmt.Errorf("workload API %s: no X.509 bundle received yet", x.addr)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.set.GetX509BundleForTrustDomain(x.td)
+}
+
+func (x *workloadX509) close() {
+	x.mu.Lock()
+	x.closed = true
+	x.mu.Unlock()
+	if x.cancel != nil {
+		x.cancel()
+	}
+}
+
 func (w *workloadSource) close() {
+	w.x.close()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.closed = true
