@@ -10,7 +10,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -433,5 +435,82 @@ func TestSPIFFEWorkloadAPIDown(t *testing.T) {
 	}
 	if d := time.Since(start); d > 8*time.Second {
 		t.Fatalf("two verifications took %s", d)
+	}
+}
+
+// X.509-SVIDs, verified with go-spiffe's x509svid against the X.509
+// authorities of a SPIFFE bundle file: a leaf of the trust domain's CA is
+// the agent; a leaf outside subjects, of an unknown CA, or presented to an
+// issuer without X509SVID is refused; an OIDC JWKS has no X.509 authorities.
+func TestSPIFFEX509SVID(t *testing.T) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		URIs: []*url.URL{td.ID().URL()}}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	leaf := func(id string, signer *ecdsa.PrivateKey, parent *x509.Certificate) []*x509.Certificate {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		u, _ := url.Parse(id)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+			URIs: []*url.URL{u}, KeyUsage: x509.KeyUsageDigitalSignature, BasicConstraintsValid: true}
+		if parent == nil {
+			parent, signer = tmpl, k
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &k.PublicKey, signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := x509.ParseCertificate(der)
+		return []*x509.Certificate{c}
+	}
+	b := spiffebundle.New(td)
+	b.AddX509Authority(ca)
+	raw, err := b.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "bundle.json")
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	newV := func(s *SPIFFE) *Verifier {
+		v, err := New(Config{Self: "https://errand.test", Issuers: []Issuer{{Audience: "errand", Kind: broker.KindAgent,
+			Subjects: []string{"spiffe://example.org/ns/agents/**"}, SPIFFE: s}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	ctx := context.Background()
+	v := newV(&SPIFFE{TrustDomain: "example.org", File: path, X509SVID: true})
+	p, err := v.VerifyX509SVID(ctx, leaf(agent7, caKey, ca))
+	if err != nil || p.Subject != agent7 || p.Issuer != "spiffe://example.org" || p.Kind != broker.KindAgent {
+		t.Fatalf("%+v %v", p, err)
+	}
+	for why, chain := range map[string][]*x509.Certificate{
+		"outside subjects":  leaf("spiffe://example.org/ns/payments/x", caKey, ca),
+		"self-signed":       leaf(agent7, nil, nil),
+		"other domain":      leaf("spiffe://other.org/ns/agents/x", caKey, ca),
+		"the CA as a leaf":  {ca},
+		"no URI SAN at all": leaf("https://example.org/x", caKey, ca),
+	} {
+		if _, err := v.VerifyX509SVID(ctx, chain); !errors.Is(err, broker.ErrInvalidToken) {
+			t.Errorf("%s: %v", why, err)
+		}
+	}
+	if _, err := newV(&SPIFFE{TrustDomain: "example.org", File: path}).VerifyX509SVID(ctx, leaf(agent7, caKey, ca)); !errors.Is(err, broker.ErrInvalidToken) {
+		t.Errorf("without X509SVID: %v", err)
+	}
+	idp := testoidc.New(t)
+	if _, err := newV(&SPIFFE{TrustDomain: "example.org", OIDCDiscoveryURL: idp.URL, X509SVID: true}).VerifyX509SVID(ctx, leaf(agent7, caKey, ca)); !errors.Is(err, broker.ErrInvalidToken) {
+		t.Errorf("an OIDC JWKS has no X.509 authorities: %v", err)
 	}
 }
