@@ -1,6 +1,10 @@
 package broker
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
 
 // Kind is the kind of a principal, fixed by the issuer that vouched for it.
 // Kinds never compare equal to each other: an agent and a user with the same
@@ -41,8 +45,32 @@ type Ref struct {
 // Ref returns p's issuer and subject.
 func (p Principal) Ref() Ref { return Ref{Issuer: p.Issuer, Subject: p.Subject} }
 
-// String is "<issuer>#<subject>", the form DESIGN.md uses for on_behalf_of.
-func (r Ref) String() string { return r.Issuer + "#" + r.Subject }
+// String is "<issuer>#<subject>", the form DESIGN.md uses for on_behalf_of;
+// a principal of a SPIFFE trust domain is its bare SPIFFE ID, which names
+// its trust domain already.
+func (r Ref) String() string {
+	if r.IsSPIFFE() {
+		return r.Subject
+	}
+	return r.Issuer + "#" + r.Subject
+}
+
+// IsSPIFFE reports whether r is a workload of a SPIFFE trust domain: its
+// issuer is spiffe://<trust domain> and its subject a SPIFFE ID in it.
+func (r Ref) IsSPIFFE() bool {
+	return strings.HasPrefix(r.Issuer, "spiffe://") && !strings.Contains(r.Issuer[len("spiffe://"):], "/") &&
+		strings.HasPrefix(r.Subject, r.Issuer+"/")
+}
+
+// SPIFFERef reads a bare SPIFFE ID as the principal it names:
+// (spiffe://<trust domain>, the ID).
+func SPIFFERef(s string) (Ref, bool) {
+	id, err := spiffeid.FromString(s)
+	if err != nil || id.Path() == "" {
+		return Ref{}, false
+	}
+	return Ref{Issuer: id.TrustDomain().IDString(), Subject: s}, true
+}
 
 // Is reports whether p is the principal of kind k named by r.
 func (p Principal) Is(k Kind, r Ref) bool {

@@ -217,8 +217,11 @@ func (s *Service) revoked(ctx context.Context, revs []Revocation) error {
 	return s.cache.Revoked(context.WithoutCancel(ctx), seq, jtis)
 }
 
-// ParseAgent reads "<issuer>#<sub>".
+// ParseAgent reads "<issuer>#<sub>", or a bare SPIFFE ID.
 func ParseAgent(s string) (Ref, error) {
+	if r, ok := SPIFFERef(s); ok && len(s) <= 1024 && !strings.ContainsAny(s, "\x00\n\r\t ") {
+		return r, nil
+	}
 	iss, sub, ok := strings.Cut(s, "#")
 	if !ok || iss == "" || sub == "" || len(s) > 1024 || strings.ContainsAny(s, "\x00\n\r\t ") {
 		return Ref{}, Errorf(ErrInvalidRequest, "agent must be written <issuer URL>#<sub>")

@@ -150,6 +150,43 @@ type Issuer struct {
 	RedirectPath string `yaml:"redirect_path"`
 	// Scopes asked at sign-in (default openid profile email).
 	Scopes []string `yaml:"scopes"`
+	// SPIFFE makes the issuer a SPIFFE trust domain (JWT-SVIDs); its url
+	// is then spiffe://<trust_domain> and may be left out.
+	SPIFFE *SPIFFE `yaml:"spiffe"`
+}
+
+// SPIFFE is a trust domain whose JWT-SVIDs identify agents or resource
+// servers, and where its bundle comes from (exactly one source).
+type SPIFFE struct {
+	TrustDomain string       `yaml:"trust_domain"`
+	Bundle      SPIFFEBundle `yaml:"bundle"`
+	// X509SVID accepts the trust domain's X.509-SVIDs as mutual-TLS
+	// client certificates (with tls configured, Errand asks for one).
+	X509SVID bool `yaml:"x509_svid"`
+}
+
+// AcceptsX509SVIDs reports whether an issuer takes X.509-SVIDs.
+func (c *Config) AcceptsX509SVIDs() bool {
+	for _, is := range c.Issuers {
+		if is.SPIFFE != nil && is.SPIFFE.X509SVID {
+			return true
+		}
+	}
+	return false
+}
+
+// SPIFFEBundle is the source of a trust domain's bundle.
+type SPIFFEBundle struct {
+	// EndpointURL is a SPIFFE bundle endpoint: https_web profile, or
+	// https_spiffe with EndpointSPIFFEID and BootstrapFile.
+	EndpointURL      string `yaml:"endpoint_url"`
+	EndpointSPIFFEID string `yaml:"endpoint_spiffe_id"`
+	BootstrapFile    string `yaml:"bootstrap_file"`
+	// CAFile replaces the system roots for an https_web endpoint.
+	CAFile            string `yaml:"ca_file"`
+	OIDCDiscoveryURL  string `yaml:"oidc_discovery_url"`
+	File              string `yaml:"file"`
+	WorkloadAPISocket string `yaml:"workload_api_socket"`
 }
 
 // Grant is what members of a group of one user issuer may delegate.
@@ -500,6 +537,11 @@ func (c *Config) Validate() error {
 	if c.SigningAlg != "EdDSA" && c.SigningAlg != "ES256" {
 		bad(errors.New("config: signing_alg: must be EdDSA or ES256"))
 	}
+	for i := range c.Issuers {
+		if is := &c.Issuers[i]; is.SPIFFE != nil && is.URL == "" {
+			is.URL = identity.SPIFFEIssuerURL(is.SPIFFE.TrustDomain)
+		}
+	}
 	if len(c.Issuers) == 0 {
 		bad(errors.New("config: issuers: at least one issuer is required"))
 	} else if _, err := identity.New(c.IdentityConfig()); err != nil {
@@ -755,11 +797,20 @@ func (c *Config) SecretRoles() []broker.SecretRole {
 func (c *Config) IdentityConfig() identity.Config {
 	out := identity.Config{Self: c.PublicURL}
 	for _, is := range c.Issuers {
-		out.Issuers = append(out.Issuers, identity.Issuer{
+		id := identity.Issuer{
 			URL: is.URL, Audience: is.Audience, Kind: broker.Kind(is.Kind),
 			GroupsClaim: is.GroupsClaim, AuditorGroup: is.AuditorGroup, AdminGroup: is.AdminGroup,
 			Algorithms: is.Algorithms, MaxLifetime: time.Duration(is.MaxTokenLifetime), Subjects: is.Subjects,
-		})
+		}
+		if s := is.SPIFFE; s != nil {
+			b := s.Bundle
+			id.SPIFFE = &identity.SPIFFE{TrustDomain: s.TrustDomain,
+				EndpointURL: b.EndpointURL, EndpointSPIFFEID: b.EndpointSPIFFEID,
+				BootstrapFile: c.path(b.BootstrapFile), EndpointCAFile: c.path(b.CAFile),
+				OIDCDiscoveryURL: b.OIDCDiscoveryURL, File: c.path(b.File), WorkloadAPISocket: c.path(b.WorkloadAPISocket),
+				X509SVID: s.X509SVID}
+		}
+		out.Issuers = append(out.Issuers, id)
 	}
 	return out
 }
@@ -796,6 +847,10 @@ func (c *Config) Catalog() (*broker.Catalog, error) {
 		}
 		known[a.URL] = true
 		for j, ref := range a.Introspectors {
+			if r, ok := broker.SPIFFERef(ref); ok {
+				auds[i].Introspectors = append(auds[i].Introspectors, r)
+				continue
+			}
 			iss, sub, ok := strings.Cut(ref, "#")
 			if !ok || iss == "" || sub == "" {
 				return nil, fmt.Errorf("audiences[%d].introspectors[%d]: write <issuer URL>#<sub>", i, j)

@@ -336,3 +336,69 @@ func TestH06CaseInsensitiveAudienceWantsLowerCaseGrantsAndPolicies(t *testing.T)
 		t.Fatalf("without a case-insensitive audience: %v", err)
 	}
 }
+
+// A SPIFFE issuer: its url is spiffe://<trust_domain>, its bundle file is
+// read relative to the config file, and its introspectors may be written
+// as bare SPIFFE IDs; mistakes name the key.
+func TestSPIFFEIssuer(t *testing.T) {
+	spiffe := strings.Replace(valid, `  - url: https://oidc.eks.example.com/id/CLUSTER
+    audience: errand
+    kind: resource`, `  - audience: errand
+    kind: agent
+    subjects: ["spiffe://prod.example.org/ns/agents/**"]
+    spiffe:
+      trust_domain: prod.example.org
+      bundle: {file: bundle.json}`, 1)
+	spiffe = strings.Replace(spiffe, `  - https://staging-api.example.com`, `  - {url: "https://staging-api.example.com", introspectors: ["spiffe://prod.example.org/rs/ledger"]}`, 1)
+	c, err := Parse([]byte(spiffe), goodEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := c.AgentIssuers(); len(a) != 2 || a[1] != "spiffe://prod.example.org" {
+		t.Fatalf("agent issuers: %v", a)
+	}
+	if c.AcceptsX509SVIDs() {
+		t.Fatal("X.509-SVIDs accepted without x509_svid")
+	}
+	if x, err := Parse([]byte(strings.Replace(spiffe, "trust_domain: prod.example.org", "trust_domain: prod.example.org\n      x509_svid: true", 1)), goodEnv); err != nil ||
+		!x.AcceptsX509SVIDs() || !x.IdentityConfig().Issuers[2].SPIFFE.X509SVID {
+		t.Fatalf("x509_svid: true: %v", err)
+	}
+	ic := c.IdentityConfig()
+	s := ic.Issuers[2].SPIFFE
+	if s == nil || s.TrustDomain != "prod.example.org" || s.File != "bundle.json" || ic.Issuers[2].URL != "spiffe://prod.example.org" {
+		t.Fatalf("identity config: %+v", ic.Issuers[2])
+	}
+	cat, err := c.Catalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := cat.Audience("https://staging-api.example.com"); len(a.Introspectors) != 1 ||
+		a.Introspectors[0] != (broker.Ref{Issuer: "spiffe://prod.example.org", Subject: "spiffe://prod.example.org/rs/ledger"}) {
+		t.Fatalf("introspectors: %+v", a.Introspectors)
+	}
+	for bad, want := range map[string]string{
+		"bundle: {file: bundle.json}":                     "", // control
+		"bundle: {file: b.json, workload_api_socket: /s}": "issuers[2]",
+		"bundle: {}":              "issuers[2]",
+		"bundle: {files: b.json}": "issuers[2].spiffe.bundle",
+		"bundle: {endpoint_url: http://spire.example:8443}":                                                              "issuers[2]",
+		"bundle: {endpoint_url: https://spire.example:8443, endpoint_spiffe_id: spiffe://prod.example.org/spire/server}": "issuers[2]",
+	} {
+		raw := strings.Replace(spiffe, "bundle: {file: bundle.json}", bad, 1)
+		_, err := Parse([]byte(raw), goodEnv)
+		if want == "" {
+			if err != nil {
+				t.Fatalf("%s: %v", bad, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error naming %s", bad, err, want)
+		}
+	}
+	raw := strings.Replace(spiffe, "spiffe://prod.example.org/ns/agents/**", "spiffe://dev.example.org/**", 1)
+	if _, err := Parse([]byte(raw), goodEnv); err == nil || !strings.Contains(err.Error(), "issuers[2].subjects") {
+		t.Errorf("a subject of another trust domain: %v", err)
+	}
+}

@@ -120,6 +120,10 @@ type envOptions struct {
 	dpopNonceEvery time.Duration
 	// idjagTargets are the ID-JAG targets (none by default).
 	idjagTargets []broker.IDJAGTarget
+	// spiffe adds a SPIFFE trust domain as a second agent issuer, its
+	// subjects restricted to spiffeSubjects.
+	spiffe         *identity.SPIFFE
+	spiffeSubjects []string
 }
 
 func logger(w io.Writer) *slog.Logger {
@@ -222,11 +226,17 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 		issuers = append(issuers, identity.Issuer{URL: e.users2.URL, Audience: audience, Kind: broker.KindUser, GroupsClaim: "groups"})
 		userIssuers = append(userIssuers, e.users2.URL)
 	}
+	agentIssuers := []string{e.agents.URL}
+	if o.spiffe != nil {
+		issuers = append(issuers, identity.Issuer{Audience: audience, Kind: broker.KindAgent, Subjects: o.spiffeSubjects, SPIFFE: o.spiffe})
+		agentIssuers = append(agentIssuers, identity.SPIFFEIssuerURL(o.spiffe.TrustDomain))
+	}
 	var err error
 	e.verifier, err = identity.New(identity.Config{Self: publicURL, Issuers: issuers, RefetchCooldown: o.refetchCooldown})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(e.verifier.Close)
 	e.tokens, err = jwt.New(context.Background(), jwt.Config{Issuer: publicURL, Keys: e.st, Secret: []byte(secret)})
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +264,7 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	}
 	bcfg := broker.Config{
 		Store: feedStore, Tokens: e.tokens, Catalog: cat, UserIssuers: userIssuers, MaxPendingPerAgent: o.maxPending,
-		AgentIssuers: []string{e.agents.URL},
+		AgentIssuers: agentIssuers,
 		BackendKinds: []string{"testbackend", broker.KindVaultToken}, Now: o.replicaClock,
 		CredentialsPerTask: o.budget.MaxCredentials, ResourcesPerTask: o.budget.MaxResources,
 		StepUpTTL: o.stepUpTTL, IDJAGTargets: o.idjagTargets,

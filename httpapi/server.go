@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -181,17 +182,31 @@ func op(r *http.Request) string {
 	return r.Method + " " + r.URL.Path
 }
 
-// authenticate verifies the bearer token of r.
+// x509Authenticator authenticates a mutual-TLS client certificate chain
+// (identity.Verifier: X.509-SVIDs of SPIFFE trust domains).
+type x509Authenticator interface {
+	VerifyX509SVID(ctx context.Context, chain []*x509.Certificate) (broker.Principal, error)
+}
+
+// authenticate verifies the bearer token of r; without one, the client
+// certificate of a mutual-TLS connection, when the authenticator takes
+// X.509-SVIDs.
 func (s *Server) authenticate(r *http.Request) (broker.Principal, error) {
 	h := r.Header.Get("Authorization")
-	if h == "" {
-		return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "missing Authorization header")
+	var p broker.Principal
+	var err error
+	if xa, ok := s.auth.(x509Authenticator); ok && h == "" && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		p, err = xa.VerifyX509SVID(r.Context(), r.TLS.PeerCertificates)
+	} else {
+		if h == "" {
+			return broker.Principal{}, broker.Errorf(broker.ErrInvalidToken, "missing Authorization header")
+		}
+		scheme, tok, ok := strings.Cut(h, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+			return broker.Principal{}, s.chargeFailedAuth(r, broker.Errorf(broker.ErrInvalidToken, "Authorization must be a Bearer token"))
+		}
+		p, err = s.auth.Verify(r.Context(), strings.TrimSpace(tok))
 	}
-	scheme, tok, ok := strings.Cut(h, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
-		return broker.Principal{}, s.chargeFailedAuth(r, broker.Errorf(broker.ErrInvalidToken, "Authorization must be a Bearer token"))
-	}
-	p, err := s.auth.Verify(r.Context(), strings.TrimSpace(tok))
 	if err != nil {
 		return p, s.chargeFailedAuth(r, err)
 	}

@@ -9,4 +9,11 @@
 // per cool-down period per issuer, so a flood of random `kid`s cannot
 // hammer an identity provider. Errand's own access tokens are never
 // accepted as identity (token_not_accepted).
+//
+// An issuer with SPIFFE settings is a SPIFFE trust domain: a token whose
+// sub is a SPIFFE ID of it (no iss needed) is a JWT-SVID, verified with
+// go-spiffe's jwtsvid.ParseAndValidate against the trust domain's bundle
+// (Workload API, bundle endpoint, OIDC discovery JWKS or file), never
+// served from the verification cache so that a key removed from the
+// bundle stops verifying at once.
 package identity

@@ -17,6 +17,7 @@ import (
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/internal/strictjson"
@@ -53,6 +54,10 @@ type Issuer struct {
 	// issuers such as GitHub Actions sign tokens for every workload on the
 	// platform, and any of them could otherwise act as an agent.
 	Subjects []string
+	// SPIFFE, when set, makes the issuer a SPIFFE trust domain: its tokens
+	// are JWT-SVIDs (no iss needed), its URL is spiffe://<trust domain>, and
+	// Subjects are SPIFFE ID patterns.
+	SPIFFE *SPIFFE
 }
 
 // Config configures a Verifier.
@@ -74,7 +79,9 @@ type Verifier struct {
 	self    string
 	now     func() time.Time
 	issuers map[string]*trusted
-	cache   *tokenCache
+	// byTD are the SPIFFE issuers by trust domain name.
+	byTD  map[string]*trusted
+	cache *tokenCache
 }
 
 type trusted struct {
@@ -86,6 +93,7 @@ type trusted struct {
 	ready   *oidc.IDTokenVerifier
 	keys    *keySet
 	lastTry time.Time
+	spiffe  *spiffeTrust
 }
 
 // New validates the issuers and returns a Verifier. Discovery happens on
@@ -100,7 +108,7 @@ func New(cfg Config) (*Verifier, error) {
 	if cfg.RefetchCooldown <= 0 {
 		cfg.RefetchCooldown = 30 * time.Second
 	}
-	v := &Verifier{self: cfg.Self, now: cfg.Now, issuers: map[string]*trusted{}}
+	v := &Verifier{self: cfg.Self, now: cfg.Now, issuers: map[string]*trusted{}, byTD: map[string]*trusted{}}
 	switch {
 	case cfg.CacheSize == 0:
 		v.cache = newTokenCache(DefaultCacheSize)
@@ -108,6 +116,19 @@ func New(cfg Config) (*Verifier, error) {
 		v.cache = newTokenCache(cfg.CacheSize)
 	}
 	for i, is := range cfg.Issuers {
+		if is.SPIFFE != nil {
+			td := SPIFFEIssuerURL(is.SPIFFE.TrustDomain)
+			if is.URL == "" {
+				is.URL = td
+			} else if is.URL != td {
+				return nil, fmt.Errorf("issuers[%d]: a SPIFFE issuer's url is spiffe://<trust_domain> (%s), or left out", i, td)
+			}
+			if is.Kind == broker.KindUser {
+				return nil, fmt.Errorf("issuers[%d]: a SPIFFE issuer is of kind agent or resource: SVIDs name workloads, not people", i)
+			}
+		} else if strings.HasPrefix(strings.ToLower(is.URL), "spiffe:") {
+			return nil, fmt.Errorf("issuers[%d]: %s is a trust domain: configure it with spiffe: {trust_domain, bundle}", i, is.URL)
+		}
 		if is.URL == "" || is.Audience == "" {
 			return nil, fmt.Errorf("issuers[%d]: url and audience are required", i)
 		}
@@ -128,15 +149,32 @@ func New(cfg Config) (*Verifier, error) {
 				return nil, fmt.Errorf("issuers[%d]: algorithm %q is not an accepted asymmetric algorithm", i, a)
 			}
 		}
-		for _, p := range is.Subjects {
-			if _, err := path.Match(p, ""); err != nil {
-				return nil, fmt.Errorf("issuers[%d].subjects: %q is not a valid pattern", i, p)
-			}
-		}
 		if is.MaxLifetime <= 0 {
 			is.MaxLifetime = 24 * time.Hour
 		}
-		v.issuers[is.URL] = &trusted{cfg: is, client: cfg.HTTPClient, now: cfg.Now, cool: cfg.RefetchCooldown}
+		t := &trusted{cfg: is, client: cfg.HTTPClient, now: cfg.Now, cool: cfg.RefetchCooldown}
+		if is.SPIFFE != nil {
+			st, err := newSPIFFE(is.SPIFFE, cfg.HTTPClient, cfg.Now, cfg.RefetchCooldown)
+			if err != nil {
+				return nil, fmt.Errorf("issuers[%d].%v", i, err)
+			}
+			for _, p := range is.Subjects {
+				sp, err := parseSPIFFEPattern(st.td, p)
+				if err != nil {
+					return nil, fmt.Errorf("issuers[%d].subjects: %v", i, err)
+				}
+				st.subjects = append(st.subjects, sp)
+			}
+			t.spiffe = st
+			v.byTD[st.td.Name()] = t
+		} else {
+			for _, p := range is.Subjects {
+				if _, err := path.Match(p, ""); err != nil {
+					return nil, fmt.Errorf("issuers[%d].subjects: %q is not a valid pattern", i, p)
+				}
+			}
+		}
+		v.issuers[is.URL] = t
 	}
 	return v, nil
 }
@@ -171,7 +209,9 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (broker.Principal, er
 		return p, nil
 	}
 	p, exp, err := v.verify(ctx, raw)
-	if err == nil {
+	// A JWT-SVID is checked against its bundle every time: a key removed
+	// from the bundle must stop verifying before the tokens it signed expire.
+	if err == nil && !v.isSPIFFE(p.Issuer) {
 		v.cache.put(key, p, exp, now)
 	}
 	return p, err
@@ -185,7 +225,7 @@ func (v *Verifier) verify(ctx context.Context, raw string) (broker.Principal, ti
 	if len(raw) > MaxTokenBytes {
 		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "bearer token larger than %d bytes", MaxTokenBytes)
 	}
-	hdr, iss, err := peek(raw)
+	hdr, iss, sub, err := peek(raw)
 	if err != nil {
 		return broker.Principal{}, time.Time{}, err
 	}
@@ -200,6 +240,19 @@ func (v *Verifier) verify(ctx context.Context, raw string) (broker.Principal, ti
 		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrTokenNotAccepted, "an ID-JAG is not an identity")
 	}
 	t, ok := v.issuers[iss]
+	if ok && t.spiffe != nil {
+		ok = false // a trust domain is chosen by the SVID's sub, never by iss
+	}
+	if !ok && strings.HasPrefix(sub, "spiffe://") {
+		// A JWT-SVID: SPIRE leaves iss out unless configured; its trust
+		// domain is the one of its SPIFFE ID, checked again by go-spiffe.
+		if id, err := spiffeid.FromString(sub); err == nil {
+			if st, found := v.byTD[id.TrustDomain().Name()]; found {
+				return v.verifySPIFFE(ctx, st, hdr, raw)
+			}
+		}
+		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "untrusted trust domain")
+	}
 	if !ok {
 		return broker.Principal{}, time.Time{}, broker.Errorf(broker.ErrInvalidToken, "untrusted issuer")
 	}
@@ -286,48 +339,51 @@ func verifyFailure(err error) string {
 
 type header struct {
 	Alg  string           `json:"alg"`
+	Kid  string           `json:"kid"`
 	Typ  string           `json:"typ"`
 	Crit *json.RawMessage `json:"crit"`
 }
 
-// peek reads the header and iss of an unverified token, only to choose the
-// verifier; nothing read here is trusted.
-func peek(raw string) (header, string, error) {
+// peek reads the header, iss and sub of an unverified token, only to
+// choose the verifier; nothing read here is trusted.
+func peek(raw string) (header, string, string, error) {
 	var h header
 	parts := strings.Split(raw, ".")
 	if len(parts) != 3 {
-		return h, "", broker.Errorf(broker.ErrInvalidToken, "not a compact JWS")
+		return h, "", "", broker.Errorf(broker.ErrInvalidToken, "not a compact JWS")
 	}
 	hb, err := base64.RawURLEncoding.DecodeString(parts[0])
 	if err != nil || strictjson.CheckKeys(hb) != nil || json.Unmarshal(hb, &h) != nil {
-		return h, "", broker.Errorf(broker.ErrInvalidToken, "malformed header")
+		return h, "", "", broker.Errorf(broker.ErrInvalidToken, "malformed header")
 	}
 	// go-jose refuses unknown critical headers but lets an empty list
 	// through; Errand understands no extension, so any crit is refused (J06).
 	if h.Crit != nil {
-		return h, "", broker.Errorf(broker.ErrInvalidToken, "crit header not supported")
+		return h, "", "", broker.Errorf(broker.ErrInvalidToken, "crit header not supported")
 	}
 	pb, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
-		return h, "", broker.Errorf(broker.ErrInvalidToken, "malformed payload")
+		return h, "", "", broker.Errorf(broker.ErrInvalidToken, "malformed payload")
 	}
 	// The standard library keeps the last of duplicate claims and matches
 	// names case-insensitively: {"sub":"alice","sub":"admin"} or "SUB" are
 	// refused before anything reads them (J12).
 	if err := strictjson.CheckKeys(pb); err != nil {
-		return h, "", broker.Errorf(broker.ErrInvalidToken, "malformed payload: duplicate, case-variant or non-ASCII claim names, or bad JSON")
+		return h, "", "", broker.Errorf(broker.ErrInvalidToken, "malformed payload: duplicate, case-variant or non-ASCII claim names, or bad JSON")
 	}
 	if !utf8.Valid(pb) {
-		return h, "", broker.Errorf(broker.ErrInvalidToken, "payload is not UTF-8")
+		return h, "", "", broker.Errorf(broker.ErrInvalidToken, "payload is not UTF-8")
 	}
 	var body struct {
 		Iss string `json:"iss"`
+		Sub any    `json:"sub"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(pb))
 	if err := dec.Decode(&body); err != nil {
-		return h, "", broker.Errorf(broker.ErrInvalidToken, "malformed payload")
+		return h, "", "", broker.Errorf(broker.ErrInvalidToken, "malformed payload")
 	}
-	return h, body.Iss, nil
+	sub, _ := body.Sub.(string)
+	return h, body.Iss, sub, nil
 }
 
 func subjectAllowed(patterns []string, sub string) bool {
@@ -396,6 +452,11 @@ func (t *trusted) verifier(ctx context.Context) (*oidc.IDTokenVerifier, error) {
 		Now:                  t.now,
 	})
 	return t.ready, nil
+}
+
+func (v *Verifier) isSPIFFE(issuer string) bool {
+	t, ok := v.issuers[issuer]
+	return ok && t.spiffe != nil
 }
 
 // JWKSFetches reports how often the issuer's JWKS was fetched.

@@ -20,7 +20,10 @@ const (
 
 // cedarRequest maps one access to Cedar:
 //
-//	principal  Agent::"<issuer>#<sub>"   {issuer, sub}
+//	principal  Agent::"<issuer>#<sub>"   {issuer, sub, trust_domain,
+//	           spiffe_path}; an agent of a SPIFFE trust domain is
+//	           Agent::"<SPIFFE ID>", with trust_domain and the ID's path
+//	           set ("" for other agents)
 //	action     Action::"<catalog action>"
 //	resource   Resource::"<resource path>"   {path, wildcard, head}, in
 //	           Resource::"<p>/**" for each literal prefix p of its head
@@ -74,9 +77,12 @@ func (e *lazyEntities) Get(uid types.EntityUID) (types.Entity, bool) {
 	switch uid {
 	case e.agent:
 		if e.agentE == nil {
+			td, spath := spiffeParts(e.r.Agent)
 			e.agentE = &types.Entity{UID: e.agent, Attributes: types.NewRecord(types.RecordMap{
-				"issuer": types.String(e.r.Agent.Issuer),
-				"sub":    types.String(e.r.Agent.Subject),
+				"issuer":       types.String(e.r.Agent.Issuer),
+				"sub":          types.String(e.r.Agent.Subject),
+				"trust_domain": types.String(td),
+				"spiffe_path":  types.String(spath),
 			})}
 		}
 		return *e.agentE, true
@@ -103,6 +109,16 @@ func (e *lazyEntities) Get(uid types.EntityUID) (types.Entity, bool) {
 		return *e.resourceE, true
 	}
 	return types.Entity{}, false
+}
+
+// spiffeParts are the trust domain and path of an agent of a SPIFFE trust
+// domain ("prod.example.org", "/ns/agents/sa/agent-7"), or "" and "".
+func spiffeParts(a broker.Ref) (td, path string) {
+	if !a.IsSPIFFE() {
+		return "", ""
+	}
+	td = strings.TrimPrefix(a.Issuer, "spiffe://")
+	return td, strings.TrimPrefix(a.Subject, a.Issuer)
 }
 
 // groupsOf are the Group entities the user of r is in. A group is named by

@@ -241,6 +241,46 @@ when {
 	}
 }
 
+// An agent of a SPIFFE trust domain is Agent::"<SPIFFE ID>" and carries
+// its trust domain and path, so that a policy can hold agents to one trust
+// domain; other agents carry "" for both.
+func TestSPIFFEAgentEntity(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "m.cedar", `
+@id("prod-agents")
+permit (principal, action, resource)
+when { principal.trust_domain == "prod.example.org" && principal.spiffe_path like "/ns/agents/*" };
+@id("by-id")
+forbid (principal == Agent::"spiffe://prod.example.org/ns/agents/sa/rogue", action, resource);`)
+	s, err := Load([]string{filepath.Join(dir, "m.cedar")}, "testdata/errand.cedarschema")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spiffe := func(id string) func(*broker.PolicyRequest) {
+		return func(r *broker.PolicyRequest) {
+			ref, ok := broker.SPIFFERef(id)
+			if !ok {
+				t.Fatalf("%s is not a SPIFFE ID", id)
+			}
+			r.Agent = ref
+		}
+	}
+	if d := s.Decide(req(spiffe("spiffe://prod.example.org/ns/agents/sa/agent-7"))); d.Effect != broker.EffectAllow {
+		t.Fatalf("a prod agent: %v", d)
+	}
+	for _, id := range []string{"spiffe://dev.example.org/ns/agents/sa/agent-7", "spiffe://prod.example.org/ns/jobs/x", "spiffe://prod.example.org/ns/agents/sa/rogue"} {
+		if d := s.Decide(req(spiffe(id))); d.Effect != broker.EffectDeny {
+			t.Fatalf("%s: %v", id, d)
+		}
+	}
+	// An OIDC agent whose sub looks like a SPIFFE ID is no SPIFFE agent.
+	if d := s.Decide(req(func(r *broker.PolicyRequest) {
+		r.Agent = broker.Ref{Issuer: "https://agents.example", Subject: "spiffe://prod.example.org/ns/agents/x"}
+	})); d.Effect != broker.EffectDeny {
+		t.Fatalf("an OIDC agent: %v", d)
+	}
+}
+
 func TestResourceShape(t *testing.T) {
 	for path, want := range map[string]string{
 		"acme/infra/x": "head=acme/infra/x wildcard=false in=[acme/** acme/infra/**]",

@@ -118,6 +118,11 @@ func listen(cfg *config.Config, log *slog.Logger) (net.Listener, error) {
 		ln.Close()
 		return nil, err
 	}
+	if tc.ClientAuth == tls.NoClientCert && cfg.AcceptsX509SVIDs() {
+		// X.509-SVIDs are asked for, never required, and verified by
+		// identity against their trust domain's bundle, not by TLS.
+		tc.ClientAuth = tls.RequestClientCert
+	}
 	return tls.NewListener(ln, tc), nil
 }
 
