@@ -114,6 +114,17 @@ type Credential struct {
 	JKT string
 }
 
+// ShownID is how c is named to auditors and approvers: its jti, or for a
+// Vault credential (whose "jti" is an accessor or lease id, a handle on
+// the secret) only the SHA-256 of it. Every view of credentials goes
+// through it, so a new kind of secret handle is hidden in one place.
+func (c Credential) ShownID() string {
+	if c.Kind == KindVaultToken || c.Kind == KindVaultLease {
+		return "sha256:" + HashID(c.JTI)
+	}
+	return c.JTI
+}
+
 // Audit event types of DESIGN.md.
 const (
 	EventTaskCreated       = "task.created"

@@ -452,12 +452,8 @@ func renderEvents(evs []broker.AuditEvent) []api.Event {
 func (s *Server) renderCredentials(cs []broker.Credential) []credentialJSON {
 	out := make([]credentialJSON, 0, len(cs))
 	for _, c := range cs {
-		jti := c.JTI
-		if c.Kind == broker.KindVaultToken || c.Kind == broker.KindVaultLease {
-			jti = "sha256:" + broker.HashID(c.JTI) // a Vault accessor or lease id is never shown
-		}
 		out = append(out, credentialJSON{
-			JTI: jti, Kind: c.Kind, TaskID: c.TaskID, Agent: c.Agent.String(),
+			JTI: c.ShownID(), Kind: c.Kind, TaskID: c.TaskID, Agent: c.Agent.String(),
 			OnBehalfOf: s.userName(c.User), Scopes: c.Scopes.Strings(), Audience: c.Audience,
 			IssuedAt: c.IssuedAt.Format(time.RFC3339), ExpiresAt: c.ExpiresAt.Format(time.RFC3339),
 			RevokedAt: optTime(c.RevokedAt),

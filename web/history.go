@@ -220,12 +220,8 @@ func (p *Pages) actorName(a broker.Actor) string {
 func (p *Pages) credentialRows(cs []broker.Credential) []credentialRow {
 	out := make([]credentialRow, 0, len(cs))
 	for _, c := range cs {
-		jti := c.JTI
-		if c.Kind == broker.KindVaultToken || c.Kind == broker.KindVaultLease {
-			jti = "sha256:" + broker.HashID(c.JTI) // a Vault accessor or lease id is never shown
-		}
 		out = append(out, credentialRow{
-			JTI: jti, Kind: c.Kind, TaskID: c.TaskID, Agent: visible(p.naming.Agent(c.Agent)), User: visible(p.naming.User(c.User)),
+			JTI: c.ShownID(), Kind: c.Kind, TaskID: c.TaskID, Agent: visible(p.naming.Agent(c.Agent)), User: visible(p.naming.User(c.User)),
 			Scopes: c.Scopes.Strings(), Audience: c.Audience, Issued: c.IssuedAt, Expires: c.ExpiresAt, Revoked: c.RevokedAt,
 		})
 	}
