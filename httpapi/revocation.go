@@ -181,6 +181,13 @@ func (s *Server) revocationStream(w http.ResponseWriter, r *http.Request) {
 	}
 	keepAlive := time.NewTimer(streamKeepAlive)
 	defer keepAlive.Stop()
+	// A stream answers from the replica's feed reader; if that reader
+	// stops reading the store, the stream ends rather than keep sending
+	// keep-alives that a client would take for "nothing was revoked". The
+	// client then polls, which reads the store (and fails closed when it
+	// cannot).
+	fresh := time.NewTicker(streamFreshCheck)
+	defer fresh.Stop()
 	for {
 		moved := s.feed.Moved()
 		next, more, err := s.streamStep(ctx, p, cursor, send)
@@ -206,6 +213,11 @@ func (s *Server) revocationStream(w http.ResponseWriter, r *http.Request) {
 			if !write(": keep-alive\n\n") {
 				return
 			}
+		case <-fresh.C:
+			if _, started := s.feed.Floor(); started && !s.feed.Fresh(streamStaleAfter) {
+				s.log.WarnContext(ctx, "revocation stream ended: the replica's feed reader has not read the database lately")
+				return
+			}
 		}
 	}
 }
@@ -219,6 +231,14 @@ const streamPage = 500
 // streamKeepAlive is how long a stream waits without events before it
 // sends a comment.
 const streamKeepAlive = 15 * time.Second
+
+// streamStaleAfter is how long the replica's feed reader may go without
+// reading the store (it reads at least every second when healthy) before
+// its streams end; streamFreshCheck is how often a stream looks.
+const (
+	streamStaleAfter = 5 * time.Second
+	streamFreshCheck = time.Second
+)
 
 // streamStep sends p what follows cursor: from the feed reader's memory,
 // or, when cursor is older than what it holds, one page read from the

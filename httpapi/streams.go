@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -23,6 +24,9 @@ type RevocationFeed interface {
 	Floor() (floor int64, ok bool)
 	// Moved returns a channel closed when the feed's head next moves.
 	Moved() <-chan struct{}
+	// Fresh reports whether the reader has started and read the store
+	// within the last d.
+	Fresh(d time.Duration) bool
 }
 
 // StreamLimits caps the revocation streams one replica holds open (R03).

@@ -50,6 +50,10 @@ type Feed struct {
 	Logger *slog.Logger
 
 	reads atomic.Int64
+	// lastRead is when the reader last read the store successfully (unix
+	// nanoseconds): with the hub's wake-ups at least every second, a
+	// healthy reader is never more than a second or two behind it.
+	lastRead atomic.Int64
 
 	wantOnce, askOnce sync.Once
 	want              chan struct{} // closed when a stream first asks
@@ -131,6 +135,7 @@ func (f *Feed) Run(ctx context.Context) error {
 	for {
 		head, _, err := f.Store.AuditHead(ctx)
 		if err == nil {
+			f.lastRead.Store(time.Now().UnixNano())
 			f.mu.Lock()
 			f.floor, f.head, f.ready = head, head, true
 			f.wakeLocked()
@@ -160,6 +165,21 @@ func (f *Feed) Run(ctx context.Context) error {
 	}
 }
 
+// Fresh reports whether the reader has started and read the store
+// successfully within the last d. A stream answering from the reader's
+// memory is only as current as the reader: a stale one must not tell
+// its clients, by its keep-alives, that nothing was revoked.
+func (f *Feed) Fresh(d time.Duration) bool {
+	f.mu.RLock()
+	ready := f.ready
+	f.mu.RUnlock()
+	return ready && time.Since(time.Unix(0, f.lastRead.Load())) <= d
+}
+
+// feedReadTimeout bounds one read of the store, so that a hung connection
+// shows as a stale reader rather than a reader that waits for ever.
+const feedReadTimeout = 10 * time.Second
+
 // step reads everything after the head, a page at a time, and publishes
 // each page.
 func (f *Feed) step(ctx context.Context) error {
@@ -167,11 +187,14 @@ func (f *Feed) step(ctx context.Context) error {
 	head := f.head
 	f.mu.RUnlock()
 	for {
-		revs, err := f.Store.Revocations(ctx, head, feedPage)
+		rctx, cancel := context.WithTimeout(ctx, feedReadTimeout)
+		revs, err := f.Store.Revocations(rctx, head, feedPage)
+		cancel()
 		f.reads.Add(1)
 		if err != nil {
 			return err
 		}
+		f.lastRead.Store(time.Now().UnixNano())
 		if len(revs) > 0 {
 			f.publish(revs)
 			head = revs[len(revs)-1].Seq
