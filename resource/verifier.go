@@ -83,8 +83,10 @@ type Config struct {
 	// PollInterval is the polling period while the stream is unavailable;
 	// default DefaultPollInterval.
 	PollInterval time.Duration
-	// Retention is how long a revoked jti is remembered; it must exceed
-	// Errand's limits.token_ttl_max plus Leeway. Default DefaultRetention.
+	// Retention is how long a revoked jti is remembered; a token whose
+	// life (exp − iat) plus Leeway exceeds it is refused, since it could
+	// outlive its revocation's memory. Set it above Errand's
+	// limits.token_ttl_max plus Leeway. Default DefaultRetention.
 	Retention time.Duration
 	// Introspect makes a Verifier whose feed is past its bound ask
 	// POST /v1/introspect for each token instead of refusing every one.
@@ -433,6 +435,12 @@ func (v *Verifier) checkToken(ctx context.Context, raw string) (*Token, error) {
 	}
 	if c.JTI == "" || c.TaskID == "" || c.Sub == "" {
 		return nil, invalidToken("the token lacks jti, task_id or sub")
+	}
+	// A revocation is remembered for Retention: a token that lives longer
+	// could outlive the memory of its own revocation and be accepted
+	// again, so it is refused whatever its signature.
+	if time.Duration(c.EXP-c.IAT)*time.Second+v.cfg.Leeway > v.cfg.Retention {
+		return nil, invalidToken("the token lives longer than this verifier remembers revocations (Retention)")
 	}
 	t := &Token{
 		Raw: raw, Issuer: c.Iss, Subject: c.Sub, ClientID: c.ClientID, Actor: c.Act, Audience: c.Aud,
