@@ -142,6 +142,14 @@ func (s *Server) Throttle(p broker.Principal) error {
 	return s.throttle(string(p.Kind)+"\x00"+p.Issuer+"\x00"+p.Subject, s.byPrincipal)
 }
 
+// ThrottleAddress charges r, a request with no credential, to its client
+// address's bucket, as every anonymous API request is (the same limiter,
+// the same trusted proxies): ErrRateLimited when that address is over its
+// rate. For routes served outside the API, such as the sign-in's.
+func (s *Server) ThrottleAddress(r *http.Request) error {
+	return s.throttle(s.addressKey(r), s.byAddress)
+}
+
 // limitAddress applies the per-address limit. A request without a
 // credential is charged here, before any work; one with a credential is
 // charged only if it fails authentication (see authenticate), so that

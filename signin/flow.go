@@ -293,6 +293,12 @@ func (m *Manager) login(w http.ResponseWriter, r *http.Request) {
 		render(w, http.StatusOK, "choose", cs)
 		return
 	}
+	if m.limitAddress != nil {
+		if err := m.limitAddress(r); err != nil {
+			m.refuse(w, r, broker.Principal{}, op, err)
+			return
+		}
+	}
 	if !m.starts.Allow() {
 		w.Header().Set("Retry-After", "1")
 		m.refuse(w, r, broker.Principal{}, op, broker.Errorf(broker.ErrRateLimited, "too many sign-ins being started; try again in a moment"))

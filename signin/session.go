@@ -85,10 +85,16 @@ type Config struct {
 	// each, so a flood of bad callbacks cannot flood the audit log);
 	// without it they go to Audit too.
 	Refuser Refuser
+	// LimitAddress, when set, charges a sign-in start to its client
+	// address (httpapi.Server.ThrottleAddress: the API's per-address
+	// limiter, behind trusted proxies the client's own address), so that
+	// one source flooding GET /ui/login is refused alone and never locks
+	// everyone else out of signing in.
+	LimitAddress func(r *http.Request) error
 	// FlowsPerSecond and FlowBurst bound how fast sign-ins may be
-	// started (each stores a flow until its callback or expiry), so a
-	// flood of GET /ui/login cannot grow the flows table without bound;
-	// default 50 a second, bursts of 500.
+	// started over all sources (each stores a flow until its callback or
+	// expiry), so that many sources together cannot grow the flows table
+	// without bound; default 500 a second, bursts of 5000.
 	FlowsPerSecond float64
 	FlowBurst      int
 	HTTPClient     *http.Client
@@ -103,21 +109,23 @@ type TokenVerifier interface {
 
 // Manager keeps sessions and runs the sign-in flow.
 type Manager struct {
-	store     Store
-	origin    string
-	public    string
-	secure    bool
-	cookie    string
-	flowName  string
-	idle, abs time.Duration
-	verifier  TokenVerifier
-	providers []*provider
-	audit     Auditor
-	refuser   Refuser
-	starts    *rate.Limiter
-	client    *http.Client
-	log       *slog.Logger
-	now       func() time.Time
+	// limitAddress charges a sign-in start to its source (Config).
+	limitAddress func(r *http.Request) error
+	store        Store
+	origin       string
+	public       string
+	secure       bool
+	cookie       string
+	flowName     string
+	idle, abs    time.Duration
+	verifier     TokenVerifier
+	providers    []*provider
+	audit        Auditor
+	refuser      Refuser
+	starts       *rate.Limiter
+	client       *http.Client
+	log          *slog.Logger
+	now          func() time.Time
 }
 
 // New returns a Manager.
@@ -148,14 +156,14 @@ func New(cfg Config) (*Manager, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.FlowsPerSecond <= 0 {
-		cfg.FlowsPerSecond = 50
+		cfg.FlowsPerSecond = 500
 	}
 	if cfg.FlowBurst <= 0 {
-		cfg.FlowBurst = 500
+		cfg.FlowBurst = 5000
 	}
 	m := &Manager{
-		starts: rate.NewLimiter(rate.Limit(cfg.FlowsPerSecond), cfg.FlowBurst),
-		store:  cfg.Store, origin: u.Scheme + "://" + u.Host, public: strings.TrimSuffix(cfg.PublicURL, "/"),
+		starts: rate.NewLimiter(rate.Limit(cfg.FlowsPerSecond), cfg.FlowBurst), limitAddress: cfg.LimitAddress,
+		store: cfg.Store, origin: u.Scheme + "://" + u.Host, public: strings.TrimSuffix(cfg.PublicURL, "/"),
 		secure: u.Scheme == "https", idle: cfg.IdleTimeout, abs: cfg.AbsoluteTimeout,
 		verifier: cfg.Verifier, audit: cfg.Audit, refuser: cfg.Refuser, client: cfg.HTTPClient, log: cfg.Logger, now: cfg.Now,
 	}

@@ -3,12 +3,16 @@ package signin_test
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/signin"
@@ -255,5 +259,56 @@ func TestSessionStoreOutageIs503(t *testing.T) {
 	res, _ = newBrowser(t).get(e.URL + "/ui/login")
 	if res.StatusCode != http.StatusServiceUnavailable || res.Header.Get("Retry-After") == "" {
 		t.Fatalf("sign-in start during an outage: %d", res.StatusCode)
+	}
+}
+
+// TestP02OneSourceFloodingSignInLocksNoOneElseOut: sign-in starts are
+// charged to their source's address (the API's per-address limiter in
+// serve), so a few hundred GET /ui/login from one address are refused
+// alone and another person still signs in. Found by review: one global
+// bucket of 500 let anyone lock every person out of the pages.
+func TestP02OneSourceFloodingSignInLocksNoOneElseOut(t *testing.T) {
+	_, iss := devIdP(t, nil)
+	e := newErrand(t, nil, func(string) []issuerSpec { return []issuerSpec{devSpec(iss, "")} })
+	var mu sync.Mutex
+	buckets := map[string]*rate.Limiter{}
+	perAddress := func(r *http.Request) error {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		mu.Lock()
+		defer mu.Unlock()
+		l := buckets[host]
+		if l == nil {
+			l = rate.NewLimiter(200, 400) // serve's default address_rps, burst 2x
+			buckets[host] = l
+		}
+		if !l.Allow() {
+			return broker.Errorf(broker.ErrRateLimited, "too many requests; retry later")
+		}
+		return nil
+	}
+	m, err := signin.New(signin.Config{Store: e.Store, PublicURL: e.URL, Verifier: nopVerifier{},
+		Providers: []signin.Provider{{Issuer: iss, ClientID: "errand"}}, LimitAddress: perAddress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := m.Handler()
+	start := func(addr string) int {
+		req := httptest.NewRequest(http.MethodGet, "/ui/login", nil)
+		req.RemoteAddr = addr
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	refused := 0
+	for i := 0; i < 700; i++ {
+		if start("203.0.113.66:40000") == http.StatusTooManyRequests {
+			refused++
+		}
+	}
+	if refused < 200 {
+		t.Fatalf("the flooding source was refused %d times of 700", refused)
+	}
+	if code := start("198.51.100.7:50000"); code != http.StatusSeeOther {
+		t.Fatalf("another person's sign-in during the flood: %d, want 303 to the provider", code)
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/httpapi"
 	"github.com/errandhq/errand/signin"
 )
 
@@ -18,7 +19,7 @@ import (
 // tokens verified by verifier (the bearer tokens' verifier), refusals
 // audited as the API's are (svc for a verified person, api's summaries
 // for callers with no verified identity).
-func newSignin(cfg *config.Config, st backend, verifier signin.TokenVerifier, svc *broker.Service, api signin.Refuser, log *slog.Logger) (*signin.Manager, error) {
+func newSignin(cfg *config.Config, st backend, verifier signin.TokenVerifier, svc *broker.Service, api *httpapi.Server, log *slog.Logger) (*signin.Manager, error) {
 	providers, err := cfg.SigninProviders()
 	if err != nil {
 		return nil, err
@@ -33,7 +34,7 @@ func newSignin(cfg *config.Config, st backend, verifier signin.TokenVerifier, sv
 	return signin.New(signin.Config{
 		Store: &signin.SQLStore{DB: db}, PublicURL: cfg.PublicURL, Verifier: verifier, Providers: providers,
 		IdleTimeout: sessionsDuration(cfg.Sessions.IdleTimeout), AbsoluteTimeout: sessionsDuration(cfg.Sessions.AbsoluteTimeout),
-		Audit: svc, Refuser: api, Logger: log,
+		Audit: svc, Refuser: api, LimitAddress: api.ThrottleAddress, Logger: log,
 	})
 }
 
