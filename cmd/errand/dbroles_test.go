@@ -4,23 +4,30 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"database/sql"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx", for the sign-in's store
 
+	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
 	"github.com/errandhq/errand/internal/testoidc"
 	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/signin"
 )
 
 // loginRole creates a LOGIN role member of role on the server of u and
@@ -79,8 +86,28 @@ forbid (principal, action == Action::"github.pr.write", resource);
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
+	// A webhook receiver: notices are queued, claimed, delivered and
+	// completed by the serving role (webhook_deliveries).
+	var (
+		hookMu sync.Mutex
+		hooks  []string
+	)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		hookMu.Lock()
+		hooks = append(hooks, string(body))
+		hookMu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer hook.Close()
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	secretFile := filepath.Join(dir, "hook.secret")
+	if err := os.WriteFile(secretFile, []byte("whsec_"+base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// config is the test's usual config on dbURL, listening on addr, with
-	// an admin group and the step-up policy.
+	// an admin group, the step-up policy and the webhook.
 	config := func(dbURL string) string {
 		p := writeConfig(t, dbURL, agents, users, resources)
 		b, err := os.ReadFile(p)
@@ -90,6 +117,7 @@ forbid (principal, action == Action::"github.pr.write", resource);
 		b = bytes.Replace(b, []byte("listen: 127.0.0.1:0"), []byte("listen: "+addr), 1)
 		b = bytes.Replace(b, []byte("auditor_group: security-auditors}"), []byte("auditor_group: security-auditors, admin_group: errand-admins}"), 1)
 		b = append(b, []byte("policies: [\""+filepath.Join(dir, "*.cedar")+"\"]\n")...)
+		b = append(b, []byte("notifications:\n  webhooks:\n    - {url: \""+hook.URL+"/hook\", secret_file: \""+secretFile+"\", events: [task.created, task.closed]}\n")...)
 		if err := os.WriteFile(p, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -106,7 +134,8 @@ forbid (principal, action == Action::"github.pr.write", resource);
 		!strings.Contains(out, "roles ready") {
 		t.Fatalf("db roles: %v\n%s", err, out)
 	}
-	appCfg, audCfg := config(loginRole(t, owner, app)), config(loginRole(t, owner, aud))
+	appURL := loginRole(t, owner, app)
+	appCfg, audCfg := config(appURL), config(loginRole(t, owner, aud))
 
 	stderr := &syncBuffer{}
 	root := newRoot()
@@ -232,11 +261,59 @@ forbid (principal, action == Action::"github.pr.write", resource);
 	must(200, "GET", "/v1/credentials?task_id="+id, auditor, nil)
 	must(200, "GET", "/v1/approvals/"+apr, alice, nil)
 
+	// The webhook heard of the task's creation and close.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		hookMu.Lock()
+		got := strings.Join(hooks, "\n")
+		hookMu.Unlock()
+		if strings.Contains(got, `"task.created"`) && strings.Contains(got, `"task.closed"`) && strings.Contains(got, id) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the webhook got %q\nserve's log:\n%s", got, stderr)
+		}
+	}
+
 	stopServe(t, cancel, done, 20*time.Second)
 	for _, l := range strings.Split(stderr.String(), "\n") {
 		if strings.Contains(l, `"level":"WARN"`) || strings.Contains(l, `"level":"ERROR"`) {
 			t.Errorf("serve as the serving role logged: %s", l)
 		}
+	}
+
+	// People's sessions and sign-ins in progress, as the serving role:
+	// every operation of the sign-in's store.
+	sdb, err := sql.Open("pgx", appURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sdb.Close()
+	ss, sctx, now := &signin.SQLStore{DB: sdb}, context.Background(), time.Now().Truncate(time.Microsecond)
+	person := broker.Principal{Kind: broker.KindUser, Issuer: users.URL, Subject: "alice", Groups: []string{"engineers"}}
+	if err := ss.CreateSession(sctx, signin.Record{IDHash: "h1", User: person, CreatedAt: now, LastSeen: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatalf("create a session as the serving role: %v", err)
+	}
+	if _, err := ss.Session(sctx, "h1"); err != nil {
+		t.Fatalf("read a session: %v", err)
+	}
+	if err := ss.TouchSession(sctx, "h1", now.Add(time.Minute)); err != nil {
+		t.Fatalf("touch a session: %v", err)
+	}
+	if err := ss.CreateFlow(sctx, signin.Flow{StateHash: "s1", Issuer: users.URL, Nonce: "n", Verifier: "v",
+		RedirectURI: "http://" + addr + "/ui/callback", ReturnTo: "/ui/", CreatedAt: now, ExpiresAt: now.Add(time.Minute)}); err != nil {
+		t.Fatalf("create a flow: %v", err)
+	}
+	if _, err := ss.TakeFlow(sctx, "s1"); err != nil {
+		t.Fatalf("take a flow: %v", err)
+	}
+	if n, err := ss.DeleteUserSessions(sctx, person.Ref()); err != nil || n != 1 {
+		t.Fatalf("end a person's sessions: %d %v", n, err)
+	}
+	if _, err := ss.DeleteExpired(sctx, now.Add(24*time.Hour)); err != nil {
+		t.Fatalf("sweep expired sessions and flows: %v", err)
+	}
+	if err := ss.DeleteSession(sctx, "h1"); err != nil {
+		t.Fatalf("delete a session: %v", err)
 	}
 
 	// The auditor role verifies and exports the chain, and reads no key.
