@@ -43,8 +43,7 @@ type BackchannelRequest struct {
 	RedeemedAt     time.Time // zero until a token was issued for it
 }
 
-// BackchannelTx is what CIBA needs of a transaction (an optional ability
-// of a Tx, found by type assertion).
+// BackchannelTx is what CIBA needs of a transaction.
 type BackchannelTx interface {
 	InsertBackchannel(ctx context.Context, r BackchannelRequest) error
 	// LockBackchannel reads the request whose id hashes to idHash and
@@ -52,14 +51,6 @@ type BackchannelTx interface {
 	LockBackchannel(ctx context.Context, idHash string) (BackchannelRequest, error)
 	// UpdateBackchannel writes r's Interval, LastPollAt and RedeemedAt.
 	UpdateBackchannel(ctx context.Context, r BackchannelRequest) error
-}
-
-func backchannelTx(tx Tx) (BackchannelTx, error) {
-	b, ok := tx.(BackchannelTx)
-	if !ok {
-		return nil, errors.New("broker: the store cannot keep backchannel requests")
-	}
-	return b, nil
 }
 
 // BackchannelStart is a backchannel authentication request: the task it
@@ -118,11 +109,7 @@ func (s *Service) StartBackchannel(ctx context.Context, p Principal, req Backcha
 		return BackchannelStarted{}, err
 	}
 	t, err := s.createTask(ctx, p, req.Task, func(tx Tx, t Task) error {
-		b, err := backchannelTx(tx)
-		if err != nil {
-			return err
-		}
-		return b.InsertBackchannel(ctx, BackchannelRequest{
+		return tx.InsertBackchannel(ctx, BackchannelRequest{
 			IDHash: HashID(id), TaskID: t.ID, Agent: t.Agent, BindingMessage: req.BindingMessage,
 			Interval: BackchannelInterval, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt,
 		})
@@ -186,11 +173,7 @@ func (s *Service) PollBackchannel(ctx context.Context, p Principal, authReqID, j
 	)
 	err := s.store.InTx(ctx, func(tx Tx) error {
 		outcome = nil
-		b, err := backchannelTx(tx)
-		if err != nil {
-			return err
-		}
-		r, err := b.LockBackchannel(ctx, hash)
+		r, err := tx.LockBackchannel(ctx, hash)
 		switch {
 		case errors.Is(err, ErrNotFound):
 			outcome = Errorf(ErrInvalidGrant, "unknown auth_req_id")
@@ -217,7 +200,7 @@ func (s *Service) PollBackchannel(ctx context.Context, p Principal, authReqID, j
 			r.Interval = min(r.Interval+BackchannelIntervalStep, BackchannelIntervalMax)
 		}
 		r.LastPollAt = now
-		if err := b.UpdateBackchannel(ctx, r); err != nil {
+		if err := tx.UpdateBackchannel(ctx, r); err != nil {
 			return err
 		}
 		if early {
@@ -257,11 +240,7 @@ func (s *Service) PollBackchannel(ctx context.Context, p Principal, authReqID, j
 	// fail, a later poll gets the same credential back (the idempotency
 	// key), never a second one.
 	_ = s.store.InTx(ctx, func(tx Tx) error {
-		b, err := backchannelTx(tx)
-		if err != nil {
-			return err
-		}
-		r, err := b.LockBackchannel(ctx, hash)
+		r, err := tx.LockBackchannel(ctx, hash)
 		if err != nil {
 			return err
 		}
@@ -270,7 +249,7 @@ func (s *Service) PollBackchannel(ctx context.Context, p Principal, authReqID, j
 			return err
 		}
 		r.RedeemedAt = now
-		return b.UpdateBackchannel(ctx, r)
+		return tx.UpdateBackchannel(ctx, r)
 	})
 	return m, nil
 }

@@ -95,10 +95,7 @@ func (s *Service) underStepUp(ctx context.Context, c Credential, d PolicyDecisio
 	if c.StepUpID == "" {
 		return Evaluation{Reason: "a step-up policy asks for the user's approval, and this token was not minted under one", Policies: d.Policies}, nil
 	}
-	r, err := s.stepUpReader()
-	if err != nil {
-		return Evaluation{}, err
-	}
+	r := s.store
 	u, err := r.StepUp(ctx, c.StepUpID)
 	if err != nil {
 		return Evaluation{}, err

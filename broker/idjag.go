@@ -228,14 +228,13 @@ func (s *Service) IDJAG(ctx context.Context, p Principal, req IDJAGRequest) (Min
 		grant   IDJAG
 		refusal error
 	)
-	err = inGroupTx(ctx, s.store, req.TaskID, func(tx Tx) error {
-		out, refusal = Minted{}, nil
+	err = s.store.InTx(ctx, func(tx Tx) error {
 		t, now, err := s.lockForIssue(ctx, tx, p, req.TaskID)
 		if err != nil {
 			return err
 		}
 		s.snaps.put(t)
-		s.dbClock.observe(now, time.Now())
+		s.dbClock.observe(now, s.clock())
 		if st := t.EffectiveStatus(now); st != StatusApproved {
 			return Errorf(ErrTaskNotActive, "the task is %s", st)
 		}

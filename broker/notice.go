@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"slices"
 	"time"
 )
@@ -84,10 +83,15 @@ type Delivery struct {
 	LastError     string
 }
 
-// NoticeTx is an optional ability of a Tx: queue a notice, once per
-// webhook, in the transaction of the change it reports.
+// NoticeTx is what notifications need of a transaction.
 type NoticeTx interface {
+	// EnqueueDeliveries queues a notice, once per webhook, in the
+	// transaction of the change it reports.
 	EnqueueDeliveries(ctx context.Context, ds []Delivery) error
+	// FailDelivery marks a delivery failed at `at` and reports whether it
+	// did: false when it is already done or failed (another replica
+	// delivered or gave it up), so that the failure is raised once.
+	FailDelivery(ctx context.Context, d Delivery, at time.Time, errMsg string) (bool, error)
 }
 
 // Deliveries is the store side of the notification worker.
@@ -129,10 +133,6 @@ func (s *Service) notify(ctx context.Context, tx Tx, n Notice) error {
 	if len(hooks) == 0 {
 		return nil
 	}
-	nt, ok := tx.(NoticeTx)
-	if !ok {
-		return errors.New("broker: the store cannot queue notifications")
-	}
 	body, err := json.Marshal(n)
 	if err != nil {
 		return err
@@ -146,7 +146,7 @@ func (s *Service) notify(ctx context.Context, tx Tx, n Notice) error {
 		ds[i] = Delivery{MsgID: id, Webhook: h, Type: n.Type, TaskID: n.TaskID, Notice: body,
 			CreatedAt: n.Time, NextAttemptAt: n.Time}
 	}
-	return nt.EnqueueDeliveries(ctx, ds)
+	return tx.EnqueueDeliveries(ctx, ds)
 }
 
 // taskNotice is the notice of typ about t, at now, caused by actor.
@@ -166,15 +166,11 @@ func (s *Service) taskNotice(typ string, t Task, now time.Time, actor Actor) Not
 // out of the audit trail.
 func (s *Service) RecordDeliveryFailure(ctx context.Context, d Delivery, cause string) error {
 	return s.store.InTx(ctx, func(tx Tx) error {
-		ft, ok := tx.(DeliveryFailTx)
-		if !ok {
-			return errors.New("broker: the store cannot record failed notifications")
-		}
 		now, err := s.txNow(ctx, tx)
 		if err != nil {
 			return err
 		}
-		failed, err := ft.FailDelivery(ctx, d, now, cause)
+		failed, err := tx.FailDelivery(ctx, d, now, cause)
 		if err != nil || !failed {
 			return err
 		}
@@ -182,12 +178,4 @@ func (s *Service) RecordDeliveryFailure(ctx context.Context, d Delivery, cause s
 			Detail: detail(map[string]any{"webhook": d.Webhook, "webhook_id": d.MsgID, "event": d.Type,
 				"attempts": d.Attempts, "since": d.CreatedAt, "error": cause})})
 	})
-}
-
-// DeliveryFailTx is an optional ability of a Tx: give up a delivery.
-type DeliveryFailTx interface {
-	// FailDelivery marks a delivery failed at `at` and reports whether it
-	// did: false when it is already done or failed (another replica
-	// delivered or gave it up), so that the failure is raised once.
-	FailDelivery(ctx context.Context, d Delivery, at time.Time, errMsg string) (bool, error)
 }

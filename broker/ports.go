@@ -6,16 +6,36 @@ import (
 	"time"
 )
 
-// Store persists tasks, credentials and the audit log. Implementations turn
-// their driver's errors into ErrNotFound and ErrUnavailable.
+// Store is the storage port: tasks, credentials, the audit log, step-up
+// approvals, secrets, the revocation feed and outboxes, and the database's
+// clock. Every method is required; each store implements each, and the
+// shared suite (package storetest) calls every one of them. Implementations
+// turn their driver's errors into ErrNotFound and ErrUnavailable.
 type Store interface {
-	// InTx runs fn in one transaction and commits it durably when fn
-	// returns nil; any error rolls everything back.
+	// InTx runs fn exactly once in one transaction and commits it durably
+	// when fn returns nil; any error rolls everything back.
 	InTx(ctx context.Context, fn func(Tx) error) error
+	// InsertCredentialIfVersion records c and its audit event, committed
+	// durably together, if task c.TaskID is still at version and lives
+	// (approved, not revoking, unexpired by the database's clock); false,
+	// and nothing recorded, otherwise. It is Mint's optimistic branch: c
+	// was decided on a snapshot of the task at that version, and every
+	// change of a task's state bumps its version. It sets c.Seq. A store
+	// may commit several concurrent calls in one transaction.
+	InsertCredentialIfVersion(ctx context.Context, c *Credential, version int, event AuditEvent) (bool, error)
 	Reader
 	// Ping reports whether the store can be reached (ErrUnavailable if not).
 	Ping(ctx context.Context) error
 	ReplayCache
+	Outbox
+	Deliveries
+}
+
+// Clock is the database's own time. Every expiry decision is taken on it,
+// whatever the replica's clock says, so replicas with skewed clocks agree
+// (F07). A store without a server (SQLite) returns its own clock.
+type Clock interface {
+	Now(ctx context.Context) (time.Time, error)
 }
 
 // ReplayCache remembers the identifiers (jti) of JWTs Errand accepted where
@@ -43,10 +63,17 @@ const (
 
 // Tx is the write side, used only inside Store.InTx.
 type Tx interface {
+	Clock
 	InsertTask(ctx context.Context, t *Task) error
 	// LockTask reads a task and locks it until the transaction ends, so
 	// that minting and closing one task are serialised. ErrNotFound.
 	LockTask(ctx context.Context, id string) (Task, error)
+	// LockTaskChecked is LockTask, whether the task's agent is suspended
+	// and the database's clock once the lock is held, read together (one
+	// round trip where the store can).
+	LockTaskChecked(ctx context.Context, id string) (t Task, suspended bool, now time.Time, err error)
+	// UpdateTask writes t, which must be at the stored version + 1: every
+	// change of a task's state bumps its version (an error if not: a bug).
 	UpdateTask(ctx context.Context, t Task) error
 	InsertCredential(ctx context.Context, c *Credential) error
 	// CredentialByIdempotencyKey finds the credential minted for the task
@@ -60,31 +87,10 @@ type Tx interface {
 	// belongs at the end of one (followed only by InsertRevocations).
 	AppendAudit(ctx context.Context, events ...AuditEvent) error
 	RevocationTx
-}
-
-// GroupStore is an optional ability of a Store: group commit. InGroupTx
-// runs fn like InTx, but may run it in one transaction with concurrent
-// callers' functions, each in its own savepoint, committed (and flushed)
-// once for all; it returns after that commit. Within fn, AppendAudit
-// queues the events, appended at the group's end (so Seq and Hash are not
-// known in fn). fn sees the work of the functions before it in its group
-// (a credential another mint of the task just recorded counts against the
-// budget, a step-up approval it just used is used), which commits or fails
-// with its own: a function's work is only undone when that function fails,
-// before the next one runs. Mint, the hot path, uses it.
-//
-// key names what fn locks (the task): calls with the same key are always
-// grouped on the same lane, so that concurrent groups never wait on each
-// other's row locks.
-type GroupStore interface {
-	InGroupTx(ctx context.Context, key string, fn func(Tx) error) error
-}
-
-// CredentialTaskReader is an optional ability of a Store: a credential,
-// its task and the store's clock (see Clock) in one read, for
-// introspection.
-type CredentialTaskReader interface {
-	CredentialAndTask(ctx context.Context, jti string) (Credential, Task, time.Time, error)
+	StepUpTx
+	SecretTx
+	BackchannelTx
+	NoticeTx
 }
 
 // StatusCache is an in-process cache of active credentials, so that
@@ -106,20 +112,6 @@ type StatusCache interface {
 	// committed: it drops the credentials here and waits until every live
 	// replica has applied the feed that far.
 	Revoked(ctx context.Context, seq int64, jtis []string) error
-}
-
-// TaskLocker is an optional ability of a Tx: LockTask, IsSuspended of the
-// task's agent and the store's clock (see Clock), read in one round trip.
-type TaskLocker interface {
-	LockTaskChecked(ctx context.Context, id string) (t Task, suspended bool, now time.Time, err error)
-}
-
-// inGroupTx runs fn in a group transaction when the store offers them.
-func inGroupTx(ctx context.Context, st Store, key string, fn func(Tx) error) error {
-	if g, ok := st.(GroupStore); ok {
-		return g.InGroupTx(ctx, key, fn)
-	}
-	return st.InTx(ctx, fn)
 }
 
 // RevocationTx is the write side of the revocation engine.
@@ -156,9 +148,13 @@ type RevocationTx interface {
 // Reader is the read side. Lists return at most Limit+1 rows so that the
 // caller can tell whether more remain.
 type Reader interface {
+	Clock
 	Task(ctx context.Context, id string) (Task, error)
 	ListTasks(ctx context.Context, f TaskFilter) ([]Task, error)
 	Credential(ctx context.Context, jti string) (Credential, error)
+	// CredentialAndTask reads a credential, its task and the database's
+	// clock together, for introspection.
+	CredentialAndTask(ctx context.Context, jti string) (Credential, Task, time.Time, error)
 	Credentials(ctx context.Context, f HistoryFilter) ([]Credential, error)
 	AuditEvents(ctx context.Context, f HistoryFilter) ([]AuditEvent, error)
 	// AuditHead is the seq and hash of the newest audit event (0 and
@@ -168,6 +164,7 @@ type Reader interface {
 	// entry with its credential's audience.
 	Revocations(ctx context.Context, afterSeq int64, limit int) ([]Revocation, error)
 	Suspended(ctx context.Context, agent Ref) (bool, error)
+	StepUpReader
 }
 
 // Outbox is the store side of the backend-revocation worker.

@@ -165,9 +165,12 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) erro
 		evs := []AuditEvent{{Time: now, Type: EventCredentialRevoked, Actor: ActorOf(p), TaskID: t.ID,
 			Detail: detail(map[string]any{"kind": c.Kind, "jti_sha256": HashID(c.JTI), "reason": reason})}}
 		if s.queuesBackend(c) {
-			t.Revoking = true
-			if err := tx.UpdateTask(ctx, t); err != nil {
-				return err
+			if !t.Revoking {
+				t.Revoking = true
+				t.Version++
+				if err := tx.UpdateTask(ctx, t); err != nil {
+					return err
+				}
 			}
 			if err := tx.Enqueue(ctx, []OutboxItem{{TaskID: t.ID, Kind: c.Kind, Ref: c.JTI, CreatedAt: now, NextAttemptAt: now}}); err != nil {
 				return err

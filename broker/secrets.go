@@ -7,9 +7,11 @@ import (
 	"time"
 )
 
-// Credential kinds of Vault: the per-task token (recorded before any
-// secret is read under it) and each lease read with it.
+// Credential kinds: an access token (JWT), and those of Vault: the
+// per-task token (recorded before any secret is read under it) and each
+// lease read with it.
 const (
+	KindJWT        = "jwt"
 	KindVaultToken = "vault-token"
 	KindVaultLease = "vault"
 )
@@ -175,11 +177,7 @@ func (s *Service) IssueSecret(ctx context.Context, p Principal, id, role string)
 		if _, refusal, err = s.gate(ctx, tx, p, t, now, g); err != nil || refusal != nil {
 			return err
 		}
-		st, err := secretTx(tx)
-		if err != nil {
-			return err
-		}
-		tok, err = st.TaskToken(ctx, t.ID)
+		tok, err = tx.TaskToken(ctx, t.ID)
 		if err == nil && tok.ExpiresAt.After(now) {
 			return nil
 		}
@@ -194,7 +192,7 @@ func (s *Service) IssueSecret(ctx context.Context, p Principal, id, role string)
 			return err
 		}
 		intent.TaskID, intent.State, intent.CreatedAt = t.ID, IntentPending, now
-		return st.InsertVaultIntent(ctx, intent)
+		return tx.InsertVaultIntent(ctx, intent)
 	})
 	if err != nil {
 		return Secret{}, err
@@ -289,11 +287,7 @@ func (s *Service) recordTaskToken(ctx context.Context, p Principal, id string, i
 		if err != nil {
 			return err
 		}
-		st, err := secretTx(tx)
-		if err != nil {
-			return err
-		}
-		ok, err := st.ResolveVaultIntent(ctx, intent.ID, IntentRecorded, created.Accessor, now)
+		ok, err := tx.ResolveVaultIntent(ctx, intent.ID, IntentRecorded, created.Accessor, now)
 		if err != nil {
 			return err
 		}
@@ -316,13 +310,13 @@ func (s *Service) recordTaskToken(ctx context.Context, p Principal, id string, i
 			reason, refusal = "task_ended", Errorf(ErrTaskNotActive, "the task is %s", status)
 		} else if err := s.notSuspended(ctx, tx, t.Agent); err != nil {
 			reason, refusal = "task_ended", err
-		} else if cur, err := st.TaskToken(ctx, t.ID); err == nil && cur.ExpiresAt.After(now) {
+		} else if cur, err := tx.TaskToken(ctx, t.ID); err == nil && cur.ExpiresAt.After(now) {
 			reason, use = "superseded", cur // a concurrent first secret won
 		} else if err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
 		if reason == "" {
-			if err := st.InsertTaskToken(ctx, t.ID, created); err != nil {
+			if err := tx.InsertTaskToken(ctx, t.ID, created); err != nil {
 				return err
 			}
 			return tx.AppendAudit(ctx, events...)
@@ -353,6 +347,7 @@ func (s *Service) revokeUnused(ctx context.Context, tx Tx, t *Task, accessor str
 	}
 	if t.Status != StatusApproved && !t.Revoking {
 		t.Revoking = true
+		t.Version++
 		if err := tx.UpdateTask(ctx, *t); err != nil {
 			return err
 		}
@@ -390,14 +385,6 @@ func (s *Service) taskRoles(t Task) ([]SecretRole, Scopes) {
 		}
 	}
 	return roles, scopes
-}
-
-func secretTx(tx Tx) (SecretTx, error) {
-	st, ok := tx.(SecretTx)
-	if !ok {
-		return nil, errors.New("broker: the store cannot keep Vault tokens")
-	}
-	return st, nil
 }
 
 // lockActive locks the task and checks that p is its agent and that it is

@@ -72,7 +72,9 @@ type Config struct {
 	// queued in the transaction of each change; the store's Tx must then be
 	// a NoticeTx.
 	Webhooks []Webhook
-	// Now is the clock of stores that have none (see Clock); default time.Now.
+	// Now is this replica's clock, for what is not decided against the
+	// store (every expiry decision takes the store's clock); default
+	// time.Now.
 	Now func() time.Time
 	// Random is the source of identifiers; default crypto/rand.
 	Random io.Reader
@@ -170,36 +172,23 @@ func (s *Service) Catalog() *Catalog { return s.catalog }
 
 func (s *Service) now() time.Time { return s.clock().UTC().Truncate(time.Microsecond) }
 
-// Clock is an optional ability of a Tx or a Store: the database's own
-// time. When present every expiry decision is taken on it, whatever the
-// replica's clock says, so replicas with skewed clocks agree (F07); the
-// configured Now is used only by stores without a clock of their own.
-type Clock interface {
-	Now(ctx context.Context) (time.Time, error)
-}
-
-// txNow is the time of a decision inside tx.
+// txNow is the time of a decision inside tx: the database's clock.
 func (s *Service) txNow(ctx context.Context, tx Tx) (time.Time, error) {
-	if c, ok := tx.(Clock); ok {
-		t, err := c.Now(ctx)
-		if err != nil {
-			return time.Time{}, err
-		}
-		return t.UTC().Truncate(time.Microsecond), nil
+	t, err := tx.Now(ctx)
+	if err != nil {
+		return time.Time{}, err
 	}
-	return s.now(), nil
+	return t.UTC().Truncate(time.Microsecond), nil
 }
 
-// readNow is the time of a decision outside a transaction.
+// readNow is the time of a decision outside a transaction: the
+// database's clock.
 func (s *Service) readNow(ctx context.Context) (time.Time, error) {
-	if c, ok := s.store.(Clock); ok {
-		t, err := c.Now(ctx)
-		if err != nil {
-			return time.Time{}, err
-		}
-		return t.UTC().Truncate(time.Microsecond), nil
+	t, err := s.store.Now(ctx)
+	if err != nil {
+		return time.Time{}, err
 	}
-	return s.now(), nil
+	return t.UTC().Truncate(time.Microsecond), nil
 }
 
 var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
@@ -381,32 +370,18 @@ func (s *Service) resolveUser(obo string) (Ref, error) {
 
 // lockForIssue locks task id for an issuance by agent p: the task is p's,
 // p is not suspended, and now is the decision's time (all read under the
-// task's lock, in one round trip when the store can).
+// task's lock, together).
 func (s *Service) lockForIssue(ctx context.Context, tx Tx, p Principal, id string) (Task, time.Time, error) {
-	if l, ok := tx.(TaskLocker); ok {
-		t, suspended, now, err := l.LockTaskChecked(ctx, id)
-		switch {
-		case err != nil:
-			return Task{}, time.Time{}, err
-		case !p.Is(KindAgent, t.Agent):
-			return Task{}, time.Time{}, Errorf(ErrNotTaskParty, "the task belongs to another agent")
-		case suspended:
-			return Task{}, time.Time{}, Errorf(ErrAgentSuspended, "the agent is suspended")
-		}
-		return t, now.UTC().Truncate(time.Microsecond), nil
-	}
-	t, err := tx.LockTask(ctx, id)
-	if err != nil {
+	t, suspended, now, err := tx.LockTaskChecked(ctx, id)
+	switch {
+	case err != nil:
 		return Task{}, time.Time{}, err
-	}
-	if !p.Is(KindAgent, t.Agent) {
+	case !p.Is(KindAgent, t.Agent):
 		return Task{}, time.Time{}, Errorf(ErrNotTaskParty, "the task belongs to another agent")
+	case suspended:
+		return Task{}, time.Time{}, Errorf(ErrAgentSuspended, "the agent is suspended")
 	}
-	if err := s.notSuspended(ctx, tx, t.Agent); err != nil {
-		return Task{}, time.Time{}, err
-	}
-	now, err := s.txNow(ctx, tx)
-	return t, now, err
+	return t, now.UTC().Truncate(time.Microsecond), nil
 }
 
 // notSuspended refuses an agent under the kill switch, reading inside tx
@@ -719,268 +694,6 @@ func (s *Service) Deny(ctx context.Context, p Principal, id string, req DenyRequ
 	return out, err
 }
 
-// MintRequest asks for an access token within a task.
-type MintRequest struct {
-	Scopes     []string
-	Audience   string
-	TTLSeconds int64
-	Tool       string
-	Dataset    string
-	// IdempotencyKey, when set, makes a retry with the same body return
-	// the credential minted the first time.
-	IdempotencyKey string
-	// JKT, when set, is the thumbprint of the key of the request's valid
-	// DPoP proof (checked by the caller, package dpop): the token is bound
-	// to it (RFC 9449 §6). "" asks for a bearer token.
-	JKT string
-}
-
-// Minted is an issued access token and its durable record.
-type Minted struct {
-	Token      string
-	ExpiresIn  int64
-	Credential Credential
-	// Replayed is set when an Idempotency-Key retry returned an existing
-	// credential.
-	Replayed bool
-	// Scope is an ID-JAG's scope as the grant writes it (the target's
-	// names); "" for an access token.
-	Scope string
-}
-
-// requestHash binds an Idempotency-Key to the canonical mint request.
-func requestHash(scopes Scopes, req MintRequest) string {
-	b, _ := json.Marshal([]any{scopes.Strings(), req.Audience, req.TTLSeconds, req.Tool, req.Dataset})
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
-}
-
-func validIdempotencyKey(k string) bool {
-	if len(k) > 255 {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		if k[i] < 0x21 || k[i] > 0x7e {
-			return false
-		}
-	}
-	return true
-}
-
-// Mint issues an access token for an approved task to the task's agent.
-// The credential row and its audit event commit before the token is
-// returned (invariant 7), under the task's row lock, so no token is ever
-// issued after the task's close commits.
-func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequest) (Minted, error) {
-	if p.Kind != KindAgent {
-		return Minted{}, Errorf(ErrWrongPrincipalKind, "only agents mint tokens")
-	}
-	if err := notFoundUnlessValid(id); err != nil {
-		return Minted{}, err
-	}
-	scopes, err := ParseScopes(req.Scopes)
-	if err != nil {
-		return Minted{}, err
-	}
-	scopes = s.catalog.Canonical(scopes, req.Audience)
-	if req.TTLSeconds < 0 {
-		return Minted{}, Errorf(ErrInvalidRequest, "ttl_seconds must be positive")
-	}
-	if req.Audience == "" {
-		return Minted{}, Errorf(ErrInvalidRequest, "audience is required")
-	}
-	if err := checkText("tool", req.Tool, maxLabelBytes, false); err != nil {
-		return Minted{}, err
-	}
-	if err := checkText("dataset", req.Dataset, maxLabelBytes, false); err != nil {
-		return Minted{}, err
-	}
-	if !validIdempotencyKey(req.IdempotencyKey) {
-		return Minted{}, Errorf(ErrInvalidRequest, "Idempotency-Key must be 1 to 255 visible ASCII characters")
-	}
-	jti, err := s.newID("")
-	if err != nil {
-		return Minted{}, err
-	}
-	// A bound mint takes the slow path, which records its key: the fast
-	// path's statement records bearer tokens only.
-	if req.IdempotencyKey == "" && req.JKT == "" {
-		if out, done, err := s.mintQuick(ctx, p, id, jti, scopes, req); done || err != nil {
-			return out, err
-		}
-	}
-	reqHash := requestHash(scopes, req)
-	var (
-		out     Minted
-		claims  AccessToken
-		refusal error
-	)
-	err = inGroupTx(ctx, s.store, id, func(tx Tx) error {
-		out, refusal = Minted{}, nil
-		t, now, err := s.lockForIssue(ctx, tx, p, id)
-		if err != nil {
-			return err
-		}
-		s.snaps.put(t)
-		s.dbClock.observe(now, time.Now())
-		if err := s.mintable(t, now, scopes, req.Audience); err != nil {
-			return err
-		}
-		if t.RequireDPoP && req.JKT == "" {
-			return Errorf(ErrDPoPRequired, "the task requires DPoP-bound tokens: send a DPoP proof")
-		}
-		if req.IdempotencyKey != "" {
-			prev, err := tx.CredentialByIdempotencyKey(ctx, t.ID, req.IdempotencyKey)
-			switch {
-			case err == nil:
-				out, claims, err = s.replay(t, prev, reqHash, req.JKT, now)
-				return err
-			case !errors.Is(err, ErrNotFound):
-				return err
-			}
-		}
-		tool, dataset, err := boundLabels(t, req.Tool, req.Dataset)
-		if err != nil {
-			return err
-		}
-		stepUp, refused, err := s.gate(ctx, tx, p, t, now, gateRequest{Op: OpMint, Scopes: scopes,
-			Audience: req.Audience, Tool: tool, Dataset: dataset, Consume: true, DPoP: req.JKT != ""})
-		if err != nil || refused != nil {
-			refusal = refused
-			return err
-		}
-		iat := now.Truncate(time.Second)
-		ttl := s.tokMax
-		if req.TTLSeconds > 0 && req.TTLSeconds < int64(ttl/time.Second) {
-			ttl = time.Duration(req.TTLSeconds) * time.Second
-		}
-		ttl = min(ttl, t.ExpiresAt.Sub(iat)).Truncate(time.Second)
-		if ttl < time.Second {
-			return Errorf(ErrTaskNotActive, "the task expires in less than a second")
-		}
-		c := Credential{
-			JTI: jti, TaskID: t.ID, Kind: "jwt", Agent: t.Agent, User: t.User,
-			Scopes: scopes, Audience: req.Audience, IssuedAt: iat, ExpiresAt: iat.Add(ttl),
-			IdempotencyKey: req.IdempotencyKey, StepUpID: stepUp, JKT: req.JKT,
-		}
-		if req.IdempotencyKey != "" {
-			c.RequestHash = reqHash
-		}
-		if err := tx.InsertCredential(ctx, &c); err != nil {
-			return err
-		}
-		out, claims = Minted{ExpiresIn: int64(ttl / time.Second), Credential: c}, s.names.AccessToken(t, c)
-		return tx.AppendAudit(ctx, issuedEvent(p, c, now, tool, dataset))
-	})
-	if err != nil {
-		return Minted{}, err
-	}
-	if refusal != nil {
-		return Minted{}, refusal
-	}
-	// Signed once the record is committed, outside the transaction: the
-	// signature needs nothing of the database, and a group's transaction
-	// should hold its locks for no CPU work it can leave to each caller.
-	if out.Token, err = s.tokens.Sign(ctx, claims); err != nil {
-		return Minted{}, err
-	}
-	return out, nil
-}
-
-// mintable refuses a mint of scopes for audience that task t, as of now,
-// does not allow: the task must be approved and live, and the request
-// within the catalog's grantable scopes and the task's approval.
-func (s *Service) mintable(t Task, now time.Time, scopes Scopes, audience string) error {
-	if st := t.EffectiveStatus(now); st != StatusApproved {
-		return Errorf(ErrTaskNotActive, "the task is %s", st)
-	}
-	if err := s.catalog.CheckGrantable(scopes); err != nil {
-		return err
-	}
-	if _, ok := s.catalog.Audience(audience); !ok {
-		return Errorf(ErrInvalidRequest, "unknown audience %q", audience)
-	}
-	if !contains(t.ApprovedAudiences, audience) {
-		return Errorf(ErrScopeExceedsApproval, "audience %q is not approved for this task", audience)
-	}
-	if miss := t.ApprovedScopes.Uncovered(scopes); len(miss) > 0 {
-		return Errorf(ErrScopeExceedsApproval, "not approved: %s", strings.Join(miss.Strings(), " "))
-	}
-	return nil
-}
-
-// issuedDetail is the detail of a credential.issued event: a struct, as
-// it is written on every mint (a map is sorted and boxed each time), with
-// its fields in the order a map's keys are written, so the bytes are the
-// same.
-type issuedDetail struct {
-	Audience  string    `json:"audience"`
-	Dataset   string    `json:"dataset"`
-	ExpiresAt time.Time `json:"expires_at"`
-	JKT       string    `json:"jkt,omitempty"`
-	JTISHA256 string    `json:"jti_sha256"`
-	Kind      string    `json:"kind"`
-	Resource  string    `json:"resource,omitempty"` // an ID-JAG's
-	Scopes    []string  `json:"scopes"`
-	StepUpID  string    `json:"step_up_id"`
-	Tool      string    `json:"tool"`
-}
-
-// issuedEvent is the audit event of credential c, minted by p at now.
-func issuedEvent(p Principal, c Credential, now time.Time, tool, dataset string) AuditEvent {
-	return issuedEventFor(p, c, now, tool, dataset, "")
-}
-
-// issuedEventFor is issuedEvent naming, for an ID-JAG, its resource.
-func issuedEventFor(p Principal, c Credential, now time.Time, tool, dataset, resource string) AuditEvent {
-	d, err := json.Marshal(issuedDetail{
-		Audience: c.Audience, Dataset: dataset, ExpiresAt: c.ExpiresAt, JKT: c.JKT, JTISHA256: HashID(c.JTI),
-		Kind: c.Kind, Resource: resource, Scopes: c.Scopes.Strings(), StepUpID: c.StepUpID, Tool: tool,
-	})
-	if err != nil {
-		panic("broker: audit detail not encodable: " + err.Error())
-	}
-	return AuditEvent{Time: now, Type: EventCredentialIssued, Actor: ActorOf(p), TaskID: c.TaskID, Detail: d}
-}
-
-// boundLabels are the tool and dataset a request of task t is decided
-// with: those the task was asked and approved for, which a request may
-// repeat but never change; a task that named none leaves them to each
-// request. The agent declares them, so policies on them guard against
-// mistakes; an enforcement point reports what is really used (AuthZEN).
-func boundLabels(t Task, tool, dataset string) (string, string, error) {
-	if tool == "" {
-		tool = t.Tool
-	} else if t.Tool != "" && tool != t.Tool {
-		return "", "", Errorf(ErrScopeExceedsApproval, "the task was approved for tool %q, not %q", t.Tool, tool)
-	}
-	if dataset == "" {
-		dataset = t.Dataset
-	} else if t.Dataset != "" && dataset != t.Dataset {
-		return "", "", Errorf(ErrScopeExceedsApproval, "the task was approved for dataset %q, not %q", t.Dataset, dataset)
-	}
-	return tool, dataset, nil
-}
-
-// replay answers an Idempotency-Key retry with the credential recorded the
-// first time: never a second live credential for one key. A bound
-// credential is only returned to a proof of its own key (jkt), and a
-// bearer one only without a proof: a token is never handed to another
-// key, nor unbound.
-func (s *Service) replay(t Task, prev Credential, reqHash, jkt string, now time.Time) (Minted, AccessToken, error) {
-	if prev.RequestHash != reqHash {
-		return Minted{}, AccessToken{}, Errorf(ErrIdempotencyConflict, "this Idempotency-Key was used with another request")
-	}
-	if prev.JKT != jkt {
-		return Minted{}, AccessToken{}, Errorf(ErrIdempotencyConflict, "this Idempotency-Key was used with another DPoP key (or without one)")
-	}
-	left := prev.ExpiresAt.Sub(now) / time.Second
-	if !prev.RevokedAt.IsZero() || left < 1 {
-		return Minted{}, AccessToken{}, Errorf(ErrIdempotencyConflict, "the credential minted for this Idempotency-Key is no longer active; use a new key")
-	}
-	return Minted{ExpiresIn: int64(left), Credential: prev, Replayed: true}, s.names.AccessToken(t, prev), nil
-}
-
 // Close closes an approved task for its agent or its user and revokes every
 // credential of it in the same transaction (invariant 8).
 func (s *Service) Close(ctx context.Context, p Principal, id string) (Task, int, error) {
@@ -1054,7 +767,7 @@ func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Intr
 		gen = s.cache.Generation()
 	}
 	if !cached {
-		c, t, now, err = s.credentialAndTask(ctx, at.JTI)
+		c, t, now, err = s.store.CredentialAndTask(ctx, at.JTI)
 		if errors.Is(err, ErrNotFound) {
 			return Introspection{}, nil
 		}
@@ -1085,24 +798,6 @@ func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Intr
 		s.cache.Keep(gen, c, t)
 	}
 	return Introspection{Active: true, Credential: c, Token: at, Task: t, Now: now}, nil
-}
-
-// credentialAndTask reads a credential, its task and the time, in one
-// round trip when the store can.
-func (s *Service) credentialAndTask(ctx context.Context, jti string) (Credential, Task, time.Time, error) {
-	if r, ok := s.store.(CredentialTaskReader); ok {
-		return r.CredentialAndTask(ctx, jti)
-	}
-	c, err := s.store.Credential(ctx, jti)
-	if err != nil {
-		return Credential{}, Task{}, time.Time{}, err
-	}
-	t, err := s.store.Task(ctx, c.TaskID)
-	if err != nil {
-		return Credential{}, Task{}, time.Time{}, err
-	}
-	now, err := s.readNow(ctx)
-	return c, t, now, err
 }
 
 // introspector reports whether p may learn about tokens for au: by

@@ -142,11 +142,7 @@ func (s *Service) checkBudget(ctx context.Context, tx Tx, t Task, scopes Scopes)
 	if b.MaxCredentials == 0 && b.MaxResources == 0 {
 		return nil
 	}
-	st, ok := tx.(StepUpTx)
-	if !ok {
-		return errors.New("broker: the store cannot count a task's credentials")
-	}
-	minted, err := st.MintedScopes(ctx, t.ID, budgetKinds)
+	minted, err := tx.MintedScopes(ctx, t.ID, budgetKinds)
 	if err != nil {
 		return err
 	}
@@ -194,6 +190,9 @@ type gateRequest struct {
 	Consume bool
 	// DPoP: the credential will be bound to a DPoP key (context.dpop).
 	DPoP bool
+	// Decided, when set, is the policies' decision of this request,
+	// already taken (decideMint): it is not taken twice.
+	Decided *PolicyDecision
 }
 
 // gate applies the budget and the policies to an issuance under t's lock.
@@ -209,7 +208,12 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 		Operation: g.Op, TaskID: t.ID, Agent: t.Agent, User: t.User, Groups: t.UserGroups,
 		Tool: g.Tool, Dataset: g.Dataset, Time: now, DPoP: g.DPoP,
 	}
-	d := s.decideAll(base, g.Scopes, []string{g.Audience})
+	var d PolicyDecision
+	if g.Decided != nil {
+		d = *g.Decided
+	} else {
+		d = s.decideAll(base, g.Scopes, []string{g.Audience})
+	}
 	switch d.Effect {
 	case EffectAllow:
 		return "", nil, nil
@@ -221,17 +225,13 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 		}
 		return "", nil, policyDenied(d)
 	}
-	st, ok := tx.(StepUpTx)
-	if !ok {
-		return "", nil, errors.New("broker: the store cannot keep step-up approvals")
-	}
 	hash := stepUpHash(g.Op, g.Scopes, g.Audience, g.Tool, g.Dataset)
-	u, err := st.OpenStepUp(ctx, t.ID, hash, now)
+	u, err := tx.OpenStepUp(ctx, t.ID, hash, now)
 	switch {
 	case err == nil && u.Status == StepUpApproved:
 		if g.Consume {
 			u.Status, u.UsedAt = StepUpUsed, now
-			if err := st.UpdateStepUp(ctx, u); err != nil {
+			if err := tx.UpdateStepUp(ctx, u); err != nil {
 				return "", nil, err
 			}
 		}
@@ -247,7 +247,7 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 	// without asking, whatever its tool, dataset, audience or other
 	// scopes; the user may lift a denial by approving it explicitly. A new
 	// need is a new task.
-	denied, err := st.DeniedStepUps(ctx, t.ID)
+	denied, err := tx.DeniedStepUps(ctx, t.ID)
 	if err != nil {
 		return "", nil, err
 	}
@@ -257,7 +257,7 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 				strings.Join(d.Policies, ", ") + "); it is not asked again within this task",
 			Extra: map[string]any{"policies": nonNilStrings(d.Policies), "approval_id": den.ID}}
 	}
-	n, err := st.PendingStepUps(ctx, t.ID, now)
+	n, err := tx.PendingStepUps(ctx, t.ID, now)
 	if err != nil {
 		return "", nil, err
 	}
@@ -274,7 +274,7 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 		Policies: d.Policies, Reasons: d.Reasons, Status: StepUpPending,
 		CreatedAt: now, ExpiresAt: minTime(now.Add(s.stepTTL), t.ExpiresAt),
 	}
-	if err := st.InsertStepUp(ctx, &u); err != nil {
+	if err := tx.InsertStepUp(ctx, &u); err != nil {
 		return "", nil, err
 	}
 	ask := s.taskNotice(EventApprovalRequested, t, now, ActorOf(p))
@@ -351,14 +351,6 @@ func ValidStepUpID(id string) bool {
 	return len(id) == 30 && strings.HasPrefix(id, "apr_") && ValidTaskID("tsk_"+id[4:])
 }
 
-func (s *Service) stepUpReader() (StepUpReader, error) {
-	r, ok := s.store.(StepUpReader)
-	if !ok {
-		return nil, errors.New("broker: the store cannot keep step-up approvals")
-	}
-	return r, nil
-}
-
 // GetStepUp returns a step-up approval to its task's agent or user, or an
 // auditor.
 func (s *Service) GetStepUp(ctx context.Context, p Principal, id string) (StepUp, error) {
@@ -368,10 +360,7 @@ func (s *Service) GetStepUp(ctx context.Context, p Principal, id string) (StepUp
 	if !ValidStepUpID(id) {
 		return StepUp{}, Errorf(ErrNotFound, "no such approval")
 	}
-	r, err := s.stepUpReader()
-	if err != nil {
-		return StepUp{}, err
-	}
+	r := s.store
 	u, err := r.StepUp(ctx, id)
 	if err != nil {
 		return StepUp{}, err
@@ -390,10 +379,7 @@ func (s *Service) ListStepUps(ctx context.Context, p Principal, status StepUpSta
 	default:
 		return nil, false, Errorf(ErrInvalidRequest, "unknown status %q", status)
 	}
-	r, err := s.stepUpReader()
-	if err != nil {
-		return nil, false, err
-	}
+	r := s.store
 	now, err := s.readNow(ctx)
 	if err != nil {
 		return nil, false, err
@@ -429,11 +415,7 @@ func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, appr
 		about StepUp
 	)
 	err := s.store.InTx(ctx, func(tx Tx) error {
-		st, ok := tx.(StepUpTx)
-		if !ok {
-			return errors.New("broker: the store cannot keep step-up approvals")
-		}
-		u, err := st.ReadStepUp(ctx, id, false)
+		u, err := tx.ReadStepUp(ctx, id, false)
 		if err != nil {
 			return err
 		}
@@ -444,7 +426,7 @@ func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, appr
 		if err != nil {
 			return err
 		}
-		if u, err = st.ReadStepUp(ctx, id, true); err != nil {
+		if u, err = tx.ReadStepUp(ctx, id, true); err != nil {
 			return err
 		}
 		if !p.Is(KindUser, t.User) {
@@ -468,7 +450,7 @@ func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, appr
 			return err
 		}
 		if lifting {
-			out, err = s.liftDenial(ctx, tx, st, p, t, u, now)
+			out, err = s.liftDenial(ctx, tx, p, t, u, now)
 			return err
 		}
 		typ := EventApprovalDenied
@@ -479,7 +461,7 @@ func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, appr
 			u.Status, u.DenyReason = StepUpDenied, reason
 		}
 		u.DecidedAt = now
-		if err := st.UpdateStepUp(ctx, u); err != nil {
+		if err := tx.UpdateStepUp(ctx, u); err != nil {
 			return err
 		}
 		out = u
@@ -500,7 +482,7 @@ func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, appr
 // of the same request, usable once like any other. The denial stays as it
 // was (approvals only move forward); it no longer counts once a later
 // approval of its request exists (StepUpTx.DeniedStepUps).
-func (s *Service) liftDenial(ctx context.Context, tx Tx, st StepUpTx, p Principal, t Task, den StepUp, now time.Time) (StepUp, error) {
+func (s *Service) liftDenial(ctx context.Context, tx Tx, p Principal, t Task, den StepUp, now time.Time) (StepUp, error) {
 	id, err := s.newID("apr_")
 	if err != nil {
 		return StepUp{}, err
@@ -509,7 +491,7 @@ func (s *Service) liftDenial(ctx context.Context, tx Tx, st StepUpTx, p Principa
 	u.ID, u.Seq, u.Status, u.DenyReason = id, 0, StepUpApproved, ""
 	u.CreatedAt, u.DecidedAt, u.UsedAt = now, now, time.Time{}
 	u.ExpiresAt = minTime(now.Add(s.stepTTL), t.ExpiresAt)
-	if err := st.InsertStepUp(ctx, &u); err != nil {
+	if err := tx.InsertStepUp(ctx, &u); err != nil {
 		return StepUp{}, err
 	}
 	return u, tx.AppendAudit(ctx, AuditEvent{

@@ -65,15 +65,11 @@ func (s *Service) ReconcileVault(ctx context.Context, live []VaultTaskToken, gra
 	}
 	err := s.store.InTx(ctx, func(tx Tx) error {
 		out.Abandoned = 0
-		st, err := secretTx(tx)
-		if err != nil {
-			return err
-		}
 		now, err := s.txNow(ctx, tx)
 		if err != nil {
 			return err
 		}
-		stale, err := st.StaleVaultIntents(ctx, now.Add(-grace), maxStaleIntents)
+		stale, err := tx.StaleVaultIntents(ctx, now.Add(-grace), maxStaleIntents)
 		if err != nil {
 			return err
 		}
@@ -81,7 +77,7 @@ func (s *Service) ReconcileVault(ctx context.Context, live []VaultTaskToken, gra
 			if named[in.ID] {
 				continue
 			}
-			ok, err := st.ResolveVaultIntent(ctx, in.ID, IntentAbandoned, "", now)
+			ok, err := tx.ResolveVaultIntent(ctx, in.ID, IntentAbandoned, "", now)
 			if err != nil {
 				return err
 			}
@@ -99,10 +95,6 @@ func (s *Service) ReconcileVault(ctx context.Context, live []VaultTaskToken, gra
 func (s *Service) reconcileToken(ctx context.Context, tok VaultTaskToken, grace time.Duration) (orphan, unowned bool, err error) {
 	err = s.store.InTx(ctx, func(tx Tx) error {
 		orphan, unowned = false, false
-		st, err := secretTx(tx)
-		if err != nil {
-			return err
-		}
 		t, err := tx.LockTask(ctx, tok.TaskID)
 		if errors.Is(err, ErrNotFound) {
 			unowned = true
@@ -115,12 +107,12 @@ func (s *Service) reconcileToken(ctx context.Context, tok VaultTaskToken, grace 
 		if err != nil {
 			return err
 		}
-		if known, err := st.VaultTokenRecorded(ctx, tok.Accessor); err != nil || known {
+		if known, err := tx.VaultTokenRecorded(ctx, tok.Accessor); err != nil || known {
 			return err
 		}
 		intentState := "missing"
 		if tok.IntentID != "" {
-			in, err := st.VaultIntent(ctx, tok.IntentID)
+			in, err := tx.VaultIntent(ctx, tok.IntentID)
 			switch {
 			case err == nil && in.TaskID != t.ID:
 				intentState = "of another task"
@@ -128,7 +120,7 @@ func (s *Service) reconcileToken(ctx context.Context, tok VaultTaskToken, grace 
 				return nil // its request is recording it now
 			case err == nil && in.State == IntentPending:
 				intentState = in.State
-				if _, err := st.ResolveVaultIntent(ctx, in.ID, IntentOrphaned, tok.Accessor, now); err != nil {
+				if _, err := tx.ResolveVaultIntent(ctx, in.ID, IntentOrphaned, tok.Accessor, now); err != nil {
 					return err
 				}
 			case err == nil:

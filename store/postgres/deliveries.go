@@ -10,9 +10,8 @@ import (
 )
 
 var (
-	_ broker.Deliveries     = (*Store)(nil)
-	_ broker.NoticeTx       = (*txn)(nil)
-	_ broker.DeliveryFailTx = (*txn)(nil)
+	_ broker.Deliveries = (*Store)(nil)
+	_ broker.NoticeTx   = (*txn)(nil)
 )
 
 // EnqueueDeliveries queues notifications in the transaction of their change.

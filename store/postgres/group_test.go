@@ -2,119 +2,228 @@ package postgres_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/store/postgres"
 )
 
-// TestGroupCommit: concurrent InGroupTx calls commit together; a call that
-// fails leaves nothing (its savepoint is rolled back) and does not disturb
-// the others; every call returns after its work is committed and visible
-// to any connection; the audit chain stays contiguous and verifies.
-func TestGroupCommit(t *testing.T) {
-	st := testpg.Store(t)
+// The group commit of InsertCredentialIfVersion is this store's own; the
+// port's contract (the checks, both stores) is the conformance suite's.
+
+// quickTask stores an approved task (version 2) whose id starts with
+// prefix; the package's database outlives one run (-count).
+func quickTask(t *testing.T, st *postgres.Store, prefix string, agent broker.Ref, expires time.Duration, change func(*broker.Task)) broker.Task {
+	t.Helper()
+	id := fmt.Sprintf("%s_%d", prefix, time.Now().UnixNano())
 	ctx := context.Background()
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	task := broker.Task{ID: "tsk_group", Version: 1, Status: broker.StatusApproved,
-		Agent: broker.Ref{Issuer: "a", Subject: "b"}, User: broker.Ref{Issuer: "c", Subject: "d"}, Goal: "g",
-		Scopes: broker.Scopes{broker.MustParseScope("x.read")}, Audiences: []string{"aud"}, Risk: broker.RiskLow,
-		CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
-	if err := st.InTx(ctx, func(tx broker.Tx) error { return tx.InsertTask(ctx, &task) }); err != nil {
+	k := broker.Task{ID: id, Version: 2, Status: broker.StatusApproved,
+		Agent: agent, User: broker.Ref{Issuer: "u", Subject: "alice"}, Goal: "g",
+		Scopes: broker.Scopes{broker.MustParseScope("x.read")}, ApprovedScopes: broker.Scopes{broker.MustParseScope("x.read")},
+		Audiences: []string{"aud"}, ApprovedAudiences: []string{"aud"}, Risk: broker.RiskLow,
+		CreatedAt: now, ApprovedAt: now, ExpiresAt: now.Add(expires)}
+	if change != nil {
+		change(&k)
+	}
+	if err := st.InTx(ctx, func(tx broker.Tx) error { return tx.InsertTask(ctx, &k) }); err != nil {
 		t.Fatal(err)
 	}
-	const n = 200
+	return k
+}
+
+// quickCred is a credential of k, issued now for ttl (cut to k's expiry).
+func quickCred(k broker.Task, jti string, ttl time.Duration) *broker.Credential {
+	iat := time.Now().UTC().Truncate(time.Second)
+	exp := iat.Add(ttl)
+	if k.ExpiresAt.Before(exp) {
+		exp = k.ExpiresAt.Truncate(time.Second)
+	}
+	return &broker.Credential{JTI: jti, TaskID: k.ID, Kind: broker.KindJWT, Agent: k.Agent, User: k.User,
+		Scopes: k.ApprovedScopes, Audience: "aud", IssuedAt: iat, ExpiresAt: exp}
+}
+
+func quickEvent(c *broker.Credential) broker.AuditEvent {
+	return broker.AuditEvent{Time: c.IssuedAt, Type: broker.EventCredentialIssued,
+		Actor: broker.Actor{Kind: "agent"}, TaskID: c.TaskID, Detail: []byte(`{"jti":"` + c.JTI + `"}`)}
+}
+
+// insertIf is InsertCredentialIfVersion of c, at k's version.
+func insertIf(st *postgres.Store, c *broker.Credential, version int) (bool, error) {
+	return st.InsertCredentialIfVersion(context.Background(), c, version, quickEvent(c))
+}
+
+// A group whose statement fails (here on a duplicate jti) keeps nothing
+// and fails no one: every call of it answers false (its caller takes the
+// broker's locked branch, where a failure is its own), the connections
+// serve the next groups, and the audit head never moves for a refusal.
+func TestGroupFailureKeepsNothingAndFailsNoOne(t *testing.T) {
+	st := testpg.Store(t)
+	ctx := context.Background()
+	k := quickTask(t, st, "tsk_group_fail", broker.Ref{Issuer: "a", Subject: "agent"}, time.Hour, nil)
+	if ok, err := insertIf(st, quickCred(k, k.ID+"-dup", time.Minute), k.Version); err != nil || !ok {
+		t.Fatalf("first = %v, %v", ok, err)
+	}
+	const n = 48
 	var wg sync.WaitGroup
-	errs := make([]error, n)
+	oks, errs := make([]bool, n), make([]error, n)
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = st.InGroupTx(ctx, task.ID, func(tx broker.Tx) error {
-				if _, err := tx.LockTask(ctx, task.ID); err != nil {
-					return err
-				}
-				c := broker.Credential{JTI: fmt.Sprintf("jti-%d", i), TaskID: task.ID, Kind: "jwt", Agent: task.Agent,
-					User: task.User, Scopes: task.Scopes, Audience: "aud", IssuedAt: now, ExpiresAt: now.Add(time.Minute)}
-				if err := tx.InsertCredential(ctx, &c); err != nil {
-					return err
-				}
-				if err := tx.AppendAudit(ctx, broker.AuditEvent{Time: now, Type: broker.EventCredentialIssued,
-					Actor: broker.Actor{Kind: "agent"}, TaskID: task.ID}); err != nil {
-					return err
-				}
-				switch i % 10 {
-				case 3: // a refusal after writing: nothing of it may stay
-					return broker.Errorf(broker.ErrScopeExceedsApproval, "no")
-				case 7: // a database error after writing (a duplicate key)
-					dup := c
-					return tx.InsertCredential(ctx, &dup)
-				}
-				return nil
-			})
-			if errs[i] == nil {
-				// Returned means committed: visible on another connection.
-				if _, err := st.Credential(ctx, fmt.Sprintf("jti-%d", i)); err != nil {
-					errs[i] = fmt.Errorf("returned before commit: %w", err)
-				}
+			jti := fmt.Sprintf("%s-%d", k.ID, i)
+			if i%12 == 0 {
+				jti = k.ID + "-dup"
 			}
+			oks[i], errs[i] = insertIf(st, quickCred(k, jti, time.Minute), k.Version)
 		}()
 	}
 	wg.Wait()
-	ok := 0
-	for i, err := range errs {
-		switch i % 10 {
-		case 3:
-			if !errors.Is(err, broker.ErrScopeExceedsApproval) {
-				t.Errorf("call %d: %v, want its refusal", i, err)
+	recorded := 1
+	for i := 0; i < n; i++ {
+		switch {
+		case errs[i] != nil:
+			t.Errorf("call %d: %v", i, errs[i])
+		case i%12 == 0 && oks[i]:
+			t.Errorf("call %d: a duplicate jti was recorded", i)
+		case i%12 != 0:
+			_, err := st.Credential(ctx, fmt.Sprintf("%s-%d", k.ID, i))
+			if oks[i] != (err == nil) {
+				t.Errorf("call %d reported %v, but its credential's read says %v", i, oks[i], err)
 			}
-		case 7:
-			if err == nil {
-				t.Errorf("call %d: a duplicate key was accepted", i)
+			if oks[i] {
+				recorded++
 			}
-		default:
-			if err != nil {
-				t.Errorf("call %d: %v", i, err)
-			}
-			ok++
 		}
 	}
-	cs, err := st.Credentials(ctx, broker.HistoryFilter{TaskID: task.ID, Limit: 1000})
-	if err != nil || len(cs) != ok {
-		t.Fatalf("%d credentials kept, want %d (%v)", len(cs), ok, err)
+	cs, err := st.Credentials(ctx, broker.HistoryFilter{TaskID: k.ID, Limit: 1000})
+	if err != nil || len(cs) != recorded {
+		t.Fatalf("%d credentials, want %d (%v)", len(cs), recorded, err)
 	}
-	evs, err := st.AuditEvents(ctx, broker.HistoryFilter{Limit: 1000})
-	if err != nil || len(evs) != ok {
-		t.Fatalf("%d audit events, want %d (%v)", len(evs), ok, err)
+	evs, err := st.AuditEvents(ctx, broker.HistoryFilter{TaskID: k.ID, Limit: 1000})
+	if err != nil || len(evs) != recorded {
+		t.Fatalf("%d events, want %d (%v)", len(evs), recorded, err)
 	}
-	v := broker.NewChainVerifier()
-	for _, e := range evs {
-		if err := v.Add(e); err != nil {
-			t.Fatal(err)
-		}
-	}
-	seq, hash, err := st.AuditHead(ctx)
+	head, _, err := st.AuditHead(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := v.Finish(seq, hash); err != nil {
-		t.Fatal(err)
+	for i := 0; i < 20; i++ {
+		if ok, err := insertIf(st, quickCred(k, k.ID+"-dup", time.Minute), k.Version); err != nil || ok {
+			t.Fatalf("duplicate alone = %v, %v", ok, err)
+		}
+	}
+	if after, _, _ := st.AuditHead(ctx); after != head {
+		t.Fatalf("refused duplicates moved the audit head %d -> %d", head, after)
+	}
+	if ok, err := insertIf(st, quickCred(k, k.ID+"-alone", time.Minute), k.Version); err != nil || !ok {
+		t.Fatalf("alone = %v, %v", ok, err)
+	}
+	if after, _, _ := st.AuditHead(ctx); after != head+1 {
+		t.Fatalf("audit head %d -> %d, want one event", head, after)
 	}
 }
 
-// A caller whose context ends while its group runs does not end the group.
+// Many calls over many tasks, one of them ended: the group's one
+// statement records every call of a live task, each with its own scopes
+// and lifetime, and none of the ended task.
+func TestGroupRecordsManyTasks(t *testing.T) {
+	st := testpg.Store(t)
+	ctx := context.Background()
+	agent := broker.Ref{Issuer: "a", Subject: "agent"}
+	var ks []broker.Task
+	for i := 0; i < 4; i++ {
+		ks = append(ks, quickTask(t, st, fmt.Sprintf("tsk_group_many%d", i), agent, time.Hour, func(k *broker.Task) {
+			if i == 3 {
+				k.Status, k.ClosedAt = broker.StatusClosed, k.CreatedAt
+			}
+		}))
+	}
+	const n = 64
+	var wg sync.WaitGroup
+	oks, errs := make([]bool, n), make([]error, n)
+	creds := make([]*broker.Credential, n)
+	for i := 0; i < n; i++ {
+		k := ks[i%len(ks)]
+		c := quickCred(k, fmt.Sprintf("%s-%d", k.ID, i), time.Duration(10+i)*time.Second)
+		c.Scopes = broker.Scopes{broker.MustParseScope(fmt.Sprintf("x.read:r/%d", i))}
+		if i%2 == 0 {
+			c.Scopes = append(c.Scopes, broker.MustParseScope("y.write:z"))
+			c.JKT = "thumb-" + fmt.Sprint(i)
+		}
+		creds[i] = c
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			oks[i], errs[i] = insertIf(st, c, k.Version)
+		}()
+	}
+	wg.Wait()
+	for i := 0; i < n; i++ {
+		ended := i%len(ks) == 3
+		if errs[i] != nil || oks[i] == ended {
+			t.Fatalf("call %d (task ended %v): %v, %v", i, ended, oks[i], errs[i])
+		}
+		if ended {
+			continue
+		}
+		got, err := st.Credential(ctx, creds[i].JTI)
+		if err != nil || strings.Join(got.Scopes.Strings(), " ") != strings.Join(creds[i].Scopes.Strings(), " ") || got.TaskID != creds[i].TaskID ||
+			got.ExpiresAt.Sub(got.IssuedAt) != time.Duration(10+i)*time.Second || got.Seq != creds[i].Seq || got.JKT != creds[i].JKT {
+			t.Fatalf("call %d recorded %+v (%v), asked %+v", i, got, err, *creds[i])
+		}
+	}
+}
+
+// A task whose row another transaction holds is skipped, not waited for:
+// the call answers false at once, so one held task never holds up the
+// group (its caller takes the locked branch, which waits alone).
+func TestGroupSkipsAHeldTask(t *testing.T) {
+	st := testpg.Store(t)
+	ctx := context.Background()
+	k := quickTask(t, st, "tsk_group_held", broker.Ref{Issuer: "a", Subject: "agent"}, time.Hour, nil)
+	holder, err := st.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = holder.Rollback(ctx) }()
+	if _, err := holder.Exec(ctx, `SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE`, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ok, err := insertIf(st, quickCred(k, k.ID+"-held", time.Minute), k.Version)
+		if err == nil && ok {
+			err = fmt.Errorf("recorded while another transaction held the task")
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the group waited on a held task's row lock")
+	}
+}
+
+// A caller whose context ends while its group runs does not end the
+// group: the others' credentials commit.
 func TestGroupCommitSurvivesACancelledCaller(t *testing.T) {
 	st := testpg.Store(t)
 	ctx := context.Background()
+	k := quickTask(t, st, "tsk_group_cancel", broker.Ref{Issuer: "a", Subject: "agent"}, time.Hour, nil)
 	gone, cancel := context.WithCancel(ctx)
 	cancel()
 	var wg sync.WaitGroup
-	results := make([]error, 8)
-	for i := range results {
+	oks, errs := make([]bool, 8), make([]error, 8)
+	for i := range errs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -122,101 +231,63 @@ func TestGroupCommitSurvivesACancelledCaller(t *testing.T) {
 			if i == 0 {
 				c = gone
 			}
-			results[i] = st.InGroupTx(c, fmt.Sprint(i), func(tx broker.Tx) error {
-				_, err := tx.(broker.Clock).Now(c)
-				return err
-			})
+			cred := quickCred(k, fmt.Sprintf("%s-%d", k.ID, i), time.Minute)
+			oks[i], errs[i] = st.InsertCredentialIfVersion(c, cred, k.Version, quickEvent(cred))
 		}()
 	}
 	wg.Wait()
-	for i, err := range results {
-		if err != nil {
-			t.Errorf("call %d: %v", i, err)
-		}
-	}
-}
-
-// A call that goes on after a failed statement gets an error, and the call
-// after it keeps its work: savepoints are per call.
-func TestGroupCommitIsolatesAFailedStatement(t *testing.T) {
-	st := testpg.Store(t)
-	ctx := context.Background()
-	var wg sync.WaitGroup
-	errs := make([]error, 16)
 	for i := range errs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = st.InGroupTx(ctx, "one-lane", func(tx broker.Tx) error {
-				if err := tx.SetSuspended(ctx, broker.Ref{Issuer: "iss", Subject: fmt.Sprintf("agent-%d", i)}, "r", "by", time.Now()); err != nil {
-					return err
-				}
-				if i%2 == 0 {
-					// A statement fails (a task id taken twice); the
-					// function swallows the error.
-					now := time.Now().UTC()
-					task := broker.Task{ID: fmt.Sprintf("tsk_twice%022d", i), Version: 1, Status: broker.StatusPending,
-						Agent: broker.Ref{Issuer: "a", Subject: "b"}, User: broker.Ref{Issuer: "c", Subject: "d"}, Goal: "g",
-						Scopes: broker.Scopes{broker.MustParseScope("x.read")}, Audiences: []string{"aud"}, Risk: broker.RiskLow,
-						CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
-					_ = tx.InsertTask(ctx, &task)
-					_ = tx.InsertTask(ctx, &task)
-				}
-				return nil
-			})
-		}()
-	}
-	wg.Wait()
-	for i, err := range errs {
-		suspended, serr := st.Suspended(ctx, broker.Ref{Issuer: "iss", Subject: fmt.Sprintf("agent-%d", i)})
-		if serr != nil {
-			t.Fatal(serr)
-		}
-		if i%2 == 0 && (err == nil || suspended) {
-			t.Errorf("call %d swallowed a failed statement: err %v, its work kept %v", i, err, suspended)
-		}
-		if i%2 == 1 && (err != nil || !suspended) {
-			t.Errorf("call %d: err %v, its work kept %v", i, err, suspended)
+		if errs[i] != nil || !oks[i] {
+			t.Errorf("call %d: %v, %v", i, oks[i], errs[i])
 		}
 	}
 }
 
-// Many tasks, many concurrent calls: calls of one task share a lane, so the
-// two lanes never wait on each other's row locks.
-func TestGroupCommitLanesNeverDeadlock(t *testing.T) {
+// The locked branch reads the database's clock once the task's lock is
+// granted, however long the wait: a task that expired meanwhile must not
+// issue.
+func TestClockIsReadAfterTheLockWait(t *testing.T) {
 	st := testpg.Store(t)
 	ctx := context.Background()
-	now := time.Now().UTC().Truncate(time.Microsecond)
-	ids := make([]string, 8)
-	for k := range ids {
-		ids[k] = fmt.Sprintf("tsk_lane%022d", k)
-		task := broker.Task{ID: ids[k], Version: 1, Status: broker.StatusApproved,
-			Agent: broker.Ref{Issuer: "a", Subject: "b"}, User: broker.Ref{Issuer: "c", Subject: "d"}, Goal: "g",
-			Scopes: broker.Scopes{broker.MustParseScope("x.read")}, Audiences: []string{"aud"}, Risk: broker.RiskLow,
-			CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
-		if err := st.InTx(ctx, func(tx broker.Tx) error { return tx.InsertTask(ctx, &task) }); err != nil {
-			t.Fatal(err)
-		}
+	k := quickTask(t, st, "tsk_lockwait", broker.Ref{Issuer: "a", Subject: "agent"}, time.Hour, func(k *broker.Task) {
+		k.ExpiresAt = time.Now().UTC().Truncate(time.Microsecond).Add(1500 * time.Millisecond)
+	})
+	holder, err := st.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, 256)
-	for i := 0; i < 256; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			id := ids[(i*7)%len(ids)]
-			errs <- st.InGroupTx(ctx, id, func(tx broker.Tx) error {
-				_, err := tx.LockTask(ctx, id)
-				return err
-			})
-		}()
+	defer func() { _ = holder.Rollback(ctx) }()
+	if _, err := holder.Exec(ctx, `SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE`, k.ID); err != nil {
+		t.Fatal(err)
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
+	type result struct {
+		now time.Time
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		r.err = st.InTx(ctx, func(tx broker.Tx) error {
+			_, _, now, err := tx.LockTaskChecked(ctx, k.ID)
+			r.now = now
+			return err
+		})
+		done <- r
+	}()
+	time.Sleep(2500 * time.Millisecond) // past the task's expiry, lock still held
+	released := time.Now()
+	if err := holder.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.now.Before(released.Add(-100 * time.Millisecond)) {
+		t.Fatalf("clock %v read before the lock was released at %v", r.now, released)
+	}
+	if ok, err := insertIf(st, quickCred(k, k.ID+"-late", time.Minute), k.Version); err != nil || ok {
+		t.Fatalf("a task expired by the database's clock recorded a credential: %v, %v", ok, err)
 	}
 }
 

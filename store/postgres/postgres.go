@@ -26,7 +26,7 @@ import (
 // Store is a broker.Store on a pgx pool.
 type Store struct {
 	pool   *pgxpool.Pool
-	groups [lanes]grouper
+	groups grouper // InsertCredentialIfVersion's group commit
 }
 
 var (
@@ -179,11 +179,6 @@ func (s *Store) Now(ctx context.Context) (time.Time, error) {
 	return t, translate(err)
 }
 
-var (
-	_ broker.Clock = (*Store)(nil)
-	_ broker.Clock = (*txn)(nil)
-)
-
 // Ping checks that the database answers.
 func (s *Store) Ping(ctx context.Context) error {
 	return translate(s.pool.Ping(ctx))
@@ -272,10 +267,3 @@ func MaskURL(s string) string {
 
 // passwordKV is a password in a keyword DSN or a URL query.
 var passwordKV = regexp.MustCompile(`((?:^|[\s?&])password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)`)
-
-// Unrevoke tries to clear a credential's revocation, bypassing the broker:
-// only the conformance suite uses it, to prove the database refuses.
-func (s *Store) Unrevoke(ctx context.Context, jti string) error {
-	_, err := s.pool.Exec(ctx, `UPDATE credentials SET revoked_at = NULL WHERE jti = $1`, jti)
-	return translate(err)
-}

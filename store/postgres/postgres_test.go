@@ -14,7 +14,17 @@ import (
 func TestMain(m *testing.M) { os.Exit(testpg.Run(m)) }
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) storetest.Store { return testpg.Store(t) })
+	storetest.Run(t, func(t *testing.T) storetest.Store { return hooked{testpg.Store(t)} })
+}
+
+// hooked adds the suite's test-only hooks to the store.
+type hooked struct{ *postgres.Store }
+
+// Unrevoke tries to clear a credential's revocation behind the broker's
+// back; the database must refuse.
+func (h hooked) Unrevoke(ctx context.Context, jti string) error {
+	_, err := h.Pool().Exec(ctx, `UPDATE credentials SET revoked_at = NULL WHERE jti = $1`, jti)
+	return err
 }
 
 func TestAuditEventsAreAppendOnly(t *testing.T) {

@@ -2,11 +2,10 @@ package postgres
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/store/internal/sqlq"
@@ -14,10 +13,6 @@ import (
 
 type txn struct {
 	tx pgx.Tx
-	// nowait makes task locks fail at once with errLockBusy instead of
-	// waiting: a group's transaction never waits on a row another
-	// transaction holds, which would hold up every call of the group.
-	nowait bool
 }
 
 var _ broker.Tx = (*txn)(nil)
@@ -50,29 +45,7 @@ func (t *txn) Now(ctx context.Context) (time.Time, error) {
 }
 
 func (t *txn) LockTask(ctx context.Context, id string) (broker.Task, error) {
-	k, err := scanTask(t.tx.QueryRow(ctx, `SELECT `+taskColumns+` FROM tasks WHERE id = $1 FOR UPDATE`+t.wait(), id))
-	return k, busy(err)
-}
-
-// wait is the lock clause's waiting policy.
-func (t *txn) wait() string {
-	if t.nowait {
-		return ` NOWAIT`
-	}
-	return ``
-}
-
-// errLockBusy: a task's row is locked by another transaction and the lock
-// was asked for without waiting (in a group).
-var errLockBusy = errors.New("postgres: the task's row is locked by another transaction")
-
-// busy turns PostgreSQL's lock_not_available into errLockBusy.
-func busy(err error) error {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "55P03" {
-		return errLockBusy
-	}
-	return err
+	return scanTask(t.tx.QueryRow(ctx, `SELECT `+taskColumns+` FROM tasks WHERE id = $1 FOR UPDATE`, id))
 }
 
 // LockTaskChecked is LockTask, the agent's suspension and the database's
@@ -87,22 +60,26 @@ func (t *txn) LockTaskChecked(ctx context.Context, id string) (broker.Task, bool
 	)
 	k, err := scanTaskWith(t.tx.QueryRow(ctx, `WITH locked AS (SELECT `+taskColumns+`,
 		EXISTS (SELECT 1 FROM suspended_agents s WHERE s.agent_iss = tasks.agent_iss AND s.agent_sub = tasks.agent_sub) AS suspended
-		FROM tasks WHERE id = $1 FOR UPDATE OF tasks`+t.wait()+`)
+		FROM tasks WHERE id = $1 FOR UPDATE OF tasks)
 		SELECT `+taskColumns+`, suspended, clock_timestamp() FROM locked`, id), &suspended, &now)
-	return k, suspended, now, busy(err)
+	return k, suspended, now, err
 }
 
 func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
 	tag, err := t.tx.Exec(ctx, `UPDATE tasks SET version=$2, status=$3, approved_scopes=$4,
 		approved_audiences=$5, deny_reason=$6, approved_at=$7, expires_at=$8, closed_at=$9, revoking=$10,
-		user_groups=$11 WHERE id=$1`,
+		user_groups=$11 WHERE id=$1 AND version=$2-1`,
 		k.ID, k.Version, string(k.Status), k.ApprovedScopes.Strings(), nonNil(k.ApprovedAudiences),
 		k.DenyReason, nullTime(k.ApprovedAt), k.ExpiresAt, nullTime(k.ClosedAt), k.Revoking, nonNil(k.UserGroups))
 	if err != nil {
 		return translate(err)
 	}
 	if tag.RowsAffected() != 1 {
-		return broker.ErrNotFound
+		var v int
+		if err := t.tx.QueryRow(ctx, `SELECT version FROM tasks WHERE id = $1`, k.ID).Scan(&v); err != nil {
+			return translate(err)
+		}
+		return fmt.Errorf("postgres: task %s is at version %d: an update to version %d skips or repeats one", k.ID, v, k.Version)
 	}
 	return nil
 }

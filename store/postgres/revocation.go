@@ -153,7 +153,7 @@ func (s *Store) CompleteOutbox(ctx context.Context, id int64, at time.Time) erro
 		if _, err := tx.Exec(ctx, `UPDATE outbox SET done_at = $2 WHERE id = $1`, id, at); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `UPDATE tasks SET revoking = false WHERE id = $1
+		_, err := tx.Exec(ctx, `UPDATE tasks SET revoking = false, version = version + 1 WHERE id = $1 AND revoking
 			AND NOT EXISTS (SELECT 1 FROM outbox WHERE task_id = $1 AND done_at IS NULL)`, task)
 		return err
 	}))

@@ -7,12 +7,6 @@ import (
 	"github.com/errandhq/errand/broker"
 )
 
-var (
-	_ broker.Deliveries     = (*Store)(nil)
-	_ broker.NoticeTx       = (*txn)(nil)
-	_ broker.DeliveryFailTx = (*txn)(nil)
-)
-
 // EnqueueDeliveries queues notifications in the transaction of their change.
 func (t *txn) EnqueueDeliveries(ctx context.Context, ds []broker.Delivery) error {
 	for _, d := range ds {

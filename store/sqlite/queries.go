@@ -3,13 +3,20 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"time"
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/store/internal/sqlq"
 )
 
-type txn struct{ tx *sql.Tx }
+type txn struct {
+	tx    *sql.Tx
+	clock func() time.Time
+}
+
+// Now is the store's clock.
+func (t *txn) Now(context.Context) (time.Time, error) { return t.clock(), nil }
 
 var _ broker.Tx = (*txn)(nil)
 
@@ -44,10 +51,24 @@ func (t *txn) LockTask(ctx context.Context, id string) (broker.Task, error) {
 	return scanTask(t.tx.QueryRowContext(ctx, `SELECT `+taskColumns+` FROM tasks WHERE id = $1`, id))
 }
 
+// LockTaskChecked is LockTask, the agent's suspension and the clock.
+func (t *txn) LockTaskChecked(ctx context.Context, id string) (broker.Task, bool, time.Time, error) {
+	k, err := t.LockTask(ctx, id)
+	if err != nil {
+		return broker.Task{}, false, time.Time{}, err
+	}
+	suspended, err := t.IsSuspended(ctx, k.Agent)
+	if err != nil {
+		return broker.Task{}, false, time.Time{}, err
+	}
+	return k, suspended, t.clock(), nil
+}
+
+// UpdateTask writes k, one version after the stored one.
 func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
 	res, err := t.tx.ExecContext(ctx, `UPDATE tasks SET version=$2, status=$3, approved_scopes=$4,
 		approved_audiences=$5, deny_reason=$6, approved_at=$7, expires_at=$8, closed_at=$9, revoking=$10,
-		user_groups=$11 WHERE id=$1`,
+		user_groups=$11 WHERE id=$1 AND version=$2-1`,
 		k.ID, k.Version, string(k.Status), jsonList(k.ApprovedScopes.Strings()), jsonList(k.ApprovedAudiences),
 		k.DenyReason, nullMicros(k.ApprovedAt), micros(k.ExpiresAt), nullMicros(k.ClosedAt), k.Revoking,
 		jsonList(k.UserGroups))
@@ -55,9 +76,46 @@ func (t *txn) UpdateTask(ctx context.Context, k broker.Task) error {
 		return translate(err)
 	}
 	if n, _ := res.RowsAffected(); n != 1 {
-		return broker.ErrNotFound
+		return versionSkipped(ctx, t.tx, k)
 	}
 	return nil
+}
+
+// versionSkipped is UpdateTask's error when no row was written: the task
+// does not exist, or k is not one version after the stored one (a bug).
+func versionSkipped(ctx context.Context, tx *sql.Tx, k broker.Task) error {
+	var v int
+	if err := tx.QueryRowContext(ctx, `SELECT version FROM tasks WHERE id = $1`, k.ID).Scan(&v); err != nil {
+		return translate(err)
+	}
+	return fmt.Errorf("sqlite: task %s is at version %d: an update to version %d skips or repeats one", k.ID, v, k.Version)
+}
+
+// InsertCredentialIfVersion records c and event if c's task is at
+// version, approved, not revoking and unexpired by the store's clock, in
+// one IMMEDIATE transaction.
+func (s *Store) InsertCredentialIfVersion(ctx context.Context, c *broker.Credential, version int, event broker.AuditEvent) (bool, error) {
+	recorded := false
+	err := s.InTx(ctx, func(btx broker.Tx) error {
+		t := btx.(*txn)
+		var n int
+		if err := t.tx.QueryRowContext(ctx, `SELECT count(*) FROM tasks WHERE id = $1 AND version = $2
+			AND status = 'approved' AND NOT revoking AND expires_at > $3`, c.TaskID, version, micros(t.clock())).Scan(&n); err != nil {
+			return translate(err)
+		}
+		if n != 1 {
+			return nil
+		}
+		if err := t.InsertCredential(ctx, c); err != nil {
+			return err
+		}
+		recorded = true
+		return t.AppendAudit(ctx, event)
+	})
+	if err != nil {
+		return false, err
+	}
+	return recorded, nil
 }
 
 func (t *txn) InsertCredential(ctx context.Context, c *broker.Credential) error {
@@ -143,6 +201,19 @@ func (s *Store) Credential(ctx context.Context, jti string) (broker.Credential, 
 	return scanCredential(s.db.QueryRowContext(ctx, `SELECT `+credentialColumns+` FROM credentials WHERE jti = $1`, jti))
 }
 
+// CredentialAndTask reads a credential, its task and the clock.
+func (s *Store) CredentialAndTask(ctx context.Context, jti string) (broker.Credential, broker.Task, time.Time, error) {
+	c, err := s.Credential(ctx, jti)
+	if err != nil {
+		return broker.Credential{}, broker.Task{}, time.Time{}, err
+	}
+	t, err := s.Task(ctx, c.TaskID)
+	if err != nil {
+		return broker.Credential{}, broker.Task{}, time.Time{}, err
+	}
+	return c, t, s.now(), nil
+}
+
 // Credentials lists the issuance history.
 func (s *Store) Credentials(ctx context.Context, f broker.HistoryFilter) ([]broker.Credential, error) {
 	q := sqlq.Credentials(f, conv)
@@ -222,7 +293,7 @@ func (s *Store) ChangeKeys(ctx context.Context, plan func([]broker.SigningKey, t
 		if err != nil {
 			return err
 		}
-		now := time.Now().UTC().Truncate(time.Microsecond)
+		now := s.now()
 		if out, err = plan(keys, now); err != nil {
 			return err
 		}

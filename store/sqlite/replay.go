@@ -16,7 +16,7 @@ import (
 // store's clock is this process's (one SQLite database has one node).
 func (s *Store) RememberJTI(ctx context.Context, kind, jti string, expiresAt time.Time) (fresh bool, err error) {
 	sum := sha256.Sum256([]byte(jti))
-	now := micros(time.Now())
+	now := micros(s.now())
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return false, translate(err)

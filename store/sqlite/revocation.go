@@ -126,7 +126,7 @@ func (s *Store) CompleteOutbox(ctx context.Context, id int64, at time.Time) erro
 	if err := tx.QueryRowContext(ctx, `UPDATE outbox SET done_at = $2 WHERE id = $1 RETURNING task_id`, id, micros(at)).Scan(&task); err != nil {
 		return translate(err)
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE tasks SET revoking = 0 WHERE id = $1
+	if _, err := tx.ExecContext(ctx, `UPDATE tasks SET revoking = 0, version = version + 1 WHERE id = $1 AND revoking
 		AND NOT EXISTS (SELECT 1 FROM outbox WHERE task_id = $1 AND done_at IS NULL)`, task); err != nil {
 		return translate(err)
 	}

@@ -29,12 +29,22 @@ func TestConformanceFile(t *testing.T) {
 	if err := st.DB().QueryRow("PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
 		t.Fatalf("journal_mode = %q, %v; want wal", mode, err)
 	}
-	storetest.Run(t, func(*testing.T) storetest.Store { return st })
+	storetest.Run(t, func(*testing.T) storetest.Store { return hooked{st} })
 }
 
 func TestConformanceMemory(t *testing.T) {
 	st := open(t, sqlite.Memory)
-	storetest.Run(t, func(*testing.T) storetest.Store { return st })
+	storetest.Run(t, func(*testing.T) storetest.Store { return hooked{st} })
+}
+
+// hooked adds the suite's test-only hooks to the store.
+type hooked struct{ *sqlite.Store }
+
+// Unrevoke tries to clear a credential's revocation behind the broker's
+// back; the database must refuse.
+func (h hooked) Unrevoke(ctx context.Context, jti string) error {
+	_, err := h.DB().ExecContext(ctx, `UPDATE credentials SET revoked_at = NULL WHERE jti = $1`, jti)
+	return err
 }
 
 func TestAuditEventsAreAppendOnly(t *testing.T) {

@@ -54,12 +54,9 @@ func createReq() broker.CreateTaskRequest {
 
 func pendingOf(t *testing.T, s Store, agent broker.Ref) int {
 	t.Helper()
-	now := now()
-	if c, ok := s.(broker.Clock); ok {
-		var err error
-		if now, err = c.Now(ctx); err != nil {
-			t.Fatal(err)
-		}
+	now, err := s.Now(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
 	tasks, err := s.ListTasks(ctx, broker.TaskFilter{Agent: &agent, Status: broker.StatusPending, Now: now, Limit: 1000})
 	if err != nil {

@@ -21,11 +21,7 @@ func testBackchannel(t *testing.T, s Store) {
 	}
 	in := func(fn func(broker.BackchannelTx) error) error {
 		return s.InTx(ctx, func(tx broker.Tx) error {
-			b, ok := tx.(broker.BackchannelTx)
-			if !ok {
-				t.Fatal("the store's transactions cannot keep backchannel requests")
-			}
-			return fn(b)
+			return fn(tx)
 		})
 	}
 	if err := in(func(b broker.BackchannelTx) error { return b.InsertBackchannel(ctx, r) }); err != nil {

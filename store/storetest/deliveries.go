@@ -16,20 +16,14 @@ import (
 // completed delivery is never claimed again; a delivery given up is given
 // up once.
 func testDeliveries(t *testing.T, s Store) {
-	ds, ok := s.(broker.Deliveries)
-	if !ok {
-		t.Fatal("the store cannot keep webhook deliveries")
-	}
+	ds := s
 	k := newTask(id("agent-"), id("user-"))
 	insert(t, s, &k)
 	hookA, hookB := id("wh_"), id("wh_")
 	base := now().Add(-time.Hour)
 	enqueue := func(msg string, hooks ...string) error {
 		return s.InTx(ctx, func(tx broker.Tx) error {
-			nt, ok := tx.(broker.NoticeTx)
-			if !ok {
-				t.Fatal("the store's transactions cannot queue notifications")
-			}
+			nt := tx
 			var rows []broker.Delivery
 			for _, h := range hooks {
 				rows = append(rows, broker.Delivery{MsgID: msg, Webhook: h, Type: broker.EventTaskCreated, TaskID: k.ID,
@@ -42,7 +36,7 @@ func testDeliveries(t *testing.T, s Store) {
 	boom := errors.New("boom")
 	rolled := id("msg_")
 	if err := s.InTx(ctx, func(tx broker.Tx) error {
-		if err := tx.(broker.NoticeTx).EnqueueDeliveries(ctx, []broker.Delivery{{MsgID: rolled, Webhook: hookA,
+		if err := tx.EnqueueDeliveries(ctx, []broker.Delivery{{MsgID: rolled, Webhook: hookA,
 			Type: broker.EventTaskCreated, TaskID: k.ID, Notice: []byte(`{}`), CreatedAt: base, NextAttemptAt: base}}); err != nil {
 			return err
 		}
@@ -106,7 +100,7 @@ func testDeliveries(t *testing.T, s Store) {
 		var failed bool
 		if err := s.InTx(ctx, func(tx broker.Tx) error {
 			var err error
-			failed, err = tx.(broker.DeliveryFailTx).FailDelivery(ctx, got[0], at, "gave up")
+			failed, err = tx.FailDelivery(ctx, got[0], at, "gave up")
 			return err
 		}); err != nil {
 			t.Fatal(err)

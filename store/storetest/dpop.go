@@ -76,10 +76,8 @@ func testDPoPBindingKept(t *testing.T, s Store) {
 	if len(revoked) != 2 {
 		t.Fatalf("revoked %d credentials, want 2", len(revoked))
 	}
-	if r, ok := s.(broker.CredentialTaskReader); ok {
-		c, tk, _, err := r.CredentialAndTask(ctx, bound.JTI)
-		if err != nil || c.JKT != jkt || !tk.RequireDPoP {
-			t.Fatalf("CredentialAndTask: jkt %q, require_dpop %v, %v", c.JKT, tk.RequireDPoP, err)
-		}
+	c, tk, _, err := s.CredentialAndTask(ctx, bound.JTI)
+	if err != nil || c.JKT != jkt || !tk.RequireDPoP {
+		t.Fatalf("CredentialAndTask: jkt %q, require_dpop %v, %v", c.JKT, tk.RequireDPoP, err)
 	}
 }

@@ -15,11 +15,22 @@ import (
 	"github.com/errandhq/errand/broker"
 )
 
-// Store is what the suite exercises.
+// Store is what the suite exercises: the storage port, every method of
+// which the suite calls (a store missing one does not build), and the
+// test-only Hooks.
 type Store interface {
 	broker.Store
 	broker.KeyStore
-	broker.Outbox
+	Hooks
+}
+
+// Hooks are what the suite needs of a store besides the port, to attack it
+// from behind the broker's back. Each store implements them in its own
+// test files, never in production code.
+type Hooks interface {
+	// Unrevoke tries to clear a credential's revocation with a direct
+	// write; the store must refuse it.
+	Unrevoke(ctx context.Context, jti string) error
 }
 
 // Run runs the suite; open returns the store under test (shared between
@@ -51,6 +62,8 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"BackchannelRequestsKeepPollingState", testBackchannel},
 		{"X05DPoPBindingKept", testDPoPBindingKept},
 		{"W03WebhookDeliveriesLeaseRetryComplete", testDeliveries},
+		{"InsertCredentialIfVersionRechecksTheTask", testInsertCredentialIfVersion},
+		{"UpdateTaskBumpsTheVersion", testUpdateTaskBumpsVersion},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open(t)) })
@@ -637,16 +650,12 @@ func testBackstops(t *testing.T, s Store) {
 	reopened := closed
 	reopened.Status = broker.StatusApproved
 	refused("reopening a closed task", func(tx broker.Tx) error { return tx.UpdateTask(ctx, reopened) })
-	if ps, ok := s.(interface {
-		Unrevoke(context.Context, string) error
-	}); ok {
-		// Outside any transaction: a second connection would wait on ours.
-		if err := ps.Unrevoke(ctx, c.JTI); err == nil {
-			t.Error("un-revoking a credential was accepted")
-		}
+	// Outside any transaction: a second connection would wait on ours.
+	if err := s.Unrevoke(ctx, c.JTI); err == nil {
+		t.Error("un-revoking a credential was accepted")
 	}
 	// The legitimate transition still works: the outbox clears revoking.
-	closed.Revoking = true
+	closed.Revoking, closed.Version = true, closed.Version+1
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.UpdateTask(ctx, closed) }); err != nil {
 		t.Fatalf("a terminal task could not record its backend revocation state: %v", err)
 	}
@@ -666,7 +675,7 @@ func testStepUps(t *testing.T, s Store) {
 		t.Fatalf("task %+v %v: budget or groups not kept", got, err)
 	}
 	stx := func(fn func(broker.Tx, broker.StepUpTx) error) error {
-		return s.InTx(ctx, func(tx broker.Tx) error { return fn(tx, tx.(broker.StepUpTx)) })
+		return s.InTx(ctx, func(tx broker.Tx) error { return fn(tx, tx) })
 	}
 	u := broker.StepUp{ID: id("apr_"), TaskID: k.ID, Agent: k.Agent, User: k.User, Scopes: k.Scopes,
 		Audience: "https://api.github.com", Tool: "gh", RequestHash: "h1", Policies: []string{"p1"},
@@ -696,7 +705,7 @@ func testStepUps(t *testing.T, s Store) {
 		t.Fatalf("open step-up %+v, %d pending", open, pending)
 	}
 	r := k.User
-	list, err := s.(broker.StepUpReader).ListStepUps(ctx, broker.StepUpFilter{User: &r, Status: broker.StepUpPending, Now: now(), Limit: 10})
+	list, err := s.ListStepUps(ctx, broker.StepUpFilter{User: &r, Status: broker.StepUpPending, Now: now(), Limit: 10})
 	if err != nil || len(list) != 1 || list[0].ID != u.ID {
 		t.Fatalf("pending list %v %v", list, err)
 	}

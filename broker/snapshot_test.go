@@ -10,25 +10,27 @@ import (
 // and forgotten when its reading is too old to trust.
 func TestDBClock(t *testing.T) {
 	var c dbClock
-	if _, ok := c.now(); ok {
+	local := time.Now()
+	if _, ok := c.now(local); ok {
 		t.Fatal("a clock never read gave a time")
 	}
 	db := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	local := time.Now()
 	c.observe(db, local)
-	got, ok := c.now()
-	if !ok || got.Before(db) || got.Sub(db) > time.Second {
-		t.Fatalf("now = %v, %v; want just after %v", got, ok, db)
+	if got, ok := c.now(local.Add(1500 * time.Millisecond)); !ok || !got.Equal(db.Add(1500*time.Millisecond)) {
+		t.Fatalf("now = %v, %v; want %v", got, ok, db.Add(1500*time.Millisecond))
 	}
 	// An older reading arriving late does not replace a newer one.
 	c.observe(db.Add(-time.Hour), local.Add(-time.Millisecond))
-	if got, _ := c.now(); got.Before(db) {
-		t.Fatalf("a late, older reading moved the clock back to %v", got)
+	if got, _ := c.now(local); !got.Equal(db) {
+		t.Fatalf("a late, older reading moved the clock to %v", got)
 	}
-	var old dbClock
-	old.observe(db, time.Now().Add(-dbClockFresh-time.Second))
-	if _, ok := old.now(); ok {
+	// A reading older than dbClockFresh is not trusted, nor one from the
+	// local clock's future.
+	if _, ok := c.now(local.Add(dbClockFresh + time.Second)); ok {
 		t.Fatal("a stale reading was trusted")
+	}
+	if _, ok := c.now(local.Add(-time.Second)); ok {
+		t.Fatal("a reading from the future was trusted")
 	}
 }
 
