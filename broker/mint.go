@@ -367,4 +367,3 @@ func (s *Service) replay(prev Credential, reqHash, jkt string, now time.Time) (M
 	}
 	return Minted{ExpiresIn: int64(left), Credential: prev, Replayed: true}, nil
 }
-
