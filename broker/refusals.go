@@ -90,3 +90,39 @@ func (s *Service) RecordRefusalSummaries(ctx context.Context, sums []RefusalSumm
 		return tx.AppendAudit(ctx, evs...)
 	})
 }
+
+// RecordRefusal writes the request.refused event for a refusal. It is
+// called once for every refused request of a caller with a verified
+// identity, whatever refused it; the refusals of callers with none are
+// counted and chained as summaries (RecordRefusalSummaries). The detail
+// is capped (RefusalDetail).
+func (s *Service) RecordRefusal(ctx context.Context, p Principal, taskID, op string, refusal error) error {
+	code := CodeOf(refusal)
+	if code == "" {
+		code = "internal"
+	}
+	var e *Error
+	errors.As(refusal, &e)
+	d := map[string]any{"code": code, "detail": RefusalDetail(refusal), "op": op}
+	if e != nil {
+		for k, v := range e.Extra {
+			if k == "task" {
+				if id, ok := v.(string); ok && taskID == "" {
+					taskID = id
+				}
+				continue
+			}
+			d[k] = v
+		}
+	}
+	return s.store.InTx(ctx, func(tx Tx) error {
+		now, err := s.txNow(ctx, tx)
+		if err != nil {
+			return err
+		}
+		return tx.AppendAudit(ctx, AuditEvent{
+			Time: now, Type: EventRequestRefused, Actor: ActorOf(p), TaskID: taskID,
+			Detail: detail(d),
+		})
+	})
+}
