@@ -27,7 +27,7 @@ type Backend struct {
 	// Pending counts what waits for a user's decision, across replicas.
 	Pending func(ctx context.Context, now time.Time) (tasks, stepUps int64, err error)
 	// SignIn keeps people's browser sessions and sign-in flows.
-	SignIn *signin.SQLStore
+	SignIn signin.Store
 	// Listen calls notify on every committed revocation (PostgreSQL's
 	// LISTEN/NOTIFY); nil on SQLite, where the revocation hub polls.
 	Listen func(ctx context.Context, notify func()) error
