@@ -15,6 +15,7 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/internal/app"
 	"github.com/errandhq/errand/store/postgres"
 	"github.com/errandhq/errand/store/sqlite"
 )
@@ -54,7 +55,7 @@ that event with that hash (docs/audit-chain.md).`,
 				return err
 			}
 			defer st.Close()
-			n, seq, hash, err := verifyChain(cmd.Context(), st, anchors...)
+			n, seq, hash, err := verifyChain(cmd.Context(), st.Store, anchors...)
 			if err != nil {
 				return err
 			}
@@ -99,7 +100,7 @@ system_secret; or --config to read database_url from errand.yaml.`,
 				return err
 			}
 			defer st.Close()
-			return exportEvents(cmd.Context(), st, f, format, cmd.OutOrStdout())
+			return exportEvents(cmd.Context(), st.Store, f, format, cmd.OutOrStdout())
 		},
 	}
 	esrc.register(export)
@@ -134,22 +135,22 @@ func (a *auditSource) register(c *cobra.Command) {
 		"read the audit trail here, without a config file (env ERRAND_DATABASE_URL); read access is enough")
 }
 
-func (a *auditSource) open(cmd *cobra.Command) (backend, error) {
+func (a *auditSource) open(cmd *cobra.Command) (*app.Backend, error) {
 	if a.dbURL == "" {
 		return openFromConfig(cmd.Context(), a.cfgPath)
 	}
 	if cmd.Flags().Changed("config") {
 		return nil, usageErrorf("--config and --database-url: give one")
 	}
-	return openStore(cmd.Context(), a.dbURL)
+	return app.Open(cmd.Context(), a.dbURL)
 }
 
-func openFromConfig(ctx context.Context, path string) (backend, error) {
+func openFromConfig(ctx context.Context, path string) (*app.Backend, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, err
 	}
-	return openStore(ctx, cfg.DatabaseURL)
+	return app.Open(ctx, cfg.DatabaseURL)
 }
 
 // verifyChain checks every event up to the chain head read at the start,

@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/internal/app"
 	"github.com/errandhq/errand/internal/devidp"
 	"github.com/errandhq/errand/store/sqlite"
 )
@@ -173,21 +174,22 @@ func runDev(ctx context.Context, o devOptions, out io.Writer, log *slog.Logger, 
 		}
 		return fmt.Errorf("built-in dev config: %w", err)
 	}
-	st, err := openStore(ctx, cfg.DatabaseURL)
+	b, err := app.Open(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	if _, err := st.Migrate(ctx); err != nil {
+	defer b.Close()
+	if _, err := b.Migrate(ctx); err != nil {
 		return err
 	}
-	a, err := build(ctx, cfg, st, log)
+	a, err := app.New(ctx, cfg, b, log, app.Options{})
 	if err != nil {
 		return err
 	}
+	defer a.Close()
 	mux := http.NewServeMux()
 	mux.Handle("/dev/", idp.Handler())
-	mux.Handle("/", a.handler())
+	mux.Handle("/", a.Handler())
 	printQuickstart(out, base, db, o.config)
 	return run(ctx, ln, mux, a, log, ready)
 }

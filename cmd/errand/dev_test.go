@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/errandhq/errand/internal/app"
 	"github.com/errandhq/errand/internal/devidp"
 	"github.com/errandhq/errand/store/sqlite"
 )
@@ -204,19 +205,19 @@ func TestServeNeverExposesTheDevIdentityProvider(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	st, err := openStore(context.Background(), cfg.DatabaseURL)
+	b, err := app.Open(context.Background(), cfg.DatabaseURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
-	if _, err := st.Migrate(context.Background()); err != nil {
+	defer b.Close()
+	if _, err := b.Migrate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	a, err := build(context.Background(), cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a, err := app.New(context.Background(), cfg, b, slog.New(slog.NewTextHandler(io.Discard, nil)), app.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	api := a.api
+	api := a.Handler()
 	for _, p := range []string{"/dev/token", "/dev/idp/agent/.well-known/openid-configuration", "/dev/idp/user/jwks"} {
 		for _, m := range []string{"GET", "POST"} {
 			req, _ := http.NewRequest(m, p, strings.NewReader(`{"kind":"agent","sub":"x"}`))

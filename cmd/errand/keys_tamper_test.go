@@ -23,6 +23,7 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/internal/app"
 	"github.com/errandhq/errand/internal/testoidc"
 	"github.com/errandhq/errand/internal/testpg"
 	"github.com/errandhq/errand/store/sqlite"
@@ -114,8 +115,8 @@ func around(db keyDB, stmts ...string) []string {
 // attacker signs does not, the alarm is raised (ERROR line, metric,
 // keys.refused events), and a fresh replica refuses to start on them.
 func TestH02TamperedSigningKeyRowsAreNeverPublished(t *testing.T) {
-	KeyReloadEvery = 50 * time.Millisecond
-	t.Cleanup(func() { KeyReloadEvery = 10 * time.Second })
+	app.KeyReloadEvery = 50 * time.Millisecond
+	t.Cleanup(func() { app.KeyReloadEvery = 10 * time.Second })
 	t.Run("postgres", func(t *testing.T) {
 		u := testpg.NewDatabase(t)
 		testTamperedKeys(t, u, pgKeyDB{url: u})
@@ -262,7 +263,7 @@ func testTamperedKeys(t *testing.T, dbURL string, db keyDB) {
 // over several more reloads that it still does not.
 func waitForRefusal(t *testing.T, base, dbURL, x string, n int) []broker.AuditEvent {
 	t.Helper()
-	st, err := openStore(context.Background(), dbURL)
+	st, err := app.Open(context.Background(), dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,12 +282,12 @@ func waitForRefusal(t *testing.T, base, dbURL, x string, n int) []broker.AuditEv
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		served()
-		evs, err := st.AuditEvents(context.Background(), broker.HistoryFilter{Type: "keys.refused", Limit: 10})
+		evs, err := st.Store.AuditEvents(context.Background(), broker.HistoryFilter{Type: "keys.refused", Limit: 10})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(evs) >= n {
-			for end := time.Now().Add(10 * KeyReloadEvery); time.Now().Before(end); time.Sleep(KeyReloadEvery / 2) {
+			for end := time.Now().Add(10 * app.KeyReloadEvery); time.Now().Before(end); time.Sleep(app.KeyReloadEvery / 2) {
 				served()
 			}
 			return evs

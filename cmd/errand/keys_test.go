@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/errandhq/errand/broker"
+	"github.com/errandhq/errand/internal/app"
 	"github.com/errandhq/errand/store/postgres"
 )
 
@@ -52,8 +53,8 @@ func runCLI(t *testing.T, args ...string) string {
 // replicas serve; both pick the new key up without restart, tokens of the
 // old key keep verifying until it is retired, and then on neither.
 func TestKeyRotationAcrossReplicas(t *testing.T) {
-	KeyReloadEvery = 50 * time.Millisecond
-	t.Cleanup(func() { KeyReloadEvery = 10 * time.Second })
+	app.KeyReloadEvery = 50 * time.Millisecond
+	t.Cleanup(func() { app.KeyReloadEvery = 10 * time.Second })
 	cfg, agents, users, resources := loadServeConfig(t)
 	path := writeConfig(t, cfg.DatabaseURL, agents, users, resources)
 	a, b := twoReplicas(t, cfg)

@@ -16,13 +16,14 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/internal/app"
 	"github.com/errandhq/errand/issuer/jwt"
 )
 
 // newKeysCmd is `errand keys list|rotate|retire`: the signing keys, read
 // and changed in the database directly (with system_secret, to seal a new
 // key), audited as the operator who ran it. Running replicas pick the
-// change up within KeyReloadEvery.
+// change up within app.KeyReloadEvery.
 func newKeysCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "keys", Short: "List, rotate and retire the token-signing keys"}
 	var (
@@ -34,7 +35,7 @@ func newKeysCmd(g *globals) *cobra.Command {
   errand keys rotate --config errand.yaml
   errand keys retire KID --config errand.yaml --yes   # a key believed compromised`
 	cmd.PersistentFlags().StringVar(&cfgPath, "config", "", "errand.yaml")
-	open := func(ctx context.Context) (*config.Config, backend, *jwt.Issuer, error) {
+	open := func(ctx context.Context) (*config.Config, *app.Backend, *jwt.Issuer, error) {
 		if cfgPath == "" {
 			return nil, nil, nil, errors.New("--config is required")
 		}
@@ -42,13 +43,13 @@ func newKeysCmd(g *globals) *cobra.Command {
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		st, err := openStore(ctx, cfg.DatabaseURL)
+		st, err := app.Open(ctx, cfg.DatabaseURL)
 		if err != nil {
 			return nil, nil, nil, err
 		}
 		// Offline: a stored set with a refused key stops serve, and must
 		// still be listed and its refused key retired here.
-		iss, err := jwt.NewOffline(jwt.Config{Issuer: cfg.PublicURL, Keys: st, Secret: []byte(cfg.SystemSecret), Alg: cfg.SigningAlg})
+		iss, err := jwt.NewOffline(jwt.Config{Issuer: cfg.PublicURL, Keys: st.Keys, Secret: []byte(cfg.SystemSecret), Alg: cfg.SigningAlg})
 		if err != nil {
 			st.Close()
 			return nil, nil, nil, err
@@ -64,7 +65,7 @@ func newKeysCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer st.Close()
-			keys, err := st.SigningKeys(cmd.Context())
+			keys, err := st.Keys.SigningKeys(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -164,8 +165,8 @@ func operator() broker.Actor {
 	return broker.Actor{Kind: "operator", Subject: name}
 }
 
-func (g *globals) reportChange(w io.Writer, st backend, iss *jwt.Issuer, c broker.KeyChange) error {
-	keys, err := st.SigningKeys(context.Background())
+func (g *globals) reportChange(w io.Writer, st *app.Backend, iss *jwt.Issuer, c broker.KeyChange) error {
+	keys, err := st.Keys.SigningKeys(context.Background())
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/internal/app"
 	"github.com/errandhq/errand/internal/testoidc"
 	"github.com/errandhq/errand/internal/testpg"
 	"github.com/errandhq/errand/notify"
@@ -114,8 +115,8 @@ func TestMetricsForDashboardsAndAlerts(t *testing.T) {
 	}
 
 	a, b := newTask(), newTask()
-	// The count is read at most every pendingEvery: wait out the first one.
-	time.Sleep(pendingEvery)
+	// The count is read at most every app.PendingEvery: wait out the first one.
+	time.Sleep(app.PendingEvery)
 	waitMetric(t, base, "errand_tasks_pending", func(v float64) bool { return v == 2 })
 	if s, _ := scrape(t, base); s["errand_step_ups_pending"] != 0 {
 		t.Fatalf("errand_step_ups_pending = %v, want 0", s["errand_step_ups_pending"])
@@ -132,7 +133,7 @@ func TestMetricsForDashboardsAndAlerts(t *testing.T) {
 			t.Errorf("errand_approval_seconds_bucket +Inf for a task %s: %v, want 1", d, n)
 		}
 	}
-	time.Sleep(pendingEvery)
+	time.Sleep(app.PendingEvery)
 	waitMetric(t, base, "errand_tasks_pending", func(v float64) bool { return v == 0 })
 
 	callJSON(t, base, "POST", "/v1/tasks/"+a+"/tokens", agent, map[string]any{"scopes": []string{"github.repo.read:acme/api"}, "audience": "https://api.github.com"})

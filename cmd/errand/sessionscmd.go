@@ -4,12 +4,11 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/spf13/cobra"
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
-	"github.com/errandhq/errand/signin"
+	"github.com/errandhq/errand/internal/app"
 )
 
 // newSessionsCmd is the operator's end of people's browser sessions:
@@ -46,19 +45,12 @@ func newSessionsCmd() *cobra.Command {
 			if !known {
 				return usageErrorf("%s is not a user issuer of %s", user.Issuer, cfgPath)
 			}
-			st, err := openStore(cmd.Context(), cfg.DatabaseURL)
+			b, err := app.Open(cmd.Context(), cfg.DatabaseURL)
 			if err != nil {
 				return err
 			}
-			defer st.Close()
-			var store signin.SQLStore
-			switch b := st.(type) {
-			case sqliteBackend:
-				store.DB = b.DB()
-			case postgresBackend:
-				store.DB = stdlib.OpenDBFromPool(b.Pool())
-			}
-			n, err := store.DeleteUserSessions(cmd.Context(), user)
+			defer b.Close()
+			n, err := b.SignIn.DeleteUserSessions(cmd.Context(), user)
 			if err != nil {
 				return err
 			}

@@ -1,8 +1,8 @@
 // Package errandtest starts a real Errand for the tests of its SDK
-// packages (resource, client): the HTTP API of httpapi over a real
-// PostgreSQL database (internal/testpg), with real OIDC issuers for
-// agents, users and resource servers (internal/testoidc), the revocation
-// feed reader woken by LISTEN/NOTIFY, as errand serve wires them.
+// packages (resource, client): Errand as errand serve wires it
+// (internal/app) over a real PostgreSQL database (internal/testpg), with
+// real OIDC issuers for agents, users and resource servers
+// (internal/testoidc).
 //
 // A package that uses it runs testpg.Run from its TestMain.
 package errandtest
@@ -19,12 +19,11 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/httpapi"
-	"github.com/errandhq/errand/identity"
+	"github.com/errandhq/errand/config"
+	"github.com/errandhq/errand/internal/app"
 	"github.com/errandhq/errand/internal/testoidc"
 	"github.com/errandhq/errand/internal/testpg"
 	"github.com/errandhq/errand/issuer/jwt"
-	"github.com/errandhq/errand/revocation"
 )
 
 // Names of the test deployment.
@@ -61,72 +60,54 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Start runs an Errand for the test; it stops at cleanup.
+// Start runs an Errand for the test, wired by internal/app as errand
+// serve wires it; it stops at cleanup.
 func Start(t testing.TB, o Options) *Errand {
 	t.Helper()
-	st := testpg.Store(t)
+	b := app.Postgres(testpg.Store(t))
+	t.Cleanup(b.Close)
 	e := &Errand{Agents: testoidc.New(t), Users: testoidc.New(t), Resources: testoidc.New(t)}
 	// The server's own URL is its issuer: start the listener first.
 	e.Server = httptest.NewUnstartedServer(nil)
 	e.URL = "http://" + e.Server.Listener.Addr().String()
-	verifier, err := identity.New(identity.Config{Self: e.URL, Issuers: []identity.Issuer{
-		{URL: e.Agents.URL, Audience: IDAudience, Kind: broker.KindAgent},
-		{URL: e.Users.URL, Audience: IDAudience, Kind: broker.KindUser, GroupsClaim: "groups", AuditorGroup: "auditors"},
-		{URL: e.Resources.URL, Audience: IDAudience, Kind: broker.KindResource},
-	}})
-	if err != nil {
+	cfg := &config.Config{
+		PublicURL: e.URL, DatabaseURL: testpg.URL(t), SystemSecret: "0123456789abcdef0123456789abcdef-sdk-test",
+		Issuers: []config.Issuer{
+			{URL: e.Agents.URL, Audience: IDAudience, Kind: string(broker.KindAgent)},
+			{URL: e.Users.URL, Audience: IDAudience, Kind: string(broker.KindUser), GroupsClaim: "groups", AuditorGroup: "auditors"},
+			{URL: e.Resources.URL, Audience: IDAudience, Kind: string(broker.KindResource)},
+		},
+		Actions: []config.Action{
+			{Name: "github.repo.read", Class: string(broker.ClassRead), Risk: string(broker.RiskLow)},
+			{Name: "github.pr.write", Class: string(broker.ClassWrite), Risk: string(broker.RiskMedium)},
+		},
+		Audiences: []config.Audience{
+			{URL: API, Introspectors: []string{e.Resources.URL + "#" + RS}},
+			{URL: Other, AnyIntrospector: true},
+		},
+		Grants: []config.Grant{{Group: Group, Scopes: EngScopes}},
+		// Tests are not throttled: no per-principal or per-address limit.
+		Limits: config.Limits{PendingTasksPerAgent: 10000, PrincipalRPS: float64(rate.Inf), AddressOff: true},
+	}
+	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	e.Tokens, err = jwt.New(ctx, jwt.Config{Issuer: e.URL, Keys: st, Secret: []byte("0123456789abcdef0123456789abcdef-sdk-test")})
+	a, err := app.New(ctx, cfg, b, slog.New(slog.NewTextHandler(io.Discard, nil)), app.Options{Now: o.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	grant, err := broker.ParseScopes(EngScopes)
-	if err != nil {
-		t.Fatal(err)
+	t.Cleanup(a.Close)
+	e.Service, e.Tokens = a.Service, a.Tokens
+	for _, w := range a.Workers {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = w(ctx) }()
 	}
-	cat, err := broker.NewCatalog(
-		[]broker.Action{
-			{Name: "github.repo.read", Class: broker.ClassRead, Risk: broker.RiskLow},
-			{Name: "github.pr.write", Class: broker.ClassWrite, Risk: broker.RiskMedium},
-		},
-		[]broker.Audience{
-			{URL: API, Introspectors: []broker.Ref{{Issuer: e.Resources.URL, Subject: RS}}},
-			{URL: Other, AnyIntrospector: true},
-		},
-		[]broker.Grant{{Group: Group, Scopes: grant}},
-		nil,
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.Service, err = broker.NewService(broker.Config{
-		Store: st, Tokens: e.Tokens, Catalog: cat, UserIssuers: []string{e.Users.URL},
-		AgentIssuers: []string{e.Agents.URL}, MaxPendingPerAgent: 10000, Now: o.Now,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hub := &revocation.Hub{Poll: time.Second, Listen: st.Listen}
-	feed := &revocation.Feed{Store: st, Wake: hub}
-	wg.Add(2)
-	go func() { defer wg.Done(); _ = hub.Run(ctx) }()
-	go func() { defer wg.Done(); _ = feed.Run(ctx) }()
-	api, err := httpapi.New(httpapi.Config{
-		Service: e.Service, Auth: verifier, PublicURL: e.URL, JWKS: e.Tokens.JWKS,
-		UserIssuers: []string{e.Users.URL}, CursorKey: []byte("cursor-key-for-sdk-tests-0123456"),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Feed: feed,
-		RateLimits: httpapi.RateLimits{PerPrincipal: rate.Inf, PerAddress: rate.Inf},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.Server.Config.Handler = api
+	e.Server.Config.Handler = a.Handler()
 	e.Server.Start()
-	t.Cleanup(func() { api.StopStreams(); e.Server.Close() })
+	t.Cleanup(func() { a.API.StopStreams(); e.Server.Close() })
 	return e
 }
 

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -9,17 +9,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// pendingCounter is a store that counts what waits for a user's decision.
-type pendingCounter interface {
-	Pending(ctx context.Context, now time.Time) (tasks, stepUps int64, err error)
-}
-
 // pendingCollector exports errand_tasks_pending and errand_step_ups_pending
-// from one database query, made at most every pendingEvery whatever the
+// from one database query, made at most every PendingEvery whatever the
 // scrape rate; a failed query is logged and the last counts stay.
 type pendingCollector struct {
-	st  pendingCounter
-	log *slog.Logger
+	count func(ctx context.Context, now time.Time) (tasks, stepUps int64, err error)
+	log   *slog.Logger
 
 	tasks, stepUps *prometheus.Desc
 
@@ -29,11 +24,12 @@ type pendingCollector struct {
 	nTasks, nSteps int64
 }
 
-const pendingEvery = 5 * time.Second
+// PendingEvery is how often the pending counts are read at most.
+const PendingEvery = 5 * time.Second
 
-func newPendingCollector(st pendingCounter, log *slog.Logger) *pendingCollector {
+func newPendingCollector(count func(ctx context.Context, now time.Time) (int64, int64, error), log *slog.Logger) *pendingCollector {
 	return &pendingCollector{
-		st: st, log: log,
+		count: count, log: log,
 		tasks: prometheus.NewDesc("errand_tasks_pending",
 			"Tasks waiting for their user's approval (pending, not expired), across all replicas.", nil, nil),
 		stepUps: prometheus.NewDesc("errand_step_ups_pending",
@@ -46,9 +42,9 @@ func (c *pendingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.tasks;
 func (c *pendingCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if now := time.Now(); now.Sub(c.at) >= pendingEvery {
+	if now := time.Now(); now.Sub(c.at) >= PendingEvery {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		t, s, err := c.st.Pending(ctx, now)
+		t, s, err := c.count(ctx, now)
 		cancel()
 		if err != nil {
 			c.log.Warn("metrics: cannot count pending tasks and approvals", "err", err)
