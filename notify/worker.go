@@ -222,6 +222,15 @@ func (w *Worker) Drain(ctx context.Context, t Target) (int, error) {
 
 func (w *Worker) attempt(ctx context.Context, t Target, d broker.Delivery) {
 	err := w.post(ctx, t, d)
+	if err != nil && ctx.Err() != nil {
+		// Shutting down: the attempt was cut short, not failed. Its lease
+		// runs out and a worker tries again, with the same webhook-id.
+		return
+	}
+	// What the attempt did is recorded even if shutdown begins meanwhile:
+	// a delivered notice recorded as such is not sent again.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
 	if err == nil {
 		w.count(t, "ok")
 		if cerr := w.Store.CompleteDelivery(ctx, d, w.Now()); cerr != nil {

@@ -64,6 +64,8 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"W03WebhookDeliveriesLeaseRetryComplete", testDeliveries},
 		{"InsertCredentialIfVersionRechecksTheTask", testInsertCredentialIfVersion},
 		{"UpdateTaskBumpsTheVersion", testUpdateTaskBumpsVersion},
+		{"VersionBumpsOnEveryChange", testVersionBumpsOnEveryChange},
+		{"PortRoundTrips", testPortRoundTrips},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open(t)) })
