@@ -14,12 +14,6 @@ var NoticeTypes = []string{
 	EventTaskClosed, EventBackendRevokeFail,
 }
 
-// EventNotificationFailed records a webhook delivery given up: its
-// receiver did not accept it within the notification worker's limit.
-const EventNotificationFailed = "notification.failed"
-
-func init() { EventTypes = append(EventTypes, EventNotificationFailed) }
-
 // Webhook is a configured receiver of notices, as the broker sees it: a
 // stable key (never its URL, which may itself be a secret) and the event
 // types it subscribes to.

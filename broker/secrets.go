@@ -16,11 +16,6 @@ const (
 	KindVaultLease = "vault"
 )
 
-// EventBackendOrphan records a backend credential that Errand created but
-// never recorded (a crash between the backend call and the commit), found
-// by the reconciler and queued for revocation: an alarm.
-const EventBackendOrphan = "backend.orphan_found"
-
 // SecretRole maps a catalog action to a Vault dynamic-secret path.
 type SecretRole struct {
 	Name   string

@@ -18,17 +18,6 @@ const DefaultStepUpTTL = 15 * time.Minute
 // so that an agent cannot flood its user.
 const maxPendingStepUps = 5
 
-// Audit event types of step-up approvals.
-const (
-	EventApprovalRequested = "approval.requested"
-	EventApprovalApproved  = "approval.approved"
-	EventApprovalDenied    = "approval.denied"
-)
-
-func init() {
-	EventTypes = append(EventTypes, EventApprovalRequested, EventApprovalApproved, EventApprovalDenied)
-}
-
 // StepUpStatus is a step-up approval's state: pending → approved | denied;
 // approved → used. Past its expiry a pending or approved one is expired.
 type StepUpStatus string

@@ -125,34 +125,6 @@ func (c Credential) ShownID() string {
 	return c.JTI
 }
 
-// Audit event types of DESIGN.md.
-const (
-	EventTaskCreated       = "task.created"
-	EventTaskApproved      = "task.approved"
-	EventTaskDenied        = "task.denied"
-	EventTaskClosed        = "task.closed"
-	EventTaskExpired       = "task.expired"
-	EventCredentialIssued  = "credential.issued"
-	EventCredentialRevoked = "credential.revoked"
-	EventRequestRefused    = "request.refused"
-	EventBackendRevokeFail = "backend.revoke_failed"
-	EventTaskRevoked       = "task.revoked"
-	EventAgentSuspended    = "agent.suspended"
-	EventAgentUnsuspended  = "agent.unsuspended"
-	// EventKeysChanged records a signing-key rotation or retirement.
-	EventKeysChanged = "keys.changed"
-	// EventKeysRefused records a stored signing key that is not the key
-	// its row claims (tampered with), and so is neither published nor used.
-	EventKeysRefused = "keys.refused"
-)
-
-// EventTypes lists every audit event type, for filter validation.
-var EventTypes = []string{
-	EventTaskCreated, EventTaskApproved, EventTaskDenied, EventTaskClosed, EventTaskExpired,
-	EventCredentialIssued, EventCredentialRevoked, EventRequestRefused, EventBackendRevokeFail,
-	EventTaskRevoked, EventAgentSuspended, EventAgentUnsuspended, EventKeysChanged, EventKeysRefused,
-}
-
 // Revocation is one entry of the revocation feed: a credential revoked,
 // in commit order (Seq is its credential.revoked audit event's).
 type Revocation struct {
