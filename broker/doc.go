@@ -2,8 +2,10 @@
 // algebra, the action catalog and the nine invariants of DESIGN.md.
 //
 // The package performs no I/O of its own and imports no HTTP, SQL, JOSE or
-// OIDC library (a test enforces this). It declares the small interfaces it
-// needs — Store, Tx, Signer — and the adapters in store/, issuer/ and
-// identity/ implement them. Every refusal is a *Error carrying a stable
+// OIDC library (a test enforces this). It declares the ports it needs —
+// the storage port (Store, with Tx and Reader; every method required),
+// KeyStore, TokenIssuer, SecretIssuer and Policy — and the adapters in
+// store/, issuer/ and policy/ implement them; identity/ turns credentials
+// into the Principals the flows take. Every refusal is a *Error carrying a stable
 // code; httpapi is the only place that turns a code into an HTTP status.
 package broker

@@ -104,7 +104,7 @@ type Service struct {
 	webhooks []Webhook
 	snaps    taskSnaps
 	dbClock  dbClock
-	// quickMints counts the fast path's mints.
+	// quickMints counts the mints recorded on a snapshot.
 	quickMints atomic.Uint64
 }
 

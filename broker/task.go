@@ -7,8 +7,9 @@ import (
 	"time"
 )
 
-// Status is a task's state. pending → approved | denied;
-// approved → closed | expired. Terminal states never change again.
+// Status is a task's state. pending → approved | denied; approved →
+// closed | expired | revoked (the kill switch). Terminal states never
+// change again; every change bumps the task's Version.
 type Status string
 
 const (
@@ -24,7 +25,8 @@ const (
 	StatusRevoking Status = "revoking"
 )
 
-// Valid reports whether s is one of the five states.
+// Valid reports whether s is one of the states above (revoking included,
+// as a filter: it is shown, never stored).
 func (s Status) Valid() bool {
 	switch s {
 	case StatusPending, StatusApproved, StatusDenied, StatusClosed, StatusExpired, StatusRevoked, StatusRevoking:

@@ -171,7 +171,7 @@ func New(ctx context.Context, cfg *config.Config, b *Backend, log *slog.Logger, 
 		}
 	}
 	if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "errand_quick_mints_total", Help: "Mints recorded by the fast path (a snapshot of the task re-checked by one insert).",
+		Name: "errand_quick_mints_total", Help: "Mints recorded on a snapshot of their task (its version re-checked by one insert).",
 	}, func() float64 { return float64(svc.QuickMints()) })); err != nil {
 		return nil, err
 	}
