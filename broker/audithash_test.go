@@ -212,7 +212,7 @@ func BenchmarkChainHash(b *testing.B) {
 		b.Fatal(err)
 	}
 	e := issuedEvent(Principal{Kind: KindAgent, Issuer: "https://idp.example", Subject: "agent-1"},
-		Credential{JTI: "01JDXR6W3E4Z9S7Q2V5K8M1N0P", TaskID: "tsk_abc", Scopes: scopes, Audience: "https://api.example",
+		Credential{ID: "01JDXR6W3E4Z9S7Q2V5K8M1N0P", TaskID: "tsk_abc", Scopes: scopes, Audience: "https://api.example",
 			ExpiresAt: time.Date(2026, 11, 30, 7, 35, 0, 0, time.UTC)}, time.Now(), "", "")
 	e.Seq = 1
 	run := func(name string, e AuditEvent, hash func(string, AuditEvent) string) {

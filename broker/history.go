@@ -25,7 +25,7 @@ func (s *Service) Credentials(ctx context.Context, p Principal, f HistoryFilter)
 	if err := s.auditor(p, f); err != nil {
 		return nil, false, err
 	}
-	if f.Type != "" && f.Type != "jwt" && f.Type != KindIDJAG && f.Type != KindVaultToken && f.Type != KindVaultLease {
+	if k := CredentialKind(f.Type); k != "" && k != KindJWT && k != KindIDJAG && k != KindVaultToken && k != KindVaultLease {
 		return nil, false, Errorf(ErrInvalidRequest, "unknown credential kind %q", f.Type)
 	}
 	cs, err := s.store.Credentials(ctx, f)

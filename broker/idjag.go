@@ -16,7 +16,7 @@ import (
 // agent's client at a third-party authorization server and one resource of
 // it. The agent redeems it there (RFC 7523 JWT bearer grant) for that
 // server's access token; Errand never accepts it as anyone's identity.
-const KindIDJAG = "id-jag"
+const KindIDJAG CredentialKind = "id-jag"
 
 // DefaultIDJAGLifetime is an ID-JAG's longest life unless its target asks
 // for less: a grant is redeemed at once.
@@ -295,7 +295,7 @@ func (s *Service) IDJAG(ctx context.Context, p Principal, req IDJAGRequest) (Min
 			return Errorf(ErrTaskNotActive, "the task expires in less than a second")
 		}
 		c := Credential{
-			JTI: jti, TaskID: t.ID, Kind: KindIDJAG, Agent: t.Agent, User: t.User,
+			ID: jti, TaskID: t.ID, Kind: KindIDJAG, Agent: t.Agent, User: t.User,
 			Scopes: want, Audience: target.Issuer, IssuedAt: iat, ExpiresAt: iat.Add(ttl),
 			IdempotencyKey: req.IdempotencyKey, StepUpID: stepUp,
 		}
@@ -328,6 +328,6 @@ func (s *Service) idjagOf(t Task, c Credential, target IDJAGTarget, resource, sc
 	return IDJAG{
 		Subject: s.names.User(t.User), Act: Ref{Issuer: t.Agent.Issuer, Subject: s.names.Agent(t.Agent)},
 		Audience: target.Issuer, ClientID: target.ClientID, Resource: resource, Scope: scope,
-		TaskID: t.ID, JTI: c.JTI, IssuedAt: c.IssuedAt, ExpiresAt: c.ExpiresAt,
+		TaskID: t.ID, JTI: c.ID, IssuedAt: c.IssuedAt, ExpiresAt: c.ExpiresAt,
 	}
 }

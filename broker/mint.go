@@ -162,7 +162,7 @@ func (s *Service) decideMint(p Principal, t Task, now time.Time, jti string, sco
 	}
 	plan := mintPlan{
 		cred: Credential{
-			JTI: jti, TaskID: t.ID, Kind: KindJWT, Agent: t.Agent, User: t.User,
+			ID: jti, TaskID: t.ID, Kind: KindJWT, Agent: t.Agent, User: t.User,
 			Scopes: scopes, Audience: req.Audience, IssuedAt: iat, ExpiresAt: iat.Add(ttl),
 			IdempotencyKey: req.IdempotencyKey, JKT: req.JKT,
 		},
@@ -301,16 +301,16 @@ func (s *Service) mintable(t Task, now time.Time, scopes Scopes, audience string
 // its fields in the order a map's keys are written, so the bytes are the
 // same.
 type issuedDetail struct {
-	Audience  string    `json:"audience"`
-	Dataset   string    `json:"dataset"`
-	ExpiresAt time.Time `json:"expires_at"`
-	JKT       string    `json:"jkt,omitempty"`
-	JTISHA256 string    `json:"jti_sha256"`
-	Kind      string    `json:"kind"`
-	Resource  string    `json:"resource,omitempty"` // an ID-JAG's
-	Scopes    []string  `json:"scopes"`
-	StepUpID  string    `json:"step_up_id"`
-	Tool      string    `json:"tool"`
+	Audience  string         `json:"audience"`
+	Dataset   string         `json:"dataset"`
+	ExpiresAt time.Time      `json:"expires_at"`
+	JKT       string         `json:"jkt,omitempty"`
+	JTISHA256 string         `json:"jti_sha256"`
+	Kind      CredentialKind `json:"kind"`
+	Resource  string         `json:"resource,omitempty"` // an ID-JAG's
+	Scopes    []string       `json:"scopes"`
+	StepUpID  string         `json:"step_up_id"`
+	Tool      string         `json:"tool"`
 }
 
 // issuedEvent is the audit event of credential c, minted by p at now.
@@ -321,7 +321,7 @@ func issuedEvent(p Principal, c Credential, now time.Time, tool, dataset string)
 // issuedEventFor is issuedEvent naming, for an ID-JAG, its resource.
 func issuedEventFor(p Principal, c Credential, now time.Time, tool, dataset, resource string) AuditEvent {
 	d, err := json.Marshal(issuedDetail{
-		Audience: c.Audience, Dataset: dataset, ExpiresAt: c.ExpiresAt, JKT: c.JKT, JTISHA256: HashID(c.JTI),
+		Audience: c.Audience, Dataset: dataset, ExpiresAt: c.ExpiresAt, JKT: c.JKT, JTISHA256: HashID(c.ID),
 		Kind: c.Kind, Resource: resource, Scopes: c.Scopes.Strings(), StepUpID: c.StepUpID, Tool: tool,
 	})
 	if err != nil {

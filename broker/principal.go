@@ -128,7 +128,7 @@ func (n Naming) AccessToken(t Task, c Credential) AccessToken {
 	return AccessToken{
 		Subject: n.User(t.User), Act: Ref{Issuer: t.Agent.Issuer, Subject: agent}, ClientID: agent,
 		Audience: c.Audience, Scope: strings.Join(c.Scopes.Strings(), " "),
-		TaskID: t.ID, JTI: c.JTI, IssuedAt: c.IssuedAt, NotBefore: c.IssuedAt, ExpiresAt: c.ExpiresAt,
+		TaskID: t.ID, JTI: c.ID, IssuedAt: c.IssuedAt, NotBefore: c.IssuedAt, ExpiresAt: c.ExpiresAt,
 		JKT: c.JKT,
 	}
 }

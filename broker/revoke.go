@@ -22,7 +22,7 @@ func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, no
 	var outbox []OutboxItem
 	for _, c := range creds {
 		if s.queuesBackend(c) {
-			outbox = append(outbox, OutboxItem{TaskID: t.ID, Kind: c.Kind, Ref: c.JTI, CreatedAt: now, NextAttemptAt: now})
+			outbox = append(outbox, OutboxItem{TaskID: t.ID, Kind: c.Kind, Ref: c.ID, CreatedAt: now, NextAttemptAt: now})
 		}
 	}
 	t.Revoking = t.Revoking || len(outbox) > 0
@@ -38,7 +38,7 @@ func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, no
 	for _, c := range creds {
 		events = append(events, AuditEvent{
 			Time: now, Type: EventCredentialRevoked, Actor: actor, TaskID: t.ID,
-			Detail: detail(map[string]any{"kind": c.Kind, "jti_sha256": HashID(c.JTI), "reason": reason}),
+			Detail: detail(map[string]any{"kind": c.Kind, "jti_sha256": HashID(c.ID), "reason": reason}),
 		})
 	}
 	if err := tx.AppendAudit(ctx, events...); err != nil {
@@ -49,7 +49,7 @@ func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, no
 	var revs []Revocation
 	for i, c := range creds {
 		if c.Kind == "jwt" {
-			revs = append(revs, Revocation{Seq: events[i+1].Seq, JTI: c.JTI, TaskID: t.ID, RevokedAt: now, Reason: reason})
+			revs = append(revs, Revocation{Seq: events[i+1].Seq, JTI: c.ID, TaskID: t.ID, RevokedAt: now, Reason: reason})
 		}
 	}
 	if err := tx.InsertRevocations(ctx, revs); err != nil {
@@ -154,7 +154,7 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) erro
 		if err != nil {
 			return err
 		}
-		c, err := tx.RevokeCredential(ctx, c.JTI, now)
+		c, err := tx.RevokeCredential(ctx, c.ID, now)
 		if errors.Is(err, ErrNotFound) {
 			return nil // already revoked
 		}
@@ -163,7 +163,7 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) erro
 		}
 		reason := "revoked_by_" + string(p.Kind)
 		evs := []AuditEvent{{Time: now, Type: EventCredentialRevoked, Actor: ActorOf(p), TaskID: t.ID,
-			Detail: detail(map[string]any{"kind": c.Kind, "jti_sha256": HashID(c.JTI), "reason": reason})}}
+			Detail: detail(map[string]any{"kind": c.Kind, "jti_sha256": HashID(c.ID), "reason": reason})}}
 		if s.queuesBackend(c) {
 			if !t.Revoking {
 				t.Revoking = true
@@ -172,7 +172,7 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) erro
 					return err
 				}
 			}
-			if err := tx.Enqueue(ctx, []OutboxItem{{TaskID: t.ID, Kind: c.Kind, Ref: c.JTI, CreatedAt: now, NextAttemptAt: now}}); err != nil {
+			if err := tx.Enqueue(ctx, []OutboxItem{{TaskID: t.ID, Kind: c.Kind, Ref: c.ID, CreatedAt: now, NextAttemptAt: now}}); err != nil {
 				return err
 			}
 		}
@@ -182,7 +182,7 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) erro
 		if c.Kind != "jwt" {
 			return nil // the feed is for resource servers, which see access tokens only
 		}
-		revs = []Revocation{{Seq: evs[0].Seq, JTI: c.JTI, TaskID: t.ID, RevokedAt: now, Reason: reason}}
+		revs = []Revocation{{Seq: evs[0].Seq, JTI: c.ID, TaskID: t.ID, RevokedAt: now, Reason: reason}}
 		return tx.InsertRevocations(ctx, revs)
 	})
 	if err != nil {
@@ -402,7 +402,7 @@ func (s *Service) RecordBackendFailure(ctx context.Context, item OutboxItem, cau
 		}
 		if notifying {
 			n := s.taskNotice(EventBackendRevokeFail, t, now, SystemActor)
-			n.BackendKind, n.BackendAttempts, n.BackendSince = item.Kind, item.Attempts, item.CreatedAt
+			n.BackendKind, n.BackendAttempts, n.BackendSince = string(item.Kind), item.Attempts, item.CreatedAt
 			if err := s.notify(ctx, tx, n); err != nil {
 				return err
 			}

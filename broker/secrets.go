@@ -7,13 +7,17 @@ import (
 	"time"
 )
 
+// CredentialKind is what a Credential is, and so which backend (if any)
+// revokes it. It is not a principal's Kind.
+type CredentialKind string
+
 // Credential kinds: an access token (JWT), and those of Vault: the
 // per-task token (recorded before any secret is read under it) and each
 // lease read with it.
 const (
-	KindJWT        = "jwt"
-	KindVaultToken = "vault-token"
-	KindVaultLease = "vault"
+	KindJWT        CredentialKind = "jwt"
+	KindVaultToken CredentialKind = "vault-token"
+	KindVaultLease CredentialKind = "vault"
 )
 
 // SecretRole maps a catalog action to a Vault dynamic-secret path.
@@ -237,7 +241,7 @@ func (s *Service) IssueSecret(ctx context.Context, p Principal, id, role string)
 		if now.Add(sec.LeaseDuration).After(t.ExpiresAt) {
 			return nil // revoked below
 		}
-		c := Credential{JTI: sec.LeaseID, TaskID: t.ID, Kind: KindVaultLease, Agent: t.Agent, User: t.User,
+		c := Credential{ID: sec.LeaseID, TaskID: t.ID, Kind: KindVaultLease, Agent: t.Agent, User: t.User,
 			Scopes: Scopes{want}, Audience: "vault", IssuedAt: now, ExpiresAt: now.Add(sec.LeaseDuration), StepUpID: stepUp}
 		if err := tx.InsertCredential(ctx, &c); err != nil {
 			return err
@@ -292,7 +296,7 @@ func (s *Service) recordTaskToken(ctx context.Context, p Principal, id string, i
 			return Errorf(ErrUnavailable, "the Vault token took too long to record; it is being revoked")
 		}
 		_, scopes := s.taskRoles(t)
-		c := Credential{JTI: created.Accessor, TaskID: t.ID, Kind: KindVaultToken, Agent: t.Agent, User: t.User,
+		c := Credential{ID: created.Accessor, TaskID: t.ID, Kind: KindVaultToken, Agent: t.Agent, User: t.User,
 			Scopes: scopes, Audience: "vault", IssuedAt: now, ExpiresAt: created.ExpiresAt}
 		if err := tx.InsertCredential(ctx, &c); err != nil {
 			return err

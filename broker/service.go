@@ -50,7 +50,7 @@ type Config struct {
 	SecretRoles []SecretRole
 	// BackendKinds are the credential kinds whose revocation a backend
 	// must carry out (through the outbox) when their task ends.
-	BackendKinds []string
+	BackendKinds []CredentialKind
 	// Policy, when set, decides every task, approval, mint, secret and
 	// evaluation on top of the invariants (package policy: Cedar or Rego).
 	Policy Policy
@@ -95,7 +95,7 @@ type Service struct {
 	secrets SecretIssuer
 	idjag   map[string]IDJAGTarget
 	roles   map[string]SecretRole
-	backend map[string]bool
+	backend map[CredentialKind]bool
 	policy  Policy
 	budget  Budget
 	stepTTL time.Duration
@@ -145,7 +145,7 @@ func NewService(cfg Config) (*Service, error) {
 	if s.pending <= 0 {
 		s.pending = DefaultMaxPendingPerAgent
 	}
-	s.secrets, s.roles, s.backend = cfg.Secrets, map[string]SecretRole{}, map[string]bool{}
+	s.secrets, s.roles, s.backend = cfg.Secrets, map[string]SecretRole{}, map[CredentialKind]bool{}
 	for _, r := range cfg.SecretRoles {
 		s.roles[r.Name] = r
 	}

@@ -55,11 +55,11 @@ func TestTaskSnapsBounded(t *testing.T) {
 // The issued event's detail, written from a struct, is byte for byte what
 // the map it replaced gave.
 func TestIssuedDetailMatchesTheMap(t *testing.T) {
-	c := Credential{JTI: "j", TaskID: "tsk_1", Kind: "jwt", Audience: "https://api", ExpiresAt: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC),
+	c := Credential{ID: "j", TaskID: "tsk_1", Kind: "jwt", Audience: "https://api", ExpiresAt: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC),
 		Scopes: Scopes{MustParseScope("a.read:x/**"), MustParseScope("b.write:y")}, StepUpID: "apr_1"}
 	got := issuedEvent(Principal{Kind: KindAgent}, c, time.Now(), "git <&>", "ds").Detail
 	want := detail(map[string]any{
-		"kind": "jwt", "jti_sha256": HashID(c.JTI), "scopes": c.Scopes.Strings(),
+		"kind": "jwt", "jti_sha256": HashID(c.ID), "scopes": c.Scopes.Strings(),
 		"audience": c.Audience, "expires_at": c.ExpiresAt,
 		"tool": "git <&>", "dataset": "ds", "step_up_id": c.StepUpID,
 	})
@@ -70,7 +70,7 @@ func TestIssuedDetailMatchesTheMap(t *testing.T) {
 	c.Kind = KindIDJAG
 	got = issuedEventFor(Principal{Kind: KindAgent}, c, time.Now(), "git <&>", "ds", "https://mcp/mcp").Detail
 	want = detail(map[string]any{
-		"kind": KindIDJAG, "jti_sha256": HashID(c.JTI), "scopes": c.Scopes.Strings(),
+		"kind": KindIDJAG, "jti_sha256": HashID(c.ID), "scopes": c.Scopes.Strings(),
 		"audience": c.Audience, "expires_at": c.ExpiresAt, "resource": "https://mcp/mcp",
 		"tool": "git <&>", "dataset": "ds", "step_up_id": c.StepUpID,
 	})

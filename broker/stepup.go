@@ -88,7 +88,7 @@ type StepUpTx interface {
 	UpdateStepUp(ctx context.Context, u StepUp) error
 	// MintedScopes returns the scopes of each of the task's credentials of
 	// the given kinds, for its budget.
-	MintedScopes(ctx context.Context, taskID string, kinds []string) ([]Scopes, error)
+	MintedScopes(ctx context.Context, taskID string, kinds []CredentialKind) ([]Scopes, error)
 }
 
 // StepUpReader is the read side of step-up approvals.
@@ -123,7 +123,7 @@ func (s *Service) budgetFor(maxCreds, maxRes int) (Budget, error) {
 
 // budgetKinds are the credentials a budget counts: what an agent can use,
 // not the Vault token Errand keeps for it.
-var budgetKinds = []string{"jwt", KindIDJAG, KindVaultLease}
+var budgetKinds = []CredentialKind{KindJWT, KindIDJAG, KindVaultLease}
 
 // checkBudget refuses a mint of scopes that would exceed t's budget.
 func (s *Service) checkBudget(ctx context.Context, tx Tx, t Task, scopes Scopes) error {

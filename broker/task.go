@@ -92,10 +92,12 @@ func (t Task) EffectiveStatus(now time.Time) Status {
 
 // Credential is the durable record of something minted for a task.
 type Credential struct {
-	JTI       string
+	// ID identifies the credential: an access token's or an ID-JAG's
+	// jti, a Vault token's accessor, a Vault lease's id.
+	ID        string
 	Seq       int64
 	TaskID    string
-	Kind      string // "jwt"
+	Kind      CredentialKind
 	Agent     Ref
 	User      Ref
 	Scopes    Scopes
@@ -122,9 +124,9 @@ type Credential struct {
 // through it, so a new kind of secret handle is hidden in one place.
 func (c Credential) ShownID() string {
 	if c.Kind == KindVaultToken || c.Kind == KindVaultLease {
-		return "sha256:" + HashID(c.JTI)
+		return "sha256:" + HashID(c.ID)
 	}
-	return c.JTI
+	return c.ID
 }
 
 // Revocation is one entry of the revocation feed: a credential revoked,
@@ -146,8 +148,8 @@ type Revocation struct {
 type OutboxItem struct {
 	ID            int64
 	TaskID        string
-	Kind          string // the credential kind, which names the backend
-	Ref           string // what the backend revokes (lease id, accessor, …)
+	Kind          CredentialKind // which names the backend
+	Ref           string         // what the backend revokes (lease id, accessor, …)
 	CreatedAt     time.Time
 	Attempts      int
 	NextAttemptAt time.Time

@@ -130,7 +130,7 @@ func (s *Service) reconcileToken(ctx context.Context, tok VaultTaskToken, grace 
 			}
 		}
 		_, scopes := s.taskRoles(t)
-		c := Credential{JTI: tok.Accessor, TaskID: t.ID, Kind: KindVaultToken, Agent: t.Agent, User: t.User,
+		c := Credential{ID: tok.Accessor, TaskID: t.ID, Kind: KindVaultToken, Agent: t.Agent, User: t.User,
 			Scopes: scopes, Audience: "vault", IssuedAt: now, ExpiresAt: t.ExpiresAt}
 		if err := tx.InsertCredential(ctx, &c); err != nil {
 			return err

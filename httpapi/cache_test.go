@@ -85,7 +85,7 @@ func TestCacheKeepsNothingReadBeforeARevocation(t *testing.T) {
 	far := time.Now().Add(time.Hour)
 	gen := c.Generation()
 	_ = c.Revoked(context.Background(), 0, []string{"other"}) // a revocation is applied meanwhile
-	c.Keep(gen, broker.Credential{JTI: "stale", ExpiresAt: far}, broker.Task{ExpiresAt: far})
+	c.Keep(gen, broker.Credential{ID: "stale", ExpiresAt: far}, broker.Task{ExpiresAt: far})
 	if _, _, _, ok := c.Lookup("stale"); ok {
 		t.Fatal("a read from before a revocation was kept")
 	}

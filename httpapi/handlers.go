@@ -155,7 +155,7 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, mintedJSON{
 		AccessToken: m.Token, TokenType: tokenType(m.Credential), IssuedTokenType: "urn:ietf:params:oauth:token-type:jwt",
 		ExpiresIn: m.ExpiresIn, Scope: strings.Join(m.Credential.Scopes.Strings(), " "),
-		JTI: m.Credential.JTI, TaskID: m.Credential.TaskID, Audience: m.Credential.Audience,
+		JTI: m.Credential.ID, TaskID: m.Credential.TaskID, Audience: m.Credential.Audience,
 	})
 }
 
@@ -453,7 +453,7 @@ func (s *Server) renderCredentials(cs []broker.Credential) []credentialJSON {
 	out := make([]credentialJSON, 0, len(cs))
 	for _, c := range cs {
 		out = append(out, credentialJSON{
-			JTI: c.ShownID(), Kind: c.Kind, TaskID: c.TaskID, Agent: c.Agent.String(),
+			JTI: c.ShownID(), Kind: string(c.Kind), TaskID: c.TaskID, Agent: c.Agent.String(),
 			OnBehalfOf: s.userName(c.User), Scopes: c.Scopes.Strings(), Audience: c.Audience,
 			IssuedAt: c.IssuedAt.Format(time.RFC3339), ExpiresAt: c.ExpiresAt.Format(time.RFC3339),
 			RevokedAt: optTime(c.RevokedAt),

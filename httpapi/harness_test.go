@@ -265,7 +265,7 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	bcfg := broker.Config{
 		Store: feedStore, Tokens: e.tokens, Catalog: cat, UserIssuers: userIssuers, MaxPendingPerAgent: o.maxPending,
 		AgentIssuers: agentIssuers,
-		BackendKinds: []string{"testbackend", broker.KindVaultToken}, Now: o.replicaClock,
+		BackendKinds: []broker.CredentialKind{"testbackend", broker.KindVaultToken}, Now: o.replicaClock,
 		CredentialsPerTask: o.budget.MaxCredentials, ResourcesPerTask: o.budget.MaxResources,
 		StepUpTTL: o.stepUpTTL, IDJAGTargets: o.idjagTargets,
 	}
@@ -597,7 +597,7 @@ func (e *env) replicaWith(cached bool) (*env, *revocation.StatusCache) {
 // is served back.
 func cacheUsable(c *revocation.StatusCache) bool {
 	far := time.Now().Add(time.Hour)
-	c.Keep(c.Generation(), broker.Credential{JTI: "probe", ExpiresAt: far}, broker.Task{ExpiresAt: far})
+	c.Keep(c.Generation(), broker.Credential{ID: "probe", ExpiresAt: far}, broker.Task{ExpiresAt: far})
 	_, _, _, ok := c.Lookup("probe")
 	return ok
 }

@@ -83,7 +83,7 @@ func TestX07IDJAGRevocationPush(t *testing.T) {
 		t.Fatal("no push backend for a target with an events endpoint")
 	}
 	clock := time.Now()
-	ob := &revocation.Outbox{Store: e.st, Service: e.svc, Backends: map[string]revocation.Backend{broker.KindIDJAG: push},
+	ob := &revocation.Outbox{Store: e.st, Service: e.svc, Backends: map[broker.CredentialKind]revocation.Backend{broker.KindIDJAG: push},
 		BaseDelay: time.Second, MaxDelay: 2 * time.Second, Now: func() time.Time { return clock }}
 	drain := func() {
 		t.Helper()

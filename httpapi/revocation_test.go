@@ -464,7 +464,7 @@ func TestOutboxRetriesUntilConfirmed(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	backendCred := broker.Credential{JTI: "lease-" + id, TaskID: id, Kind: "testbackend", Agent: task.Agent, User: task.User,
+	backendCred := broker.Credential{ID: "lease-" + id, TaskID: id, Kind: "testbackend", Agent: task.Agent, User: task.User,
 		Scopes: task.ApprovedScopes, Audience: apiGitHub, IssuedAt: now, ExpiresAt: now.Add(time.Minute)}
 	if err := e.st.InTx(context.Background(), func(tx broker.Tx) error { return tx.InsertCredential(context.Background(), &backendCred) }); err != nil {
 		t.Fatal(err)
@@ -482,7 +482,7 @@ func TestOutboxRetriesUntilConfirmed(t *testing.T) {
 	}
 
 	backend := &flaky{fails: 3}
-	o := &revocation.Outbox{Store: e.st, Service: e.svc, Backends: map[string]revocation.Backend{"testbackend": backend},
+	o := &revocation.Outbox{Store: e.st, Service: e.svc, Backends: map[broker.CredentialKind]revocation.Backend{"testbackend": backend},
 		BaseDelay: time.Second, MaxDelay: 4 * time.Second, AlarmAfter: 2 * time.Minute, Now: func() time.Time { return clock }}
 	if n, _ := o.Drain(context.Background()); n != 0 {
 		t.Fatal("a leased item was taken by another replica")

@@ -127,7 +127,7 @@ func (e *env) closeWithCredentials(n int) []string {
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		jtis = append(jtis, m.Credential.JTI)
+		jtis = append(jtis, m.Credential.ID)
 	}
 	e.mustStatus(e.do("POST", "/v1/tasks/"+id+"/close", e.agent("agent-1"), nil), http.StatusOK)
 	return jtis

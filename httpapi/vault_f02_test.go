@@ -53,7 +53,7 @@ func (e *env) crashingService(t *testing.T, mode string) (*broker.Service, chan 
 			{Name: "task-ro", Action: "db.orders.read", Path: "database/creds/task-ro"},
 			{Name: "task-other", Action: "db.orders.read", Path: "database/creds/task-other"},
 		},
-		BackendKinds: []string{broker.KindVaultToken},
+		BackendKinds: []broker.CredentialKind{broker.KindVaultToken},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -31,7 +31,7 @@ func (e *env) secret(agent, id, role string) resp {
 }
 
 func (e *env) outbox() *revocation.Outbox {
-	return &revocation.Outbox{Store: e.st, Service: e.svc, Backends: map[string]revocation.Backend{broker.KindVaultToken: e.vault},
+	return &revocation.Outbox{Store: e.st, Service: e.svc, Backends: map[broker.CredentialKind]revocation.Backend{broker.KindVaultToken: e.vault},
 		BaseDelay: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond}
 }
 

@@ -76,7 +76,7 @@ func TestW02SignedNoticesVerifyWithTheStandardWebhooksLibrary(t *testing.T) {
 			t.Errorf("content-type %q", ct)
 		}
 		ids[d.Header.Get("webhook-id")] = true
-		for _, secret := range []string{minted.Token, minted.Credential.JTI, tg.Secrets[0]} {
+		for _, secret := range []string{minted.Token, minted.Credential.ID, tg.Secrets[0]} {
 			if strings.Contains(string(d.Body), secret) || strings.Contains(string(d.Body), strings.TrimPrefix(secret, "whsec_")) {
 				t.Fatalf("a notification carries a credential or secret: %s", d.Body)
 			}
@@ -580,7 +580,7 @@ func TestBackendRevokeFailedNotifiesWithoutTheReference(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := p.Data.Backend
-	if p.Type != broker.EventBackendRevokeFail || b == nil || b.Kind != broker.KindVaultToken || b.Attempts != 7 ||
+	if p.Type != broker.EventBackendRevokeFail || b == nil || broker.CredentialKind(b.Kind) != broker.KindVaultToken || b.Attempts != 7 ||
 		!b.Since.Equal(since) || p.Data.URL != publicURL+"/ui/tasks/"+k.ID {
 		t.Fatalf("backend.revoke_failed: %+v", p)
 	}

@@ -135,7 +135,7 @@ func (sc *StatusCache) Keep(gen uint64, c broker.Credential, t broker.Task) {
 	if len(sc.entries) >= max {
 		clear(sc.entries)
 	}
-	sc.entries[c.JTI] = cacheEntry{c: c, t: t}
+	sc.entries[c.ID] = cacheEntry{c: c, t: t}
 }
 
 // drop removes credentials and advances the generation.

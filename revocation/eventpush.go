@@ -88,8 +88,8 @@ func (p *EventPush) Revoke(ctx context.Context, item broker.OutboxItem) error {
 		at = now()
 	}
 	set, err := p.Signer.SignSET(ctx, broker.SecurityEvent{
-		Audience: c.Audience, JTI: "rev-" + broker.HashID(c.JTI)[:32], IssuedAt: now(), Txn: c.TaskID,
-		SubID: map[string]any{"format": "opaque", "id": c.JTI},
+		Audience: c.Audience, JTI: "rev-" + broker.HashID(c.ID)[:32], IssuedAt: now(), Txn: c.TaskID,
+		SubID: map[string]any{"format": "opaque", "id": c.ID},
 		Events: map[string]any{SessionRevoked: map[string]any{
 			"event_timestamp":   at.Unix(),
 			"initiating_entity": "policy",

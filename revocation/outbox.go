@@ -24,7 +24,7 @@ type Backend interface {
 type Outbox struct {
 	Store    broker.Outbox
 	Service  *broker.Service
-	Backends map[string]Backend // by credential kind
+	Backends map[broker.CredentialKind]Backend
 	// Poll is how often to look for due items; default 1 s.
 	Poll time.Duration
 	// Lease is how long a claimed item is hidden from other replicas while
@@ -63,7 +63,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	// The counters exist at 0 from the start, so that an alert on their
 	// increase sees the first alarm (a series born at 1 shows none).
-	for _, kind := range []string{broker.KindVaultToken, broker.KindVaultLease, broker.KindIDJAG} {
+	for _, kind := range []string{string(broker.KindVaultToken), string(broker.KindVaultLease), string(broker.KindIDJAG)} {
 		m.Alarms.WithLabelValues(kind)
 		m.Attempts.WithLabelValues(kind, "ok")
 		m.Attempts.WithLabelValues(kind, "error")
@@ -143,14 +143,14 @@ func (o *Outbox) attempt(ctx context.Context, it broker.OutboxItem) {
 		cancel()
 	}
 	if err == nil {
-		o.count(it.Kind, "ok")
+		o.count(string(it.Kind), "ok")
 		if cerr := o.Store.CompleteOutbox(ctx, it.ID, o.Now()); cerr != nil {
 			// The lease expires and the idempotent revocation runs again.
 			o.Logger.Warn("outbox: cannot record a confirmed revocation", "id", it.ID, "err", cerr)
 		}
 		return
 	}
-	o.count(it.Kind, "error")
+	o.count(string(it.Kind), "error")
 	next := o.Now().Add(o.backoff(it.Attempts))
 	if rerr := o.Store.RetryOutbox(ctx, it.ID, it.Attempts, next, err.Error()); rerr != nil {
 		o.Logger.Warn("outbox: cannot record a failed attempt", "id", it.ID, "err", rerr)
@@ -161,7 +161,7 @@ func (o *Outbox) attempt(ctx context.Context, it broker.OutboxItem) {
 			return
 		}
 		if o.Metrics != nil {
-			o.Metrics.Alarms.WithLabelValues(it.Kind).Inc()
+			o.Metrics.Alarms.WithLabelValues(string(it.Kind)).Inc()
 		}
 		o.Logger.Error("backend revocation still unconfirmed", "task_id", it.TaskID, "kind", it.Kind,
 			"attempts", it.Attempts, "err", err)

@@ -221,7 +221,7 @@ func (p *Pages) credentialRows(cs []broker.Credential) []credentialRow {
 	out := make([]credentialRow, 0, len(cs))
 	for _, c := range cs {
 		out = append(out, credentialRow{
-			JTI: c.ShownID(), Kind: c.Kind, TaskID: c.TaskID, Agent: visible(p.naming.Agent(c.Agent)), User: visible(p.naming.User(c.User)),
+			JTI: c.ShownID(), Kind: string(c.Kind), TaskID: c.TaskID, Agent: visible(p.naming.Agent(c.Agent)), User: visible(p.naming.User(c.User)),
 			Scopes: c.Scopes.Strings(), Audience: c.Audience, Issued: c.IssuedAt, Expires: c.ExpiresAt, Revoked: c.RevokedAt,
 		})
 	}

@@ -97,7 +97,7 @@ func New(ctx context.Context, cfg *config.Config, b *Backend, log *slog.Logger, 
 	if err != nil {
 		return nil, err
 	}
-	backends := map[string]revocation.Backend{}
+	backends := map[broker.CredentialKind]revocation.Backend{}
 	bcfg := broker.Config{
 		Store: b.Store, Tokens: tokens, Catalog: catalog, UserIssuers: cfg.UserIssuers(), AgentIssuers: cfg.AgentIssuers(),
 		TokenTTLMax: cfg.Limits.TokenTTLMax, TaskTTLMax: cfg.Limits.TaskTTLMax,
@@ -123,7 +123,7 @@ func New(ctx context.Context, cfg *config.Config, b *Backend, log *slog.Logger, 
 		if err != nil {
 			return nil, err
 		}
-		bcfg.Secrets, bcfg.SecretRoles, bcfg.BackendKinds = vi, cfg.SecretRoles(), []string{broker.KindVaultToken}
+		bcfg.Secrets, bcfg.SecretRoles, bcfg.BackendKinds = vi, cfg.SecretRoles(), []broker.CredentialKind{broker.KindVaultToken}
 		backends[broker.KindVaultToken] = vi
 	}
 	// ID-JAG targets with a push endpoint hear of each revoked grant (SET).

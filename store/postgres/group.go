@@ -119,7 +119,7 @@ func quickArgs(calls []*groupCall) []any {
 	)
 	for _, q := range calls {
 		k := q.c
-		jtis, tasks, kinds = append(jtis, k.JTI), append(tasks, k.TaskID), append(kinds, k.Kind)
+		jtis, tasks, kinds = append(jtis, k.ID), append(tasks, k.TaskID), append(kinds, string(k.Kind))
 		aiss, asub = append(aiss, k.Agent.Issuer), append(asub, k.Agent.Subject)
 		uiss, usub, auds = append(uiss, k.User.Issuer), append(usub, k.User.Subject), append(auds, k.Audience)
 		from = append(from, int32(len(scopes)+1)) // PostgreSQL arrays count from 1
@@ -139,7 +139,7 @@ func readQuick(rows pgx.Rows, calls []*groupCall) ([]broker.AuditEvent, error) {
 	defer rows.Close()
 	byJTI := make(map[string]*groupCall, len(calls))
 	for _, q := range calls {
-		byJTI[q.c.JTI] = q
+		byJTI[q.c.ID] = q
 	}
 	for rows.Next() {
 		var (

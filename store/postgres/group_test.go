@@ -44,13 +44,13 @@ func quickCred(k broker.Task, jti string, ttl time.Duration) *broker.Credential 
 	if k.ExpiresAt.Before(exp) {
 		exp = k.ExpiresAt.Truncate(time.Second)
 	}
-	return &broker.Credential{JTI: jti, TaskID: k.ID, Kind: broker.KindJWT, Agent: k.Agent, User: k.User,
+	return &broker.Credential{ID: jti, TaskID: k.ID, Kind: broker.KindJWT, Agent: k.Agent, User: k.User,
 		Scopes: k.ApprovedScopes, Audience: "aud", IssuedAt: iat, ExpiresAt: exp}
 }
 
 func quickEvent(c *broker.Credential) broker.AuditEvent {
 	return broker.AuditEvent{Time: c.IssuedAt, Type: broker.EventCredentialIssued,
-		Actor: broker.Actor{Kind: "agent"}, TaskID: c.TaskID, Detail: []byte(`{"jti":"` + c.JTI + `"}`)}
+		Actor: broker.Actor{Kind: "agent"}, TaskID: c.TaskID, Detail: []byte(`{"jti":"` + c.ID + `"}`)}
 }
 
 // insertIf is InsertCredentialIfVersion of c, at k's version.
@@ -172,7 +172,7 @@ func TestGroupRecordsManyTasks(t *testing.T) {
 		if ended {
 			continue
 		}
-		got, err := st.Credential(ctx, creds[i].JTI)
+		got, err := st.Credential(ctx, creds[i].ID)
 		if err != nil || strings.Join(got.Scopes.Strings(), " ") != strings.Join(creds[i].Scopes.Strings(), " ") || got.TaskID != creds[i].TaskID ||
 			got.ExpiresAt.Sub(got.IssuedAt) != time.Duration(10+i)*time.Second || got.Seq != creds[i].Seq || got.JKT != creds[i].JKT {
 			t.Fatalf("call %d recorded %+v (%v), asked %+v", i, got, err, *creds[i])

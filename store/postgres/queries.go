@@ -92,7 +92,7 @@ func (t *txn) InsertCredential(ctx context.Context, c *broker.Credential) error 
 		SELECT $1::text, id, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text[], $9::text,
 			$10::timestamptz, $11::timestamptz, $12::text, $13::text, $14::text, $15::text FROM tasks WHERE id = $2
 		RETURNING seq`,
-		c.JTI, c.TaskID, c.Kind, c.Agent.Issuer, c.Agent.Subject, c.User.Issuer, c.User.Subject,
+		c.ID, c.TaskID, c.Kind, c.Agent.Issuer, c.Agent.Subject, c.User.Issuer, c.User.Subject,
 		c.Scopes.Strings(), c.Audience, c.IssuedAt, c.ExpiresAt, nullString(c.IdempotencyKey),
 		nullString(c.RequestHash), nullString(c.StepUpID), c.JKT).Scan(&c.Seq)
 	return translate(err)
@@ -430,7 +430,7 @@ type credentialScan struct {
 
 func (s *credentialScan) dest() []any {
 	c := &s.c
-	return []any{&c.JTI, &c.Seq, &c.TaskID, &c.Kind, &c.Agent.Issuer, &c.Agent.Subject,
+	return []any{&c.ID, &c.Seq, &c.TaskID, &c.Kind, &c.Agent.Issuer, &c.Agent.Subject,
 		&c.User.Issuer, &c.User.Subject, &s.scopes, &c.Audience, &c.IssuedAt, &c.ExpiresAt, &s.revoked,
 		&c.IdempotencyKey, &c.RequestHash, &c.StepUpID, &c.JKT}
 }

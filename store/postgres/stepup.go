@@ -75,8 +75,8 @@ func (t *txn) UpdateStepUp(ctx context.Context, u broker.StepUp) error {
 	return nil
 }
 
-func (t *txn) MintedScopes(ctx context.Context, taskID string, kinds []string) ([]broker.Scopes, error) {
-	rows, err := t.tx.Query(ctx, `SELECT scopes FROM credentials WHERE task_id = $1 AND kind = ANY($2)`, taskID, kinds)
+func (t *txn) MintedScopes(ctx context.Context, taskID string, kinds []broker.CredentialKind) ([]broker.Scopes, error) {
+	rows, err := t.tx.Query(ctx, `SELECT scopes FROM credentials WHERE task_id = $1 AND kind = ANY($2)`, taskID, kindStrings(kinds))
 	if err != nil {
 		return nil, translate(err)
 	}
@@ -132,4 +132,13 @@ func scanStepUp(r pgx.Row) (broker.StepUp, error) {
 		u.UsedAt = used.UTC()
 	}
 	return u, nil
+}
+
+// kindStrings are kinds as the database stores them.
+func kindStrings(kinds []broker.CredentialKind) []string {
+	out := make([]string, len(kinds))
+	for i, k := range kinds {
+		out[i] = string(k)
+	}
+	return out
 }

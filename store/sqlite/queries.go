@@ -122,7 +122,7 @@ func (t *txn) InsertCredential(ctx context.Context, c *broker.Credential) error 
 	err := t.tx.QueryRowContext(ctx, `INSERT INTO credentials (jti, task_id, kind, agent_iss, agent_sub,
 		user_iss, user_sub, scopes, audience, issued_at, expires_at, idempotency_key, request_hash, step_up_id, jkt)
 		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) RETURNING seq`,
-		c.JTI, c.TaskID, c.Kind, c.Agent.Issuer, c.Agent.Subject, c.User.Issuer, c.User.Subject,
+		c.ID, c.TaskID, c.Kind, c.Agent.Issuer, c.Agent.Subject, c.User.Issuer, c.User.Subject,
 		jsonList(c.Scopes.Strings()), c.Audience, micros(c.IssuedAt), micros(c.ExpiresAt),
 		nullString(c.IdempotencyKey), nullString(c.RequestHash), nullString(c.StepUpID), c.JKT).Scan(&c.Seq)
 	return translate(err)
@@ -398,7 +398,7 @@ func scanCredential(r scanner) (broker.Credential, error) {
 		issued, expires int64
 		revoked         sql.NullInt64
 	)
-	err := r.Scan(&c.JTI, &c.Seq, &c.TaskID, &c.Kind, &c.Agent.Issuer, &c.Agent.Subject,
+	err := r.Scan(&c.ID, &c.Seq, &c.TaskID, &c.Kind, &c.Agent.Issuer, &c.Agent.Subject,
 		&c.User.Issuer, &c.User.Subject, &scopes, &c.Audience, &issued, &expires, &revoked,
 		&c.IdempotencyKey, &c.RequestHash, &c.StepUpID, &c.JKT)
 	if err != nil {

@@ -68,9 +68,9 @@ func (t *txn) UpdateStepUp(ctx context.Context, u broker.StepUp) error {
 	return nil
 }
 
-func (t *txn) MintedScopes(ctx context.Context, taskID string, kinds []string) ([]broker.Scopes, error) {
+func (t *txn) MintedScopes(ctx context.Context, taskID string, kinds []broker.CredentialKind) ([]broker.Scopes, error) {
 	return query(ctx, t.tx, `SELECT scopes FROM credentials WHERE task_id = $1 AND kind IN (SELECT value FROM json_each($2))`,
-		[]any{taskID, jsonList(kinds)}, func(r scanner) (broker.Scopes, error) {
+		[]any{taskID, jsonList(kindStrings(kinds))}, func(r scanner) (broker.Scopes, error) {
 			var s string
 			if err := r.Scan(&s); err != nil {
 				return nil, translate(err)
@@ -120,4 +120,13 @@ func scanStepUp(r scanner) (broker.StepUp, error) {
 	u.CreatedAt, u.ExpiresAt = fromMicros(created), fromMicros(expires)
 	u.DecidedAt, u.UsedAt = fromNull(decided), fromNull(used)
 	return u, nil
+}
+
+// kindStrings are kinds as the database stores them.
+func kindStrings(kinds []broker.CredentialKind) []string {
+	out := make([]string, len(kinds))
+	for i, k := range kinds {
+		out[i] = string(k)
+	}
+	return out
 }

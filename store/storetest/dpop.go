@@ -27,11 +27,11 @@ func testDPoPBindingKept(t *testing.T, s Store) {
 		t.Fatal(err)
 	}
 	const jkt = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
-	bound := broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+	bound := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
 		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute),
 		IdempotencyKey: "bound-1", RequestHash: "h", JKT: jkt}
 	bearer := bound
-	bearer.JTI, bearer.IdempotencyKey, bearer.JKT = id("jti-"), "", ""
+	bearer.ID, bearer.IdempotencyKey, bearer.JKT = id("jti-"), "", ""
 	var locked broker.Task
 	err = s.InTx(ctx, func(tx broker.Tx) error {
 		var err error
@@ -49,10 +49,10 @@ func testDPoPBindingKept(t *testing.T, s Store) {
 	if !locked.RequireDPoP {
 		t.Fatal("LockTask lost require_dpop, or UpdateTask cleared it")
 	}
-	if c, err := s.Credential(ctx, bound.JTI); err != nil || c.JKT != jkt {
+	if c, err := s.Credential(ctx, bound.ID); err != nil || c.JKT != jkt {
 		t.Fatalf("Credential: jkt %q, %v", c.JKT, err)
 	}
-	if c, err := s.Credential(ctx, bearer.JTI); err != nil || c.JKT != "" {
+	if c, err := s.Credential(ctx, bearer.ID); err != nil || c.JKT != "" {
 		t.Fatalf("bearer Credential: jkt %q, %v", c.JKT, err)
 	}
 	var byKey broker.Credential
@@ -69,14 +69,14 @@ func testDPoPBindingKept(t *testing.T, s Store) {
 		t.Fatalf("CredentialByIdempotencyKey: jkt %q, %v", byKey.JKT, err)
 	}
 	for _, c := range revoked {
-		if (c.JTI == bound.JTI) != (c.JKT == jkt) {
-			t.Fatalf("RevokeCredentials: %s read with jkt %q", c.JTI, c.JKT)
+		if (c.ID == bound.ID) != (c.JKT == jkt) {
+			t.Fatalf("RevokeCredentials: %s read with jkt %q", c.ID, c.JKT)
 		}
 	}
 	if len(revoked) != 2 {
 		t.Fatalf("revoked %d credentials, want 2", len(revoked))
 	}
-	c, tk, _, err := s.CredentialAndTask(ctx, bound.JTI)
+	c, tk, _, err := s.CredentialAndTask(ctx, bound.ID)
 	if err != nil || c.JKT != jkt || !tk.RequireDPoP {
 		t.Fatalf("CredentialAndTask: jkt %q, require_dpop %v, %v", c.JKT, tk.RequireDPoP, err)
 	}

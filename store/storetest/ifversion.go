@@ -32,10 +32,10 @@ func credentialOf(k broker.Task) (*broker.Credential, broker.AuditEvent) {
 	if k.ExpiresAt.Before(exp) {
 		exp = k.ExpiresAt.Truncate(time.Second)
 	}
-	c := &broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: broker.KindJWT, Agent: k.Agent, User: k.User,
+	c := &broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: broker.KindJWT, Agent: k.Agent, User: k.User,
 		Scopes: k.ApprovedScopes, Audience: k.ApprovedAudiences[0], IssuedAt: iat, ExpiresAt: exp, JKT: "thumb"}
 	return c, broker.AuditEvent{Time: iat, Type: broker.EventCredentialIssued, Actor: broker.Actor{Kind: "agent"},
-		TaskID: k.ID, Detail: []byte(`{"jti":"` + c.JTI + `"}`)}
+		TaskID: k.ID, Detail: []byte(`{"jti":"` + c.ID + `"}`)}
 }
 
 // InsertCredentialIfVersion records a credential decided on a snapshot of
@@ -66,7 +66,7 @@ func testInsertCredentialIfVersion(t *testing.T, s Store) {
 			if ok, err := s.InsertCredentialIfVersion(ctx, c, tc.version, ev); err != nil || ok {
 				t.Fatalf("InsertCredentialIfVersion = %v, %v; want false, nil", ok, err)
 			}
-			if _, err := s.Credential(ctx, c.JTI); !errors.Is(err, broker.ErrNotFound) {
+			if _, err := s.Credential(ctx, c.ID); !errors.Is(err, broker.ErrNotFound) {
 				t.Fatalf("a credential was recorded (%v)", err)
 			}
 			if after, _, _ := s.AuditHead(ctx); after != head {
@@ -81,14 +81,14 @@ func testInsertCredentialIfVersion(t *testing.T, s Store) {
 		if err != nil || !ok || c.Seq == 0 {
 			t.Fatalf("InsertCredentialIfVersion = %v, %v (seq %d)", ok, err, c.Seq)
 		}
-		got, err := s.Credential(ctx, c.JTI)
+		got, err := s.Credential(ctx, c.ID)
 		if err != nil || got.Seq != c.Seq || !got.IssuedAt.Equal(c.IssuedAt) || !got.ExpiresAt.Equal(c.ExpiresAt) ||
 			got.JKT != "thumb" || got.Kind != broker.KindJWT || got.Agent != k.Agent || got.User != k.User ||
 			strings.Join(got.Scopes.Strings(), " ") != strings.Join(k.ApprovedScopes.Strings(), " ") {
 			t.Fatalf("recorded %+v (%v), asked %+v", got, err, *c)
 		}
 		evs, err := s.AuditEvents(ctx, broker.HistoryFilter{TaskID: k.ID, Limit: 10})
-		if err != nil || len(evs) != 1 || !strings.Contains(string(evs[0].Detail), c.JTI) || evs[0].Type != broker.EventCredentialIssued {
+		if err != nil || len(evs) != 1 || !strings.Contains(string(evs[0].Detail), c.ID) || evs[0].Type != broker.EventCredentialIssued {
 			t.Fatalf("events %+v, %v", evs, err)
 		}
 	})

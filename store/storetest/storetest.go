@@ -141,13 +141,13 @@ func testNotFound(t *testing.T, s Store) {
 		t.Errorf("LockTask: %v, want ErrNotFound", err)
 	}
 	// A credential of no task is refused, and nothing is stored.
-	orphan := broker.Credential{JTI: id("jti-"), TaskID: "tsk_nope", Kind: "jwt", Agent: broker.Ref{Issuer: "a", Subject: "b"},
+	orphan := broker.Credential{ID: id("jti-"), TaskID: "tsk_nope", Kind: "jwt", Agent: broker.Ref{Issuer: "a", Subject: "b"},
 		User: broker.Ref{Issuer: "c", Subject: "d"}, Scopes: broker.Scopes{broker.MustParseScope("github.repo.read")},
 		Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &orphan) }); err == nil {
 		t.Error("a credential of no task was stored")
 	}
-	if _, err := s.Credential(ctx, orphan.JTI); !errors.Is(err, broker.ErrNotFound) {
+	if _, err := s.Credential(ctx, orphan.ID); !errors.Is(err, broker.ErrNotFound) {
 		t.Errorf("Credential after the refused insert: %v, want ErrNotFound", err)
 	}
 }
@@ -229,12 +229,12 @@ func testRevoke(t *testing.T, s Store) {
 	k := newTask(id("agent-"), id("user-"))
 	insert(t, s, &k)
 	for i := 0; i < 3; i++ {
-		c := broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+		c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
 			Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
 		if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
 			t.Fatal(err)
 		}
-		got, err := s.Credential(ctx, c.JTI)
+		got, err := s.Credential(ctx, c.ID)
 		if err != nil || fmt.Sprint(got) != fmt.Sprint(c) {
 			t.Fatalf("credential round trip: %+v %v, want %+v", got, err, c)
 		}
@@ -365,7 +365,7 @@ func testHistoryFilters(t *testing.T, s Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+	c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
 		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: t0, ExpiresAt: t0.Add(time.Minute)}
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
 		t.Fatal(err)
@@ -394,7 +394,7 @@ func testHistoryFilters(t *testing.T, s Store) {
 	for _, f := range []broker.HistoryFilter{{TaskID: k.ID}, {Actor: k.User.String()}, {Actor: k.Agent.Subject, Type: "jwt"}} {
 		f.Limit = 10
 		cs, err := s.Credentials(ctx, f)
-		if err != nil || len(cs) != 1 || cs[0].JTI != c.JTI {
+		if err != nil || len(cs) != 1 || cs[0].ID != c.ID {
 			t.Errorf("Credentials(%+v) = %v, %v", f, cs, err)
 		}
 	}
@@ -440,7 +440,7 @@ func testSigningKeys(t *testing.T, s Store) {
 func testIdempotencyKey(t *testing.T, s Store) {
 	k := newTask(id("agent-"), id("user-"))
 	insert(t, s, &k)
-	c := broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+	c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
 		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute),
 		IdempotencyKey: "retry-1", RequestHash: "h1"}
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
@@ -452,7 +452,7 @@ func testIdempotencyKey(t *testing.T, s Store) {
 		got, err = tx.CredentialByIdempotencyKey(ctx, k.ID, "retry-1")
 		return err
 	})
-	if err != nil || got.JTI != c.JTI || got.RequestHash != "h1" {
+	if err != nil || got.ID != c.ID || got.RequestHash != "h1" {
 		t.Fatalf("lookup: %+v %v", got, err)
 	}
 	err = s.InTx(ctx, func(tx broker.Tx) error {
@@ -463,14 +463,14 @@ func testIdempotencyKey(t *testing.T, s Store) {
 		t.Fatalf("unknown key: %v", err)
 	}
 	dup := c
-	dup.JTI = id("jti-")
+	dup.ID = id("jti-")
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &dup) }); err == nil {
 		t.Fatal("a second credential with the same task and Idempotency-Key was stored")
 	}
-	plain := broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+	plain := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
 		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
 	plain2 := plain
-	plain2.JTI = id("jti-")
+	plain2.ID = id("jti-")
 	for _, p := range []*broker.Credential{&plain, &plain2} {
 		if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, p) }); err != nil {
 			t.Fatalf("credentials without a key must not collide: %v", err)
@@ -512,7 +512,7 @@ func testRevocationTx(t *testing.T, s Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := broker.Credential{JTI: id("jti-"), TaskID: due.ID, Kind: "jwt", Agent: due.Agent, User: due.User,
+	c := broker.Credential{ID: id("jti-"), TaskID: due.ID, Kind: "jwt", Agent: due.Agent, User: due.User,
 		Scopes: due.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
 		t.Fatal(err)
@@ -522,24 +522,24 @@ func testRevocationTx(t *testing.T, s Store) {
 		feedFrom = revs[len(revs)-1].Seq
 	}
 	err = s.InTx(ctx, func(tx broker.Tx) error {
-		got, err := tx.RevokeCredential(ctx, c.JTI, now())
-		if err != nil || got.JTI != c.JTI || got.RevokedAt.IsZero() {
+		got, err := tx.RevokeCredential(ctx, c.ID, now())
+		if err != nil || got.ID != c.ID || got.RevokedAt.IsZero() {
 			t.Errorf("RevokeCredential: %+v %v", got, err)
 		}
-		if _, err := tx.RevokeCredential(ctx, c.JTI, now()); !errors.Is(err, broker.ErrNotFound) {
+		if _, err := tx.RevokeCredential(ctx, c.ID, now()); !errors.Is(err, broker.ErrNotFound) {
 			t.Errorf("second RevokeCredential: %v", err)
 		}
 		evs := []broker.AuditEvent{{Time: now(), Type: broker.EventCredentialRevoked, Actor: broker.SystemActor, TaskID: due.ID}}
 		if err := tx.AppendAudit(ctx, evs...); err != nil {
 			return err
 		}
-		return tx.InsertRevocations(ctx, []broker.Revocation{{Seq: evs[0].Seq, JTI: c.JTI, TaskID: due.ID, RevokedAt: now(), Reason: "test"}})
+		return tx.InsertRevocations(ctx, []broker.Revocation{{Seq: evs[0].Seq, JTI: c.ID, TaskID: due.ID, RevokedAt: now(), Reason: "test"}})
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	revs, err := s.Revocations(ctx, feedFrom, 10)
-	if err != nil || len(revs) != 1 || revs[0].JTI != c.JTI || revs[0].Reason != "test" {
+	if err != nil || len(revs) != 1 || revs[0].JTI != c.ID || revs[0].Reason != "test" {
 		t.Fatalf("feed: %+v %v", revs, err)
 	}
 	a := broker.Ref{Issuer: "https://agents.example", Subject: id("rogue-")}
@@ -621,7 +621,7 @@ func testBackstops(t *testing.T, s Store) {
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.UpdateTask(ctx, k) }); err != nil {
 		t.Fatal(err)
 	}
-	c := broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+	c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
 		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
 		t.Fatal(err)
@@ -653,7 +653,7 @@ func testBackstops(t *testing.T, s Store) {
 	reopened.Status = broker.StatusApproved
 	refused("reopening a closed task", func(tx broker.Tx) error { return tx.UpdateTask(ctx, reopened) })
 	// Outside any transaction: a second connection would wait on ours.
-	if err := s.Unrevoke(ctx, c.JTI); err == nil {
+	if err := s.Unrevoke(ctx, c.ID); err == nil {
 		t.Error("un-revoking a credential was accepted")
 	}
 	// The legitimate transition still works: the outbox clears revoking.
@@ -735,9 +735,9 @@ func testStepUps(t *testing.T, s Store) {
 	again.Status = broker.StepUpApproved
 	refused("a used step-up approved again", func(_ broker.Tx, st broker.StepUpTx) error { return st.UpdateStepUp(ctx, again) })
 
-	c := broker.Credential{JTI: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User, Scopes: k.Scopes,
+	c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User, Scopes: k.Scopes,
 		Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute), StepUpID: u.ID}
-	v := broker.Credential{JTI: id("vtok-"), TaskID: k.ID, Kind: broker.KindVaultToken, Agent: k.Agent, User: k.User, Scopes: k.Scopes,
+	v := broker.Credential{ID: id("vtok-"), TaskID: k.ID, Kind: broker.KindVaultToken, Agent: k.Agent, User: k.User, Scopes: k.Scopes,
 		Audience: "vault", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
 	var minted []broker.Scopes
 	if err := stx(func(tx broker.Tx, st broker.StepUpTx) error {
@@ -748,7 +748,7 @@ func testStepUps(t *testing.T, s Store) {
 			return err
 		}
 		var err error
-		minted, err = st.MintedScopes(ctx, k.ID, []string{"jwt", broker.KindVaultLease})
+		minted, err = st.MintedScopes(ctx, k.ID, []broker.CredentialKind{"jwt", broker.KindVaultLease})
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -756,7 +756,7 @@ func testStepUps(t *testing.T, s Store) {
 	if len(minted) != 1 || minted[0].Strings()[0] != "github.repo.read:acme/**" {
 		t.Fatalf("minted scopes %v: the Vault token must not count", minted)
 	}
-	if got, err := s.Credential(ctx, c.JTI); err != nil || got.StepUpID != u.ID {
+	if got, err := s.Credential(ctx, c.ID); err != nil || got.StepUpID != u.ID {
 		t.Fatalf("credential step-up %q %v", got.StepUpID, err)
 	}
 	changed := k

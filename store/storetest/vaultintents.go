@@ -91,7 +91,7 @@ func testVaultIntents(t *testing.T, s Store) {
 		t.Fatal(err)
 	}
 
-	c := broker.Credential{JTI: accessor, TaskID: k.ID, Kind: broker.KindVaultToken, Agent: k.Agent, User: k.User,
+	c := broker.Credential{ID: accessor, TaskID: k.ID, Kind: broker.KindVaultToken, Agent: k.Agent, User: k.User,
 		Scopes: k.Scopes, Audience: "vault", IssuedAt: at, ExpiresAt: k.ExpiresAt}
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
 		t.Fatal(err)

@@ -39,7 +39,7 @@ func testVersionBumpsOnEveryChange(t *testing.T, s Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := broker.NewService(broker.Config{Store: s, Tokens: signer{}, Catalog: cat, BackendKinds: []string{"backend"},
+	svc, err := broker.NewService(broker.Config{Store: s, Tokens: signer{}, Catalog: cat, BackendKinds: []broker.CredentialKind{"backend"},
 		UserIssuers: []string{usersIssuer}, AgentIssuers: []string{agentsIssuer}, MaxPendingPerAgent: 100})
 	if err != nil {
 		t.Fatal(err)
