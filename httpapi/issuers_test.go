@@ -217,7 +217,7 @@ func claimsOf(t *testing.T, token string) map[string]any {
 // partner's alice and bot, have the same subjects. Their tokens (sub,
 // client_id, act), introspection answers, audit actors and Cedar
 // principals all tell them apart; single-issuer deployments keep bare
-// names (TestFlow).
+// names (TestFullFlow).
 func TestH04SameSubAtTwoIssuersIsNeverOneName(t *testing.T) {
 	e := newTwoOfEach(t)
 	rs := e.resource("gateway")

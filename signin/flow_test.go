@@ -17,7 +17,7 @@ import (
 	"github.com/errandhq/errand/signin"
 )
 
-// signIn runs a whole sign-in through the dev provider and returns the
+// signInDev runs a whole sign-in through the dev provider and returns the
 // page Errand shows after it.
 func signInDev(t *testing.T, b *browser, e *errand, returnTo, sub, groups string) string {
 	t.Helper()
