@@ -242,7 +242,7 @@ func TestAnchorLogsTheChainHead(t *testing.T) {
 	var buf syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- anchor(st, time.Hour, slog.New(slog.NewJSONHandler(&buf, nil)))(ctx) }()
+	go func() { done <- anchor(st, time.Hour, slog.New(slog.NewJSONHandler(&buf, nil)), nil)(ctx) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(buf.String(), `"msg":"audit anchor","seq":4`) {
 		if time.Now().After(deadline) {

@@ -388,7 +388,7 @@ func build(ctx context.Context, cfg *config.Config, st backend, log *slog.Logger
 		if err != nil {
 			return nil, err
 		}
-		workers = append(workers, anchorWith(st, every, log, am))
+		workers = append(workers, anchor(st, every, log, am))
 	}
 	if engine != nil {
 		workers = append(workers, reloadOnHangup(engine, log))
@@ -454,13 +454,9 @@ func reloadOnHangup(e *policy.Engine, log *slog.Logger) func(context.Context) er
 
 // anchor logs the audit chain's head every period: an external log that
 // keeps these lines can later prove that no event before them was
-// rewritten, even by someone able to recompute every hash after it.
-func anchor(st broker.Reader, every time.Duration, log *slog.Logger) func(context.Context) error {
-	return anchorWith(st, every, log, nil)
-}
-
-// anchorWith is anchor that also records each anchor's time in m.
-func anchorWith(st broker.Reader, every time.Duration, log *slog.Logger, m *anchorMetrics) func(context.Context) error {
+// rewritten, even by someone able to recompute every hash after it. m,
+// when not nil, records each anchor's time.
+func anchor(st broker.Reader, every time.Duration, log *slog.Logger, m *anchorMetrics) func(context.Context) error {
 	return func(ctx context.Context) error {
 		t := time.NewTicker(every)
 		defer t.Stop()
