@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/internal/testing/testoidc"
 )
 
 type identityAttack struct {

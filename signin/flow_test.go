@@ -12,8 +12,8 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/identity"
-	"github.com/errandhq/errand/internal/testoidc"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testoidc"
+	"github.com/errandhq/errand/internal/testing/testpg"
 	"github.com/errandhq/errand/signin"
 )
 

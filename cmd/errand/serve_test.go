@@ -19,9 +19,9 @@ import (
 	"time"
 
 	"github.com/errandhq/errand/config"
-	"github.com/errandhq/errand/internal/testoidc"
-	"github.com/errandhq/errand/internal/testpg"
-	"github.com/errandhq/errand/internal/testvault"
+	"github.com/errandhq/errand/internal/testing/testoidc"
+	"github.com/errandhq/errand/internal/testing/testpg"
+	"github.com/errandhq/errand/internal/testing/testvault"
 	"github.com/errandhq/errand/migrations"
 )
 

@@ -1,7 +1,7 @@
 // Package errandtest starts a real Errand for the tests of its SDK
 // packages (resource, client): the HTTP API of httpapi over a real
-// PostgreSQL database (internal/testpg), with real OIDC issuers for
-// agents, users and resource servers (internal/testoidc), the revocation
+// PostgreSQL database (internal/testing/testpg), with real OIDC issuers for
+// agents, users and resource servers (internal/testing/testoidc), the revocation
 // feed reader woken by LISTEN/NOTIFY, as errand serve wires them.
 //
 // A package that uses it runs testpg.Run from its TestMain.
@@ -21,8 +21,8 @@ import (
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/httpapi"
 	"github.com/errandhq/errand/identity"
-	"github.com/errandhq/errand/internal/testoidc"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testoidc"
+	"github.com/errandhq/errand/internal/testing/testpg"
 	"github.com/errandhq/errand/issuer/jwt"
 	"github.com/errandhq/errand/revocation"
 )
