@@ -291,3 +291,35 @@ type TaskDetail struct {
 	Type   string `json:"type"`
 	TaskID string `json:"task_id"`
 }
+
+// OAuthError is an RFC 6749 §5.2 error answer of the OAuth endpoints, with
+// Errand's code.
+type OAuthError struct {
+	Error            string `json:"error"`
+	ErrorDescription string `json:"error_description"`
+	Code             string `json:"code"`
+	// ApprovalID names the step-up approval an approval_required refusal
+	// waits for.
+	ApprovalID string `json:"approval_id,omitempty"`
+	// ApprovalURL is the page where the user decides it.
+	ApprovalURL string `json:"approval_url,omitempty"`
+}
+
+// Evaluation is an AuthZEN access evaluation's answer: the decision, and
+// in its context the reason for an administrator and the policies behind
+// it.
+type Evaluation struct {
+	Decision bool              `json:"decision"`
+	Context  EvaluationContext `json:"context"`
+}
+
+// EvaluationContext is an Evaluation's context.
+type EvaluationContext struct {
+	ReasonAdmin Reason   `json:"reason_admin"`
+	Policies    []string `json:"policies,omitempty"`
+}
+
+// Reason is an AuthZEN reason, in English.
+type Reason struct {
+	En string `json:"en"`
+}

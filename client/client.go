@@ -339,12 +339,9 @@ func (c *Client) once(ctx context.Context, k call, body []byte, ctype string) ([
 		p := &Problem{Status: res.StatusCode}
 		if json.Unmarshal(raw, p) != nil || p.Code == "" {
 			// The OAuth endpoints answer RFC 6749 §5.2 errors.
-			var oe struct {
-				Error       string `json:"error"`
-				Description string `json:"error_description"`
-			}
+			var oe api.OAuthError
 			if json.Unmarshal(raw, &oe) == nil && oe.Error != "" {
-				p.Code, p.Detail = oe.Error, oe.Description
+				p.Code, p.Detail = oe.Error, oe.ErrorDescription
 			} else {
 				p.Code, p.Detail = "http_error", strings.TrimSpace(string(raw))
 			}
@@ -553,15 +550,7 @@ func (c *Client) Evaluate(ctx context.Context, token, action, resourceType, reso
 	if len(ctxt) > 0 {
 		in["context"] = ctxt
 	}
-	var out struct {
-		Decision bool `json:"decision"`
-		Context  struct {
-			ReasonAdmin struct {
-				En string `json:"en"`
-			} `json:"reason_admin"`
-			Policies []string `json:"policies"`
-		} `json:"context"`
-	}
+	var out api.Evaluation
 	raw, err := c.Do(ctx, http.MethodPost, "/access/v1/evaluation", in, &out)
 	return Decision{Allow: out.Decision, Reason: out.Context.ReasonAdmin.En, Policies: out.Context.Policies}, raw, err
 }

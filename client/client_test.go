@@ -20,8 +20,8 @@ import (
 
 	"github.com/errandhq/errand/client"
 	"github.com/errandhq/errand/dpop"
-	"github.com/errandhq/errand/internal/errandtest"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/errandtest"
+	"github.com/errandhq/errand/internal/testing/testpg"
 )
 
 func TestMain(m *testing.M) { os.Exit(testpg.Run(m)) }

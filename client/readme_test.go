@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/errandhq/errand/client"
-	"github.com/errandhq/errand/internal/errandtest"
+	"github.com/errandhq/errand/internal/testing/errandtest"
 )
 
 // readmeAgent is README's "For agents (Go client)" snippet, between the

@@ -72,15 +72,6 @@ func p256(t testing.TB) *ecdsa.PrivateKey {
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
-func b64JSON(t testing.TB, v any) string {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b64(b)
-}
-
 func goodClaims() map[string]any {
 	return map[string]any{"jti": "j-" + strings.Repeat("x", 8), "htm": "POST", "htu": htu, "iat": now.Unix()}
 }

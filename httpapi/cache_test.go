@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testpg"
 	"github.com/errandhq/errand/revocation"
 	"github.com/errandhq/errand/store/postgres"
 )

@@ -4,7 +4,7 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/internal/testing/testoidc"
 )
 
 // caseConfig has GitHub as README configures it, comparing resources

@@ -14,7 +14,7 @@ import (
 	"github.com/errandhq/errand/broker"
 )
 
-// TestFullFlow walks DESIGN.md's flow end to end and checks the token
+// TestFullFlow walks the flow of docs/design.md end to end and checks the token
 // against the JWKS as any resource server would.
 func TestFullFlow(t *testing.T) {
 	e := newEnv(t)

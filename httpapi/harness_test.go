@@ -21,9 +21,9 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/identity"
-	"github.com/errandhq/errand/internal/testoidc"
-	"github.com/errandhq/errand/internal/testpg"
-	"github.com/errandhq/errand/internal/testvault"
+	"github.com/errandhq/errand/internal/testing/testoidc"
+	"github.com/errandhq/errand/internal/testing/testpg"
+	"github.com/errandhq/errand/internal/testing/testvault"
 	"github.com/errandhq/errand/issuer/jwt"
 	"github.com/errandhq/errand/issuer/vault"
 	"github.com/errandhq/errand/policy"

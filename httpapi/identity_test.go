@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/internal/testing/testoidc"
 )
 
 type identityAttack struct {
@@ -24,7 +24,7 @@ type identityAttack struct {
 }
 
 // identityAttacks are forged or unfit identity tokens, each tagged with
-// its SECURITY-TESTS.md row. Every one must be refused, change nothing,
+// its row of docs/security-matrix.md. Every one must be refused, change nothing,
 // and be audited.
 func identityAttacks(t *testing.T, e *env) []identityAttack {
 	now := time.Now()

@@ -17,7 +17,7 @@ type attack struct {
 }
 
 // runInvariants runs the refusal cases tagged with the given
-// SECURITY-TESTS.md rows (each case name starts with its row id). Each
+// rows of docs/security-matrix.md (each case name starts with its row id). Each
 // asserts the status, the code, that tasks and credentials are unchanged,
 // and the single request.refused audit event.
 func runInvariants(t *testing.T, ids ...string) {

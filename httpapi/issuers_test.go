@@ -16,8 +16,8 @@ import (
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
 	"github.com/errandhq/errand/identity"
-	"github.com/errandhq/errand/internal/testoidc"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testoidc"
+	"github.com/errandhq/errand/internal/testing/testpg"
 	"github.com/errandhq/errand/issuer/jwt"
 	"github.com/errandhq/errand/policy"
 )
@@ -217,7 +217,7 @@ func claimsOf(t *testing.T, token string) map[string]any {
 // partner's alice and bot, have the same subjects. Their tokens (sub,
 // client_id, act), introspection answers, audit actors and Cedar
 // principals all tell them apart; single-issuer deployments keep bare
-// names (TestFlow).
+// names (TestFullFlow).
 func TestH04SameSubAtTwoIssuersIsNeverOneName(t *testing.T) {
 	e := newTwoOfEach(t)
 	rs := e.resource("gateway")

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/errandhq/errand/api"
 	"github.com/errandhq/errand/broker"
 )
 
@@ -114,18 +115,6 @@ type oauthError struct {
 func (e *oauthError) Error() string { return e.err.Error() }
 func (e *oauthError) Unwrap() error { return e.err }
 
-// OAuthError is an RFC 6749 §5.2 error answer with Errand's code.
-type OAuthError struct {
-	Error            string `json:"error"`
-	ErrorDescription string `json:"error_description"`
-	Code             string `json:"code"`
-	// ApprovalID names the step-up approval an approval_required refusal
-	// waits for.
-	ApprovalID string `json:"approval_id,omitempty"`
-	// ApprovalURL is the page where the user decides it.
-	ApprovalURL string `json:"approval_url,omitempty"`
-}
-
 // noStore marks a token endpoint answer uncacheable (RFC 6749 §5.1).
 func noStore(w http.ResponseWriter) {
 	w.Header().Set("Cache-Control", "no-store")
@@ -155,18 +144,18 @@ func (s *Server) oauthFail(w http.ResponseWriter, r *http.Request, p broker.Prin
 	switch {
 	case !known:
 		s.log.ErrorContext(r.Context(), "internal error", "op", op(r), "err", err)
-		writeOAuthError(w, http.StatusInternalServerError, OAuthError{Error: "server_error", Code: "internal"})
+		writeOAuthError(w, http.StatusInternalServerError, api.OAuthError{Error: "server_error", Code: "internal"})
 		return
 	case code == "unavailable":
 		s.log.WarnContext(r.Context(), "dependency unavailable", "op", op(r), "err", err)
 		w.Header().Set("Retry-After", RetryAfterSeconds)
-		writeOAuthError(w, http.StatusServiceUnavailable, OAuthError{Error: oe, Code: code})
+		writeOAuthError(w, http.StatusServiceUnavailable, api.OAuthError{Error: oe, Code: code})
 		return
 	case errors.As(err, new(*throttled)):
 		ra, _ := retryAfter(err)
 		s.metrics.refusals.WithLabelValues(code).Inc()
 		w.Header().Set("Retry-After", ra)
-		writeOAuthError(w, http.StatusTooManyRequests, OAuthError{Error: oe, Code: code})
+		writeOAuthError(w, http.StatusTooManyRequests, api.OAuthError{Error: oe, Code: code})
 		return
 	case oe == "invalid_client":
 		status = http.StatusUnauthorized
@@ -183,12 +172,12 @@ func (s *Server) oauthFail(w http.ResponseWriter, r *http.Request, p broker.Prin
 			s.log.ErrorContext(r.Context(), "cannot audit refusal", "op", op(r), "code", code, "err", aerr)
 			w.Header().Set("Retry-After", RetryAfterSeconds)
 			w.Header().Del("WWW-Authenticate")
-			writeOAuthError(w, http.StatusServiceUnavailable, OAuthError{Error: "temporarily_unavailable", Code: "unavailable"})
+			writeOAuthError(w, http.StatusServiceUnavailable, api.OAuthError{Error: "temporarily_unavailable", Code: "unavailable"})
 			return
 		}
 	}
 	s.metrics.refusals.WithLabelValues(code).Inc()
-	out := OAuthError{Error: oe, Code: code}
+	out := api.OAuthError{Error: oe, Code: code}
 	if be != nil {
 		out.ApprovalID, _ = be.Extra["approval_id"].(string)
 		out.ApprovalURL = s.approvalURL(out.ApprovalID)
@@ -197,7 +186,7 @@ func (s *Server) oauthFail(w http.ResponseWriter, r *http.Request, p broker.Prin
 }
 
 // writeOAuthError writes e, its description the fixed text of its code.
-func writeOAuthError(w http.ResponseWriter, status int, e OAuthError) {
+func writeOAuthError(w http.ResponseWriter, status int, e api.OAuthError) {
 	if e.ErrorDescription == "" {
 		e.ErrorDescription = oauthDescriptions[e.Code]
 	}

@@ -4,7 +4,7 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testpg"
 )
 
 // TestF01DatabaseOutage (F01): with PostgreSQL unreachable, every endpoint

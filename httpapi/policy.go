@@ -130,17 +130,6 @@ type (
 			EvaluationsSemantic string `json:"evaluations_semantic"`
 		} `json:"options"`
 	}
-	azDecision struct {
-		Decision bool      `json:"decision"`
-		Context  azContext `json:"context"`
-	}
-	azContext struct {
-		ReasonAdmin azReason `json:"reason_admin"`
-		Policies    []string `json:"policies,omitempty"`
-	}
-	azReason struct {
-		En string `json:"en"`
-	}
 )
 
 // SubjectTypeToken is the AuthZEN subject type of an Errand access token.
@@ -178,17 +167,17 @@ func toEvaluation(q azRequest) (broker.EvaluationRequest, error) {
 	return out, nil
 }
 
-func (s *Server) decide(c *call, q broker.EvaluationRequest) (azDecision, error) {
+func (s *Server) decide(c *call, q broker.EvaluationRequest) (api.Evaluation, error) {
 	ev, err := s.svc.Evaluate(c.r.Context(), c.p, q)
 	if err != nil {
-		return azDecision{}, err
+		return api.Evaluation{}, err
 	}
 	label := "deny"
 	if ev.Decision {
 		label = "permit"
 	}
 	s.metrics.decisions.WithLabelValues(label).Inc()
-	return azDecision{Decision: ev.Decision, Context: azContext{ReasonAdmin: azReason{En: ev.Reason}, Policies: ev.Policies}}, nil
+	return api.Evaluation{Decision: ev.Decision, Context: api.EvaluationContext{ReasonAdmin: api.Reason{En: ev.Reason}, Policies: ev.Policies}}, nil
 }
 
 // evaluation is the AuthZEN access evaluation API: may the bearer of this
@@ -269,8 +258,8 @@ func (s *Server) evaluations(w http.ResponseWriter, r *http.Request) {
 		qs[i] = q
 	}
 	out := struct {
-		Evaluations []azDecision `json:"evaluations"`
-	}{Evaluations: make([]azDecision, 0, len(qs))}
+		Evaluations []api.Evaluation `json:"evaluations"`
+	}{Evaluations: make([]api.Evaluation, 0, len(qs))}
 	for _, q := range qs {
 		d, err := s.decide(c, q)
 		if err != nil {

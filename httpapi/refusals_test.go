@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testpg"
 )
 
 // junkToken is a token anyone can make: not signed by anyone, its payload

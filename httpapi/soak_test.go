@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/internal/testpg"
-	"github.com/errandhq/errand/internal/testvault"
+	"github.com/errandhq/errand/internal/testing/testpg"
+	"github.com/errandhq/errand/internal/testing/testvault"
 	"github.com/errandhq/errand/revocation"
 )
 

@@ -26,8 +26,8 @@ import (
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/client"
 	"github.com/errandhq/errand/identity"
-	"github.com/errandhq/errand/internal/testpg"
-	"github.com/errandhq/errand/internal/testspire"
+	"github.com/errandhq/errand/internal/testing/testpg"
+	"github.com/errandhq/errand/internal/testing/testspire"
 )
 
 // TestSPIFFEWithSPIRE runs Errand against a real SPIRE v1.13.3: a server

@@ -128,13 +128,6 @@ func (ss *streams) give(key string) {
 	ss.open.Set(float64(ss.total))
 }
 
-// count is how many streams are open.
-func (ss *streams) count() int {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	return ss.total
-}
-
 // readStore runs read holding one of the replica's catch-up slots, waiting
 // for one until ctx or stop ends.
 func (ss *streams) readStore(ctx context.Context, stop <-chan struct{}, read func() error) error {

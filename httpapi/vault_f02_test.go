@@ -12,7 +12,7 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/internal/seal"
-	"github.com/errandhq/errand/internal/testvault"
+	"github.com/errandhq/errand/internal/testing/testvault"
 	"github.com/errandhq/errand/issuer/vault"
 	"github.com/errandhq/errand/revocation"
 )

@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/internal/testvault"
+	"github.com/errandhq/errand/internal/testing/testvault"
 	"github.com/errandhq/errand/issuer/vault"
 	"github.com/errandhq/errand/revocation"
 )

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/internal/testvault"
+	"github.com/errandhq/errand/internal/testing/testvault"
 )
 
 // slowVault is a reverse proxy in front of the real Vault that, while

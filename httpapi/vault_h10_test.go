@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/internal/testvault"
+	"github.com/errandhq/errand/internal/testing/testvault"
 )
 
 // syncLog is a log sink safe for the server's goroutines.

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/internal/testing/testoidc"
 )
 
 // A verified token is served from the cache until its exp — even while its

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/internal/testing/testoidc"
 )
 
 // FuzzVerify: no input panics identity verification, and nothing but the

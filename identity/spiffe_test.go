@@ -25,7 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/internal/testing/testoidc"
 )
 
 // These tests verify JWT-SVIDs with go-spiffe against bundles built and

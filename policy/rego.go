@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -48,13 +47,12 @@ const (
 	ruleStepUp = "step_up"
 )
 
-//go:embed rego_input.schema.json
-var inputSchemaJSON []byte
-
-// RegoInputSchema is the JSON Schema of the input document Rego policies
+// inputSchemaJSON is the JSON Schema of the input document Rego policies
 // are given; policies are type-checked against it at load, so that a
 // misspelt key (input.context.enviroment) refuses with its file and line.
-func RegoInputSchema() []byte { return slices.Clone(inputSchemaJSON) }
+//
+//go:embed rego_input.schema.json
+var inputSchemaJSON []byte
 
 // ioBuiltins are the built-in functions a policy may not call: I/O, the
 // clock and randomness. A decision is a pure function of its input (the

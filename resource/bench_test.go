@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/errandhq/errand/internal/errandtest"
+	"github.com/errandhq/errand/internal/testing/errandtest"
 )
 
 // BenchmarkVerifyOffline is the cost of one request's check with the feed

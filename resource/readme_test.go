@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/errandhq/errand/client"
-	"github.com/errandhq/errand/internal/errandtest"
+	"github.com/errandhq/errand/internal/testing/errandtest"
 	"github.com/errandhq/errand/resource"
 )
 

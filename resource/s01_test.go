@@ -22,8 +22,8 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/internal/errandtest"
-	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/internal/testing/errandtest"
+	"github.com/errandhq/errand/internal/testing/testoidc"
 	"github.com/errandhq/errand/issuer/jwt"
 )
 

@@ -12,12 +12,12 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/identity"
-	"github.com/errandhq/errand/internal/testoidc"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testoidc"
+	"github.com/errandhq/errand/internal/testing/testpg"
 	"github.com/errandhq/errand/signin"
 )
 
-// signIn runs a whole sign-in through the dev provider and returns the
+// signInDev runs a whole sign-in through the dev provider and returns the
 // page Errand shows after it.
 func signInDev(t *testing.T, b *browser, e *errand, returnTo, sub, groups string) string {
 	t.Helper()

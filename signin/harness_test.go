@@ -2,7 +2,6 @@ package signin_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -344,5 +343,3 @@ func (b *browser) zitadelLogin(authz *url.URL, issuer string) *url.URL {
 	b.t.Fatalf("zitadel login: %d %.300s", res.StatusCode, body)
 	return nil
 }
-
-func sha(s string) string { h := sha256.Sum256([]byte(s)); return fmt.Sprintf("%x", h[:4]) }

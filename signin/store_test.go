@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testpg"
 	"github.com/errandhq/errand/signin"
 	"github.com/errandhq/errand/store/sqlite"
 )

@@ -16,7 +16,7 @@ import (
 	"github.com/pressly/goose/v3"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testpg"
 	"github.com/errandhq/errand/migrations"
 	"github.com/errandhq/errand/store/postgres"
 	"github.com/errandhq/errand/store/sqlite"

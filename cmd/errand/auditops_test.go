@@ -19,7 +19,7 @@ import (
 
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/internal/app"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testpg"
 	"github.com/errandhq/errand/store/postgres"
 )
 

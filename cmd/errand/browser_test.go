@@ -14,7 +14,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/errandhq/errand/client"
-	"github.com/errandhq/errand/internal/testbrowser"
+	"github.com/errandhq/errand/internal/testing/testbrowser"
 	"github.com/errandhq/errand/store/sqlite"
 )
 

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/internal/testing/testoidc"
 )
 
 func runCLIErr(args ...string) (string, error) {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/internal/testing/testoidc"
 )
 
 // TestHealthcheckProbesAServersReadyz runs `errand serve` (on SQLite, as

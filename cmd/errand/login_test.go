@@ -23,7 +23,7 @@ import (
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
 	"github.com/errandhq/errand/internal/devidp"
-	"github.com/errandhq/errand/internal/testoidc"
+	"github.com/errandhq/errand/internal/testing/testoidc"
 	"github.com/errandhq/errand/signin"
 )
 

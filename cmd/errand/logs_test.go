@@ -10,8 +10,8 @@ import (
 	"testing"
 
 	"github.com/errandhq/errand/config"
-	"github.com/errandhq/errand/internal/testoidc"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testoidc"
+	"github.com/errandhq/errand/internal/testing/testpg"
 )
 
 // TestLogsNeverHoldSecrets runs a whole flow on serve's JSON logs and

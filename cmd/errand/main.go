@@ -52,11 +52,6 @@ func profile() func() {
 	}
 }
 
-func newRoot() *cobra.Command {
-	root, _ := newRootWithGlobals()
-	return root
-}
-
 // newRootWithGlobals is the errand command and the client flags its
 // commands share.
 func newRootWithGlobals() (*cobra.Command, *globals) {

@@ -21,8 +21,8 @@ import (
 
 	"github.com/errandhq/errand/config"
 	"github.com/errandhq/errand/internal/app"
-	"github.com/errandhq/errand/internal/testoidc"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testoidc"
+	"github.com/errandhq/errand/internal/testing/testpg"
 	"github.com/errandhq/errand/notify"
 )
 

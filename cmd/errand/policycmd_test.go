@@ -8,16 +8,11 @@ import (
 	"testing"
 )
 
-// policyConfig writes an errand.yaml naming the policies and schema of
-// policy/testdata, with the catalog they are written for. It holds no
-// secret and no database: policy test needs neither.
-func policyConfig(t *testing.T) string {
-	t.Helper()
-	return policyConfigFor(t, "cedar")
-}
-
-// policyConfigFor is policyConfig for an engine: with opa, the Rego
-// translation of the same policies (policy/testdata/conformance/guardrails).
+// policyConfigFor writes an errand.yaml naming the policies and schema of
+// policy/testdata for engine (with opa, the Rego translation of the same
+// policies, policy/testdata/conformance/guardrails), with the catalog they
+// are written for. It holds no secret and no database: policy test needs
+// neither.
 func policyConfigFor(t *testing.T, engine string) string {
 	t.Helper()
 	td, err := filepath.Abs("../../policy/testdata")

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/errandhq/errand/config"
-	"github.com/errandhq/errand/internal/testoidc"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testoidc"
+	"github.com/errandhq/errand/internal/testing/testpg"
 )
 
 // A policy that does not load stops start-up, naming its file and line,

@@ -20,7 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/errandhq/errand/config"
-	"github.com/errandhq/errand/internal/testbrowser"
+	"github.com/errandhq/errand/internal/testing/testbrowser"
 )
 
 // README's walkthroughs are executable. A fenced block whose info string

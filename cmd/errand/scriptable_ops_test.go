@@ -15,7 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/errandhq/errand/config"
-	"github.com/errandhq/errand/internal/testvault"
+	"github.com/errandhq/errand/internal/testing/testvault"
 )
 
 // execIn is execCLI with stdin.

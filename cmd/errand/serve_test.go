@@ -19,9 +19,9 @@ import (
 	"time"
 
 	"github.com/errandhq/errand/config"
-	"github.com/errandhq/errand/internal/testoidc"
-	"github.com/errandhq/errand/internal/testpg"
-	"github.com/errandhq/errand/internal/testvault"
+	"github.com/errandhq/errand/internal/testing/testoidc"
+	"github.com/errandhq/errand/internal/testing/testpg"
+	"github.com/errandhq/errand/internal/testing/testvault"
 	"github.com/errandhq/errand/migrations"
 )
 
@@ -60,7 +60,8 @@ system_secret: ${ERRAND_SYSTEM_SECRET}
 }
 
 // TestServeAndMigrateCommands runs `errand migrate` and `errand serve` on
-// a config in DESIGN.md's shape and walks the flow over HTTP.
+// a config of README's configuration reference and walks the flow over
+// HTTP.
 func TestServeAndMigrateCommands(t *testing.T) {
 	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("k", 32))
 	dbURL := testpg.NewDatabase(t)
@@ -190,9 +191,6 @@ func TestServeRefusesWrongSystemSecretForStoredKeys(t *testing.T) {
 	}
 }
 
-// startServe runs serve on cfg (migrating) with log (nil: discarded) until
-// stop or the test's end, and returns its address. stop shuts it down and
-// returns serve's error; the cleanup fails the test on one.
 // twoReplicas starts two serve instances on cfg's database and returns
 // their base URLs; both stop with the test.
 func twoReplicas(t *testing.T, cfg *config.Config) (a, b string) {
@@ -202,6 +200,9 @@ func twoReplicas(t *testing.T, cfg *config.Config) (a, b string) {
 	return "http://" + addrA, "http://" + addrB
 }
 
+// startServe runs serve on cfg (migrating) with log (nil: discarded) until
+// stop or the test's end, and returns its address. stop shuts it down and
+// returns serve's error; the cleanup fails the test on one.
 func startServe(t *testing.T, cfg *config.Config, log *slog.Logger) (addr string, stop func() error) {
 	t.Helper()
 	if log == nil {
@@ -325,8 +326,8 @@ func callStatus(t *testing.T, base, method, path, tok string, body any) (int, ma
 	return res.StatusCode, m
 }
 
-// loadServeConfig writes and loads a config in DESIGN.md's shape for a
-// fresh database and three real issuers (agents, users, resource servers).
+// loadServeConfig writes and loads a config of README's configuration
+// reference for a fresh database and three real issuers (agents, users, resource servers).
 func loadServeConfig(t *testing.T) (*config.Config, *testoidc.Issuer, *testoidc.Issuer, *testoidc.Issuer) {
 	t.Helper()
 	t.Setenv("ERRAND_SYSTEM_SECRET", strings.Repeat("k", 32))

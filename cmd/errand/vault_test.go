@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/errandhq/errand/config"
-	"github.com/errandhq/errand/internal/testvault"
+	"github.com/errandhq/errand/internal/testing/testvault"
 	"github.com/errandhq/errand/issuer/vault"
 )
 

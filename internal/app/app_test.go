@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/errandhq/errand/config"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testpg"
 	"github.com/errandhq/errand/store/sqlite"
 )
 

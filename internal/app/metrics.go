@@ -81,8 +81,9 @@ func newAnchorMetrics(reg prometheus.Registerer, every time.Duration) (*anchorMe
 	return m, nil
 }
 
-// revocationLag is errand_revocation_lag_seconds: from a revocation's
-// commit to this replica's revocation cache applying it.
+// newRevocationLag registers errand_revocation_lag_seconds, from a
+// revocation's commit to this replica's revocation cache applying it, and
+// returns the function that observes one such lag.
 func newRevocationLag(reg prometheus.Registerer) (func(time.Duration), error) {
 	h := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "errand_revocation_lag_seconds",

@@ -20,7 +20,8 @@ import (
 	"github.com/errandhq/errand/broker"
 )
 
-// MaxDepth bounds nesting; Errand's bodies are two levels deep.
+// MaxDepth bounds nesting, of objects and arrays alike; Errand's deepest
+// body, an AuthZEN batch (evaluations, each with its subject), nests four.
 const MaxDepth = 16
 
 // Decode decodes exactly one JSON object into v, refusing unknown fields.

@@ -385,11 +385,11 @@ func (i *Issuer) Sign(_ context.Context, t broker.AccessToken) (string, error) {
 	i.mu.RUnlock()
 	// A struct encodes faster than a map (no key sorting, no boxing);
 	// its field order is fixed, so a claim set always signs the same.
-	m := &signedClaims{claims: claims{
+	m := &claims{
 		Iss: i.cfg.Issuer, Sub: t.Subject, Act: actClaim{Sub: t.Act.Subject, Iss: t.Act.Issuer},
 		ClientID: t.ClientID, Aud: t.Audience, Scope: t.Scope, TaskID: t.TaskID, JTI: t.JTI,
 		IAT: t.IssuedAt.Unix(), NBF: t.NotBefore.Unix(), EXP: t.ExpiresAt.Unix(),
-	}}
+	}
 	if t.JKT != "" {
 		m.Cnf = &cnfClaim{JKT: t.JKT}
 	}
@@ -524,13 +524,6 @@ func header(raw, typ string) (jwsHeader, error) {
 	return h, nil
 }
 
-// IsOwnToken reports whether raw looks like one of Errand's access tokens
-// (its typ header is at+jwt), without verifying it.
-func IsOwnToken(raw string) bool {
-	_, err := header(raw, TokenType)
-	return err == nil
-}
-
 // keyFor looks kid up in memory; an unknown kid may reload the keys from
 // the store, at most once per ReloadInterval.
 func (i *Issuer) keyFor(ctx context.Context, kid string) *key {
@@ -547,26 +540,6 @@ func (i *Issuer) keyFor(ctx context.Context, kid string) *key {
 	i.mu.RLock()
 	defer i.mu.RUnlock()
 	return i.byKID[kid]
-}
-
-// signedClaims are the claims of a token being signed (golang-jwt wants
-// its Claims interface, which only validation uses).
-type signedClaims struct{ claims }
-
-func (c *signedClaims) MarshalJSON() ([]byte, error) { return json.Marshal(c.claims) }
-func (c *signedClaims) GetExpirationTime() (*gojwt.NumericDate, error) {
-	return gojwt.NewNumericDate(time.Unix(c.EXP, 0)), nil
-}
-func (c *signedClaims) GetIssuedAt() (*gojwt.NumericDate, error) {
-	return gojwt.NewNumericDate(time.Unix(c.IAT, 0)), nil
-}
-func (c *signedClaims) GetNotBefore() (*gojwt.NumericDate, error) {
-	return gojwt.NewNumericDate(time.Unix(c.NBF, 0)), nil
-}
-func (c *signedClaims) GetIssuer() (string, error)  { return c.Iss, nil }
-func (c *signedClaims) GetSubject() (string, error) { return c.Sub, nil }
-func (c *signedClaims) GetAudience() (gojwt.ClaimStrings, error) {
-	return gojwt.ClaimStrings{c.Aud}, nil
 }
 
 // claimsAdapter lets golang-jwt validate exp, iat, nbf and iss while the

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/errandhq/errand/broker"
-	"github.com/errandhq/errand/internal/testvault"
+	"github.com/errandhq/errand/internal/testing/testvault"
 	"github.com/errandhq/errand/issuer/vault"
 )
 

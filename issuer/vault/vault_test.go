@@ -8,7 +8,7 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 
-	"github.com/errandhq/errand/internal/testvault"
+	"github.com/errandhq/errand/internal/testing/testvault"
 	"github.com/errandhq/errand/issuer/vault"
 )
 

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testpg"
 	"github.com/errandhq/errand/store/postgres"
 )
 

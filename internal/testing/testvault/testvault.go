@@ -26,7 +26,7 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 
-	"github.com/errandhq/errand/internal/testskip"
+	"github.com/errandhq/errand/internal/testing/testskip"
 	"github.com/errandhq/errand/issuer/vault"
 )
 

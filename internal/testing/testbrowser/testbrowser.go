@@ -16,7 +16,7 @@ import (
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 
-	"github.com/errandhq/errand/internal/testskip"
+	"github.com/errandhq/errand/internal/testing/testskip"
 )
 
 // EnvBinary names the Chromium binary, when it is not chromium on PATH.

@@ -17,7 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/errandhq/errand/internal/testskip"
+	"github.com/errandhq/errand/internal/testing/testskip"
 	"github.com/errandhq/errand/store/postgres"
 )
 

@@ -1,8 +1,8 @@
 // Package errandtest starts a real Errand for the tests of its SDK
 // packages (resource, client): Errand as errand serve wires it
-// (internal/app) over a real PostgreSQL database (internal/testpg), with
+// (internal/app) over a real PostgreSQL database (internal/testing/testpg), with
 // real OIDC issuers for agents, users and resource servers
-// (internal/testoidc).
+// (internal/testing/testoidc).
 //
 // A package that uses it runs testpg.Run from its TestMain.
 package errandtest
@@ -21,8 +21,8 @@ import (
 	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/config"
 	"github.com/errandhq/errand/internal/app"
-	"github.com/errandhq/errand/internal/testoidc"
-	"github.com/errandhq/errand/internal/testpg"
+	"github.com/errandhq/errand/internal/testing/testoidc"
+	"github.com/errandhq/errand/internal/testing/testpg"
 	"github.com/errandhq/errand/issuer/jwt"
 )
 

@@ -25,7 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	"github.com/errandhq/errand/internal/testskip"
+	"github.com/errandhq/errand/internal/testing/testskip"
 )
 
 // Version is the SPIRE version the tests run.
