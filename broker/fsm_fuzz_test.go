@@ -44,6 +44,7 @@ func newFSMEnv(tb testing.TB) *fsmEnv {
 	}
 	e := &fsmEnv{clock: time.Now().UTC(), st: st}
 	now := func() time.Time { return e.clock }
+	st.Clock = now // the store's clock decides, as the database's does
 	tokens, err := jwt.New(ctx, jwt.Config{Issuer: "https://errand.test", Keys: st, Secret: []byte(strings.Repeat("s", 32)), Now: now})
 	if err != nil {
 		tb.Fatal(err)

@@ -31,6 +31,8 @@ import (
 // Store is a broker.Store on SQLite.
 type Store struct {
 	db *sql.DB
+	// Clock is the database's clock for every decision; nil means time.Now.
+	Clock func() time.Time
 }
 
 var (
@@ -75,6 +77,15 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
 	return &Store{db: db}, nil
+}
+
+// Now is the store's clock (broker.Clock), in UTC to the microsecond.
+func (s *Store) Now(context.Context) (time.Time, error) {
+	now := time.Now
+	if s.Clock != nil {
+		now = s.Clock
+	}
+	return now().UTC().Truncate(time.Microsecond), nil
 }
 
 // Close closes the database.
