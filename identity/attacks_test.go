@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -37,11 +38,11 @@ type attackEnv struct {
 	agents, untrusted *testoidc.Issuer
 }
 
-// newAttackEnv is a verifier trusting one agent issuer (agents); untrusted
-// is an issuer it does not trust.
+// newAttackEnv is a verifier trusting one agent issuer (agents); untrusted,
+// started only when a test needs it, is an issuer it does not trust.
 func newAttackEnv(t *testing.T, mod func(*Issuer, *Config)) *attackEnv {
 	t.Helper()
-	e := &attackEnv{agents: testoidc.New(t), untrusted: testoidc.New(t)}
+	e := &attackEnv{agents: testoidc.New(t)}
 	is := Issuer{URL: e.agents.URL, Audience: attackAudience, Kind: broker.KindAgent}
 	cfg := Config{Self: attackSelf}
 	if mod != nil {
@@ -201,7 +202,11 @@ func identityAttacks(t *testing.T, e *attackEnv) []identityAttack {
 // runIdentityAttacks presents every attack of the given rows to the
 // verifier, after checking that it accepts the untampered token.
 func runIdentityAttacks(t *testing.T, ids ...string) {
+	t.Parallel()
 	e := newAttackEnv(t, nil)
+	if slices.Contains(ids, "J09") {
+		e.untrusted = testoidc.New(t)
+	}
 	e.wantAccepted(t, e.agents.Token(t, "agent-1", attackAudience, nil), "agent-1")
 	ran := 0
 	for _, c := range identityAttacks(t, e) {
@@ -232,6 +237,7 @@ func TestO01AccessTokenAsIdentity(t *testing.T)         { runIdentityAttacks(t, 
 // now, is accepted — the time checks are not off by one; so is a token for
 // several audiences whose azp is Errand's.
 func TestJ07BoundaryStillAccepted(t *testing.T) {
+	t.Parallel()
 	e := newAttackEnv(t, func(_ *Issuer, c *Config) { c.CacheSize = -1 })
 	now := time.Now()
 	c := e.agents.Claims("agent-1", attackAudience)
@@ -244,6 +250,7 @@ func TestJ07BoundaryStillAccepted(t *testing.T) {
 // TestJ05HeaderKeysAreNeverFetched: jku, x5u, an embedded jwk or a
 // self-signed x5c never make the verifier trust a key or fetch anything.
 func TestJ05HeaderKeysAreNeverFetched(t *testing.T) {
+	t.Parallel()
 	e := newAttackEnv(t, nil)
 	var hits atomic.Int64
 	attacker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
@@ -273,6 +280,7 @@ func TestJ05HeaderKeysAreNeverFetched(t *testing.T) {
 // TestJ04UnknownKidFloodIsRateLimited: random kids never make the verifier
 // hammer the identity provider's JWKS, and valid tokens keep verifying.
 func TestJ04UnknownKidFloodIsRateLimited(t *testing.T) {
+	t.Parallel()
 	e := newAttackEnv(t, func(_ *Issuer, c *Config) { c.CacheSize = -1 })
 	e.wantAccepted(t, e.agents.Token(t, "agent-1", attackAudience, nil), "agent-1") // discovery + first fetch
 	hits := e.agents.JWKSHits()
@@ -291,6 +299,7 @@ func TestJ04UnknownKidFloodIsRateLimited(t *testing.T) {
 // platform (GitHub Actions, a shared cluster) vouches only for the
 // subjects the config allows.
 func TestJ08SubjectAllowList(t *testing.T) {
+	t.Parallel()
 	e := newAttackEnv(t, func(is *Issuer, _ *Config) { is.Subjects = []string{"repo:acme/*:ref:refs/heads/main"} })
 	allowed := "repo:acme/api:ref:refs/heads/main"
 	e.wantAccepted(t, e.agents.Token(t, allowed, attackAudience, nil), allowed)
@@ -301,32 +310,33 @@ func TestJ08SubjectAllowList(t *testing.T) {
 
 // TestF01OutageIsUnavailableNotInvalid: an issuer that cannot be reached,
 // at discovery or for the JWKS of a rotated key, is an outage
-// (ErrUnavailable), never an invalid token; once it answers the token
-// verifies.
+// (ErrUnavailable), never an invalid token; once it answers again the
+// token verifies. The verifier's clock is moved, not waited for.
 func TestF01OutageIsUnavailableNotInvalid(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
 	e := newAttackEnv(t, nil)
 	e.agents.SetDown(true)
-	if _, err := e.v.Verify(context.Background(), e.agents.Token(t, "agent-1", attackAudience, nil)); !errors.Is(err, broker.ErrUnavailable) {
+	if _, err := e.v.Verify(ctx, e.agents.Token(t, "agent-1", attackAudience, nil)); !errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("discovery down: %v; want unavailable", err)
 	}
 
-	e = newAttackEnv(t, func(_ *Issuer, c *Config) { c.RefetchCooldown = 300 * time.Millisecond })
+	var (
+		mu  sync.Mutex
+		now = time.Now()
+	)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	e = newAttackEnv(t, func(_ *Issuer, c *Config) { c.RefetchCooldown, c.Now, c.CacheSize = 30*time.Second, clock, -1 })
 	e.wantAccepted(t, e.agents.Token(t, "agent-1", attackAudience, nil), "agent-1")
 	e.agents.Rotate(t, "rsa-2")
 	e.agents.SetDown(true)
-	time.Sleep(400 * time.Millisecond) // past the cool-down: an unknown kid may refetch
 	tok := e.agents.Token(t, "agent-1", attackAudience, nil)
-	if _, err := e.v.Verify(context.Background(), tok); !errors.Is(err, broker.ErrUnavailable) {
+	advance(31 * time.Second) // past the cool-down: an unknown kid may refetch
+	if _, err := e.v.Verify(ctx, tok); !errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("JWKS down after rotation: %v; want unavailable", err)
 	}
 	e.agents.SetDown(false)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := e.v.Verify(context.Background(), tok)
-		if err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	advance(31 * time.Second) // past the retry after a failed fetch
 	e.wantAccepted(t, tok, "agent-1")
 }
