@@ -88,8 +88,6 @@ type envOptions struct {
 	// closedStage leaves apiStage with no introspectors and no opt-in:
 	// the default of a configured audience.
 	closedStage bool
-	// agentSubjects restricts the agent issuer's subjects.
-	agentSubjects []string
 	// notifier wakes the feed reader of the revocation streams (default:
 	// a revocation.Hub polling every second).
 	notifier interface{ Changed() <-chan struct{} }
@@ -216,7 +214,7 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 	}
 	e.agents, e.users, e.resources, e.untrusted = testoidc.New(t), testoidc.New(t), testoidc.New(t), testoidc.New(t)
 	issuers := []identity.Issuer{
-		{URL: e.agents.URL, Audience: audience, Kind: broker.KindAgent, Subjects: o.agentSubjects},
+		{URL: e.agents.URL, Audience: audience, Kind: broker.KindAgent},
 		{URL: e.users.URL, Audience: audience, Kind: broker.KindUser, GroupsClaim: "groups", AuditorGroup: "auditors", AdminGroup: "admins"},
 		{URL: e.resources.URL, Audience: audience, Kind: broker.KindResource},
 	}
