@@ -1,5 +1,5 @@
 // Package broker is Errand's domain core: tasks, approvals, the scope
-// algebra, the action catalog and the nine invariants of DESIGN.md.
+// algebra, the action catalog and the nine invariants of docs/design.md.
 //
 // The package performs no I/O of its own and imports no HTTP, SQL, JOSE or
 // OIDC library (a test enforces this). It declares the ports it needs —

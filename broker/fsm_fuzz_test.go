@@ -66,7 +66,7 @@ func newFSMEnv(tb testing.TB) *fsmEnv {
 
 // FuzzTaskFSM drives one task through a random sequence of approve, deny,
 // mint, close, a forged approval by the agent, and the clock moving on. A
-// model of DESIGN.md's state machine says what must succeed; above all, no
+// model of the task state machine (docs/design.md) says what must succeed; above all, no
 // mint ever succeeds unless the task is approved and unexpired, terminal
 // states never change, and every minted credential dies with its task.
 func FuzzTaskFSM(f *testing.F) {

@@ -203,7 +203,7 @@ type HistoryFilter struct {
 	Limit               int
 }
 
-// AccessToken is what a token issuer signs: the claims of DESIGN.md's
+// AccessToken is what a token issuer signs: the claims of docs/design.md's
 // RFC 9068 profile, decided by the broker. The issuer adds iss and applies.
 type AccessToken struct {
 	Subject   string // the user

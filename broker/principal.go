@@ -45,7 +45,7 @@ type Ref struct {
 // Ref returns p's issuer and subject.
 func (p Principal) Ref() Ref { return Ref{Issuer: p.Issuer, Subject: p.Subject} }
 
-// String is "<issuer>#<subject>", the form DESIGN.md uses for on_behalf_of;
+// String is "<issuer>#<subject>", the form docs/design.md uses for on_behalf_of;
 // a principal of a SPIFFE trust domain is its bare SPIFFE ID, which names
 // its trust domain already.
 func (r Ref) String() string {

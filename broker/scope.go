@@ -66,7 +66,7 @@ func ParseScope(s string) (Scope, error) {
 	return Scope{Action: action, Resource: segs}, nil
 }
 
-// MustParseScope is ParseScope for literals in tests and built-in tables.
+// MustParseScope is ParseScope for literals (tests and examples); it panics on an invalid one.
 func MustParseScope(s string) Scope {
 	sc, err := ParseScope(s)
 	if err != nil {

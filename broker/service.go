@@ -16,7 +16,7 @@ import (
 	"time"
 )
 
-// Defaults of DESIGN.md's limits.
+// Defaults of the limits in docs/design.md.
 const (
 	DefaultTokenTTLMax = 5 * time.Minute
 	DefaultTaskTTLMax  = 8 * time.Hour
