@@ -30,9 +30,12 @@ const (
 	StepUpExpired  StepUpStatus = "expired" // shown, never stored
 )
 
-// StepUp is an approval a @step_up policy asked for: the user approves one
-// exact request (scopes, audience, tool, dataset) of an approved task, and
-// that request may then be carried out once.
+// StepUp is a step-up approval: what a @step_up policy asks the user for,
+// to carry out one exact request (scopes, audience, tool, dataset) of an
+// approved task once. In Go it is always a StepUp (Approve and
+// ApproveRequest are the task's own approval); outside, the REST API and
+// the pages call it an approval (/v1/approvals, ids apr_…, audit events
+// approval.*, the refusal approval_required), and so do the docs.
 type StepUp struct {
 	ID          string
 	Seq         int64
