@@ -68,7 +68,7 @@ func TestH10VaultLeaseIDsAreHashed(t *testing.T) {
 	for _, ev := range events.JSON["events"].([]any) {
 		ev := ev.(map[string]any)
 		d := ev["detail"].(map[string]any)
-		if ev["type"] == "credential.issued" && d["kind"] == broker.KindVaultLease {
+		if ev["type"] == "credential.issued" && d["kind"] == string(broker.KindVaultLease) {
 			found = true
 			if d["lease_id_sha256"] != broker.HashID(lease) {
 				t.Fatalf("issuance detail %v", d)
@@ -81,7 +81,7 @@ func TestH10VaultLeaseIDsAreHashed(t *testing.T) {
 	found = false
 	for _, c := range creds.JSON["credentials"].([]any) {
 		c := c.(map[string]any)
-		if c["kind"] == broker.KindVaultLease {
+		if c["kind"] == string(broker.KindVaultLease) {
 			found = true
 			if c["jti"] != "sha256:"+broker.HashID(lease) {
 				t.Fatalf("credential jti %v", c["jti"])
