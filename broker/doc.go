@@ -6,4 +6,7 @@
 // needs — Store, Tx, Signer — and the adapters in store/, issuer/ and
 // identity/ implement them. Every refusal is a *Error carrying a stable
 // code; httpapi is the only place that turns a code into an HTTP status.
+// The Service audits every refusal it returns to an identified caller,
+// once, as a request.refused event naming the operation refused
+// (refusals.go).
 package broker
