@@ -152,11 +152,8 @@ func (s *Service) refusedAbout(ctx context.Context, p Principal, u StepUp, op st
 	if err == nil {
 		return nil
 	}
-	if l := (*logged)(nil); errors.As(err, &l) {
-		if top, ok := err.(*logged); ok {
-			return top.err
-		}
-		return err
+	if l, ok := err.(*logged); ok {
+		return l.err
 	}
 	switch code := CodeOf(err); {
 	case p.Kind == "", code == "", code == ErrUnavailable.Code, code == ErrAuthorizationPending.Code:
