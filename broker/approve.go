@@ -20,7 +20,8 @@ type ApproveRequest struct {
 
 // Approve approves a pending task. Only the task's user may, and only with
 // scopes inside both the request and the user's grants (invariants 1–3, 5).
-func (s *Service) Approve(ctx context.Context, p Principal, id string, req ApproveRequest) (Task, error) {
+func (s *Service) Approve(ctx context.Context, p Principal, id string, req ApproveRequest) (_ Task, err error) {
+	defer func() { err = s.refused(ctx, p, id, OpApprove, err) }()
 	if p.Kind != KindUser {
 		return Task{}, Errorf(ErrApprovalForbidden, "only the task's user may approve it; caller is of kind %s", p.Kind)
 	}
@@ -28,7 +29,7 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 		return Task{}, err
 	}
 	var out Task
-	err := s.store.InTx(ctx, func(tx Tx) error {
+	err = s.store.InTx(ctx, func(tx Tx) error {
 		t, err := tx.LockTask(ctx, id)
 		if err != nil {
 			return err
@@ -143,7 +144,8 @@ type DenyRequest struct {
 }
 
 // Deny denies a pending task. Only the task's user may.
-func (s *Service) Deny(ctx context.Context, p Principal, id string, req DenyRequest) (Task, error) {
+func (s *Service) Deny(ctx context.Context, p Principal, id string, req DenyRequest) (_ Task, err error) {
+	defer func() { err = s.refused(ctx, p, id, OpDeny, err) }()
 	reason := req.Reason
 	if p.Kind != KindUser {
 		return Task{}, Errorf(ErrApprovalForbidden, "only the task's user may deny it; caller is of kind %s", p.Kind)
@@ -155,7 +157,7 @@ func (s *Service) Deny(ctx context.Context, p Principal, id string, req DenyRequ
 		return Task{}, err
 	}
 	var out Task
-	err := s.store.InTx(ctx, func(tx Tx) error {
+	err = s.store.InTx(ctx, func(tx Tx) error {
 		t, err := tx.LockTask(ctx, id)
 		if err != nil {
 			return err

@@ -74,7 +74,8 @@ type BackchannelStarted struct {
 // StartBackchannel creates the task exactly as CreateTask does (the same
 // checks, policies and task.created event) and, in the same transaction,
 // the backchannel request that polls for it.
-func (s *Service) StartBackchannel(ctx context.Context, p Principal, req BackchannelStart) (BackchannelStarted, error) {
+func (s *Service) StartBackchannel(ctx context.Context, p Principal, req BackchannelStart) (_ BackchannelStarted, err error) {
+	defer func() { err = s.refused(ctx, p, "", OpBackchannel, err) }()
 	if p.Kind != KindAgent {
 		return BackchannelStarted{}, Errorf(ErrWrongPrincipalKind, "only agents ask for tasks")
 	}
@@ -159,7 +160,8 @@ func validAuthReqID(id string) bool {
 // the poll proved one, under an idempotency key derived
 // from the request, so that concurrent polls get the same credential;
 // then the request is spent.
-func (s *Service) PollBackchannel(ctx context.Context, p Principal, authReqID, jkt string) (Minted, error) {
+func (s *Service) PollBackchannel(ctx context.Context, p Principal, authReqID, jkt string) (_ Minted, err error) {
+	defer func() { err = s.refused(ctx, p, "", OpPoll, err) }()
 	if p.Kind != KindAgent {
 		return Minted{}, Errorf(ErrWrongPrincipalKind, "only agents poll backchannel requests")
 	}
@@ -171,7 +173,7 @@ func (s *Service) PollBackchannel(ctx context.Context, p Principal, authReqID, j
 		task    Task
 		outcome error
 	)
-	err := s.store.InTx(ctx, func(tx Tx) error {
+	err = s.store.InTx(ctx, func(tx Tx) error {
 		outcome = nil
 		r, err := tx.LockBackchannel(ctx, hash)
 		switch {
@@ -229,7 +231,7 @@ func (s *Service) PollBackchannel(ctx context.Context, p Principal, authReqID, j
 	if outcome != nil {
 		return Minted{}, outcome
 	}
-	m, err := s.Mint(ctx, p, task.ID, MintRequest{
+	m, err := s.mint(ctx, p, task.ID, MintRequest{
 		Scopes: task.ApprovedScopes.Strings(), Audience: firstApproved(task),
 		IdempotencyKey: "ciba-" + hash[:40], JKT: jkt,
 	})
@@ -257,5 +259,5 @@ func (s *Service) PollBackchannel(ctx context.Context, p Principal, authReqID, j
 // refusalOf is a refusal about a task: the task id goes to the audit
 // event, never to the answer.
 func refusalOf(sentinel *Error, taskID, detail string) error {
-	return &Error{Code: sentinel.Code, Detail: detail, Extra: map[string]any{"task": taskID}}
+	return &Error{Code: sentinel.Code, Detail: detail, TaskID: taskID}
 }

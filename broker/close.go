@@ -6,7 +6,8 @@ import (
 
 // Close closes an approved task for its agent or its user and revokes every
 // credential of it in the same transaction (invariant 8).
-func (s *Service) Close(ctx context.Context, p Principal, id string) (Task, int, error) {
+func (s *Service) Close(ctx context.Context, p Principal, id string) (_ Task, _ int, err error) {
+	defer func() { err = s.refused(ctx, p, id, OpClose, err) }()
 	if p.Kind != KindAgent && p.Kind != KindUser {
 		return Task{}, 0, Errorf(ErrWrongPrincipalKind, "only the task's agent or user may close it")
 	}
@@ -18,7 +19,7 @@ func (s *Service) Close(ctx context.Context, p Principal, id string) (Task, int,
 		revoked int
 		revs    []Revocation
 	)
-	err := s.store.InTx(ctx, func(tx Tx) error {
+	err = s.store.InTx(ctx, func(tx Tx) error {
 		t, err := tx.LockTask(ctx, id)
 		if err != nil {
 			return err

@@ -24,7 +24,8 @@ type CreateTaskRequest struct {
 }
 
 // CreateTask records a pending task for the calling agent.
-func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskRequest) (Task, error) {
+func (s *Service) CreateTask(ctx context.Context, p Principal, req CreateTaskRequest) (_ Task, err error) {
+	defer func() { err = s.refused(ctx, p, "", OpCreate, err) }()
 	return s.createTask(ctx, p, req, nil)
 }
 

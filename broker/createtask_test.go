@@ -171,14 +171,11 @@ func TestCreateTaskPolicyDenialNamesThePolicy(t *testing.T) {
 	if !errors.As(err, &be) || be.Code != broker.ErrPolicyDenied.Code {
 		t.Fatalf("err = %v", err)
 	}
-	if ids, _ := be.Extra["policies"].([]string); len(ids) != 1 || ids[0] != "no-agents" {
-		t.Errorf("policies = %v", be.Extra["policies"])
+	if len(be.Policies) != 1 || be.Policies[0] != "no-agents" {
+		t.Errorf("policies = %v", be.Policies)
 	}
 	if be.Detail != "forbidden by policy no-agents: closed for the holidays" {
 		t.Errorf("detail = %q", be.Detail)
-	}
-	if err := e.svc.RecordRefusal(context.Background(), agent, "", "create", err); err != nil {
-		t.Fatal(err)
 	}
 	got := e.wantEvents(t, ev{Type: broker.EventRequestRefused, Actor: agent, Code: "policy_denied"})
 	if p, _ := detailOf(t, got[0])["policies"].([]any); len(p) != 1 || p[0] != "no-agents" {

@@ -8,4 +8,7 @@
 // store/, issuer/ and policy/ implement them; identity/ turns credentials
 // into the Principals the flows take. Every refusal is a *Error carrying a stable
 // code; httpapi is the only place that turns a code into an HTTP status.
+// The Service audits every refusal it returns to an identified caller,
+// once, as a request.refused event naming the operation refused
+// (refusals.go).
 package broker

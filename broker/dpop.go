@@ -34,8 +34,8 @@ func (s *Service) dpopRequiredByPolicy(base PolicyRequest, scopes Scopes, audien
 		return nil
 	}
 	return &Error{Code: ErrDPoPRequired.Code,
-		Detail: "policy " + strings.Join(d.Policies, ", ") + " requires a DPoP-bound token: send a DPoP proof",
-		Extra:  map[string]any{"policies": nonNilStrings(d.Policies)}}
+		Detail:   "policy " + strings.Join(d.Policies, ", ") + " requires a DPoP-bound token: send a DPoP proof",
+		Policies: nonNilStrings(d.Policies)}
 }
 
 // ReplaySkew is how much longer than its caller asks the replay cache

@@ -10,13 +10,18 @@ import (
 type Error struct {
 	Code   string
 	Detail string
-	// Extra are extension members of the problem (RFC 9457 §3.2), such as
-	// the policies that denied or the approval a step-up waits for. They
-	// are recorded in the refusal's audit event too.
-	Extra map[string]any
-	// Audited is set when the refusal's one audit event is already in the
-	// log (approval.requested): it must not be recorded a second time.
-	Audited bool
+	// Policies are the policies behind a policy_denied, dpop_required or
+	// approval_required refusal; Reasons the @step_up texts the user is
+	// shown; ApprovalID the step-up approval the refusal waits for (or the
+	// denial that stands in its way). They are extension members of the
+	// problem (RFC 9457 §3.2) and are recorded in the refusal's audit event.
+	Policies   []string
+	Reasons    []string
+	ApprovalID string
+	// TaskID is the task the refusal concerns when the caller could not
+	// name it (a backchannel poll names an auth_req_id): it goes to the
+	// audit event, never to the answer.
+	TaskID string
 }
 
 func (e *Error) Error() string {

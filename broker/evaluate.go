@@ -34,7 +34,8 @@ func refuse(format string, args ...any) Evaluation {
 // policies allow it now. A @step_up policy is satisfied only by a token
 // minted under the user's step-up approval. Every "no" is a decision, not
 // an error; only an outage is an error.
-func (s *Service) Evaluate(ctx context.Context, p Principal, req EvaluationRequest) (Evaluation, error) {
+func (s *Service) Evaluate(ctx context.Context, p Principal, req EvaluationRequest) (_ Evaluation, err error) {
+	defer func() { err = s.refused(ctx, p, "", OpEvaluate, err) }()
 	if p.Kind != KindResource {
 		return Evaluation{}, Errorf(ErrWrongPrincipalKind, "only resource servers ask for decisions")
 	}
@@ -44,7 +45,7 @@ func (s *Service) Evaluate(ctx context.Context, p Principal, req EvaluationReque
 	if err := checkText("dataset", req.Dataset, maxLabelBytes, false); err != nil {
 		return Evaluation{}, err
 	}
-	in, err := s.Introspect(ctx, p, req.Token)
+	in, err := s.introspect(ctx, p, req.Token)
 	if err != nil {
 		return Evaluation{}, err
 	}

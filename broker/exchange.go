@@ -26,7 +26,8 @@ type ExchangeRequest struct {
 // (ErrInvalidTarget for an unknown one, or for more than one audience: a
 // token has one); an audience the task's approval does not name is
 // ErrInvalidTarget too (RFC 8693 §2.2.2), not a scope refusal.
-func (s *Service) Exchange(ctx context.Context, p Principal, req ExchangeRequest) (Minted, error) {
+func (s *Service) Exchange(ctx context.Context, p Principal, req ExchangeRequest) (_ Minted, err error) {
+	defer func() { err = s.refused(ctx, p, req.TaskID, OpExchange, err) }()
 	if p.Kind != KindAgent {
 		return Minted{}, Errorf(ErrWrongPrincipalKind, "only agents exchange tokens")
 	}
@@ -74,7 +75,7 @@ func (s *Service) Exchange(ctx context.Context, p Principal, req ExchangeRequest
 			audience = firstApproved(t)
 		}
 	}
-	m, err := s.Mint(ctx, p, req.TaskID, MintRequest{Scopes: scopes, Audience: audience, IdempotencyKey: req.IdempotencyKey, JKT: req.JKT})
+	m, err := s.mint(ctx, p, req.TaskID, MintRequest{Scopes: scopes, Audience: audience, IdempotencyKey: req.IdempotencyKey, JKT: req.JKT})
 	if errors.Is(err, ErrScopeExceedsApproval) {
 		if t, rerr := readTask(); rerr == nil && !contains(t.ApprovedAudiences, audience) {
 			return Minted{}, Errorf(ErrInvalidTarget, "the task's approval does not name this audience")

@@ -5,7 +5,8 @@ import (
 )
 
 // AuditEvents returns audit events to an auditor.
-func (s *Service) AuditEvents(ctx context.Context, p Principal, f HistoryFilter) ([]AuditEvent, bool, error) {
+func (s *Service) AuditEvents(ctx context.Context, p Principal, f HistoryFilter) (_ []AuditEvent, _ bool, err error) {
+	defer func() { err = s.refused(ctx, p, "", OpReadAudit, err) }()
 	if err := s.auditor(p, f); err != nil {
 		return nil, false, err
 	}
@@ -21,7 +22,8 @@ func (s *Service) AuditEvents(ctx context.Context, p Principal, f HistoryFilter)
 }
 
 // Credentials returns the issuance history to an auditor.
-func (s *Service) Credentials(ctx context.Context, p Principal, f HistoryFilter) ([]Credential, bool, error) {
+func (s *Service) Credentials(ctx context.Context, p Principal, f HistoryFilter) (_ []Credential, _ bool, err error) {
+	defer func() { err = s.refused(ctx, p, "", OpReadIssuance, err) }()
 	if err := s.auditor(p, f); err != nil {
 		return nil, false, err
 	}
@@ -56,7 +58,8 @@ type History struct {
 
 // TaskHistory returns a task's whole story: the request, the decision, each
 // credential, every refusal and revocation, in commit order.
-func (s *Service) TaskHistory(ctx context.Context, p Principal, id string) (History, error) {
+func (s *Service) TaskHistory(ctx context.Context, p Principal, id string) (_ History, err error) {
+	defer func() { err = s.refused(ctx, p, id, OpReadHistory, err) }()
 	if err := s.auditor(p, HistoryFilter{Limit: 1}); err != nil {
 		return History{}, err
 	}

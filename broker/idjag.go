@@ -189,7 +189,8 @@ func idjagHash(scopes Scopes, audience, resource string) string {
 // before the grant is signed and returned. An unknown target, a resource
 // not of it or not approved, is ErrInvalidTarget. Minted.Scope is the
 // scope as the grant writes it.
-func (s *Service) IDJAG(ctx context.Context, p Principal, req IDJAGRequest) (Minted, error) {
+func (s *Service) IDJAG(ctx context.Context, p Principal, req IDJAGRequest) (_ Minted, err error) {
+	defer func() { err = s.refused(ctx, p, req.TaskID, OpIDJAG, err) }()
 	if p.Kind != KindAgent {
 		return Minted{}, Errorf(ErrWrongPrincipalKind, "only agents exchange tokens")
 	}

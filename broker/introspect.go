@@ -20,7 +20,14 @@ type Introspection struct {
 // Introspect answers whether raw is an active token of Errand's, for a
 // resource server (RFC 7662 §2.2). Unknown, expired, revoked and foreign
 // tokens are all simply inactive; only an outage is an error.
-func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (Introspection, error) {
+func (s *Service) Introspect(ctx context.Context, p Principal, raw string) (_ Introspection, err error) {
+	defer func() { err = s.refused(ctx, p, "", OpIntrospect, err) }()
+	return s.introspect(ctx, p, raw)
+}
+
+// introspect is Introspect without recording its refusal: Evaluate
+// introspects through it and records its own.
+func (s *Service) introspect(ctx context.Context, p Principal, raw string) (Introspection, error) {
 	if p.Kind != KindResource {
 		return Introspection{}, Errorf(ErrWrongPrincipalKind, "only resource servers introspect")
 	}

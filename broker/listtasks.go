@@ -5,7 +5,8 @@ import (
 )
 
 // GetTask returns a task to its agent, its user or an auditor.
-func (s *Service) GetTask(ctx context.Context, p Principal, id string) (Task, error) {
+func (s *Service) GetTask(ctx context.Context, p Principal, id string) (_ Task, err error) {
+	defer func() { err = s.refused(ctx, p, id, OpReadTask, err) }()
 	if p.Kind == KindResource {
 		return Task{}, Errorf(ErrWrongPrincipalKind, "resource servers do not read tasks")
 	}
@@ -24,7 +25,8 @@ func (s *Service) GetTask(ctx context.Context, p Principal, id string) (Task, er
 
 // ListTasks returns the caller's tasks (as agent or as user) with the given
 // effective status, oldest first, and whether more remain.
-func (s *Service) ListTasks(ctx context.Context, p Principal, status Status, afterSeq int64, limit int) ([]Task, bool, error) {
+func (s *Service) ListTasks(ctx context.Context, p Principal, status Status, afterSeq int64, limit int) (_ []Task, _ bool, err error) {
+	defer func() { err = s.refused(ctx, p, "", OpListTasks, err) }()
 	if status != "" && !status.Valid() {
 		return nil, false, Errorf(ErrInvalidRequest, "unknown status %q", status)
 	}

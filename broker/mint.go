@@ -74,7 +74,14 @@ func validIdempotencyKey(k string) bool {
 //     or the decision needs the transaction (a budget, a step-up policy,
 //     an Idempotency-Key), or it refuses (the refusal is answered and
 //     audited here).
-func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequest) (Minted, error) {
+func (s *Service) Mint(ctx context.Context, p Principal, id string, req MintRequest) (_ Minted, err error) {
+	defer func() { err = s.refused(ctx, p, id, OpMint, err) }()
+	return s.mint(ctx, p, id, req)
+}
+
+// mint is Mint without recording its refusal: Exchange and
+// PollBackchannel mint through it and record their own.
+func (s *Service) mint(ctx context.Context, p Principal, id string, req MintRequest) (Minted, error) {
 	if p.Kind != KindAgent {
 		return Minted{}, Errorf(ErrWrongPrincipalKind, "only agents mint tokens")
 	}

@@ -145,7 +145,7 @@ func policyDenied(d PolicyDecision) error {
 	if len(d.Reasons) > 0 {
 		msg += ": " + strings.Join(d.Reasons, "; ")
 	}
-	return &Error{Code: ErrPolicyDenied.Code, Detail: msg, Extra: map[string]any{"policies": ids}}
+	return &Error{Code: ErrPolicyDenied.Code, Detail: msg, Policies: ids}
 }
 
 func uniq(in []string) []string {

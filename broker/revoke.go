@@ -122,7 +122,8 @@ func (s *Service) ExpireDue(ctx context.Context, limit int) (int, error) {
 // RevokeToken is RFC 7009 for the holder: the token's agent or user
 // revokes that one credential. Unknown, invalid and foreign tokens change
 // nothing and are not errors (RFC 7009 §2.2), so the answer reveals nothing.
-func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) error {
+func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) (err error) {
+	defer func() { err = s.refused(ctx, p, "", OpRevoke, err) }()
 	if p.Kind != KindAgent && p.Kind != KindUser {
 		return Errorf(ErrWrongPrincipalKind, "only a token's agent or user may revoke it")
 	}
@@ -251,6 +252,7 @@ func (s *Service) configuredAgent(agent string) (Ref, error) {
 // SuspendAgent is the kill switch: an admin revokes every task and
 // credential of one agent and refuses its new tasks until lifted.
 func (s *Service) SuspendAgent(ctx context.Context, p Principal, agent, reason string) (tasks, creds int, err error) {
+	defer func() { err = s.refused(ctx, p, "", OpSuspend, err) }()
 	if p.Kind != KindUser || !p.Admin {
 		return 0, 0, Errorf(ErrWrongPrincipalKind, "only admins may suspend an agent")
 	}
@@ -311,7 +313,8 @@ func (s *Service) SuspendAgent(ctx context.Context, p Principal, agent, reason s
 }
 
 // UnsuspendAgent lifts a suspension.
-func (s *Service) UnsuspendAgent(ctx context.Context, p Principal, agent string) error {
+func (s *Service) UnsuspendAgent(ctx context.Context, p Principal, agent string) (err error) {
+	defer func() { err = s.refused(ctx, p, "", OpUnsuspend, err) }()
 	if p.Kind != KindUser || !p.Admin {
 		return Errorf(ErrWrongPrincipalKind, "only admins may lift a suspension")
 	}
@@ -349,7 +352,8 @@ type FeedPage struct {
 // Revocations returns the feed to a resource server: only the revocations
 // of audiences it may introspect (see Audience.Introspectors), so that
 // the feed tells no resource server about another's tokens.
-func (s *Service) Revocations(ctx context.Context, p Principal, afterSeq int64, limit int) (FeedPage, error) {
+func (s *Service) Revocations(ctx context.Context, p Principal, afterSeq int64, limit int) (_ FeedPage, err error) {
+	defer func() { err = s.refused(ctx, p, "", OpReadFeed, err) }()
 	if p.Kind != KindResource {
 		return FeedPage{}, Errorf(ErrWrongPrincipalKind, "only resource servers read the revocation feed")
 	}

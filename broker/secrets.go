@@ -129,7 +129,8 @@ type SecretTx interface {
 // intent that the reconciler (ReconcileVault) resolves. Every secret is
 // read under the recorded token, so closing or expiring the task revokes
 // it, and every lease with it.
-func (s *Service) IssueSecret(ctx context.Context, p Principal, id, role string) (Secret, error) {
+func (s *Service) IssueSecret(ctx context.Context, p Principal, id, role string) (_ Secret, err error) {
+	defer func() { err = s.refused(ctx, p, id, OpSecret, err) }()
 	if p.Kind != KindAgent {
 		return Secret{}, Errorf(ErrWrongPrincipalKind, "only agents read secrets")
 	}

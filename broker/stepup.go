@@ -247,7 +247,7 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 		return "", nil, &Error{Code: ErrPolicyDenied.Code,
 			Detail: "the user denied a request overlapping this one (approval " + den.ID + ", asked for by policy " +
 				strings.Join(d.Policies, ", ") + "); it is not asked again within this task",
-			Extra: map[string]any{"policies": nonNilStrings(d.Policies), "approval_id": den.ID}}
+			Policies: nonNilStrings(d.Policies), ApprovalID: den.ID}
 	}
 	n, err := tx.PendingStepUps(ctx, t.ID, now)
 	if err != nil {
@@ -276,7 +276,7 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 		return "", nil, err
 	}
 	// This event is the refusal's one event: it carries the code, and the
-	// refusal is not recorded again.
+	// refusal is not recorded again (logged).
 	if err := tx.AppendAudit(ctx, AuditEvent{
 		Time: now, Type: EventApprovalRequested, Actor: ActorOf(p), TaskID: t.ID,
 		Detail: detail(map[string]any{
@@ -287,9 +287,7 @@ func (s *Service) gate(ctx context.Context, tx Tx, p Principal, t Task, now time
 	}); err != nil {
 		return "", nil, err
 	}
-	refusal = approvalRequired(u, "a policy asks the user to approve this request")
-	refusal.(*Error).Audited = true
-	return "", refusal, nil
+	return "", &logged{approvalRequired(u, "a policy asks the user to approve this request")}, nil
 }
 
 // MaxDenials bounds the denials a gate compares a request with; past it,
@@ -316,9 +314,8 @@ func approvalRequired(u StepUp, why string) error {
 	if len(u.Reasons) > 0 {
 		msg += ": " + strings.Join(u.Reasons, "; ")
 	}
-	return &Error{Code: ErrApprovalRequired.Code, Detail: msg, Extra: map[string]any{
-		"approval_id": u.ID, "policies": nonNilStrings(u.Policies), "reasons": nonNilStrings(u.Reasons),
-	}}
+	return &Error{Code: ErrApprovalRequired.Code, Detail: msg,
+		ApprovalID: u.ID, Policies: nonNilStrings(u.Policies), Reasons: nonNilStrings(u.Reasons)}
 }
 
 func nonNilStrings(v []string) []string {
@@ -345,7 +342,9 @@ func ValidStepUpID(id string) bool {
 
 // GetStepUp returns a step-up approval to its task's agent or user, or an
 // auditor.
-func (s *Service) GetStepUp(ctx context.Context, p Principal, id string) (StepUp, error) {
+func (s *Service) GetStepUp(ctx context.Context, p Principal, id string) (_ StepUp, err error) {
+	var about StepUp
+	defer func() { err = s.refusedAbout(ctx, p, about, OpReadApproval, err) }()
 	if p.Kind == KindResource {
 		return StepUp{}, Errorf(ErrWrongPrincipalKind, "resource servers do not read approvals")
 	}
@@ -358,14 +357,16 @@ func (s *Service) GetStepUp(ctx context.Context, p Principal, id string) (StepUp
 		return StepUp{}, err
 	}
 	if !p.Is(KindAgent, u.Agent) && !p.Is(KindUser, u.User) && !(p.Kind == KindUser && p.Auditor) {
-		return StepUp{}, aboutApproval(Errorf(ErrNotTaskParty, "caller is neither the task's agent nor its user"), u)
+		about = u
+		return StepUp{}, Errorf(ErrNotTaskParty, "caller is neither the task's agent nor its user")
 	}
 	return u, nil
 }
 
 // ListStepUps returns the caller's step-up approvals (as agent or user)
 // with the given effective status, oldest first, and whether more remain.
-func (s *Service) ListStepUps(ctx context.Context, p Principal, status StepUpStatus, afterSeq int64, limit int) ([]StepUp, bool, error) {
+func (s *Service) ListStepUps(ctx context.Context, p Principal, status StepUpStatus, afterSeq int64, limit int) (_ []StepUp, _ bool, err error) {
+	defer func() { err = s.refused(ctx, p, "", OpListApprovals, err) }()
 	switch status {
 	case "", StepUpPending, StepUpApproved, StepUpDenied, StepUpUsed, StepUpExpired:
 	default:
@@ -392,7 +393,15 @@ func (s *Service) ListStepUps(ctx context.Context, p Principal, status StepUpSta
 // the task's user may, and only while the task is approved and active: a
 // step-up never revives a task nor widens it (the mint it allows is still
 // held to the approved scopes).
-func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, approve bool, reason string) (StepUp, error) {
+func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, approve bool, reason string) (_ StepUp, err error) {
+	// The refusal names the approval and its task, once read (the URL
+	// of an approval names no task).
+	var about StepUp
+	op := OpDenyStepUp
+	if approve {
+		op = OpApproveStepUp
+	}
+	defer func() { err = s.refusedAbout(ctx, p, about, op, err) }()
 	if p.Kind != KindUser {
 		return StepUp{}, Errorf(ErrApprovalForbidden, "only the task's user may decide an approval; caller is of kind %s", p.Kind)
 	}
@@ -402,11 +411,8 @@ func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, appr
 	if !ValidStepUpID(id) {
 		return StepUp{}, Errorf(ErrNotFound, "no such approval")
 	}
-	var (
-		out   StepUp
-		about StepUp
-	)
-	err := s.store.InTx(ctx, func(tx Tx) error {
+	var out StepUp
+	err = s.store.InTx(ctx, func(tx Tx) error {
 		u, err := tx.ReadStepUp(ctx, id, false)
 		if err != nil {
 			return err
@@ -464,10 +470,10 @@ func (s *Service) DecideStepUp(ctx context.Context, p Principal, id string, appr
 				"expires_at": u.ExpiresAt}),
 		})
 	})
-	if err != nil && about.ID != "" {
-		return StepUp{}, aboutApproval(err, about)
+	if err != nil {
+		return StepUp{}, err
 	}
-	return out, err
+	return out, nil
 }
 
 // liftDenial is the user approving a request they denied: a new approval
@@ -491,18 +497,4 @@ func (s *Service) liftDenial(ctx context.Context, tx Tx, p Principal, t Task, de
 		Detail: detail(map[string]any{"approval_id": u.ID, "lifts": den.ID, "scopes": u.Scopes.Strings(),
 			"audience": u.Audience, "tool": u.Tool, "dataset": u.Dataset, "expires_at": u.ExpiresAt}),
 	})
-}
-
-// aboutApproval names the approval and its task in a refusal's audit event
-// (the URL of an approval names no task).
-func aboutApproval(err error, u StepUp) error {
-	var e *Error
-	if !errors.As(err, &e) {
-		return err
-	}
-	extra := map[string]any{"approval": u.ID, "task": u.TaskID}
-	for k, v := range e.Extra {
-		extra[k] = v
-	}
-	return &Error{Code: e.Code, Detail: e.Detail, Extra: extra, Audited: e.Audited}
 }

@@ -119,7 +119,11 @@ func TestSuspendRefusals(t *testing.T) {
 			} else {
 				_, _, err = e.svc.SuspendAgent(ctx, tt.caller, tt.agent, tt.reason)
 			}
-			e.refused(t, err, tt.want, tt.caller, "", "suspend")
+			op := broker.OpSuspend
+			if tt.unsuspend {
+				op = broker.OpUnsuspend
+			}
+			e.refused(t, err, tt.want, tt.caller, "", op)
 			if st := e.taskOf(t, task.ID).Status; st != broker.StatusApproved {
 				t.Errorf("a refused suspension left the task %s", st)
 			}

@@ -20,28 +20,28 @@ func (s *Server) backchannelAuthorize(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	fail := func(err error) { s.oauthFail(w, r, p, "", err) }
+	refuse := func(err error) { s.oauthRefuse(w, r, p, "", err) }
 	if form.Get("login_hint_token") != "" || form.Get("id_token_hint") != "" {
-		fail(broker.Errorf(broker.ErrInvalidRequest, "the user is named by login_hint only"))
+		refuse(broker.Errorf(broker.ErrInvalidRequest, "the user is named by login_hint only"))
 		return
 	}
 	if form.Get("login_hint") == "" {
-		fail(broker.Errorf(broker.ErrInvalidRequest, "login_hint is required"))
+		refuse(broker.Errorf(broker.ErrInvalidRequest, "login_hint is required"))
 		return
 	}
 	scopes, err := formScopes(form, true)
 	if err != nil {
-		fail(err)
+		refuse(err)
 		return
 	}
 	ttl, err := requestedExpiry(form)
 	if err != nil {
-		fail(err)
+		refuse(err)
 		return
 	}
 	d, err := taskDetails(form.Get("authorization_details"), false)
 	if err != nil {
-		fail(err)
+		refuse(err)
 		return
 	}
 	started, err := s.svc.StartBackchannel(r.Context(), p, broker.BackchannelStart{
@@ -52,7 +52,7 @@ func (s *Server) backchannelAuthorize(w http.ResponseWriter, r *http.Request) {
 		BindingMessage: form.Get("binding_message"),
 	})
 	if err != nil {
-		fail(err)
+		s.oauthFail(w, r, p, err)
 		return
 	}
 	infoOf(r.Context()).set(func(ri *reqInfo) { ri.task = started.Task.ID })
@@ -89,12 +89,12 @@ func requestedExpiry(form url.Values) (int64, error) {
 func (s *Server) cibaGrant(w http.ResponseWriter, r *http.Request, p broker.Principal, form url.Values, jkt string) {
 	id := form.Get("auth_req_id")
 	if id == "" {
-		s.oauthFail(w, r, p, "", broker.Errorf(broker.ErrInvalidRequest, "auth_req_id is required"))
+		s.oauthRefuse(w, r, p, "", broker.Errorf(broker.ErrInvalidRequest, "auth_req_id is required"))
 		return
 	}
 	m, err := s.svc.PollBackchannel(r.Context(), p, id, jkt)
 	if err != nil {
-		s.oauthFail(w, r, p, "", err)
+		s.oauthFail(w, r, p, err)
 		return
 	}
 	s.writeToken(w, m)

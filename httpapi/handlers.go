@@ -136,7 +136,7 @@ func (s *Server) mintToken(w http.ResponseWriter, r *http.Request) {
 	s.offerNonce(w)
 	jkt, _, err := s.dpopKey(r)
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return
 	}
 	m, err := s.svc.Mint(r.Context(), p, id, broker.MintRequest{
@@ -189,7 +189,7 @@ func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
 	p := c.p
 	tok, err := formToken(w, r)
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return
 	}
 	in, err := s.svc.Introspect(r.Context(), p, tok)
@@ -243,7 +243,7 @@ func (s *Server) auditEvents(w http.ResponseWriter, r *http.Request) {
 	p := c.p
 	f, scope, err := s.historyFilter(r, p, "events")
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return
 	}
 	evs, more, err := s.svc.AuditEvents(r.Context(), p, f)
@@ -266,7 +266,7 @@ func (s *Server) credentials(w http.ResponseWriter, r *http.Request) {
 	p := c.p
 	f, scope, err := s.historyFilter(r, p, "credentials")
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return
 	}
 	cs, more, err := s.svc.Credentials(r.Context(), p, f)
@@ -327,17 +327,17 @@ type listQuery struct {
 func (c *call) listQuery(what string) (listQuery, bool) {
 	q, err := allowQuery(c.r.URL.Query(), "status", "cursor", "limit")
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return listQuery{}, false
 	}
 	lq := listQuery{status: q.Get("status")}
 	if lq.limit, err = parseLimit(q.Get("limit")); err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return listQuery{}, false
 	}
 	lq.scope = what + "|" + lq.status + "|" + string(c.p.Kind) + "|" + c.p.Ref().String()
 	if lq.after, err = c.s.parseCursor(q.Get("cursor"), lq.scope); err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return listQuery{}, false
 	}
 	return lq, true
@@ -469,7 +469,7 @@ func (s *Server) taskHistory(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if _, err := allowQuery(r.URL.Query()); err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return
 	}
 	h, err := s.svc.TaskHistory(r.Context(), c.p, c.task)

@@ -172,7 +172,7 @@ func (s *Server) beginOAuth(w http.ResponseWriter, r *http.Request) (form url.Va
 		p, err = s.clientAuth(r, form)
 	}
 	if err != nil {
-		s.oauthFail(w, r, broker.Principal{}, "", err)
+		s.oauthRefuse(w, r, broker.Principal{}, "", err)
 		return nil, broker.Principal{}, false
 	}
 	return form, p, true
@@ -190,7 +190,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	s.offerNonce(w)
 	jkt, _, err := s.dpopKey(r)
 	if err != nil {
-		s.oauthFail(w, r, p, "", err)
+		s.oauthRefuse(w, r, p, "", err)
 		return
 	}
 	switch form.Get("grant_type") {
@@ -199,9 +199,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	case grantCIBA:
 		s.cibaGrant(w, r, p, form, jkt)
 	case "":
-		s.oauthFail(w, r, p, "", broker.Errorf(broker.ErrInvalidRequest, "grant_type is required"))
+		s.oauthRefuse(w, r, p, "", broker.Errorf(broker.ErrInvalidRequest, "grant_type is required"))
 	default:
-		s.oauthFail(w, r, p, "", broker.Errorf(broker.ErrUnsupportedGrantType, "unsupported grant_type"))
+		s.oauthRefuse(w, r, p, "", broker.Errorf(broker.ErrUnsupportedGrantType, "unsupported grant_type"))
 	}
 }
 
@@ -232,31 +232,31 @@ func (s *Server) writeToken(w http.ResponseWriter, m broker.Minted) {
 // resource and audience aim; only an access token is issued, bound to the
 // DPoP key jkt when the request proved one.
 func (s *Server) tokenExchange(w http.ResponseWriter, r *http.Request, p broker.Principal, form url.Values, jkt string) {
-	fail := func(err error) { s.oauthFail(w, r, p, "", err) }
+	refuse := func(err error) { s.oauthRefuse(w, r, p, "", err) }
 	subject, subjectType := form.Get("subject_token"), form.Get("subject_token_type")
 	if subject == "" || subjectType == "" {
-		fail(broker.Errorf(broker.ErrInvalidRequest, "subject_token and subject_token_type are required"))
+		refuse(broker.Errorf(broker.ErrInvalidRequest, "subject_token and subject_token_type are required"))
 		return
 	}
 	sp, err := s.auth.Verify(r.Context(), subject)
 	if err != nil {
-		fail(subjectTokenError(err))
+		refuse(subjectTokenError(err))
 		return
 	}
 	if subjectType != tokenTypeIDToken && subjectType != tokenTypeJWT {
-		fail(broker.Errorf(broker.ErrUnsupportedTokenType, "subject_token_type must be id_token or jwt"))
+		refuse(broker.Errorf(broker.ErrUnsupportedTokenType, "subject_token_type must be id_token or jwt"))
 		return
 	}
 	if sp.Kind != p.Kind || sp.Ref() != p.Ref() {
-		fail(broker.Errorf(broker.ErrInvalidRequest, "the subject_token does not identify the authenticated client"))
+		refuse(broker.Errorf(broker.ErrInvalidRequest, "the subject_token does not identify the authenticated client"))
 		return
 	}
 	if actor := form.Get("actor_token"); actor != "" || form.Get("actor_token_type") != "" {
 		if _, err := s.auth.Verify(r.Context(), actor); err != nil {
-			fail(subjectTokenError(err))
+			refuse(subjectTokenError(err))
 			return
 		}
-		fail(broker.Errorf(broker.ErrInvalidRequest, "actor_token is not accepted: the subject is the actor"))
+		refuse(broker.Errorf(broker.ErrInvalidRequest, "actor_token is not accepted: the subject is the actor"))
 		return
 	}
 	switch form.Get("requested_token_type") {
@@ -265,17 +265,17 @@ func (s *Server) tokenExchange(w http.ResponseWriter, r *http.Request, p broker.
 		s.idjagExchange(w, r, p, form, jkt)
 		return
 	default:
-		fail(broker.Errorf(broker.ErrUnsupportedTokenType, "only access tokens and ID-JAGs are issued"))
+		refuse(broker.Errorf(broker.ErrUnsupportedTokenType, "only access tokens and ID-JAGs are issued"))
 		return
 	}
 	d, err := taskDetails(form.Get("authorization_details"), true)
 	if err != nil {
-		fail(err)
+		refuse(err)
 		return
 	}
 	scopes, err := formScopes(form, false)
 	if err != nil {
-		fail(err)
+		refuse(err)
 		return
 	}
 	m, err := s.svc.Exchange(r.Context(), p, broker.ExchangeRequest{
@@ -283,7 +283,7 @@ func (s *Server) tokenExchange(w http.ResponseWriter, r *http.Request, p broker.
 		IdempotencyKey: r.Header.Get("Idempotency-Key"), JKT: jkt,
 	})
 	if err != nil {
-		s.oauthFail(w, r, p, auditTaskID(d.TaskID), err)
+		s.oauthFail(w, r, p, err)
 		return
 	}
 	s.writeToken(w, m)
@@ -300,24 +300,24 @@ func (s *Server) tokenExchange(w http.ResponseWriter, r *http.Request, p broker.
 func (s *Server) idjagExchange(w http.ResponseWriter, r *http.Request, p broker.Principal, form url.Values, jkt string) {
 	d, err := taskDetails(form.Get("authorization_details"), true)
 	if err != nil {
-		s.oauthFail(w, r, p, "", err)
+		s.oauthRefuse(w, r, p, "", err)
 		return
 	}
-	fail := func(err error) { s.oauthFail(w, r, p, auditTaskID(d.TaskID), err) }
+	refuse := func(err error) { s.oauthRefuse(w, r, p, d.TaskID, err) }
 	switch {
 	case jkt != "":
-		fail(broker.Errorf(broker.ErrInvalidRequest, "an ID-JAG is bound to no key: send no DPoP proof"))
+		refuse(broker.Errorf(broker.ErrInvalidRequest, "an ID-JAG is bound to no key: send no DPoP proof"))
 		return
 	case len(form["audience"]) != 1:
-		fail(broker.Errorf(broker.ErrInvalidTarget, "audience must name one ID-JAG target's issuer"))
+		refuse(broker.Errorf(broker.ErrInvalidTarget, "audience must name one ID-JAG target's issuer"))
 		return
 	case len(form["resource"]) > 1:
-		fail(broker.Errorf(broker.ErrInvalidTarget, "an ID-JAG names one resource"))
+		refuse(broker.Errorf(broker.ErrInvalidTarget, "an ID-JAG names one resource"))
 		return
 	}
 	scopes, err := formScopes(form, false)
 	if err != nil {
-		fail(err)
+		refuse(err)
 		return
 	}
 	m, err := s.svc.IDJAG(r.Context(), p, broker.IDJAGRequest{
@@ -325,7 +325,7 @@ func (s *Server) idjagExchange(w http.ResponseWriter, r *http.Request, p broker.
 		IdempotencyKey: r.Header.Get("Idempotency-Key"),
 	})
 	if err != nil {
-		fail(err)
+		s.oauthFail(w, r, p, err)
 		return
 	}
 	if !m.Replayed {
@@ -421,14 +421,14 @@ func taskDetails(raw string, exchange bool) (taskDetail, error) {
 func (s *Server) beginClient(w http.ResponseWriter, r *http.Request) *call {
 	c := &call{s: s, w: w, r: r, oauth: true}
 	if !isForm(r) {
-		c.fail(&statusError{status: http.StatusUnsupportedMediaType,
+		c.refuse(&statusError{status: http.StatusUnsupportedMediaType,
 			err: broker.Errorf(broker.ErrInvalidRequest, "Content-Type must be application/x-www-form-urlencoded")})
 		return nil
 	}
 	if r.Header.Get("Authorization") != "" {
 		p, err := s.authenticate(r)
 		if err != nil {
-			c.fail(err)
+			c.refuse(err)
 			return nil
 		}
 		c.p = p
@@ -437,23 +437,23 @@ func (s *Server) beginClient(w http.ResponseWriter, r *http.Request) *call {
 		// would be revoked) is refused, never half-honoured.
 		form, err := oauthForm(w, r)
 		if err != nil {
-			c.fail(err)
+			c.refuse(err)
 			return nil
 		}
 		if form.Has("client_assertion") || form.Has("client_assertion_type") {
-			c.fail(broker.Errorf(broker.ErrInvalidRequest, "use one client authentication method"))
+			c.refuse(broker.Errorf(broker.ErrInvalidRequest, "use one client authentication method"))
 			return nil
 		}
 		return c
 	}
 	form, err := oauthForm(w, r)
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return nil
 	}
 	if c.p, err = s.clientAuth(r, form); err != nil {
 		c.p = broker.Principal{}
-		c.fail(err)
+		c.refuse(err)
 		return nil
 	}
 	return c

@@ -121,14 +121,26 @@ func noStore(w http.ResponseWriter) {
 	w.Header().Set("Pragma", "no-cache")
 }
 
-// oauthFail answers err on an OAuth endpoint (RFC 6749 §5.2): 400 with
+// oauthFail answers on an OAuth endpoint the error a broker.Service call
+// returned: the Service recorded the refusal already (except
+// authorization_pending, an answer that a polling client receives every
+// few seconds and that refuses nothing).
+func (s *Server) oauthFail(w http.ResponseWriter, r *http.Request, p broker.Principal, err error) {
+	s.oauthAnswer(w, r, p, err, nil)
+}
+
+// oauthRefuse answers on an OAuth endpoint a refusal the API makes
+// itself, recording it as refuse does (once; callers with no verified
+// identity counted as summaries).
+func (s *Server) oauthRefuse(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) {
+	s.oauthAnswer(w, r, p, err, s.recorder(r, p, taskID, err))
+}
+
+// oauthAnswer answers err on an OAuth endpoint (RFC 6749 §5.2): 400 with
 // {error, error_description, code}; 401 invalid_client with a
-// WWW-Authenticate challenge; 429 and 503 with Retry-After. Refusals are
-// audited exactly as fail audits them (once; callers with no verified
-// identity counted as summaries), except authorization_pending, an answer
-// that a polling client receives every few seconds and that refuses
-// nothing.
-func (s *Server) oauthFail(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) {
+// WWW-Authenticate challenge; 429 and 503 with Retry-After. record audits
+// a refusal made outside the broker (see problem).
+func (s *Server) oauthAnswer(w http.ResponseWriter, r *http.Request, p broker.Principal, err error, record func() error) {
 	code := broker.CodeOf(err)
 	infoOf(r.Context()).set(func(ri *reqInfo) {
 		if ri.code = code; code == "" {
@@ -161,14 +173,12 @@ func (s *Server) oauthFail(w http.ResponseWriter, r *http.Request, p broker.Prin
 		status = http.StatusUnauthorized
 		w.Header().Set("WWW-Authenticate", `Bearer realm="errand", error="invalid_client"`)
 	}
-	var be *broker.Error
-	audited := errors.As(err, &be) && be.Audited
 	switch {
 	case code == broker.ErrAuthorizationPending.Code:
 	case p.Kind == "":
 		s.anon.note(s.anonSource(r), code, time.Now())
-	default:
-		if aerr := s.recordRefusal(r, p, taskID, err, audited); aerr != nil {
+	case record != nil:
+		if aerr := record(); aerr != nil {
 			s.log.ErrorContext(r.Context(), "cannot audit refusal", "op", op(r), "code", code, "err", aerr)
 			w.Header().Set("Retry-After", RetryAfterSeconds)
 			w.Header().Del("WWW-Authenticate")
@@ -178,8 +188,8 @@ func (s *Server) oauthFail(w http.ResponseWriter, r *http.Request, p broker.Prin
 	}
 	s.metrics.refusals.WithLabelValues(code).Inc()
 	out := api.OAuthError{Error: oe, Code: code}
-	if be != nil {
-		out.ApprovalID, _ = be.Extra["approval_id"].(string)
+	if be := (*broker.Error)(nil); errors.As(err, &be) {
+		out.ApprovalID = be.ApprovalID
 		out.ApprovalURL = s.approvalURL(out.ApprovalID)
 	}
 	writeOAuthError(w, status, out)

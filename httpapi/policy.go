@@ -193,7 +193,7 @@ func (s *Server) evaluation(w http.ResponseWriter, r *http.Request) {
 	}
 	q, err := toEvaluation(b)
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return
 	}
 	d, err := s.decide(c, q)
@@ -224,7 +224,7 @@ func (s *Server) evaluations(w http.ResponseWriter, r *http.Request) {
 	switch semantic {
 	case "execute_all", "deny_on_first_deny", "permit_on_first_permit":
 	default:
-		c.fail(broker.Errorf(broker.ErrInvalidRequest, "unknown evaluations_semantic %q", semantic))
+		c.refuse(broker.Errorf(broker.ErrInvalidRequest, "unknown evaluations_semantic %q", semantic))
 		return
 	}
 	items := b.Evaluations
@@ -232,7 +232,7 @@ func (s *Server) evaluations(w http.ResponseWriter, r *http.Request) {
 		items = []azRequest{{}} // no list: one evaluation of the defaults
 	}
 	if len(items) > maxEvaluations {
-		c.fail(broker.Errorf(broker.ErrInvalidRequest, "at most %d evaluations per request", maxEvaluations))
+		c.refuse(broker.Errorf(broker.ErrInvalidRequest, "at most %d evaluations per request", maxEvaluations))
 		return
 	}
 	qs := make([]broker.EvaluationRequest, len(items))
@@ -252,7 +252,7 @@ func (s *Server) evaluations(w http.ResponseWriter, r *http.Request) {
 		}
 		q, err := toEvaluation(merged)
 		if err != nil {
-			c.fail(broker.Errorf(broker.ErrInvalidRequest, "evaluations[%d]: %s", i, err.(*broker.Error).Detail))
+			c.refuse(broker.Errorf(broker.ErrInvalidRequest, "evaluations[%d]: %s", i, err.(*broker.Error).Detail))
 			return
 		}
 		qs[i] = q

@@ -75,26 +75,52 @@ func (e *statusError) Unwrap() error { return e.err }
 // RetryAfterSeconds is the Retry-After of every 503.
 const RetryAfterSeconds = "5"
 
-// fail answers err as problem+json (see Refuse).
-func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) {
-	status, pr := s.refuse(w, r, p, taskID, err)
+// fail answers as problem+json the error a broker.Service call returned:
+// the Service recorded the refusal already (see Answer).
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, p broker.Principal, err error) {
+	status, pr := s.problem(w, r, p, err, nil)
 	writeProblemWith(w, status, pr.Code, pr)
 }
 
-// Refuse does for a refusal everything the REST API does before it
-// answers, so that other faces of Errand (the approval pages) refuse
-// exactly as it does: it audits the refusal (once; callers with no
-// verified identity are counted and chained as periodic summaries), counts
-// it, sets the headers the answer needs (Retry-After, WWW-Authenticate) on
-// w, and returns the status, code and detail the API answers. When the
-// refusal cannot be audited the answer is 503 unavailable; an unexpected
-// error is 500 internal with no detail.
+// refuse answers as problem+json a refusal the API makes itself (a
+// malformed body or query, a bad token, a rate limit), recording it (see
+// Refuse).
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) {
+	status, pr := s.problem(w, r, p, err, s.recorder(r, p, taskID, err))
+	writeProblemWith(w, status, pr.Code, pr)
+}
+
+// Refuse does for a refusal made outside the broker everything the REST
+// API does before it answers one of its own, so that other faces of
+// Errand (the approval pages, sign-in) refuse exactly as it does: it
+// audits the refusal (once, op the request's route; callers with no
+// verified identity are counted and chained as periodic summaries),
+// counts it, sets the headers the answer needs (Retry-After,
+// WWW-Authenticate) on w, and returns the status, code and detail the API
+// answers. When the refusal cannot be audited the answer is 503
+// unavailable; an unexpected error is 500 internal with no detail.
 func (s *Server) Refuse(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) (status int, code, detail string) {
-	status, pr := s.refuse(w, r, p, taskID, err)
+	status, pr := s.problem(w, r, p, err, s.recorder(r, p, taskID, err))
 	return status, pr.Code, pr.Detail
 }
 
-func (s *Server) refuse(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) (int, Problem) {
+// Answer is Refuse for the error a broker.Service call returned: the
+// Service audited its refusal already, so Answer only counts it, sets the
+// headers and says what the API answers.
+func (s *Server) Answer(w http.ResponseWriter, r *http.Request, p broker.Principal, err error) (status int, code, detail string) {
+	status, pr := s.problem(w, r, p, err, nil)
+	return status, pr.Code, pr.Detail
+}
+
+// recorder records a refusal of the API's own, op its route.
+func (s *Server) recorder(r *http.Request, p broker.Principal, taskID string, err error) func() error {
+	return func() error { return s.svc.RecordRefusal(r.Context(), p, taskID, op(r), err) }
+}
+
+// problem is the answer to err: its status and problem, with the headers
+// it needs set on w. record audits a refusal made outside the broker; it
+// is nil for a Service's result, which the Service audited.
+func (s *Server) problem(w http.ResponseWriter, r *http.Request, p broker.Principal, err error, record func() error) (int, Problem) {
 	code := broker.CodeOf(err)
 	infoOf(r.Context()).set(func(ri *reqInfo) {
 		if ri.code = code; code == "" {
@@ -120,26 +146,22 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, p broker.Princip
 		w.Header().Set("Retry-After", RetryAfterSeconds)
 		return status, Problem{Code: code, Detail: "a dependency is unavailable; retry later"}
 	}
-	// A refusal whose event is in the log already (approval.requested) is
-	// not recorded twice: one event per decision.
-	var be0 *broker.Error
-	audited := errors.As(err, &be0) && be0.Audited
 	if p.Kind == "" {
 		// A caller with no verified identity is counted, not chained one
 		// by one: see anonRefusals (H03).
 		s.anon.note(s.anonSource(r), code, time.Now())
-	} else if aerr := s.recordRefusal(r, p, taskID, err, audited); aerr != nil {
-		s.log.ErrorContext(r.Context(), "cannot audit refusal", "op", op(r), "code", code, "err", aerr)
-		w.Header().Set("Retry-After", RetryAfterSeconds)
-		return http.StatusServiceUnavailable, Problem{Code: "unavailable", Detail: "the refusal could not be recorded; retry later"}
+	} else if record != nil {
+		if aerr := record(); aerr != nil {
+			s.log.ErrorContext(r.Context(), "cannot audit refusal", "op", op(r), "code", code, "err", aerr)
+			w.Header().Set("Retry-After", RetryAfterSeconds)
+			return http.StatusServiceUnavailable, Problem{Code: "unavailable", Detail: "the refusal could not be recorded; retry later"}
+		}
 	}
 	s.metrics.refusals.WithLabelValues(code).Inc()
 	pr := Problem{Code: code, Detail: broker.RefusalDetail(err), Error: oauthErrorOf[code]}
 	var be *broker.Error
 	if errors.As(err, &be) {
-		pr.Policies, _ = be.Extra["policies"].([]string)
-		pr.ApprovalID, _ = be.Extra["approval_id"].(string)
-		pr.Reasons, _ = be.Extra["reasons"].([]string)
+		pr.Policies, pr.ApprovalID, pr.Reasons = be.Policies, be.ApprovalID, be.Reasons
 		pr.ApprovalURL = s.approvalURL(pr.ApprovalID)
 	}
 	if status == http.StatusUnauthorized {
@@ -173,13 +195,6 @@ func (s *Server) approvalURL(id string) string {
 // and how long the request waited since created.
 func (s *Server) Decided(kind string, approved bool, created time.Time) {
 	s.metrics.decided(kind, approved, created)
-}
-
-func (s *Server) recordRefusal(r *http.Request, p broker.Principal, taskID string, err error, audited bool) error {
-	if audited {
-		return nil
-	}
-	return s.svc.RecordRefusal(r.Context(), p, auditTaskID(taskID), op(r), err)
 }
 
 func writeProblem(w http.ResponseWriter, status int, code, detail string) {

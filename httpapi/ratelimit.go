@@ -163,7 +163,7 @@ func (s *Server) limitAddress(next http.Handler) http.Handler {
 			return
 		}
 		if err := s.throttle(key, s.byAddress); err != nil {
-			s.fail(w, r, broker.Principal{}, "", err)
+			s.refuse(w, r, broker.Principal{}, "", err)
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -277,5 +278,63 @@ func TestH03SummariesSurviveAnOutage(t *testing.T) {
 	sums := summaries(t, e.newEvents(seq))
 	if len(sums) != 1 || sums[0].Count != 75 {
 		t.Fatalf("after the outage: %+v, want one summary of 75", sums)
+	}
+}
+
+// TestRefusalAuditedOnceByWhoeverRefused: a refusal is one request.refused
+// event, written by whoever refused. The broker's names the operation
+// refused, whichever endpoint asked for it (a mint refused through the
+// token exchange is an exchange's refusal, not also a mint's), and the
+// task it concerns; one the API makes itself (a body it cannot decode, an
+// unknown query parameter) names the route.
+func TestRefusalAuditedOnceByWhoeverRefused(t *testing.T) {
+	e := newEnv(t)
+	id := e.approved("bot", "alice", "github.repo.read:acme/api")
+	exchange := e.exchangeForm("bot", id, url.Values{"scope": {"github.repo.read:acme/web"}})
+	for _, tt := range []struct {
+		name           string
+		do             func() resp
+		status         int
+		code, op       string
+		task, oauthErr string
+	}{
+		{"broker: a mint beyond the approval", func() resp { return e.mint("bot", id, "github.repo.read:acme/web") },
+			http.StatusForbidden, "scope_exceeds_approval", broker.OpMint, id, ""},
+		{"broker: the same mint through the token exchange", func() resp { return e.form("/oauth/token", "", exchange) },
+			http.StatusBadRequest, "scope_exceeds_approval", broker.OpExchange, id, "invalid_scope"},
+		{"broker: another agent reads the task", func() resp { return e.do("GET", "/v1/tasks/"+id, e.agent("other-bot"), nil) },
+			http.StatusForbidden, "not_task_party", broker.OpReadTask, id, ""},
+		{"broker: a user closes another's task", func() resp { return e.do("POST", "/v1/tasks/"+id+"/close", e.user("mallory"), nil) },
+			http.StatusForbidden, "not_task_party", broker.OpClose, id, ""},
+		{"api: a mint body that is not JSON", func() resp {
+			return e.do("POST", "/v1/tasks/"+id+"/tokens", e.agent("bot"), `{"scopes": [`)
+		}, http.StatusBadRequest, "invalid_request", "POST /v1/tasks/{id}/tokens", id, ""},
+		{"api: a create body with an unknown member", func() resp {
+			return e.do("POST", "/v1/tasks", e.agent("bot"), `{"goal": "x", "wish": "more"}`)
+		}, http.StatusBadRequest, "invalid_request", "POST /v1/tasks", "", ""},
+		{"api: an unknown query parameter", func() resp { return e.do("GET", "/v1/tasks?colour=red", e.user("alice"), nil) },
+			http.StatusBadRequest, "invalid_request", "GET /v1/tasks", "", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := e.snapshot()
+			r := tt.do()
+			if tt.oauthErr != "" {
+				e.oauthRefused(before, r, tt.status, tt.oauthErr, tt.code)
+			} else {
+				e.refused(before, r, tt.status, tt.code)
+			}
+			// refused asserted exactly one new event, request.refused.
+			evs, err := e.st.AuditEvents(context.Background(), broker.HistoryFilter{AfterSeq: before.auditSeq, Limit: 5})
+			if err != nil || len(evs) != 1 {
+				t.Fatalf("events %v %v", evs, err)
+			}
+			var d struct{ Op, Code string }
+			if err := json.Unmarshal(evs[0].Detail, &d); err != nil {
+				t.Fatal(err)
+			}
+			if d.Op != tt.op || d.Code != tt.code || evs[0].TaskID != tt.task {
+				t.Fatalf("event op %q code %q task %q, want %q %q %q: %s", d.Op, d.Code, evs[0].TaskID, tt.op, tt.code, tt.task, evs[0].Detail)
+			}
+		})
 	}
 }

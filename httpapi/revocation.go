@@ -25,7 +25,7 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	p := c.p
 	tok, err := formToken(w, r)
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return
 	}
 	if err := s.svc.RevokeToken(r.Context(), p, tok); err != nil {
@@ -83,17 +83,17 @@ func (s *Server) revocations(w http.ResponseWriter, r *http.Request) {
 	p := c.p
 	q, err := allowQuery(r.URL.Query(), "since", "limit")
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return
 	}
 	since, err := parseSince(q.Get("since"))
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return
 	}
 	limit, err := parseLimit(q.Get("limit"))
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return
 	}
 	page, err := s.svc.Revocations(r.Context(), p, since, limit)
@@ -126,12 +126,12 @@ func (s *Server) revocationStream(w http.ResponseWriter, r *http.Request) {
 	}
 	p := c.p
 	if p.Kind != broker.KindResource {
-		c.fail(broker.Errorf(broker.ErrWrongPrincipalKind, "only resource servers read the revocation feed"))
+		c.refuse(broker.Errorf(broker.ErrWrongPrincipalKind, "only resource servers read the revocation feed"))
 		return
 	}
 	q, err := allowQuery(r.URL.Query(), "since")
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return
 	}
 	pos := q.Get("since")
@@ -140,16 +140,16 @@ func (s *Server) revocationStream(w http.ResponseWriter, r *http.Request) {
 	}
 	cursor, err := parseSince(pos)
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return
 	}
 	if s.feed == nil {
-		c.fail(broker.Errorf(broker.ErrNotFound, "this server streams no revocations; poll /v1/revocations"))
+		c.refuse(broker.Errorf(broker.ErrNotFound, "this server streams no revocations; poll /v1/revocations"))
 		return
 	}
 	key := principalKey(p)
 	if err := s.streams.take(key); err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return
 	}
 	defer s.streams.give(key)

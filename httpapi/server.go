@@ -271,7 +271,9 @@ func (s *Server) cursorMAC(seq []byte, scope string) []byte {
 }
 
 // call is one request being served: its principal and the task id of its
-// path, so that every failure is answered and audited the same way.
+// path, so that every failure is answered and audited the same way: the
+// error of a broker.Service call with fail (the Service audited it), a
+// refusal of the API's own with refuse.
 type call struct {
 	s    *Server
 	w    http.ResponseWriter
@@ -289,26 +291,37 @@ func (s *Server) begin(w http.ResponseWriter, r *http.Request) *call {
 	c := &call{s: s, w: w, r: r, task: chi.URLParam(r, "id")}
 	p, err := s.authenticate(r)
 	if err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return nil
 	}
 	c.p = p
 	return c
 }
 
-// fail answers err as problem+json (see Server.fail).
+// fail answers the error of a broker.Service call, which the Service
+// audited (see Server.fail).
 func (c *call) fail(err error) {
 	if c.oauth {
-		c.s.oauthFail(c.w, c.r, c.p, c.task, err)
+		c.s.oauthFail(c.w, c.r, c.p, err)
 		return
 	}
-	c.s.fail(c.w, c.r, c.p, c.task, err)
+	c.s.fail(c.w, c.r, c.p, err)
+}
+
+// refuse answers and audits a refusal of the API's own (see
+// Server.refuse).
+func (c *call) refuse(err error) {
+	if c.oauth {
+		c.s.oauthRefuse(c.w, c.r, c.p, c.task, err)
+		return
+	}
+	c.s.refuse(c.w, c.r, c.p, c.task, err)
 }
 
 // body decodes the JSON body into v; on failure it has answered.
 func (c *call) body(v any, emptyOK bool) bool {
 	if err := decode(c.w, c.r, v, emptyOK); err != nil {
-		c.fail(err)
+		c.refuse(err)
 		return false
 	}
 	return true

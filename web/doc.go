@@ -10,8 +10,8 @@
 //
 // A page does nothing the REST API would not do for the same person: every
 // decision is the same broker.Service call, refused with the same code and
-// status and audited the same way (through API, the REST server's
-// refusals), so that a page never shows, approves or widens more than the
+// status and audited the same way (by the Service; the pages' own
+// refusals through API, the REST server's), so that a page never shows, approves or widens more than the
 // API would (P06). A state change is only ever a POST that carries the
 // session's CSRF token from a page of Errand's own origin (P01).
 //

@@ -86,7 +86,7 @@ func (p *Pages) history(w http.ResponseWriter, r *http.Request) {
 		f.AfterSeq = after
 		evs, more, err := p.svc.AuditEvents(r.Context(), v.Principal, f)
 		if err != nil {
-			p.refuse(w, r, "", err)
+			p.fail(w, r, "", err)
 			return
 		}
 		page.Events = p.eventRows(evs)
@@ -98,7 +98,7 @@ func (p *Pages) history(w http.ResponseWriter, r *http.Request) {
 		f.Code, f.Type, f.AfterSeq = "", "", after
 		cs, more, err := p.svc.Credentials(r.Context(), v.Principal, f)
 		if err != nil {
-			p.refuse(w, r, "", err)
+			p.fail(w, r, "", err)
 			return
 		}
 		page.Credentials = p.credentialRows(cs)
@@ -112,7 +112,7 @@ func (p *Pages) history(w http.ResponseWriter, r *http.Request) {
 	if form.TaskID != "" {
 		h, err := p.svc.TaskHistory(r.Context(), v.Principal, form.TaskID)
 		if err != nil {
-			p.refuse(w, r, form.TaskID, err)
+			p.fail(w, r, form.TaskID, err)
 			return
 		}
 		page.Timeline = &timeline{
@@ -122,7 +122,7 @@ func (p *Pages) history(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if page.Chart, err = p.chart(r, v.Principal, f); err != nil {
-		p.refuse(w, r, "", err)
+		p.fail(w, r, "", err)
 		return
 	}
 	p.render(w, r, http.StatusOK, "history", page)

@@ -39,12 +39,12 @@ func (p *Pages) queue(w http.ResponseWriter, r *http.Request) {
 	v := p.viewerOf(r)
 	ts, more, err := p.svc.ListTasks(r.Context(), v.Principal, broker.StatusPending, 0, queueLimit)
 	if err != nil {
-		p.refuse(w, r, "", err)
+		p.fail(w, r, "", err)
 		return
 	}
 	us, moreU, err := p.svc.ListStepUps(r.Context(), v.Principal, broker.StepUpPending, 0, queueLimit)
 	if err != nil {
-		p.refuse(w, r, "", err)
+		p.fail(w, r, "", err)
 		return
 	}
 	now := p.now()
@@ -102,7 +102,7 @@ func (p *Pages) task(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "id")
 	t, err := p.svc.GetTask(r.Context(), v.Principal, id)
 	if err != nil {
-		p.refuse(w, r, id, err)
+		p.fail(w, r, id, err)
 		return
 	}
 	now := p.now()
@@ -144,7 +144,7 @@ func (p *Pages) approveTask(w http.ResponseWriter, r *http.Request) {
 	}
 	t, err := p.svc.Approve(r.Context(), v.Principal, id, req)
 	if err != nil {
-		p.refuse(w, r, id, err)
+		p.fail(w, r, id, err)
 		return
 	}
 	p.api.Decided("task", true, t.CreatedAt)
@@ -214,7 +214,7 @@ func (p *Pages) denyTask(w http.ResponseWriter, r *http.Request) {
 		Reason: strings.TrimSpace(r.PostForm.Get("reason")), Version: version, Digest: digest,
 	})
 	if err != nil {
-		p.refuse(w, r, id, err)
+		p.fail(w, r, id, err)
 		return
 	}
 	p.api.Decided("task", false, t.CreatedAt)
@@ -254,7 +254,7 @@ func (p *Pages) approval(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "approval")
 	u, err := p.svc.GetStepUp(r.Context(), v.Principal, id)
 	if err != nil {
-		p.refuse(w, r, "", err)
+		p.fail(w, r, "", err)
 		return
 	}
 	now := p.now()
@@ -293,7 +293,7 @@ func (p *Pages) decideStepUp(w http.ResponseWriter, r *http.Request, approve boo
 	}
 	u, err := p.svc.DecideStepUp(r.Context(), v.Principal, id, approve, reason)
 	if err != nil {
-		p.refuse(w, r, "", err)
+		p.fail(w, r, "", err)
 		return
 	}
 	p.api.Decided("step_up", approve, u.CreatedAt)

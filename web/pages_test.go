@@ -137,12 +137,23 @@ func TestApproveBindsTheVersionAndDigestShown(t *testing.T) {
 	if e.task(id).Status != broker.StatusPending || e.auditHead() != before+1 || e.lastEvent().Type != broker.EventRequestRefused {
 		t.Fatal("a stale approval changed the task, or was not audited once")
 	}
+	// The broker refused, and its event names the operation (as the same
+	// refusal through the API would); the page records nothing more.
+	if ev := e.lastEvent(); !strings.Contains(string(ev.Detail), `"op":"`+broker.OpApprove+`"`) || ev.TaskID != id {
+		t.Fatalf("the stale approval's event: %s on %q", ev.Detail, ev.TaskID)
+	}
 	r = alice.post("/ui/tasks/"+id+"/approve", with(url.Values{"version": f["version"], "digest": {strings.Repeat("0", 64)}}, "mode", "all"), nil)
 	if r.Status != http.StatusConflict || !strings.Contains(r.Body, "task_changed") {
 		t.Fatalf("stale digest: %d\n%s", r.Status, r.Body)
 	}
+	before = e.auditHead()
 	if r := alice.post("/ui/tasks/"+id+"/approve", url.Values{"mode": {"all"}}, nil); r.Status != http.StatusBadRequest || !strings.Contains(r.Body, "invalid_request") {
 		t.Fatalf("no version or digest: %d\n%s", r.Status, r.Body)
+	}
+	// The page refused this form itself: one event, naming its route.
+	if ev := e.lastEvent(); e.auditHead() != before+1 || ev.Type != broker.EventRequestRefused ||
+		!strings.Contains(string(ev.Detail), `"op":"POST /ui/tasks/{id}/approve"`) || ev.TaskID != id {
+		t.Fatalf("the unbound form's event: %s %s on %q (%d events)", ev.Type, ev.Detail, ev.TaskID, e.auditHead()-before)
 	}
 	if r := alice.post("/ui/tasks/"+id+"/approve", with(f, "mode", "selected"), nil); r.Status != http.StatusBadRequest {
 		t.Fatalf("nothing selected: %d\n%s", r.Status, r.Body)

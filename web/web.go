@@ -54,10 +54,14 @@ type Sessions interface {
 // API is what the pages share with the REST API (httpapi.Server), so that
 // a page refuses, audits and counts exactly as the API does.
 type API interface {
-	// Refuse audits and counts a refusal as the API does, sets the
-	// headers its answer needs, and returns the API's status, code and
-	// detail.
+	// Refuse audits and counts a refusal the pages make themselves as the
+	// API does, sets the headers its answer needs, and returns the API's
+	// status, code and detail.
 	Refuse(w http.ResponseWriter, r *http.Request, p broker.Principal, taskID string, err error) (status int, code, detail string)
+	// Answer is Refuse for the error of a broker.Service call, which the
+	// Service audited: it counts it and sets the headers, and records
+	// nothing more.
+	Answer(w http.ResponseWriter, r *http.Request, p broker.Principal, err error) (status int, code, detail string)
 	// Decided counts a decision: kind "task" or "step_up".
 	Decided(kind string, approved bool, created time.Time)
 	// Throttle charges the person's per-principal rate limit, shared with
@@ -238,11 +242,25 @@ func (p *Pages) viewerOf(r *http.Request) Viewer {
 	return v
 }
 
-// refuse answers err as the REST API would (status and code), audited by
-// it, as a page that says what happened and that nothing changed.
+// refuse answers a refusal the pages make themselves (a malformed form, a
+// rate limit) as the REST API would (status and code), audited by it, as
+// a page that says what happened and that nothing changed.
 func (p *Pages) refuse(w http.ResponseWriter, r *http.Request, taskID string, err error) {
 	v := p.viewerOf(r)
 	status, code, detail := p.api.Refuse(w, r, v.Principal, taskID, err)
+	p.refusedPage(w, r, v, taskID, status, code, detail)
+}
+
+// fail answers the error of a broker.Service call as refuse does; the
+// Service audited it. taskID is the task the page is about.
+func (p *Pages) fail(w http.ResponseWriter, r *http.Request, taskID string, err error) {
+	v := p.viewerOf(r)
+	status, code, detail := p.api.Answer(w, r, v.Principal, err)
+	p.refusedPage(w, r, v, taskID, status, code, detail)
+}
+
+// refusedPage says what refused a request of v's and that nothing changed.
+func (p *Pages) refusedPage(w http.ResponseWriter, r *http.Request, v Viewer, taskID string, status int, code, detail string) {
 	page := errorPage{chrome: p.chrome(v), Status: status, Code: code, Detail: detail}
 	switch code {
 	case "task_changed":
