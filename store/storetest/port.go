@@ -3,6 +3,7 @@ package storetest
 import (
 	"bytes"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -149,5 +150,51 @@ func testPortRoundTrips(t *testing.T, s Store) {
 	}
 	if !found {
 		t.Error("the retried item was not claimed again")
+	}
+}
+
+// InTx runs each function exactly once, however many run at once and
+// whether it commits or fails: the broker may count, sign or decide in
+// one without guarding against a second run.
+func testInTxRunsOnce(t *testing.T, s Store) {
+	k := approvedTask(t, s, nil)
+	const n = 16
+	var (
+		mu   sync.Mutex
+		runs = map[int]int{}
+		wg   sync.WaitGroup
+	)
+	boom := errors.New("boom")
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := s.InTx(ctx, func(tx broker.Tx) error {
+				mu.Lock()
+				runs[i]++
+				mu.Unlock()
+				if _, err := tx.LockTask(ctx, k.ID); err != nil {
+					return err
+				}
+				if i%4 == 0 {
+					return boom
+				}
+				return tx.AppendAudit(ctx, broker.AuditEvent{Time: now(), Type: broker.EventTaskCreated,
+					Actor: broker.Actor{Kind: "agent"}, TaskID: k.ID, Detail: []byte(`{}`)})
+			})
+			if (i%4 == 0) != errors.Is(err, boom) || (i%4 != 0 && err != nil) {
+				t.Errorf("call %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if runs[i] != 1 {
+			t.Errorf("function %d ran %d times", i, runs[i])
+		}
+	}
+	evs, err := s.AuditEvents(ctx, broker.HistoryFilter{TaskID: k.ID, Limit: 100})
+	if err != nil || len(evs) != n-n/4 {
+		t.Fatalf("%d events, want %d (%v)", len(evs), n-n/4, err)
 	}
 }

@@ -66,6 +66,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"UpdateTaskBumpsTheVersion", testUpdateTaskBumpsVersion},
 		{"VersionBumpsOnEveryChange", testVersionBumpsOnEveryChange},
 		{"PortRoundTrips", testPortRoundTrips},
+		{"InTxRunsEachFunctionOnce", testInTxRunsOnce},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open(t)) })
