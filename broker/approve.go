@@ -30,15 +30,8 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 	}
 	var out Task
 	err = s.store.InTx(ctx, func(tx Tx) error {
-		t, err := tx.LockTask(ctx, id)
+		t, now, err := s.lockToDecide(ctx, tx, p, id, req.Version, req.Digest)
 		if err != nil {
-			return err
-		}
-		now, err := s.txNow(ctx, tx)
-		if err != nil {
-			return err
-		}
-		if err := s.decidable(p, t, now, req.Version, req.Digest); err != nil {
 			return err
 		}
 		// Checked under the task's lock: a suspension that commits after
@@ -115,6 +108,20 @@ func (s *Service) Approve(ctx context.Context, p Principal, id string, req Appro
 }
 
 // decidable checks that p may approve or deny t now, as the version or
+// lockToDecide locks task id and the time of a decision on it by its
+// user p, and checks that p may decide it now (decidable).
+func (s *Service) lockToDecide(ctx context.Context, tx Tx, p Principal, id string, version int, digest string) (Task, time.Time, error) {
+	t, err := tx.LockTask(ctx, id)
+	if err != nil {
+		return Task{}, time.Time{}, err
+	}
+	now, err := s.txNow(ctx, tx)
+	if err != nil {
+		return Task{}, time.Time{}, err
+	}
+	return t, now, s.decidable(p, t, now, version, digest)
+}
+
 // digest the decider saw, if named.
 func (s *Service) decidable(p Principal, t Task, now time.Time, version int, digest string) error {
 	if !p.Is(KindUser, t.User) {
@@ -158,15 +165,8 @@ func (s *Service) Deny(ctx context.Context, p Principal, id string, req DenyRequ
 	}
 	var out Task
 	err = s.store.InTx(ctx, func(tx Tx) error {
-		t, err := tx.LockTask(ctx, id)
+		t, now, err := s.lockToDecide(ctx, tx, p, id, req.Version, req.Digest)
 		if err != nil {
-			return err
-		}
-		now, err := s.txNow(ctx, tx)
-		if err != nil {
-			return err
-		}
-		if err := s.decidable(p, t, now, req.Version, req.Digest); err != nil {
 			return err
 		}
 		t.Status, t.DenyReason, t.ClosedAt = StatusDenied, reason, now

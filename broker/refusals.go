@@ -165,9 +165,10 @@ func (s *Service) refusedAbout(ctx context.Context, p Principal, u StepUp, op st
 	return err
 }
 
-// auditTaskID keeps a task id only if it looks like one, so that
-// caller-chosen bytes of any length never reach the audit log.
-func auditTaskID(id string) string {
+// AuditTaskID keeps a task id only if it looks like one, so that
+// caller-chosen bytes of any length never reach the audit log (or a
+// request log).
+func AuditTaskID(id string) string {
 	if len(id) == 0 || len(id) > 64 {
 		return ""
 	}
@@ -202,7 +203,7 @@ func (s *Service) recordRefusal(ctx context.Context, p Principal, taskID, approv
 	if approval != "" {
 		d["approval"] = approval
 	}
-	taskID = auditTaskID(taskID)
+	taskID = AuditTaskID(taskID)
 	var e *Error
 	if errors.As(refusal, &e) {
 		if e.Policies != nil {

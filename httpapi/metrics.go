@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/errandhq/errand/broker"
 	"github.com/errandhq/errand/internal/version"
 )
 
@@ -105,7 +106,7 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 		ri.mu.Lock()
 		task := ri.task
 		if task == "" && rc != nil {
-			task = auditTaskID(rc.URLParam("id"))
+			task = broker.AuditTaskID(rc.URLParam("id"))
 		}
 		s.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
 			slog.String("request_id", ri.id), slog.String("method", r.Method), slog.String("route", route),

@@ -209,21 +209,6 @@ func writeProblemWith(w http.ResponseWriter, status int, code string, pr Problem
 	_ = json.NewEncoder(w).Encode(pr)
 }
 
-// auditTaskID keeps a task id from the URL only if it looks like one, so
-// that attacker-chosen bytes of any length never reach the audit log.
-func auditTaskID(id string) string {
-	if len(id) == 0 || len(id) > 64 {
-		return ""
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
-			return ""
-		}
-	}
-	return id
-}
-
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Cache-Control", "no-store")
 	encodeJSON(w, status, v)
