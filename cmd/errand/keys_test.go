@@ -115,7 +115,8 @@ func TestKeyRotationAcrossReplicas(t *testing.T) {
 			t.Fatalf("keys list lacks %s:\n%s", want, list)
 		}
 	}
-	runCLI(t, "keys", "retire", oldKid, "--yes", "--config", path)
+	// "--": one key id in 64 begins with '-' (TestKeysRetireKidBeginningWithADash).
+	runCLI(t, "keys", "retire", "--yes", "--config", path, "--", oldKid)
 	deadline = time.Now().Add(5 * time.Second)
 	for active(a, old) || active(b, old) {
 		if time.Now().After(deadline) {
@@ -150,5 +151,24 @@ func TestKeyRotationAcrossReplicas(t *testing.T) {
 	}
 	if operators != 2 {
 		t.Fatalf("%d operator key events, want 2 (rotate, retire): %+v", operators, evs)
+	}
+}
+
+// A key id is a base64url thumbprint and may begin with '-': given as a
+// bare argument it reads as a flag, and the error says to put it after
+// "--" instead of only "unknown shorthand flag".
+func TestKeysRetireKidBeginningWithADash(t *testing.T) {
+	const kid = "-G9NaS6fh14PUJ4s9Vx0bIHSpQjN5i2RZFOuQvkB2GU"
+	_, err := runCLIErr("keys", "retire", kid, "--yes", "--config", "/nonexistent/errand.yaml")
+	if err == nil || !strings.Contains(err.Error(), "errand keys retire [flags] -- "+kid) {
+		t.Fatalf("err = %v; want it to say to pass the key id after --", err)
+	}
+	if code := exitCode(err); code != exitUsage {
+		t.Fatalf("exit code %d, want %d (usage)", code, exitUsage)
+	}
+	// After "--" it is the key id: the command goes on to read the config.
+	_, err = runCLIErr("keys", "retire", "--yes", "--config", "/nonexistent/errand.yaml", "--", kid)
+	if err == nil || strings.Contains(err.Error(), "flag") || !strings.Contains(err.Error(), "/nonexistent/errand.yaml") {
+		t.Fatalf("err = %v; want the config's error, not a flag's", err)
 	}
 }

@@ -100,7 +100,7 @@ func newKeysCmd(g *globals) *cobra.Command {
 	retire := &cobra.Command{
 		Use:     "retire KID",
 		Short:   "Retire a key at once (believed compromised): tokens it signed stop verifying",
-		Example: "  errand keys retire KID --config errand.yaml",
+		Example: "  errand keys retire KID --config errand.yaml\n  errand keys retire --config errand.yaml -- -G9NaS6fh14PUJ4s9Vx0bIHSpQjN5i2RZFOuQvkB2GU   # a key id beginning with '-'",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := confirm(cmd, yes, "Retire key "+shown(args[0])+" now? Every token it signed stops verifying."); err != nil {
@@ -119,10 +119,30 @@ func newKeysCmd(g *globals) *cobra.Command {
 		},
 	}
 	retire.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation (needed without a terminal)")
+	// A key id is a base64url thumbprint, and one in 64 begins with '-',
+	// which reads as a flag: say how to pass it rather than "unknown flag".
+	retire.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		if kid := kidAmongFlags(strings.Fields(err.Error())); kid != "" {
+			return usageErrorf("%v: a key id that begins with '-' goes after '--': errand keys retire [flags] -- %s", err, kid)
+		}
+		return usageErrorf("%v", err)
+	})
 	rotate.Flags().BoolVarP(&yes, "yes", "y", false, "with --force: do not ask for confirmation (needed without a terminal)")
 	rotate.Flags().BoolVar(&force, "force", false, "rotate even if the next key was published less than 5.5 min ago (a key believed compromised)")
 	cmd.AddCommand(list, rotate, retire)
 	return cmd
+}
+
+// kidAmongFlags is the word of a flag error that looks like a key id (an
+// RFC 7638 SHA-256 thumbprint: 43 base64url characters) beginning with
+// '-', or "".
+func kidAmongFlags(args []string) string {
+	for _, a := range args {
+		if len(a) == 43 && a[0] == '-' && strings.Trim(a, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == "" {
+			return a
+		}
+	}
+	return ""
 }
 
 // stdinIsTerminal tells whether r is a terminal a person answers at.
