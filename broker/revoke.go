@@ -48,7 +48,7 @@ func (s *Service) endTask(ctx context.Context, tx Tx, t *Task, status Status, no
 	// Vault accessor or lease id never leaves for them.
 	var revs []Revocation
 	for i, c := range creds {
-		if c.Kind == "jwt" {
+		if c.Kind == KindJWT {
 			revs = append(revs, Revocation{Seq: events[i+1].Seq, JTI: c.ID, TaskID: t.ID, RevokedAt: now, Reason: reason})
 		}
 	}
@@ -180,7 +180,7 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, raw string) (err
 		if err := tx.AppendAudit(ctx, evs...); err != nil {
 			return err
 		}
-		if c.Kind != "jwt" {
+		if c.Kind != KindJWT {
 			return nil // the feed is for resource servers, which see access tokens only
 		}
 		revs = []Revocation{{Seq: evs[0].Seq, JTI: c.ID, TaskID: t.ID, RevokedAt: now, Reason: reason}}

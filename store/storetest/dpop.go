@@ -27,7 +27,7 @@ func testDPoPBindingKept(t *testing.T, s Store) {
 		t.Fatal(err)
 	}
 	const jkt = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
-	bound := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+	bound := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: broker.KindJWT, Agent: k.Agent, User: k.User,
 		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute),
 		IdempotencyKey: "bound-1", RequestHash: "h", JKT: jkt}
 	bearer := bound

@@ -142,7 +142,7 @@ func testNotFound(t *testing.T, s Store) {
 		t.Errorf("LockTask: %v, want ErrNotFound", err)
 	}
 	// A credential of no task is refused, and nothing is stored.
-	orphan := broker.Credential{ID: id("jti-"), TaskID: "tsk_nope", Kind: "jwt", Agent: broker.Ref{Issuer: "a", Subject: "b"},
+	orphan := broker.Credential{ID: id("jti-"), TaskID: "tsk_nope", Kind: broker.KindJWT, Agent: broker.Ref{Issuer: "a", Subject: "b"},
 		User: broker.Ref{Issuer: "c", Subject: "d"}, Scopes: broker.Scopes{broker.MustParseScope("github.repo.read")},
 		Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &orphan) }); err == nil {
@@ -230,7 +230,7 @@ func testRevoke(t *testing.T, s Store) {
 	k := newTask(id("agent-"), id("user-"))
 	insert(t, s, &k)
 	for i := 0; i < 3; i++ {
-		c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+		c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: broker.KindJWT, Agent: k.Agent, User: k.User,
 			Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
 		if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
 			t.Fatal(err)
@@ -366,7 +366,7 @@ func testHistoryFilters(t *testing.T, s Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+	c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: broker.KindJWT, Agent: k.Agent, User: k.User,
 		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: t0, ExpiresAt: t0.Add(time.Minute)}
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
 		t.Fatal(err)
@@ -441,7 +441,7 @@ func testSigningKeys(t *testing.T, s Store) {
 func testIdempotencyKey(t *testing.T, s Store) {
 	k := newTask(id("agent-"), id("user-"))
 	insert(t, s, &k)
-	c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+	c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: broker.KindJWT, Agent: k.Agent, User: k.User,
 		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute),
 		IdempotencyKey: "retry-1", RequestHash: "h1"}
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
@@ -468,7 +468,7 @@ func testIdempotencyKey(t *testing.T, s Store) {
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &dup) }); err == nil {
 		t.Fatal("a second credential with the same task and Idempotency-Key was stored")
 	}
-	plain := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+	plain := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: broker.KindJWT, Agent: k.Agent, User: k.User,
 		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
 	plain2 := plain
 	plain2.ID = id("jti-")
@@ -513,7 +513,7 @@ func testRevocationTx(t *testing.T, s Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := broker.Credential{ID: id("jti-"), TaskID: due.ID, Kind: "jwt", Agent: due.Agent, User: due.User,
+	c := broker.Credential{ID: id("jti-"), TaskID: due.ID, Kind: broker.KindJWT, Agent: due.Agent, User: due.User,
 		Scopes: due.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
 		t.Fatal(err)
@@ -622,7 +622,7 @@ func testBackstops(t *testing.T, s Store) {
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.UpdateTask(ctx, k) }); err != nil {
 		t.Fatal(err)
 	}
-	c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User,
+	c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: broker.KindJWT, Agent: k.Agent, User: k.User,
 		Scopes: k.Scopes, Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
 	if err := s.InTx(ctx, func(tx broker.Tx) error { return tx.InsertCredential(ctx, &c) }); err != nil {
 		t.Fatal(err)
@@ -736,7 +736,7 @@ func testStepUps(t *testing.T, s Store) {
 	again.Status = broker.StepUpApproved
 	refused("a used step-up approved again", func(_ broker.Tx, st broker.StepUpTx) error { return st.UpdateStepUp(ctx, again) })
 
-	c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: "jwt", Agent: k.Agent, User: k.User, Scopes: k.Scopes,
+	c := broker.Credential{ID: id("jti-"), TaskID: k.ID, Kind: broker.KindJWT, Agent: k.Agent, User: k.User, Scopes: k.Scopes,
 		Audience: "https://api.github.com", IssuedAt: now(), ExpiresAt: now().Add(time.Minute), StepUpID: u.ID}
 	v := broker.Credential{ID: id("vtok-"), TaskID: k.ID, Kind: broker.KindVaultToken, Agent: k.Agent, User: k.User, Scopes: k.Scopes,
 		Audience: "vault", IssuedAt: now(), ExpiresAt: now().Add(time.Minute)}
